@@ -1,0 +1,1 @@
+"""Hardware profiles: one TOML file per accelerator (installed as ``moesim.hwprofiles``)."""

@@ -1,0 +1,162 @@
+"""Built-in hardware profiles and model presets by exact name, and users' own TOML files by path.
+
+This module and cli.py are the only places in the library that read files. Every load error
+becomes a ``MoesimError`` whose one-line message names the file, the field path, the value and
+what is allowed.
+"""
+from __future__ import annotations
+
+import functools
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomli_w
+from pydantic import BaseModel, ValidationError
+
+from moesim.errors import MoesimError, UnknownNameError
+from moesim.specs import (
+    SLO,
+    Cluster,
+    HardwareProfile,
+    ModelSpec,
+    Parallelism,
+    RoutingSpec,
+    ServingWorkload,
+    TrainingWorkload,
+)
+
+S = TypeVar("S", bound=BaseModel)
+
+_PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def _profiles_dir() -> Path:
+    """Installed: the ``moesim.hwprofiles`` package; source checkout: the top-level hwprofiles/."""
+    try:
+        return Path(str(resources.files("moesim.hwprofiles")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "hwprofiles"
+
+
+def validation_message(err: ValidationError, source: str = "") -> str:
+    """One line per problem: ``source: field.path = value: what is allowed``."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{source + ': ' if source else ''}{path}{shown}: {msg}")
+    return "; ".join(lines)
+
+
+def build(cls: type[S], data: Any, source: str = "") -> S:
+    """Validate ``data`` as ``cls``; a failure raises MoesimError with the field path."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise MoesimError(validation_message(err, source or cls.__name__)) from None
+    except MoesimError as err:  # raised inside a validator: prefix the source
+        raise MoesimError(f"{source or cls.__name__}: {err}") from None
+
+
+def read_toml(path: str | Path) -> dict:
+    """Parse a TOML file; a missing or malformed file raises MoesimError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise MoesimError(f"{p}: no such file")
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise MoesimError(f"{p}: not valid TOML: {err}") from None
+
+
+def write_toml(data: dict, path: str | Path) -> None:
+    """Write ``data`` as TOML (None values dropped, as TOML has no null)."""
+
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if v is not None}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    Path(path).write_text(tomli_w.dumps(strip(data)))
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.endswith(".toml") or "/" in name or "\\" in name
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.toml"))
+
+
+# ---- hardware ---------------------------------------------------------------------------------
+def list_profiles() -> list[str]:
+    """Names of the built-in hardware profiles."""
+    return _names(_profiles_dir())
+
+
+@functools.lru_cache(maxsize=None)
+def _load_profile_cached(path: str) -> HardwareProfile:
+    return build(HardwareProfile, read_toml(path), source=path)
+
+
+def load_profile(name: str) -> HardwareProfile:
+    """A built-in profile by exact name, or a user's profile TOML by path."""
+    if _looks_like_path(name):
+        return _load_profile_cached(str(Path(name).resolve()))
+    path = _profiles_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise UnknownNameError("hardware profile", name, list_profiles())
+    return _load_profile_cached(str(path))
+
+
+# ---- models -----------------------------------------------------------------------------------
+def list_models() -> list[str]:
+    """Names of the built-in model presets."""
+    return _names(_PRESETS_DIR)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_model_cached(path: str) -> ModelSpec:
+    return build(ModelSpec, read_toml(path), source=path)
+
+
+def load_model(name: str) -> ModelSpec:
+    """A built-in preset by exact name, or a user's model TOML by path."""
+    if _looks_like_path(name):
+        return _load_model_cached(str(Path(name).resolve()))
+    path = _PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UnknownNameError("model", name, list_models())
+    return _load_model_cached(str(path))
+
+
+# ---- schemas ----------------------------------------------------------------------------------
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "hardware": HardwareProfile,
+    "model": ModelSpec,
+    "cluster": Cluster,
+    "parallelism": Parallelism,
+    "routing": RoutingSpec,
+    "slo": SLO,
+    "training": TrainingWorkload,
+    "serving": ServingWorkload,
+}
+
+
+def json_schema(kind: str) -> dict:
+    """JSON Schema of a spec kind (``workload`` gives training and serving together)."""
+    if kind == "workload":
+        return {
+            "title": "Workload",
+            "oneOf": [TrainingWorkload.model_json_schema(), ServingWorkload.model_json_schema()],
+        }
+    if kind not in SCHEMAS:
+        raise UnknownNameError("schema", kind, [*SCHEMAS, "workload"])
+    return SCHEMAS[kind].model_json_schema()

@@ -1,0 +1,1 @@
+"""Compute side: parameter and FLOP counts, GEMM and grouped-GEMM time, attention, memory."""

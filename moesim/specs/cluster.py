@@ -1,0 +1,57 @@
+"""Cluster: how many devices of which profile, grouped into scale-up domains."""
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from moesim.errors import SpecError
+from moesim.specs.common import Spec
+from moesim.specs.hardware import HardwareProfile
+
+
+class Cluster(Spec):
+    """``devices`` accelerators of profile ``hardware``, ``devices_per_domain`` per scale-up domain.
+
+    A scale-up domain is the NVLink/NVSwitch node (8 on HGX), the NVL72 rack (72), the AMD
+    8-GPU platform, or a TPU slice; domains talk over the scale-out network (NICs / DCN).
+    ``devices_per_domain`` = None means the profile's usual domain size.
+    """
+
+    hardware: str = Field(description="hardware profile name")
+    devices: int = Field(gt=0)
+    devices_per_domain: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _divides(self):
+        dpd = self.devices_per_domain
+        if dpd is not None and self.devices > dpd and self.devices % dpd:
+            raise ValueError(
+                f"devices {self.devices} must be a multiple of devices_per_domain {dpd} "
+                f"(or at most one domain)"
+            )
+        return self
+
+    def domain_size(self, profile: HardwareProfile) -> int:
+        """Devices per scale-up domain actually used (never more than ``devices``)."""
+        dpd = self.devices_per_domain or profile.scale_up.domain_size
+        return min(dpd, self.devices)
+
+    def domains(self, profile: HardwareProfile) -> int:
+        """Number of scale-up domains (nodes)."""
+        return -(-self.devices // self.domain_size(profile))
+
+
+def check_cluster(cluster: Cluster, profile: HardwareProfile) -> None:
+    """Raise SpecError when ``cluster`` asks for more than ``profile`` supports."""
+    if cluster.hardware != profile.name:
+        raise SpecError("cluster.hardware", cluster.hardware, f"profile given is {profile.name!r}")
+    dpd = cluster.devices_per_domain or profile.scale_up.domain_size
+    if dpd > profile.scale_up.max_domain_size:
+        raise SpecError(
+            "cluster.devices_per_domain",
+            dpd,
+            f"{profile.name} supports scale-up domains of at most {profile.scale_up.max_domain_size} devices",
+        )
+    if cluster.devices > dpd and cluster.devices % dpd:
+        raise SpecError(
+            "cluster.devices", cluster.devices, f"must be a multiple of the domain size {dpd}"
+        )

@@ -1,0 +1,235 @@
+"""Hardware profile: what one accelerator can do, and the fabric it sits in.
+
+A profile is data (one TOML file per accelerator in ``hwprofiles/``). Every number in it names
+its source in the ``sources`` table of its section, and the loader refuses a profile where one
+does not. Units are in the key names (``hbm_bandwidth_GBps``); properties give SI values.
+Peaks are *dense* (never the 2:4-sparsity figure).
+
+Efficiency parameters (achievable bandwidth fractions, tile efficiency, overheads) are the only
+numbers fitted to measurements; they live in ``[efficiency]`` with an ``origin`` that says
+whether they are the generic prior or were calibrated, on which set and when.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from moesim import units
+from moesim.errors import SpecError
+from moesim.specs.common import DTYPES, Dtype, Spec, canonical_dtype
+
+
+
+class Sourced(Spec):
+    """A section whose numeric fields each need an entry in ``sources`` (or a ``"*"`` entry)."""
+
+    sources: dict[str, str] = Field(default_factory=dict, description="field name -> source")
+
+    @model_validator(mode="after")
+    def _every_number_has_a_source(self):
+        if "*" in self.sources:
+            return self
+        for name in type(self).model_fields:
+            if name == "sources":
+                continue
+            value = getattr(self, name)
+            numeric = isinstance(value, (int, float, dict, list)) and not isinstance(value, bool)
+            if numeric and value not in ({}, []) and name not in self.sources:
+                raise ValueError(
+                    f"{name} = {value!r} has no source; add sources.{name} naming where it came from"
+                )
+        return self
+
+
+class ComputeSpec(Sourced):
+    """Peak dense math throughput and the parallel units that waves are counted over."""
+
+    peak_dense_tflops: dict[Dtype, float] = Field(
+        description="dense peak per dtype in TFLOP/s (never the sparsity figure)"
+    )
+    compute_units: int | None = Field(
+        None, gt=0, description="SMs (NVIDIA), CUs (AMD) or MXUs (TPU): tiles are scheduled over these"
+    )
+    compute_unit_kind: Literal["sm", "cu", "mxu"] = "sm"
+    clock_MHz: float | None = Field(None, gt=0)
+
+    @field_validator("peak_dense_tflops", mode="before")
+    @classmethod
+    def _canonical_dtypes(cls, value):
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, tflops in value.items():
+            key = canonical_dtype(key, field="compute.peak_dense_tflops")
+            if not isinstance(tflops, (int, float)) or isinstance(tflops, bool) or tflops <= 0:
+                raise ValueError(f"peak_dense_tflops.{key} must be a positive number, got {tflops!r}")
+            out[key] = float(tflops)
+        if not out:
+            raise ValueError("peak_dense_tflops needs at least one dtype")
+        return out
+
+
+class MemorySpec(Sourced):
+    """On-package memory (HBM) and on-chip cache."""
+
+    hbm_GB: float = Field(gt=0, description="HBM capacity in decimal GB as the vendor prints it")
+    hbm_bandwidth_GBps: float = Field(gt=0, description="HBM bandwidth in decimal GB/s")
+    l2_MB: float | None = Field(None, gt=0, description="L2 / on-chip SRAM in MB")
+
+
+class ScaleUpSpec(Sourced):
+    """The scale-up domain (NVLink/NVSwitch, Infinity Fabric, TPU ICI): who talks at memory-like speed."""
+
+    fabric: str = Field(description="for example nvlink4, nvlink5, infinity-fabric, ici")
+    topology: Literal["switch", "full_mesh", "torus"] = Field(
+        description="switch: any device to any at full per-device bandwidth (NVSwitch); "
+        "full_mesh: one direct link per peer (AMD xGMI); torus: TPU ICI"
+    )
+    domain_size: int = Field(gt=0, description="devices per scale-up domain in the usual system")
+    max_domain_size: int = Field(gt=0, description="largest scale-up domain the platform supports")
+    bandwidth_per_direction_GBps: float = Field(gt=0, description="per device, one direction")
+    bandwidth_bidirectional_GBps: float = Field(gt=0, description="per device, both directions")
+    links_per_device: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.domain_size > self.max_domain_size:
+            raise ValueError(
+                f"domain_size {self.domain_size} exceeds max_domain_size {self.max_domain_size}"
+            )
+        if self.bandwidth_per_direction_GBps > self.bandwidth_bidirectional_GBps:
+            raise ValueError("bandwidth_per_direction_GBps cannot exceed bandwidth_bidirectional_GBps")
+        return self
+
+    @property
+    def bandwidth_Bps(self) -> float:
+        """Per-device one-direction bandwidth in bytes/s."""
+        return self.bandwidth_per_direction_GBps * units.GBps
+
+
+class ScaleOutSpec(Sourced):
+    """The scale-out network between scale-up domains (InfiniBand/RoCE NICs, TPU DCN)."""
+
+    nic_Gbps_per_device: float = Field(gt=0, description="NIC line rate per device, Gb/s, one direction")
+    rail_aligned: bool = True
+
+    @property
+    def bandwidth_Bps(self) -> float:
+        """Per-device one-direction NIC bandwidth in bytes/s."""
+        return self.nic_Gbps_per_device * units.Gbps
+
+
+class IciSpec(Sourced):
+    """TPU inter-chip interconnect: a 2D or 3D torus of point-to-point links."""
+
+    torus_dims: Literal[2, 3]
+    links_per_chip: int = Field(gt=0)
+    link_bandwidth_per_direction_GBps: float = Field(gt=0)
+    wraparound: bool = True
+    max_slice_chips: int = Field(gt=0)
+    chips_per_host: int = Field(gt=0)
+
+
+class PriceSpec(Sourced):
+    """A default on-demand price per device-hour; users override it."""
+
+    usd_per_device_hour: float = Field(gt=0)
+    as_of: str = Field(description="date the price was read, YYYY-MM or YYYY-MM-DD")
+
+
+class ComputeEfficiency(Spec):
+    """Compute-side efficiencies (fractions of peak, tile shape, overheads); calibration fits these."""
+
+    gemm_compute_fraction: float = Field(
+        0.80, gt=0, le=1, description="fraction of the dense peak a large GEMM sustains"
+    )
+    gemm_memory_fraction: float = Field(
+        0.85, gt=0, le=1, description="fraction of HBM bandwidth a memory-bound GEMM sustains"
+    )
+    gemm_tile_m: int = Field(128, gt=0, description="rows of one output tile")
+    gemm_tile_n: int = Field(128, gt=0, description="columns of one output tile")
+    kernel_overhead_us: float = Field(3.0, ge=0, description="fixed launch and prologue time per kernel")
+    attention_compute_fraction: float = Field(
+        0.60, gt=0, le=1, description="fraction of peak flash attention sustains in prefill"
+    )
+    attention_memory_fraction: float = Field(
+        0.80, gt=0, le=1, description="fraction of HBM bandwidth decode attention sustains"
+    )
+
+
+class CommEfficiency(Spec):
+    """Communication-side efficiencies; calibration fits these."""
+
+    scale_up_bandwidth_fraction: float = Field(
+        0.80, gt=0, le=1, description="achievable fraction of scale-up per-direction bandwidth"
+    )
+    scale_up_latency_us: float = Field(3.0, ge=0, description="per-operation scale-up latency")
+    scale_out_bandwidth_fraction: float = Field(
+        0.80, gt=0, le=1, description="achievable fraction of NIC line rate"
+    )
+    scale_out_latency_us: float = Field(6.0, ge=0, description="per-operation scale-out latency")
+    per_peer_overhead_us: float = Field(
+        0.5, ge=0, description="per destination peer cost of one all-to-all (low-latency mode)"
+    )
+
+
+class Efficiency(Spec):
+    """Fitted parameters with physical meaning; ``origin`` says whether and how they were fitted."""
+
+    origin: str = Field(
+        "generic prior: the same round values on every profile, not fitted to any measurement",
+        description="where these values came from (prior, or the calibration set and date)",
+    )
+    compute: ComputeEfficiency = Field(default_factory=ComputeEfficiency)
+    comm: CommEfficiency = Field(default_factory=CommEfficiency)
+
+
+class HardwareProfile(Spec):
+    """One accelerator type: compute, memory, fabrics, price and fitted efficiencies."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$", description="profile name, e.g. h100-sxm")
+    display_name: str
+    vendor: Literal["nvidia", "amd", "google", "cpu"]
+    kind: Literal["gpu", "tpu", "cpu"]
+    notes: str = ""
+    compute: ComputeSpec
+    memory: MemorySpec
+    scale_up: ScaleUpSpec
+    scale_out: ScaleOutSpec | None = None
+    ici: IciSpec | None = None
+    price: PriceSpec
+    efficiency: Efficiency = Field(default_factory=Efficiency)
+    references: dict[str, str] = Field(
+        default_factory=dict, description="source key -> URL or document, as cited in sources"
+    )
+
+    @model_validator(mode="after")
+    def _tpu_has_ici(self):
+        if self.kind == "tpu" and self.ici is None:
+            raise ValueError("a tpu profile needs an [ici] section (torus shape and link bandwidth)")
+        return self
+
+    # ---- SI accessors -------------------------------------------------------------------
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype``; raises SpecError when the profile has no such peak."""
+        key = canonical_dtype(dtype)
+        peaks = self.compute.peak_dense_tflops
+        if key not in peaks:
+            have = ", ".join(d for d in DTYPES if d in peaks)
+            raise SpecError("dtype", dtype, f"profile {self.name} has peaks for: {have}")
+        return peaks[key] * units.TFLOPS
+
+    @property
+    def hbm_bytes(self) -> float:
+        """HBM capacity in bytes."""
+        return self.memory.hbm_GB * units.GB
+
+    @property
+    def hbm_bandwidth_Bps(self) -> float:
+        """HBM bandwidth in bytes/s."""
+        return self.memory.hbm_bandwidth_GBps * units.GBps
+
+    def with_efficiency(self, efficiency: Efficiency) -> "HardwareProfile":
+        """A copy of this profile with other efficiency parameters (profiles are frozen)."""
+        return self.model_copy(update={"efficiency": efficiency})

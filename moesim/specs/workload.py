@@ -1,0 +1,133 @@
+"""Workloads (training, serving), routing assumptions and service-level objectives."""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from moesim.specs.common import Spec, canonical_dtype
+
+_SKEW = re.compile(
+    r"^(uniform|balanced|zipf:(?P<s>[0-9.eE+-]+)|dirichlet:(?P<a>[0-9.eE+-]+)|trace:(?P<f>.+)|"
+    r"explicit:(?P<v>[0-9.eE+-]+(,[0-9.eE+-]+)*))$"
+)
+
+
+def parse_skew(text: str) -> tuple[str, float | str | tuple[float, ...] | None]:
+    """Parse a skew string: ``uniform``, ``balanced``, ``zipf:S``, ``dirichlet:ALPHA``,
+    ``trace:FILE`` or ``explicit:p1,p2,...``. Returns ``(kind, parameter)``; raises ValueError."""
+    m = _SKEW.match(str(text).strip())
+    if not m:
+        raise ValueError(
+            f"skew {text!r} not understood; use uniform, balanced, zipf:S (S >= 0), "
+            "dirichlet:ALPHA (ALPHA > 0), trace:FILE or explicit:p1,p2,..."
+        )
+    kind = m.group(1).split(":")[0]
+    if kind in ("uniform", "balanced"):
+        return kind, None
+    if kind == "zipf":
+        s = float(m.group("s"))
+        if not s >= 0:
+            raise ValueError(f"zipf exponent must be >= 0, got {s}")
+        return kind, s
+    if kind == "dirichlet":
+        a = float(m.group("a"))
+        if not a > 0:
+            raise ValueError(f"dirichlet alpha must be > 0, got {a}")
+        return kind, a
+    if kind == "trace":
+        return kind, m.group("f")
+    probs = tuple(float(x) for x in m.group("v").split(","))
+    if any(p < 0 for p in probs) or sum(probs) <= 0:
+        raise ValueError("explicit probabilities must be >= 0 with a positive sum")
+    return kind, probs
+
+
+class RoutingSpec(Spec):
+    """What routing to assume: popularity skew, capacity limit and overflow policy, placement."""
+
+    skew: str = Field("uniform", description="uniform | balanced | zipf:S | dirichlet:A | trace:FILE | explicit:p,...")
+    capacity_factor: float | None = Field(None, gt=0, description="None = dropless")
+    overflow: Literal["drop", "reroute", "shared"] = "drop"
+    placement: Literal["contiguous", "round_robin", "load_aware"] = "contiguous"
+    drift: float = Field(0.0, ge=0, description="per-step popularity resampling strength (0 = static)")
+
+    @field_validator("skew")
+    @classmethod
+    def _parse(cls, value: str) -> str:
+        parse_skew(value)
+        return value
+
+
+class SLO(Spec):
+    """Latency objectives at a percentile; ``None`` means no limit on that metric."""
+
+    percentile: float = Field(99.0, gt=0, lt=100)
+    ttft_s: float | None = Field(None, gt=0, description="time to first token")
+    tpot_s: float | None = Field(None, gt=0, description="time per output token after the first")
+    e2e_s: float | None = Field(None, gt=0, description="end-to-end request latency")
+
+
+class TrainingWorkload(Spec):
+    """Pre-training or fine-tuning: batch, sequence, precision, recompute and the token budget."""
+
+    global_batch: int = Field(gt=0, description="sequences per optimizer step")
+    seq_len: int = Field(gt=0)
+    micro_batch: int = Field(1, gt=0, description="sequences per micro-batch")
+    dtype: str = Field("bf16", description="compute dtype of the GEMMs (fp8 = FP8 training)")
+    recompute: Literal["none", "selective", "full"] = "none"
+    optimizer: Literal["adam"] = "adam"
+    distributed_optimizer: bool = True
+    tokens_to_train: float | None = Field(None, gt=0, description="token budget, for time and cost")
+    deadline_days: float | None = Field(None, gt=0)
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value):
+        canonical_dtype(value, field="dtype")
+        return value
+
+    @model_validator(mode="after")
+    def _batch(self):
+        if self.global_batch % self.micro_batch:
+            raise ValueError(
+                f"global_batch {self.global_batch} must be a multiple of micro_batch {self.micro_batch}"
+            )
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+
+class ServingWorkload(Spec):
+    """Online serving: request lengths, load and precision."""
+
+    prompt_len: int = Field(gt=0, description="mean prompt tokens per request")
+    output_len: int = Field(gt=0, description="mean output tokens per request")
+    length_distribution: Literal["fixed", "lognormal"] = "fixed"
+    length_sigma: float = Field(0.5, ge=0, description="lognormal sigma of both lengths")
+    request_rate: float | None = Field(None, gt=0, description="requests per second")
+    target_output_tokens_per_s: float | None = Field(None, gt=0)
+    dtype: str = Field("fp8", description="compute dtype of the GEMMs")
+    kv_dtype: str = Field("bf16", description="KV-cache dtype")
+
+    @field_validator("dtype", "kv_dtype")
+    @classmethod
+    def _dtype(cls, value, info):
+        canonical_dtype(value, field=info.field_name)
+        return value
+
+    @model_validator(mode="after")
+    def _load(self):
+        if self.request_rate is None and self.target_output_tokens_per_s is None:
+            raise ValueError("give request_rate or target_output_tokens_per_s")
+        return self
+
+    @property
+    def rate_per_s(self) -> float:
+        """Requests per second (from the output-token target when no rate is given)."""
+        if self.request_rate is not None:
+            return self.request_rate
+        return self.target_output_tokens_per_s / self.output_len
