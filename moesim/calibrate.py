@@ -1,0 +1,183 @@
+"""Fit a profile's efficiency parameters to measured cases (``moesim calibrate``).
+
+Only parameters with physical meaning are fitted (achievable fractions of peak, overheads),
+named by their path under ``[efficiency]`` (``"compute.gemm_compute_fraction"``), within the
+bounds their spec declares. The objective is the squared log error of each case,
+log(predicted / measured), each kind weighted equally (1 / n_kind) so a large set of one kind
+does not drown another. Tile sizes and other integers are never fitted.
+A profile fitted on one case file must be judged on another (``moesim validate``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass
+from statistics import median
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from moesim.cases import Case
+from moesim.errors import MoesimError
+from moesim.specs import HardwareProfile
+from moesim.specs.hardware import CommEfficiency, ComputeEfficiency, Efficiency
+from moesim.validate import UnsupportedCase, case_inputs, predictor_for
+
+_SECTIONS = {"compute": ComputeEfficiency, "comm": CommEfficiency}
+_UNBOUNDED_HI = 1e4
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Fitted profile, the parameter values, and the errors before and after on the fit set."""
+
+    profile: HardwareProfile
+    params: dict[str, float]
+    n_cases: int
+    kinds: tuple[str, ...]
+    median_abs_rel_error_before: float
+    max_abs_rel_error_before: float
+    median_abs_rel_error_after: float
+    max_abs_rel_error_after: float
+    skipped: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "hardware": self.profile.name,
+            "params": self.params,
+            "n_cases": self.n_cases,
+            "kinds": list(self.kinds),
+            "median_abs_rel_error_before": self.median_abs_rel_error_before,
+            "max_abs_rel_error_before": self.max_abs_rel_error_before,
+            "median_abs_rel_error_after": self.median_abs_rel_error_after,
+            "max_abs_rel_error_after": self.max_abs_rel_error_after,
+            "skipped_cases": list(self.skipped),
+            "origin": self.profile.efficiency.origin,
+        }
+
+
+def param_bounds(path: str) -> tuple[float, float]:
+    """(low, high) of an efficiency parameter from its spec's declared constraints."""
+    section, name = _split(path)
+    info = _SECTIONS[section].model_fields[name]
+    if info.annotation is not float:
+        raise MoesimError(f"efficiency.{path} is not a real-valued parameter; it cannot be fitted")
+    lo, hi = 0.0, _UNBOUNDED_HI
+    for meta in info.metadata:
+        lo = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else lo
+        if getattr(meta, "gt", None) is not None:
+            lo = meta.gt + 1e-6
+        hi = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else hi
+    return lo, hi
+
+
+def _split(path: str) -> tuple[str, str]:
+    section, _, name = path.partition(".")
+    if section not in _SECTIONS or name not in _SECTIONS[section].model_fields:
+        known = [f"{s}.{n}" for s, cls in _SECTIONS.items() for n in cls.model_fields]
+        raise MoesimError(f"unknown efficiency parameter {path!r}; known: {', '.join(known)}")
+    return section, name
+
+
+def get_param(profile: HardwareProfile, path: str) -> float:
+    section, name = _split(path)
+    return float(getattr(getattr(profile.efficiency, section), name))
+
+
+def with_params(profile: HardwareProfile, values: dict[str, float], origin: str | None = None) -> HardwareProfile:
+    """A copy of ``profile`` with efficiency parameters set (validated by the spec)."""
+    eff = profile.efficiency
+    updates: dict[str, dict] = {}
+    for path, value in values.items():
+        section, name = _split(path)
+        updates.setdefault(section, {})[name] = float(value)
+    new = {s: getattr(eff, s).model_copy(update=u) for s, u in updates.items()}
+    merged = Efficiency.model_validate(
+        {**eff.model_dump(), **{s: m.model_dump() for s, m in new.items()},
+         "origin": origin if origin is not None else eff.origin}
+    )
+    return profile.with_efficiency(merged)
+
+
+def _residuals(cases, profile) -> tuple[np.ndarray, list[str]]:
+    """log(pred/measured) per usable case, weighted 1/sqrt(n_kind); and the ids skipped."""
+    counts: dict[str, int] = {}
+    for c in cases:
+        counts[c.kind] = counts.get(c.kind, 0) + 1
+    res, skipped = [], []
+    for c in cases:
+        predict, _ = predictor_for(c.kind)
+        try:
+            value = float(predict(case_inputs(c), profile))
+        except UnsupportedCase:
+            skipped.append(c.id)
+            continue
+        res.append(math.log(max(value, 1e-30) / c.measured) / math.sqrt(counts[c.kind]))
+    return np.asarray(res), skipped
+
+
+def _errors(cases, profile) -> list[float]:
+    out = []
+    for c in cases:
+        predict, _ = predictor_for(c.kind)
+        try:
+            out.append(abs(float(predict(case_inputs(c), profile)) - c.measured) / c.measured)
+        except UnsupportedCase:
+            pass
+    return out
+
+
+def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
+              params: tuple[str, ...] | None = None, source: str = "") -> CalibrationResult:
+    """Fit ``params`` (default: the fit parameters of every kind present) of ``profile`` to ``cases``."""
+    cases = [c for c in cases if c.hardware == profile.name]
+    if not cases:
+        raise MoesimError(f"no cases on hardware {profile.name!r} to calibrate on")
+    kinds = tuple(sorted({c.kind for c in cases}))
+    if params is None:
+        names: list[str] = []
+        for kind in kinds:
+            for p in predictor_for(kind)[1]:
+                if p not in names:
+                    names.append(p)
+        params = tuple(names)
+    if not params:
+        raise MoesimError(f"the case kinds {', '.join(kinds)} declare no parameters to fit")
+    bounds = [param_bounds(p) for p in params]
+    x0 = np.array([min(max(get_param(profile, p), lo), hi) for p, (lo, hi) in zip(params, bounds)])
+    before = _errors(cases, profile)
+    _, skipped = _residuals(cases, profile)
+
+    def fun(x):
+        return _residuals(cases, with_params(profile, dict(zip(params, x))))[0]
+
+    best = None
+    # NOTE: the models are piecewise (max of roofline terms, wave ceilings); a few starts avoid
+    # a start that sits on a flat piece.
+    for scale in (1.0, 0.6, 1.5):
+        start = np.clip(x0 * scale, [b[0] for b in bounds], [b[1] for b in bounds])
+        fit = least_squares(fun, start, bounds=([b[0] for b in bounds], [b[1] for b in bounds]),
+                            diff_step=1e-3, x_scale="jac")
+        if best is None or fit.cost < best.cost:
+            best = fit
+    values = {p: float(v) for p, v in zip(params, best.x)}
+    fitted = with_params(profile, values)
+    after = _errors(cases, fitted)
+    date = _dt.date.today().isoformat()
+    origin = (
+        f"calibrated {date} on {len(after)} cases ({', '.join(kinds)}) of {source or 'a case set'}: "
+        f"median |rel err| {median(after):.3f}, max {max(after):.3f} (in-sample); "
+        f"fitted {', '.join(params)}"
+    )
+    fitted = with_params(fitted, {}, origin=origin)
+    return CalibrationResult(
+        profile=fitted,
+        params=values,
+        n_cases=len(after),
+        kinds=kinds,
+        median_abs_rel_error_before=median(before) if before else float("nan"),
+        max_abs_rel_error_before=max(before) if before else float("nan"),
+        median_abs_rel_error_after=median(after),
+        max_abs_rel_error_after=max(after),
+        skipped=tuple(skipped),
+    )

@@ -1,0 +1,76 @@
+"""``moesim validate`` and ``moesim calibrate``: judge predictions against measured case files."""
+from __future__ import annotations
+
+import argparse
+
+from moesim.calibrate import calibrate
+from moesim.cases import load_cases
+from moesim.catalog import load_profile, write_toml
+from moesim.cli import Result, add_json_flag
+from moesim.errors import SpecError
+from moesim.textfmt import table
+from moesim.validate import validate
+
+ORDER = 80
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="predict every case of a moesim-cases/1 file and report errors")
+    p.add_argument("cases", help="case file (JSON, moesim-cases/1)")
+    p.add_argument("--profile", action="append", default=[], metavar="TOML",
+                   help="use this profile file (e.g. a calibrated one) for its hardware; repeatable")
+    add_json_flag(p)
+    p.set_defaults(handler=validate_cmd)
+
+    p = sub.add_parser("calibrate", help="fit a profile's efficiency parameters to a case file")
+    p.add_argument("cases", help="case file (JSON, moesim-cases/1)")
+    p.add_argument("--hw", required=True, help="profile name or TOML path to fit")
+    p.add_argument("-o", "--output", help="write the calibrated profile TOML here")
+    p.add_argument("--params", help="comma list of efficiency parameters (default: per case kind)")
+    add_json_flag(p)
+    p.set_defaults(handler=calibrate_cmd)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def validate_cmd(args) -> Result:
+    casefile = load_cases(args.cases)
+    profiles = {}
+    for path in args.profile:
+        prof = load_profile(path)
+        profiles[prof.name] = prof
+    report = validate(casefile, profiles)
+    rows = [(c.id, c.kind, c.metric, f"{c.measured:.4g}",
+             "-" if c.predicted is None else f"{c.predicted:.4g}",
+             _fmt(c.rel_error) if c.status == "ok" else f"{c.status}: {c.reason}")
+            for c in report.cases]
+    text = table(rows, ["id", "kind", "metric", "measured", "predicted", "error"])
+    srows = [(k, s.n, _fmt(s.median_abs_rel_error).lstrip("+"), _fmt(s.max_abs_rel_error).lstrip("+"),
+              s.unsupported) for k, s in report.summary.items()]
+    text += "\n\n" + table(srows, ["kind", "n", "median |err|", "max |err|", "unsupported"])
+    errors = tuple(f"{args.cases}: case {p.id}: {p.problem}" for p in casefile.problems)
+    return Result(report.to_dict(), text, errors=errors, exit_code=2 if errors else 0)
+
+
+def calibrate_cmd(args) -> Result:
+    casefile = load_cases(args.cases)
+    profile = load_profile(args.hw)
+    params = None
+    if args.params:
+        params = tuple(p.strip() for p in args.params.split(",") if p.strip())
+        if not params:
+            raise SpecError("--params", args.params, "a comma list of efficiency parameter names")
+    result = calibrate(casefile.cases, profile, params, source=args.cases)
+    if args.output:
+        write_toml(result.profile.to_dict(), args.output)
+    data = result.to_dict()
+    lines = [f"calibrated {profile.name} on {result.n_cases} cases ({', '.join(result.kinds)})"]
+    lines += [f"  {k} = {v:.4g}" for k, v in result.params.items()]
+    lines.append(f"median |rel err| {result.median_abs_rel_error_before:.1%} -> {result.median_abs_rel_error_after:.1%}; "
+                 f"max {result.max_abs_rel_error_before:.1%} -> {result.max_abs_rel_error_after:.1%} (in-sample)")
+    if args.output:
+        lines.append(f"wrote {args.output}; judge it on another case file with `moesim validate FILE --profile {args.output}`")
+    errors = tuple(f"{args.cases}: case {p.id}: {p.problem}" for p in casefile.problems)
+    return Result(data, "\n".join(lines), errors=errors, exit_code=2 if errors else 0)

@@ -1,0 +1,70 @@
+"""CLI: --json shapes, one-line errors with exit code 2, no tracebacks."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moesim.cli import run
+
+
+def _run(capsys, *argv):
+    code = run(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_show_json_has_counts(capsys):
+    code, out, _ = _run(capsys, "models", "show", "deepseek-v3", "--json")
+    assert code == 0
+    data = json.loads(out)
+    # 671.0B / 37.55B from moesim's counting convention (README); published 671B / 37B
+    assert data["total_params"] == pytest.approx(671e9, rel=0.03)
+    assert data["active_params"] == pytest.approx(37e9, rel=0.06)
+
+
+def test_hw_list_json_objects_with_name(capsys):
+    code, out, _ = _run(capsys, "hw", "list", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert isinstance(data, list) and all("name" in d for d in data)
+    assert "h100-sxm" in {d["name"] for d in data}
+
+
+def test_schema_prints_json(capsys):
+    for kind in ("hardware", "model", "cluster", "parallelism", "workload"):
+        code, out, _ = _run(capsys, "schema", kind, "--json")
+        assert code == 0 and json.loads(out)
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["models", "show", "deepseek-v33"], "did you mean deepseek-v3"),
+        (["hw", "show", "h100"], "unknown hardware profile 'h100'"),
+        (["hw", "show", "/nonexistent/x.toml"], "no such file"),
+        (["models", "show", "deepseek-v3", "--context", "-1"], "--context"),
+    ],
+)
+def test_bad_input_one_line_exit_2(capsys, argv, needle):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_argparse_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        run(["models", "frobnicate"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and len(err.strip().splitlines()) == 1
+
+
+def test_invalid_user_profile_names_field(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ndisplay_name = "x"\nvendor = "nvidia"\nkind = "gpu"\n[compute]\n'
+                   'peak_dense_tflops = { bf16 = -5 }\n')
+    code, _, err = _run(capsys, "hw", "show", str(bad))
+    assert code == 2
+    assert "peak_dense_tflops" in err and "Traceback" not in err
