@@ -93,6 +93,9 @@ class MoESpec(Sourced):
     router_bias: bool = False
     n_groups: int = Field(1, gt=0, description="expert groups for group-limited routing")
     topk_groups: int = Field(1, gt=0, description="groups a token may use")
+    group_scoring: Literal["max", "top2_sum"] = Field(
+        "max", description="group score: best expert (DeepSeek-V2) or sum of the top two (DeepSeek-V3)"
+    )
     first_k_dense: int = Field(0, ge=0, description="leading layers that use the dense FFN")
     moe_layer_step: int = Field(1, gt=0, description="every n-th layer (after first_k_dense) is MoE")
     parallel_dense_ffn: bool = Field(
