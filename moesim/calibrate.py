@@ -2,9 +2,11 @@
 
 Only parameters with physical meaning are fitted (achievable fractions of peak, overheads),
 named by their path under ``[efficiency]`` (``"compute.gemm_compute_fraction"``), within the
-bounds their spec declares. The objective is the squared log error of each case,
-log(predicted / measured), each kind weighted equally (1 / n_kind) so a large set of one kind
-does not drown another. Tile sizes and other integers are never fitted.
+bounds their spec declares. The objective is the log error of each case, log(predicted / measured),
+each kind weighted equally (1 / n_kind) so a large set of one kind does not drown another,
+under a soft-L1 loss with a 10% scale by default: a case the model cannot represent (one
+outlier of a published table) pulls the fit like a 10% error, not like its square. Tile sizes
+and other integers are never fitted.
 A profile fitted on one case file must be judged on another (``moesim validate``).
 """
 from __future__ import annotations
@@ -99,12 +101,22 @@ def with_params(profile: HardwareProfile, values: dict[str, float], origin: str 
     return profile.with_efficiency(merged)
 
 
-def _residuals(cases, profile) -> tuple[np.ndarray, list[str]]:
-    """log(pred/measured) per usable case, weighted 1/sqrt(n_kind); and the ids skipped."""
+def _robust(r: np.ndarray, loss: str, scale: float) -> np.ndarray:
+    """Residuals whose squares are the loss: soft-L1 = 2 c^2 (sqrt(1 + (r/c)^2) - 1) (scipy's
+    definition); applied per case before the kind weights so ``scale`` stays a log error."""
+    if loss == "linear":
+        return r
+    if loss == "soft_l1":
+        return np.sign(r) * np.sqrt(2.0 * scale**2 * (np.sqrt(1.0 + (r / scale) ** 2) - 1.0))
+    raise MoesimError(f"loss {loss!r} unknown; use linear or soft_l1")
+
+
+def _residuals(cases, profile, loss: str = "linear", scale: float = 0.1) -> tuple[np.ndarray, list[str]]:
+    """Loss-shaped log(pred/measured) per usable case, weighted 1/sqrt(n_kind); ids skipped."""
     counts: dict[str, int] = {}
     for c in cases:
         counts[c.kind] = counts.get(c.kind, 0) + 1
-    res, skipped = [], []
+    logs, weights, skipped = [], [], []
     for c in cases:
         predict, _ = predictor_for(c.kind)
         try:
@@ -112,8 +124,9 @@ def _residuals(cases, profile) -> tuple[np.ndarray, list[str]]:
         except UnsupportedCase:
             skipped.append(c.id)
             continue
-        res.append(math.log(max(value, 1e-30) / c.measured) / math.sqrt(counts[c.kind]))
-    return np.asarray(res), skipped
+        logs.append(math.log(max(value, 1e-30) / c.measured))
+        weights.append(1.0 / math.sqrt(counts[c.kind]))
+    return _robust(np.asarray(logs), loss, scale) * np.asarray(weights), skipped
 
 
 def _errors(cases, profile) -> list[float]:
@@ -127,20 +140,32 @@ def _errors(cases, profile) -> list[float]:
     return out
 
 
+def default_params(cases: list[Case], profile: HardwareProfile) -> tuple[str, ...]:
+    """The fit parameters the kinds present declare (a kind may declare a function of the
+    cases and profile that returns only the parameters those cases can identify)."""
+    names: list[str] = []
+    for kind in sorted({c.kind for c in cases}):
+        declared = predictor_for(kind)[1]
+        if callable(declared):
+            declared = declared([c for c in cases if c.kind == kind], profile)
+        names += [p for p in declared if p not in names]
+    return tuple(names)
+
+
 def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
-              params: tuple[str, ...] | None = None, source: str = "") -> CalibrationResult:
-    """Fit ``params`` (default: the fit parameters of every kind present) of ``profile`` to ``cases``."""
+              params: tuple[str, ...] | None = None, source: str = "",
+              loss: str = "soft_l1", loss_scale: float = 0.1) -> CalibrationResult:
+    """Fit ``params`` (default: ``default_params``) of ``profile`` to the ``cases`` on it.
+
+    ``loss`` is scipy's least_squares loss (``linear`` = plain squared log error);
+    ``loss_scale`` the log error at which a robust loss starts to flatten.
+    """
     cases = [c for c in cases if c.hardware == profile.name]
     if not cases:
         raise MoesimError(f"no cases on hardware {profile.name!r} to calibrate on")
     kinds = tuple(sorted({c.kind for c in cases}))
     if params is None:
-        names: list[str] = []
-        for kind in kinds:
-            for p in predictor_for(kind)[1]:
-                if p not in names:
-                    names.append(p)
-        params = tuple(names)
+        params = default_params(cases, profile)
     if not params:
         raise MoesimError(f"the case kinds {', '.join(kinds)} declare no parameters to fit")
     bounds = [param_bounds(p) for p in params]
@@ -149,7 +174,7 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
     _, skipped = _residuals(cases, profile)
 
     def fun(x):
-        return _residuals(cases, with_params(profile, dict(zip(params, x))))[0]
+        return _residuals(cases, with_params(profile, dict(zip(params, x))), loss, loss_scale)[0]
 
     best = None
     # NOTE: the models are piecewise (max of roofline terms, wave ceilings); a few starts avoid

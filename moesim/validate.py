@@ -26,19 +26,20 @@ class UnsupportedCase(MoesimError):
     """A predictor cannot predict this case (inputs missing, metric not modelled); says why."""
 
 
-# kind -> (module, predictor function, tuple of efficiency parameters that kind can fit).
+# kind -> (module, predictor function, the efficiency parameters that kind can fit: a tuple, or a
+# function (cases, profile) -> tuple naming only those the given cases can identify).
 # Resolved lazily so that ``moesim validate`` works while a layer is being built.
 PREDICTORS: dict[str, tuple[str, str, str]] = {
     "gemm": ("moesim.compute.cases", "predict_gemm_case", "GEMM_FIT_PARAMS"),
     "grouped_gemm": ("moesim.compute.cases", "predict_grouped_gemm_case", "GROUPED_GEMM_FIT_PARAMS"),
-    "all_to_all": ("moesim.comm.cases", "predict_all_to_all_case", "A2A_FIT_PARAMS"),
+    "all_to_all": ("moesim.comm.cases", "predict_all_to_all_case", "a2a_fit_params"),
     "moe_layer": ("moesim.step_cases", "predict_moe_layer_case", "MOE_LAYER_FIT_PARAMS"),
     "training": ("moesim.step_cases", "predict_training_case", "TRAINING_FIT_PARAMS"),
     "serving": ("moesim.step_cases", "predict_serving_case", "SERVING_FIT_PARAMS"),
 }
 
 
-def predictor_for(kind: str) -> tuple[Predictor, tuple[str, ...]]:
+def predictor_for(kind: str) -> tuple[Predictor, tuple[str, ...] | Callable]:
     """The predictor of ``kind`` and its fit parameters; UnsupportedCase when there is none."""
     if kind not in PREDICTORS:
         raise UnsupportedCase(f"no predictor for kind {kind!r}")
@@ -47,7 +48,8 @@ def predictor_for(kind: str) -> tuple[Predictor, tuple[str, ...]]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError:
         raise UnsupportedCase(f"no predictor for kind {kind!r} yet") from None
-    return getattr(module, func), tuple(getattr(module, params, ()))
+    declared = getattr(module, params, ())
+    return getattr(module, func), declared if callable(declared) else tuple(declared)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def bytes_per_element(name: str) -> float:
 class Spec(BaseModel):
     """Base of every spec: frozen, unknown keys rejected, values validated on assignment."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
     def to_dict(self) -> dict:
         """Plain-JSON form (what ``model_dump(mode='json')`` gives)."""

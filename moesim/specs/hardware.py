@@ -150,6 +150,19 @@ class ComputeEfficiency(Spec):
     gemm_tile_m: int = Field(128, gt=0, description="rows of one output tile")
     gemm_tile_n: int = Field(128, gt=0, description="columns of one output tile")
     kernel_overhead_us: float = Field(3.0, ge=0, description="fixed launch and prologue time per kernel")
+    gemm_tile_k: int = Field(
+        128, gt=0, description="depth (k elements) of one main-loop step of a GEMM tile; the unit "
+        "gemm_kstep_overhead_ns is paid per (FP8 block-scaled kernels promote partial sums every 128)"
+    )
+    gemm_kstep_overhead_ns: float = Field(
+        0.0, ge=0, description="time one SM spends per main-loop k-step of a tile beyond the math and "
+        "the loads (pipeline barrier, accumulator promotion); 0 = none (neutral prior)"
+    )
+    gemm_sm_load_GBps: float = Field(
+        1000.0, gt=0, description="operand bytes one SM can pull into shared memory per second (from L2 "
+        "or HBM); limits GEMMs that run on few SMs or re-read a shared operand from L2. The prior "
+        "1000 GB/s per SM is effectively unlimited (neutral)"
+    )
     attention_compute_fraction: float = Field(
         0.60, gt=0, le=1, description="fraction of peak flash attention sustains in prefill"
     )
@@ -170,7 +183,7 @@ class CommEfficiency(Spec):
     )
     scale_out_latency_us: float = Field(6.0, ge=0, description="per-operation scale-out latency")
     per_peer_overhead_us: float = Field(
-        0.5, ge=0, description="per destination peer cost of one all-to-all (low-latency mode)"
+        0.5, ge=0, description="per destination peer cost of one all-to-all (dominates small decode batches)"
     )
 
 

@@ -1,0 +1,27 @@
+"""``moesim compare SCENARIO.toml --dense MODEL``: MoE vs dense at the same target and SLO."""
+from __future__ import annotations
+
+import argparse
+
+from moesim.cli import Result
+from moesim.commands.plan import add_scenario_args, load
+from moesim.commands.whatif import delta_table
+
+ORDER = 12
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="MoE vs dense: devices, cost per token and latency at the same SLO")
+    add_scenario_args(p, optional=False)
+    p.add_argument("--dense", required=True, help="dense model preset (or TOML) to compare with")
+    p.set_defaults(handler=compare_cmd)
+
+
+def compare_cmd(args) -> Result:
+    from moesim.planner.compare import compare
+
+    scenario = load(args)
+    result = compare(scenario, args.dense)
+    text = (f"{scenario.name}: {scenario.model} (MoE) vs {args.dense} (dense), same target and SLO\n\n"
+            + delta_table(result.deltas, scenario.model, args.dense))
+    return Result(result.to_dict(), text)

@@ -1,0 +1,94 @@
+"""``moesim plan [SCENARIO.toml]``: the capacity planner, the main job.
+
+With no file it plans the built-in default scenario (moesim/planner/default_scenario.toml).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from moesim.cli import Result, add_json_flag
+from moesim.errors import SpecError
+
+ORDER = 10  # the main job comes first in --help
+
+
+def add_scenario_args(p: argparse.ArgumentParser, optional: bool = True) -> None:
+    """Arguments every planner command shares: the scenario, --set changes, executor, speed knobs."""
+    if optional:
+        p.add_argument("scenario", nargs="?", help="scenario TOML (default: the built-in scenario)")
+    else:
+        p.add_argument("scenario", help="scenario TOML ('default' for the built-in scenario)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+                   help="change a scenario field first, e.g. --set slo.tpot_s=0.04 (repeatable)")
+    p.add_argument("--verify-top", type=int, default=None, metavar="N",
+                   help="verify the N cheapest candidates with the serving DES (0 = analytic only)")
+    p.add_argument("--small", action="store_true",
+                   help="a small search (fewer device counts and batches) for quick answers")
+    add_json_flag(p)
+
+
+def load(args):
+    """The scenario named by ``args`` with --set, --verify-top and --small applied."""
+    from moesim.planner.scenario import load_scenario
+    from moesim.planner.whatif import apply_changes, parse_sets
+
+    path = None if args.scenario in (None, "default") else args.scenario
+    scenario = load_scenario(path)
+    changes = parse_sets(args.sets)
+    if args.verify_top is not None:
+        if args.verify_top < 0:
+            raise SpecError("--verify-top", args.verify_top, "must be >= 0")
+        changes["verify.top_n"] = args.verify_top
+    if args.small:
+        changes.update(small_search(scenario))
+    return apply_changes(scenario, changes) if changes else scenario
+
+
+def small_search(scenario) -> dict:
+    """A cut-down search space: few device counts, batches and layouts (examples, smoke tests)."""
+    if scenario.kind == "training":
+        return {"search.devices": [d for d in scenario.search.devices if d in (256, 512, 1024, 2048)] or [512],
+                "search.micro_batch": [1], "search.tp": [1, 2, 4], "search.pp": [1, 4, 8]}
+    return {"search.batch_per_device": [8, 32, 128], "search.tp": [1, 8],
+            "search.devices_per_replica": [n for n in scenario.search.devices_per_replica if n <= 32] or [8],
+            "verify.top_n": min(scenario.verify.top_n, 1), "verify.duration_s": min(scenario.verify.duration_s, 30.0)}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="capacity planner: which hardware, how many, which layout, what cost")
+    add_scenario_args(p)
+    p.add_argument("--top", type=int, default=10, help="rows of the ranked table")
+    p.add_argument("--csv", metavar="FILE", help="write every ranked candidate to FILE")
+    p.add_argument("--plot", metavar="FILE.png", help="cost vs latency plot with the Pareto frontier")
+    p.add_argument("--executor", choices=["local", "inline", "dask"], default="local")
+    p.add_argument("--address", help="Dask scheduler address (tcp://HOST:PORT) for --executor dask")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
+    p.add_argument("--results", metavar="FILE.jsonl",
+                   help="stream results here; rerunning with the same file resumes the sweep")
+    p.add_argument("--progress", action="store_true", help="progress bar on stderr (default: when a TTY)")
+    p.set_defaults(handler=plan_cmd)
+
+
+def plan_cmd(args) -> Result:
+    from moesim.planner.plan import plan
+    from moesim.planner.report import plot_pareto, render, write_csv
+
+    if args.top <= 0:
+        raise SpecError("--top", args.top, "must be positive")
+    if args.workers is not None and args.workers <= 0:
+        raise SpecError("--workers", args.workers, "must be positive")
+    scenario = load(args)
+    progress = args.progress or (sys.stderr.isatty() and not args.json)
+    result = plan(scenario, executor=args.executor, address=args.address, workers=args.workers,
+                  results_path=args.results, progress=progress)
+    result.require_feasible()
+    files = []
+    if args.csv:
+        files.append(write_csv(result, args.csv))
+    if args.plot:
+        files.append(plot_pareto(result, args.plot))
+    text = render(result, top=args.top)
+    if files:
+        text += "\n\nwrote " + ", ".join(files)
+    return Result(result.to_dict(), text, files=tuple(files))

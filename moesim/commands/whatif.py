@@ -1,0 +1,44 @@
+"""``moesim whatif SCENARIO.toml --set PATH=VALUE ...``: base and changed plans side by side."""
+from __future__ import annotations
+
+import argparse
+
+from moesim.cli import Result
+from moesim.commands.plan import add_scenario_args, load
+from moesim.textfmt import table
+
+ORDER = 11
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("whatif", help="what if: a scenario plus --set changes, side by side with deltas")
+    add_scenario_args(p, optional=False)
+    p.add_argument("--change", dest="changes", action="append", default=[], metavar="PATH=VALUE",
+                   help="alias of --set for the changed side")
+    p.set_defaults(handler=whatif_cmd)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def delta_table(deltas, left: str, right: str) -> str:
+    rows = [(d.metric, fmt(d.base), fmt(d.changed), fmt(d.delta),
+             "-" if d.relative is None else f"{d.relative:+.1%}") for d in deltas]
+    return table(rows, ["metric", left, right, "delta", "delta %"])
+
+
+def whatif_cmd(args) -> Result:
+    from moesim.planner.whatif import parse_sets, what_if
+
+    changes = parse_sets(args.sets + args.changes)
+    args.sets = []
+    base = load(args)
+    result = what_if(base, changes)
+    shown = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(no changes)"
+    text = f"{base.name}: what if {shown}\n\n" + delta_table(result.deltas, "base", "changed")
+    return Result(result.to_dict(), text)

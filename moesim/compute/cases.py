@@ -1,0 +1,56 @@
+"""Predictors for the ``gemm`` and ``grouped_gemm`` case kinds (shared/CASES.md).
+
+Registered in ``moesim.validate.PREDICTORS``; ``moesim calibrate`` fits ``GEMM_FIT_PARAMS`` of a
+profile on ``gemm`` cases (h800-sxm: the DeepGEMM FP8 rows of published-calibration.json).
+"""
+from __future__ import annotations
+
+from moesim.compute.gemm import gemm_time
+from moesim.compute.grouped import grouped_gemm_time
+from moesim.specs import HardwareProfile
+from moesim.validate import UnsupportedCase
+
+# Five physical parameters (hardware.py ComputeEfficiency): steady-state math fraction, HBM
+# fraction, launch overhead, per-SM operand load bandwidth, per-k-step pipeline overhead.
+GEMM_FIT_PARAMS: tuple[str, ...] = (
+    "compute.gemm_compute_fraction",
+    "compute.gemm_memory_fraction",
+    "compute.kernel_overhead_us",
+    "compute.gemm_sm_load_GBps",
+    "compute.gemm_kstep_overhead_ns",
+)
+GROUPED_GEMM_FIT_PARAMS: tuple[str, ...] = GEMM_FIT_PARAMS
+
+
+def _metric(inputs: dict) -> None:
+    metric = inputs.get("metric", "time_s")
+    if metric != "time_s":
+        raise UnsupportedCase(f"metric {metric!r} not modelled for GEMMs (only time_s)")
+
+
+def predict_gemm_case(inputs: dict, hw: HardwareProfile) -> float:
+    """Predicted kernel time (s) of a ``gemm`` case: inputs m, n, k, dtype (out_dtype optional)."""
+    _metric(inputs)
+    est = gemm_time(hw, inputs["m"], inputs["n"], inputs["k"], inputs["dtype"], inputs.get("out_dtype"))
+    return est.time_s
+
+
+def predict_grouped_gemm_case(inputs: dict, hw: HardwareProfile) -> float:
+    """Predicted kernel time (s) of a ``grouped_gemm`` case.
+
+    inputs: m_per_group (a list, or an int with ``groups``), n, k, dtype, layout (contiguous or
+    masked; default contiguous), capacity (masked only; default the largest group).
+    """
+    _metric(inputs)
+    m_per_group = inputs["m_per_group"]
+    if isinstance(m_per_group, int):
+        groups = inputs.get("groups")
+        if groups is None:
+            raise UnsupportedCase("m_per_group is an int but 'groups' is not given")
+        m_per_group = [m_per_group] * int(groups)
+    est = grouped_gemm_time(
+        hw, m_per_group, inputs["n"], inputs["k"], inputs["dtype"],
+        layout=inputs.get("layout") or "contiguous", capacity=inputs.get("capacity"),
+        out_dtype=inputs.get("out_dtype"),
+    )
+    return est.time_s

@@ -1,0 +1,198 @@
+"""Memory footprint of one device of a deployment: weights, KV cache, activations, optimizer.
+
+Sizes are for the most loaded device: the pipeline stage with the most parameters (stage 0
+holds the input embedding, the last stage the LM head) and an EP rank with
+``ceil((E + redundant) / ep)`` expert slots. Conventions:
+
+- weights: attention, dense FFN, shared experts, embedding and LM head are split over TP;
+  routed experts over EP (and ETP inside an expert); router and norms are replicated.
+  Bytes per weight = ``bytes_per_element(weight_dtype)`` (model.weight_dtype by default).
+- KV cache per token: sum over the stage's layers of ``ModelSpec.kv_elements_per_token()`` x
+  kv bytes; GQA heads split over TP (at least one head per rank); MLA's latent is replicated over
+  TP (every rank needs it). Windowed layers are counted in full (conservative for fit).
+- training (Korthikanti et al. 2022, "Reducing activation recomputation", without the attention
+  score term that flash attention never stores): per token and layer, in elements of 2 bytes,
+  attention 2D + 2 q_w + 2 kv_w, norms 2D, FFN D + 3F (SwiGLU: gate and up outputs, activation);
+  an MoE FFN stores top_k copies of D + 3F_expert plus the shared experts'. Selective recompute
+  drops norms and the activation output (D + 2F kept); full recompute keeps only each layer's
+  input (D) plus one layer's working set. Sequence parallel divides by tp, context parallel by cp.
+  With 1F1B, stage 0 holds pp micro-batches in flight.
+- mixed-precision Adam: gradients (4 B/param fp32 main_grad, not sharded) and 12 B/param of
+  fp32 master weights, first and second moments, sharded over the data-parallel replicas of
+  that parameter when the distributed optimizer is on (dp x cp for dense, expert-dp for experts).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from moesim import units
+from moesim.compute.counts import attention_params_per_layer, expert_params, ffn_params, router_params_per_layer, shared_params_per_layer
+from moesim.errors import SpecError
+from moesim.specs import HardwareProfile, ModelSpec, Parallelism, bytes_per_element, check_parallelism, experts_per_rank
+
+Recompute = Literal["none", "selective", "full"]
+RECOMPUTE: tuple[str, ...] = ("none", "selective", "full")
+ADAM_STATE_BYTES = 12.0  # fp32 master weight + Adam m + Adam v (4 B each) per parameter
+ACT_BYTES = 2.0  # activations kept in bf16
+
+
+@dataclass(frozen=True)
+class MemoryFootprint:
+    """Bytes on the most loaded device and whether they fit in its HBM."""
+
+    mode: str
+    weight_bytes: float
+    expert_weight_bytes: float
+    kv_bytes_per_token: float
+    kv_cache_bytes: float
+    kv_tokens_fit: int
+    activation_bytes: float
+    gradient_bytes: float
+    optimizer_bytes: float
+    reserve_bytes: float
+    total_bytes: float
+    capacity_bytes: float
+    fits: bool
+    shortfall_GiB: float
+    reason: str
+
+    @property
+    def free_bytes(self) -> float:
+        return self.capacity_bytes - self.total_bytes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["total_GiB"] = self.total_bytes / units.GiB
+        d["capacity_GiB"] = self.capacity_bytes / units.GiB
+        d["weight_GiB"] = self.weight_bytes / units.GiB
+        return d
+
+
+def _stage_layers(model: ModelSpec, pp: int) -> list[range]:
+    per = math.ceil(model.num_layers / pp)
+    return [range(s * per, min(model.num_layers, (s + 1) * per)) for s in range(pp)]
+
+
+def stage_params(model: ModelSpec, par: Parallelism) -> list[tuple[float, float]]:
+    """(non-expert params, routed-expert params) per device of each pipeline stage."""
+    tp, etp = par.tp, par.etp
+    attn = attention_params_per_layer(model) / tp + 2 * model.hidden
+    dense = ffn_params(model, model.dense_ffn) / tp if model.dense_ffn else 0.0
+    slots = experts_per_rank(model, par)
+    out = []
+    stages = _stage_layers(model, par.pp)
+    for s, layers in enumerate(stages):
+        base, experts = 0.0, 0.0
+        for i in layers:
+            base += attn
+            if model.layer_is_moe(i):
+                base += router_params_per_layer(model) + shared_params_per_layer(model) / tp
+                experts += slots * expert_params(model) / etp
+                if model.moe.parallel_dense_ffn:
+                    base += dense
+            else:
+                base += dense
+        if s == 0:
+            base += model.vocab_size * model.hidden / tp
+        if s == len(stages) - 1 and not model.tie_embeddings:
+            base += model.vocab_size * model.hidden / tp
+        out.append((base, experts))
+    return out
+
+
+def kv_bytes_per_token(model: ModelSpec, par: Parallelism, kv_dtype: str, layers: range | None = None) -> float:
+    """KV-cache bytes one token occupies on one device (the layers of one stage)."""
+    att = model.attention
+    layers = range(model.num_layers) if layers is None else layers
+    if att.kind == "mla":
+        per_layer = float(model.kv_elements_per_token("latent"))
+    else:
+        heads = max(1.0, att.num_kv_heads / par.tp)
+        per_layer = 2.0 * heads * att.head_dim
+    return len(layers) * per_layer * bytes_per_element(kv_dtype)
+
+
+def activation_elements_per_token_layer(model: ModelSpec, moe: bool, recompute: str) -> float:
+    """Stored activation elements per token in one layer (module docstring)."""
+    att, d = model.attention, model.hidden
+    q_w = att.num_heads * att.qk_head_dim
+    kv_w = (att.num_heads if att.kind == "mla" else att.num_kv_heads) * (att.qk_head_dim + att.v_dim) / 2
+    if recompute == "full":
+        return float(d)
+
+    def ffn(width: float) -> float:
+        return d + (2 * width if recompute == "selective" else 3 * width)
+
+    if moe:
+        m = model.moe
+        f = m.top_k * ffn(m.expert_ffn) + m.num_shared_experts * ffn(m.shared_expert_ffn) + m.num_experts
+    else:
+        f = ffn(model.dense_ffn)
+    norms = 0.0 if recompute == "selective" else 2.0 * d
+    return 2.0 * d + 2.0 * q_w + 2.0 * kv_w + norms + f
+
+
+def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
+                     mode: Literal["serve", "train"] = "serve", weight_dtype: str | None = None,
+                     kv_dtype: str | None = None, kv_tokens: int = 0, micro_batch: int = 1,
+                     seq_len: int = 4096, recompute: Recompute = "none",
+                     distributed_optimizer: bool = True, reserve_GiB: float = 0.0) -> MemoryFootprint:
+    """Bytes per device of ``model`` under ``par`` on ``hw``; never raises for a misfit.
+
+    serve: weights + ``kv_tokens`` of KV cache (``kv_tokens_fit`` = tokens the rest would hold).
+    train: weights + gradients + optimizer states + activations of ``micro_batch`` x ``seq_len``.
+    """
+    if mode not in ("serve", "train"):
+        raise SpecError("mode", mode, "allowed: serve, train")
+    if recompute not in RECOMPUTE:
+        raise SpecError("recompute", recompute, f"allowed: {', '.join(RECOMPUTE)}")
+    for name, v in (("kv_tokens", kv_tokens), ("reserve_GiB", reserve_GiB)):
+        if v < 0:
+            raise SpecError(name, v, "must be >= 0")
+    for name, v in (("micro_batch", micro_batch), ("seq_len", seq_len)):
+        if v <= 0:
+            raise SpecError(name, v, "must be positive")
+    check_parallelism(model, par)
+    w_bytes = bytes_per_element(weight_dtype or model.weight_dtype)
+    kv_dt = kv_dtype or ("bf16" if (weight_dtype or model.weight_dtype) in ("fp8", "fp4") else (weight_dtype or model.weight_dtype))
+    stages = stage_params(model, par)
+    s = max(range(len(stages)), key=lambda i: sum(stages[i]))
+    base, experts = stages[s]
+    layers = _stage_layers(model, par.pp)[s]
+    weights = (base + experts) * w_bytes
+    kv_tok = kv_bytes_per_token(model, par, kv_dt, layers)
+    reserve = reserve_GiB * units.GiB
+    grads = opt = acts = kv_cache = 0.0
+    if mode == "train":
+        grads = (base + experts) * 4.0
+        dp_dense = par.dp * par.cp if distributed_optimizer else 1
+        dp_exp = par.expert_dp if distributed_optimizer else 1
+        opt = ADAM_STATE_BYTES * (base / dp_dense + experts / dp_exp)
+        tokens = micro_batch * seq_len * min(par.pp, 1 + par.pp - 1 - s) / (par.tp * par.cp)
+        per_tok = sum(activation_elements_per_token_layer(model, model.layer_is_moe(i), recompute) for i in layers)
+        if recompute == "full":
+            one = activation_elements_per_token_layer(model, model.is_moe, "none")
+            acts = (tokens * per_tok + micro_batch * seq_len / (par.tp * par.cp) * one) * ACT_BYTES
+        else:
+            acts = tokens * per_tok * ACT_BYTES
+    else:
+        kv_cache = kv_tokens * kv_tok
+    total = weights + grads + opt + acts + kv_cache + reserve
+    cap = hw.hbm_bytes
+    free = cap - (weights + grads + opt + acts + reserve)
+    fit_tokens = int(max(0.0, free) // kv_tok) if kv_tok > 0 else 0
+    fits = total <= cap
+    shortfall = max(0.0, total - cap) / units.GiB
+    reason = "" if fits else (
+        f"needs {total / units.GiB:.1f} GiB per device (weights {weights / units.GiB:.1f}"
+        + (f", grads {grads / units.GiB:.1f}, optimizer {opt / units.GiB:.1f}, activations {acts / units.GiB:.1f}" if mode == "train" else f", KV {kv_cache / units.GiB:.1f}")
+        + f") but {hw.name} has {cap / units.GiB:.1f} GiB: short by {shortfall:.1f} GiB"
+    )
+    return MemoryFootprint(
+        mode=mode, weight_bytes=weights, expert_weight_bytes=experts * w_bytes, kv_bytes_per_token=kv_tok,
+        kv_cache_bytes=kv_cache, kv_tokens_fit=fit_tokens, activation_bytes=acts, gradient_bytes=grads,
+        optimizer_bytes=opt, reserve_bytes=reserve, total_bytes=total, capacity_bytes=cap, fits=fits,
+        shortfall_GiB=shortfall, reason=reason,
+    )

@@ -1,0 +1,204 @@
+"""Layer-level discrete-event simulation (SimPy) of a stack of MoE layers over EP ranks.
+
+Each EP rank runs two SimPy processes, its *compute* and *comm* streams, each executing its
+program in order (as a CUDA stream does): per layer and micro-batch b, compute runs P_b
+(attention + router) and X_b (this rank's experts + shared experts), comm runs D_b (dispatch)
+and C_b (combine). With ``two_microbatch`` the programs are P0 P1 X0 X1 / D0 D1 C0 C1 per layer
+(the order of ``moesim.step.layer.two_microbatch_time``); with ``none`` one micro-batch P X / D C.
+An op also waits for its micro-batch's previous op. Dispatch and combine are *barriers*: they
+start when every rank has reached them and last the time the comm model gives for that step's
+sampled traffic matrix. Each step draws its routing per layer and micro-batch from the routing
+engine's sampler, so expert time differs per rank and per step and stragglers emerge; the
+step ends when every rank has finished its last combine and the LM head.
+
+``balanced`` routing is deterministic (no draws): every rank gets the analytic counts and
+traffic, so the DES must reproduce the analytic step time (tests: within 1%).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from moesim.des.trace import Span
+from moesim.errors import SpecError
+from moesim.step import _adapters as ad
+from moesim.step.layer import OVERLAPS, LayerSetup, expert_layout, layer_ops, sampled_a2a
+
+
+@dataclass(frozen=True)
+class DesResult:
+    """Step times of a simulated run (seconds) and, when recorded, the timeline spans."""
+
+    step_times_s: np.ndarray
+    overlap: str
+    ranks: int
+    layers: int
+    spans: tuple[Span, ...] = field(default=(), repr=False)
+
+    @property
+    def mean_step_s(self) -> float:
+        return float(np.mean(self.step_times_s))
+
+    def percentile_step_s(self, q: float) -> float:
+        return float(np.percentile(self.step_times_s, q))
+
+    def to_dict(self) -> dict:
+        return {"mean_step_s": self.mean_step_s, "p50_step_s": self.percentile_step_s(50),
+                "p99_step_s": self.percentile_step_s(99), "steps": int(self.step_times_s.size),
+                "step_times_s": self.step_times_s.tolist(), "overlap": self.overlap,
+                "ranks": self.ranks, "layers": self.layers}
+
+
+@dataclass
+class _Plan:
+    """Durations of one step: P[l], X[l][b] (per rank), D[l][b], C[l][b], head."""
+
+    P: list
+    X: list
+    D: list
+    C: list
+    head: float
+
+
+class _Barrier:
+    """A collective: runs ``duration`` once all ``ranks`` have arrived; ``done`` fires after."""
+
+    def __init__(self, env: simpy.Environment, ranks: int, duration: float, name: str, spans: list | None):
+        self.env, self.ranks, self.duration, self.name, self.spans = env, ranks, duration, name, spans
+        self.arrived = 0
+        self.done = env.event()
+
+    def arrive(self) -> simpy.Event:
+        self.arrived += 1
+        if self.arrived == self.ranks:
+            self.env.process(self._run())
+        return self.done
+
+    def _run(self):
+        start = self.env.now
+        yield self.env.timeout(self.duration)
+        if self.spans is not None and self.duration > 0:
+            for r in range(self.ranks):
+                self.spans.append(Span(f"rank {r}", "comm", self.name, start, self.duration, "a2a"))
+        self.done.succeed()
+
+
+def _plan(setup: LayerSetup, layers: list[int], tokens: float, context: float, mbs: int, head: float,
+          sampler, rng, cache: dict) -> _Plan:
+    """Draw one step: per layer and micro-batch, expert time per rank and all-to-all times."""
+    R = max(setup.ep, 1)
+    P, X, D, C = [], [], [], []
+    layout = expert_layout(setup, tokens)
+    for l in layers:
+        ops = layer_ops(setup, l, tokens, context)
+        P.append(ops.pre_s)
+        xs, ds, cs = [], [], []
+        for _ in range(mbs):
+            fixed = ops.shared_experts_s + ops.dense_ffn_s
+            if sampler is None or not setup.model.layer_is_moe(l):
+                xs.append(np.full(R, fixed + ops.experts_s))
+                ds.append(ops.dispatch_s)
+                cs.append(ops.combine_s)
+                continue
+            sample = sampler.sample(rng)
+            x_R = np.empty(R)
+            for r, counts in enumerate(sample.rank_expert_counts_RL):
+                key = counts.tobytes()
+                if key not in cache:
+                    cache[key] = ad.expert_ffn_s(setup.hw, setup.model, counts, setup.dtype, layout=layout)
+                x_R[r] = fixed + cache[key]
+            xs.append(x_R)
+            d, c = sampled_a2a(setup, tokens, sample.traffic_RR, sample.dedup_RN) if R > 1 else (0.0, 0.0)
+            ds.append(d)
+            cs.append(c)
+        X.append(xs)
+        D.append(ds)
+        C.append(cs)
+    return _Plan(P, X, D, C, head)
+
+
+def _run_step(env: simpy.Environment, plan: _Plan, R: int, mbs: int, spans: list | None):
+    """Start both streams of every rank for one step; returns the event of the step's end."""
+    L = len(plan.P)
+    disp = [[_Barrier(env, R, plan.D[l][b], f"dispatch L{l} mb{b}", spans) for b in range(mbs)] for l in range(L)]
+    comb = [[_Barrier(env, R, plan.C[l][b], f"combine L{l} mb{b}", spans) for b in range(mbs)] for l in range(L)]
+
+    def busy(r, name, dur):
+        start = env.now
+        yield env.timeout(dur)
+        if spans is not None and dur > 0:
+            spans.append(Span(f"rank {r}", "compute", name, start, dur, "compute"))
+
+    def compute(r, p_done, x_done):
+        for l in range(L):
+            for b in range(mbs):
+                if l > 0:
+                    yield comb[l - 1][b].done
+                yield from busy(r, f"attention L{l} mb{b}", plan.P[l])
+                p_done[l][b].succeed()
+            for b in range(mbs):
+                yield disp[l][b].done
+                yield from busy(r, f"experts L{l} mb{b}", plan.X[l][b][r])
+                x_done[l][b].succeed()
+        yield comb[L - 1][mbs - 1].done
+        yield from busy(r, "lm_head", plan.head)
+
+    def comm(r, p_done, x_done):
+        for l in range(L):
+            for b in range(mbs):
+                yield p_done[l][b]
+                yield disp[l][b].arrive()
+            for b in range(mbs):
+                yield x_done[l][b]
+                yield comb[l][b].arrive()
+
+    ends = []
+    for r in range(R):
+        p_done = [[env.event() for _ in range(mbs)] for _ in range(L)]
+        x_done = [[env.event() for _ in range(mbs)] for _ in range(L)]
+        ends.append(env.process(compute(r, p_done, x_done)))
+        ends.append(env.process(comm(r, p_done, x_done)))
+    return env.all_of(ends)
+
+
+def simulate_layers(setup: LayerSetup, *, layers: list[int], tokens: float, context: float,
+                    overlap: str = "none", steps: int = 10, seed: int = 0, head_s: float = 0.0,
+                    record: bool = False) -> DesResult:
+    """Simulate ``steps`` iterations of ``layers`` (0-based layer indices) on ``setup.ep`` ranks.
+
+    ``tokens``: tokens per rank per iteration (split in two halves under two_microbatch).
+    """
+    if overlap not in OVERLAPS:
+        raise SpecError("overlap", overlap, f"one of {', '.join(OVERLAPS)}")
+    if steps <= 0:
+        raise SpecError("steps", steps, "must be positive")
+    if not layers:
+        raise SpecError("layers", layers, "need at least one layer")
+    mbs = 2 if overlap == "two_microbatch" else 1
+    mb_tokens = tokens / mbs
+    R = max(setup.ep, 1)
+    rng = np.random.default_rng(seed)
+    sampler = None
+    if setup.model.is_moe and setup.skew != "balanced":
+        m = setup.model.moe
+        sampler = ad.step_sampler(tokens=mb_tokens * R, num_experts=m.num_experts, top_k=m.top_k, ep=R,
+                                  redundant=setup.redundant_experts, skew=setup.skew,
+                                  ranks_per_node=setup.ranks_per_node, n_groups=m.n_groups,
+                                  topk_groups=m.topk_groups, seed=seed)
+    env = simpy.Environment()
+    spans: list | None = [] if record else None
+    times = np.empty(steps)
+    cache: dict = {}
+
+    def driver():
+        for s in range(steps):
+            plan = _plan(setup, layers, mb_tokens, context, mbs, head_s, sampler, rng, cache)
+            start = env.now
+            yield _run_step(env, plan, R, mbs, spans)
+            times[s] = env.now - start
+
+    env.process(driver())
+    env.run()
+    return DesResult(times, overlap, R, len(layers), tuple(spans or ()))

@@ -1,0 +1,1 @@
+"""Request-level serving simulation (SimPy): arrivals, continuous batching, KV limits, metrics."""

@@ -1,0 +1,171 @@
+"""What the planner asks of the models: the ``Evaluator`` protocol and its frozen results.
+
+The search, ranking, frontier, executors and resume logic only see this interface, so they are
+tested with a closed-form evaluator (:mod:`moesim.planner.testing`) and run with the real one
+(:mod:`moesim.planner.analytic`: step model + memory model + serving DES).
+
+A :class:`Candidate` is one deployment: hardware, devices, parallel layout, batch and capacity
+factor. Serving candidates are *one replica*; the planner adds replicas to meet the rate.
+``batch`` is decode sequences in flight per device (serving) or the micro-batch (training).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal, Protocol, Sequence, runtime_checkable
+
+from moesim.specs import Parallelism
+
+# Why a configuration was set aside (the rejection summary groups by these).
+REASONS: dict[str, str] = {
+    "invalid_layout": "parallel sizes do not fit the model (heads, experts or layers do not divide)",
+    "does_not_fit": "does not fit in device memory",
+    "misses_slo_tpot": "misses the TPOT SLO",
+    "misses_slo_ttft": "misses the TTFT SLO",
+    "drops_too_many": "drops more tokens than search.max_drop_fraction",
+    "over_max_devices": "needs more devices than max_devices to meet the target",
+    "misses_deadline": "cannot finish the tokens by the deadline",
+    "error": "the evaluation failed (reported, not fatal)",
+}
+BOTTLENECKS = ("compute", "HBM", "scale-up", "scale-out", "memory capacity", "imbalance", "latency")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One deployment to evaluate (one replica when serving, the whole cluster when training)."""
+
+    hardware: str
+    devices: int
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    ep: int = 1
+    attention_layout: Literal["tp", "dp"] = "tp"
+    batch: int = 1
+    capacity_factor: float | None = None
+    redundant_experts: int = 0
+
+    def key(self) -> str:
+        """A stable identity (used to resume sweeps and to join results)."""
+        cf = "none" if self.capacity_factor is None else f"{self.capacity_factor:g}"
+        return (
+            f"{self.hardware}|n{self.devices}|tp{self.tp}|pp{self.pp}|dp{self.dp}|ep{self.ep}"
+            f"|{self.attention_layout}|b{self.batch}|cf{cf}|r{self.redundant_experts}"
+        )
+
+    def parallelism(self) -> Parallelism:
+        return Parallelism(
+            tp=self.tp, pp=self.pp, dp=self.dp, ep=self.ep,
+            attention_layout=self.attention_layout, redundant_experts=self.redundant_experts,
+        )
+
+    def layout(self) -> str:
+        """Short human form, e.g. ``TP4 EP32 PP1 DP8 attn=tp``."""
+        return f"TP{self.tp} EP{self.ep} PP{self.pp} DP{self.dp} attn={self.attention_layout}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Candidate":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The model's verdict on one candidate. Times in seconds, memory in GiB.
+
+    Serving: ``tokens_per_s`` is output tokens/s one replica sustains at ``batch``;
+    ``tpot_s`` / ``ttft_s`` are the analytic latency estimates (the DES gives tails).
+    Training: ``tokens_per_s`` is training tokens/s of the whole cluster, ``step_time_s`` one
+    optimizer step, ``mfu`` model FLOPs utilisation.
+    ``memory_headroom_GiB`` < 0 is the shortfall of a deployment that does not fit.
+    """
+
+    candidate: Candidate
+    status: Literal["ok", "rejected", "error"] = "ok"
+    reason: str | None = None
+    detail: str = ""
+    tokens_per_s: float = 0.0
+    step_time_s: float | None = None
+    tpot_s: float | None = None
+    ttft_s: float | None = None
+    memory_headroom_GiB: float | None = None
+    bottleneck: str = ""
+    drop_fraction: float = 0.0
+    imbalance: float = 1.0
+    mfu: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def rejected(self, reason: str, detail: str) -> "Evaluation":
+        """A copy set aside for ``reason`` (a key of REASONS)."""
+        from dataclasses import replace
+
+        return replace(self, status="rejected", reason=reason, detail=detail)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["key"] = self.candidate.key()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Evaluation":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["candidate"] = Candidate.from_dict(d["candidate"])
+        return cls(**kw)
+
+    @classmethod
+    def failed(cls, candidate: Candidate, message: str) -> "Evaluation":
+        return cls(candidate=candidate, status="error", reason="error", detail=message[:300])
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Serving-DES check of one candidate: per-replica sustainable rate with a confidence interval."""
+
+    candidate: Candidate
+    max_request_rate_per_s: float
+    rate_ci_low: float
+    rate_ci_high: float
+    output_tokens_per_s: float
+    ttft_p99_s: float | None = None
+    tpot_p99_s: float | None = None
+    ttft_p99_ci: tuple[float, float] | None = None
+    tpot_p99_ci: tuple[float, float] | None = None
+    engine: str = "des"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["key"] = self.candidate.key()
+        return d
+
+
+@dataclass(frozen=True)
+class HardwareFacts:
+    """What the planner itself needs of a hardware profile: price, domain size, memory."""
+
+    name: str
+    usd_per_device_hour: float
+    domain_size: int
+    hbm_GiB: float
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Given candidates and the scenario, return one frozen Evaluation per candidate, in order.
+
+    Implementations must be picklable (they travel to worker processes and Dask workers) and
+    pure: the same candidate and scenario always give the same evaluation.
+    """
+
+    name: str
+
+    def evaluate(self, candidates: Sequence[Candidate], scenario) -> list[Evaluation]: ...
+
+    def verify(self, candidate: Candidate, scenario) -> Verification | None: ...
+
+    def hardware(self, name: str) -> HardwareFacts: ...

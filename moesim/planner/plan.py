@@ -1,0 +1,195 @@
+"""``plan(scenario)``: search, judge, rank, verify the best with the serving DES, answer with a CI.
+
+Stages: (1) enumerate the space (:mod:`space`); (2) evaluate every candidate with the evaluator
+(vectorized analytic step model + memory model by default) through an executor (:mod:`sweep`);
+(3) judge each evaluation against the SLO / deadline and cost it (:mod:`rank`); (4) verify the
+``verify.top_n`` cheapest serving candidates with the serving DES: the replicas needed follow
+from the DES's sustainable rate and its confidence interval, and the answer is the cheapest
+verified deployment.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+from moesim.errors import InfeasibleError
+from moesim.planner.evaluation import Evaluation, HardwareFacts, Verification
+from moesim.planner.rank import (
+    Ranked, Rejection, RejectionGroup, closest_rejection, judge_serving, judge_training,
+    pareto_frontier, rank, summarize_rejections, with_price,
+)
+from moesim.planner.scenario import Scenario, scenario_model
+from moesim.planner.space import serving_space, training_space
+from moesim.planner.sweep import run_sweep
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The recommended deployment; ``*_ci`` are 95% intervals from the DES seeds (None if unverified)."""
+
+    ranked: Ranked
+    verified: bool
+    replicas: int
+    total_devices: int
+    usd_per_hour: float
+    usd_per_million_tokens: float
+    devices_ci: tuple[int, int] | None = None
+    usd_per_hour_ci: tuple[float, float] | None = None
+    verification: Verification | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ranked"] = self.ranked.to_dict()
+        d["verification"] = self.verification.to_dict() if self.verification else None
+        return d
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """Everything a plan found: ranked candidates, frontier, rejections, the answer."""
+
+    scenario: Scenario
+    evaluator: str
+    ranked: tuple[Ranked, ...]
+    frontier: tuple[Ranked, ...]
+    rejected: tuple[RejectionGroup, ...]
+    answer: Answer | None
+    closest: Rejection | None
+    evaluated: int
+    space_size: int
+    timings_s: dict = field(default_factory=dict)
+    verifications: tuple[Verification, ...] = ()
+
+    @property
+    def feasible(self) -> bool:
+        return bool(self.ranked)
+
+    def require_feasible(self) -> "PlanResult":
+        """Raise InfeasibleError naming the closest candidate and what it lacks when nothing passed."""
+        if self.feasible:
+            return self
+        if self.closest is None:
+            raise InfeasibleError(f"{self.scenario.name}: no candidate could be evaluated "
+                                  f"({self.space_size} in the search space)")
+        ev = self.closest.evaluation
+        c = ev.candidate
+        raise InfeasibleError(
+            f"{self.scenario.name}: no deployment meets the target; closest is {c.hardware} x{c.devices} "
+            f"{c.layout()} batch {c.batch}, which {ev.reason.replace('_', ' ')}: {ev.detail}"
+        )
+
+    def to_dict(self, top: int | None = None) -> dict:
+        ranked = self.ranked if top is None else self.ranked[:top]
+        return {
+            "scenario": self.scenario.to_dict(),
+            "evaluator": self.evaluator,
+            "answer": self.answer.to_dict() if self.answer else None,
+            "candidates": [_row(r) for r in ranked],
+            "frontier": [r.candidate.key() for r in self.frontier],
+            "rejected": [g.to_dict() for g in self.rejected],
+            "closest": ({"key": self.closest.evaluation.candidate.key(), "reason": self.closest.evaluation.reason,
+                         "detail": self.closest.evaluation.detail} if self.closest else None),
+            "verifications": [v.to_dict() for v in self.verifications],
+            "evaluated": self.evaluated,
+            "space_size": self.space_size,
+            "timings_s": self.timings_s,
+        }
+
+
+def _row(r: Ranked) -> dict:
+    """One flat ranked row (the --json ``candidates`` entries and the CSV columns)."""
+    ev, c = r.evaluation, r.candidate
+    return {
+        "rank_key": c.key(), "hardware": c.hardware, "devices_per_replica": c.devices,
+        "replicas": r.replicas, "devices": r.total_devices, "nodes": r.nodes,
+        "tp": c.tp, "ep": c.ep, "pp": c.pp, "dp": c.dp, "attention_layout": c.attention_layout,
+        "batch": c.batch, "capacity_factor": c.capacity_factor, "redundant_experts": c.redundant_experts,
+        "tokens_per_s": ev.tokens_per_s, "tokens_per_s_per_device": ev.tokens_per_s / c.devices,
+        "tpot_s": ev.tpot_s, "ttft_s": ev.ttft_s, "step_time_s": ev.step_time_s,
+        "memory_headroom_GiB": ev.memory_headroom_GiB, "usd_per_hour": r.usd_per_hour,
+        "usd_per_million_tokens": r.usd_per_million_tokens, "bottleneck": ev.bottleneck,
+        "drop_fraction": ev.drop_fraction, "imbalance": ev.imbalance, "mfu": ev.mfu,
+        "days": r.days, "total_usd": r.total_usd,
+    }
+
+
+def default_evaluator():
+    """The real evaluator: vectorized step model + memory model, serving DES for verification."""
+    from moesim.planner.analytic import AnalyticEvaluator
+
+    return AnalyticEvaluator()
+
+
+def _facts(scenario, evaluator) -> dict[str, HardwareFacts]:
+    return {hw: with_price(evaluator.hardware(hw), scenario) for hw in scenario.hardware}
+
+
+def _verify(scenario, evaluator, ranked: list[Ranked], facts) -> tuple[Answer | None, list[Verification]]:
+    """DES-check the cheapest ``verify.top_n`` candidates; the answer is the cheapest verified."""
+    if not ranked:
+        return None, []
+    n = scenario.verify.top_n if scenario.kind == "serving" else 0
+    verifier = getattr(evaluator, "verify", None)
+    answers, checks = [], []
+    for r in ranked[:n] if verifier else []:
+        v = verifier(r.candidate, scenario)
+        if v is None:
+            continue
+        checks.append(v)
+        answers.append(_answer_from(scenario, r, v, facts[r.candidate.hardware]))
+    if not answers:
+        r = ranked[0]
+        return Answer(r, False, r.replicas, r.total_devices, r.usd_per_hour, r.usd_per_million_tokens), checks
+    return min(answers, key=lambda a: (a.usd_per_hour, a.ranked.sort_key())), checks
+
+
+def _answer_from(scenario, r: Ranked, v: Verification, facts: HardwareFacts) -> Answer:
+    rate = scenario.target_output_tokens_per_s / scenario.workload.output_len
+    n = r.candidate.devices
+
+    def replicas(per_replica: float) -> int:
+        return math.ceil(rate / per_replica - 1e-9) if per_replica > 0 else 10**9
+
+    reps = replicas(v.max_request_rate_per_s)
+    lo, hi = replicas(v.rate_ci_high), replicas(v.rate_ci_low)
+    usd = reps * n * facts.usd_per_device_hour
+    return Answer(
+        r, True, reps, reps * n, usd, usd / (scenario.target_output_tokens_per_s * 3600.0) * 1e6,
+        devices_ci=(lo * n, hi * n),
+        usd_per_hour_ci=(lo * n * facts.usd_per_device_hour, hi * n * facts.usd_per_device_hour),
+        verification=v,
+    )
+
+
+def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address=None,
+         workers: int | None = None, results_path=None, progress: bool = False,
+         chunk_size: int = 2048) -> PlanResult:
+    """Search ``scenario``'s space and rank what meets it (see the module docstring)."""
+    evaluator = evaluator or default_evaluator()
+    t0 = time.perf_counter()
+    model = scenario_model(scenario)
+    facts = _facts(scenario, evaluator)
+    space = (serving_space if scenario.kind == "serving" else training_space)(scenario, model)
+    evals = run_sweep(space.candidates, scenario, evaluator, executor=executor, address=address,
+                      workers=workers, results_path=results_path, progress=progress, chunk_size=chunk_size)
+    t1 = time.perf_counter()
+    judge = judge_serving if scenario.kind == "serving" else judge_training
+    ranked, rejections = [], []
+    for ev in evals:
+        out = judge(ev, scenario, facts[ev.candidate.hardware])
+        (ranked if isinstance(out, Ranked) else rejections).append(out)
+    ranked = rank(ranked)
+    answer, checks = _verify(scenario, evaluator, ranked, facts)
+    t2 = time.perf_counter()
+    return PlanResult(
+        scenario=scenario, evaluator=getattr(evaluator, "name", type(evaluator).__name__),
+        ranked=tuple(ranked), frontier=tuple(pareto_frontier(ranked)),
+        rejected=tuple(summarize_rejections(rejections, space.invalid, space.invalid_examples)),
+        answer=answer, closest=closest_rejection(rejections) if not ranked else None,
+        evaluated=len(evals), space_size=space.size,
+        timings_s={"analytic_s": t1 - t0, "verify_s": t2 - t1, "configs_per_s": len(evals) / max(t1 - t0, 1e-9)},
+        verifications=tuple(checks),
+    )
+
+

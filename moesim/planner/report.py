@@ -1,0 +1,155 @@
+"""Rendering a plan for people: the ranked table, the answer, rejections; CSV and the Pareto plot."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from moesim.errors import MoesimError
+from moesim.planner.plan import PlanResult, _row
+from moesim.textfmt import seconds, table
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.1f}"
+
+
+def _serving_rows(result: PlanResult, top: int):
+    verified = {v.candidate.key(): v for v in result.verifications}
+    frontier = {r.candidate.key() for r in result.frontier}
+    for i, r in enumerate(result.ranked[:top], 1):
+        ev, c = r.evaluation, r.candidate
+        v = verified.get(c.key())
+        tpot = _ms(v.tpot_p99_s) + "*" if v and v.tpot_p99_s is not None else _ms(ev.tpot_s)
+        ttft = _ms(v.ttft_p99_s) + "*" if v and v.ttft_p99_s is not None else _ms(ev.ttft_s)
+        yield (
+            f"{i}{'f' if c.key() in frontier else ''}", c.hardware, f"{r.replicas}x{c.devices}={r.total_devices}",
+            r.nodes, c.layout(), c.batch, f"{ev.tokens_per_s / c.devices:,.0f}", tpot, ttft,
+            "-" if ev.memory_headroom_GiB is None else f"{ev.memory_headroom_GiB:.1f}",
+            f"{r.usd_per_hour:,.2f}", f"{r.usd_per_million_tokens:.3f}", ev.bottleneck,
+        )
+
+
+def _training_rows(result: PlanResult, top: int):
+    frontier = {r.candidate.key() for r in result.frontier}
+    for i, r in enumerate(result.ranked[:top], 1):
+        ev, c = r.evaluation, r.candidate
+        yield (
+            f"{i}{'f' if c.key() in frontier else ''}", c.hardware, c.devices, r.nodes, c.layout(), c.batch,
+            f"{ev.tokens_per_s / c.devices:,.0f}", f"{(ev.mfu or 0) * 100:.1f}", f"{r.days:.1f}",
+            seconds(ev.step_time_s),
+            "-" if ev.memory_headroom_GiB is None else f"{ev.memory_headroom_GiB:.1f}",
+            f"{r.total_usd:,.0f}", ev.bottleneck,
+        )
+
+
+def _answer_text(result: PlanResult) -> str:
+    a, s = result.answer, result.scenario
+    if a is None:
+        return "no deployment meets the target"
+    c = a.ranked.candidate
+    head = (f"answer: {a.total_devices} x {c.hardware} ({a.replicas} replica(s) of {c.devices}, {c.layout()}, "
+            f"batch {c.batch}/device), ${a.usd_per_hour:,.2f}/h")
+    if s.kind == "training":
+        r = a.ranked
+        return head + f", {r.days:.1f} days, ${r.total_usd:,.0f} total, MFU {(r.evaluation.mfu or 0) * 100:.1f}%"
+    head += f", ${a.usd_per_million_tokens:.3f}/M output tokens"
+    if a.verified and a.devices_ci:
+        v = a.verification
+        head += (f"\n  verified by the serving DES: {v.max_request_rate_per_s:.2f} req/s per replica "
+                 f"(95% CI {v.rate_ci_low:.2f}-{v.rate_ci_high:.2f}) -> devices {a.devices_ci[0]}-{a.devices_ci[1]}, "
+                 f"${a.usd_per_hour_ci[0]:,.2f}-{a.usd_per_hour_ci[1]:,.2f}/h; p99 TTFT {_ms(v.ttft_p99_s)} ms, "
+                 f"p99 TPOT {_ms(v.tpot_p99_s)} ms")
+    else:
+        head += "\n  (analytic estimate; not verified by the serving DES)"
+    return head
+
+
+def _target_text(s) -> str:
+    if s.kind == "training":
+        w = s.workload
+        return (f"train {s.model} on {w.tokens_to_train:.3g} tokens within {w.deadline_days:g} days "
+                f"(seq {w.seq_len}, global batch {w.global_batch}, {w.dtype})")
+    w, slo = s.workload, s.slo
+    lim = ", ".join(x for x in (
+        f"p{slo.percentile:g} TPOT <= {slo.tpot_s * 1e3:g} ms" if slo.tpot_s else "",
+        f"p{slo.percentile:g} TTFT <= {slo.ttft_s * 1e3:g} ms" if slo.ttft_s else "") if x)
+    return (f"serve {s.model} at {s.target_output_tokens_per_s:,.0f} output tok/s ({w.prompt_len} in / "
+            f"{w.output_len} out, {w.dtype}), {lim}")
+
+
+def render(result: PlanResult, top: int = 10) -> str:
+    """The text report: target, ranked table, answer, frontier, rejections by reason."""
+    s = result.scenario
+    lines = [f"{s.name}: {_target_text(s)}",
+             f"searched {result.space_size} configurations over {', '.join(s.hardware)} "
+             f"({result.evaluated} evaluated by {result.evaluator}, "
+             f"{result.timings_s.get('configs_per_s', 0):,.0f}/s)", ""]
+    if result.ranked:
+        if s.kind == "serving":
+            headers = ["#", "hardware", "devices", "nodes", "parallelism", "batch", "out tok/s/dev",
+                       "TPOT ms", "TTFT ms", "headroom GiB", "$/h", "$/M tok", "bottleneck"]
+            lines.append(table(list(_serving_rows(result, top)), headers))
+            lines.append("(f = on the cost-latency Pareto frontier; * = p99 from the serving DES, "
+                         "else analytic estimate)")
+        else:
+            headers = ["#", "hardware", "devices", "nodes", "parallelism", "micro-batch", "tok/s/dev",
+                       "MFU %", "days", "step", "headroom GiB", "total $", "bottleneck"]
+            lines.append(table(list(_training_rows(result, top)), headers))
+            lines.append("(f = on the cost-time Pareto frontier)")
+        lines += ["", _answer_text(result)]
+    elif result.closest is not None:
+        ev = result.closest.evaluation
+        lines.append(f"no deployment meets the target; closest: {ev.candidate.key()}: {ev.detail}")
+    if result.rejected:
+        lines += ["", "rejected configurations by reason:"]
+        lines.append(table([(g.count, g.reason, g.example) for g in result.rejected],
+                           ["count", "reason", "closest example"]))
+    return "\n".join(lines)
+
+
+def write_csv(result: PlanResult, path: str | Path) -> str:
+    """Every ranked candidate as one CSV row (the --json ``candidates`` fields)."""
+    rows = [_row(r) for r in result.ranked]
+    try:
+        with open(path, "w", newline="") as fh:
+            if not rows:
+                fh.write("")
+                return str(path)
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    except OSError as err:
+        raise MoesimError(f"--csv {path}: {err.strerror}") from None
+    return str(path)
+
+
+def plot_pareto(result: PlanResult, path: str | Path) -> str:
+    """Cost ($/h) against latency (TPOT, or days when training), the frontier marked."""
+    try:
+        import matplotlib
+    except ImportError:  # pragma: no cover - optional extra
+        raise MoesimError("--plot needs matplotlib (pip install moesim[plot])") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    serving = result.scenario.kind == "serving"
+    scale, label = (1e3, "TPOT (ms, analytic)") if serving else (1 / 86400, "time to train (days)")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for hw in result.scenario.hardware:
+        pts = [r for r in result.ranked if r.candidate.hardware == hw]
+        if pts:
+            ax.scatter([r.latency_s * scale for r in pts], [r.usd_per_hour for r in pts], s=12, alpha=0.6, label=hw)
+    f = result.frontier
+    ax.plot([r.latency_s * scale for r in f], [r.usd_per_hour for r in f], "k-o", ms=4, lw=1.2, label="Pareto frontier")
+    ax.set_xlabel(label)
+    ax.set_ylabel("cost to meet the target ($/h)")
+    ax.set_title(result.scenario.name)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise MoesimError(f"--plot {path}: {err.strerror}") from None
+    finally:
+        plt.close(fig)
+    return str(path)

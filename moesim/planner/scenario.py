@@ -1,0 +1,212 @@
+"""Planner scenarios: what the user wants served or trained, on which hardware, within what limits.
+
+A scenario is data (a TOML file, ``kind = "serving"`` or ``kind = "training"``), validated at the
+boundary with pydantic (``extra="forbid"``, units in key names). The workload, SLO and routing
+sections reuse the library's specs (:class:`~moesim.specs.ServingWorkload`,
+:class:`~moesim.specs.SLO`, :class:`~moesim.specs.RoutingSpec`,
+:class:`~moesim.specs.TrainingWorkload`), so the planner and the serving simulator read the same
+fields. ``[search]`` bounds the search space; ``[prices]`` overrides a profile's
+``usd_per_device_hour``; ``[verify]`` sets the serving-DES check of the top candidates.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from moesim.catalog import build, read_toml
+from moesim.errors import MoesimError
+from moesim.specs import SLO, RoutingSpec, ServingWorkload, TrainingWorkload
+from moesim.specs.common import Spec
+
+DEFAULT_SCENARIO_PATH = Path(__file__).with_name("default_scenario.toml")
+
+_POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServingSearch(Spec):
+    """Bounds of the serving search space (every list is searched as a grid)."""
+
+    devices_per_replica: tuple[int, ...] = Field(
+        (8, 16, 32, 64), description="devices one model replica spans (replicas are added to meet the rate)"
+    )
+    batch_per_device: tuple[int, ...] = Field(
+        (1, 2, 4, 8, 16, 32, 64, 128, 256), description="decode sequences in flight per device"
+    )
+    tp: tuple[int, ...] = Field((1, 2, 4, 8), description="tensor-parallel sizes tried (attention)")
+    pp: tuple[int, ...] = Field((1,), description="pipeline sizes tried")
+    attention_layouts: tuple[Literal["tp", "dp"], ...] = ("tp", "dp")
+    capacity_factors: tuple[float, ...] | None = Field(
+        None, description="capacity factors tried; None = only routing.capacity_factor"
+    )
+    overlap: Literal["none", "two_microbatch"] = "two_microbatch"
+    max_drop_fraction: float = Field(0.01, ge=0, le=1, description="quality guard: expected dropped tokens")
+
+    @field_validator("devices_per_replica", "batch_per_device", "tp", "pp")
+    @classmethod
+    def _positive(cls, value, info):
+        if not value or any(v <= 0 for v in value):
+            raise ValueError(f"{info.field_name} needs positive integers, got {value!r}")
+        return tuple(sorted(set(value)))
+
+    @field_validator("capacity_factors")
+    @classmethod
+    def _cf(cls, value):
+        if value is not None and (not value or any(v <= 0 for v in value)):
+            raise ValueError(f"capacity_factors need positive values, got {value!r}")
+        return value
+
+
+class TrainingSearch(Spec):
+    """Bounds of the training search space."""
+
+    devices: tuple[int, ...] = Field(
+        (64, 128, 256, 512, 1024, 2048, 4096), description="cluster sizes tried"
+    )
+    tp: tuple[int, ...] = (1, 2, 4, 8)
+    pp: tuple[int, ...] = (1, 2, 4, 8, 16)
+    ep: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    micro_batch: tuple[int, ...] = (1, 2)
+    capacity_factors: tuple[float, ...] | None = None
+
+    @field_validator("devices", "tp", "pp", "ep", "micro_batch")
+    @classmethod
+    def _positive(cls, value, info):
+        if not value or any(v <= 0 for v in value):
+            raise ValueError(f"{info.field_name} needs positive integers, got {value!r}")
+        return tuple(sorted(set(value)))
+
+
+class VerifySpec(Spec):
+    """Serving-DES verification of the best analytic candidates."""
+
+    top_n: int = Field(3, ge=0, description="candidates verified by the serving DES (0 = none)")
+    duration_s: float = Field(60.0, gt=0, description="simulated seconds per rate probe")
+    seeds: int = Field(2, gt=0, description="independent seeds (for the confidence interval)")
+    seed: int = Field(0, ge=0)
+
+
+class _ScenarioBase(Spec):
+    name: str = Field("scenario", min_length=1)
+    description: str = ""
+    model: str = Field(description="model preset name or a model TOML path")
+    model_overrides: dict = Field(
+        default_factory=dict, description="fields changed in the model (what-if), e.g. {moe={top_k=4}}"
+    )
+    hardware: tuple[str, ...] = Field(min_length=1, description="candidate hardware profiles")
+    max_devices: int = Field(4096, gt=0, description="largest total device count allowed")
+    prices_usd_per_device_hour: dict[str, float] = Field(
+        default_factory=dict, description="price overrides per hardware profile"
+    )
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+
+    @field_validator("hardware", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("prices_usd_per_device_hour")
+    @classmethod
+    def _prices(cls, value):
+        for name, price in value.items():
+            if not price > 0:
+                raise ValueError(f"price for {name} must be > 0, got {price!r}")
+        return value
+
+
+class ServingScenario(_ScenarioBase):
+    """Serve ``model`` at ``workload``'s rate within ``slo``: which hardware, layout, how many."""
+
+    kind: Literal["serving"] = "serving"
+    workload: ServingWorkload
+    slo: SLO = Field(default_factory=SLO)
+    search: ServingSearch = Field(default_factory=ServingSearch)
+    verify: VerifySpec = Field(default_factory=VerifySpec)
+
+    @model_validator(mode="after")
+    def _targets(self):
+        if self.slo.ttft_s is None and self.slo.tpot_s is None:
+            raise ValueError("slo needs ttft_s or tpot_s (a serving plan without a latency limit is unbounded)")
+        return self
+
+    @property
+    def target_output_tokens_per_s(self) -> float:
+        """Output tokens/s to sustain (from the request rate when no token target is given)."""
+        w = self.workload
+        if w.target_output_tokens_per_s is not None:
+            return w.target_output_tokens_per_s
+        return w.request_rate * w.output_len
+
+    @property
+    def capacity_factors(self) -> tuple[float | None, ...]:
+        if self.search.capacity_factors is not None:
+            return self.search.capacity_factors
+        return (self.routing.capacity_factor,)
+
+
+class TrainingScenario(_ScenarioBase):
+    """Train ``model`` on ``workload.tokens_to_train`` tokens by ``workload.deadline_days``."""
+
+    kind: Literal["training"] = "training"
+    workload: TrainingWorkload
+    search: TrainingSearch = Field(default_factory=TrainingSearch)
+
+    @model_validator(mode="after")
+    def _targets(self):
+        if self.workload.tokens_to_train is None or self.workload.deadline_days is None:
+            raise ValueError("a training scenario needs workload.tokens_to_train and workload.deadline_days")
+        return self
+
+    @property
+    def capacity_factors(self) -> tuple[float | None, ...]:
+        if self.search.capacity_factors is not None:
+            return self.search.capacity_factors
+        return (self.routing.capacity_factor,)
+
+
+Scenario = Union[ServingScenario, TrainingScenario]
+_KINDS: dict[str, type] = {"serving": ServingScenario, "training": TrainingScenario}
+
+
+def scenario_from_dict(data: dict, source: str = "scenario") -> Scenario:
+    """Validate a scenario mapping (``kind`` picks serving or training); errors name the field."""
+    if not isinstance(data, dict):
+        raise MoesimError(f"{source}: a scenario is a table of fields")
+    kind = data.get("kind", "serving")
+    if kind not in _KINDS:
+        raise MoesimError(f"{source}: kind = {kind!r}: allowed kinds are serving, training")
+    return build(_KINDS[kind], data, source=source)
+
+
+def load_scenario(path: str | Path | None = None) -> Scenario:
+    """Read a scenario TOML; ``None`` gives the built-in default scenario."""
+    p = DEFAULT_SCENARIO_PATH if path is None else Path(path)
+    return scenario_from_dict(read_toml(p), source=str(p))
+
+
+def default_scenario() -> ServingScenario:
+    """The built-in default: serve DeepSeek-V3 across GPU and TPU candidates (default_scenario.toml)."""
+    return load_scenario(None)
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def scenario_model(scenario: Scenario):
+    """The scenario's ModelSpec: the preset (or file) with ``model_overrides`` applied and revalidated."""
+    from moesim.catalog import load_model
+    from moesim.specs import ModelSpec
+
+    model = load_model(scenario.model)
+    if not scenario.model_overrides:
+        return model
+    data = _merge(model.to_dict(), scenario.model_overrides)
+    return build(ModelSpec, data, source=f"{scenario.name}: model {scenario.model} with overrides")

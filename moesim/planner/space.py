@@ -1,0 +1,122 @@
+"""The search space: every deployment the planner considers, and the layouts it sets aside.
+
+Serving (one replica of ``n`` devices): for each pipeline size ``pp`` dividing ``n``,
+- attention layout ``dp`` (DP attention): ``tp = 1``, ``dp = ep = n / pp``;
+- attention layout ``tp``: ``tp`` in the scenario's list, ``dp = n / (pp x tp)``, ``ep = tp x dp``
+  (experts spread over every non-pipeline rank, as serving engines do); ``tp = 1`` is the same
+  deployment as the ``dp`` layout and is skipped when both layouts are searched.
+Dense models get ``ep = 1``. EP sizes that do not divide the routed experts get the fewest
+redundant expert slots that make them divide (EPLB-style), never a refusal.
+Training: ``devices = tp x pp x dp`` and ``ep`` dividing ``tp x dp``, ``global_batch`` divisible by
+``dp x micro_batch``.
+A layout the model cannot run (heads not divisible by TP, more stages than layers) is counted under
+``invalid_layout`` with the first reason, not evaluated.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from moesim.errors import MoesimError
+from moesim.planner.evaluation import Candidate
+from moesim.specs import ModelSpec, Parallelism, check_parallelism
+from moesim.specs.parallel import smallest_redundancy
+
+
+@dataclass(frozen=True)
+class Space:
+    """Candidates to evaluate plus the layouts rejected before evaluation (reason -> count)."""
+
+    candidates: tuple[Candidate, ...]
+    invalid: dict[str, int] = field(default_factory=dict)
+    invalid_examples: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.candidates) + sum(self.invalid.values())
+
+
+def _layout_error(model: ModelSpec, par: Parallelism) -> str | None:
+    try:
+        check_parallelism(model, par)
+    except MoesimError as err:
+        return str(err)
+    return None
+
+
+def _redundancy(model: ModelSpec, ep: int) -> int:
+    return smallest_redundancy(model.moe.num_experts, ep) if model.moe is not None and ep > 1 else 0
+
+
+def serving_layouts(model: ModelSpec, n: int, search) -> Iterable[tuple[int, int, int, int, str]]:
+    """``(tp, pp, dp, ep, attention_layout)`` for one replica of ``n`` devices."""
+    moe = model.moe is not None
+    for pp in search.pp:
+        if n % pp:
+            continue
+        ranks = n // pp
+        if "dp" in search.attention_layouts:
+            yield 1, pp, ranks, ranks if moe else 1, "dp"
+        if "tp" in search.attention_layouts:
+            for tp in search.tp:
+                if ranks % tp or (tp == 1 and "dp" in search.attention_layouts):
+                    continue
+                yield tp, pp, ranks // tp, ranks if moe else 1, "tp"
+
+
+def _add_layout(cands, invalid, examples, model, hw, n, tp, pp, dp, ep, att, batches, cfs):
+    par = Parallelism(tp=tp, pp=pp, dp=dp, ep=ep, attention_layout=att,
+                      redundant_experts=_redundancy(model, ep))
+    err = _layout_error(model, par)
+    count = len(batches) * len(cfs)
+    if err:
+        invalid["invalid_layout"] += count
+        examples.setdefault("invalid_layout", f"{hw} {n} devices TP{tp} PP{pp}: {err}")
+        return
+    for b in batches:
+        for cf in cfs:
+            cands.append(Candidate(hw, n, tp, pp, dp, ep, att, b, cf, par.redundant_experts))
+
+
+def serving_space(scenario, model: ModelSpec) -> Space:
+    """Every one-replica serving deployment of ``scenario`` (hardware x devices x layout x batch x CF)."""
+    s = scenario.search
+    cfs = scenario.capacity_factors if model.moe is not None else (None,)
+    cands: list[Candidate] = []
+    invalid: Counter = Counter()
+    examples: dict[str, str] = {}
+    for hw in scenario.hardware:
+        for n in s.devices_per_replica:
+            if n > scenario.max_devices:
+                continue
+            for tp, pp, dp, ep, att in serving_layouts(model, n, s):
+                _add_layout(cands, invalid, examples, model, hw, n, tp, pp, dp, ep, att,
+                            s.batch_per_device, cfs)
+    return Space(tuple(cands), dict(invalid), examples)
+
+
+def training_space(scenario, model: ModelSpec) -> Space:
+    """Every training deployment of ``scenario`` (hardware x devices x TP x PP x EP x micro-batch x CF)."""
+    s, w = scenario.search, scenario.workload
+    cfs = scenario.capacity_factors if model.moe is not None else (None,)
+    eps = s.ep if model.moe is not None else (1,)
+    cands: list[Candidate] = []
+    invalid: Counter = Counter()
+    examples: dict[str, str] = {}
+    for hw in scenario.hardware:
+        for n in s.devices:
+            if n > scenario.max_devices:
+                continue
+            for tp in s.tp:
+                for pp in s.pp:
+                    if n % (tp * pp):
+                        continue
+                    dp = n // (tp * pp)
+                    mbs = tuple(m for m in s.micro_batch if w.global_batch % (dp * m) == 0)
+                    for ep in eps:
+                        if (tp * dp) % ep or not mbs:
+                            continue
+                        _add_layout(cands, invalid, examples, model, hw, n, tp, pp, dp, ep, "tp",
+                                    mbs, cfs)
+    return Space(tuple(cands), dict(invalid), examples)

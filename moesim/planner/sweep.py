@@ -1,0 +1,182 @@
+"""Running a sweep: chunks of candidates on local processes or a Dask cluster, fault-tolerant.
+
+- Results stream to a JSONL file as each chunk finishes (one line per candidate, flushed), so an
+  interrupted sweep keeps what it finished; rerun with the same file and only the missing
+  candidates are evaluated. The first line records a fingerprint of the scenario and evaluator;
+  a file from another scenario is refused rather than silently mixed in.
+- A chunk whose evaluation raises is retried candidate by candidate; a candidate that still
+  raises becomes an ``error`` evaluation (reported, not fatal).
+- Executors: ``inline`` (this process), ``local`` (concurrent.futures processes; inline when
+  there is one chunk or one worker), ``dask`` (``dask.distributed.Client`` at ``address``, or a
+  Client passed in). Results are returned in candidate order whatever the completion order, so
+  every executor gives identical output.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+from moesim.errors import MoesimError
+from moesim.planner.evaluation import Candidate, Evaluation
+
+Executor = Literal["inline", "local", "dask"]
+DEFAULT_CHUNK = 2048
+
+
+def evaluate_chunk(evaluator, candidates: Sequence[Candidate], scenario) -> list[Evaluation]:
+    """Evaluate a chunk; on an exception fall back to one candidate at a time (failures recorded)."""
+    try:
+        out = evaluator.evaluate(candidates, scenario)
+        if len(out) != len(candidates):
+            raise RuntimeError(f"evaluator returned {len(out)} results for {len(candidates)} candidates")
+        return list(out)
+    except Exception:  # noqa: BLE001 - isolate the failing candidate(s)
+        results = []
+        for c in candidates:
+            try:
+                results.extend(evaluator.evaluate([c], scenario))
+            except Exception as err:  # noqa: BLE001 - a failed configuration is reported, not fatal
+                results.append(Evaluation.failed(c, f"{type(err).__name__}: {err}"))
+        return results
+
+
+def fingerprint(scenario, evaluator) -> str:
+    """Identity of a sweep's inputs: the scenario's fields and the evaluator's name."""
+    blob = json.dumps({"scenario": scenario.to_dict(), "evaluator": getattr(evaluator, "name", "")},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_results(path: Path, fp: str) -> dict[str, Evaluation]:
+    """Finished evaluations in ``path`` by candidate key (a torn last line is ignored)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return {}
+    done: dict[str, Evaluation] = {}
+    with path.open() as fh:
+        for i, line in enumerate(fh):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the interruption: redo that candidate
+            if i == 0:
+                if row.get("fingerprint") != fp:
+                    raise MoesimError(
+                        f"{path}: results of another scenario or evaluator (fingerprint "
+                        f"{row.get('fingerprint')!r}, this sweep {fp!r}); remove it or pick another file"
+                    )
+                continue
+            ev = Evaluation.from_dict(row)
+            done[ev.candidate.key()] = ev
+    return done
+
+
+class _Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled = total, 0, enabled and total > 0
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.enabled:
+            width = 30
+            fill = int(width * self.done / self.total)
+            sys.stderr.write(f"\rplanning [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _chunks(items: Sequence, size: int) -> list[list]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _submit_local(evaluator, scenario, chunks, workers):
+    if workers <= 1 or len(chunks) <= 1:
+        for ch in chunks:
+            yield evaluate_chunk(evaluator, ch, scenario)
+        return
+    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(evaluate_chunk, evaluator, ch, scenario) for ch in chunks]
+        for fut in cf.as_completed(futures):
+            yield fut.result()
+
+
+def _submit_dask(evaluator, scenario, chunks, address):
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError:  # pragma: no cover - dask is an optional extra
+        raise MoesimError("--executor dask needs dask[distributed] (pip install moesim[dist])") from None
+    own = not hasattr(address, "submit")
+    try:
+        client = Client(address, timeout="10s") if own else address
+    except OSError as err:
+        raise MoesimError(f"--address {address}: cannot reach a Dask scheduler ({err})") from None
+    try:
+        futures = [client.submit(evaluate_chunk, evaluator, ch, scenario, pure=False) for ch in chunks]
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:
+        if own:
+            client.close()
+
+
+def run_sweep(
+    candidates: Sequence[Candidate],
+    scenario,
+    evaluator,
+    *,
+    executor: Executor = "local",
+    address=None,
+    workers: int | None = None,
+    results_path: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: bool = False,
+    on_chunk: Callable[[list[Evaluation]], None] | None = None,
+) -> list[Evaluation]:
+    """Evaluate ``candidates``; returns evaluations in candidate order (see the module docstring)."""
+    fp = fingerprint(scenario, evaluator)
+    path = Path(results_path) if results_path else None
+    done = load_results(path, fp) if path else {}
+    todo = [c for c in candidates if c.key() not in done]
+    chunks = _chunks(todo, max(1, chunk_size))
+    bar = _Progress(len(candidates), progress)
+    bar.advance(len(candidates) - len(todo))
+    sink = None
+    if path:
+        fresh = not path.exists() or path.stat().st_size == 0
+        sink = path.open("a")
+        if fresh:
+            sink.write(json.dumps({"fingerprint": fp}) + "\n")
+    if executor == "dask":
+        if address is None:
+            raise MoesimError("--executor dask needs --address tcp://HOST:PORT")
+        stream = _submit_dask(evaluator, scenario, chunks, address)
+    elif executor in ("local", "inline"):
+        n = 1 if executor == "inline" else (workers or os.cpu_count() or 1)
+        stream = _submit_local(evaluator, scenario, chunks, n)
+    else:
+        raise MoesimError(f"executor {executor!r}: allowed executors are local, inline, dask")
+    try:
+        for results in stream:
+            for ev in results:
+                done[ev.candidate.key()] = ev
+                if sink:
+                    sink.write(json.dumps(ev.to_dict()) + "\n")
+            if sink:
+                sink.flush()
+            if on_chunk:
+                on_chunk(results)
+            bar.advance(len(results))
+    finally:
+        bar.close()
+        if sink:
+            sink.close()
+    return [done[c.key()] for c in candidates]

@@ -1,0 +1,109 @@
+"""Per-token counts under successive sampling, by the exponential race (no sampling).
+
+Legend: U experts of the universe (the token's allowed experts), K top-k, X time points.
+
+Successive sampling of K experts proportionally to ``p`` is the same as giving each expert an
+exponential clock with rate ``p_u`` and taking the first K to ring. Split the universe into
+labelled parts (the experts of one rank, one node, or a single expert). For part ``g`` with
+``A(t)`` of its clocks rung by time ``t`` and ``B(t)`` the rest, the part receives at most j
+of the K picks iff the others reach ``K - j`` before the part reaches ``j + 1``:
+
+    P(c_g <= j) = ∫_0^∞ P(A(t) <= j) dP(B(t) >= K - j)                            (1)
+
+``A(t)`` and ``B(t)`` are Poisson-binomial with success probabilities ``1 - exp(-p_u t)``.
+We evaluate (1) as a Stieltjes sum on a log-spaced time grid (trapezoid in the integrand),
+with the counts truncated at K (only values below K enter (1)); the "rest" of each part comes
+from prefix and suffix products over the parts, so one pass costs O(U K + parts K^2) per time.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+GRID_POINTS = 1200
+
+
+@njit(cache=True)
+def _conv_trunc(a, b, out):
+    K = out.size
+    out[:] = 0.0
+    for i in range(K):
+        if a[i] == 0.0:
+            continue
+        for j in range(K - i):
+            out[i + j] += a[i] * b[j]
+
+
+@njit(cache=True)
+def _race_kernel(p_U, label_U, n_parts, K, t_X):
+    size_G = np.zeros(n_parts, dtype=np.int64)
+    for u in range(p_U.size):
+        size_G[label_U[u]] += 1
+    le_GK = np.zeros((n_parts, K))  # accumulates P(c_g <= j), j < K
+    pmf_GK = np.zeros((n_parts, K))
+    pre = np.zeros((n_parts + 1, K))
+    suf = np.zeros((n_parts + 1, K))
+    rest = np.zeros(K)
+    a_prev = np.ones((n_parts, K))  # values at t = 0: nothing has rung
+    b_prev = np.zeros((n_parts, K + 1))  # P(B >= m), m = 0..K
+    b_prev[:, 0] = 1.0
+    a_now = np.zeros((n_parts, K))
+    b_now = np.zeros((n_parts, K + 1))
+    for it in range(t_X.size + 1):
+        if it < t_X.size:
+            t = t_X[it]
+            pmf_GK[:, :] = 0.0
+            pmf_GK[:, 0] = 1.0
+            for u in range(p_U.size):
+                q = 1.0 - np.exp(-p_U[u] * t)
+                row = pmf_GK[label_U[u]]
+                for v in range(K - 1, 0, -1):
+                    row[v] = row[v] * (1.0 - q) + row[v - 1] * q
+                row[0] *= 1.0 - q
+            pre[0, :] = 0.0
+            pre[0, 0] = 1.0
+            suf[n_parts, :] = 0.0
+            suf[n_parts, 0] = 1.0
+            for g in range(n_parts):
+                _conv_trunc(pre[g], pmf_GK[g], pre[g + 1])
+            for g in range(n_parts - 1, -1, -1):
+                _conv_trunc(suf[g + 1], pmf_GK[g], suf[g])
+            for g in range(n_parts):
+                _conv_trunc(pre[g], suf[g + 1], rest)
+                c = 0.0
+                for j in range(K):
+                    c += pmf_GK[g, j]
+                    a_now[g, j] = c
+                c = 0.0
+                b_now[g, 0] = 1.0
+                for m in range(1, K + 1):
+                    c += rest[m - 1]
+                    b_now[g, m] = 1.0 - c
+        else:  # t = infinity: every clock has rung
+            n_all = p_U.size
+            for g in range(n_parts):
+                for j in range(K):
+                    a_now[g, j] = 1.0 if size_G[g] <= j else 0.0
+                for m in range(K + 1):
+                    b_now[g, m] = 1.0 if n_all - size_G[g] >= m else 0.0
+        for g in range(n_parts):
+            for j in range(K):
+                db = b_now[g, K - j] - b_prev[g, K - j]
+                le_GK[g, j] += db * 0.5 * (a_now[g, j] + a_prev[g, j])
+        a_prev[:, :] = a_now
+        b_prev[:, :] = b_now
+    return le_GK
+
+
+def race_counts(p_U: np.ndarray, label_U: np.ndarray, n_parts: int, k: int) -> np.ndarray:
+    """``P[g, j]``: probability that a token's k picks include exactly j experts of part g.
+
+    ``p_U`` (float64) popularity of the universe's experts (any positive scale), ``label_U``
+    (int64) the part of each. Returns float64 ``n_parts x (k + 1)``, rows summing to 1."""
+    p_U = np.asarray(p_U, dtype=np.float64)
+    p_U = p_U / p_U.sum()
+    t_X = np.geomspace(1e-4 / p_U.max(), 60.0 / p_U.min(), GRID_POINTS)
+    le_GK = _race_kernel(p_U, np.asarray(label_U, dtype=np.int64), int(n_parts), int(k), t_X)
+    cdf_GK1 = np.concatenate([np.clip(le_GK, 0.0, 1.0), np.ones((n_parts, 1))], axis=1)
+    cdf_GK1 = np.maximum.accumulate(cdf_GK1, axis=1)
+    return np.diff(cdf_GK1, axis=1, prepend=0.0)

@@ -1,0 +1,303 @@
+"""One transformer layer on the critical device: attention, its collectives, router, dispatch,
+experts on the most loaded EP rank, combine, shared experts (or a dense FFN).
+
+The layer is four operations per micro-batch, in program order, on two streams:
+    P  compute: attention (+ its TP/CP collectives, blocking) + router        [s]
+    D  comm:    dispatch all-to-all                                           [s]
+    X  compute: routed experts on the most loaded rank + shared experts
+                (dense layers: the dense FFN and its TP collective)           [s]
+    C  comm:    combine all-to-all                                            [s]
+Schedules (``overlap``):
+- ``none``: one micro-batch, the layer takes P + D + X + C.
+- ``two_microbatch``: the batch split in two halves whose operations interleave as production
+  decode/prefill do (DeepSeek/SGLang two-batch overlap): compute stream P0 P1 X0 X1, comm stream
+  D0 D1 C0 C1 per layer, each waiting for its own micro-batch's previous operation. The step
+  time is the max-plus recurrence of ``two_microbatch_time`` (exact for this order; the DES
+  runs the same program and must reproduce it).
+Experts use the expected *maximum* load over EP ranks (``RankLoad.max_rank_copies``), never the
+mean: the slowest rank holds every other rank at the combine barrier.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from moesim.comm.topology import Topology
+from moesim.comm.traffic import Traffic
+from moesim.errors import SpecError
+from moesim.specs import HardwareProfile, ModelSpec, bytes_per_element, canonical_dtype
+from moesim.step import _adapters as ad
+
+Overlap = Literal["none", "two_microbatch"]
+OVERLAPS: tuple[str, ...] = ("none", "two_microbatch")
+A2AMode = Literal["auto", "normal", "low_latency"]
+
+# DeepEP low-latency kernels serve at most 128 tokens per rank per call (DeepEP README).
+LOW_LATENCY_MAX_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    """Times (s) of one layer's operations for one micro-batch on the critical device."""
+
+    attention_s: float = 0.0
+    attention_comm_s: float = 0.0
+    router_s: float = 0.0
+    dispatch_s: float = 0.0
+    experts_s: float = 0.0
+    shared_experts_s: float = 0.0
+    combine_s: float = 0.0
+    dense_ffn_s: float = 0.0
+    expert_imbalance: float = 1.0
+
+    @property
+    def pre_s(self) -> float:
+        """P: attention, its collectives and the router."""
+        return self.attention_s + self.attention_comm_s + self.router_s
+
+    @property
+    def ffn_s(self) -> float:
+        """X: routed + shared experts, or the dense FFN."""
+        return self.experts_s + self.shared_experts_s + self.dense_ffn_s
+
+    def components(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in (
+            "attention_s", "attention_comm_s", "router_s", "dispatch_s", "experts_s",
+            "shared_experts_s", "combine_s", "dense_ffn_s")}
+
+
+@dataclass(frozen=True)
+class LayerSetup:
+    """Per-deployment constants of a layer computation (built once, reused for every layer).
+
+    ``attention_tp``: devices sharing one attention (1 under DP attention); ``tokens`` passed to
+    the layer functions are the tokens one device owns when entering the MoE block.
+    """
+
+    model: ModelSpec
+    hw: HardwareProfile
+    dtype: str
+    phase: str  # prefill | decode | train
+    attention_tp: int
+    cp: int
+    ep: int
+    redundant_experts: int
+    ranks_per_node: int
+    skew: str
+    a2a_mode: str
+    kv_dtype: str = "bf16"
+    ep_topology: Topology | None = None
+    tp_topology: Topology | None = None
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def make_setup(model: ModelSpec, hw: HardwareProfile, *, dtype: str, phase: str, attention_tp: int,
+               cp: int, ep: int, redundant_experts: int, ranks_per_node: int, skew: str,
+               a2a_mode: A2AMode = "auto", kv_dtype: str = "bf16") -> LayerSetup:
+    """Build a ``LayerSetup`` (topologies of the EP group and the TP x CP group)."""
+    canonical_dtype(dtype)
+    if a2a_mode not in ("auto", "normal", "low_latency"):
+        raise SpecError("a2a_mode", a2a_mode, "one of auto, normal, low_latency")
+    ep_topo = ad.topology(hw, ep, ranks_per_node) if ep > 1 else None
+    group = attention_tp * cp
+    tp_topo = ad.topology(hw, group, ranks_per_node) if group > 1 else None
+    return LayerSetup(model, hw, dtype, phase, attention_tp, cp, ep, redundant_experts,
+                      min(ranks_per_node, max(ep, 1)), skew, a2a_mode, kv_dtype, ep_topo, tp_topo)
+
+
+def dispatch_bytes_per_token(model: ModelSpec, dtype: str) -> float:
+    """Payload of one dispatched token copy: hidden in the GEMM dtype, plus one fp32 scale per
+    128 elements for fp8 (DeepEP's FP8 dispatch: 7168 + 56 x 4 = 7392 B for DeepSeek-V3)."""
+    key = canonical_dtype(dtype)
+    if key == "fp8":
+        return model.hidden * 1.0 + model.hidden / 128 * 4.0
+    return model.hidden * min(bytes_per_element(dtype), 2.0)
+
+
+def combine_bytes_per_token(model: ModelSpec) -> float:
+    """Combine returns bf16 activations (DeepEP combine is bf16)."""
+    return model.hidden * 2.0
+
+
+def _mode(setup: LayerSetup, tokens: float) -> str:
+    if setup.a2a_mode != "auto":
+        return setup.a2a_mode
+    return "low_latency" if setup.phase == "decode" and tokens <= LOW_LATENCY_MAX_TOKENS else "normal"
+
+
+def _skewed(traffic: Traffic, imbalance: float) -> Traffic:
+    """Expected traffic with rank 0 the hot destination: its column scaled by the max/mean load."""
+    if imbalance <= 1.0:
+        return traffic
+    b = traffic.bytes_RR.copy()
+    b[:, 0] *= imbalance
+    nb = None
+    if traffic.node_bytes_RN is not None:
+        nb = traffic.node_bytes_RN.copy()
+        nb[:, 0] *= 1.0 + (imbalance - 1.0) / traffic.ranks_per_node
+    return Traffic(b, traffic.ranks_per_node, nb, traffic.peers_R)
+
+
+def expected_traffic(setup: LayerSetup, tokens: float, bytes_per_token: float) -> Traffic:
+    """Expected node-deduplicated traffic of one dispatch of ``tokens`` per EP rank."""
+    m = setup.model.moe
+    slots = m.num_experts + setup.redundant_experts
+    routing = "balanced" if setup.skew == "balanced" else "uniform"
+    groups = (m.n_groups, m.topk_groups) if setup.redundant_experts == 0 else (1, 1)
+    try:
+        return ad.expected_traffic(setup.ep, setup.ranks_per_node, tokens, slots, m.top_k,
+                                   bytes_per_token, routing, *groups)
+    except SpecError:  # groups that do not tile the EP blocks: drop the group limit
+        return ad.expected_traffic(setup.ep, setup.ranks_per_node, tokens, slots, m.top_k,
+                                   bytes_per_token, routing)
+
+
+def sampled_a2a(setup: LayerSetup, tokens: float, copies_RR: np.ndarray, dedup_RN: np.ndarray) -> tuple[float, float]:
+    """(dispatch, combine) seconds of one sampled step (the DES's per-step all-to-all).
+
+    The expected node-deduplicated traffic of ``tokens`` per rank, each (source, destination)
+    entry scaled by that step's copies over their expectation T k / R, and each (source, node)
+    entry by that step's distinct tokens over their expectation; so the same definitions of
+    bytes serve the analytic model and the simulation.
+    """
+    m = setup.model.moe
+    mode = _mode(setup, tokens)
+    exp_copies = tokens * m.top_k / setup.ep
+    out = []
+    for bpt, op in ((dispatch_bytes_per_token(setup.model, setup.dtype), "dispatch"),
+                    (combine_bytes_per_token(setup.model), "combine")):
+        base = expected_traffic(setup, tokens, bpt)
+        b_RR = base.bytes_RR * (np.asarray(copies_RR, dtype=float) / exp_copies)
+        nb = None
+        if base.node_bytes_RN is not None:
+            exp_nodes = base.node_bytes_RN / bpt
+            nb = base.node_bytes_RN * np.divide(np.asarray(dedup_RN, dtype=float), exp_nodes,
+                                                out=np.ones_like(exp_nodes), where=exp_nodes > 0)
+        tr = Traffic(b_RR, base.ranks_per_node, nb, base.peers_R)
+        out.append(ad.a2a_s(setup.ep_topology, tr if op == "dispatch" else tr.reversed(), mode, op))
+    return out[0], out[1]
+
+
+def expert_layout(setup: LayerSetup, tokens: float) -> str:
+    """Grouped-GEMM layout: masked with low-latency decode kernels, contiguous otherwise."""
+    return "masked" if _mode(setup, tokens) == "low_latency" else "contiguous"
+
+
+def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) -> tuple[float, float]:
+    """(attention compute, TP/CP collective) seconds for ``tokens`` owned tokens in ``layer``."""
+    model, tp, cp = setup.model, setup.attention_tp, setup.cp
+    ctx = min(context, model.attention.window_tokens) if model.layer_is_windowed(layer) else context
+    att = ad.attention_s(setup.hw, model, tokens=tokens * tp, context=ctx, phase=setup.phase, tp=tp,
+                         dtype=setup.dtype, kv_dtype=setup.kv_dtype, layer=layer)
+    comm = 0.0
+    if tp > 1:  # sequence parallel: reduce-scatter after attention + all-gather before it
+        comm += ad.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
+    if cp > 1:  # context parallel: every rank gathers the K and V of the others
+        kv = model.kv_elements_per_token("full") / tp * 2.0
+        comm += ad.collective_s(setup.tp_topology, "all_gather", tokens * tp * cp * kv, cp)
+    return att, comm
+
+
+def moe_block(setup: LayerSetup, tokens: float, rank_load: ad.RankLoad | None = None) -> dict:
+    """Router, dispatch, experts (most loaded rank), shared experts, combine for ``tokens`` per rank."""
+    model, hw, m = setup.model, setup.hw, setup.model.moe
+    load = rank_load or ad.rank_load(tokens=tokens * setup.ep, num_experts=m.num_experts, top_k=m.top_k,
+                                     ep=setup.ep, redundant=setup.redundant_experts, skew=setup.skew,
+                                     ranks_per_node=setup.ranks_per_node, n_groups=m.n_groups,
+                                     topk_groups=m.topk_groups)
+    imbalance = load.max_rank_copies / load.mean_rank_copies if load.mean_rank_copies > 0 else 1.0
+    router = ad.gemm_s(hw, tokens, m.num_experts, model.hidden, "bf16")
+    mode = _mode(setup, tokens)
+    experts = ad.expert_ffn_s(hw, model, load.busiest_counts_G, setup.dtype, layout=expert_layout(setup, tokens))
+    shared = 0.0
+    if m.num_shared_experts:
+        width = m.num_shared_experts * m.shared_expert_ffn // setup.attention_tp
+        shared = ad.dense_ffn_s(hw, model, tokens * setup.attention_tp, width, setup.dtype)
+    if m.parallel_dense_ffn:
+        shared += ad.dense_ffn_s(hw, model, tokens * setup.attention_tp, model.dense_ffn // setup.attention_tp,
+                                 setup.dtype)
+    dispatch = combine = 0.0
+    if setup.ep > 1:
+        disp = _skewed(expected_traffic(setup, tokens, dispatch_bytes_per_token(model, setup.dtype)), imbalance)
+        comb = _skewed(expected_traffic(setup, tokens, combine_bytes_per_token(model)), imbalance)
+        dispatch = ad.a2a_s(setup.ep_topology, disp, mode, "dispatch")
+        combine = ad.a2a_s(setup.ep_topology, comb.reversed(), mode, "combine")
+    return dict(router_s=router, dispatch_s=dispatch, experts_s=experts, shared_experts_s=shared,
+                combine_s=combine, expert_imbalance=imbalance)
+
+
+def dense_block(setup: LayerSetup, tokens: float) -> dict:
+    """A dense FFN layer (TP-sharded); its sequence-parallel collective is added by ``layer_ops``."""
+    tp, model = setup.attention_tp, setup.model
+    return dict(dense_ffn_s=ad.dense_ffn_s(setup.hw, model, tokens * tp, model.dense_ffn // tp, setup.dtype))
+
+
+def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
+              rank_load: ad.RankLoad | None = None) -> LayerOps:
+    """``LayerOps`` of layer ``layer`` (0-based) for one micro-batch of ``tokens`` per device."""
+    model = setup.model
+    key = (model.layer_is_moe(layer), model.layer_is_windowed(layer), tokens, context, rank_load is None)
+    if rank_load is None and key in setup._cache:
+        return setup._cache[key]
+    att, att_comm = attention_ops(setup, tokens, context, layer)
+    if model.layer_is_moe(layer):
+        block = moe_block(setup, tokens, rank_load)
+    else:
+        block = dense_block(setup, tokens)
+        if setup.attention_tp > 1:  # the dense FFN's reduce-scatter + all-gather (sequence parallel)
+            tp = setup.attention_tp
+            att_comm += ad.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
+    ops = LayerOps(attention_s=att, attention_comm_s=att_comm, **block)
+    if rank_load is None:
+        setup._cache[key] = ops
+    return ops
+
+
+def two_microbatch_time(P_L, D_L, X_L, C_L):
+    """Step time of the two-micro-batch program over L layers (max-plus recurrence).
+
+    Arguments are per-micro-batch op times, shape (L,) or (L, ...) (then element-wise over the
+    trailing axes). Compute stream: P0 P1 X0 X1; comm stream: D0 D1 C0 C1; each op also waits
+    for its micro-batch's previous op. Returns the end of the last combine.
+    """
+    P_L, D_L, X_L, C_L = (np.asarray(a, dtype=float) for a in (P_L, D_L, X_L, C_L))
+    zero = np.zeros(P_L.shape[1:])
+    comp = comm = zero
+    ready = [zero, zero]
+    for l in range(P_L.shape[0]):
+        p_end, d_end = [], []
+        for b in (0, 1):
+            comp = np.maximum(comp, ready[b]) + P_L[l]
+            p_end.append(comp)
+        for b in (0, 1):
+            comm = np.maximum(comm, p_end[b]) + D_L[l]
+            d_end.append(comm)
+        x_end = []
+        for b in (0, 1):
+            comp = np.maximum(comp, d_end[b]) + X_L[l]
+            x_end.append(comp)
+        for b in (0, 1):
+            comm = np.maximum(comm, x_end[b]) + C_L[l]
+            ready[b] = comm
+    out = np.maximum(ready[0], ready[1])
+    return float(out) if out.ndim == 0 else out
+
+
+def stack_time(ops: list[LayerOps], overlap: Overlap) -> tuple[float, float]:
+    """(time, exposed comm) of running ``ops`` (one entry per layer) under ``overlap``.
+
+    ``none``: ops are whole-batch times, summed. ``two_microbatch``: ops are half-batch times.
+    """
+    if overlap not in OVERLAPS:
+        raise SpecError("overlap", overlap, f"one of {', '.join(OVERLAPS)}")
+    P = [o.pre_s for o in ops]
+    D = [o.dispatch_s for o in ops]
+    X = [o.ffn_s for o in ops]
+    C = [o.combine_s for o in ops]
+    if overlap == "none":
+        return float(sum(P) + sum(D) + sum(X) + sum(C)), float(sum(D) + sum(C))
+    total = two_microbatch_time(P, D, X, C)
+    compute = 2.0 * (sum(P) + sum(X))
+    return total, max(0.0, total - compute)

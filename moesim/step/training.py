@@ -1,0 +1,137 @@
+"""A training step: forward + backward (+ recompute) of every micro-batch through a pipeline,
+the data-parallel gradient reduction and the optimizer.
+
+Per micro-batch on a stage (Megatron-Core layout: world = tp x cp x dp x pp, sequence parallel,
+EP over ``ep`` consecutive non-pipeline ranks):
+    F = the stage's layers under ``overlap``                                        [s]
+    B = 2 x (every compute part of F) + 1 x (every collective and all-to-all of F)  [s]
+        (dgrad and wgrad GEMMs each cost a forward GEMM; each forward collective has one
+        backward collective of the same size)
+    R = recompute: full -> F again; selective -> the attention block again           [s]
+    t = F + B + R (+ LM head fwd + bwd on the last stage)
+Pipeline (1F1B, interleaved with ``vpp`` virtual stages):
+    compute time = (m + (pp - 1) / vpp) x t_max,  bubble = (pp - 1) / vpp x t_max      [s]
+    i.e. bubble fraction (pp - 1) / (vpp x m) of the ideal m x t_max; m = global_batch /
+    (micro_batch x dp) micro-batches. Pipeline send/receive of activations is assumed
+    overlapped (Megatron overlaps P2P in the interleaved schedule).
+DP: gradients reduce-scattered and parameters all-gathered (distributed optimizer; bf16 both)
+over the dp x cp replicas of dense weights and the expert-dp replicas of expert weights;
+``dp_overlap`` hides the reduce-scatter behind the last micro-batch's backward and the
+all-gather behind the first one's forward (exposed = what is left), else both are exposed.
+Optimizer: Adam over this device's shard, memory-bound: 30 B per parameter (grad read 4,
+fp32 master/m/v read+write 24, bf16 weight write 2) at the achievable HBM bandwidth.
+Model FLOPs (MFU, model TFLOPS) = 3 x forward FLOPs per token (causal attention), no recompute.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+from moesim.compute.counts import sequence_forward_flops_per_token
+from moesim.compute.memory import stage_params
+from moesim.errors import SpecError
+from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, RoutingSpec
+from moesim.step import _adapters as ad
+from moesim.step.breakdown import StepBreakdown
+from moesim.step.common import check_deployment, check_routing, critical_stage, gib, require_fit, summed
+from moesim.step.layer import LayerOps, Overlap, make_setup, stack_time
+
+UNIFORM = RoutingSpec()
+OPTIMIZER_BYTES_PER_PARAM = 30.0
+COMPUTE_FIELDS = ("attention_s", "router_s", "experts_s", "shared_experts_s", "dense_ffn_s")
+
+
+def pipeline_bubble_fraction(pp: int, vpp: int, microbatches: int) -> float:
+    """Idle share of the ideal time in 1F1B / interleaved 1F1B: (pp - 1) / (vpp x m)."""
+    return (pp - 1) / (vpp * microbatches)
+
+
+def backward_ops(op: LayerOps) -> LayerOps:
+    """Backward of one layer's forward ops: compute x 2, communication x 1."""
+    return replace(op, **{f: 2.0 * getattr(op, f) for f in COMPUTE_FIELDS})
+
+
+def _dp_comm(model, hw, cluster, par, *, dtype_bytes: float = 2.0) -> tuple[float, float]:
+    """(reduce-scatter, all-gather) seconds of one step's gradients / parameters on this device."""
+    base, experts = max(stage_params(model, par), key=sum)
+    topo = ad.topology(hw, cluster.devices, cluster.domain_size(hw))
+    dense_dp = par.dp * par.cp
+    rs = ad.collective_s(topo, "reduce_scatter", base * dtype_bytes, dense_dp)
+    rs += ad.collective_s(topo, "reduce_scatter", experts * dtype_bytes, par.expert_dp)
+    ag = ad.collective_s(topo, "all_gather", base * dtype_bytes, dense_dp)
+    ag += ad.collective_s(topo, "all_gather", experts * dtype_bytes, par.expert_dp)
+    return rs, ag
+
+
+def _optimizer_s(model, hw, par, distributed: bool) -> float:
+    base, experts = max(stage_params(model, par), key=sum)
+    shard = base / (par.dp * par.cp) + experts / par.expert_dp if distributed else base + experts
+    bw = hw.hbm_bandwidth_Bps * hw.efficiency.compute.gemm_memory_fraction
+    return shard * OPTIMIZER_BYTES_PER_PARAM / bw
+
+
+def _holds_head(model: ModelSpec, par: Parallelism, n_layers: int) -> bool:
+    """Whether the critical stage (``n_layers`` layers) can be the last one, which runs the head."""
+    from moesim.step.common import stage_layers
+
+    return len(stage_layers(model, par.pp)[-1]) == n_layers
+
+
+def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: Parallelism, *,
+                  global_batch: int, seq_len: int, micro_batch: int = 1, dtype: str = "bf16",
+                  recompute: Literal["none", "selective", "full"] = "none",
+                  routing: RoutingSpec = UNIFORM, overlap: Overlap = "none", dp_overlap: bool = True,
+                  distributed_optimizer: bool = True, check_memory: bool = True) -> StepBreakdown:
+    """One optimizer step of ``global_batch`` sequences of ``seq_len`` tokens (see module doc)."""
+    check_deployment(model, hw, cluster, par, overlap)
+    check_routing(routing)
+    if recompute not in ("none", "selective", "full"):
+        raise SpecError("recompute", recompute, "one of none, selective, full")
+    if seq_len <= 0 or micro_batch <= 0 or global_batch <= 0:
+        raise SpecError("global_batch/seq_len/micro_batch", (global_batch, seq_len, micro_batch), "must be positive")
+    if global_batch % (micro_batch * par.dp):
+        raise SpecError("global_batch", global_batch,
+                        f"must be a multiple of micro_batch x dp = {micro_batch} x {par.dp}")
+    m = global_batch // (micro_batch * par.dp)
+    if par.vpp > 1 and m % par.pp:
+        raise SpecError("global_batch", global_batch,
+                        f"interleaved pipeline needs micro-batches ({m}) to be a multiple of pp = {par.pp}")
+    fp = ad.memory(model, hw, par, mode="train", weight_dtype="bf16", micro_batch=micro_batch,
+                   seq_len=seq_len, recompute=recompute, distributed_optimizer=distributed_optimizer)
+    if check_memory:
+        require_fit(fp)
+    setup = make_setup(model, hw, dtype=dtype, phase="train", attention_tp=par.tp, cp=par.cp, ep=par.ep,
+                       redundant_experts=par.redundant_experts, ranks_per_node=cluster.domain_size(hw),
+                       skew=routing.skew)
+    halves = 2 if overlap == "two_microbatch" else 1
+    tokens = micro_batch * seq_len / (par.tp * par.cp) / halves
+    head_f = ad.gemm_s(hw, tokens * par.tp, model.vocab_size / par.tp, model.hidden, "bf16") * halves
+    head = 3.0 * head_f  # LM head forward + backward on the last stage
+    ops, _, _ = critical_stage(setup, model, par.pp, tokens, (seq_len + 1) / 2, overlap, head)
+    f_t, f_exp = stack_time(ops, overlap)
+    b_ops = [backward_ops(o) for o in ops]
+    b_t, b_exp = stack_time(b_ops, overlap)
+    r_t = {"none": 0.0, "full": f_t, "selective": halves * sum(o.attention_s for o in ops)}[recompute]
+    t_mb = f_t + b_t + r_t + (head if _holds_head(model, par, len(ops)) else 0.0)
+    bubble = (par.pp - 1) / par.vpp * t_mb
+    rs, ag = _dp_comm(model, hw, cluster, par)
+    dp_exposed = max(0.0, rs - b_t) + max(0.0, ag - f_t) if dp_overlap else rs + ag
+    opt = _optimizer_s(model, hw, par, distributed_optimizer)
+    step = m * t_mb + bubble + dp_exposed + opt
+    comp = summed(ops, scale=halves * m)
+    comp = {k: v + summed(b_ops, scale=halves * m)[k] for k, v in comp.items()}
+    if recompute == "full":
+        comp = {k: v + summed(ops, scale=halves * m)[k] for k, v in comp.items()}
+    elif recompute == "selective":
+        comp["attention_s"] += r_t * m
+    tokens_dev = global_batch * seq_len / cluster.devices
+    return StepBreakdown(
+        phase="train", overlap=overlap, step_time_s=step, tokens_per_step_per_device=tokens_dev,
+        **comp, embedding_head_s=head * m if _holds_head(model, par, len(ops)) else 0.0, pipeline_bubble_s=bubble, dp_comm_s=dp_exposed,
+        optimizer_s=opt, exposed_comm_s=m * (f_exp + b_exp) + dp_exposed,
+        model_flops_per_step_per_device=3.0 * sequence_forward_flops_per_token(model, seq_len) * tokens_dev,
+        peak_flops=hw.peak_flops(dtype), memory_GiB=gib(fp.total_bytes),
+        memory_capacity_GiB=gib(fp.capacity_bytes),
+        expert_imbalance=max((o.expert_imbalance for o in ops), default=1.0),
+    )
+

@@ -1,0 +1,195 @@
+"""GEMM and grouped-GEMM model: roofline floor, monotonicity, waves, bounds, calibration, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+
+from moesim import cli
+from moesim.catalog import load_profile
+from moesim.compute.gemm import gemm_time, gemm_time_arrays, roofline_time
+from moesim.compute.grouped import grouped_gemm_time
+from moesim.errors import MoesimError, SpecError
+
+H100 = load_profile("h100-sxm")
+H800 = load_profile("h800-sxm")
+CASES = "/work/shared/calibration/published-calibration.json"
+
+dims = st.integers(min_value=1, max_value=1 << 15)
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=dims, n=dims, k=dims, dtype=st.sampled_from(["fp8", "bf16", "fp32"]), hw=st.sampled_from([H100, H800]))
+def test_never_faster_than_roofline(m, n, k, dtype, hw):
+    # roofline_time = max(2mnk / peak, minimal bytes / HBM bandwidth): a physical floor.
+    t = gemm_time(hw, m, n, k, dtype).time_s
+    assert t >= roofline_time(hw, m, n, k, dtype) * (1 - 1e-12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(m=dims, n=dims, k=dims, which=st.sampled_from("mnk"), step=st.integers(1, 4096))
+def test_time_non_decreasing_in_each_size(m, n, k, which, step):
+    shape = {"m": m, "n": n, "k": k}
+    bigger = dict(shape, **{which: shape[which] + step})
+    assert gemm_time(H800, **bigger, dtype="fp8").time_s >= gemm_time(H800, **shape, dtype="fp8").time_s
+
+
+def test_step_at_wave_boundary():
+    # 12 x 11 tiles of 128 x 128 fill the 132 SMs exactly: one wave. One more column of n needs a
+    # 12th tile column -> a second (mostly empty) wave or smaller tiles; either way time jumps
+    # while the work grows by 1/1408. Far from the boundary, +1 column costs ~nothing.
+    # On the calibrated H800 small tiles are load-bound (115 GB/s per SM), so they cannot hide
+    # the step; the fitted profile shows it, as DeepGEMM's own wave heuristics expect.
+    m, n, k = 12 * 128, 11 * 128, 8192
+    t0 = gemm_time(H800, m, n, k, "fp8").time_s
+    t1 = gemm_time(H800, m, n + 1, k, "fp8").time_s
+    t_mid0 = gemm_time(H800, m, n + 40, k, "fp8").time_s
+    t_mid1 = gemm_time(H800, m, n + 41, k, "fp8").time_s
+    assert t1 / t0 > 1.2
+    assert t_mid1 / t_mid0 < 1.01
+
+
+def test_decode_memory_bound_prefill_compute_bound():
+    # Hopper FP8: ridge point = 1979 TFLOP/s / 3.35 TB/s ~ 590 FLOP/byte. A GEMM with m tokens
+    # against a 7168 x 18432 weight does 2m FLOPs per weight byte: m = 8 -> 16 FLOP/B (memory),
+    # m = 8192 -> ~ 2 x 8192 x / (1 + (m-side bytes)) >> 590 (compute).
+    for m in (1, 8, 64):
+        assert gemm_time(H800, m, 18432, 7168, "fp8").bound == "memory"
+    assert gemm_time(H800, 8192, 18432, 7168, "fp8").bound == "compute"
+
+
+def test_vectorized_equals_scalar():
+    m = np.array([1, 64, 4096])[:, None]
+    n = np.array([2112, 7168])[None, :]
+    est = gemm_time(H800, m, n, 7168, "fp8")
+    assert est.time_s.shape == (3, 2)
+    for i in range(3):
+        for j in range(2):
+            one = gemm_time(H800, int(m[i, 0]), int(n[0, j]), 7168, "fp8")
+            assert_allclose(est.time_s[i, j], one.time_s, rtol=1e-12)  # same kernel, same numbers
+            assert est.bound[i, j] == one.bound
+    t, _, _ = gemm_time_arrays(H800, m, n, 7168, "fp8")
+    assert_allclose(t, est.time_s, rtol=1e-12)
+
+
+def test_hand_worked_memory_bound_case():
+    # m=1, n=k=4096 bf16 on H100 with the generic prior (b=0.85, 3 us overhead, L2 50 MB):
+    # A + B = 2 x (4096 + 4096^2) bytes < 50 MB -> read once; C = 2 x 4096 bytes.
+    # bytes = 2 x (4096 + 16777216 + 4096) = 33570816; t = 3e-6 + bytes / (0.85 x 3.35e12).
+    est = gemm_time(H100, 1, 4096, 4096, "bf16")
+    assert est.bytes == 33570816
+    assert_allclose(est.time_s, 3e-6 + 33570816 / (0.85 * 3.35e12), rtol=1e-12)
+    assert est.bound == "memory"
+
+
+@pytest.mark.parametrize("bad", [dict(m=0), dict(n=-3), dict(k=1.5)])
+def test_bad_shapes_raise_spec_error(bad):
+    shape = {"m": 64, "n": 64, "k": 64, **bad}
+    with pytest.raises(SpecError):
+        gemm_time(H100, shape["m"], shape["n"], shape["k"], "bf16")
+
+
+def test_bad_dtypes():
+    with pytest.raises(SpecError, match="dtype"):
+        gemm_time(H100, 64, 64, 64, "int3")
+    with pytest.raises(SpecError, match="peaks"):
+        gemm_time(H100, 64, 64, 64, "fp4")  # H100 has no FP4 tensor cores
+
+
+def test_calibration_on_deepgemm_h800():
+    # Fit the five GEMM parameters on the 18 DeepGEMM FP8 H800 cases (issue 4 check: median
+    # |rel err| <= 8%, max <= 20%). The start (100 GB/s per SM, 50 ns per k-step) is only where
+    # the optimizer begins; the shipped h800-sxm values are this fit's result.
+    from moesim.calibrate import calibrate, with_params
+    from moesim.cases import load_cases
+    from moesim.compute.cases import GEMM_FIT_PARAMS
+
+    cases = load_cases(CASES).of_kind("gemm")
+    assert len(cases) == 18
+    start = with_params(H800, dict(zip(GEMM_FIT_PARAMS, [0.8, 0.85, 2.0, 100.0, 50.0])))
+    res = calibrate(cases, start, GEMM_FIT_PARAMS, source=CASES)
+    assert res.median_abs_rel_error_after <= 0.08
+    assert res.max_abs_rel_error_after <= 0.20
+
+
+def test_shipped_h800_profile_meets_the_bounds():
+    from moesim.cases import load_cases
+    from moesim.validate import validate
+
+    summary = validate(load_cases(CASES)).summary["gemm"]
+    assert summary.n == 18 and summary.unsupported == 0
+    assert summary.median_abs_rel_error <= 0.08 and summary.max_abs_rel_error <= 0.20
+
+
+# ---- grouped GEMM --------------------------------------------------------------------------
+def test_grouped_one_group_equals_dense_gemm_when_aligned():
+    # One group of 4096 rows (a multiple of tile_m): same tiles and bytes as the dense GEMM
+    # when both operands fit L2-free reuse rules alike; check time within 1% (reuse model
+    # differs: grouped reads the weight once).
+    g = grouped_gemm_time(H800, [4096], 4096, 7168, "fp8")
+    d = gemm_time(H800, 4096, 4096, 7168, "fp8")
+    assert_allclose(g.time_s, d.time_s, rtol=0.02)
+
+
+def test_grouped_padding_and_empty_groups():
+    # contiguous: 8 groups of 100 rows are each padded to 128 -> 1024 padded rows.
+    g = grouped_gemm_time(H800, [100] * 8, 4096, 7168, "fp8")
+    assert g.rows == 800 and g.nonempty_groups == 8
+    # weight bytes: each of the 8 non-empty groups reads its 4096 x 7168 fp8 weight once;
+    # rows 8 x 128 padded: A 1024 x 7168, C 1024 x 4096 x 2 (bf16).
+    assert g.bytes == 1024 * 7168 + 8 * 4096 * 7168 + 1024 * 4096 * 2
+    # empty groups read no weight
+    e = grouped_gemm_time(H800, [100] * 4 + [0] * 4, 4096, 7168, "fp8")
+    assert e.nonempty_groups == 4 and e.time_s < g.time_s
+    # masked reads only valid rows, so it is never slower than contiguous for the same counts
+    m = grouped_gemm_time(H800, [100] * 8, 4096, 7168, "fp8", layout="masked", capacity=256)
+    assert m.time_s <= g.time_s
+    assert m.bytes == 800 * 7168 + 8 * 4096 * 7168 + 800 * 4096 * 2
+
+
+def test_grouped_rejects_bad_input():
+    with pytest.raises(SpecError):
+        grouped_gemm_time(H800, [1, -1], 64, 64, "fp8")
+    with pytest.raises(SpecError):
+        grouped_gemm_time(H800, [1, 2], 64, 64, "fp8", layout="ragged")
+    with pytest.raises(SpecError):
+        grouped_gemm_time(H800, [10, 300], 64, 64, "fp8", layout="masked", capacity=256)
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+def test_cli_gemm_json(capsys):
+    assert cli.run(["op", "gemm", "--hw", "h800-sxm", "--m", "4096", "--n", "7168", "--k", "16384",
+                    "--dtype", "fp8", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"time_s", "tflops", "bound"} <= set(data)
+    # measured 633 us (DeepGEMM README, 1520 TFLOPS); the calibrated model is within 20%
+    assert abs(data["time_s"] / 632.943e-6 - 1) < 0.2
+
+
+def test_cli_grouped_gemm_json(capsys):
+    assert cli.run(["op", "grouped-gemm", "--hw", "h800-sxm", "--groups", "8", "--m-per-group", "4096",
+                    "--n", "4096", "--k", "7168", "--dtype", "fp8", "--layout", "contiguous", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["groups"] == 8 and data["bound"] == "compute"
+    assert cli.run(["op", "grouped-gemm", "--hw", "h800-sxm", "--m-per-group", "10,0,300",
+                    "--n", "4096", "--k", "7168", "--dtype", "fp8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nonempty_groups"] == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["op", "gemm", "--hw", "h800-sxm", "--m", "0", "--n", "1", "--k", "1"],
+    ["op", "gemm", "--hw", "h800-sxm", "--m", "1", "--n", "-1", "--k", "1"],
+    ["op", "gemm", "--hw", "h800-sxm", "--m", "1", "--n", "1", "--k", "1", "--dtype", "int3"],
+    ["op", "gemm", "--hw", "h800-sxm", "--m", "1", "--n", "1", "--k", "1", "--dtype", "fp4"],
+    ["op", "grouped-gemm", "--hw", "h800-sxm", "--m-per-group", "1,x", "--n", "1", "--k", "1"],
+    ["op", "grouped-gemm", "--hw", "h800-sxm", "--groups", "3", "--m-per-group", "1,2", "--n", "1", "--k", "1"],
+])
+def test_cli_bad_input_one_line_exit_2(argv, capsys):
+    assert cli.run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("moesim: error:") and "\n" not in err

@@ -1,0 +1,95 @@
+"""Timing, metadata and ``moesim-cases/1`` writing for validation/bench.py (torch + stdlib only).
+
+Timing: ``warmup`` untimed calls, then ``reps`` timed calls; the case value is the median.
+On CUDA each call is bracketed by CUDA events (``elapsed_time`` after a synchronize); on CPU by
+``time.perf_counter``. The spread (min, max) is kept in the case notes so a noisy host shows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+SCHEMA = "moesim-cases/1"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def median_time(fn: Callable[[], object], device: str, warmup: int = 2, reps: int = 7) -> tuple[float, list[float]]:
+    """Median seconds of ``fn()`` over ``reps`` runs after ``warmup`` runs; also every sample."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+    return statistics.median(samples), samples
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() as a fallback)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def metadata(device: str) -> dict:
+    """Device and version facts recorded in every file's description and case sources."""
+    meta = {
+        "torch": torch.__version__, "python": platform.python_version(), "device": device,
+        "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "os_cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(0)
+        meta["cuda"] = torch.version.cuda
+        meta["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    return meta
+
+
+def meta_line(meta: dict) -> str:
+    keys = ("device", "gpu", "cpu", "torch", "cuda", "torch_threads", "python", "date")
+    return ", ".join(f"{k}={meta[k]}" for k in keys if k in meta)
+
+
+def make_case(case_id: str, kind: str, hardware: str, inputs: dict, time_s: float, samples: list[float],
+              meta: dict, notes: str = "") -> dict:
+    """One ``moesim-cases/1`` case measured by validation/bench.py."""
+    spread = f"median of {len(samples)} runs, min {min(samples):.3g} s, max {max(samples):.3g} s"
+    return {
+        "id": case_id, "kind": kind, "hardware": hardware, "inputs": inputs,
+        "measured": {"metric": "time_s", "value": float(time_s)},
+        "source": f"validation/bench.py ({meta_line(meta)})",
+        "notes": f"{spread}. {notes}".strip(),
+    }
+
+
+def write_cases(path: Path, description: str, cases: list[dict], meta: dict, failures: list[dict]) -> Path:
+    """Write a case file; ``failures`` (suite, error) go into the description, never silently."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = description + f" Measured with {meta_line(meta)}."
+    if failures:
+        text += " Suites that failed or were skipped: " + "; ".join(f"{f['suite']}: {f['error']}" for f in failures)
+    body = {"schema": SCHEMA, "description": text, "cases": cases}
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    return path
