@@ -185,10 +185,10 @@ class AnalyticEvaluator:
         return results
 
     # ---- verification ----------------------------------------------------------------------
-    def verify(self, candidate: Candidate, scenario) -> Verification | None:
+    def verify(self, evaluation: Evaluation, scenario) -> Verification | None:
         from moesim.planner.verify import verify_with_des
 
-        return verify_with_des(candidate, scenario, scenario_model(scenario))
+        return verify_with_des(evaluation, scenario, scenario_model(scenario))
 
 
 @functools.lru_cache(maxsize=4096)

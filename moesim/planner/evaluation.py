@@ -158,6 +158,8 @@ class HardwareFacts:
 class Evaluator(Protocol):
     """Given candidates and the scenario, return one frozen Evaluation per candidate, in order.
 
+    ``verify`` checks one judged-feasible evaluation with a slower, stochastic model (the serving
+    DES) and may return None when it cannot.
     Implementations must be picklable (they travel to worker processes and Dask workers) and
     pure: the same candidate and scenario always give the same evaluation.
     """
@@ -166,6 +168,6 @@ class Evaluator(Protocol):
 
     def evaluate(self, candidates: Sequence[Candidate], scenario) -> list[Evaluation]: ...
 
-    def verify(self, candidate: Candidate, scenario) -> Verification | None: ...
+    def verify(self, evaluation: Evaluation, scenario) -> Verification | None: ...
 
     def hardware(self, name: str) -> HardwareFacts: ...

@@ -133,7 +133,7 @@ def _verify(scenario, evaluator, ranked: list[Ranked], facts) -> tuple[Answer | 
     verifier = getattr(evaluator, "verify", None)
     answers, checks = [], []
     for r in ranked[:n] if verifier else []:
-        v = verifier(r.candidate, scenario)
+        v = verifier(r.evaluation, scenario)
         if v is None:
             continue
         checks.append(v)

@@ -84,8 +84,8 @@ class ClosedFormEvaluator:
     def evaluate(self, candidates: Sequence[Candidate], scenario) -> list[Evaluation]:
         return [self._one(c, scenario) for c in candidates]
 
-    def verify(self, candidate: Candidate, scenario) -> Verification:
-        ev = self._one(candidate, scenario)
+    def verify(self, ev: Evaluation, scenario) -> Verification:
+        candidate = ev.candidate
         rate = 0.9 * ev.tokens_per_s / scenario.workload.output_len
         return Verification(
             candidate=candidate, max_request_rate_per_s=rate, rate_ci_low=0.95 * rate,

@@ -66,7 +66,12 @@ def _uniform_counts(pb: RoutingProblem, labels_E: np.ndarray, n_labels: int) -> 
     out = np.zeros((n_labels, k + 1))
     m_LG = np.zeros((n_labels, G), dtype=np.int64)
     np.add.at(m_LG, (labels_E, pb.group_E), 1)
+    cache: dict[bytes, np.ndarray] = {}
     for lab in range(n_labels):
+        key = m_LG[lab].tobytes()
+        if key in cache:
+            out[lab] = cache[key]
+            continue
         # dist of M = experts of this label inside a uniform random tg-subset of groups (DP)
         dp = np.zeros((tg + 1, gs * tg + 1))
         dp[0, 0] = 1.0
@@ -77,7 +82,8 @@ def _uniform_counts(pb: RoutingProblem, labels_E: np.ndarray, n_labels: int) -> 
             dp = new
         weight_M = dp[tg] / dp[tg].sum()
         for M in np.flatnonzero(weight_M > 0):
-            out[lab] += weight_M[M] * stats.hypergeom(gs * tg, M, k).pmf(np.arange(k + 1))
+            out[lab] += weight_M[M] * stats.hypergeom.pmf(np.arange(k + 1), gs * tg, M, k)
+        cache[key] = out[lab]
     return out
 
 

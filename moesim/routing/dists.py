@@ -7,6 +7,7 @@ integer loads get the continuity correction). Legend: V values of a pmf, X grid 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,18 +83,19 @@ def token_sum(parts: list[tuple[np.ndarray, int]]) -> Dist:
     return Dist(mean, var, 0, pmf / pmf.sum())
 
 
+@functools.lru_cache(maxsize=65536)
 def clipped_binomial(n: int, p: float, cap: int | None) -> Dist:
-    """``min(Binomial(n, p), cap)`` (``cap=None``: no clip), tabulated on mean +- 12 sd."""
-    b = stats.binom(n, p)
+    """``min(Binomial(n, p), cap)`` (``cap=None``: no clip), tabulated on mean +- 12 sd.
+    Cached: equal arguments return the same object (max_distribution groups those)."""
     sd = np.sqrt(n * p * (1 - p))
     lo = int(max(0, np.floor(n * p - 12 * sd - 1)))
     hi = int(min(n, np.ceil(n * p + 12 * sd + 1)))
     if cap is not None:
         hi, lo = min(hi, cap), min(lo, cap)
     v_V = np.arange(lo, hi + 1)
-    pmf_V = b.pmf(v_V)
+    pmf_V = stats.binom.pmf(v_V, n, p)
     if cap is not None and hi == cap:
-        pmf_V[-1] = b.sf(cap - 1)
+        pmf_V[-1] = stats.binom.sf(cap - 1, n, p)
     return from_pmf(pmf_V / pmf_V.sum(), lo)
 
 
@@ -143,7 +145,10 @@ def max_distribution(dists: list[Dist], f: float = 1.0) -> tuple[float, np.ndarr
     step = max(1.0, (hi - lo) / GRID_POINTS) if f == 1.0 else (hi - lo) / GRID_POINTS
     x_X = lo + (np.arange(int(np.ceil((hi - lo) / step))) + 0.5) * step
     cdf_X = np.ones_like(x_X)
-    for d in dists:
-        cdf_X *= d.cdf(x_X, f)
+    counts: dict[int, list] = {}
+    for d in dists:  # identical objects (cached) are evaluated once
+        counts.setdefault(id(d), [d, 0])[1] += 1
+    for d, n in counts.values():
+        cdf_X *= d.cdf(x_X, f) ** n
     emax = lo + float(np.sum(1.0 - cdf_X) * step)
     return emax, x_X - 0.5 * step, cdf_X

@@ -51,7 +51,7 @@ class ComputeSpec(Sourced):
     compute_units: int | None = Field(
         None, gt=0, description="SMs (NVIDIA), CUs (AMD) or MXUs (TPU): tiles are scheduled over these"
     )
-    compute_unit_kind: Literal["sm", "cu", "mxu"] = "sm"
+    compute_unit_kind: Literal["sm", "cu", "mxu", "core"] = "sm"
     clock_MHz: float | None = Field(None, gt=0)
 
     @field_validator("peak_dense_tflops", mode="before")

@@ -70,6 +70,18 @@ def dense_ffn_s(hw: HardwareProfile, model: ModelSpec, tokens: float, width: int
     return gemm_s(hw, tokens, up_n, model.hidden, dtype) + gemm_s(hw, tokens, model.hidden, width, dtype)
 
 
+def memory_bound_s(hw: HardwareProfile, nbytes: float, kernels: int = 1) -> float:
+    """Time of memory-bound elementwise kernels (norms, activations, permutes) moving ``nbytes``.
+
+    ADAPTER(issue 4): "other ops" (norms, activations) are not in moesim.compute yet: bytes at
+    the achievable HBM bandwidth plus the per-kernel overhead, both from the profile.
+    """
+    if nbytes <= 0:
+        return 0.0
+    eff = hw.efficiency.compute
+    return nbytes / (hw.hbm_bandwidth_Bps * eff.gemm_memory_fraction) + kernels * eff.kernel_overhead_us * units.us
+
+
 def attention_s(hw: HardwareProfile, model: ModelSpec, *, tokens: float, context: float, phase: str,
                 tp: int, dtype: str, kv_dtype: str = "bf16", layer: int = 0) -> float:
     """One attention block (projections + core) for ``tokens`` query tokens on one device.
@@ -142,55 +154,45 @@ class RankLoad:
 
 
 def rank_load(*, tokens: float, num_experts: int, top_k: int, ep: int, redundant: int, skew: str,
-              ranks_per_node: int = 8, n_groups: int = 1, topk_groups: int = 1, samples: int | None = None,
-              seed: int = 0) -> RankLoad:
+              ranks_per_node: int = 8, n_groups: int = 1, topk_groups: int = 1, seed: int = 0) -> RankLoad:
     """Expected max over EP ranks of the routed token copies one rank computes (T tokens in all),
-    and the per-slot copies on that rank: moesim.routing (real API; analytic engine when there is
-    one, else its Monte Carlo engine). ``balanced`` (or one rank): exactly T k / ep each."""
+    and the per-slot copies on that rank: moesim.routing (real API, analytic engine). ``balanced`` (or one rank): exactly T k / ep each."""
     slots = num_experts + redundant
     per_rank = slots // ep
     mean = tokens * top_k / ep
     if skew == "balanced" or (ep == 1 and skew == "uniform"):
         return RankLoad(mean, mean, np.full(per_rank, mean / per_rank))
-    if samples is None:  # NOTE: the max over ranks of large steps varies little: fewer samples
-        samples = int(np.clip(4e6 / (tokens * top_k), 4, 32))
     stats = routing_stats(tokens=tokens, num_experts=num_experts, top_k=top_k, ep=ep, redundant=redundant,
                           skew=skew, ranks_per_node=ranks_per_node, n_groups=n_groups,
-                          topk_groups=topk_groups, samples=samples, seed=seed)
+                          topk_groups=topk_groups, seed=seed)
     return RankLoad(float(stats.rank_tokens_max), float(stats.rank_tokens_mean),
                     np.asarray(stats.straggler_tokens_L, dtype=float))
 
 
-def routing_problem(*, tokens: float, num_experts: int, top_k: int, ep: int, redundant: int, skew: str,
-                    ranks_per_node: int = 8, n_groups: int = 1, topk_groups: int = 1, seed: int = 0):
-    """A routing problem for the routing engine (hot-expert replicas when ``redundant`` > 0)."""
-    from moesim.routing.problem import build_problem
-
-    placement = "load_aware" if redundant else "contiguous"
-    return build_problem(num_experts, top_k, max(int(round(tokens)), 1), ep=ep,
-                         ranks_per_node=min(ranks_per_node, ep), skew=skew, placement=placement,
-                         redundant_experts=redundant, n_groups=n_groups, topk_groups=topk_groups, seed=seed)
+def _routing_kwargs(*, tokens: float, num_experts: int, top_k: int, ep: int, redundant: int, skew: str,
+                    ranks_per_node: int, n_groups: int, topk_groups: int) -> dict:
+    """Arguments of moesim.routing.route / step_sampler (hot-expert replicas when redundant > 0)."""
+    return dict(num_experts=num_experts, top_k=top_k, tokens=max(int(round(tokens)), 1), ep=ep,
+                ranks_per_node=min(ranks_per_node, ep), skew=skew,
+                placement="load_aware" if redundant else "contiguous", redundant_experts=redundant,
+                n_groups=n_groups, topk_groups=topk_groups)
 
 
-def routing_stats(*, samples: int = 32, seed: int = 0, **kw):
-    """RoutingStats of one step: the analytic engine when delivered, else Monte Carlo."""
-    problem = routing_problem(seed=seed, **kw)
-    analytic = _optional("moesim.routing.analytic")
-    if analytic is not None and hasattr(analytic, "run_analytic"):
-        try:
-            return analytic.run_analytic(problem)
-        except (TypeError, NotImplementedError):
-            pass
-    from moesim.routing.montecarlo import run_montecarlo
+def routing_stats(*, seed: int = 0, ranks_per_node: int = 8, n_groups: int = 1,
+                  topk_groups: int = 1, **kw):
+    """RoutingStats of one step: moesim.routing.route, analytic engine (real API, cached)."""
+    from moesim.routing.api import route
 
-    return run_montecarlo(problem, samples=samples, seed=seed)
+    return route(**_routing_kwargs(ranks_per_node=ranks_per_node, n_groups=n_groups,
+                                   topk_groups=topk_groups, **kw), engine="analytic", seed=seed)
 
 
-def step_sampler(**kw):
+def step_sampler(*, seed: int = 0, ranks_per_node: int = 8, n_groups: int = 1, topk_groups: int = 1, **kw):
     """The routing engine's per-step sampler (``.sample(rng)`` -> StepSample) for the DES."""
-    from moesim.routing.montecarlo import StepSampler
+    from moesim.routing.api import step_sampler as make
 
-    return StepSampler(routing_problem(**kw))
+    return make(**_routing_kwargs(ranks_per_node=ranks_per_node, n_groups=n_groups,
+                                  topk_groups=topk_groups, **kw), seed=seed)
 
 
 def memory(model: ModelSpec, hw: HardwareProfile, par, **kw):

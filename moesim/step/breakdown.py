@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 COMPONENTS: tuple[str, ...] = (
-    "attention_s", "attention_comm_s", "router_s", "dispatch_s", "experts_s", "shared_experts_s",
+    "attention_s", "attention_comm_s", "elementwise_s", "router_s", "dispatch_s", "experts_s", "shared_experts_s",
     "combine_s", "dense_ffn_s", "embedding_head_s", "pipeline_bubble_s", "dp_comm_s", "optimizer_s",
 )
 
@@ -18,6 +18,7 @@ COMPONENTS: tuple[str, ...] = (
 _BOTTLENECK: dict[str, str] = {
     "attention_s": "attention",
     "attention_comm_s": "tp_cp_comm",
+    "elementwise_s": "elementwise",
     "router_s": "router",
     "dispatch_s": "all_to_all",
     "experts_s": "experts",
@@ -41,6 +42,7 @@ class StepBreakdown:
     tokens_per_step_per_device: float
     attention_s: float = 0.0
     attention_comm_s: float = 0.0
+    elementwise_s: float = 0.0
     router_s: float = 0.0
     dispatch_s: float = 0.0
     experts_s: float = 0.0

@@ -44,6 +44,7 @@ class LayerOps:
 
     attention_s: float = 0.0
     attention_comm_s: float = 0.0
+    elementwise_s: float = 0.0
     router_s: float = 0.0
     dispatch_s: float = 0.0
     experts_s: float = 0.0
@@ -55,7 +56,7 @@ class LayerOps:
     @property
     def pre_s(self) -> float:
         """P: attention, its collectives and the router."""
-        return self.attention_s + self.attention_comm_s + self.router_s
+        return self.attention_s + self.attention_comm_s + self.router_s + self.elementwise_s
 
     @property
     def ffn_s(self) -> float:
@@ -64,7 +65,7 @@ class LayerOps:
 
     def components(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in (
-            "attention_s", "attention_comm_s", "router_s", "dispatch_s", "experts_s",
+            "attention_s", "attention_comm_s", "elementwise_s", "router_s", "dispatch_s", "experts_s",
             "shared_experts_s", "combine_s", "dense_ffn_s")}
 
 
@@ -185,6 +186,31 @@ def expert_layout(setup: LayerSetup, tokens: float) -> str:
     return "masked" if _mode(setup, tokens) == "low_latency" else "contiguous"
 
 
+# Bytes per token (in activation elements of 2 B) that a layer's memory-bound kernels move:
+# two RMSNorms (read + write D each) and two residual adds (read 2D, write D): 10 D.
+NORM_RESIDUAL_ELEMENTS_PER_D = 10.0
+ACT_BYTES = 2.0
+
+
+def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int) -> float:
+    """HBM bytes of one layer's non-GEMM kernels for ``tokens`` owned tokens (forward).
+
+    norms + residuals: 10 D; gated activation: read 2F, write F per FFN row (F / tp for dense);
+    MoE: permute (read D, write k D) and unpermute (read k D, write D) around the all-to-all,
+    and the activation of k routed copies plus the shared experts. All 2-byte activations.
+    """
+    d = model.hidden
+    gate = 3.0 if model.ffn_activation != "relu" else 2.0
+    el = NORM_RESIDUAL_ELEMENTS_PER_D * d
+    if moe:
+        m = model.moe
+        el += 2.0 * (1 + m.top_k) * d + gate * m.top_k * m.expert_ffn
+        el += gate * m.num_shared_experts * m.shared_expert_ffn / tp
+    else:
+        el += gate * model.dense_ffn / tp
+    return tokens * el * ACT_BYTES
+
+
 def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) -> tuple[float, float]:
     """(attention compute, TP/CP collective) seconds for ``tokens`` owned tokens in ``layer``."""
     model, tp, cp = setup.model, setup.attention_tp, setup.cp
@@ -249,7 +275,9 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
         if setup.attention_tp > 1:  # the dense FFN's reduce-scatter + all-gather (sequence parallel)
             tp = setup.attention_tp
             att_comm += ad.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
-    ops = LayerOps(attention_s=att, attention_comm_s=att_comm, **block)
+    elem = ad.memory_bound_s(setup.hw, elementwise_bytes(model, model.layer_is_moe(layer), tokens,
+                                                         setup.attention_tp), kernels=0)
+    ops = LayerOps(attention_s=att, attention_comm_s=att_comm, elementwise_s=elem, **block)
     if rank_load is None:
         setup._cache[key] = ops
     return ops

@@ -38,7 +38,7 @@ from moesim.step.layer import LayerOps, Overlap, make_setup, stack_time
 
 UNIFORM = RoutingSpec()
 OPTIMIZER_BYTES_PER_PARAM = 30.0
-COMPUTE_FIELDS = ("attention_s", "router_s", "experts_s", "shared_experts_s", "dense_ffn_s")
+COMPUTE_FIELDS = ("attention_s", "elementwise_s", "router_s", "experts_s", "shared_experts_s", "dense_ffn_s")
 
 
 def pipeline_bubble_fraction(pp: int, vpp: int, microbatches: int) -> float:

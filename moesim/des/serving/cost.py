@@ -99,9 +99,11 @@ class GridCost:
     ``prefill_fn(num_tokens)`` and ``decode_fn(batch, context)`` return seconds per iteration.
     - prefill: piecewise linear in tokens between nodes of a geometric grid
       (``points_per_octave`` per doubling);
-    - decode: piecewise linear in batch between grid nodes, and linear in context through two
-      nodes ``context_nodes`` (decode attention reads KV bytes proportional to the context, so
-      the step time is affine in context at fixed batch; extrapolated beyond the nodes);
+    - decode: piecewise linear in batch between grid nodes, and affine in context: decode
+      attention reads KV bytes proportional to batch x context, so
+      ``t(b, c) = t(b, c1) + sigma x b x (c - c1)`` with sigma (seconds per context token per
+      sequence) measured once from two contexts ``context_nodes`` at ``slope_batch`` (the step
+      model's decode is exactly proportional: its slope at b = 1..1024 scales with b to 0.1%);
     - mixed (chunked prefill): one prefill-shaped pass over all its tokens (weights read once,
       GEMM rows = prefill + decode tokens) plus the decode attention beyond one token of
       context: ``prefill(P + d) + max(0, decode(d, ctx) - decode(d, 1))``.
@@ -113,8 +115,9 @@ class GridCost:
     kv_capacity_tokens: int
     kv_bytes_per_token: float
     devices: int
-    points_per_octave: int = 2
+    points_per_octave: int = 1
     context_nodes: tuple[int, int] = (1024, 16384)
+    slope_batch: int = 64
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _prefill_node(self, tokens: int) -> float:
@@ -129,11 +132,19 @@ class GridCost:
         key = ("d", batch)
         v = self._memo.get(key)
         if v is None:
-            c1, c2 = self.context_nodes
-            t1, t2 = float(self.decode_fn(batch, c1)), float(self.decode_fn(batch, c2))
-            slope = max(0.0, (t2 - t1) / (c2 - c1))
-            v = self._memo[key] = (t1 - slope * (c1 - 1), slope)
+            c1 = self.context_nodes[0]
+            slope = self._slope_per_seq() * batch
+            v = self._memo[key] = (float(self.decode_fn(batch, c1)) - slope * (c1 - 1), slope)
         return v
+
+    def _slope_per_seq(self) -> float:
+        """Decode seconds per context token per sequence, from two contexts at ``slope_batch``."""
+        s = self._memo.get("slope")
+        if s is None:
+            (c1, c2), b = self.context_nodes, self.slope_batch
+            s = max(0.0, (float(self.decode_fn(b, c2)) - float(self.decode_fn(b, c1))) / (c2 - c1) / b)
+            self._memo["slope"] = s
+        return s
 
     def prefill_time_s(self, num_tokens: int, num_sequences: int = 1) -> float:
         lo, hi = grid_bracket(num_tokens, self.points_per_octave)

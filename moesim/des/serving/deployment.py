@@ -58,7 +58,7 @@ def _layout(par: Parallelism) -> str:
 def from_deployment(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: Parallelism, *,
                     dtype: str = "fp8", kv_dtype: str = "bf16", overlap: str = "none",
                     prompt_len_hint: int = 2048, memory_fraction: float = 0.9,
-                    points_per_octave: int = 2) -> GridCost:
+                    points_per_octave: int = 1) -> GridCost:
     """A ``GridCost`` for one replica of ``model`` on ``cluster`` laid out as ``par``."""
     try:
         from moesim.step.inference import decode_iteration, prefill_iteration

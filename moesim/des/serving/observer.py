@@ -9,20 +9,10 @@ process. Optionally the iterations as spans for a Chrome trace.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import simpy
 
-
-@dataclass(frozen=True)
-class Span:
-    """One iteration on one replica (for the Chrome trace)."""
-
-    track: str
-    name: str
-    start_s: float
-    duration_s: float
-    args: dict
+from moesim.des.trace import Span
 
 
 class Observer:
@@ -53,6 +43,11 @@ class Observer:
         now = min(max(self.env.now, self.w0), self.w1)
         self._area += self.in_system * (now - self._last)
         self._last = now
+
+    def close_window(self, end_s: float) -> None:
+        """Fix the window's end at ``end_s`` (a window left open until the run ended)."""
+        self._advance()
+        self.w1 = end_s
 
     @property
     def mean_in_system(self) -> float:
@@ -99,7 +94,8 @@ class Observer:
         if hi > lo:
             self.busy_s[replica.name] = self.busy_s.get(replica.name, 0.0) + hi - lo
         if self.spans is not None:
-            self.spans.append(Span(replica.name, "iteration", start_s, dt_s, {
+            kind = "mixed" if prefill_tokens and decode_batch else ("prefill" if prefill_tokens else "decode")
+            self.spans.append(Span(replica.name, "iterations", kind, start_s, dt_s, "serving", {
                 "prefill_tokens": prefill_tokens, "decode_batch": decode_batch,
                 "kv_used_tokens": replica.kv_used, "queued": replica.queue_len}))
 

@@ -151,21 +151,24 @@ def simulate(system: ServingSystem, requests: Requests, *, slo: SLO | None = Non
              samples: int = 200, keep_spans: bool = False, ci_batches: int = 20) -> ServingResult:
     """Run ``requests`` through ``system``; metrics over the window [warmup_s, window_end_s].
 
-    ``window_end_s`` defaults to the last arrival; ``max_time_s`` (default: 4 x last arrival +
+    ``window_end_s`` defaults to the end of the run (the last completion); ``max_time_s`` (default: 4 x last arrival +
     10 min) stops an overloaded run, whose unfinished requests are reported and count as SLO
     misses. ``samples``: points of the KV-utilization / queue-length time series.
     """
     n = len(requests)
     if n == 0:
         raise SpecError("requests", 0, "need at least one request")
-    end = requests.span_s if window_end_s is None else window_end_s
+    end = math.inf if window_end_s is None else window_end_s
     if not 0 <= warmup_s < end:
         raise SpecError("warmup_s", warmup_s, f"must be in [0, window end {end:g} s)")
     env = simpy.Environment()
     obs = Observer(env, n, (warmup_s, end), keep_spans=keep_spans)
     run = _Run(system, requests, obs, env)
     env.process(run.arrivals())
-    env.process(obs.sampler(run.pools(), max(end, 1e-9) / samples))
+    interval = (end if window_end_s is not None else max(requests.span_s, 1.0)) / samples
+    env.process(obs.sampler(run.pools(), interval))
     horizon = max_time_s if max_time_s is not None else 4 * requests.span_s + 600.0
     env.run(until=simpy.AnyOf(env, [obs.all_done, env.timeout(horizon)]))
+    if window_end_s is None:
+        obs.close_window(env.now)
     return summarize(system, requests, obs, run.req, slo=slo, ci_batches=ci_batches)
