@@ -136,7 +136,7 @@ def side_by_side(base: PlanResult, changed: PlanResult) -> tuple[Delta, ...]:
         b, c = hb.get(key), hc.get(key)
         num = isinstance(b, (int, float)) and isinstance(c, (int, float)) and not isinstance(b, bool)
         delta = (c - b) if num else None
-        rel = (delta / b) if num and b else (0.0 if num else None)
+        rel = (delta / b) if num and b else (0.0 if num and delta == 0 else None)
         rows.append(Delta(key, b, c, delta, rel))
     return tuple(rows)
 

@@ -89,7 +89,7 @@ def grid_bracket(x: float, per_octave: int) -> tuple[int, int]:
     while hi < x:
         i += 1
         hi = round(2.0 ** ((i + 1) / per_octave))
-    return lo, hi
+    return (lo, lo) if lo == x else (lo, hi)
 
 
 @dataclass(frozen=True)
