@@ -154,18 +154,22 @@ def default_params(cases: list[Case], profile: HardwareProfile) -> tuple[str, ..
 
 def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
               params: tuple[str, ...] | None = None, source: str = "",
-              loss: str = "soft_l1", loss_scale: float = 0.1) -> CalibrationResult:
+              loss: str = "soft_l1", loss_scale: float = 0.1, starts: int = 6) -> CalibrationResult:
     """Fit ``params`` (default: ``default_params``) of ``profile`` to the ``cases`` on it.
 
     ``loss`` is scipy's least_squares loss (``linear`` = plain squared log error);
-    ``loss_scale`` the log error at which a robust loss starts to flatten.
+    ``loss_scale`` the log error at which a robust loss starts to flatten; ``starts`` the
+    number of extra (seeded, reproducible) starting points.
     """
     cases = [c for c in cases if c.hardware == profile.name]
-    if not cases:
-        raise MoesimError(f"no cases on hardware {profile.name!r} to calibrate on")
-    kinds = tuple(sorted({c.kind for c in cases}))
     if params is None:
+        # NOTE: only kinds that declare parameters take part; training or serving rows are
+        # predicted from what gemm and all_to_all fitted, never fitted on themselves.
+        cases = [c for c in cases if predictor_for(c.kind)[1]]
         params = default_params(cases, profile)
+    if not cases:
+        raise MoesimError(f"no cases on hardware {profile.name!r} of a kind that can be calibrated")
+    kinds = tuple(sorted({c.kind for c in cases}))
     if not params:
         raise MoesimError(f"the case kinds {', '.join(kinds)} declare no parameters to fit")
     bounds = [param_bounds(p) for p in params]
@@ -176,13 +180,17 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
     def fun(x):
         return _residuals(cases, with_params(profile, dict(zip(params, x))), loss, loss_scale)[0]
 
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([b[1] for b in bounds])
     best = None
-    # NOTE: the models are piecewise (max of roofline terms, wave ceilings); a few starts avoid
-    # a start that sits on a flat piece.
-    for scale in (1.0, 0.6, 1.5):
-        start = np.clip(x0 * scale, [b[0] for b in bounds], [b[1] for b in bounds])
-        fit = least_squares(fun, start, bounds=([b[0] for b in bounds], [b[1] for b in bounds]),
-                            diff_step=1e-3, x_scale="jac")
+    # NOTE: the models are piecewise (max of roofline terms, wave ceilings), so the objective has
+    # flat pieces and local minima: start from the current values and from `starts` seeded
+    # log-uniform perturbations of them (x 1/4 .. x 4), keep the best.
+    rng = np.random.default_rng(starts)
+    candidates = [x0] + [x0 * np.exp(rng.uniform(-np.log(4), np.log(4), x0.size)) for _ in range(starts)]
+    for start in candidates:
+        start = np.clip(start, lo, np.minimum(hi, _UNBOUNDED_HI))
+        fit = least_squares(fun, start, bounds=(lo, hi), diff_step=1e-3, x_scale="jac")
         if best is None or fit.cost < best.cost:
             best = fit
     values = {p: float(v) for p, v in zip(params, best.x)}

@@ -87,6 +87,34 @@ def write_toml(data: dict, path: str | Path) -> None:
     Path(path).write_text(tomli_w.dumps(strip(data)))
 
 
+def replace_efficiency(path: str | Path, efficiency: "Efficiency") -> None:
+    """Rewrite the ``[efficiency...]`` tables of a profile TOML, keeping every other line
+    (comments and sources included); the new tables go at the end of the file."""
+    from moesim.specs.hardware import Efficiency
+
+    p = Path(path)
+    kept, skipping = [], False
+    for line in p.read_text().splitlines():
+        header = line.strip().startswith("[") and not line.strip().startswith("[[")
+        if header:
+            skipping = line.strip().strip("[]").strip().split(".")[0] == "efficiency"
+        if not skipping:
+            kept.append(line)
+    eff = Efficiency.model_validate(efficiency.model_dump())
+    defaults = Efficiency()
+    block = {"origin": eff.origin}
+    for section in ("compute", "comm"):
+        changed = {k: float(f"{v:.4g}") if isinstance(v, float) else v
+                   for k, v in getattr(eff, section).model_dump().items()
+                   if v != getattr(getattr(defaults, section), k)}
+        if changed:
+            block[section] = changed
+    text = "\n".join(kept).rstrip() + "\n\n" + tomli_w.dumps({"efficiency": block})
+    build(HardwareProfile, tomllib.loads(text), source=str(p))  # never write an unloadable profile
+    p.write_text(text)
+    _load_profile_cached.cache_clear()
+
+
 def _looks_like_path(name: str) -> bool:
     return name.endswith(".toml") or "/" in name or "\\" in name
 
