@@ -113,6 +113,9 @@ def predict_case(case: Case, profile: HardwareProfile) -> CasePrediction:
             raise UnsupportedCase(f"predictor returned {value!r}")
     except UnsupportedCase as err:
         return CasePrediction(**base, predicted=None, rel_error=None, status="unsupported", reason=str(err))
+    except (KeyError, TypeError) as err:  # a required input the predictor needs is absent or null
+        return CasePrediction(**base, predicted=None, rel_error=None, status="unsupported",
+                              reason=f"an input the predictor needs is missing or null ({type(err).__name__}: {err})")
     except MoesimError as err:
         return CasePrediction(**base, predicted=None, rel_error=None, status="error", reason=str(err))
     return CasePrediction(**base, predicted=value, rel_error=(value - case.measured) / case.measured)

@@ -54,9 +54,9 @@ def _required_signature(case: dict) -> tuple:
 def test_file_is_well_formed(raw, casefile):
     assert raw["schema"] == SCHEMA
     assert casefile.problems == ()
-    assert len(casefile.cases) == len(raw["cases"]) == 22
-    kinds = {c.kind for c in casefile.cases}
-    assert kinds == {"grouped_gemm", "all_to_all"}
+    assert len(casefile.cases) == len(raw["cases"]) == 33
+    kinds = [c.kind for c in casefile.cases]
+    assert {k: kinds.count(k) for k in set(kinds)} == {"grouped_gemm": 10, "all_to_all": 12, "gemm": 11}
 
 
 def test_every_case_names_source_notes_and_published_value(raw):
@@ -124,6 +124,22 @@ def test_deepep_low_latency_bytes_follow_deepep_count(raw):
         assert (i["mode"], i["dedup"], i["ranks_per_node"]) == ("low_latency", "none", 8)
 
 
+def test_dense_h100_rows_use_deepgemm_definition(raw):
+    """User-reported H100 rows (DeepGEMM issue #136): time_s = 2 m n k / (TFLOPS 1e12); the
+    printed time is whole microseconds, so it must agree within 0.5 us. Hand check:
+    2*64*2112*7168 / 155e12 = 12.5017e-6 s (printed '13 us')."""
+    rows = [c for c in raw["cases"] if c["kind"] == "gemm"]
+    assert len(rows) == 11 and all(c["hardware"] == "h100-sxm" for c in rows)
+    one = next(c for c in rows if c["id"] == "deepgemm-h100-gemm-issue136-m64-n2112-k7168")
+    assert one["measured"]["value"] == pytest.approx(12.5017e-6, rel=1e-5)
+    for c in rows:
+        i = c["inputs"]
+        t = 2 * i["m"] * i["n"] * i["k"] / (c["published"]["value"] * 1e12)
+        assert c["measured"]["value"] == pytest.approx(t, rel=1e-5), c["id"]
+        printed_us = next(p["value"] for p in c["also_published"] if p["metric"] == "time")
+        assert abs(t * 1e6 - printed_us) <= 0.5, c["id"]
+
+
 def test_validate_answers_every_case(casefile):
     report = validate(casefile)
     assert len(report.cases) == len(casefile.cases)
@@ -133,4 +149,4 @@ def test_validate_answers_every_case(casefile):
             assert pred.predicted > 0 and math.isfinite(pred.rel_error), pred.id
         else:
             assert pred.reason, pred.id
-    assert set(report.summary) == {"grouped_gemm", "all_to_all"}
+    assert set(report.summary) == {"grouped_gemm", "all_to_all", "gemm"}
