@@ -82,7 +82,12 @@ def gemm_params(hw: HardwareProfile, dtype: str, out_dtype: str | None = None) -
     peak = hw.peak_flops(dtype)
     out = canonical_dtype(out_dtype, field="out_dtype") if out_dtype else _OUT_DTYPE[key]
     eff = hw.efficiency.compute
-    n_units = hw.compute.compute_units or 1  # NOTE: no unit count known -> one big unit, no waves
+    n_units = hw.compute.compute_units
+    if n_units is None:
+        raise SpecError(
+            f"{hw.name}.compute.compute_units", None,
+            "the GEMM model schedules tiles over compute units (SMs, CUs, MXUs); add the count to the profile",
+        )
     return GemmParams(
         units=n_units,
         peak_per_unit=peak / n_units,
