@@ -203,14 +203,18 @@ def _step(pb: RoutingProblem, p_E: np.ndarray) -> dict:
             shift = load_P[on].sum() - d.mean
             rank_d.append(d if abs(shift) < 1e-9 else dists.Dist(d.mean + shift, d.var))
     f_R = np.sqrt(R / (R - 1)) if R > 1 else 1.0
-    rank_max, rank_vals, rank_cdf = (dists.max_distribution(rank_d, f_R) if R > 1 else
-                                     dists.max_distribution(rank_d, 1.0))
+    rank_max, rank_vals, rank_cdf = dists.max_distribution(rank_d, f_R)
+    if C is not None:  # no rank holds more than its slots' capacity
+        rank_max, rank_vals = min(rank_max, pl.slots_per_rank * C), np.minimum(rank_vals, pl.slots_per_rank * C)
     expert_d = []
     for e in range(E):
         reps = np.flatnonzero(e_P == e)
         expert_d.append(dists.convolve([slot_cap[i] for i in reps]))
     f_E = np.sqrt(E / (E - 1)) if E > 1 else 1.0
     exp_max, exp_vals, exp_cdf = dists.max_distribution(expert_d, f_E)
+    if C is not None:
+        cap_e = C * int(pl.replicas_E.max())
+        exp_max, exp_vals = min(exp_max, cap_e), np.minimum(exp_vals, cap_e)
     rank_mean_R = np.array([d.mean for d in rank_d])
     r_star = int(np.argmax(rank_mean_R))
     on = np.flatnonzero(pl.slot_rank_P == r_star)
@@ -229,7 +233,8 @@ def _step(pb: RoutingProblem, p_E: np.ndarray) -> dict:
         frac = np.where(node_dem > 0, node_acc / np.maximum(node_dem, 1e-300), 0.0)
         dedup_RN[s] = tokens_R[s] * nodes_hit_QN[class_R[s]] * frac
     copies = T * k
-    dropped = max(copies - load_P.sum(), 0.0)
+    dropped = copies - load_P.sum()
+    dropped = 0.0 if dropped < 1e-9 * copies else dropped
     return dict(load_P=load_P, rank_max=rank_max, rank_vals=rank_vals, rank_cdf=rank_cdf,
                 exp_max=exp_max, exp_vals=exp_vals, exp_cdf=exp_cdf, straggler=straggler,
                 active_R=active_R, traffic_RR=traffic_RR, dedup_RN=dedup_RN,

@@ -32,7 +32,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _uniform(state):
     """Next U[0, 1) double from the splitmix64 state ``state[0]`` (uint64)."""
     state[0] += _GOLDEN
@@ -43,14 +43,14 @@ def _uniform(state):
     return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _alias_draw(state, prob, alias):
     u = _uniform(state) * prob.size
     i = min(int(u), prob.size - 1)
     return i if (u - i) < prob[i] else alias[i]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _scan_draw(state, p_E, group_E, gsel, taken_E, stamp, rem):
     """Draw one eligible expert (group selected, not taken by this token) proportionally to
     ``p_E`` by a linear scan; -1 if none."""
@@ -65,7 +65,7 @@ def _scan_draw(state, p_E, group_E, gsel, taken_E, stamp, rem):
     return last
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _next_expert(state, p_E, prob_E, alias_E, group_E, gsel, taken_E, stamp, rem):
     """Next expert of the token's preference: proportional to ``p_E`` among the experts of the
     selected groups that the token has not taken (``taken_E[e] == stamp``).
@@ -118,8 +118,13 @@ def _pick_groups(state, gmass_G, gprob_G, galias_G, TG, gsel):
 @njit(cache=True)
 def _route_range(i0, i1, K, R, p_E, prob_E, alias_E, group_E, gmass_G, gprob_G, galias_G, TG,
                  slot_for_RE, slot_rank_P, rank_node_R, cap, policy, balanced, state,
-                 load_P, traffic_RR, dedup_RN, counters_C):
-    """Route tokens ``i0 .. i1-1`` into the accumulators (see the module docstring)."""
+                 load_P, traffic_RR, dedup_RN, counters_C, given_TX):
+    """Route tokens ``i0 .. i1-1`` into the accumulators (see the module docstring).
+
+    ``given_TX`` (tokens x X, -1 padded): when it has rows, token i's preference list is
+    ``given_TX[i]`` (its first K entries are its choices, later ones the reroute order)."""
+    X = given_TX.shape[1]
+    given = given_TX.shape[0] > 0
     E = p_E.size
     taken_E = np.full(E, -1, dtype=np.int64)
     gsel = np.zeros(gmass_G.size, dtype=np.bool_)
@@ -127,7 +132,11 @@ def _route_range(i0, i1, K, R, p_E, prob_E, alias_E, group_E, gmass_G, gprob_G, 
     nodes = np.empty(K + 1, dtype=np.int64)
     for i in range(i0, i1):
         s = i % R
-        if balanced:
+        if given:
+            for j in range(K):
+                prefs[j] = given_TX[i, j]
+            rem = 0.0
+        elif balanced:
             for j in range(K):
                 prefs[j] = (i * K + j) % E
             rem = 0.0
@@ -153,7 +162,11 @@ def _route_range(i0, i1, K, R, p_E, prob_E, alias_E, group_E, gmass_G, gprob_G, 
                     continue
                 slot = -1
                 while slot < 0:
-                    if balanced:
+                    if given:
+                        if n_pref >= X or given_TX[i, n_pref] < 0:
+                            break
+                        e = given_TX[i, n_pref]
+                    elif balanced:
                         if n_pref >= E:
                             break
                         e = (i * K + n_pref) % E
@@ -187,7 +200,7 @@ def _route_range(i0, i1, K, R, p_E, prob_E, alias_E, group_E, gmass_G, gprob_G, 
 
 @njit(cache=True)
 def route_serial(T, K, R, p_E, prob_E, alias_E, group_E, gmass_G, gprob_G, galias_G, TG,
-                 slot_for_RE, slot_rank_P, rank_node_R, n_nodes, cap, policy, balanced, seed):
+                 slot_for_RE, slot_rank_P, rank_node_R, n_nodes, cap, policy, balanced, seed, given_TX):
     """One step, tokens in order (needed when capacity makes order matter).
 
     Returns ``load_P`` (copies per slot), ``traffic_RR`` (copies source -> destination rank),
@@ -199,7 +212,7 @@ def route_serial(T, K, R, p_E, prob_E, alias_E, group_E, gmass_G, gprob_G, galia
     state = np.array([np.uint64(seed)], dtype=np.uint64)
     _route_range(0, T, K, R, p_E, prob_E, alias_E, group_E, gmass_G, gprob_G, galias_G, TG,
                  slot_for_RE, slot_rank_P, rank_node_R, cap, policy, balanced, state,
-                 load_P, traffic_RR, dedup_RN, counters_C)
+                 load_P, traffic_RR, dedup_RN, counters_C, given_TX)
     return load_P, traffic_RR, dedup_RN, counters_C
 
 
@@ -219,7 +232,7 @@ def route_parallel(T, K, R, p_E, prob_E, alias_E, group_E, gmass_G, gprob_G, gal
         i1 = min(T, i0 + step)
         _route_range(i0, i1, K, R, p_E, prob_E, alias_E, group_E, gmass_G, gprob_G, galias_G, TG,
                      slot_for_RE, slot_rank_P, rank_node_R, -1, DROP, balanced, state,
-                     load_CP[c], traffic_CRR[c], dedup_CRN[c], counters_CC[c])
+                     load_CP[c], traffic_CRR[c], dedup_CRN[c], counters_CC[c], np.zeros((0, 1), dtype=np.int64))
     return load_CP.sum(axis=0), traffic_CRR.sum(axis=0), dedup_CRN.sum(axis=0), counters_CC.sum(axis=0)
 
 

@@ -23,6 +23,9 @@ _POLICY = {"drop": kernels.DROP, "reroute": kernels.REROUTE, "shared": kernels.S
 PARALLEL_MIN_TOKENS = 65536
 
 
+_NO_CHOICES = np.zeros((0, 1), dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class StepSample:
     """One sampled step. Arrays int64."""
@@ -92,8 +95,25 @@ class StepSampler:
             out = kernels.route_parallel(*common, balanced, seed, self._chunks)
         else:
             cap = -1 if pb.capacity is None else pb.capacity
-            out = kernels.route_serial(*common, cap, _POLICY[pb.overflow], balanced, seed)
+            out = kernels.route_serial(*common, cap, _POLICY[pb.overflow], balanced, seed, _NO_CHOICES)
         return StepSample(*out, pl.slot_rank_P)
+
+
+def route_choices(problem: RoutingProblem, prefs_TX: np.ndarray) -> StepSample:
+    """Route given preference lists (tokens x X int, -1 padded; the first k entries are the
+    token's choices, the rest its reroute order) with the problem's capacity, overflow and
+    placement: deterministic, for hand-worked cases and per-token traces."""
+    pb, pl = problem, problem.placement
+    prefs_TX = np.ascontiguousarray(prefs_TX, dtype=np.int64)
+    p_E = pb.p_SE[0]
+    prob_E, alias_E = kernels.alias_table(p_E)
+    group_E = pb.group_E.astype(np.int64)
+    cap = -1 if pb.capacity is None else pb.capacity
+    out = kernels.route_serial(prefs_TX.shape[0], pb.top_k, pl.ep, p_E, prob_E, alias_E, group_E,
+                               *_group_tables(p_E, group_E, pb.n_groups), pb.topk_groups,
+                               pl.slot_for_RE, pl.slot_rank_P, pl.rank_node_R, pl.num_nodes, cap,
+                               _POLICY[pb.overflow], False, 0, prefs_TX)
+    return StepSample(*out, pl.slot_rank_P)
 
 
 def sample_step(problem: RoutingProblem, rng: np.random.Generator) -> StepSample:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-GRID_POINTS = 1200
+GRID_POINTS = 600
 
 
 @njit(cache=True)
