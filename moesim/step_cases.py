@@ -19,6 +19,7 @@ from __future__ import annotations
 
 
 from moesim.catalog import build, load_model
+from moesim.compute.counts import forward_flops_per_token
 from moesim.errors import MoesimError
 from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, RoutingSpec
 from moesim.specs.parallel import smallest_redundancy
@@ -99,8 +100,14 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
                           routing=RoutingSpec(skew=_skew(inputs)), check_memory=False)
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
-    return {"tokens_per_s_per_device": b.tokens_per_s_per_device, "model_tflops_per_device": b.model_tflops_per_device,
-            "step_time_s": b.step_time_s, "mfu": b.mfu}[metric]
+    if metric == "model_tflops_per_device":
+        # NOTE: Megatron's published "model TFLOPS" counts attention over the full sequence (no
+        # causal halving; megatron/training/training.py num_floating_point_operations): predict
+        # the metric as the source defines it, 3 x forward FLOPs with seq_len keys per token.
+        per_token = 3.0 * forward_flops_per_token(model, float(inputs["seq_len"]))
+        return b.tokens_per_s_per_device * per_token / 1e12
+    return {"tokens_per_s_per_device": b.tokens_per_s_per_device, "step_time_s": b.step_time_s,
+            "mfu": b.mfu}[metric]
 
 
 def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:

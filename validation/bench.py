@@ -36,8 +36,9 @@ from validation.torch_router import Router
 
 
 def _rand(shape, dtype, device, seed):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    """Seeded standard normals made on ``device`` (big GPU weights never pass through the CPU)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(shape, generator=g, device=device, dtype=torch.float32).to(dtype)
 
 
 def _gemm_fn(m, n, k, dtype, device):
@@ -161,8 +162,12 @@ class Ctx:
         self.warmup, self.reps, self.meta = warmup, reps, meta
 
 
-def run_suite(ctx, table: dict, deadline: float, log=print):
-    """Run every (kind, dtype) entry of a suite table; returns (cases, failures)."""
+def run_suite(ctx, table: dict, deadline: float, log=print, save=None):
+    """Run every (kind, dtype) entry of a suite table; returns (cases, failures).
+
+    ``save(cases, failures)`` is called after every entry, so a run killed from outside still
+    leaves the cases measured so far on disk.
+    """
     runners = {"gemm": bench_gemm, "grouped_gemm": bench_grouped, "moe_layer": bench_moe_layer}
     cases, failures = [], []
     for (kind, dtype), specs in table.items():
@@ -178,6 +183,11 @@ def run_suite(ctx, table: dict, deadline: float, log=print):
         except Exception as err:  # noqa: BLE001 - a failing suite is recorded, the rest still run
             failures.append({"suite": label, "error": f"{type(err).__name__}: {str(err)[:200]}"})
             log(f"{ctx.prefix} {label}: FAILED {err}\n{traceback.format_exc(limit=3)}")
+        finally:
+            if ctx.device == "cuda":
+                torch.cuda.empty_cache()
+        if save:
+            save(cases, failures)
     return cases, failures
 
 
@@ -201,16 +211,16 @@ def main(argv=None) -> int:
     hardware = args.hardware or S.default_hardware(args.device)
     deadline = time.monotonic() + args.budget_s
     meta = metadata(args.device)
-    warmup, reps = (1, 2) if args.quick else (2, args.reps or (7 if args.device == "cpu" else 20))
+    warmup, reps = (1, 2) if args.quick else (2, args.reps or (9 if args.device == "cpu" else 20))
     suites = ["calib", "eval"] if args.suite == "all" else [args.suite]
     for suite in suites:
         table = S.table(profile, suite, quick=args.quick)
         if args.kinds:
             table = {key: v for key, v in table.items() if key[0] in args.kinds.split(",")}
         ctx = Ctx(args.device, hardware, f"{hardware}-{suite}", warmup, reps, meta)
-        cases, failures = run_suite(ctx, table, deadline)
-        path = write_cases(args.out / f"{hardware}-{suite}.json", S.description(profile, suite, args.quick, hardware),
-                           cases, meta, failures)
+        path, text = args.out / f"{hardware}-{suite}.json", S.description(profile, suite, args.quick, hardware)
+        cases, failures = run_suite(ctx, table, deadline, save=lambda c, f: write_cases(path, text, c, meta, f))
+        write_cases(path, text, cases, meta, failures)
         print(f"wrote {len(cases)} cases ({len(failures)} suites failed/skipped) to {path}")
     return 0
 

@@ -78,13 +78,14 @@ def default_hardware(device: str) -> str:
 def _shrink(kind, spec, f=64):
     small = lambda v: max(16, v // f)  # noqa: E731
     if kind == "gemm":
-        return tuple(small(v) for v in spec)
+        return tuple(max(16, v // 16) for v in spec)
     if kind == "grouped_gemm":
         T, E, K, k, n = spec
         return (max(64, T // f), min(E, 16), min(K, 4), small(k), small(n))
     if kind == "moe_layer":
         name, dims, T = spec
-        dims = dict(dims, hidden=small(dims["hidden"]), expert_ffn=small(dims["expert_ffn"]))
+        dims = dict(dims, hidden=small(dims["hidden"]), expert_ffn=small(dims["expert_ffn"]),
+                    num_experts=min(dims["num_experts"], 16), top_k=min(dims["top_k"], 4))
         if dims.get("shared_expert_ffn"):
             dims["shared_expert_ffn"] = small(dims["shared_expert_ffn"])
         return (name, dims, max(64, T // f))
@@ -98,7 +99,8 @@ def table(profile: str, suite: str, quick: bool = False) -> dict:
     if not quick:
         return full
     keep = {"all_to_all": 1, "moe_layer": 1}
-    return {key: [_shrink(key[0], s) for s in specs[: keep.get(key[0], 2)]] for key, specs in full.items()}
+    shrunk = {key: [_shrink(key[0], s) for s in specs[: keep.get(key[0], 2)]] for key, specs in full.items()}
+    return {key: [s for i, s in enumerate(specs) if s not in specs[:i]] for key, specs in shrunk.items()}
 
 
 def description(profile: str, suite: str, quick: bool, hardware: str) -> str:

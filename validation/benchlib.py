@@ -1,12 +1,13 @@
 """Timing, metadata and ``moesim-cases/1`` writing for validation/bench.py (torch + stdlib only).
 
-Timing: ``warmup`` untimed calls, then ``reps`` timed calls; the case value is the median.
+Timing: ``warmup`` untimed calls, then ``reps`` timed samples; the case value is the median.
 On CUDA each call is bracketed by CUDA events (``elapsed_time`` after a synchronize); on CPU by
 ``time.perf_counter``. The spread (min, max) is kept in the case notes so a noisy host shows.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -20,8 +21,13 @@ SCHEMA = "moesim-cases/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def median_time(fn: Callable[[], object], device: str, warmup: int = 2, reps: int = 7) -> tuple[float, list[float]]:
-    """Median seconds of ``fn()`` over ``reps`` runs after ``warmup`` runs; also every sample."""
+def median_time(fn: Callable[[], object], device: str, warmup: int = 2, reps: int = 7,
+                min_sample_s: float = 0.005) -> tuple[float, list[float]]:
+    """Median seconds of ``fn()`` over ``reps`` samples after ``warmup`` runs; also every sample.
+
+    On CPU a sample times ``n`` back-to-back calls (n <= 100 chosen so a sample lasts at least
+    ``min_sample_s``) and records the mean per call.
+    """
     for _ in range(warmup):
         fn()
     samples = []
@@ -35,11 +41,21 @@ def median_time(fn: Callable[[], object], device: str, warmup: int = 2, reps: in
             end.synchronize()
             samples.append(start.elapsed_time(end) / 1e3)
     else:
+        inner = _inner_calls(fn, min_sample_s)
         for _ in range(reps):
             t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
+            for _ in range(inner):
+                fn()
+            samples.append((time.perf_counter() - t0) / inner)
     return statistics.median(samples), samples
+
+
+def _inner_calls(fn, min_sample_s: float) -> int:
+    """Calls per CPU sample so one sample lasts >= min_sample_s (timer resolution, scheduler noise)."""
+    t0 = time.perf_counter()
+    fn()
+    once = time.perf_counter() - t0
+    return max(1, min(100, math.ceil(min_sample_s / max(once, 1e-7))))
 
 
 def cpu_model() -> str:
@@ -75,7 +91,7 @@ def meta_line(meta: dict) -> str:
 def make_case(case_id: str, kind: str, hardware: str, inputs: dict, time_s: float, samples: list[float],
               meta: dict, notes: str = "") -> dict:
     """One ``moesim-cases/1`` case measured by validation/bench.py."""
-    spread = f"median of {len(samples)} runs, min {min(samples):.3g} s, max {max(samples):.3g} s"
+    spread = f"median of {len(samples)} samples, min {min(samples):.3g} s, max {max(samples):.3g} s"
     return {
         "id": case_id, "kind": kind, "hardware": hardware, "inputs": inputs,
         "measured": {"metric": "time_s", "value": float(time_s)},

@@ -120,7 +120,13 @@ class Experts(torch.nn.Module):
     def forward_sorted(self, x_ND, counts_E, impl: str):
         """Apply expert e to its rows of ``x_ND`` (rows sorted by expert, ``counts_E`` each)."""
         if impl == "grouped":
-            impl = "grouped_mm" if _ok_grouped(x_ND.device, x_ND.dtype) else "bmm"
+            if not _ok_grouped(x_ND.device, x_ND.dtype):
+                return self._bmm(x_ND, counts_E)
+            try:
+                return self._grouped(x_ND, counts_E)
+            except RuntimeError:  # a layout or alignment this build's kernel refuses: fall back for good
+                _GROUPED_OK[(x_ND.device.type, x_ND.dtype)] = False
+                return self._bmm(x_ND, counts_E)
         return {"loop": self._loop, "grouped_mm": self._grouped, "bmm": self._bmm}[impl](x_ND, counts_E)
 
     def _loop(self, x_ND, counts_E):

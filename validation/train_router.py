@@ -18,6 +18,7 @@ Legend: S steps, C steps with recorded choices, L MoE layers, E experts, T sampl
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -47,7 +48,7 @@ class TrainConfig:
     top_k: int = 2
     seq_len: int = 128
     batch: int = 16
-    steps: int = 800
+    steps: int = 500
     lr: float = 3e-3
     aux_loss_coef: float = 0.0
     z_loss_coef: float = 0.0
@@ -65,12 +66,18 @@ class TrainConfig:
         return f"e{self.num_experts}k{self.top_k}_aux{self.aux_loss_coef:g}_{z}_{noise}"
 
 
+@functools.lru_cache(maxsize=1)
+def stdlib_files() -> tuple[Path, ...]:
+    """The stdlib's .py files (site-packages excluded), sorted by path relative to the stdlib root."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = (p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts)
+    return tuple(sorted(files, key=lambda p: p.relative_to(root).as_posix()))
+
+
 def load_corpus(max_bytes: int) -> np.ndarray:
     """Bytes of the stdlib's .py files in sorted relative-path order (uint8, first max_bytes)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
     chunks, total = [], 0
-    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+    for path in stdlib_files():
         data = path.read_bytes()
         chunks.append(data)
         total += len(data)
@@ -207,14 +214,20 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="run all 12 settings (default: one, aux 1e-2)")
     p.add_argument("--quick", action="store_true", help="tiny dims and 6 steps (test suite)")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--experts", type=int, default=None, help="override the number of experts")
+    p.add_argument("--top-k", type=int, default=None, help="override top-k")
     p.add_argument("--only", default=None, help="run only settings whose name contains this")
+    p.add_argument("--shard", default=None, help="i/n: run settings i, i+n, ... (parallel processes)")
     args = p.parse_args(argv)
     base = QUICK if args.quick else TrainConfig()
-    if args.steps:
-        base = replace(base, steps=args.steps)
+    overrides = {"steps": args.steps, "num_experts": args.experts, "top_k": args.top_k}
+    base = replace(base, **{k: v for k, v in overrides.items() if v})
     configs = sweep_configs(base) if args.sweep else [replace(base, aux_loss_coef=1e-2)]
     if args.only:
         configs = [c for c in configs if args.only in c.name]
+    if args.shard:
+        i, n = map(int, args.shard.split("/"))
+        configs = configs[i::n]
     corpus = load_corpus(base.corpus_bytes)
     for cfg in configs:
         train(cfg, corpus, args.out, log=None if args.quick else print)

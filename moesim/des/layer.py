@@ -7,9 +7,10 @@ and C_b (combine). With ``two_microbatch`` the programs are P0 P1 X0 X1 / D0 D1 
 (the order of ``moesim.step.layer.two_microbatch_time``); with ``none`` one micro-batch P X / D C.
 An op also waits for its micro-batch's previous op. Dispatch and combine are *barriers*: they
 start when every rank has reached them and last the time the comm model gives for that step's
-sampled traffic matrix. Each step draws its routing per layer and micro-batch from the routing
-engine's sampler, so expert time differs per rank and per step and stragglers emerge; the
-step ends when every rank has finished its last combine and the LM head.
+sampled traffic matrix. Each step draws its routing (per micro-batch; ``draw="layer"``: per
+layer and micro-batch) from the routing engine's sampler, so expert time differs per rank and
+per step and stragglers emerge; the step ends when every rank has finished its last combine
+and the LM head.
 
 ``balanced`` routing is deterministic (no draws): every rank gets the analytic counts and
 traffic, so the DES must reproduce the analytic step time (tests: within 1%).
@@ -85,37 +86,41 @@ class _Barrier:
         self.done.succeed()
 
 
+def _draw(setup: LayerSetup, tokens: float, sampler, rng, cache: dict) -> tuple[np.ndarray, float, float]:
+    """One routing draw: (routed-expert seconds per rank, dispatch s, combine s)."""
+    R = max(setup.ep, 1)
+    layout = expert_layout(setup, tokens)
+    sample = sampler.sample(rng)
+    x_R = np.empty(R)
+    for r, counts in enumerate(sample.rank_expert_counts_RL):
+        key = np.sort(counts).tobytes()  # NOTE: a grouped GEMM's time does not depend on group order
+        if key not in cache:
+            cache[key] = ad.expert_ffn_s(setup.hw, setup.model, counts, setup.dtype, layout=layout)
+        x_R[r] = cache[key]
+    d, c = sampled_a2a(setup, tokens, sample.traffic_RR, sample.dedup_RN) if R > 1 else (0.0, 0.0)
+    return x_R, d, c
+
+
 def _plan(setup: LayerSetup, layers: list[int], tokens: float, context: float, mbs: int, head: float,
-          sampler, rng, cache: dict) -> _Plan:
+          sampler, rng, cache: dict, per_layer: bool) -> _Plan:
     """Draw one step: per layer and micro-batch, expert time per rank and all-to-all times."""
     R = max(setup.ep, 1)
     P, X, D, C = [], [], [], []
-    layout = expert_layout(setup, tokens)
+    step_draws = None
     for l in layers:
         ops = layer_ops(setup, l, tokens, context)
         P.append(ops.pre_s)
-        xs, ds, cs = [], [], []
-        for _ in range(mbs):
-            fixed = ops.shared_experts_s + ops.dense_ffn_s
-            if sampler is None or not setup.model.layer_is_moe(l):
-                xs.append(np.full(R, fixed + ops.experts_s))
-                ds.append(ops.dispatch_s)
-                cs.append(ops.combine_s)
-                continue
-            sample = sampler.sample(rng)
-            x_R = np.empty(R)
-            for r, counts in enumerate(sample.rank_expert_counts_RL):
-                key = counts.tobytes()
-                if key not in cache:
-                    cache[key] = ad.expert_ffn_s(setup.hw, setup.model, counts, setup.dtype, layout=layout)
-                x_R[r] = fixed + cache[key]
-            xs.append(x_R)
-            d, c = sampled_a2a(setup, tokens, sample.traffic_RR, sample.dedup_RN) if R > 1 else (0.0, 0.0)
-            ds.append(d)
-            cs.append(c)
-        X.append(xs)
-        D.append(ds)
-        C.append(cs)
+        fixed = ops.shared_experts_s + ops.dense_ffn_s
+        if sampler is None or not setup.model.layer_is_moe(l):
+            X.append([np.full(R, fixed + ops.experts_s)] * mbs)
+            D.append([ops.dispatch_s] * mbs)
+            C.append([ops.combine_s] * mbs)
+            continue
+        if per_layer or step_draws is None:
+            step_draws = [_draw(setup, tokens, sampler, rng, cache) for _ in range(mbs)]
+        X.append([fixed + x_R for x_R, _, _ in step_draws])
+        D.append([d for _, d, _ in step_draws])
+        C.append([c for _, _, c in step_draws])
     return _Plan(P, X, D, C, head)
 
 
@@ -165,7 +170,7 @@ def _run_step(env: simpy.Environment, plan: _Plan, R: int, mbs: int, spans: list
 
 def simulate_layers(setup: LayerSetup, *, layers: list[int], tokens: float, context: float,
                     overlap: str = "none", steps: int = 10, seed: int = 0, head_s: float = 0.0,
-                    record: bool = False) -> DesResult:
+                    draw: str = "step", record: bool = False) -> DesResult:
     """Simulate ``steps`` iterations of ``layers`` (0-based layer indices) on ``setup.ep`` ranks.
 
     ``tokens``: tokens per rank per iteration (split in two halves under two_microbatch).
@@ -176,6 +181,8 @@ def simulate_layers(setup: LayerSetup, *, layers: list[int], tokens: float, cont
         raise SpecError("steps", steps, "must be positive")
     if not layers:
         raise SpecError("layers", layers, "need at least one layer")
+    if draw not in ("step", "layer"):
+        raise SpecError("draw", draw, "step (one routing draw per step) or layer (one per layer)")
     mbs = 2 if overlap == "two_microbatch" else 1
     mb_tokens = tokens / mbs
     R = max(setup.ep, 1)
@@ -194,7 +201,7 @@ def simulate_layers(setup: LayerSetup, *, layers: list[int], tokens: float, cont
 
     def driver():
         for s in range(steps):
-            plan = _plan(setup, layers, mb_tokens, context, mbs, head_s, sampler, rng, cache)
+            plan = _plan(setup, layers, mb_tokens, context, mbs, head_s, sampler, rng, cache, draw == "layer")
             start = env.now
             yield _run_step(env, plan, R, mbs, spans)
             times[s] = env.now - start

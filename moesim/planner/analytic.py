@@ -18,7 +18,8 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
   conservative time).
 Bottleneck (planner vocabulary): the step model's largest component, mapped to compute / HBM
 (compute when model FLOPs at peak fill at least half the step, else HBM), scale-up / scale-out
-(all-to-all and collectives, scale-out when a replica spans more than one domain), imbalance
+(all-to-all, TP and DP collectives: scale-out when that group -- EP, TP or all devices -- spans
+more than one domain), imbalance
 (expert time with rank imbalance >= 1.3), memory capacity (less than 10% of HBM left).
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from moesim import units
 from moesim.catalog import load_profile
 from moesim.errors import MoesimError
 from moesim.planner.evaluation import Candidate, Evaluation, HardwareFacts, Verification
-from moesim.planner.scenario import scenario_model
+from moesim.planner.scenario import overlap_mode, scenario_model
 from moesim.specs import Cluster
 
 _COMM = {"all_to_all", "tp_cp_comm", "dp_comm"}
@@ -63,13 +64,14 @@ class _Layout:
         return cls(c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts)
 
 
-def bottleneck_name(bd, hw, devices: int, headroom_frac: float) -> str:
+def bottleneck_name(bd, hw, c: Candidate, headroom_frac: float) -> str:
     """Map a StepBreakdown's largest component to the planner's vocabulary (module docstring)."""
     name = bd.bottleneck
     if headroom_frac < 0.10:
         return "memory capacity"
     if name in _COMM:
-        return "scale-out" if devices > hw.scale_up.domain_size else "scale-up"
+        group = {"all_to_all": c.ep, "tp_cp_comm": c.tp}.get(name, c.devices)
+        return "scale-out" if group > hw.scale_up.domain_size else "scale-up"
     if name == "experts" and bd.expert_imbalance >= 1.3:
         return "imbalance"
     if name == "pipeline_bubble":
@@ -112,7 +114,7 @@ class AnalyticEvaluator:
         par = cands[0].parallelism()
         cluster = Cluster(hardware=hw.name, devices=lay.devices)
         routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
-        kw = dict(dtype=w.dtype, kv_dtype=w.kv_dtype, routing=routing, overlap=scenario.search.overlap)
+        kw = dict(dtype=w.dtype, kv_dtype=w.kv_dtype, routing=routing, overlap=overlap_mode(scenario, model))
         base = memory_footprint(model, hw, par, mode="serve", weight_dtype=w.dtype, kv_dtype=w.kv_dtype)
         context = w.prompt_len + w.output_len // 2
         kv_seq = lay.tp * lay.pp * context * base.kv_bytes_per_token
@@ -139,7 +141,7 @@ class AnalyticEvaluator:
             results.append(Evaluation(
                 candidate=c, tokens_per_s=per_dev * lay.devices, step_time_s=bd.step_time_s,
                 tpot_s=cycle / w.output_len, ttft_s=t_pf + bd.step_time_s, memory_headroom_GiB=headroom,
-                bottleneck=bottleneck_name(bd, hw, lay.devices, headroom * units.GiB / base.capacity_bytes),
+                bottleneck=bottleneck_name(bd, hw, c, headroom * units.GiB / base.capacity_bytes),
                 drop_fraction=self._drops(model, c, hw, scenario), imbalance=bd.expert_imbalance,
             ))
         return results
@@ -179,7 +181,7 @@ class AnalyticEvaluator:
             results.append(Evaluation(
                 candidate=c, tokens_per_s=bd.tokens_per_s_per_device * lay.devices, step_time_s=bd.step_time_s,
                 memory_headroom_GiB=headroom, mfu=bd.mfu, imbalance=bd.expert_imbalance,
-                bottleneck=bottleneck_name(bd, hw, lay.devices, headroom / bd.memory_capacity_GiB),
+                bottleneck=bottleneck_name(bd, hw, c, headroom / bd.memory_capacity_GiB),
                 drop_fraction=self._drops(model, c, hw, scenario),
             ))
         return results

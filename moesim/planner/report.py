@@ -42,6 +42,20 @@ def _training_rows(result: PlanResult, top: int):
         )
 
 
+def _per_hardware(result: PlanResult) -> str:
+    """The cheapest feasible deployment of each candidate hardware (or that it has none)."""
+    rows = []
+    for hw in result.scenario.hardware:
+        best = next((r for r in result.ranked if r.candidate.hardware == hw), None)
+        if best is None:
+            rows.append((hw, "-", "-", "-", "no feasible deployment"))
+            continue
+        c = best.candidate
+        rows.append((hw, best.total_devices, f"{best.usd_per_hour:,.2f}", f"{best.usd_per_million_tokens:.3f}",
+                     f"{c.layout()} batch {c.batch}, {best.evaluation.bottleneck}-bound"))
+    return table(rows, ["hardware", "devices", "$/h", "$/M tok", "layout"])
+
+
 def _answer_text(result: PlanResult) -> str:
     a, s = result.answer, result.scenario
     if a is None:
@@ -96,7 +110,7 @@ def render(result: PlanResult, top: int = 10) -> str:
                        "MFU %", "days", "step", "headroom GiB", "total $", "bottleneck"]
             lines.append(table(list(_training_rows(result, top)), headers))
             lines.append("(f = on the cost-time Pareto frontier)")
-        lines += ["", _answer_text(result)]
+        lines += ["", _answer_text(result), "", "best per hardware:", _per_hardware(result)]
     elif result.closest is not None:
         ev = result.closest.evaluation
         lines.append(f"no deployment meets the target; closest: {ev.candidate.key()}: {ev.detail}")

@@ -40,7 +40,9 @@ class ServingSearch(Spec):
     capacity_factors: tuple[float, ...] | None = Field(
         None, description="capacity factors tried; None = only routing.capacity_factor"
     )
-    overlap: Literal["none", "two_microbatch"] = "two_microbatch"
+    overlap: Literal["auto", "none", "two_microbatch"] = Field(
+        "auto", description="step overlap mode; auto = two_microbatch for MoE (hides the all-to-all), none for dense"
+    )
     max_drop_fraction: float = Field(0.01, ge=0, le=1, description="quality guard: expected dropped tokens")
 
     @field_validator("devices_per_replica", "batch_per_device", "tp", "pp")
@@ -198,6 +200,14 @@ def _merge(base: dict, changes: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def overlap_mode(scenario: Scenario, model) -> str:
+    """The step model's overlap mode for this scenario's model (``auto`` resolved)."""
+    mode = getattr(scenario.search, "overlap", "none")
+    if mode == "auto":
+        return "two_microbatch" if model.is_moe else "none"
+    return mode
 
 
 def scenario_model(scenario: Scenario):

@@ -10,7 +10,6 @@ N nodes.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,14 +23,6 @@ from moesim.compute.counts import attention_context_flops_per_key, attention_par
 from moesim.compute.gemm import gemm_time_arrays
 from moesim.compute.grouped import grouped_gemm_time
 from moesim.specs import HardwareProfile, ModelSpec, bytes_per_element
-
-
-def _optional(module: str):
-    """The module when another developer has delivered it, else None."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError:
-        return None
 
 
 # ---- compute (issue 4) -------------------------------------------------------------------------
@@ -82,6 +73,26 @@ def memory_bound_s(hw: HardwareProfile, nbytes: float, kernels: int = 1) -> floa
     return nbytes / (hw.hbm_bandwidth_Bps * eff.gemm_memory_fraction) + kernels * eff.kernel_overhead_us * units.us
 
 
+def attention_core_s_per_token_key(hw: HardwareProfile, model: ModelSpec, *, phase: str, tp: int,
+                                    dtype: str, kv_dtype: str = "bf16") -> float:
+    """Seconds of core attention per (query token x attended key) on one device: the slope the
+    vectorized planner path scales by tokens x context (``attention_s`` = projections + this
+    slope x tokens x context + one kernel overhead).
+
+    ADAPTER(issue 4): the same roofline as ``attention_s`` below.
+    """
+    eff = hw.efficiency.compute
+    per_key = attention_context_flops_per_key(model, mla_absorbed=phase == "decode") / tp
+    core_dtype = "bf16" if "bf16" in hw.compute.peak_dense_tflops else dtype
+    t_flops = per_key / (hw.peak_flops(core_dtype) * eff.attention_compute_fraction)
+    t_bytes = 0.0
+    if phase == "decode":
+        kv = model.kv_elements_per_token() * bytes_per_element(kv_dtype)
+        share = 1 if model.attention.kind == "mla" else 1 / tp
+        t_bytes = kv * share / (hw.hbm_bandwidth_Bps * eff.attention_memory_fraction)
+    return max(t_flops, t_bytes)
+
+
 def attention_s(hw: HardwareProfile, model: ModelSpec, *, tokens: float, context: float, phase: str,
                 tp: int, dtype: str, kv_dtype: str = "bf16", layer: int = 0) -> float:
     """One attention block (projections + core) for ``tokens`` query tokens on one device.
@@ -89,30 +100,14 @@ def attention_s(hw: HardwareProfile, model: ModelSpec, *, tokens: float, context
     ``phase`` prefill/train: causal, each query attends to ``context`` keys on average;
     decode: ``tokens`` sequences each reading a KV cache of ``context`` tokens.
     """
-    mod = _optional("moesim.compute.attention")
-    if mod is not None and hasattr(mod, "attention_time"):
-        try:
-            return float(mod.attention_time(hw, model, tokens=tokens, context=context, phase=phase,
-                                            tp=tp, dtype=dtype, kv_dtype=kv_dtype, layer=layer).time_s)
-        except TypeError:
-            pass  # signature differs from what this adapter expects: fall through
     # ADAPTER(issue 4): projections as one GEMM with the block's weights, core attention as a
     # roofline at the profile's attention efficiencies.
     if tokens <= 0:
         return 0.0
-    eff = hw.efficiency.compute
     params = attention_params_per_layer(model) / tp
     proj = gemm_s(hw, tokens, max(params / model.hidden, 1.0), model.hidden, dtype)
-    absorbed = phase == "decode"
-    flops = tokens * context * attention_context_flops_per_key(model, mla_absorbed=absorbed) / tp
-    core_dtype = "bf16" if "bf16" in hw.compute.peak_dense_tflops else dtype
-    t_flops = flops / (hw.peak_flops(core_dtype) * eff.attention_compute_fraction)
-    t_bytes = 0.0
-    if phase == "decode":
-        kv = model.kv_elements_per_token() * bytes_per_element(kv_dtype)
-        kv_heads_share = 1 if model.attention.kind == "mla" else 1 / tp
-        t_bytes = tokens * context * kv * kv_heads_share / (hw.hbm_bandwidth_Bps * eff.attention_memory_fraction)
-    return proj + max(t_flops, t_bytes) + eff.kernel_overhead_us * units.us
+    slope = attention_core_s_per_token_key(hw, model, phase=phase, tp=tp, dtype=dtype, kv_dtype=kv_dtype)
+    return proj + slope * tokens * context + hw.efficiency.compute.kernel_overhead_us * units.us
 
 
 # ---- comm (issue 5) ----------------------------------------------------------------------------
@@ -178,13 +173,18 @@ def _routing_kwargs(*, tokens: float, num_experts: int, top_k: int, ep: int, red
                 n_groups=n_groups, topk_groups=topk_groups)
 
 
-def routing_stats(*, seed: int = 0, ranks_per_node: int = 8, n_groups: int = 1,
-                  topk_groups: int = 1, **kw):
-    """RoutingStats of one step: moesim.routing.route, analytic engine (real API, cached)."""
+def routing_stats(*, seed: int = 0, ranks_per_node: int = 8, n_groups: int = 1, topk_groups: int = 1,
+                  **kw):
+    """RoutingStats of one step: moesim.routing.route (real API, cached by argument).
+
+    NOTE: the analytic engine for uniform/balanced popularity (milliseconds); the Monte Carlo
+    engine (64 steps) for other skews, where the analytic engine takes seconds per call today.
+    """
     from moesim.routing.api import route
 
+    engine = "analytic" if kw["skew"] in ("uniform", "balanced") else "montecarlo"
     return route(**_routing_kwargs(ranks_per_node=ranks_per_node, n_groups=n_groups,
-                                   topk_groups=topk_groups, **kw), engine="analytic", seed=seed)
+                                   topk_groups=topk_groups, **kw), engine=engine, samples=64, seed=seed)
 
 
 def step_sampler(*, seed: int = 0, ranks_per_node: int = 8, n_groups: int = 1, topk_groups: int = 1, **kw):

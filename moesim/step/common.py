@@ -43,8 +43,9 @@ def stage_ops(setup: LayerSetup, layers: range, tokens: float, context: float) -
 
 
 def critical_stage(setup: LayerSetup, model: ModelSpec, pp: int, tokens: float, context: float,
-                   overlap: str, head_s: float) -> tuple[list[LayerOps], float, float]:
-    """(ops, time, exposed comm) of the slowest pipeline stage (the last one also runs the LM head).
+                   overlap: str, head_s: float) -> tuple[list[LayerOps], float, float, bool]:
+    """(ops, time, exposed comm, is the last stage) of the slowest pipeline stage (the last one
+    also runs the LM head, ``head_s``).
 
     ``tokens`` are per micro-batch of the schedule (half the batch under two_microbatch).
     """
@@ -56,7 +57,7 @@ def critical_stage(setup: LayerSetup, model: ModelSpec, pp: int, tokens: float, 
         if s == len(stages) - 1:
             t += head_s
         if best is None or t > best[1]:
-            best = (ops, t, exposed)
+            best = (ops, t, exposed, s == len(stages) - 1)
     return best
 
 

@@ -43,12 +43,12 @@ def _iteration(model, hw, cluster, par, setup, *, phase, tokens, context, overla
                      model.vocab_size / setup.attention_tp, model.hidden, "bf16") * halves
     if phase == "prefill":  # only the last token of each prompt needs logits
         head = 0.0
-    ops, t, exposed = critical_stage(setup, model, par.pp, mb_tokens, context, overlap, head)
+    ops, t, exposed, last = critical_stage(setup, model, par.pp, mb_tokens, context, overlap, head)
     comp = summed(ops, scale=halves)
     imb = max((o.expert_imbalance for o in ops), default=1.0)
     return StepBreakdown(
         phase=phase, overlap=overlap, step_time_s=t * par.pp, tokens_per_step_per_device=tokens,
-        **comp, embedding_head_s=head, exposed_comm_s=exposed,
+        **comp, embedding_head_s=head if last else 0.0, exposed_comm_s=exposed,
         model_flops_per_step_per_device=flops_per_token * tokens, peak_flops=hw.peak_flops(setup.dtype),
         memory_GiB=gib(footprint.total_bytes), memory_capacity_GiB=gib(footprint.capacity_bytes),
         expert_imbalance=imb,

@@ -52,6 +52,7 @@ class LayerOps:
     combine_s: float = 0.0
     dense_ffn_s: float = 0.0
     expert_imbalance: float = 1.0
+    attention_core_s: float = 0.0  # the score/value part of attention_s (not a separate op)
 
     @property
     def pre_s(self) -> float:
@@ -211,8 +212,9 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int) -> fl
     return tokens * el * ACT_BYTES
 
 
-def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) -> tuple[float, float]:
-    """(attention compute, TP/CP collective) seconds for ``tokens`` owned tokens in ``layer``."""
+def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) -> tuple[float, float, float]:
+    """(attention compute, TP/CP collective, core part of the compute) seconds for ``tokens``
+    owned tokens in ``layer``."""
     model, tp, cp = setup.model, setup.attention_tp, setup.cp
     ctx = min(context, model.attention.window_tokens) if model.layer_is_windowed(layer) else context
     att = ad.attention_s(setup.hw, model, tokens=tokens * tp, context=ctx, phase=setup.phase, tp=tp,
@@ -223,7 +225,9 @@ def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) 
     if cp > 1:  # context parallel: every rank gathers the K and V of the others
         kv = model.kv_elements_per_token("full") / tp * 2.0
         comm += ad.collective_s(setup.tp_topology, "all_gather", tokens * tp * cp * kv, cp)
-    return att, comm
+    core = ad.attention_core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=setup.dtype,
+                                             kv_dtype=setup.kv_dtype) * tokens * tp * ctx
+    return att, comm, core
 
 
 def moe_block(setup: LayerSetup, tokens: float, rank_load: ad.RankLoad | None = None) -> dict:
@@ -267,7 +271,7 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
     key = (model.layer_is_moe(layer), model.layer_is_windowed(layer), tokens, context, rank_load is None)
     if rank_load is None and key in setup._cache:
         return setup._cache[key]
-    att, att_comm = attention_ops(setup, tokens, context, layer)
+    att, att_comm, core = attention_ops(setup, tokens, context, layer)
     if model.layer_is_moe(layer):
         block = moe_block(setup, tokens, rank_load)
     else:
@@ -277,7 +281,7 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
             att_comm += ad.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
     elem = ad.memory_bound_s(setup.hw, elementwise_bytes(model, model.layer_is_moe(layer), tokens,
                                                          setup.attention_tp), kernels=0)
-    ops = LayerOps(attention_s=att, attention_comm_s=att_comm, elementwise_s=elem, **block)
+    ops = LayerOps(attention_s=att, attention_comm_s=att_comm, elementwise_s=elem, attention_core_s=core, **block)
     if rank_load is None:
         setup._cache[key] = ops
     return ops

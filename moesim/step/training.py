@@ -5,8 +5,10 @@ Per micro-batch on a stage (Megatron-Core layout: world = tp x cp x dp x pp, seq
 EP over ``ep`` consecutive non-pipeline ranks):
     F = the stage's layers under ``overlap``                                        [s]
     B = 2 x (every compute part of F) + 1 x (every collective and all-to-all of F)  [s]
-        (dgrad and wgrad GEMMs each cost a forward GEMM; each forward collective has one
-        backward collective of the same size)
+        + 0.5 x (core attention of F)
+        (dgrad and wgrad GEMMs each cost a forward GEMM; flash-attention backward does 2.5x the
+        forward FLOPs: 5 matmuls against 2 (Dao 2023, FlashAttention-2, section 3.1.2); each
+        forward collective has one backward collective of the same size)
     R = recompute: full -> F again; selective -> the attention block again           [s]
     t = F + B + R (+ LM head fwd + bwd on the last stage)
 Pipeline (1F1B, interleaved with ``vpp`` virtual stages):
@@ -47,8 +49,10 @@ def pipeline_bubble_fraction(pp: int, vpp: int, microbatches: int) -> float:
 
 
 def backward_ops(op: LayerOps) -> LayerOps:
-    """Backward of one layer's forward ops: compute x 2, communication x 1."""
-    return replace(op, **{f: 2.0 * getattr(op, f) for f in COMPUTE_FIELDS})
+    """Backward of one layer's forward ops: compute x 2 (core attention x 2.5), communication x 1."""
+    scaled = {f: 2.0 * getattr(op, f) for f in COMPUTE_FIELDS}
+    scaled["attention_s"] += 0.5 * op.attention_core_s
+    return replace(op, **scaled, attention_core_s=2.5 * op.attention_core_s)
 
 
 def _dp_comm(model, hw, cluster, par, *, dtype_bytes: float = 2.0) -> tuple[float, float]:
@@ -70,21 +74,8 @@ def _optimizer_s(model, hw, par, distributed: bool) -> float:
     return shard * OPTIMIZER_BYTES_PER_PARAM / bw
 
 
-def _holds_head(model: ModelSpec, par: Parallelism, n_layers: int) -> bool:
-    """Whether the critical stage (``n_layers`` layers) can be the last one, which runs the head."""
-    from moesim.step.common import stage_layers
-
-    return len(stage_layers(model, par.pp)[-1]) == n_layers
-
-
-def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: Parallelism, *,
-                  global_batch: int, seq_len: int, micro_batch: int = 1, dtype: str = "bf16",
-                  recompute: Literal["none", "selective", "full"] = "none",
-                  routing: RoutingSpec = UNIFORM, overlap: Overlap = "none", dp_overlap: bool = True,
-                  distributed_optimizer: bool = True, check_memory: bool = True) -> StepBreakdown:
-    """One optimizer step of ``global_batch`` sequences of ``seq_len`` tokens (see module doc)."""
-    check_deployment(model, hw, cluster, par, overlap)
-    check_routing(routing)
+def _check_batch(global_batch: int, seq_len: int, micro_batch: int, par: Parallelism, recompute: str) -> int:
+    """Micro-batches per pipeline (m); SpecError naming the field when the batch does not split."""
     if recompute not in ("none", "selective", "full"):
         raise SpecError("recompute", recompute, "one of none, selective, full")
     if seq_len <= 0 or micro_batch <= 0 or global_batch <= 0:
@@ -96,6 +87,31 @@ def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: 
     if par.vpp > 1 and m % par.pp:
         raise SpecError("global_batch", global_batch,
                         f"interleaved pipeline needs micro-batches ({m}) to be a multiple of pp = {par.pp}")
+    return m
+
+
+def _step_components(ops, b_ops, scale: float, recompute: str, recompute_s: float) -> dict[str, float]:
+    """Component seconds of a step: forward + backward (+ recompute) of every micro-batch."""
+    comp = summed(ops, scale)
+    for k, v in summed(b_ops, scale).items():
+        comp[k] += v
+    if recompute == "full":
+        for k, v in summed(ops, scale).items():
+            comp[k] += v
+    elif recompute == "selective":
+        comp["attention_s"] += recompute_s * scale
+    return comp
+
+
+def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: Parallelism, *,
+                  global_batch: int, seq_len: int, micro_batch: int = 1, dtype: str = "bf16",
+                  recompute: Literal["none", "selective", "full"] = "none",
+                  routing: RoutingSpec = UNIFORM, overlap: Overlap = "none", dp_overlap: bool = True,
+                  distributed_optimizer: bool = True, check_memory: bool = True) -> StepBreakdown:
+    """One optimizer step of ``global_batch`` sequences of ``seq_len`` tokens (see module doc)."""
+    check_deployment(model, hw, cluster, par, overlap)
+    check_routing(routing)
+    m = _check_batch(global_batch, seq_len, micro_batch, par, recompute)
     fp = ad.memory(model, hw, par, mode="train", weight_dtype="bf16", micro_batch=micro_batch,
                    seq_len=seq_len, recompute=recompute, distributed_optimizer=distributed_optimizer)
     if check_memory:
@@ -107,27 +123,23 @@ def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: 
     tokens = micro_batch * seq_len / (par.tp * par.cp) / halves
     head_f = ad.gemm_s(hw, tokens * par.tp, model.vocab_size / par.tp, model.hidden, "bf16") * halves
     head = 3.0 * head_f  # LM head forward + backward on the last stage
-    ops, _, _ = critical_stage(setup, model, par.pp, tokens, (seq_len + 1) / 2, overlap, head)
+    ops, _, _, last = critical_stage(setup, model, par.pp, tokens, (seq_len + 1) / 2, overlap, head)
+    head = head if last else 0.0
     f_t, f_exp = stack_time(ops, overlap)
     b_ops = [backward_ops(o) for o in ops]
     b_t, b_exp = stack_time(b_ops, overlap)
     r_t = {"none": 0.0, "full": f_t, "selective": halves * sum(o.attention_s for o in ops)}[recompute]
-    t_mb = f_t + b_t + r_t + (head if _holds_head(model, par, len(ops)) else 0.0)
+    t_mb = f_t + b_t + r_t + head
     bubble = (par.pp - 1) / par.vpp * t_mb
     rs, ag = _dp_comm(model, hw, cluster, par)
     dp_exposed = max(0.0, rs - b_t) + max(0.0, ag - f_t) if dp_overlap else rs + ag
     opt = _optimizer_s(model, hw, par, distributed_optimizer)
     step = m * t_mb + bubble + dp_exposed + opt
-    comp = summed(ops, scale=halves * m)
-    comp = {k: v + summed(b_ops, scale=halves * m)[k] for k, v in comp.items()}
-    if recompute == "full":
-        comp = {k: v + summed(ops, scale=halves * m)[k] for k, v in comp.items()}
-    elif recompute == "selective":
-        comp["attention_s"] += r_t * m
+    comp = _step_components(ops, b_ops, halves * m, recompute, r_t / halves)
     tokens_dev = global_batch * seq_len / cluster.devices
     return StepBreakdown(
         phase="train", overlap=overlap, step_time_s=step, tokens_per_step_per_device=tokens_dev,
-        **comp, embedding_head_s=head * m if _holds_head(model, par, len(ops)) else 0.0, pipeline_bubble_s=bubble, dp_comm_s=dp_exposed,
+        **comp, embedding_head_s=head * m, pipeline_bubble_s=bubble, dp_comm_s=dp_exposed,
         optimizer_s=opt, exposed_comm_s=m * (f_exp + b_exp) + dp_exposed,
         model_flops_per_step_per_device=3.0 * sequence_forward_flops_per_token(model, seq_len) * tokens_dev,
         peak_flops=hw.peak_flops(dtype), memory_GiB=gib(fp.total_bytes),

@@ -119,6 +119,7 @@ class ServingResult:
     rejected: int
     unfinished: int
     preemptions: int
+    iterations: int
     ttft_s: LatencyStats
     tpot_s: LatencyStats
     e2e_s: LatencyStats
@@ -138,7 +139,7 @@ class ServingResult:
     def to_dict(self, timeseries: bool = False) -> dict:
         d = {k: getattr(self, k) for k in (
             "mode", "devices", "window_s", "requests", "completed", "rejected", "unfinished",
-            "preemptions", "request_throughput_per_s", "input_tokens_per_s", "output_tokens_per_s",
+            "preemptions", "iterations", "request_throughput_per_s", "input_tokens_per_s", "output_tokens_per_s",
             "input_tokens_per_s_per_device", "output_tokens_per_s_per_device", "littles_law",
             "kv_utilization", "queue_length")}
         for k in ("ttft_s", "tpot_s", "e2e_s"):
@@ -186,7 +187,7 @@ def summarize(system, requests, obs, req, *, slo: SLO | None, ci_batches: int = 
     return ServingResult(
         mode=system.mode, devices=devices, window_s=(w0, w1), requests=len(arr),
         completed=int(done.sum()), rejected=int(rejected.sum()), unfinished=int((~done & ~rejected).sum()),
-        preemptions=obs.preemptions,
+        preemptions=obs.preemptions, iterations=obs.iterations,
         ttft_s=latency_stats(lat["ttft_s"], ci_batches), tpot_s=latency_stats(lat["tpot_s"], ci_batches),
         e2e_s=latency_stats(lat["e2e_s"], ci_batches),
         request_throughput_per_s=float((done & (fin >= w0) & (fin <= w1)).sum()) / span,

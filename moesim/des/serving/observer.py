@@ -27,6 +27,7 @@ class Observer:
         self.finish_s = [math.nan] * num_requests
         self.rejected: list[int] = []
         self.preemptions = 0
+        self.iterations = 0
         self.out_tokens = 0
         self.in_tokens = 0
         self.busy_s: dict[str, float] = {}
@@ -86,6 +87,7 @@ class Observer:
 
     def on_iteration(self, replica, start_s: float, dt_s: float, prefill_tokens: int,
                      decode_batch: int, tokens_out: int, finished: int) -> None:
+        self.iterations += 1
         end = start_s + dt_s
         if self.w0 <= end <= self.w1:
             self.out_tokens += tokens_out

@@ -1,0 +1,57 @@
+"""The real evaluator composes the step and memory models without changing their numbers."""
+from __future__ import annotations
+
+import pytest
+from numpy.testing import assert_allclose
+
+from moesim.catalog import load_model, load_profile
+from moesim.compute.memory import memory_footprint
+from moesim.planner.analytic import AnalyticEvaluator
+from moesim.planner.evaluation import Candidate
+from moesim.planner.scenario import scenario_from_dict
+from moesim.specs import Cluster, Parallelism
+from moesim.step import decode_iteration, prefill_iteration
+
+SC = scenario_from_dict({
+    "model": "deepseek-v3", "hardware": ["h200-sxm"],
+    "workload": {"prompt_len": 1000, "output_len": 400, "target_output_tokens_per_s": 5000},
+    "slo": {"tpot_s": 0.1},
+})
+
+
+def test_serving_evaluation_matches_step_and_memory_models():
+    c = Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=16)
+    ev = AnalyticEvaluator().evaluate([c], SC)[0]
+    m, hw = load_model("deepseek-v3"), load_profile("h200-sxm")
+    par, cl = Parallelism(tp=1, dp=8, ep=8, attention_layout="dp"), Cluster(hardware="h200-sxm", devices=8)
+    ctx = 1000 + 400 // 2
+    kw = dict(dtype="fp8", kv_dtype="bf16", overlap="two_microbatch", check_memory=False)
+    dec = decode_iteration(m, hw, cl, par, batch_per_device=16, context=ctx, **kw)
+    pf = prefill_iteration(m, hw, cl, par, prompt_len=1000, prompts_per_device=1, **kw)
+    # second path: the memory model asked directly for the KV tokens of 16 sequences of ctx tokens
+    fp = memory_footprint(m, hw, par, mode="serve", weight_dtype="fp8", kv_dtype="bf16", kv_tokens=16 * ctx)
+    assert ev.ok and fp.fits
+    assert_allclose(ev.step_time_s, dec.step_time_s, rtol=1e-12)  # same call, same number
+    # continuous-batching composition (analytic.py docstring): cycle = 400 t_dec + 16 t_pf
+    cycle = 400 * dec.step_time_s + 16 * pf.step_time_s
+    assert_allclose(ev.tpot_s, cycle / 400, rtol=1e-12)
+    assert_allclose(ev.tokens_per_s, 16 * 400 / cycle * 8, rtol=1e-12)
+    assert_allclose(ev.memory_headroom_GiB * 2**30, fp.capacity_bytes - fp.total_bytes, rtol=1e-9)
+
+
+def test_does_not_fit_agrees_with_memory_model():
+    # DeepSeek-V3 FP8 (~671 GB) does not fit on 8 x h100-sxm (issue 4's memory fact)
+    c = Candidate("h100-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=1)
+    ev = AnalyticEvaluator().evaluate([c], SC)[0]
+    fp = memory_footprint(load_model("deepseek-v3"), load_profile("h100-sxm"),
+                          Parallelism(tp=1, dp=8, ep=8, attention_layout="dp"), mode="serve",
+                          weight_dtype="fp8", kv_tokens=1200)
+    assert ev.reason == "does_not_fit" and not fp.fits
+    assert ev.memory_headroom_GiB == pytest.approx(-fp.shortfall_GiB, rel=1e-9)
+
+
+def test_unknown_hardware_is_a_user_error():
+    from moesim.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="h999"):
+        AnalyticEvaluator().hardware("h999")
