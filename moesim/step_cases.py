@@ -1,8 +1,12 @@
 """Predictors for the ``training``, ``serving`` and ``moe_layer`` case kinds (shared/CASES.md),
 through the analytic step model. Registered in ``moesim.validate.PREDICTORS``.
 
-No parameter is fitted on these kinds (the ``*_FIT_PARAMS`` tuples are empty): they are
-predicted from the efficiencies fitted on gemm and all_to_all cases. Defaults for inputs a
+Training and serving rows fit one parameter, ``compute.host_op_overhead_us`` (host time per
+operator of an eager framework, moesim/step/host.py): the per-operator cost of Megatron/SGLang
+is not identifiable from GEMM or all-to-all micro-benchmarks. Every other efficiency comes from
+the gemm and all_to_all fits. validation/calibrate_published.py fits it JOINTLY over all
+training and serving rows of every hardware (it is a property of the software stack, not of the
+GPU) and reports leave-one-out errors. moe_layer rows fit nothing. Defaults for inputs a
 source did not state (documented, the same for every case):
 - training: cp 1, vpp 1, micro_batch 1, recompute none, devices_per_node 8, distributed
   optimizer with overlapped gradient reduction (Megatron defaults in the benchmark recipes);
@@ -16,8 +20,6 @@ source did not state (documented, the same for every case):
 """
 from __future__ import annotations
 
-
-
 from moesim.catalog import build, load_model
 from moesim.compute.counts import forward_flops_per_token
 from moesim.errors import MoesimError
@@ -25,8 +27,10 @@ from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, Routi
 from moesim.specs.parallel import smallest_redundancy
 from moesim.validate import UnsupportedCase
 
-TRAINING_FIT_PARAMS: tuple[str, ...] = ()
-SERVING_FIT_PARAMS: tuple[str, ...] = ()
+TRAINING_FIT_PARAMS: tuple[str, ...] = ("compute.host_op_overhead_us",)
+SERVING_FIT_PARAMS: tuple[str, ...] = ("compute.host_op_overhead_us",)
+# kinds whose parameters are fitted jointly across hardware (validation/calibrate_published.py)
+JOINT_KINDS: tuple[str, ...] = ("training", "serving")
 MOE_LAYER_FIT_PARAMS: tuple[str, ...] = ()
 
 DEFAULT_PREFILL_TOKENS_PER_DEVICE = 16384

@@ -6,6 +6,13 @@ the parameters those cases can identify with ``moesim.calibrate`` and rewrites t
 ``[efficiency]`` tables in hwprofiles/ (keeping every other line). The errors it prints are
 in-sample; ``moesim validate validation/data/published-eval.json`` is the out-of-sample check.
 
+Training and serving rows (``moesim.step_cases.JOINT_KINDS``) declare a parameter of the
+software stack, not of the GPU (``compute.host_op_overhead_us``): after the per-profile fits it
+is fitted JOINTLY over every training and serving row of every hardware (one value; soft-L1 on
+log errors, scale 0.1, as ``moesim.calibrate``), written into each profile that has such rows,
+and judged by leave-one-out (refit on all rows but one, predict that one) since no disjoint
+set of training/serving rows exists yet. Both error tables are printed.
+
 Fitted efficiencies then transfer, by section, to profiles of the same silicon that have no
 data of their own (``TRANSFER``): H100 and H200 are the same GH100 die, SMs and kernels as the
 H800 (hardware-specs.md s1-s2), so the GEMM efficiencies fitted on H800 DeepGEMM apply to them;
@@ -14,14 +21,20 @@ set then test that transfer out of sample.
 """
 from __future__ import annotations
 
+import datetime as _dt
+import math
 import sys
 from pathlib import Path
+from statistics import median
 
-from moesim.calibrate import calibrate
+import numpy as np
+from scipy.optimize import least_squares
+
+from moesim.calibrate import calibrate, param_bounds, with_params
 from moesim.cases import load_cases
 from moesim.catalog import _profiles_dir, load_profile, replace_efficiency
 from moesim.specs.hardware import Efficiency
-from moesim.validate import predictor_for
+from moesim.validate import case_inputs, predictor_for
 
 DEFAULT_CASES = Path(__file__).parent / "data" / "published-calibration.json"
 
@@ -32,11 +45,77 @@ TRANSFER: dict[str, dict[str, str]] = {
 }
 
 
+def _log_errors(cases, profiles: dict, values: dict[str, float]) -> np.ndarray:
+    """log(predicted / measured) of each case with ``values`` set on its hardware's profile."""
+    out = []
+    for c in cases:
+        hw = with_params(profiles[c.hardware], values)
+        out.append(math.log(float(predictor_for(c.kind)[0](case_inputs(c), hw)) / c.measured))
+    return np.asarray(out)
+
+
+def joint_fit(cases, profiles: dict, params: tuple[str, ...]) -> dict[str, float]:
+    """One value per parameter shared by every case's profile: soft-L1 least squares on log
+    errors (scale 0.1), started from a log grid over the parameters' range (the objective has
+    flat, host-unbound pieces), best kept."""
+    bounds = [param_bounds(p) for p in params]
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([min(b[1], 1e3) for b in bounds])
+    best = None
+    for g in (0.5, 2.0, 8.0, 32.0, 128.0):
+        x0 = np.clip(np.full(len(params), g), lo, hi)
+        fit = least_squares(lambda x: _log_errors(cases, profiles, dict(zip(params, x))), x0,
+                            bounds=(lo, hi), loss="soft_l1", f_scale=0.1, diff_step=1e-2)
+        if best is None or fit.cost < best.cost:
+            best = fit
+    return {p: float(v) for p, v in zip(params, best.x)}
+
+
+def _table(title: str, cases, errs) -> None:
+    print(title)
+    for c, e in zip(cases, errs):
+        print(f"    {c.id:60s} {math.expm1(e):+7.1%}")
+    print(f"    median |err| {median(abs(math.expm1(e)) for e in errs):.1%}")
+
+
+def fit_joint_kinds(cases, source: str) -> dict[str, float]:
+    """Joint fit of the JOINT_KINDS rows, in-sample and leave-one-out tables; returns the values."""
+    from moesim.step_cases import JOINT_KINDS
+
+    rows = [c for c in cases if c.kind in JOINT_KINDS]
+    if not rows:
+        return {}
+    params: tuple[str, ...] = ()
+    for kind in JOINT_KINDS:
+        params += tuple(p for p in predictor_for(kind)[1] if p not in params)
+    profiles = {h: load_profile(h) for h in {c.hardware for c in rows}}
+    values = joint_fit(rows, profiles, params)
+    _table(f"joint fit on {len(rows)} {'/'.join(JOINT_KINDS)} rows: "
+           + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()) + " (in-sample)",
+           rows, _log_errors(rows, profiles, values))
+    loo = []
+    for i, c in enumerate(rows):
+        held = joint_fit(rows[:i] + rows[i + 1:], profiles, params)
+        loo.append(_log_errors([c], profiles, held)[0])
+        print(f"    leave out {c.id}: " + ", ".join(f"{k} = {v:.4g}" for k, v in held.items()))
+    _table("leave-one-out (each row predicted by a fit on the others)", rows, loo)
+    date = _dt.date.today().isoformat()
+    for name, prof in profiles.items():
+        eff = load_profile(name).efficiency
+        merged = with_params(prof, values, origin=(
+            f"{eff.origin}; {', '.join(values)} fitted {date} jointly on {len(rows)} "
+            f"{'/'.join(JOINT_KINDS)} rows of {source} (all hardware; a software-stack parameter)")).efficiency
+        replace_efficiency(_profiles_dir() / f"{name}.toml", merged)
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0]) if argv else DEFAULT_CASES
     casefile = load_cases(path)
-    usable = [c for c in casefile.cases if predictor_for(c.kind)[1]]
+    from moesim.step_cases import JOINT_KINDS
+
+    usable = [c for c in casefile.cases if predictor_for(c.kind)[1] and c.kind not in JOINT_KINDS]
     for name in sorted({c.hardware for c in usable}):
         prior = load_profile(name).with_efficiency(Efficiency())
         result = calibrate(usable, prior, source=f"validation/data/{path.name}")
@@ -57,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = eff.model_copy(update={**updates, "origin": f"{eff.origin}; " + "; ".join(notes)})
         replace_efficiency(_profiles_dir() / f"{target}.toml", merged)
         print(f"{target}: " + "; ".join(notes))
+    fit_joint_kinds(list(casefile.cases), f"validation/data/{path.name}")
     return 0
 
 

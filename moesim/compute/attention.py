@@ -111,3 +111,55 @@ def attention_decode_time(hw: HardwareProfile, model: ModelSpec, batch: int, con
         byts / (hw.hbm_bandwidth_Bps * eff.attention_memory_fraction))
     proj = _projections(hw, model, batch, tp, "decode", dtype)
     return AttentionTime(proj, core, proj + core, flops, byts)
+
+
+def _core_dtype(hw: HardwareProfile, dtype: str) -> str:
+    """Core attention runs in bf16 (FlashAttention/FlashMLA; FP8 recipes keep it in bf16) when the
+    profile has a bf16 peak, else in the GEMM dtype."""
+    return "bf16" if "bf16" in hw.compute.peak_dense_tflops else dtype
+
+
+def core_s_per_token_key(hw: HardwareProfile, model: ModelSpec, *, phase: str, tp: int, dtype: str = "bf16",
+                         kv_dtype: str = "bf16") -> float:
+    """Seconds of core attention per (query token x attended key) on one device: the slope the
+    step model and its vectorized planner path scale by tokens x keys.
+
+        per key: max(F_key / tp / (P a_c), [decode] kv bytes per token x share / (B a_m))     [s]
+
+    F_key = attention_context_flops_per_key (MLA absorbed in decode); share = 1 for MLA (every
+    rank reads the latent) and 1/tp otherwise. ``phase``: prefill, train or decode.
+    """
+    eff = hw.efficiency.compute
+    per_key = attention_context_flops_per_key(model, mla_absorbed=phase == "decode") / tp
+    t_flops = per_key / (hw.peak_flops(_core_dtype(hw, dtype)) * eff.attention_compute_fraction)
+    t_bytes = 0.0
+    if phase == "decode":
+        kv = model.kv_elements_per_token() * bytes_per_element(kv_dtype)
+        share = 1 if model.attention.kind == "mla" else 1 / tp
+        t_bytes = kv * share / (hw.hbm_bandwidth_Bps * eff.attention_memory_fraction)
+    return max(t_flops, t_bytes)
+
+
+def projections_s(hw: HardwareProfile, model: ModelSpec, *, rows: float, tp: int, phase: str, dtype: str) -> float:
+    """The projection GEMMs (``projection_shapes``) of ``rows`` token rows on one TP rank (s);
+    train and prefill use the prefill shapes (MLA expands the latent), decode the absorbed ones."""
+    if rows <= 0:
+        return 0.0
+    return _projections(hw, model, max(round(rows), 1), tp, "decode" if phase == "decode" else "prefill", dtype)
+
+
+def attention_block_s(hw: HardwareProfile, model: ModelSpec, *, tokens: float, context: float, phase: str,
+                      tp: int, dtype: str, kv_dtype: str = "bf16") -> float:
+    """One attention block on one device for ``tokens`` query rows of the TP group (s):
+
+        projections + core_s_per_token_key x tokens x context + one kernel overhead
+
+    ``context`` = attended keys per query (prefill/train: the causal mean (S + 1) / 2, window-
+    capped by the caller; decode: the cached tokens). Equal to attention_prefill_time's core when
+    tokens x context = batch x causal_keys.
+    """
+    if tokens <= 0:
+        return 0.0
+    proj = projections_s(hw, model, rows=tokens, tp=tp, phase=phase, dtype=dtype)
+    slope = core_s_per_token_key(hw, model, phase=phase, tp=tp, dtype=dtype, kv_dtype=kv_dtype)
+    return proj + slope * tokens * context + hw.efficiency.compute.kernel_overhead_us * 1e-6

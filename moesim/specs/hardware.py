@@ -169,6 +169,13 @@ class ComputeEfficiency(Spec):
     attention_memory_fraction: float = Field(
         0.80, gt=0, le=1, description="fraction of HBM bandwidth decode attention sustains"
     )
+    host_op_overhead_us: float = Field(
+        5.0, ge=0, description="host (CPU) time an eager framework spends issuing one operator "
+        "(Python, autograd, dispatcher, launch), in microseconds per reference aten operator of "
+        "validation/data/op-counts.json; a layer cannot run faster than its operators are issued "
+        "(moesim/step/host.py). A property of the software stack more than of the GPU; the prior "
+        "5 us is a bare eager PyTorch operator"
+    )
 
 
 class CommEfficiency(Spec):

@@ -14,15 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim import units
 from moesim.comm.alltoall import all_to_all_time
 from moesim.comm.collectives import collective_time
 from moesim.comm.topology import Topology, build_topology
 from moesim.comm.traffic import Traffic, uniform_traffic
-from moesim.compute.counts import attention_context_flops_per_key, attention_params_per_layer
 from moesim.compute.gemm import gemm_time_arrays
 from moesim.compute.grouped import grouped_gemm_time
-from moesim.specs import HardwareProfile, ModelSpec, bytes_per_element
+from moesim.specs import HardwareProfile, ModelSpec
 
 
 # ---- compute (issue 4) -------------------------------------------------------------------------
@@ -59,55 +57,6 @@ def dense_ffn_s(hw: HardwareProfile, model: ModelSpec, tokens: float, width: int
         return 0.0
     up_n = (model.ffn_matrices - 1) * width
     return gemm_s(hw, tokens, up_n, model.hidden, dtype) + gemm_s(hw, tokens, model.hidden, width, dtype)
-
-
-def memory_bound_s(hw: HardwareProfile, nbytes: float, kernels: int = 1) -> float:
-    """Time of memory-bound elementwise kernels (norms, activations, permutes) moving ``nbytes``.
-
-    ADAPTER(issue 4): "other ops" (norms, activations) are not in moesim.compute yet: bytes at
-    the achievable HBM bandwidth plus the per-kernel overhead, both from the profile.
-    """
-    if nbytes <= 0:
-        return 0.0
-    eff = hw.efficiency.compute
-    return nbytes / (hw.hbm_bandwidth_Bps * eff.gemm_memory_fraction) + kernels * eff.kernel_overhead_us * units.us
-
-
-def attention_core_s_per_token_key(hw: HardwareProfile, model: ModelSpec, *, phase: str, tp: int,
-                                    dtype: str, kv_dtype: str = "bf16") -> float:
-    """Seconds of core attention per (query token x attended key) on one device: the slope the
-    vectorized planner path scales by tokens x context (``attention_s`` = projections + this
-    slope x tokens x context + one kernel overhead).
-
-    ADAPTER(issue 4): the same roofline as ``attention_s`` below.
-    """
-    eff = hw.efficiency.compute
-    per_key = attention_context_flops_per_key(model, mla_absorbed=phase == "decode") / tp
-    core_dtype = "bf16" if "bf16" in hw.compute.peak_dense_tflops else dtype
-    t_flops = per_key / (hw.peak_flops(core_dtype) * eff.attention_compute_fraction)
-    t_bytes = 0.0
-    if phase == "decode":
-        kv = model.kv_elements_per_token() * bytes_per_element(kv_dtype)
-        share = 1 if model.attention.kind == "mla" else 1 / tp
-        t_bytes = kv * share / (hw.hbm_bandwidth_Bps * eff.attention_memory_fraction)
-    return max(t_flops, t_bytes)
-
-
-def attention_s(hw: HardwareProfile, model: ModelSpec, *, tokens: float, context: float, phase: str,
-                tp: int, dtype: str, kv_dtype: str = "bf16", layer: int = 0) -> float:
-    """One attention block (projections + core) for ``tokens`` query tokens on one device.
-
-    ``phase`` prefill/train: causal, each query attends to ``context`` keys on average;
-    decode: ``tokens`` sequences each reading a KV cache of ``context`` tokens.
-    """
-    # ADAPTER(issue 4): projections as one GEMM with the block's weights, core attention as a
-    # roofline at the profile's attention efficiencies.
-    if tokens <= 0:
-        return 0.0
-    params = attention_params_per_layer(model) / tp
-    proj = gemm_s(hw, tokens, max(params / model.hidden, 1.0), model.hidden, dtype)
-    slope = attention_core_s_per_token_key(hw, model, phase=phase, tp=tp, dtype=dtype, kv_dtype=kv_dtype)
-    return proj + slope * tokens * context + hw.efficiency.compute.kernel_overhead_us * units.us
 
 
 # ---- comm (issue 5) ----------------------------------------------------------------------------

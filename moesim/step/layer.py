@@ -14,6 +14,9 @@ Schedules (``overlap``):
   D0 D1 C0 C1 per layer, each waiting for its own micro-batch's previous operation. The step
   time is the max-plus recurrence of ``two_microbatch_time`` (exact for this order; the DES
   runs the same program and must reproduce it).
+Host: in eager phases (train, prefill) a layer pass also cannot finish before the host has
+issued its operators (``LayerOps.host_s``, moesim/step/host.py): ``none`` takes
+max(P + D + X + C, host) per layer, ``two_microbatch`` is floored by 2 x the stage's host time.
 Experts use the expected *maximum* load over EP ranks (``RankLoad.max_rank_copies``), never the
 mean: the slowest rank holds every other rank at the combine barrier.
 """
@@ -26,9 +29,12 @@ import numpy as np
 
 from moesim.comm.topology import Topology
 from moesim.comm.traffic import Traffic
+from moesim.compute.attention import attention_block_s, core_s_per_token_key
 from moesim.errors import SpecError
 from moesim.specs import HardwareProfile, ModelSpec, bytes_per_element, canonical_dtype
 from moesim.step import _adapters as ad
+from moesim.step.elementwise import elementwise_bytes, memory_bound_s
+from moesim.step.host import layer_host_s
 
 Overlap = Literal["none", "two_microbatch"]
 OVERLAPS: tuple[str, ...] = ("none", "two_microbatch")
@@ -53,6 +59,8 @@ class LayerOps:
     dense_ffn_s: float = 0.0
     expert_imbalance: float = 1.0
     attention_core_s: float = 0.0  # the score/value part of attention_s (not a separate op)
+    host_s: float = 0.0  # host issue time of this pass's operators (moesim/step/host.py)
+    host_backward_s: float = 0.0  # host issue time of the backward pass (training)
 
     @property
     def pre_s(self) -> float:
@@ -63,6 +71,17 @@ class LayerOps:
     def ffn_s(self) -> float:
         """X: routed + shared experts, or the dense FFN."""
         return self.experts_s + self.shared_experts_s + self.dense_ffn_s
+
+    @property
+    def gpu_s(self) -> float:
+        """P + D + X + C: the layer's device time when its operations run one after another."""
+        return self.pre_s + self.dispatch_s + self.ffn_s + self.combine_s
+
+    @property
+    def time_s(self) -> float:
+        """Layer time without overlap: the device cannot run ahead of the host that issues its
+        operators, so max(P + D + X + C, host issue time)."""
+        return max(self.gpu_s, self.host_s)
 
     def components(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in (
@@ -187,46 +206,21 @@ def expert_layout(setup: LayerSetup, tokens: float) -> str:
     return "masked" if _mode(setup, tokens) == "low_latency" else "contiguous"
 
 
-# Bytes per token (in activation elements of 2 B) that a layer's memory-bound kernels move:
-# two RMSNorms (read + write D each) and two residual adds (read 2D, write D): 10 D.
-NORM_RESIDUAL_ELEMENTS_PER_D = 10.0
-ACT_BYTES = 2.0
-
-
-def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int) -> float:
-    """HBM bytes of one layer's non-GEMM kernels for ``tokens`` owned tokens (forward).
-
-    norms + residuals: 10 D; gated activation: read 2F, write F per FFN row (F / tp for dense);
-    MoE: permute (read D, write k D) and unpermute (read k D, write D) around the all-to-all,
-    and the activation of k routed copies plus the shared experts. All 2-byte activations.
-    """
-    d = model.hidden
-    gate = 3.0 if model.ffn_activation != "relu" else 2.0
-    el = NORM_RESIDUAL_ELEMENTS_PER_D * d
-    if moe:
-        m = model.moe
-        el += 2.0 * (1 + m.top_k) * d + gate * m.top_k * m.expert_ffn
-        el += gate * m.num_shared_experts * m.shared_expert_ffn / tp
-    else:
-        el += gate * model.dense_ffn / tp
-    return tokens * el * ACT_BYTES
-
-
 def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) -> tuple[float, float, float]:
     """(attention compute, TP/CP collective, core part of the compute) seconds for ``tokens``
     owned tokens in ``layer``."""
     model, tp, cp = setup.model, setup.attention_tp, setup.cp
     ctx = min(context, model.attention.window_tokens) if model.layer_is_windowed(layer) else context
-    att = ad.attention_s(setup.hw, model, tokens=tokens * tp, context=ctx, phase=setup.phase, tp=tp,
-                         dtype=setup.dtype, kv_dtype=setup.kv_dtype, layer=layer)
+    att = attention_block_s(setup.hw, model, tokens=tokens * tp, context=ctx, phase=setup.phase, tp=tp,
+                            dtype=setup.dtype, kv_dtype=setup.kv_dtype)
     comm = 0.0
     if tp > 1:  # sequence parallel: reduce-scatter after attention + all-gather before it
         comm += ad.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
     if cp > 1:  # context parallel: every rank gathers the K and V of the others
         kv = model.kv_elements_per_token("full") / tp * 2.0
         comm += ad.collective_s(setup.tp_topology, "all_gather", tokens * tp * cp * kv, cp)
-    core = ad.attention_core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=setup.dtype,
-                                             kv_dtype=setup.kv_dtype) * tokens * tp * ctx
+    core = core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=setup.dtype,
+                                kv_dtype=setup.kv_dtype) * tokens * tp * ctx
     return att, comm, core
 
 
@@ -279,9 +273,13 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
         if setup.attention_tp > 1:  # the dense FFN's reduce-scatter + all-gather (sequence parallel)
             tp = setup.attention_tp
             att_comm += ad.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
-    elem = ad.memory_bound_s(setup.hw, elementwise_bytes(model, model.layer_is_moe(layer), tokens,
-                                                         setup.attention_tp), kernels=0)
-    ops = LayerOps(attention_s=att, attention_comm_s=att_comm, elementwise_s=elem, attention_core_s=core, **block)
+    moe = model.layer_is_moe(layer)
+    elem = memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
+                                                      setup.dtype, setup.phase))
+    host = layer_host_s(setup.hw, model, moe, setup.phase)
+    host_b = layer_host_s(setup.hw, model, moe, setup.phase, backward=True) if setup.phase == "train" else 0.0
+    ops = LayerOps(attention_s=att, attention_comm_s=att_comm, elementwise_s=elem, attention_core_s=core,
+                   host_s=host, host_backward_s=host_b, **block)
     if rank_load is None:
         setup._cache[key] = ops
     return ops
@@ -320,16 +318,24 @@ def two_microbatch_time(P_L, D_L, X_L, C_L):
 def stack_time(ops: list[LayerOps], overlap: Overlap) -> tuple[float, float]:
     """(time, exposed comm) of running ``ops`` (one entry per layer) under ``overlap``.
 
-    ``none``: ops are whole-batch times, summed. ``two_microbatch``: ops are half-batch times.
+    ``none``: ops are whole-batch times; each layer takes max(P + D + X + C, host issue time)
+    (``LayerOps.time_s``); exposed comm is the part of a layer's time beyond its compute, at
+    most D + C. ``two_microbatch``: ops are half-batch times; the max-plus recurrence, floored by
+    the host issuing both micro-batches' operators (2 x sum of host_s).
+    NOTE: per layer under ``none`` (Megatron's all-to-all dispatcher synchronises with the host
+    on the token counts once per MoE layer, so host slack does not carry across layers); per
+    stage under two-micro-batch overlap, whose recurrence is not separable by layer.
     """
     if overlap not in OVERLAPS:
         raise SpecError("overlap", overlap, f"one of {', '.join(OVERLAPS)}")
+    if overlap == "none":
+        total = sum(o.time_s for o in ops)
+        exposed = sum(min(o.dispatch_s + o.combine_s, o.time_s - o.pre_s - o.ffn_s) for o in ops)
+        return float(total), float(exposed)
     P = [o.pre_s for o in ops]
     D = [o.dispatch_s for o in ops]
     X = [o.ffn_s for o in ops]
     C = [o.combine_s for o in ops]
-    if overlap == "none":
-        return float(sum(P) + sum(D) + sum(X) + sum(C)), float(sum(D) + sum(C))
-    total = two_microbatch_time(P, D, X, C)
+    total = max(two_microbatch_time(P, D, X, C), 2.0 * sum(o.host_s for o in ops))
     compute = 2.0 * (sum(P) + sum(X))
     return total, max(0.0, total - compute)

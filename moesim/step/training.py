@@ -10,7 +10,9 @@ EP over ``ep`` consecutive non-pipeline ranks):
         forward FLOPs: 5 matmuls against 2 (Dao 2023, FlashAttention-2, section 3.1.2); each
         forward collective has one backward collective of the same size)
     R = recompute: full -> F again; selective -> the attention block again           [s]
-    t = F + B + R (+ LM head fwd + bwd on the last stage)
+    t = F + B + R (+ LM head fwd + bwd on the last stage); the critical stage is the one
+    with the largest t (``critical_training_stage``)
+    Each layer pass takes at least its host issue time (moesim/step/host.py: eager Megatron).
 Pipeline (1F1B, interleaved with ``vpp`` virtual stages):
     compute time = (m + (pp - 1) / vpp) x t_max,  bubble = (pp - 1) / vpp x t_max      [s]
     i.e. bubble fraction (pp - 1) / (vpp x m) of the ideal m x t_max; m = global_batch /
@@ -26,7 +28,7 @@ Model FLOPs (MFU, model TFLOPS) = 3 x forward FLOPs per token (causal attention)
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from moesim.compute.counts import sequence_forward_flops_per_token
@@ -35,7 +37,7 @@ from moesim.errors import SpecError
 from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, RoutingSpec
 from moesim.step import _adapters as ad
 from moesim.step.breakdown import StepBreakdown
-from moesim.step.common import check_deployment, check_routing, critical_stage, gib, require_fit, summed
+from moesim.step.common import check_deployment, check_routing, gib, require_fit, stage_layers, stage_ops, summed
 from moesim.step.layer import LayerOps, Overlap, make_setup, stack_time
 
 UNIFORM = RoutingSpec()
@@ -49,10 +51,54 @@ def pipeline_bubble_fraction(pp: int, vpp: int, microbatches: int) -> float:
 
 
 def backward_ops(op: LayerOps) -> LayerOps:
-    """Backward of one layer's forward ops: compute x 2 (core attention x 2.5), communication x 1."""
+    """Backward of one layer's forward ops: compute x 2 (core attention x 2.5), communication x 1,
+    host issue time of the measured backward operator count (``host_backward_s``)."""
     scaled = {f: 2.0 * getattr(op, f) for f in COMPUTE_FIELDS}
     scaled["attention_s"] += 0.5 * op.attention_core_s
-    return replace(op, **scaled, attention_core_s=2.5 * op.attention_core_s)
+    return replace(op, **scaled, attention_core_s=2.5 * op.attention_core_s, host_s=op.host_backward_s)
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """One pipeline stage's micro-batch: forward, backward, recompute and LM-head seconds."""
+
+    ops: list
+    b_ops: list
+    forward_s: float
+    backward_s: float
+    recompute_s: float
+    head_s: float
+    exposed_s: float
+    last: bool
+
+    @property
+    def microbatch_s(self) -> float:
+        return self.forward_s + self.backward_s + self.recompute_s + self.head_s
+
+
+def critical_training_stage(setup, model: ModelSpec, pp: int, tokens: float, context: float, overlap: str,
+                            recompute: str, head_s: float) -> StageTime:
+    """The pipeline stage with the longest forward + backward (+ recompute, + the LM head on the
+    last stage) per micro-batch: in 1F1B the slowest stage paces every other one.
+
+    NOTE: selected on the whole micro-batch time, not the forward alone: with an uneven split
+    (DeepSeek-V3's 61 layers on pp 16: fifteen stages of 4 layers, one of 1 layer + the head) the
+    forward-only choice picks the head stage although a 4-layer stage is slower.
+    """
+    halves = 2 if overlap == "two_microbatch" else 1
+    stages = stage_layers(model, pp)
+    best = None
+    for s, layers in enumerate(stages):
+        ops = stage_ops(setup, layers, tokens, context)
+        f_t, f_exp = stack_time(ops, overlap)
+        b_ops = [backward_ops(o) for o in ops]
+        b_t, b_exp = stack_time(b_ops, overlap)
+        r_t = {"none": 0.0, "full": f_t, "selective": halves * sum(o.attention_s for o in ops)}[recompute]
+        last = s == len(stages) - 1
+        st = StageTime(ops, b_ops, f_t, b_t, r_t, head_s if last else 0.0, f_exp + b_exp, last)
+        if best is None or st.microbatch_s > best.microbatch_s:
+            best = st
+    return best
 
 
 def _dp_comm(model, hw, cluster, par, *, dtype_bytes: float = 2.0) -> tuple[float, float]:
@@ -123,24 +169,19 @@ def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: 
     tokens = micro_batch * seq_len / (par.tp * par.cp) / halves
     head_f = ad.gemm_s(hw, tokens * par.tp, model.vocab_size / par.tp, model.hidden, "bf16") * halves
     head = 3.0 * head_f  # LM head forward + backward on the last stage
-    ops, _, _, last = critical_stage(setup, model, par.pp, tokens, (seq_len + 1) / 2, overlap, head)
-    head = head if last else 0.0
-    f_t, f_exp = stack_time(ops, overlap)
-    b_ops = [backward_ops(o) for o in ops]
-    b_t, b_exp = stack_time(b_ops, overlap)
-    r_t = {"none": 0.0, "full": f_t, "selective": halves * sum(o.attention_s for o in ops)}[recompute]
-    t_mb = f_t + b_t + r_t + head
+    st = critical_training_stage(setup, model, par.pp, tokens, (seq_len + 1) / 2, overlap, recompute, head)
+    ops, b_ops, head, t_mb = st.ops, st.b_ops, st.head_s, st.microbatch_s
     bubble = (par.pp - 1) / par.vpp * t_mb
     rs, ag = _dp_comm(model, hw, cluster, par)
-    dp_exposed = max(0.0, rs - b_t) + max(0.0, ag - f_t) if dp_overlap else rs + ag
+    dp_exposed = max(0.0, rs - st.backward_s) + max(0.0, ag - st.forward_s) if dp_overlap else rs + ag
     opt = _optimizer_s(model, hw, par, distributed_optimizer)
     step = m * t_mb + bubble + dp_exposed + opt
-    comp = _step_components(ops, b_ops, halves * m, recompute, r_t / halves)
+    comp = _step_components(ops, b_ops, halves * m, recompute, st.recompute_s / halves)
     tokens_dev = global_batch * seq_len / cluster.devices
     return StepBreakdown(
         phase="train", overlap=overlap, step_time_s=step, tokens_per_step_per_device=tokens_dev,
         **comp, embedding_head_s=head * m, pipeline_bubble_s=bubble, dp_comm_s=dp_exposed,
-        optimizer_s=opt, exposed_comm_s=m * (f_exp + b_exp) + dp_exposed,
+        optimizer_s=opt, exposed_comm_s=m * st.exposed_s + dp_exposed,
         model_flops_per_step_per_device=3.0 * sequence_forward_flops_per_token(model, seq_len) * tokens_dev,
         peak_flops=hw.peak_flops(dtype), memory_GiB=gib(fp.total_bytes),
         memory_capacity_GiB=gib(fp.capacity_bytes),

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from moesim.compute.attention import core_s_per_token_key
 from moesim.errors import SpecError
 from moesim.specs import HardwareProfile, ModelSpec, Parallelism
 from moesim.specs.parallel import check_parallelism, smallest_redundancy
@@ -113,7 +114,7 @@ def _constants(model, hw, v, batch_B, *, devices_per_node, dtype, kv_dtype, skew
             o = layer_ops(setup, layers[0], mb, 0.0)
             P[layers, j], D[layers, j], X[layers, j], C[layers, j] = o.pre_s, o.dispatch_s, o.ffn_s, o.combine_s
         head[j] = ad.gemm_s(hw, mb, model.vocab_size, model.hidden, "bf16") * halves
-    slope = ad.attention_core_s_per_token_key(hw, model, phase="decode", tp=1, dtype=dtype, kv_dtype=kv_dtype)
+    slope = core_s_per_token_key(hw, model, phase="decode", tp=1, dtype=dtype, kv_dtype=kv_dtype)
     fit = ad.memory(model, hw, par, mode="serve", weight_dtype=dtype, kv_dtype=kv_dtype, kv_tokens=0)
     return P, D, X, C, head, slope, fit.kv_tokens_fit if fit.fits else -1
 

@@ -1,0 +1,67 @@
+"""Memory-bound (non-GEMM) kernels of one layer: norms, residual adds, the gated activation,
+permute/unpermute around the all-to-all, FP8 quantization passes.
+
+Their time is bytes at the achievable HBM bandwidth, ``bytes / (B b)`` with b =
+gemm_memory_fraction (the same streaming kernels a memory-bound GEMM is); the kernels' launch
+cost is the host's (moesim/step/host.py), not added here. Byte counts per token are derived from
+the operations in ``elementwise_bytes``.
+"""
+from __future__ import annotations
+
+from moesim.specs import HardwareProfile, ModelSpec, canonical_dtype
+
+# Bytes per token (in activation elements of 2 B) that a layer's memory-bound kernels move:
+# two RMSNorms (read + write D each) and two residual adds (read 2D, write D): 10 D.
+NORM_RESIDUAL_ELEMENTS_PER_D = 10.0
+ACT_BYTES = 2.0
+# FP8 quantization of one GEMM input element: read it in bf16 (2 B), write it in fp8 (1 B);
+# training also writes the transposed fp8 copy the weight-gradient GEMM reads (+1 B).
+QUANT_BYTES = {"train": 4.0, "prefill": 3.0, "decode": 3.0}
+
+
+def gemm_input_elements(model: ModelSpec, moe: bool, tp: int) -> float:
+    """Activation elements per token that enter a GEMM of one layer (each is quantized once when
+    the GEMMs run in fp8): qkv input D, o-projection input heads x v_dim / tp; MoE: k D (experts'
+    gate/up) + k F (down) + the shared experts' D + F_s / tp; dense: D + F / tp."""
+    d, a = model.hidden, model.attention
+    el = d + a.num_heads * a.v_dim / tp
+    if moe:
+        m = model.moe
+        el += m.top_k * (d + m.expert_ffn)
+        if m.num_shared_experts:
+            el += d + m.num_shared_experts * m.shared_expert_ffn / tp
+    else:
+        el += d + model.dense_ffn / tp
+    return el
+
+
+def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype: str = "bf16",
+                      phase: str = "prefill") -> float:
+    """HBM bytes of one layer's non-GEMM kernels for ``tokens`` owned tokens (forward).
+
+    norms + residuals: 10 D; gated activation: read 2F, write F per FFN row (F / tp for dense);
+    MoE: permute (read D, write k D) and unpermute (read k D, write D) around the all-to-all,
+    and the activation of k routed copies plus the shared experts. All 2-byte activations.
+    fp8/fp4 GEMMs add one quantization pass over every GEMM input (``gemm_input_elements`` x
+    ``QUANT_BYTES[phase]``: bf16 read, fp8 write, + transposed copy in training).
+    """
+    d = model.hidden
+    gate = 3.0 if model.ffn_activation != "relu" else 2.0
+    el = NORM_RESIDUAL_ELEMENTS_PER_D * d
+    if moe:
+        m = model.moe
+        el += 2.0 * (1 + m.top_k) * d + gate * m.top_k * m.expert_ffn
+        el += gate * m.num_shared_experts * m.shared_expert_ffn / tp
+    else:
+        el += gate * model.dense_ffn / tp
+    byts = el * ACT_BYTES
+    if canonical_dtype(dtype) in ("fp8", "fp4"):
+        byts += gemm_input_elements(model, moe, tp) * QUANT_BYTES[phase]
+    return tokens * byts
+
+
+def memory_bound_s(hw: HardwareProfile, nbytes: float) -> float:
+    """Seconds to stream ``nbytes`` through HBM at the memory-bound kernel fraction."""
+    if nbytes <= 0:
+        return 0.0
+    return nbytes / (hw.hbm_bandwidth_Bps * hw.efficiency.compute.gemm_memory_fraction)

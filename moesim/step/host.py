@@ -1,0 +1,57 @@
+"""Host (CPU) issue time of a layer: eager frameworks pay host time for every operator.
+
+PyTorch/Megatron (training) and SGLang prefill run eagerly: for every operator the host runs
+Python, autograd bookkeeping, the dispatcher and the kernel launch. The GPU cannot run ahead of
+the host, so a layer whose operators are small is host-bound:
+
+    host_s(layer, pass) = n_ops(layer kind, pass) x host_op_overhead_us x 1e-6      [s]
+    layer time          = max(GPU time, host_s)                                   [s]
+
+``n_ops`` are MEASURED, not guessed: ``OP_COUNTS`` are the aten operators (kernel launches;
+metadata-only views excluded) one pre-norm transformer layer dispatches per micro-batch, counted
+by ``validation/count_ops.py`` with a TorchDispatchMode on the reference torch layer
+(validation/torch_moe.py MoE block, grouped_mm expert path) and stored with the per-op detail in
+``validation/data/op-counts.json`` (tests/test_step_host.py asserts this literal equals the
+file). The library keeps the literal so that it reads no file at run time.
+
+NOTE: ``host_op_overhead_us`` is therefore "host seconds per reference aten operator": it
+absorbs how much heavier a production framework's operator is (Megatron/TE module wrappers,
+hooks) than a bare aten call, and is fitted on the calibration set's training rows.
+NOTE: decode runs under CUDA graphs in production servers (SGLang, vLLM, TensorRT-LLM): the
+graph replays every kernel with one launch, so decode pays no per-operator host time.
+NOTE: the expert path counted is the grouped one (one grouped GEMM per projection, as Megatron
+TEGroupedMLP and DeepGEMM run): the count does not grow with the local experts. The per-expert
+slope of a loop path is recorded in the data file but not used.
+"""
+from __future__ import annotations
+
+from moesim import units
+from moesim.specs import HardwareProfile, ModelSpec
+
+# validation/data/op-counts.json ("dense_layer", "moe_layer"): operators per layer and pass
+OP_COUNTS: dict[str, dict[str, int]] = {
+    "dense": {"forward": 35, "backward": 62},
+    "moe": {"forward": 86, "backward": 98},
+    "shared_experts": {"forward": 6, "backward": 11},  # part of "moe", when the model has them
+}
+
+# phases that run eagerly (host issues every operator); decode replays CUDA graphs
+EAGER_PHASES: tuple[str, ...] = ("train", "prefill")
+
+
+def layer_op_count(model: ModelSpec, moe: bool, backward: bool) -> int:
+    """Operators one layer issues in one pass (forward or backward) per micro-batch."""
+    key = "backward" if backward else "forward"
+    if not moe:
+        return OP_COUNTS["dense"][key]
+    n = OP_COUNTS["moe"][key]
+    if not model.moe.num_shared_experts:
+        n -= OP_COUNTS["shared_experts"][key]
+    return n
+
+
+def layer_host_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, backward: bool = False) -> float:
+    """Host issue time (s) of one layer pass; 0 for phases replayed from CUDA graphs."""
+    if phase not in EAGER_PHASES:
+        return 0.0
+    return layer_op_count(model, moe, backward) * hw.efficiency.compute.host_op_overhead_us * units.us

@@ -1,0 +1,115 @@
+"""Host issue time (measured op counts), FP8 quantization traffic, the training critical stage,
+and the step model's use of moesim.compute.attention."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moesim.calibrate import with_params
+from moesim.catalog import load_model, load_profile
+from moesim.compute.attention import attention_block_s, attention_prefill_time
+from moesim.step.elementwise import gemm_input_elements
+from moesim.step.host import OP_COUNTS, layer_host_s, layer_op_count
+from moesim.step.layer import LayerOps, layer_ops, make_setup, stack_time
+from moesim.step.training import critical_training_stage
+
+OP_FILE = Path(__file__).resolve().parents[1] / "validation" / "data" / "op-counts.json"
+H100 = load_profile("h100-sxm")
+MIXTRAL = load_model("mixtral-8x7b")
+DSV3 = load_model("deepseek-v3")
+
+
+def _hw(host_us: float):
+    return with_params(H100, {"compute.host_op_overhead_us": host_us})
+
+
+def test_op_counts_literal_is_the_measured_file():
+    # provenance: the library's literal must equal what validation/count_ops.py measured
+    data = json.loads(OP_FILE.read_text())
+    assert "TorchDispatchMode" in data["method"] and data["torch_version"]
+    assert OP_COUNTS["dense"] == data["dense_layer"]
+    moe = data["moe_layer"]
+    assert OP_COUNTS["moe"] == {"forward": moe["forward"], "backward": moe["backward"]}
+    assert OP_COUNTS["shared_experts"] == {"forward": moe["shared_experts_forward"],
+                                           "backward": moe["shared_experts_backward"]}
+
+
+def test_op_counts_reproduce_with_torch():
+    # second engine: re-count the dense layer with the reference torch layer (exact)
+    pytest.importorskip("torch")
+    from validation.count_ops import FFN, HIDDEN, count
+    from validation.torch_moe import SwiGLU
+
+    got = count(SwiGLU(HIDDEN, 4 * FFN))
+    assert (got["forward"], got["backward"]) == (OP_COUNTS["dense"]["forward"], OP_COUNTS["dense"]["backward"])
+
+
+def test_layer_op_count_hand_cases():
+    # Mixtral has no shared experts: 86 - 6 forward, 98 - 11 backward (op-counts.json)
+    assert layer_op_count(MIXTRAL, moe=True, backward=False) == 80
+    assert layer_op_count(MIXTRAL, moe=True, backward=True) == 87
+    assert layer_op_count(DSV3, moe=True, backward=False) == 86
+    assert layer_op_count(DSV3, moe=False, backward=True) == 62
+
+
+def test_decode_pays_no_host_time():
+    # CUDA graphs replay decode: no per-operator host time, whatever the overhead
+    assert layer_host_s(_hw(100.0), DSV3, moe=True, phase="decode") == 0.0
+    assert layer_host_s(_hw(100.0), DSV3, moe=True, phase="prefill") == pytest.approx(86 * 100e-6, rel=1e-12)
+
+
+def _mixtral_layer(hw, tokens: float) -> LayerOps:
+    setup = make_setup(MIXTRAL, hw, dtype="bf16", phase="prefill", attention_tp=1, cp=1, ep=8,
+                       redundant_experts=0, ranks_per_node=8, skew="balanced")
+    return layer_ops(setup, 0, tokens, 512.0)
+
+
+def test_host_bound_small_layer_gpu_bound_large_layer_crossover():
+    # Hand derivation: the forward host time of a Mixtral MoE layer is 80 ops x h. Choose h so the
+    # crossover sits at T* = 1024 tokens per device: h = gpu_s(1024) / 80. GPU time grows with T
+    # (host time does not), so T = 128 is host-bound (time = 80 h exactly) and T = 8192 GPU-bound.
+    gpu_1024 = _mixtral_layer(_hw(0.0), 1024).gpu_s
+    h_us = gpu_1024 / 80 * 1e6
+    hw = _hw(h_us)
+    at = _mixtral_layer(hw, 1024)
+    assert at.host_s == pytest.approx(at.gpu_s, rel=1e-9)  # the crossover itself
+    small, large = _mixtral_layer(hw, 128), _mixtral_layer(hw, 8192)
+    assert small.gpu_s < small.host_s and small.time_s == pytest.approx(80 * h_us * 1e-6, rel=1e-12)
+    assert large.gpu_s > large.host_s and large.time_s == large.gpu_s
+    # the stack sums the per-layer max (overlap none)
+    assert stack_time([small, large], "none")[0] == pytest.approx(small.host_s + large.gpu_s, rel=1e-12)
+
+
+def test_two_microbatch_floored_by_host_of_both_halves():
+    op = LayerOps(attention_s=1e-4, experts_s=1e-4, host_s=1e-3)
+    assert stack_time([op, op], "two_microbatch")[0] == pytest.approx(2 * 2 * 1e-3, rel=1e-12)
+
+
+def test_fp8_gemm_input_elements_hand_count():
+    # Mixtral: D + heads x v_dim + k (D + F) = 4096 + 32 x 128 + 2 (4096 + 14336) (hand)
+    assert gemm_input_elements(MIXTRAL, moe=True, tp=1) == 4096 + 32 * 128 + 2 * (4096 + 14336)
+
+
+def test_training_critical_stage_counts_backward():
+    # DeepSeek-V3 on pp 16: fifteen 4-layer stages and a 1-layer stage with the LM head. The
+    # head stage has the longer forward (head fwd+bwd counted there) but a 4-layer stage has the
+    # longer forward + backward, which is what paces 1F1B.
+    hw = _hw(0.0)
+    setup = make_setup(DSV3, hw, dtype="fp8", phase="train", attention_tp=1, cp=1, ep=8,
+                       redundant_experts=0, ranks_per_node=8, skew="balanced")
+    head = 3 * 0.004
+    st = critical_training_stage(setup, DSV3, 16, 4096, 2048.5, "none", "none", head)
+    assert not st.last and len(st.ops) == 4
+    last = critical_training_stage(setup, DSV3, 61, 4096, 2048.5, "none", "none", 1.0)
+    assert last.last  # a huge head makes the last stage critical
+
+
+def test_attention_block_equals_compute_prefill_core_when_compute_bound():
+    # second path: attention_block_s over tokens x mean causal keys = attention_prefill_time
+    # (same projections, core FLOPs batch x S (S+1)/2 x per-key); rtol 1e-9
+    S, b = 4096, 2
+    ref = attention_prefill_time(H100, MIXTRAL, b, S, dtype="bf16")
+    got = attention_block_s(H100, MIXTRAL, tokens=b * S, context=(S + 1) / 2, phase="prefill", tp=1, dtype="bf16")
+    assert got == pytest.approx(ref.total_s, rel=1e-9)
