@@ -55,3 +55,31 @@ def test_unknown_hardware_is_a_user_error():
 
     with pytest.raises(UnknownNameError, match="h999"):
         AnalyticEvaluator().hardware("h999")
+
+
+# Candidates sharing a layout, a second layout (TP attention) and a second hardware: the planner's
+# grouped, memoized evaluation must give decode_iteration / prefill_iteration's own numbers.
+_CANDS = [
+    Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=8),
+    Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=32),
+    Candidate("h200-sxm", 8, tp=8, dp=1, ep=8, attention_layout="tp", batch=8),
+    Candidate("b200", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=16),
+]
+
+
+def test_grouped_memoized_evaluation_equals_scalar_step_model():
+    evs = AnalyticEvaluator().evaluate(_CANDS, SC)
+    again = AnalyticEvaluator().evaluate(_CANDS[::-1], SC)[::-1]  # memo hits, another grouping order
+    m = load_model("deepseek-v3")
+    kw = dict(dtype="fp8", kv_dtype="bf16", overlap="two_microbatch", check_memory=False)
+    for c, ev, ev2 in zip(_CANDS, evs, again):
+        hw, cl, par = load_profile(c.hardware), Cluster(hardware=c.hardware, devices=c.devices), c.parallelism()
+        dec = decode_iteration(m, hw, cl, par, batch_per_device=c.batch, context=1200, **kw)
+        pf = prefill_iteration(m, hw, cl, par, prompt_len=1000, prompts_per_device=1, **kw).step_time_s
+        cycle = 400 * dec.step_time_s + c.batch * pf  # analytic.py docstring
+        assert ev.ok, ev.detail
+        # rtol 1e-9: the same step-model calls, composed by the formulas of analytic.py's docstring
+        assert_allclose([ev.step_time_s, ev.tpot_s, ev.ttft_s, ev.tokens_per_s],
+                        [dec.step_time_s, cycle / 400, pf + dec.step_time_s, c.batch * 400 / cycle * c.devices],
+                        rtol=1e-9)
+        assert ev.imbalance == dec.expert_imbalance and ev == ev2

@@ -10,7 +10,7 @@ from moesim.errors import MoesimError
 from moesim.planner.plan import plan
 from moesim.planner.scenario import scenario_from_dict, scenario_model
 from moesim.planner.space import serving_space
-from moesim.planner.sweep import run_sweep
+from moesim.planner.sweep import MIN_PARALLEL, grouped_chunks, run_sweep
 from moesim.planner.testing import ClosedFormEvaluator
 
 SCENARIO = scenario_from_dict({
@@ -99,6 +99,31 @@ def test_local_processes_equal_inline():
     inline = run_sweep(CANDS, SCENARIO, ClosedFormEvaluator(), executor="inline")
     local = run_sweep(CANDS, SCENARIO, ClosedFormEvaluator(), executor="local", workers=2, chunk_size=32)
     assert local == inline
+
+
+@dataclass(frozen=True)
+class Keyed(ClosedFormEvaluator):
+    """Closed-form evaluator asking the sweep to keep candidates of one EP size in one chunk."""
+
+    @staticmethod
+    def chunk_key(c):
+        return c.ep
+
+
+def test_grouped_chunks_hand_case():
+    # groups by ep: 8 -> 3 candidates, 16 -> 2, 32 -> 1; two bins: {8} and {16, 32}
+    cands = [CANDS[0].__class__("x", n, ep=n, batch=b) for n, b in ((8, 1), (16, 1), (8, 2), (32, 1), (16, 2), (8, 4))]
+    chunks = grouped_chunks(cands, 100, 2, Keyed.chunk_key)
+    assert sorted(sorted(c.ep for c in ch) for ch in chunks) == [[8, 8, 8], [16, 16, 32]]
+    # a size limit of 2 cuts the ep-8 group; every candidate lands exactly once
+    small = grouped_chunks(cands, 2, 2, Keyed.chunk_key)
+    assert max(map(len, small)) <= 2 and sorted(c.key() for ch in small for c in ch) == sorted(c.key() for c in cands)
+
+
+def test_grouped_local_processes_equal_inline():
+    inline = run_sweep(CANDS, SCENARIO, Keyed(), executor="inline")
+    assert len(CANDS) >= MIN_PARALLEL  # the grouped path is taken
+    assert run_sweep(CANDS, SCENARIO, Keyed(), executor="local", workers=2) == inline
 
 
 def test_dask_equals_local():

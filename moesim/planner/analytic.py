@@ -5,9 +5,14 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
   most loaded device; a batch of ``b`` sequences per device at context ``C`` adds
   ``b x tp x pp x C`` KV tokens (the footprint is linear in ``kv_tokens``), and fits when the total
   is within HBM (the memory model's own rule);
-- decode: ``decode_iteration`` (or the vectorized ``decode_grid`` when the step package has it)
-  at context ``C = prompt_len + output_len / 2`` (the mean KV length over a request's decode);
-- prefill: ``prefill_iteration`` of one prompt per device, ``t_pf``;
+- decode: ``decode_iteration`` at context ``C = prompt_len + output_len / 2`` (the mean KV length
+  over a request's decode), once per (hardware, layout, batch) and memoized in the process
+  (:class:`_StepCosts`); NOTE: not ``moesim.step.vectorized``: its grid covers only DP attention
+  with EP over all devices and returns step times without the component breakdown the bottleneck
+  needs, and its per-configuration constants cost the same layer-model calls, so it would save
+  only the schedule arithmetic (measured ~2x on that one layout family);
+- prefill: ``prefill_iteration`` of one prompt per device, ``t_pf``, once per (hardware, layout,
+  prompt length);
 - continuous batching (co-located prefill and decode): in one request lifetime a device runs
   ``output_len`` decode iterations and admits ``b`` new prompts, so
   cycle = output_len x t_dec + b x t_pf;  tokens/s per device = b x output_len / cycle;
@@ -25,7 +30,6 @@ more than one domain), imbalance
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -37,13 +41,6 @@ from moesim.planner.scenario import overlap_mode, scenario_model
 from moesim.specs import Cluster
 
 _COMM = {"all_to_all", "tp_cp_comm", "dp_comm"}
-
-
-def _optional(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -92,6 +89,12 @@ class AnalyticEvaluator:
         return HardwareFacts(p.name, p.price.usd_per_device_hour, p.scale_up.domain_size,
                              p.memory.hbm_GB * units.GB / units.GiB)
 
+    @staticmethod
+    def chunk_key(c: Candidate) -> int:
+        """Sweep chunks keep one EP size together: the routing statistics the step model asks for
+        (per EP size x tokens) are then computed once, in one worker."""
+        return c.ep
+
     def evaluate(self, candidates: Sequence[Candidate], scenario) -> list[Evaluation]:
         model = scenario_model(scenario)
         groups: dict[_Layout, list[int]] = {}
@@ -104,22 +107,17 @@ class AnalyticEvaluator:
                 out[i] = ev
         return out
 
-    # ---- serving ---------------------------------------------------------------------------
+    # ---- serving ----------------------------------------------------------------------------
     def _serving_layout(self, lay: _Layout, cands: list[Candidate], scenario, model) -> list[Evaluation]:
         from moesim.compute.memory import memory_footprint
-        from moesim.step import decode_iteration, prefill_iteration
 
         hw = load_profile(lay.hardware)
         w = scenario.workload
         par = cands[0].parallelism()
-        cluster = Cluster(hardware=hw.name, devices=lay.devices)
-        routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
-        kw = dict(dtype=w.dtype, kv_dtype=w.kv_dtype, routing=routing, overlap=overlap_mode(scenario, model))
         base = memory_footprint(model, hw, par, mode="serve", weight_dtype=w.dtype, kv_dtype=w.kv_dtype)
         context = w.prompt_len + w.output_len // 2
         kv_seq = lay.tp * lay.pp * context * base.kv_bytes_per_token
-        t_pf = None
-        decode_cache: dict[int, object] = {}
+        costs = _StepCosts(model, hw, par, lay, scenario)
         results = []
         for c in cands:
             total = base.total_bytes + c.batch * kv_seq
@@ -129,13 +127,7 @@ class AnalyticEvaluator:
                 results.append(ev.rejected("does_not_fit", f"short of memory by {-headroom:.1f} GiB per device "
                                            f"(weights {base.weight_bytes / units.GiB:.1f} GiB + KV of batch {c.batch})"))
                 continue
-            if t_pf is None:
-                t_pf = prefill_iteration(model, hw, cluster, par, prompt_len=w.prompt_len, prompts_per_device=1,
-                                         check_memory=False, **kw).step_time_s
-            if c.batch not in decode_cache:
-                decode_cache[c.batch] = decode_iteration(model, hw, cluster, par, batch_per_device=c.batch,
-                                                         context=context, check_memory=False, **kw)
-            bd = decode_cache[c.batch]
+            t_pf, bd = costs.prefill(w.prompt_len), costs.decode(c.batch, context)
             cycle = w.output_len * bd.step_time_s + c.batch * t_pf
             per_dev = c.batch * w.output_len / cycle / lay.pp
             results.append(Evaluation(
@@ -193,21 +185,70 @@ class AnalyticEvaluator:
         return verify_with_des(evaluation, scenario, scenario_model(scenario))
 
 
+class _StepCosts:
+    """The step model's decode and prefill iterations of one (hardware, layout), memoized in this
+    process by everything they depend on (model, hardware, layout, dtypes, overlap, routing skew,
+    batch, context or prompt length): another layout group, chunk or plan (what-if, compare,
+    pilot) with the same inputs reuses them. The numbers are ``decode_iteration`` /
+    ``prefill_iteration``'s own (the planner never re-derives a time)."""
+
+    def __init__(self, model, hw, par, lay: _Layout, scenario):
+        w = scenario.workload
+        self.model, self.hw, self.par = model, hw, par
+        self.cluster = Cluster(hardware=hw.name, devices=lay.devices)
+        routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
+        self.kw = dict(dtype=w.dtype, kv_dtype=w.kv_dtype, routing=routing, overlap=overlap_mode(scenario, model),
+                       check_memory=False)
+        self.key = (_model_key(model), hw.name, lay, w.dtype, w.kv_dtype, self.kw["overlap"], routing.model_dump_json())
+
+    def decode(self, batch: int, context: int):
+        from moesim.step import decode_iteration
+
+        key = self.key + ("decode", batch, context)
+        if key not in _MEMO:
+            _remember(key, decode_iteration(self.model, self.hw, self.cluster, self.par, batch_per_device=batch,
+                                            context=context, **self.kw))
+        return _MEMO[key]
+
+    def prefill(self, prompt_len: int) -> float:
+        from moesim.step import prefill_iteration
+
+        key = self.key + ("prefill", prompt_len)
+        if key not in _MEMO:
+            _remember(key, prefill_iteration(self.model, self.hw, self.cluster, self.par, prompt_len=prompt_len,
+                                             prompts_per_device=1, **self.kw).step_time_s)
+        return _MEMO[key]
+
+
+_MEMO: dict = {}
+_MEMO_MAX = 200_000
+_MODEL_KEYS: dict[int, tuple] = {}
+
+
+def _remember(key, value) -> None:
+    if len(_MEMO) >= _MEMO_MAX:  # NOTE: a crude bound; sweeps this large stream to disk anyway
+        _MEMO.clear()
+    _MEMO[key] = value
+
+
+def _model_key(model) -> str:
+    """The model's full JSON (ModelSpec is frozen: cache it by identity while the object lives)."""
+    hit = _MODEL_KEYS.get(id(model))
+    if hit is None or hit[0] is not model:
+        hit = _MODEL_KEYS[id(model)] = (model, model.model_dump_json())
+    return hit[1]
+
+
 @functools.lru_cache(maxsize=4096)
 def _drop_fraction(E, k, tokens, ep, per_node, skew, cf, overflow, redundant, groups, topk_groups, samples) -> float:
-    """Expected dropped share of token copies: the routing engine (analytic when it has one, else Monte Carlo)."""
-    from moesim.routing.problem import build_problem
+    """Expected dropped share of token copies: the routing engine's public ``route`` (analytic when
+    it has that popularity, else Monte Carlo); cached here and by ``route`` per distinct input."""
+    from moesim.routing.api import route
 
-    problem = build_problem(E, k, tokens, ep=ep, ranks_per_node=per_node, skew=skew, capacity_factor=cf,
-                            overflow=overflow, redundant_experts=redundant,
-                            placement="load_aware" if redundant else "contiguous",
-                            n_groups=groups, topk_groups=topk_groups)
-    analytic = _optional("moesim.routing.analytic")
-    if analytic is not None and hasattr(analytic, "run_analytic"):
-        try:
-            return float(analytic.run_analytic(problem).drop_fraction)
-        except (TypeError, NotImplementedError, MoesimError):
-            pass
-    from moesim.routing.montecarlo import run_montecarlo
-
-    return float(run_montecarlo(problem, samples=samples, seed=0).drop_fraction)
+    kw = dict(ep=ep, ranks_per_node=per_node, skew=skew, capacity_factor=cf, overflow=overflow,
+              placement="load_aware" if redundant else "contiguous", redundant_experts=redundant,
+              n_groups=groups, topk_groups=topk_groups)
+    try:
+        return float(route(E, k, tokens, engine="analytic", **kw).drop_fraction)
+    except (TypeError, NotImplementedError, MoesimError):
+        return float(route(E, k, tokens, engine="montecarlo", samples=samples, seed=0, **kw).drop_fraction)

@@ -124,7 +124,13 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Verification:
-    """Serving-DES check of one candidate: per-replica sustainable rate with a confidence interval."""
+    """Serving-DES check of one candidate: per-replica sustainable rate with a confidence interval.
+
+    When the verifier decides the replica count directly (``replicas`` set; see
+    :mod:`moesim.planner.verify`), ``replicas_ci`` is its 95% interval, ``max_request_rate_per_s``
+    the per-replica load verified within the SLO and ``probes`` the simulated loads; otherwise the
+    plan derives replicas from the rate and its interval.
+    """
 
     candidate: Candidate
     max_request_rate_per_s: float
@@ -137,6 +143,9 @@ class Verification:
     tpot_p99_ci: tuple[float, float] | None = None
     engine: str = "des"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    replicas: int | None = None
+    replicas_ci: tuple[int, int] | None = None
+    probes: tuple[dict, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)

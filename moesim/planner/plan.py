@@ -1,11 +1,11 @@
 """``plan(scenario)``: search, judge, rank, verify the best with the serving DES, answer with a CI.
 
 Stages: (1) enumerate the space (:mod:`space`); (2) evaluate every candidate with the evaluator
-(vectorized analytic step model + memory model by default) through an executor (:mod:`sweep`);
+(analytic step model, memoized per hardware x layout x batch, + memory model by default) through an executor (:mod:`sweep`);
 (3) judge each evaluation against the SLO / deadline and cost it (:mod:`rank`); (4) verify the
-``verify.top_n`` cheapest serving candidates with the serving DES: the replicas needed follow
-from the DES's sustainable rate and its confidence interval, and the answer is the cheapest
-verified deployment.
+cheapest serving candidate of each of the ``verify.top_n`` cheapest hardware types with the
+serving DES (:mod:`verify`: the replicas needed and their 95% interval), and the answer is the
+cheapest verified deployment.
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def _row(r: Ranked) -> dict:
 
 
 def default_evaluator():
-    """The real evaluator: vectorized step model + memory model, serving DES for verification."""
+    """The real evaluator: analytic step model + memory model, serving DES for verification."""
     from moesim.planner.analytic import AnalyticEvaluator
 
     return AnalyticEvaluator()
@@ -125,19 +125,34 @@ def _facts(scenario, evaluator) -> dict[str, HardwareFacts]:
     return {hw: with_price(evaluator.hardware(hw), scenario) for hw in scenario.hardware}
 
 
+def verify_targets(ranked: list[Ranked], n: int) -> list[Ranked]:
+    """The cheapest candidate of each of the ``n`` cheapest hardware types (rank order): near
+    duplicates of one deployment (the same hardware at another batch) are not re-verified."""
+    out, seen = [], set()
+    for r in ranked:
+        if len(out) >= n:
+            break
+        if r.candidate.hardware not in seen:
+            seen.add(r.candidate.hardware)
+            out.append(r)
+    return out
+
+
 def _verify(scenario, evaluator, ranked: list[Ranked], facts) -> tuple[Answer | None, list[Verification]]:
-    """DES-check the cheapest ``verify.top_n`` candidates; the answer is the cheapest verified."""
+    """DES-check ``verify_targets``; the answer is the cheapest verified (a verification that
+    could not decide is listed but never the answer)."""
     if not ranked:
         return None, []
     n = scenario.verify.top_n if scenario.kind == "serving" else 0
     verifier = getattr(evaluator, "verify", None)
     answers, checks = [], []
-    for r in ranked[:n] if verifier else []:
+    for r in verify_targets(ranked, n) if verifier else []:
         v = verifier(r.evaluation, scenario)
         if v is None:
             continue
         checks.append(v)
-        answers.append(_answer_from(scenario, r, v, facts[r.candidate.hardware]))
+        if v.replicas is not None or v.max_request_rate_per_s > 0:
+            answers.append(_answer_from(scenario, r, v, facts[r.candidate.hardware]))
     if not answers:
         r = ranked[0]
         return Answer(r, False, r.replicas, r.total_devices, r.usd_per_hour, r.usd_per_million_tokens), checks
@@ -151,8 +166,10 @@ def _answer_from(scenario, r: Ranked, v: Verification, facts: HardwareFacts) -> 
     def replicas(per_replica: float) -> int:
         return math.ceil(rate / per_replica - 1e-9) if per_replica > 0 else 10**9
 
-    reps = replicas(v.max_request_rate_per_s)
-    lo, hi = replicas(v.rate_ci_high), replicas(v.rate_ci_low)
+    if v.replicas is not None:  # the verifier decided the count (and its interval) itself
+        reps, (lo, hi) = v.replicas, v.replicas_ci or (v.replicas, v.replicas)
+    else:
+        reps, lo, hi = replicas(v.max_request_rate_per_s), replicas(v.rate_ci_high), replicas(v.rate_ci_low)
     usd = reps * n * facts.usd_per_device_hour
     return Answer(
         r, True, reps, reps * n, usd, usd / (scenario.target_output_tokens_per_s * 3600.0) * 1e6,

@@ -69,8 +69,13 @@ def _answer_text(result: PlanResult) -> str:
     head += f", ${a.usd_per_million_tokens:.3f}/M output tokens"
     if a.verified and a.devices_ci:
         v = a.verification
-        head += (f"\n  verified by the serving DES: {v.max_request_rate_per_s:.2f} req/s per replica "
-                 f"(95% CI {v.rate_ci_low:.2f}-{v.rate_ci_high:.2f}) -> devices {a.devices_ci[0]}-{a.devices_ci[1]}, "
+        if v.replicas is not None:
+            lo, hi = v.replicas_ci or (v.replicas, v.replicas)
+            rate = (f"SLO met at {v.max_request_rate_per_s:.2f} req/s per replica with {v.replicas} replica(s) "
+                    f"(95% interval {lo}-{hi} replicas)")
+        else:
+            rate = f"{v.max_request_rate_per_s:.2f} req/s per replica (95% CI {v.rate_ci_low:.2f}-{v.rate_ci_high:.2f})"
+        head += (f"\n  verified by the serving DES: {rate} -> devices {a.devices_ci[0]}-{a.devices_ci[1]}, "
                  f"${a.usd_per_hour_ci[0]:,.2f}-{a.usd_per_hour_ci[1]:,.2f}/h; p99 TTFT {_ms(v.ttft_p99_s)} ms, "
                  f"p99 TPOT {_ms(v.tpot_p99_s)} ms")
     else:

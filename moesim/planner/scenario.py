@@ -83,9 +83,11 @@ class TrainingSearch(Spec):
 class VerifySpec(Spec):
     """Serving-DES verification of the best analytic candidates."""
 
-    top_n: int = Field(3, ge=0, description="candidates verified by the serving DES (0 = none)")
-    duration_s: float = Field(60.0, gt=0, description="simulated seconds per rate probe")
-    seeds: int = Field(2, gt=0, description="independent seeds (for the confidence interval)")
+    top_n: int = Field(2, ge=0, description="hardware types verified by the serving DES: the cheapest "
+                       "candidate of each of the top_n cheapest hardware types (0 = none)")
+    duration_s: float = Field(60.0, gt=0, description="simulated seconds per load probe")
+    seeds: int = Field(2, gt=0, description="most seeds per load probe (more are run only while the "
+                       "95% interval of the SLO percentile straddles the limit)")
     seed: int = Field(0, ge=0)
 
 

@@ -7,7 +7,9 @@
 - A chunk whose evaluation raises is retried candidate by candidate; a candidate that still
   raises becomes an ``error`` evaluation (reported, not fatal).
 - Executors: ``inline`` (this process), ``local`` (concurrent.futures processes; inline when
-  there is one chunk or one worker), ``dask`` (``dask.distributed.Client`` at ``address``, or a
+  there is one chunk or one worker; an evaluator with a ``chunk_key(candidate)`` gets at least one
+  chunk per worker, each keeping whole key groups, so work that shares a cache stays in one
+  process), ``dask`` (``dask.distributed.Client`` at ``address``, or a
   Client passed in). Results are returned in candidate order whatever the completion order, so
   every executor gives identical output.
 """
@@ -26,6 +28,7 @@ from moesim.planner.evaluation import Candidate, Evaluation
 
 Executor = Literal["inline", "local", "dask"]
 DEFAULT_CHUNK = 2048
+MIN_PARALLEL = 64  # fewer candidates than this: worker processes cost more than they save
 
 
 def evaluate_chunk(evaluator, candidates: Sequence[Candidate], scenario) -> list[Evaluation]:
@@ -98,6 +101,22 @@ def _chunks(items: Sequence, size: int) -> list[list]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
+def grouped_chunks(items: Sequence[Candidate], size: int, bins: int, key: Callable) -> list[list]:
+    """At least ``bins`` chunks of at most ``size`` candidates that keep each ``key`` group whole
+    where they can (groups share the evaluator's caches, e.g. routing per EP size): groups,
+    largest first, go to the lightest chunk; a group larger than ``size`` is cut."""
+    groups: dict = {}
+    for c in items:
+        groups.setdefault(key(c), []).append(c)
+    pieces = [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+    n = max(bins, -(-len(items) // max(size, 1)))
+    chunks: list[list] = [[] for _ in range(min(n, len(pieces)))]
+    for piece in sorted(pieces, key=len, reverse=True):
+        fits = [ch for ch in chunks if len(ch) + len(piece) <= size] or chunks
+        min(fits, key=len).extend(piece)
+    return [ch for ch in chunks if ch]
+
+
 def _submit_local(evaluator, scenario, chunks, workers):
     if workers <= 1 or len(chunks) <= 1:
         for ch in chunks:
@@ -146,7 +165,12 @@ def run_sweep(
     path = Path(results_path) if results_path else None
     done = load_results(path, fp) if path else {}
     todo = [c for c in candidates if c.key() not in done]
-    chunks = _chunks(todo, max(1, chunk_size))
+    n_workers = 1 if executor == "inline" else (workers or os.cpu_count() or 1)
+    key = getattr(evaluator, "chunk_key", None)
+    if key is not None and executor == "local" and n_workers > 1 and len(todo) >= MIN_PARALLEL:
+        chunks = grouped_chunks(todo, max(1, chunk_size), n_workers, key)
+    else:
+        chunks = _chunks(todo, max(1, chunk_size))
     bar = _Progress(len(candidates), progress)
     bar.advance(len(candidates) - len(todo))
     sink = None
@@ -160,8 +184,7 @@ def run_sweep(
             raise MoesimError("--executor dask needs --address tcp://HOST:PORT")
         stream = _submit_dask(evaluator, scenario, chunks, address)
     elif executor in ("local", "inline"):
-        n = 1 if executor == "inline" else (workers or os.cpu_count() or 1)
-        stream = _submit_local(evaluator, scenario, chunks, n)
+        stream = _submit_local(evaluator, scenario, chunks, n_workers)
     else:
         raise MoesimError(f"executor {executor!r}: allowed executors are local, inline, dask")
     try:

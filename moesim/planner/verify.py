@@ -1,23 +1,35 @@
-"""Serving-DES verification of one candidate: the per-replica rate it sustains under the SLO.
+"""Serving-DES verification of one candidate: how many replicas serve the target within the SLO.
 
-Uses the serving simulator (moesim.des.serving): one co-located replica whose iteration costs
-come from the step model (``from_deployment``), continuous batching with at most
-``batch x devices`` sequences in flight, Poisson arrivals and the scenario's length distribution.
-``max_sustainable_rate`` searches the request rate meeting the SLO at its percentile, starting at
-the analytic rate; it is run for ``verify.seeds`` seeds.
+The plan's question is a count: R replicas of this deployment, each taking an even share
+lambda(R) = target request rate / R, meet the SLO or not. So the DES decides that count instead of
+bisecting a continuous sustainable rate (which costs ~7 simulations per seed):
 
-Interval on the rate: with 3 or more seeds a 95% t-interval over the seeds; with fewer, the span
-of the seeds' bisection brackets [feasible, first infeasible] (every seed's answer lies inside).
-The p99 TTFT / TPOT come from one more simulation at the lowest seed's sustainable rate with that
-seed (a load the search found feasible), with their 95% batch-means half-widths (the simulator's
-own intervals).
+- probes: one co-located replica (``moesim.des.serving``; iteration costs from the step model via
+  ``from_deployment``, continuous batching with at most ``batch x devices / pp`` sequences in
+  flight, Poisson arrivals, the scenario's length distribution) simulated for
+  ``verify.duration_s`` at lambda(R), metrics over [0.1 d, d];
+- walk: start at the analytic count R0; while met, try R - 1 (down to 1); while missed, try
+  R + 1 (at most ``MAX_PROBES`` probes, never past ``max_devices``). The search stops as soon as
+  the count is decided: met at R*, missed at R* - 1 (or R* = 1). R* is the point answer.
+- interval, per probe and SLO limit: the percentile the SLO names (unfinished requests count as
+  infinitely late: ``Goodput.percentile_values``) with the simulator's own 95% batch-means
+  half-width h (20 batches of consecutive requests). Over m seeds: mean estimate and half-width
+  sqrt(sum h_j^2) / m (independent seeds). A probe is *met* when estimate + h <= limit for every
+  limit, *missed* when estimate - h > limit for some limit, else *unsure*; an unsure probe gets
+  another seed (``verify.seed + j``) up to ``verify.seeds``. The replica interval is
+  [R* - 1 if that probe was unsure else R*, R* + 1 if R* was unsure else R*] (each end from one
+  probe's 95% interval; no correction for the several probes). Percentiles other than 50/90/99
+  have no half-width: every probe is then unsure and the interval is [R* - 1, R* + 1].
+- rates reported: ``max_request_rate_per_s`` = lambda(R*) (the highest per-replica load the DES
+  found within the SLO: a lower bound of the sustainable rate), ``rate_ci_low/high`` = lambda at
+  the interval's ends. p99 TTFT / TPOT (and their half-widths) come from the R* probe.
+Iteration costs (``GridCost``, memoized nodes) are shared by every candidate with the same
+hardware and layout, in this process.
 """
 from __future__ import annotations
 
 import math
-
-import numpy as np
-from scipy import stats
+from dataclasses import dataclass
 
 from moesim.catalog import load_profile
 from moesim.errors import MoesimError
@@ -25,7 +37,9 @@ from moesim.planner.evaluation import Evaluation, Verification
 from moesim.planner.scenario import overlap_mode
 from moesim.specs import Cluster
 
-REL_TOL = 0.05
+MAX_PROBES = 6
+_LIMITS = ("ttft_s", "tpot_s", "e2e_s")
+_COSTS: dict[tuple, object] = {}
 
 
 def _lengths(workload):
@@ -37,75 +51,157 @@ def _lengths(workload):
     return LengthDist.fixed(workload.prompt_len), LengthDist.fixed(workload.output_len)
 
 
-def _system(ev: Evaluation, scenario, model):
+def _cost(c, scenario, model):
+    """The replica's GridCost, one per (model, hardware, layout, dtypes, overlap, prompt hint)."""
     from moesim.des.serving.deployment import from_deployment
+
+    w = scenario.workload
+    key = (model.model_dump_json(), c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout,
+           c.redundant_experts, w.dtype, w.kv_dtype, overlap_mode(scenario, model), w.prompt_len)
+    if key not in _COSTS:
+        hw = load_profile(c.hardware)
+        _COSTS[key] = from_deployment(model, hw, Cluster(hardware=hw.name, devices=c.devices), c.parallelism(),
+                                      dtype=w.dtype, kv_dtype=w.kv_dtype, overlap=overlap_mode(scenario, model),
+                                      prompt_len_hint=w.prompt_len)
+    return _COSTS[key]
+
+
+def _system(ev: Evaluation, scenario, model):
     from moesim.des.serving.replica import SchedulerConfig
     from moesim.des.serving.system import Pool, ServingSystem
 
-    c, w = ev.candidate, scenario.workload
-    hw = load_profile(c.hardware)
-    cost = from_deployment(model, hw, Cluster(hardware=hw.name, devices=c.devices), c.parallelism(),
-                           dtype=w.dtype, kv_dtype=w.kv_dtype, overlap=overlap_mode(scenario, model),
-                           prompt_len_hint=w.prompt_len)
+    c = ev.candidate
     seqs = c.batch * c.devices // c.pp
     sched = SchedulerConfig(token_budget=max(8192, seqs), max_seqs=seqs)
-    return ServingSystem(colocated=Pool(cost=cost, replicas=1, sched=sched))
+    return ServingSystem(colocated=Pool(cost=_cost(c, scenario, model), replicas=1, sched=sched))
 
 
-def _interval(rates: list[float], uppers: list[float], lowers: list[float]) -> tuple[float, float]:
-    if len(rates) >= 3:
-        half = stats.t.ppf(0.975, len(rates) - 1) * np.std(rates, ddof=1) / math.sqrt(len(rates))
-        return float(np.mean(rates) - half), float(np.mean(rates) + half)
-    return float(min(lowers)), float(max(uppers))
+@dataclass(frozen=True)
+class Probe:
+    """The DES at one per-replica load: SLO-percentile estimates and 95% half-widths (s), per limit."""
+
+    replicas: int
+    rate_per_s: float
+    seeds: int
+    estimate: dict
+    half_width: dict
+    ttft_p99: tuple[float, float] | None
+    tpot_p99: tuple[float, float] | None
+
+    def status(self, slo) -> str:
+        """``met``, ``missed`` or ``unsure`` (module docstring)."""
+        met = True
+        for name, v in self.estimate.items():
+            limit, h = getattr(slo, name), self.half_width[name]
+            if v - (h if math.isfinite(h) else 0.0) > limit:
+                return "missed"
+            met &= math.isfinite(h) and v + h <= limit
+        return "met" if met else "unsure"
+
+    def point_met(self, slo) -> bool:
+        return all(v <= getattr(slo, name) for name, v in self.estimate.items())
+
+    def to_dict(self) -> dict:
+        return {"replicas": self.replicas, "rate_per_s": self.rate_per_s, "seeds": self.seeds,
+                "estimate_s": self.estimate, "half_width_s": self.half_width}
 
 
-def _finite(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
+def _half(stats, q: float) -> float:
+    attr = {50.0: "p50_ci95", 90.0: "p90_ci95", 99.0: "p99_ci95"}.get(float(q))
+    h = getattr(stats, attr) if attr else math.nan
+    return float(h) if h is not None else math.nan
 
 
-def _ci(lat) -> tuple[float, float] | None:
-    if not (math.isfinite(lat.p99) and math.isfinite(lat.p99_ci95)):
-        return None
-    return float(lat.p99 - lat.p99_ci95), float(lat.p99 + lat.p99_ci95)
+def _p99(stats) -> tuple[float, float] | None:
+    return (float(stats.p99), float(stats.p99_ci95)) if math.isfinite(stats.p99) else None
+
+
+def _run(system, scenario, rate: float, seed: int, lengths):
+    from moesim.des.serving.arrivals import synthetic
+    from moesim.des.serving.system import simulate
+
+    d = scenario.verify.duration_s
+    reqs = synthetic("poisson", rate, d, *lengths, seed)
+    return simulate(system, reqs, slo=scenario.slo, warmup_s=0.1 * d, window_end_s=d,
+                    max_time_s=3 * d + 60.0, samples=10)
+
+
+def probe(system, scenario, replicas: int, rate: float, lengths) -> Probe:
+    """Simulate one load with seeds added while the outcome is unsure (module docstring)."""
+    v, slo = scenario.verify, scenario.slo
+    names = [n for n in _LIMITS if getattr(slo, n) is not None]
+    vals: dict[str, list[float]] = {n: [] for n in names}
+    halves: dict[str, list[float]] = {n: [] for n in names}
+    first = None
+    for j in range(v.seeds):
+        res = _run(system, scenario, rate, v.seed + j, lengths)
+        first = first or res
+        g = res.goodput
+        for n in names:
+            vals[n].append(float(g.percentile_values.get(n, math.inf)) if g.percentile_values else math.inf)
+            halves[n].append(_half(getattr(res, n), slo.percentile))
+        m = j + 1
+        p = Probe(replicas, rate, m, {n: sum(vals[n]) / m for n in names},
+                  {n: math.sqrt(sum(h * h for h in halves[n])) / m for n in names},
+                  _p99(first.ttft_s), _p99(first.tpot_s))
+        if p.status(slo) != "unsure":
+            break
+    return p
+
+
+def decide_replicas(system, scenario, r0: int, devices: int, lengths) -> tuple[int | None, dict[int, Probe]]:
+    """(R*, probes by replica count): the walk of the module docstring; R* None when no count up
+    to the probe limit meets the SLO. A walk down cut short by the limit returns the lowest count
+    met (then R* - 1 is absent from the probes: an upper bound, not decided)."""
+    target = scenario.target_output_tokens_per_s / scenario.workload.output_len
+    slo, probes = scenario.slo, {}
+
+    def at(r: int) -> Probe:
+        if r not in probes:
+            probes[r] = probe(system, scenario, r, target / r, lengths)
+        return probes[r]
+
+    r = max(1, r0)
+    if at(r).point_met(slo):
+        while r > 1 and len(probes) < MAX_PROBES and at(r - 1).point_met(slo):
+            r -= 1
+        return r, probes
+    while len(probes) < MAX_PROBES and (r + 1) * devices <= scenario.max_devices:
+        r += 1
+        if at(r).point_met(slo):
+            return r, probes
+    return None, probes
 
 
 def verify_with_des(ev: Evaluation, scenario, model) -> Verification | None:
-    """Per-replica sustainable request rate under ``scenario.slo`` (module docstring)."""
-    try:
-        from moesim.des.serving.capacity import max_sustainable_rate
-        from moesim.des.serving.system import simulate
-        from moesim.des.serving.arrivals import synthetic
-    except ImportError:  # the serving simulator is not available: the plan stays analytic
-        return None
-    v, w = scenario.verify, scenario.workload
-    prompt, output = _lengths(w)
+    """Replicas needed for the target within the SLO, with an interval (module docstring)."""
     try:
         system = _system(ev, scenario, model)
+    except ImportError:  # the serving simulator is not available: the plan stays analytic
+        return None
     except MoesimError as err:
         return Verification(ev.candidate, 0.0, 0.0, 0.0, 0.0, notes=(f"not simulated: {err}",))
-    start = max(ev.tokens_per_s / w.output_len, 1e-3)
-    searches = [max_sustainable_rate(system, prompt, output, scenario.slo, duration_s=v.duration_s,
-                                     seed=v.seed + i, start_rate_per_s=start, rel_tol=REL_TOL)
-                for i in range(v.seeds)]
-    rates = [s.rate_per_s for s in searches]
-    lo, hi = _interval(rates, [s.upper_rate_per_s for s in searches], rates)
-    rate = float(np.mean(rates))
-    notes = ()
-    ttft = tpot = ttft_ci = tpot_ci = None
-    worst = int(np.argmin(rates))
-    if rates[worst] > 0:
-        # latencies at the lowest seed's sustainable rate, with that seed: a load the SLO search
-        # itself found feasible (so the reported p99 is within the SLO by construction)
-        reqs = synthetic("poisson", rates[worst], v.duration_s, prompt, output, v.seed + worst)
-        res = simulate(system, reqs, slo=scenario.slo, warmup_s=0.1 * v.duration_s, window_end_s=v.duration_s,
-                       samples=10)
-        ttft, tpot = res.ttft_s.p99, res.tpot_s.p99
-        ttft_ci, tpot_ci = _ci(res.ttft_s), _ci(res.tpot_s)
-        ttft, tpot = _finite(ttft), _finite(tpot)
-    else:
-        notes = ("the SLO is missed even at the lowest rate tried",)
+    w, c = scenario.workload, ev.candidate
+    target = scenario.target_output_tokens_per_s / w.output_len
+    r0 = math.ceil(scenario.target_output_tokens_per_s / ev.tokens_per_s - 1e-9) if ev.tokens_per_s > 0 else 1
+    best, probes = decide_replicas(system, scenario, r0, c.devices, _lengths(w))
+    trials = tuple(p.to_dict() for p in sorted(probes.values(), key=lambda p: p.replicas))
+    if best is None:
+        return Verification(c, 0.0, 0.0, 0.0, 0.0, engine="serving DES", probes=trials,
+                            notes=(f"undecided: the SLO is missed up to {max(probes)} replicas",))
+    slo, p = scenario.slo, probes[best]
+    below = probes.get(best - 1)
+    lo = best - 1 if below is not None and below.status(slo) != "missed" else best
+    notes = () if best == 1 or below is not None else (
+        f"{best - 1} replicas not probed (probe limit {MAX_PROBES}): {best} is an upper bound",)
+    hi = best + 1 if p.status(slo) != "met" else best
+    rate = target / best
+    ttft, tpot = p.ttft_p99, p.tpot_p99
     return Verification(
-        candidate=ev.candidate, max_request_rate_per_s=rate, rate_ci_low=lo, rate_ci_high=hi,
-        output_tokens_per_s=rate * w.output_len, ttft_p99_s=ttft, tpot_p99_s=tpot,
-        ttft_p99_ci=ttft_ci, tpot_p99_ci=tpot_ci, engine="serving DES", notes=notes,
+        candidate=c, max_request_rate_per_s=rate, rate_ci_low=target / hi, rate_ci_high=target / lo,
+        output_tokens_per_s=rate * w.output_len,
+        ttft_p99_s=ttft[0] if ttft else None, tpot_p99_s=tpot[0] if tpot else None,
+        ttft_p99_ci=(ttft[0] - ttft[1], ttft[0] + ttft[1]) if ttft and math.isfinite(ttft[1]) else None,
+        tpot_p99_ci=(tpot[0] - tpot[1], tpot[0] + tpot[1]) if tpot and math.isfinite(tpot[1]) else None,
+        engine="serving DES", notes=notes, replicas=best, replicas_ci=(lo, hi), probes=trials,
     )
