@@ -17,6 +17,8 @@ source did not state (documented, the same for every case):
   ``deepep_mode`` low_latency -> low-latency all-to-all; EP sizes that do not divide the
   experts get the fewest redundant slots that make them divide (EPLB); routing ``uniform``
   (EPLB is taken to balance away the data's skew).
+- both: ``num_sms`` (SMs of the normal all-to-all kernels, when a source states it) overrides
+  DeepEP's default 20 (moesim/step/sharing.py); only overlapped schedules feel it.
 """
 from __future__ import annotations
 
@@ -78,6 +80,11 @@ def _metric(inputs: dict, allowed: tuple[str, ...]) -> str:
     return metric
 
 
+def _comm_sms(inputs: dict) -> int | None:
+    value = inputs.get("num_sms")
+    return None if value is None else int(value)
+
+
 def _skew(inputs: dict) -> str:
     text = str(inputs.get("routing") or "").lower()
     return "balanced" if "balanced" in text else "uniform"
@@ -101,7 +108,8 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
         b = training_step(model, hw, cluster, par, global_batch=int(inputs["global_batch"]),
                           seq_len=int(inputs["seq_len"]), micro_batch=int(_get(inputs, "micro_batch", 1)),
                           dtype=str(inputs["dtype"]), recompute=_get(inputs, "recompute", "none"),
-                          routing=RoutingSpec(skew=_skew(inputs)), check_memory=False)
+                          routing=RoutingSpec(skew=_skew(inputs)), check_memory=False,
+                          comm_sms=_comm_sms(inputs))
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     if metric == "model_tflops_per_device":
@@ -131,7 +139,8 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
                                   "devices_per_domain": int(_get(inputs, "devices_per_node", DEFAULT_DEVICES_PER_NODE))})
         par = build(Parallelism, {"tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
                                   "redundant_experts": redundant})
-        common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False)
+        common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False,
+                      comm_sms=_comm_sms(inputs))
         if inputs["phase"] == "decode":
             b = decode_iteration(model, hw, cluster, par, batch_per_device=int(inputs["batch_per_device"]),
                                  context=int(inputs["context_len"]), **common)

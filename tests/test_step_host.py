@@ -113,3 +113,22 @@ def test_attention_block_equals_compute_prefill_core_when_compute_bound():
     ref = attention_prefill_time(H100, MIXTRAL, b, S, dtype="bf16")
     got = attention_block_s(H100, MIXTRAL, tokens=b * S, context=(S + 1) / 2, phase="prefill", tp=1, dtype="bf16")
     assert got == pytest.approx(ref.total_s, rel=1e-9)
+
+
+def test_host_bound_step_names_host_and_components_add_up():
+    from moesim.specs import Cluster, Parallelism
+    from moesim.step import prefill_iteration
+
+    cl = Cluster(hardware="h100-sxm", devices=8, devices_per_domain=8)
+    par = Parallelism(dp=8, ep=8, attention_layout="dp")
+    kw = dict(prompt_len=128, prompts_per_device=1, dtype="bf16", check_memory=False)
+    slow = prefill_iteration(MIXTRAL, _hw(1000.0), cl, par, **kw)
+    # 32 layers x 80 ops x 1 ms of host per 128-token pass: the device waits for the host
+    assert slow.bottleneck == "host"
+    assert slow.host_issue_s == pytest.approx(32 * 80 * 1e-3, rel=1e-12)
+    assert 0 < slow.host_s < slow.host_issue_s
+    # overlap none: component times (host = the device's wait for the host) add up to the step
+    assert sum(slow.components().values()) == pytest.approx(slow.step_time_s, rel=1e-9)
+    fast = prefill_iteration(MIXTRAL, _hw(0.0), cl, par, **kw)
+    assert fast.host_s == 0.0 and fast.bottleneck != "host"
+    assert slow.to_dict()["components_s"]["host_s"] == slow.host_s

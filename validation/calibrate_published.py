@@ -9,9 +9,13 @@ in-sample; ``moesim validate validation/data/published-eval.json`` is the out-of
 Training and serving rows (``moesim.step_cases.JOINT_KINDS``) declare a parameter of the
 software stack, not of the GPU (``compute.host_op_overhead_us``): after the per-profile fits it
 is fitted JOINTLY over every training and serving row of every hardware (one value; soft-L1 on
-log errors, scale 0.1, as ``moesim.calibrate``), written into each profile that has such rows,
-and judged by leave-one-out (refit on all rows but one, predict that one) since no disjoint
-set of training/serving rows exists yet. Both error tables are printed.
+log errors, scale 0.1, as ``moesim.calibrate``) and judged by leave-one-out (refit on all rows
+but one, predict that one) since no disjoint set of training/serving rows exists yet. Both error
+tables are printed. Being a property of the software stack (eager PyTorch/Megatron/SGLang
+issuing CUDA/HIP kernels), not of one GPU, the value is written into EVERY gpu profile
+(``software_stack_profiles``), each origin saying it was fitted on those rows and transferred;
+TPU profiles get 0: XLA compiles the whole step into one executable, so there is no
+per-operator host issue (moesim/step/host.py). The cpu-host profile keeps its own value.
 
 Fitted efficiencies then transfer, by section, to profiles of the same silicon that have no
 data of their own (``TRANSFER``): H100 and H200 are the same GH100 die, SMs and kernels as the
@@ -32,7 +36,7 @@ from scipy.optimize import least_squares
 
 from moesim.calibrate import calibrate, param_bounds, with_params
 from moesim.cases import load_cases
-from moesim.catalog import _profiles_dir, load_profile, replace_efficiency
+from moesim.catalog import _profiles_dir, list_profiles, load_profile, replace_efficiency
 from moesim.specs.hardware import Efficiency
 from moesim.validate import case_inputs, predictor_for
 
@@ -99,14 +103,46 @@ def fit_joint_kinds(cases, source: str) -> dict[str, float]:
         loo.append(_log_errors([c], profiles, held)[0])
         print(f"    leave out {c.id}: " + ", ".join(f"{k} = {v:.4g}" for k, v in held.items()))
     _table("leave-one-out (each row predicted by a fit on the others)", rows, loo)
-    date = _dt.date.today().isoformat()
-    for name, prof in profiles.items():
-        eff = load_profile(name).efficiency
-        merged = with_params(prof, values, origin=(
-            f"{eff.origin}; {', '.join(values)} fitted {date} jointly on {len(rows)} "
-            f"{'/'.join(JOINT_KINDS)} rows of {source} (all hardware; a software-stack parameter)")).efficiency
-        replace_efficiency(_profiles_dir() / f"{name}.toml", merged)
+    write_software_stack(values, f"fitted {_dt.date.today().isoformat()} jointly on {len(rows)} "
+                         f"{'/'.join(JOINT_KINDS)} rows of {source}", {c.hardware for c in rows})
     return values
+
+
+def _strip_notes(origin: str, params) -> str:
+    """``origin`` without the note an earlier run appended about ``params`` (always the last
+    note: the joint fit runs last), so that reruns stay idempotent."""
+    for p in params:
+        origin = origin.split(f"; {p}")[0]
+    return origin
+
+
+def software_stack_profiles() -> dict[str, str]:
+    """Profile name -> how it receives the software-stack parameters: ``eager`` (gpu: the fitted
+    value) or ``compiled`` (tpu: no per-operator host issue)."""
+    out = {}
+    for name in list_profiles():
+        kind = load_profile(name).kind
+        if kind in ("gpu", "tpu"):
+            out[name] = "eager" if kind == "gpu" else "compiled"
+    return out
+
+
+def write_software_stack(values: dict[str, float], how: str, fitted_on: set[str]) -> None:
+    """Write the jointly fitted software-stack ``values`` into every gpu profile and 0 into every
+    tpu profile, with an origin note saying so."""
+    for name, stack in software_stack_profiles().items():
+        prof = load_profile(name)
+        if stack == "eager":
+            vals = values
+            where = "its own rows" if name in fitted_on else "transferred"
+            note = (f"{', '.join(values)} {how} (hardware: {', '.join(sorted(fitted_on))}); "
+                    f"a software-stack property of eager PyTorch frameworks, {where}")
+        else:
+            vals = {k: 0.0 for k in values}
+            note = f"{', '.join(values)} = 0: XLA compiles the step, no per-operator host issue"
+        origin = _strip_notes(prof.efficiency.origin, values)
+        merged = with_params(prof, vals, origin=f"{origin}; {note}").efficiency
+        replace_efficiency(_profiles_dir() / f"{name}.toml", merged)
 
 
 def main(argv: list[str] | None = None) -> int:

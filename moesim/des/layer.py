@@ -12,6 +12,14 @@ layer and micro-batch) from the routing engine's sampler, so expert time differs
 per step and stragglers emerge; the step ends when every rank has finished its last combine
 and the LM head.
 
+SM sharing: while a rank's comm stream has a dispatch/combine kernel launched (from its arrival
+at the barrier to the barrier's end: a launched kernel holds its SMs while it waits for the other
+ranks), that rank's compute ops progress at ``LayerOps.compute_share`` of full speed and at full
+speed otherwise (the fluid model of moesim/step/sharing.py, as ``two_microbatch_time``).
+
+NOTE: the host that issues the operators (moesim/step/host.py) is not simulated: for eager
+phases (prefill) whose layers are host-bound the analytic time is longer than the DES's.
+
 ``balanced`` routing is deterministic (no draws): every rank gets the analytic counts and
 traffic, so the DES must reproduce the analytic step time (tests: within 1%).
 """
@@ -61,6 +69,21 @@ class _Plan:
     D: list
     C: list
     head: float
+    share: list = field(default_factory=list)  # compute speed while layer l's all-to-all runs
+
+
+class _CommState:
+    """The compute speed one rank's comm stream leaves (1: no comm kernel resident); ``changed``
+    fires whenever it changes."""
+
+    def __init__(self, env: simpy.Environment):
+        self.env, self.rate, self.changed = env, 1.0, env.event()
+
+    def set(self, rate: float) -> None:
+        if rate != self.rate:
+            self.rate = rate
+            old, self.changed = self.changed, self.env.event()
+            old.succeed()
 
 
 class _Barrier:
@@ -105,11 +128,12 @@ def _plan(setup: LayerSetup, layers: list[int], tokens: float, context: float, m
           sampler, rng, cache: dict, per_layer: bool) -> _Plan:
     """Draw one step: per layer and micro-batch, expert time per rank and all-to-all times."""
     R = max(setup.ep, 1)
-    P, X, D, C = [], [], [], []
+    P, X, D, C, share = [], [], [], [], []
     step_draws = None
     for l in layers:
         ops = layer_ops(setup, l, tokens, context)
         P.append(ops.pre_s)
+        share.append(ops.compute_share)
         fixed = ops.shared_experts_s + ops.dense_ffn_s
         if sampler is None or not setup.model.layer_is_moe(l):
             X.append([np.full(R, fixed + ops.experts_s)] * mbs)
@@ -121,7 +145,7 @@ def _plan(setup: LayerSetup, layers: list[int], tokens: float, context: float, m
         X.append([fixed + x_R for x_R, _, _ in step_draws])
         D.append([d for _, d, _ in step_draws])
         C.append([c for _, _, c in step_draws])
-    return _Plan(P, X, D, C, head)
+    return _Plan(P, X, D, C, head, share)
 
 
 def _run_step(env: simpy.Environment, plan: _Plan, R: int, mbs: int, spans: list | None):
@@ -131,8 +155,14 @@ def _run_step(env: simpy.Environment, plan: _Plan, R: int, mbs: int, spans: list
     comb = [[_Barrier(env, R, plan.C[l][b], f"combine L{l} mb{b}", spans) for b in range(mbs)] for l in range(L)]
 
     def busy(r, name, dur):
-        start = env.now
-        yield env.timeout(dur)
+        """Run ``dur`` seconds of full-speed work at the speed rank r's comm stream leaves."""
+        start, work, state = env.now, dur, states[r]
+        while work > 1e-12 * dur:
+            t0, rate, changed = env.now, state.rate, state.changed
+            done = env.timeout(work / rate)
+            if done in (yield done | changed):
+                break
+            work -= (env.now - t0) * rate
         if spans is not None and dur > 0:
             spans.append(Span(f"rank {r}", "compute", name, start, dur, "compute"))
 
@@ -151,14 +181,20 @@ def _run_step(env: simpy.Environment, plan: _Plan, R: int, mbs: int, spans: list
         yield from busy(r, "lm_head", plan.head)
 
     def comm(r, p_done, x_done):
+        state, share = states[r], plan.share or [1.0] * L
         for l in range(L):
             for b in range(mbs):
                 yield p_done[l][b]
+                state.set(share[l])
                 yield disp[l][b].arrive()
+                state.set(1.0)
             for b in range(mbs):
                 yield x_done[l][b]
+                state.set(share[l])
                 yield comb[l][b].arrive()
+                state.set(1.0)
 
+    states = [_CommState(env) for _ in range(R)]
     ends = []
     for r in range(R):
         p_done = [[env.event() for _ in range(mbs)] for _ in range(L)]

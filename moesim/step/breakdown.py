@@ -3,7 +3,10 @@
 Component times are seconds per step on the critical device, summed over the layers it runs
 (and, in training, over its micro-batches, forward and backward). Under overlap the components
 add up to more than ``step_time_s``; ``exposed_comm_s`` is the communication time not hidden
-behind compute. ``bottleneck`` names the largest contributor to the step time.
+behind compute. ``host_s`` is the time the device waits for the host to issue its operators
+(eager phases; moesim/step/host.py), ``host_issue_s`` the host's whole issue time (which overlaps
+the device's work). Under ``none`` the components add up to ``step_time_s`` exactly.
+``bottleneck`` names the largest contributor to the step time: a host-bound step names ``host``.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 
 COMPONENTS: tuple[str, ...] = (
     "attention_s", "attention_comm_s", "elementwise_s", "router_s", "dispatch_s", "experts_s", "shared_experts_s",
-    "combine_s", "dense_ffn_s", "embedding_head_s", "pipeline_bubble_s", "dp_comm_s", "optimizer_s",
+    "combine_s", "dense_ffn_s", "embedding_head_s", "pipeline_bubble_s", "dp_comm_s", "optimizer_s", "host_s",
 )
 
 # component -> bottleneck name reported to users (planner vocabulary, DESIGN.md "Planner")
@@ -29,6 +32,7 @@ _BOTTLENECK: dict[str, str] = {
     "pipeline_bubble_s": "pipeline_bubble",
     "dp_comm_s": "dp_comm",
     "optimizer_s": "optimizer",
+    "host_s": "host",
 }
 
 
@@ -53,6 +57,8 @@ class StepBreakdown:
     pipeline_bubble_s: float = 0.0
     dp_comm_s: float = 0.0
     optimizer_s: float = 0.0
+    host_s: float = 0.0
+    host_issue_s: float = 0.0
     exposed_comm_s: float = 0.0
     model_flops_per_step_per_device: float = 0.0
     peak_flops: float = 0.0

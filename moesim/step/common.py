@@ -6,7 +6,7 @@ import math
 from moesim import units
 from moesim.errors import InfeasibleError, SpecError
 from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, RoutingSpec, check_cluster, check_parallelism
-from moesim.step.layer import OVERLAPS, LayerOps, LayerSetup, layer_ops, stack_time
+from moesim.step.layer import OVERLAPS, LayerOps, LayerSetup, StackTime, layer_ops, stack_times
 
 
 def check_deployment(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: Parallelism,
@@ -43,9 +43,9 @@ def stage_ops(setup: LayerSetup, layers: range, tokens: float, context: float) -
 
 
 def critical_stage(setup: LayerSetup, model: ModelSpec, pp: int, tokens: float, context: float,
-                   overlap: str, head_s: float) -> tuple[list[LayerOps], float, float, bool]:
-    """(ops, time, exposed comm, is the last stage) of the slowest pipeline stage (the last one
-    also runs the LM head, ``head_s``).
+                   overlap: str, head_s: float) -> tuple[list[LayerOps], float, StackTime, bool]:
+    """(ops, time, ``StackTime`` of its layers, is the last stage) of the slowest pipeline stage
+    (the last one also runs the LM head, ``head_s``, included in time).
 
     ``tokens`` are per micro-batch of the schedule (half the batch under two_microbatch).
     """
@@ -53,11 +53,10 @@ def critical_stage(setup: LayerSetup, model: ModelSpec, pp: int, tokens: float, 
     stages = stage_layers(model, pp)
     for s, layers in enumerate(stages):
         ops = stage_ops(setup, layers, tokens, context)
-        t, exposed = stack_time(ops, overlap)
-        if s == len(stages) - 1:
-            t += head_s
+        st = stack_times(ops, overlap)
+        t = st.time_s + (head_s if s == len(stages) - 1 else 0.0)
         if best is None or t > best[1]:
-            best = (ops, t, exposed, s == len(stages) - 1)
+            best = (ops, t, st, s == len(stages) - 1)
     return best
 
 

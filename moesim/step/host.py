@@ -21,7 +21,14 @@ NOTE: decode runs under CUDA graphs in production servers (SGLang, vLLM, TensorR
 graph replays every kernel with one launch, so decode pays no per-operator host time.
 NOTE: the expert path counted is the grouped one (one grouped GEMM per projection, as Megatron
 TEGroupedMLP and DeepGEMM run): the count does not grow with the local experts. The per-expert
-slope of a loop path is recorded in the data file but not used.
+slope of a loop path is recorded in the data file but not used. Tested (2026-11-28): adding
+it (5 forward + 18 backward ops per local expert) and refitting the joint host parameter moves
+Qwen3-30B on B200 from -42% to -32% but Mixtral from +33% to +52% and Qwen3-235B from -14% to
++64% (median |err| of the 9 training/serving rows 33% -> 32%): the fine-grained-expert gap is
+not a per-local-expert host cost, and TE's grouped GEMM launches its per-expert GEMMs from C++,
+far cheaper than a Python-issued aten operator.
+NOTE: the counts are of a GQA attention layer; MLA (DeepSeek-V3) issues more operators per
+layer (separate q/kv down- and up-projections, their norms, rope on a split head), not counted.
 """
 from __future__ import annotations
 

@@ -25,13 +25,13 @@ from moesim.step.layer import LayerSetup, Overlap, make_setup
 UNIFORM = RoutingSpec()
 
 
-def _setup(model, hw, cluster, par, *, dtype, phase, routing, a2a_mode, kv_dtype) -> LayerSetup:
+def _setup(model, hw, cluster, par, *, dtype, phase, routing, a2a_mode, kv_dtype, comm_sms=None) -> LayerSetup:
     if par.attention_layout == "dp" and par.tp > 1:
         raise SpecError("parallel.tp", par.tp, "DP attention (attention_layout dp) needs tp = 1")
     return make_setup(model, hw, dtype=dtype, phase=phase, attention_tp=par.tp, cp=par.cp, ep=par.ep,
                       redundant_experts=par.redundant_experts,
                       ranks_per_node=cluster.domain_size(hw), skew=routing.skew, a2a_mode=a2a_mode,
-                      kv_dtype=kv_dtype)
+                      kv_dtype=kv_dtype, comm_sms=comm_sms)
 
 
 def _iteration(model, hw, cluster, par, setup, *, phase, tokens, context, overlap, flops_per_token,
@@ -43,12 +43,13 @@ def _iteration(model, hw, cluster, par, setup, *, phase, tokens, context, overla
                      model.vocab_size / setup.attention_tp, model.hidden, "bf16") * halves
     if phase == "prefill":  # only the last token of each prompt needs logits
         head = 0.0
-    ops, t, exposed, last = critical_stage(setup, model, par.pp, mb_tokens, context, overlap, head)
+    ops, t, st, last = critical_stage(setup, model, par.pp, mb_tokens, context, overlap, head)
     comp = summed(ops, scale=halves)
     imb = max((o.expert_imbalance for o in ops), default=1.0)
     return StepBreakdown(
         phase=phase, overlap=overlap, step_time_s=t * par.pp, tokens_per_step_per_device=tokens,
-        **comp, embedding_head_s=head if last else 0.0, exposed_comm_s=exposed,
+        **comp, embedding_head_s=head if last else 0.0, exposed_comm_s=st.exposed_comm_s,
+        host_s=st.exposed_host_s, host_issue_s=st.host_s,
         model_flops_per_step_per_device=flops_per_token * tokens, peak_flops=hw.peak_flops(setup.dtype),
         memory_GiB=gib(footprint.total_bytes), memory_capacity_GiB=gib(footprint.capacity_bytes),
         expert_imbalance=imb,
@@ -59,7 +60,7 @@ def decode_iteration(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, pa
                      batch_per_device: int, context: int, dtype: str = "fp8", kv_dtype: str = "bf16",
                      routing: RoutingSpec = UNIFORM, overlap: Overlap = "none",
                      a2a_mode: Literal["auto", "normal", "low_latency"] = "auto",
-                     check_memory: bool = True) -> StepBreakdown:
+                     check_memory: bool = True, comm_sms: int | None = None) -> StepBreakdown:
     """One decode step: ``batch_per_device`` sequences per device, each with ``context`` tokens of KV.
 
     Raises SpecError for a bad layout, InfeasibleError when weights + KV do not fit.
@@ -70,7 +71,7 @@ def decode_iteration(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, pa
         if v <= 0:
             raise SpecError(name, v, "must be positive")
     setup = _setup(model, hw, cluster, par, dtype=dtype, phase="decode", routing=routing,
-                   a2a_mode=a2a_mode, kv_dtype=kv_dtype)
+                   a2a_mode=a2a_mode, kv_dtype=kv_dtype, comm_sms=comm_sms)
     fp = ad.memory(model, hw, par, mode="serve", weight_dtype=dtype, kv_dtype=kv_dtype,
                    kv_tokens=batch_per_device * par.tp * par.pp * context)
     if check_memory:
@@ -84,7 +85,7 @@ def prefill_iteration(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, p
                       prompt_len: int, prompts_per_device: float, dtype: str = "fp8",
                       kv_dtype: str = "bf16", routing: RoutingSpec = UNIFORM, overlap: Overlap = "none",
                       a2a_mode: Literal["auto", "normal", "low_latency"] = "auto",
-                      check_memory: bool = True) -> StepBreakdown:
+                      check_memory: bool = True, comm_sms: int | None = None) -> StepBreakdown:
     """One prefill iteration: ``prompts_per_device`` prompts of ``prompt_len`` tokens per device
     (causal attention: the mean query attends to (S + 1) / 2 keys)."""
     check_deployment(model, hw, cluster, par, overlap)
@@ -93,7 +94,7 @@ def prefill_iteration(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, p
         raise SpecError("prompt_len/prompts_per_device", (prompt_len, prompts_per_device), "must be positive")
     tokens = prompt_len * prompts_per_device
     setup = _setup(model, hw, cluster, par, dtype=dtype, phase="prefill", routing=routing,
-                   a2a_mode=a2a_mode, kv_dtype=kv_dtype)
+                   a2a_mode=a2a_mode, kv_dtype=kv_dtype, comm_sms=comm_sms)
     fp = ad.memory(model, hw, par, mode="serve", weight_dtype=dtype, kv_dtype=kv_dtype,
                    kv_tokens=int(math.ceil(tokens * par.tp * par.pp)))
     if check_memory:

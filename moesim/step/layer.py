@@ -13,10 +13,13 @@ Schedules (``overlap``):
   decode/prefill do (DeepSeek/SGLang two-batch overlap): compute stream P0 P1 X0 X1, comm stream
   D0 D1 C0 C1 per layer, each waiting for its own micro-batch's previous operation. The step
   time is the max-plus recurrence of ``two_microbatch_time`` (exact for this order; the DES
-  runs the same program and must reproduce it).
+  runs the same program and must reproduce it). While a normal-mode dispatch/combine kernel
+  runs it holds u of the U SMs, so the compute it overlaps runs at (U - u) / U of full speed
+  (``LayerOps.compute_share``; moesim/step/sharing.py); low-latency kernels hold none.
 Host: in eager phases (train, prefill) a layer pass also cannot finish before the host has
 issued its operators (``LayerOps.host_s``, moesim/step/host.py): ``none`` takes
-max(P + D + X + C, host) per layer, ``two_microbatch`` is floored by 2 x the stage's host time.
+max(P + D + X + C, host) per layer, ``two_microbatch`` is floored by 2 x the stage's host time;
+``stack_times`` reports how long the device waits for the host (``StepBreakdown.host_s``).
 Experts use the expected *maximum* load over EP ranks (``RankLoad.max_rank_copies``), never the
 mean: the slowest rank holds every other rank at the combine barrier.
 """
@@ -35,6 +38,7 @@ from moesim.specs import HardwareProfile, ModelSpec, bytes_per_element, canonica
 from moesim.step import _adapters as ad
 from moesim.step.elementwise import elementwise_bytes, memory_bound_s
 from moesim.step.host import layer_host_s
+from moesim.step.sharing import compute_share
 
 Overlap = Literal["none", "two_microbatch"]
 OVERLAPS: tuple[str, ...] = ("none", "two_microbatch")
@@ -61,6 +65,7 @@ class LayerOps:
     attention_core_s: float = 0.0  # the score/value part of attention_s (not a separate op)
     host_s: float = 0.0  # host issue time of this pass's operators (moesim/step/host.py)
     host_backward_s: float = 0.0  # host issue time of the backward pass (training)
+    compute_share: float = 1.0  # compute speed while this layer's all-to-all runs (step/sharing.py)
 
     @property
     def pre_s(self) -> float:
@@ -109,6 +114,7 @@ class LayerSetup:
     skew: str
     a2a_mode: str
     kv_dtype: str = "bf16"
+    comm_sms: int | None = None  # SMs of the normal all-to-all kernels; None: DeepEP's default
     ep_topology: Topology | None = None
     tp_topology: Topology | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
@@ -116,16 +122,21 @@ class LayerSetup:
 
 def make_setup(model: ModelSpec, hw: HardwareProfile, *, dtype: str, phase: str, attention_tp: int,
                cp: int, ep: int, redundant_experts: int, ranks_per_node: int, skew: str,
-               a2a_mode: A2AMode = "auto", kv_dtype: str = "bf16") -> LayerSetup:
-    """Build a ``LayerSetup`` (topologies of the EP group and the TP x CP group)."""
+               a2a_mode: A2AMode = "auto", kv_dtype: str = "bf16", comm_sms: int | None = None) -> LayerSetup:
+    """Build a ``LayerSetup`` (topologies of the EP group and the TP x CP group).
+
+    ``comm_sms``: SMs the normal (high-throughput) all-to-all kernels occupy while they overlap
+    compute; None takes DeepEP's default (moesim/step/sharing.py)."""
     canonical_dtype(dtype)
     if a2a_mode not in ("auto", "normal", "low_latency"):
         raise SpecError("a2a_mode", a2a_mode, "one of auto, normal, low_latency")
+    if comm_sms is not None:
+        compute_share(hw, "normal", comm_sms)  # SpecError naming comm_sms when out of range
     ep_topo = ad.topology(hw, ep, ranks_per_node) if ep > 1 else None
     group = attention_tp * cp
     tp_topo = ad.topology(hw, group, ranks_per_node) if group > 1 else None
     return LayerSetup(model, hw, dtype, phase, attention_tp, cp, ep, redundant_experts,
-                      min(ranks_per_node, max(ep, 1)), skew, a2a_mode, kv_dtype, ep_topo, tp_topo)
+                      min(ranks_per_node, max(ep, 1)), skew, a2a_mode, kv_dtype, comm_sms, ep_topo, tp_topo)
 
 
 def dispatch_bytes_per_token(model: ModelSpec, dtype: str) -> float:
@@ -199,6 +210,11 @@ def sampled_a2a(setup: LayerSetup, tokens: float, copies_RR: np.ndarray, dedup_R
         tr = Traffic(b_RR, base.ranks_per_node, nb, base.peers_R)
         out.append(ad.a2a_s(setup.ep_topology, tr if op == "dispatch" else tr.reversed(), mode, op))
     return out[0], out[1]
+
+
+def layer_compute_share(setup: LayerSetup, tokens: float) -> float:
+    """Compute speed while this layer's dispatch/combine of ``tokens`` per rank runs."""
+    return compute_share(setup.hw, _mode(setup, tokens), setup.comm_sms)
 
 
 def expert_layout(setup: LayerSetup, tokens: float) -> str:
@@ -278,50 +294,93 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
                                                       setup.dtype, setup.phase))
     host = layer_host_s(setup.hw, model, moe, setup.phase)
     host_b = layer_host_s(setup.hw, model, moe, setup.phase, backward=True) if setup.phase == "train" else 0.0
+    share = layer_compute_share(setup, tokens) if moe and setup.ep > 1 else 1.0
     ops = LayerOps(attention_s=att, attention_comm_s=att_comm, elementwise_s=elem, attention_core_s=core,
-                   host_s=host, host_backward_s=host_b, **block)
+                   host_s=host, host_backward_s=host_b, compute_share=share, **block)
     if rank_load is None:
         setup._cache[key] = ops
     return ops
 
 
-def two_microbatch_time(P_L, D_L, X_L, C_L):
+def _run(start, work, intervals):
+    """End of a compute op of full-speed duration ``work`` started at ``start`` while the comm
+    intervals ``[(a, b, share), ...]`` (time-ordered, disjoint) run: rate 1 outside them,
+    ``share`` inside (fluid model, moesim/step/sharing.py eq. 1). Element-wise over arrays."""
+    t, w = start, work
+    for a, b, share in intervals:
+        pre = np.clip(a - t, 0.0, w)  # progress at full speed before the interval opens
+        t, w = t + pre, w - pre
+        begin = np.maximum(t, a)
+        done = np.minimum(w, np.maximum(b - begin, 0.0) * share)
+        t = np.where(w > 0, begin + done / share, t)
+        w = w - done
+    return t + w
+
+
+def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0):
     """Step time of the two-micro-batch program over L layers (max-plus recurrence).
 
     Arguments are per-micro-batch op times, shape (L,) or (L, ...) (then element-wise over the
     trailing axes). Compute stream: P0 P1 X0 X1; comm stream: D0 D1 C0 C1; each op also waits
     for its micro-batch's previous op. Returns the end of the last combine.
+    ``share_L`` (broadcast to P_L): the compute stream's speed while layer l's dispatch/combine
+    kernels run (moesim/step/sharing.py); 1 = the comm takes no compute units.
+    The recurrence is evaluated in the order P0 D0 P1 D1 X0 C0 X1 C1 (the same dependencies as
+    the program order): every comm op a compute op can overlap is then already placed, and at
+    most the last two (P1 overlaps the previous layer's C1 and this layer's D0).
     """
     P_L, D_L, X_L, C_L = (np.asarray(a, dtype=float) for a in (P_L, D_L, X_L, C_L))
+    share_L = np.broadcast_to(np.asarray(share_L, dtype=float), P_L.shape)
+    shared = bool((share_L < 1.0).any())
     zero = np.zeros(P_L.shape[1:])
     comp = comm = zero
     ready = [zero, zero]
+    last = []  # the last two comm intervals (start, end, share)
+
+    def compute(start, work):
+        return _run(start, work, last) if shared else start + work
+
+    def communicate(after, dur, share):
+        nonlocal comm
+        start = np.maximum(comm, after)
+        comm = start + dur
+        last[:] = (last + [(start, comm, share)])[-2:]
+        return comm
+
     for l in range(P_L.shape[0]):
-        p_end, d_end = [], []
+        s = share_L[l]
+        d_end, x_end = [], []
         for b in (0, 1):
-            comp = np.maximum(comp, ready[b]) + P_L[l]
-            p_end.append(comp)
+            comp = compute(np.maximum(comp, ready[b]), P_L[l])
+            d_end.append(communicate(comp, D_L[l], s))
         for b in (0, 1):
-            comm = np.maximum(comm, p_end[b]) + D_L[l]
-            d_end.append(comm)
-        x_end = []
-        for b in (0, 1):
-            comp = np.maximum(comp, d_end[b]) + X_L[l]
-            x_end.append(comp)
-        for b in (0, 1):
-            comm = np.maximum(comm, x_end[b]) + C_L[l]
-            ready[b] = comm
+            comp = compute(np.maximum(comp, d_end[b]), X_L[l])
+            ready[b] = communicate(comp, C_L[l], s)
     out = np.maximum(ready[0], ready[1])
     return float(out) if out.ndim == 0 else out
 
 
-def stack_time(ops: list[LayerOps], overlap: Overlap) -> tuple[float, float]:
-    """(time, exposed comm) of running ``ops`` (one entry per layer) under ``overlap``.
+@dataclass(frozen=True)
+class StackTime:
+    """A stack of layers under a schedule (s): its time, the communication not hidden behind
+    compute, the time the device waits for the host, and the host's issue time."""
+
+    time_s: float
+    exposed_comm_s: float
+    exposed_host_s: float
+    host_s: float
+
+
+def stack_times(ops: list[LayerOps], overlap: Overlap) -> StackTime:
+    """``StackTime`` of running ``ops`` (one entry per layer) under ``overlap``.
 
     ``none``: ops are whole-batch times; each layer takes max(P + D + X + C, host issue time)
-    (``LayerOps.time_s``); exposed comm is the part of a layer's time beyond its compute, at
-    most D + C. ``two_microbatch``: ops are half-batch times; the max-plus recurrence, floored by
-    the host issuing both micro-batches' operators (2 x sum of host_s).
+    (``LayerOps.time_s``); exposed comm is D + C, exposed host max(0, host - (P + D + X + C)),
+    so time = sum(P + X) + exposed comm + exposed host. ``two_microbatch``: ops are half-batch
+    times; the max-plus recurrence (with SM sharing, ``two_microbatch_time``), floored by the
+    host issuing both micro-batches' operators (2 x sum of host_s); exposed comm = recurrence -
+    full-speed compute (waiting for the all-to-all, and compute slowed by the SMs it holds),
+    exposed host = time - recurrence.
     NOTE: per layer under ``none`` (Megatron's all-to-all dispatcher synchronises with the host
     on the token counts once per MoE layer, so host slack does not carry across layers); per
     stage under two-micro-batch overlap, whose recurrence is not separable by layer.
@@ -330,12 +389,21 @@ def stack_time(ops: list[LayerOps], overlap: Overlap) -> tuple[float, float]:
         raise SpecError("overlap", overlap, f"one of {', '.join(OVERLAPS)}")
     if overlap == "none":
         total = sum(o.time_s for o in ops)
-        exposed = sum(min(o.dispatch_s + o.combine_s, o.time_s - o.pre_s - o.ffn_s) for o in ops)
-        return float(total), float(exposed)
+        exposed = sum(o.dispatch_s + o.combine_s for o in ops)
+        host = sum(max(0.0, o.host_s - o.gpu_s) for o in ops)
+        return StackTime(float(total), float(exposed), float(host), float(sum(o.host_s for o in ops)))
     P = [o.pre_s for o in ops]
     D = [o.dispatch_s for o in ops]
     X = [o.ffn_s for o in ops]
     C = [o.combine_s for o in ops]
-    total = max(two_microbatch_time(P, D, X, C), 2.0 * sum(o.host_s for o in ops))
+    rec = two_microbatch_time(P, D, X, C, [o.compute_share for o in ops]) if ops else 0.0
+    issue = 2.0 * sum(o.host_s for o in ops)
+    total = max(rec, issue)
     compute = 2.0 * (sum(P) + sum(X))
-    return total, max(0.0, total - compute)
+    return StackTime(float(total), max(0.0, rec - compute), total - rec, issue)
+
+
+def stack_time(ops: list[LayerOps], overlap: Overlap) -> tuple[float, float]:
+    """(time, exposed comm) of ``stack_times``."""
+    st = stack_times(ops, overlap)
+    return st.time_s, st.exposed_comm_s

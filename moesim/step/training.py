@@ -38,7 +38,7 @@ from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, Routi
 from moesim.step import _adapters as ad
 from moesim.step.breakdown import StepBreakdown
 from moesim.step.common import check_deployment, check_routing, gib, require_fit, stage_layers, stage_ops, summed
-from moesim.step.layer import LayerOps, Overlap, make_setup, stack_time
+from moesim.step.layer import LayerOps, Overlap, make_setup, stack_times
 
 UNIFORM = RoutingSpec()
 OPTIMIZER_BYTES_PER_PARAM = 30.0
@@ -70,6 +70,8 @@ class StageTime:
     head_s: float
     exposed_s: float
     last: bool
+    host_exposed_s: float = 0.0  # device waiting for the host, forward + backward + recompute
+    host_issue_s: float = 0.0  # host issue time, forward + backward + recompute
 
     @property
     def microbatch_s(self) -> float:
@@ -90,12 +92,15 @@ def critical_training_stage(setup, model: ModelSpec, pp: int, tokens: float, con
     best = None
     for s, layers in enumerate(stages):
         ops = stage_ops(setup, layers, tokens, context)
-        f_t, f_exp = stack_time(ops, overlap)
+        f = stack_times(ops, overlap)
         b_ops = [backward_ops(o) for o in ops]
-        b_t, b_exp = stack_time(b_ops, overlap)
-        r_t = {"none": 0.0, "full": f_t, "selective": halves * sum(o.attention_s for o in ops)}[recompute]
+        b = stack_times(b_ops, overlap)
+        r_t = {"none": 0.0, "full": f.time_s, "selective": halves * sum(o.attention_s for o in ops)}[recompute]
+        again = 1.0 if recompute == "full" else 0.0  # full recompute re-issues the forward
         last = s == len(stages) - 1
-        st = StageTime(ops, b_ops, f_t, b_t, r_t, head_s if last else 0.0, f_exp + b_exp, last)
+        st = StageTime(ops, b_ops, f.time_s, b.time_s, r_t, head_s if last else 0.0,
+                       f.exposed_comm_s + b.exposed_comm_s, last,
+                       (1.0 + again) * f.exposed_host_s + b.exposed_host_s, (1.0 + again) * f.host_s + b.host_s)
         if best is None or st.microbatch_s > best.microbatch_s:
             best = st
     return best
@@ -153,7 +158,8 @@ def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: 
                   global_batch: int, seq_len: int, micro_batch: int = 1, dtype: str = "bf16",
                   recompute: Literal["none", "selective", "full"] = "none",
                   routing: RoutingSpec = UNIFORM, overlap: Overlap = "none", dp_overlap: bool = True,
-                  distributed_optimizer: bool = True, check_memory: bool = True) -> StepBreakdown:
+                  distributed_optimizer: bool = True, check_memory: bool = True,
+                  comm_sms: int | None = None) -> StepBreakdown:
     """One optimizer step of ``global_batch`` sequences of ``seq_len`` tokens (see module doc)."""
     check_deployment(model, hw, cluster, par, overlap)
     check_routing(routing)
@@ -164,7 +170,7 @@ def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: 
         require_fit(fp)
     setup = make_setup(model, hw, dtype=dtype, phase="train", attention_tp=par.tp, cp=par.cp, ep=par.ep,
                        redundant_experts=par.redundant_experts, ranks_per_node=cluster.domain_size(hw),
-                       skew=routing.skew)
+                       skew=routing.skew, comm_sms=comm_sms)
     halves = 2 if overlap == "two_microbatch" else 1
     tokens = micro_batch * seq_len / (par.tp * par.cp) / halves
     head_f = ad.gemm_s(hw, tokens * par.tp, model.vocab_size / par.tp, model.hidden, "bf16") * halves
@@ -182,6 +188,7 @@ def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: 
         phase="train", overlap=overlap, step_time_s=step, tokens_per_step_per_device=tokens_dev,
         **comp, embedding_head_s=head * m, pipeline_bubble_s=bubble, dp_comm_s=dp_exposed,
         optimizer_s=opt, exposed_comm_s=m * st.exposed_s + dp_exposed,
+        host_s=m * st.host_exposed_s, host_issue_s=m * st.host_issue_s,
         model_flops_per_step_per_device=3.0 * sequence_forward_flops_per_token(model, seq_len) * tokens_dev,
         peak_flops=hw.peak_flops(dtype), memory_GiB=gib(fp.total_bytes),
         memory_capacity_GiB=gib(fp.capacity_bytes),

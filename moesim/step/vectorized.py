@@ -68,7 +68,7 @@ def _keys_LC(model: ModelSpec, context_C: np.ndarray) -> np.ndarray:
 class DecodeConstants:
     """Per-configuration constants of a decode grid: arrays [l, h, v, b] (P at context 0, D, X,
     C), head [h, v, b], attention slope [h, v] (s per token-key), KV tokens that fit [h, v]
-    (-1: the weights alone do not fit)."""
+    (-1: the weights alone do not fit), compute share under overlapped all-to-all [l, h, v, b]."""
 
     model: ModelSpec
     hardware: tuple[str, ...]
@@ -82,6 +82,7 @@ class DecodeConstants:
     head_HVB: np.ndarray
     slope_HV: np.ndarray
     kv_fit_HV: np.ndarray
+    share_LHVB: np.ndarray | float = 1.0  # compute speed while layer l's all-to-all runs (step/sharing.py)
 
     @property
     def configurations(self) -> int:
@@ -96,16 +97,16 @@ def _layer_kinds(model: ModelSpec) -> dict[tuple[bool, bool], list[int]]:
     return kinds
 
 
-def _constants(model, hw, v, batch_B, *, devices_per_node, dtype, kv_dtype, skew, halves):
+def _constants(model, hw, v, batch_B, *, devices_per_node, dtype, kv_dtype, skew, halves, comm_sms=None):
     """Per-layer (P at context 0, D, X, C) arrays of shape (L, B), head (B,), slope, KV fit."""
     par = Parallelism(dp=v, ep=v, attention_layout="dp",
                       redundant_experts=smallest_redundancy(model.moe.num_experts, v) if model.moe else 0)
     check_parallelism(model, par)
     setup = make_setup(model, hw, dtype=dtype, phase="decode", attention_tp=1, cp=1, ep=v,
                        redundant_experts=par.redundant_experts, ranks_per_node=min(devices_per_node, v),
-                       skew=skew, kv_dtype=kv_dtype)
+                       skew=skew, kv_dtype=kv_dtype, comm_sms=comm_sms)
     L = model.num_layers
-    P, D, X, C = (np.empty((L, batch_B.size)) for _ in range(4))
+    P, D, X, C, S = (np.empty((L, batch_B.size)) for _ in range(5))
     head = np.empty(batch_B.size)
     kinds = _layer_kinds(model)
     for j, b in enumerate(batch_B):
@@ -113,16 +114,19 @@ def _constants(model, hw, v, batch_B, *, devices_per_node, dtype, kv_dtype, skew
         for layers in kinds.values():
             o = layer_ops(setup, layers[0], mb, 0.0)
             P[layers, j], D[layers, j], X[layers, j], C[layers, j] = o.pre_s, o.dispatch_s, o.ffn_s, o.combine_s
+            S[layers, j] = o.compute_share
         head[j] = ad.gemm_s(hw, mb, model.vocab_size, model.hidden, "bf16") * halves
     slope = core_s_per_token_key(hw, model, phase="decode", tp=1, dtype=dtype, kv_dtype=kv_dtype)
     fit = ad.memory(model, hw, par, mode="serve", weight_dtype=dtype, kv_dtype=kv_dtype, kv_tokens=0)
-    return P, D, X, C, head, slope, fit.kv_tokens_fit if fit.fits else -1
+    return P, D, X, C, S, head, slope, fit.kv_tokens_fit if fit.fits else -1
 
 
 def decode_constants(model: ModelSpec, hws: Sequence[HardwareProfile], devices: Sequence[int],
                      batch: Sequence[int], *, devices_per_node: int = 8, dtype: str = "fp8",
-                     kv_dtype: str = "bf16", overlap: str = "none", skew: str = "uniform") -> DecodeConstants:
-    """The scalar model's context-free constants of every (hardware, devices, batch) configuration."""
+                     kv_dtype: str = "bf16", overlap: str = "none", skew: str = "uniform",
+                     comm_sms: int | None = None) -> DecodeConstants:
+    """The scalar model's context-free constants of every (hardware, devices, batch) configuration
+    (``comm_sms``: SMs of the normal all-to-all kernels, as ``decode_iteration``)."""
     if overlap not in OVERLAPS:
         raise SpecError("overlap", overlap, f"one of {', '.join(OVERLAPS)}")
     batch_B = np.asarray(batch, dtype=float)
@@ -131,15 +135,15 @@ def decode_constants(model: ModelSpec, hws: Sequence[HardwareProfile], devices: 
     devices_V = np.asarray(devices, dtype=int)
     halves = 2 if overlap == "two_microbatch" else 1
     H, V, B, L = len(hws), devices_V.size, batch_B.size, model.num_layers
-    P0, D, X, C = (np.empty((L, H, V, B)) for _ in range(4))
+    P0, D, X, C, S = (np.empty((L, H, V, B)) for _ in range(5))
     head, slope, fit = np.empty((H, V, B)), np.empty((H, V)), np.empty((H, V))
     for h, hw in enumerate(hws):
         for k, v in enumerate(devices_V):
-            P0[:, h, k], D[:, h, k], X[:, h, k], C[:, h, k], head[h, k], slope[h, k], fit[h, k] = _constants(
+            P0[:, h, k], D[:, h, k], X[:, h, k], C[:, h, k], S[:, h, k], head[h, k], slope[h, k], fit[h, k] = _constants(
                 model, hw, int(v), batch_B, devices_per_node=devices_per_node, dtype=dtype,
-                kv_dtype=kv_dtype, skew=skew, halves=halves)
+                kv_dtype=kv_dtype, skew=skew, halves=halves, comm_sms=comm_sms)
     return DecodeConstants(model, tuple(hw.name for hw in hws), devices_V, batch_B, overlap, P0, D, X, C,
-                           head, slope, fit)
+                           head, slope, fit, S)
 
 
 def evaluate(k: DecodeConstants, context: Sequence[int]) -> DecodeGrid:
@@ -162,7 +166,8 @@ def evaluate(k: DecodeConstants, context: Sequence[int]) -> DecodeGrid:
         def flat(a):
             return np.broadcast_to(a[..., None], full).reshape(L, n)
 
-        t = two_microbatch_time(P.reshape(L, n), flat(k.D_LHVB), flat(k.X_LHVB), flat(k.C_LHVB))
+        share = np.broadcast_to(np.asarray(k.share_LHVB, dtype=float), k.D_LHVB.shape)
+        t = two_microbatch_time(P.reshape(L, n), flat(k.D_LHVB), flat(k.X_LHVB), flat(k.C_LHVB), flat(share))
         t = t.reshape(H, V, B, context_C.size)
     t = t + k.head_HVB[..., None]
     fits = k.batch[None, None, :, None] * context_C[None, None, None, :] <= k.kv_fit_HV[:, :, None, None]
