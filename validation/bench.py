@@ -16,7 +16,9 @@ just in seeds (tests assert the disjointness). Kinds and inputs follow shared/CA
   processes on this host; one copy per (token, expert) pair (``dedup = "none"``); the measured
   time of a repetition is the slowest rank's; ``inputs.traffic_RR`` is the copies matrix.
 Every suite runs in try/except: a failure is recorded in the file's description and the run goes
-on; ``--budget-s`` skips the remaining suites once spent. No moesim import (runs on a bare GPU box).
+on; ``--budget-s`` skips the remaining suites once spent. On CPU each entry is measured in 3
+rounds that alternate calib and eval entries (samples pooled, median taken), so drifting
+background load on the shared host does not separate the two sets. No moesim import (runs on a bare GPU box).
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ from pathlib import Path
 import torch
 
 from validation import bench_suites as S
-from validation.benchlib import DTYPES, median_time, make_case, metadata, write_cases
-from validation.torch_moe import MoEBlock, MoEConfig, sort_copies
+from validation.benchlib import DTYPES, make_case, median_time, merge_case, metadata, write_cases
+from validation.torch_moe import MoEBlock, MoEConfig, _ok_grouped
 from validation.torch_router import Router
 
 
@@ -135,7 +137,6 @@ def bench_moe_layer(ctx, specs, dtype):
 
 
 def _grouped_runs(device, dtype) -> bool:
-    from validation.torch_moe import _ok_grouped
     return _ok_grouped(torch.device(device), dtype)
 
 
@@ -157,37 +158,62 @@ def bench_all_to_all(ctx, specs):
 
 
 class Ctx:
+    """Where and how one suite runs (device, profile name, case-id prefix, repetitions, metadata)."""
+
     def __init__(self, device, hardware, prefix, warmup, reps, meta):
         self.device, self.hardware, self.prefix = device, hardware, prefix
         self.warmup, self.reps, self.meta = warmup, reps, meta
+        self.threads: int | None = None
 
 
-def run_suite(ctx, table: dict, deadline: float, log=print, save=None):
-    """Run every (kind, dtype) entry of a suite table; returns (cases, failures).
+def run_entry(ctx, key, specs, log=print):
+    """Run one (kind, dtype) entry of a suite table; returns (cases, failure or None).
 
-    ``save(cases, failures)`` is called after every entry, so a run killed from outside still
-    leaves the cases measured so far on disk.
+    A failure (any exception) is returned as {"suite", "error"} for the file's description and
+    the caller goes on with the next entry.
     """
     runners = {"gemm": bench_gemm, "grouped_gemm": bench_grouped, "moe_layer": bench_moe_layer}
-    cases, failures = [], []
-    for (kind, dtype), specs in table.items():
-        label = f"{kind}/{dtype}"
-        if time.monotonic() > deadline:
-            failures.append({"suite": label, "error": "skipped: time budget spent"})
-            continue
-        t0 = time.monotonic()
-        try:
-            got = bench_all_to_all(ctx, specs) if kind == "all_to_all" else runners[kind](ctx, specs, dtype)
-            cases += got
-            log(f"{ctx.prefix} {label}: {len(got)} cases in {time.monotonic() - t0:.1f}s")
-        except Exception as err:  # noqa: BLE001 - a failing suite is recorded, the rest still run
-            failures.append({"suite": label, "error": f"{type(err).__name__}: {str(err)[:200]}"})
-            log(f"{ctx.prefix} {label}: FAILED {err}\n{traceback.format_exc(limit=3)}")
-        finally:
-            if ctx.device == "cuda":
-                torch.cuda.empty_cache()
-        if save:
-            save(cases, failures)
+    kind, dtype = key
+    label, t0 = f"{kind}/{dtype}", time.monotonic()
+    try:
+        got = bench_all_to_all(ctx, specs) if kind == "all_to_all" else runners[kind](ctx, specs, dtype)
+        if ctx.threads is not None and kind != "all_to_all":  # gloo ranks run 1 thread each
+            for case in got:
+                case["inputs"]["cpu_threads"] = ctx.threads
+        log(f"{ctx.prefix} {label}: {len(got)} cases in {time.monotonic() - t0:.1f}s")
+        return got, None
+    except Exception as err:  # noqa: BLE001 - a failing suite is recorded, the rest still run
+        log(f"{ctx.prefix} {label}: FAILED {err}\n{traceback.format_exc(limit=3)}")
+        return [], {"suite": label, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+    finally:
+        if ctx.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run_interleaved(ctxs: dict, tables: dict, rounds: int, deadline: float, save) -> tuple[dict, dict]:
+    """Measure every entry ``rounds`` times, alternating the suites entry by entry.
+
+    NOTE: on a shared host the background load drifts over minutes; interleaving calib and eval
+    (and pooling the samples of all rounds) keeps that drift from becoming a systematic
+    difference between the two sets. ``save(cases, failures)`` runs after every entry.
+    """
+    keys = list(dict.fromkeys(k for table in tables.values() for k in table))
+    cases = {suite: {} for suite in tables}
+    failures = {suite: {} for suite in tables}
+    for key in keys:
+        for _ in range(rounds):
+            for suite, table in tables.items():
+                if key not in table:
+                    continue
+                if time.monotonic() > deadline:
+                    failures[suite].setdefault(key, {"suite": f"{key[0]}/{key[1]}", "error": "skipped: time budget spent"})
+                    continue
+                got, failure = run_entry(ctxs[suite], key, table[key])
+                if failure:
+                    failures[suite].setdefault(key, failure)
+                for case in got:
+                    merge_case(cases[suite], case)
+        save({s: list(c.values()) for s, c in cases.items()}, {s: list(f.values()) for s, f in failures.items()})
     return cases, failures
 
 
@@ -196,12 +222,14 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--suite", choices=["calib", "eval", "all"], default="all")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--quick", action="store_true", help="tiny shapes, 1 warm-up, 2 reps (tests)")
+    p.add_argument("--quick", action="store_true", help="tiny shapes, 1 warm-up, 2 reps, 1 round (tests)")
     p.add_argument("--profile", choices=["cpu", "gpu"], default=None, help="shape tables (default: by device)")
     p.add_argument("--hardware", default=None, help="profile name written into cases (cpu-host, h200-sxm, ...)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (recorded)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (recorded in every case as inputs.cpu_threads)")
     p.add_argument("--budget-s", type=float, default=math.inf, help="skip remaining suites after this")
-    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--reps", type=int, default=None, help="timed samples per round")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (samples pooled)")
     p.add_argument("--kinds", default=None, help="comma-separated kinds to run (default: all)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -211,17 +239,26 @@ def main(argv=None) -> int:
     hardware = args.hardware or S.default_hardware(args.device)
     deadline = time.monotonic() + args.budget_s
     meta = metadata(args.device)
-    warmup, reps = (1, 2) if args.quick else (2, args.reps or (9 if args.device == "cpu" else 20))
+    cpu = args.device == "cpu"
+    warmup, reps = (1, 2) if args.quick else (2, args.reps or (5 if cpu else 20))
+    rounds = 1 if args.quick else args.rounds or (3 if cpu else 1)
     suites = ["calib", "eval"] if args.suite == "all" else [args.suite]
+    tables, ctxs, paths = {}, {}, {}
     for suite in suites:
         table = S.table(profile, suite, quick=args.quick)
-        if args.kinds:
-            table = {key: v for key, v in table.items() if key[0] in args.kinds.split(",")}
-        ctx = Ctx(args.device, hardware, f"{hardware}-{suite}", warmup, reps, meta)
-        path, text = args.out / f"{hardware}-{suite}.json", S.description(profile, suite, args.quick, hardware)
-        cases, failures = run_suite(ctx, table, deadline, save=lambda c, f: write_cases(path, text, c, meta, f))
-        write_cases(path, text, cases, meta, failures)
-        print(f"wrote {len(cases)} cases ({len(failures)} suites failed/skipped) to {path}")
+        tables[suite] = {k: v for k, v in table.items() if not args.kinds or k[0] in args.kinds.split(",")}
+        ctxs[suite] = Ctx(args.device, hardware, f"{hardware}-{suite}", warmup, reps, meta)
+        ctxs[suite].threads = args.threads if cpu else None
+        paths[suite] = (args.out / f"{hardware}-{suite}.json", S.description(profile, suite, args.quick, hardware, rounds, reps))
+
+    def save(cases, failures):
+        for suite, (path, text) in paths.items():
+            write_cases(path, text, cases[suite], meta, failures[suite])
+
+    cases, failures = run_interleaved(ctxs, tables, rounds, deadline, save)
+    save({s: list(c.values()) for s, c in cases.items()}, {s: list(f.values()) for s, f in failures.items()})
+    for suite, (path, _) in paths.items():
+        print(f"wrote {len(cases[suite])} cases ({len(failures[suite])} entries failed/skipped) to {path}")
     return 0
 
 

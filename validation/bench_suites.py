@@ -103,14 +103,18 @@ def table(profile: str, suite: str, quick: bool = False) -> dict:
     return {key: [s for i, s in enumerate(specs) if s not in specs[:i]] for key, specs in shrunk.items()}
 
 
-def description(profile: str, suite: str, quick: bool, hardware: str) -> str:
+def description(profile: str, suite: str, quick: bool, hardware: str, rounds: int = 1, reps: int = 1) -> str:
     role = {"calib": "calibration set (fit a profile on it)",
             "eval": "evaluation set (judge a profile fitted on the calibration set; shapes disjoint from it)"}[suite]
     text = (f"validation/bench.py {profile} {suite}: {role} on {hardware}. GEMM, grouped GEMM (real per-expert "
             "counts from a random router), MoE block forward and forward+backward")
     if profile == "cpu":
-        text += (", gloo all-to-all between 2-4 local processes. fp32. The host has 2 cores shared with other "
-                 "jobs, so every case is the median of repeated runs (spread in the notes).")
+        text += (", gloo all-to-all between 2-4 local processes (1 torch thread each). fp32. The host has 2 cores "
+                 f"shared with other jobs, so every case is the median of {rounds} x {reps} samples taken in {rounds} "
+                 "rounds that alternate calib and eval entries (spread in the notes; a sample of a short call "
+                 "averages back-to-back calls). Compute cases run on ONE torch thread "
+                 "(inputs.cpu_threads): with 2 threads on this busy host OpenMP barriers stall behind other jobs "
+                 "(a 128x512x512 GEMM measured 1.7-42 GFLOP/s with 2 threads vs 90 with 1).")
     else:
         text += " (bf16; fp8 GEMM via torch._scaled_mm). CUDA-event timing, medians."
     return text + (" QUICK MODE: tiny shapes, for tests only." if quick else "")

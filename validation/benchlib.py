@@ -90,14 +90,32 @@ def meta_line(meta: dict) -> str:
 
 def make_case(case_id: str, kind: str, hardware: str, inputs: dict, time_s: float, samples: list[float],
               meta: dict, notes: str = "") -> dict:
-    """One ``moesim-cases/1`` case measured by validation/bench.py."""
-    spread = f"median of {len(samples)} samples, min {min(samples):.3g} s, max {max(samples):.3g} s"
-    return {
+    """One ``moesim-cases/1`` case measured by validation/bench.py (``_``-keys are not written)."""
+    case = {
         "id": case_id, "kind": kind, "hardware": hardware, "inputs": inputs,
         "measured": {"metric": "time_s", "value": float(time_s)},
         "source": f"validation/bench.py ({meta_line(meta)})",
-        "notes": f"{spread}. {notes}".strip(),
+        "_samples": list(samples), "_extra": notes,
     }
+    _set_notes(case)
+    return case
+
+
+def _set_notes(case: dict) -> None:
+    samples = case["_samples"]
+    spread = f"median of {len(samples)} samples, min {min(samples):.3g} s, max {max(samples):.3g} s"
+    case["notes"] = f"{spread}. {case['_extra']}".strip()
+
+
+def merge_case(into: dict, case: dict) -> None:
+    """Add ``case`` to ``into`` (id -> case); a repeated id pools samples and re-takes the median."""
+    old = into.get(case["id"])
+    if old is None:
+        into[case["id"]] = case
+        return
+    old["_samples"] += case["_samples"]
+    old["measured"]["value"] = float(statistics.median(old["_samples"]))
+    _set_notes(old)
 
 
 def write_cases(path: Path, description: str, cases: list[dict], meta: dict, failures: list[dict]) -> Path:
@@ -106,6 +124,7 @@ def write_cases(path: Path, description: str, cases: list[dict], meta: dict, fai
     text = description + f" Measured with {meta_line(meta)}."
     if failures:
         text += " Suites that failed or were skipped: " + "; ".join(f"{f['suite']}: {f['error']}" for f in failures)
-    body = {"schema": SCHEMA, "description": text, "cases": cases}
+    body = {"schema": SCHEMA, "description": text,
+            "cases": [{k: v for k, v in c.items() if not k.startswith("_")} for c in cases]}
     path.write_text(json.dumps(body, indent=1) + "\n")
     return path

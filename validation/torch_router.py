@@ -29,11 +29,10 @@ Routing, in order (each step cites where the convention comes from):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,6 @@ class Routing:
     capacity: int | None
     rerouted: int = 0
     dropped: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _scores(logits_TE: torch.Tensor, scoring: str) -> torch.Tensor:
