@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from validation.measure_host import cpu_model
+
 SCHEMA = "moesim-cases/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,17 +58,6 @@ def _inner_calls(fn, min_sample_s: float) -> int:
     fn()
     once = time.perf_counter() - t0
     return max(1, min(100, math.ceil(min_sample_s / max(once, 1e-7))))
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() as a fallback)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def metadata(device: str) -> dict:
