@@ -11,8 +11,9 @@ from moesim.calibrate import with_params
 from moesim.catalog import load_model, load_profile
 from moesim.compute.attention import attention_block_s, attention_prefill_time
 from moesim.step.elementwise import gemm_input_elements
-from moesim.step.host import OP_COUNTS, layer_host_s, layer_op_count
+from moesim.step.host import OP_COUNTS, PRE_SYNC_OP_COUNTS, dispatch_syncs_host, layer_host_s, layer_op_count
 from moesim.step.layer import LayerOps, layer_ops, make_setup, stack_time
+from moesim.step.schedule import serial_time, two_microbatch_time
 from moesim.step.training import critical_training_stage
 
 OP_FILE = Path(__file__).resolve().parents[1] / "validation" / "data" / "op-counts.json"
@@ -67,24 +68,94 @@ def _mixtral_layer(hw, tokens: float) -> LayerOps:
 
 
 def test_host_bound_small_layer_gpu_bound_large_layer_crossover():
-    # Hand derivation: the forward host time of a Mixtral MoE layer is 80 ops x h. Choose h so the
-    # crossover sits at T* = 1024 tokens per device: h = gpu_s(1024) / 80. GPU time grows with T
-    # (host time does not), so T = 128 is host-bound (time = 80 h exactly) and T = 8192 GPU-bound.
+    # Hand derivation: the forward host time of a Mixtral MoE layer is 80 ops x h (62 before the
+    # token-count sync: hP, 18 after: hX). One layer alone, host and device starting together,
+    # with the sync (moesim/step/schedule.py eqs. 1-2): P ends at max(P, hP); the host waits for
+    # it, then issues X while D runs: time = max(P, hP) + max(D + X, hX) + C. Choose h so the
+    # layer's GPU time equals its host time at T = 1024 tokens; GPU time grows with T (host time
+    # does not), so T = 128 is host-bound in P and T = 8192 GPU-bound everywhere (time = GPU).
     gpu_1024 = _mixtral_layer(_hw(0.0), 1024).gpu_s
     h_us = gpu_1024 / 80 * 1e6
     hw = _hw(h_us)
     at = _mixtral_layer(hw, 1024)
-    assert at.host_s == pytest.approx(at.gpu_s, rel=1e-9)  # the crossover itself
+    assert at.host_s == pytest.approx(at.gpu_s, rel=1e-9) and at.host_sync
+    assert at.host_pre_s == pytest.approx(62 * h_us * 1e-6, rel=1e-12)
     small, large = _mixtral_layer(hw, 128), _mixtral_layer(hw, 8192)
-    assert small.gpu_s < small.host_s and small.time_s == pytest.approx(80 * h_us * 1e-6, rel=1e-12)
-    assert large.gpu_s > large.host_s and large.time_s == large.gpu_s
-    # the stack sums the per-layer max (overlap none)
-    assert stack_time([small, large], "none")[0] == pytest.approx(small.host_s + large.gpu_s, rel=1e-12)
+    assert small.pre_s < small.host_pre_s
+    hand = small.host_pre_s + max(small.dispatch_s + small.ffn_s, small.host_post_s) + small.combine_s
+    assert small.time_s == pytest.approx(hand, rel=1e-12)
+    assert large.pre_s > large.host_pre_s and large.dispatch_s + large.ffn_s > large.host_post_s
+    assert large.time_s == pytest.approx(large.gpu_s, rel=1e-12)
+    # the stack: the host issues the large layer's P (62 h) while the small layer's D X C run,
+    # then the large layer is GPU-bound, so the stack takes small.time_s + large.gpu_s
+    assert stack_time([small, large], "none")[0] == pytest.approx(small.time_s + large.gpu_s, rel=1e-12)
+
+
+def test_serial_schedule_sync_hand_worked():
+    # Two layers, P = 3, hP = 1, X = 0, hX = 2, D = C = 0 (units). Without the sync the host runs
+    # ahead: host 3 per layer = GPU 3 per layer, total max(6, 6) = 6. With it, per layer the host
+    # waits for P (3) and only then issues X's operators (2): 2 x (3 + 2) = 10.
+    args = ([3, 3], [0, 0], [0, 0], [0, 0])
+    assert serial_time(*args, hP_L=1, hX_L=2, sync_L=False) == pytest.approx(6.0, rel=1e-12)
+    assert serial_time(*args, hP_L=1, hX_L=2, sync_L=True) == pytest.approx(10.0, rel=1e-12)
+    # no host time: the plain sum of P + D + X + C
+    assert serial_time([1, 2], [3, 4], [5, 6], [7, 8]) == 36.0
+
+
+def test_two_microbatch_sync_hand_worked():
+    # One layer, P = 2, D = X = C = 1, hP = 0, hX = 3. Without the sync (hand, in host order):
+    # P0 0-2, D0 2-3, P1 2-4, D1 4-5; X0 issued 0-3 runs 4-5, C0 5-6; X1 issued 3-6 ends 6,
+    # C1 6-7 -> 7. With it the host waits for P0 (2) and P1 (4): X0 issued 4-7 ends 7, C0 7-8,
+    # X1 issued 7-10 ends 10, C1 10-11 -> 11.
+    one = ([2.0], [1.0], [1.0], [1.0])
+    assert two_microbatch_time(*one, hP_L=0.0, hX_L=3.0, sync_L=False) == pytest.approx(7.0, rel=1e-12)
+    assert two_microbatch_time(*one, hP_L=0.0, hX_L=3.0, sync_L=True) == pytest.approx(11.0, rel=1e-12)
+    # host time 0: exactly the recurrence without a host (P0 0-2, D0 2-3, P1 2-4, D1 4-5, X0 4-5,
+    # C0 5-6, X1 5-6, C1 6-7), whatever the sync: the host above was hidden without the sync
+    assert two_microbatch_time(*one, sync_L=True) == two_microbatch_time(*one) == 7.0
+
+
+def test_dispatch_sync_only_where_the_dispatcher_has_it():
+    # normal-mode dispatch of an MoE layer with EP in an eager forward pass: sync
+    assert dispatch_syncs_host(True, 32, "normal", "prefill") and dispatch_syncs_host(True, 8, "normal", "train")
+    # no sync: low-latency kernels (fixed buffers), decode (CUDA graphs), EP 1, dense, backward
+    assert not dispatch_syncs_host(True, 32, "low_latency", "prefill")
+    assert not dispatch_syncs_host(True, 32, "normal", "decode")
+    assert not dispatch_syncs_host(True, 1, "normal", "train")
+    assert not dispatch_syncs_host(False, 8, "normal", "train")
+    assert not dispatch_syncs_host(True, 8, "normal", "train", backward=True)
+
+
+def test_pre_sync_op_count_reproduces_with_torch():
+    # second engine: in the reference layer's program order the first data-dependent-shape
+    # operator (nonzero, a host sync on a GPU) is launch 62 of 86 (exact)
+    torch = pytest.importorskip("torch")
+    from validation import count_ops as co
+
+    seq = []
+
+    class Seq(co.OpCounter):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seq.append(func.overloadpacket.__name__.rstrip("_"))
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    cfg = co.MoEConfig(hidden=co.HIDDEN, expert_ffn=co.FFN, num_experts=8, top_k=2,
+                       num_shared_experts=1, shared_expert_ffn=co.FFN)
+    torch.manual_seed(0)
+    layer = co.Layer(co.MoEBlock(cfg, impl="grouped_mm"))
+    x = torch.randn(co.TOKENS, co.HIDDEN)
+    with Seq():
+        layer(x)
+    launches = [o for o in seq if o not in co.VIEW_OPS]
+    assert len(launches) == OP_COUNTS["moe"]["forward"]
+    assert launches.index("nonzero") + 1 == PRE_SYNC_OP_COUNTS["moe"]["forward"]
 
 
 def test_two_microbatch_floored_by_host_of_both_halves():
-    op = LayerOps(attention_s=1e-4, experts_s=1e-4, host_s=1e-3)
-    assert stack_time([op, op], "two_microbatch")[0] == pytest.approx(2 * 2 * 1e-3, rel=1e-12)
+    # no sync, host-bound: the host issues 2 micro-batches x 2 layers x 1 ms of P operators; the
+    # last P1 is issued at 4 ms, then X0 and X1 (0.1 ms each, no host time) run: 4.2 ms (hand)
+    op = LayerOps(attention_s=1e-4, experts_s=1e-4, host_s=1e-3, host_pre_s=1e-3)
+    assert stack_time([op, op], "two_microbatch")[0] == pytest.approx(2 * 2 * 1e-3 + 2e-4, rel=1e-12)
 
 
 def test_fp8_gemm_input_elements_hand_count():

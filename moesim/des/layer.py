@@ -17,8 +17,10 @@ at the barrier to the barrier's end: a launched kernel holds its SMs while it wa
 ranks), that rank's compute ops progress at ``LayerOps.compute_share`` of full speed and at full
 speed otherwise (the fluid model of moesim/step/sharing.py, as ``two_microbatch_time``).
 
-NOTE: the host that issues the operators (moesim/step/host.py) is not simulated: for eager
-phases (prefill) whose layers are host-bound the analytic time is longer than the DES's.
+NOTE: the host that issues the operators (moesim/step/host.py), and its wait for the token
+counts at a normal-mode dispatch (moesim/step/schedule.py), are not simulated: in eager phases
+(prefill) where the host is on the critical path the analytic time is longer than the DES's;
+decode (CUDA graphs, no host time) and host time 0 compare exactly.
 
 ``balanced`` routing is deterministic (no draws): every rank gets the analytic counts and
 traffic, so the DES must reproduce the analytic step time (tests: within 1%).

@@ -5,7 +5,12 @@ Python, autograd bookkeeping, the dispatcher and the kernel launch. The GPU cann
 the host, so a layer whose operators are small is host-bound:
 
     host_s(layer, pass) = n_ops(layer kind, pass) x host_op_overhead_us x 1e-6      [s]
-    layer time          = max(GPU time, host_s)                                   [s]
+
+split into the operators issued before the layer's token counts are needed (P: attention,
+router) and after (X: experts), ``PRE_SYNC_OP_COUNTS``. How host and device time combine is a
+schedule (moesim/step/schedule.py): an operation cannot end before the host has issued it, and
+where the dispatch needs the counts on the host (``dispatch_syncs_host``) the host waits for the
+device, so host slack does not carry across that point.
 
 ``n_ops`` are MEASURED, not guessed: ``OP_COUNTS`` are the aten operators (kernel launches;
 metadata-only views excluded) one pre-norm transformer layer dispatches per micro-batch, counted
@@ -42,6 +47,20 @@ OP_COUNTS: dict[str, dict[str, int]] = {
     "shared_experts": {"forward": 6, "backward": 11},  # part of "moe", when the model has them
 }
 
+# Of those, the operators issued BEFORE the expert path's token counts are needed on the host
+# (the P part of a layer: norm, attention, residual, norm, router, top-k, counts; dense layers:
+# the attention block), forward; backward: the attention block's backward. Counted in program
+# order on the same reference layer (validation.count_ops.Layer, grouped_mm, seed 0): forward,
+# the first data-dependent-shape operator (``nonzero`` in sort_copies, a host sync on a GPU) is
+# launch 62 of 86 (of 80 without shared experts: they run after the routed experts); the dense
+# layer's attention block is launches 1-23 of 35; backward, the attention block's gradient (a
+# tensor hook on the attention output, plus the o-projection's 2 GEMMs) is 32 launches in both
+# layers. The rest of a pass (permute, experts, unpermute, shared experts, residual) is X's.
+PRE_SYNC_OP_COUNTS: dict[str, dict[str, int]] = {
+    "dense": {"forward": 23, "backward": 32},
+    "moe": {"forward": 62, "backward": 32},
+}
+
 # phases that run eagerly (host issues every operator); decode replays CUDA graphs
 EAGER_PHASES: tuple[str, ...] = ("train", "prefill")
 
@@ -62,3 +81,23 @@ def layer_host_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, b
     if phase not in EAGER_PHASES:
         return 0.0
     return layer_op_count(model, moe, backward) * hw.efficiency.compute.host_op_overhead_us * units.us
+
+
+def layer_host_pre_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, backward: bool = False) -> float:
+    """Host issue time (s) of the P part of a layer pass (``PRE_SYNC_OP_COUNTS``): the operators
+    issued before the expert path needs the token counts; the rest of ``layer_host_s`` is X's."""
+    if phase not in EAGER_PHASES:
+        return 0.0
+    n = PRE_SYNC_OP_COUNTS["moe" if moe else "dense"]["backward" if backward else "forward"]
+    return n * hw.efficiency.compute.host_op_overhead_us * units.us
+
+
+def dispatch_syncs_host(moe: bool, ep: int, mode: str, phase: str, backward: bool = False) -> bool:
+    """Whether the forward dispatch of this layer makes the host wait for the device's token
+    counts (moesim/step/schedule.py eq. 2): an MoE layer with EP > 1, normal (high-throughput)
+    all-to-all, in an eager phase. Sources: DeepEP normal ``Buffer.dispatch`` waits for the GPU's
+    receive counts unless ``num_worst_tokens`` is given (intranode only; SGLang's and Megatron's
+    normal-mode callers do not give it); Megatron-Core's dropless all-to-all dispatcher syncs
+    ``before_ep_alltoall``. Low-latency kernels use fixed-size buffers (no sync); the backward
+    reuses the forward's sizes (the autograd all-to-all keeps its splits, DeepEP its handle)."""
+    return moe and ep > 1 and mode == "normal" and phase in EAGER_PHASES and not backward

@@ -16,10 +16,12 @@ Schedules (``overlap``):
   runs the same program and must reproduce it). While a normal-mode dispatch/combine kernel
   runs it holds u of the U SMs, so the compute it overlaps runs at (U - u) / U of full speed
   (``LayerOps.compute_share``; moesim/step/sharing.py); low-latency kernels hold none.
-Host: in eager phases (train, prefill) a layer pass also cannot finish before the host has
-issued its operators (``LayerOps.host_s``, moesim/step/host.py): ``none`` takes
-max(P + D + X + C, host) per layer, ``two_microbatch`` is floored by 2 x the stage's host time;
-``stack_times`` reports how long the device waits for the host (``StepBreakdown.host_s``).
+Host: in eager phases (train, prefill) an operation cannot run before the host has issued it
+(``LayerOps.host_pre_s`` for P, ``host_post_s`` for X; moesim/step/host.py), and a normal-mode
+dispatch makes the host wait for P's token counts (``LayerOps.host_sync``), so the host runs
+ahead of the device only between those points: both schedules are evaluated with the host in the
+loop (moesim/step/schedule.py); ``stack_times`` reports how long the device waits for the host
+(``StepBreakdown.host_s``).
 Experts use the expected *maximum* load over EP ranks (``RankLoad.max_rank_copies``), never the
 mean: the slowest rank holds every other rank at the combine barrier.
 """
@@ -37,7 +39,8 @@ from moesim.errors import SpecError
 from moesim.specs import HardwareProfile, ModelSpec, bytes_per_element, canonical_dtype
 from moesim.step import _adapters as ad
 from moesim.step.elementwise import elementwise_bytes, memory_bound_s
-from moesim.step.host import layer_host_s
+from moesim.step.host import dispatch_syncs_host, layer_host_pre_s, layer_host_s
+from moesim.step.schedule import serial_time, two_microbatch_time  # noqa: F401 (re-exported)
 from moesim.step.sharing import compute_share
 
 Overlap = Literal["none", "two_microbatch"]
@@ -65,6 +68,9 @@ class LayerOps:
     attention_core_s: float = 0.0  # the score/value part of attention_s (not a separate op)
     host_s: float = 0.0  # host issue time of this pass's operators (moesim/step/host.py)
     host_backward_s: float = 0.0  # host issue time of the backward pass (training)
+    host_pre_s: float = 0.0  # the part of host_s issued before the token counts (P's operators)
+    host_pre_backward_s: float = 0.0  # the same split of host_backward_s
+    host_sync: bool = False  # the dispatch makes the host wait for P's token counts (step/schedule.py)
     compute_share: float = 1.0  # compute speed while this layer's all-to-all runs (step/sharing.py)
 
     @property
@@ -83,10 +89,16 @@ class LayerOps:
         return self.pre_s + self.dispatch_s + self.ffn_s + self.combine_s
 
     @property
+    def host_post_s(self) -> float:
+        """X's host issue time: the operators issued after the token counts."""
+        return self.host_s - self.host_pre_s
+
+    @property
     def time_s(self) -> float:
-        """Layer time without overlap: the device cannot run ahead of the host that issues its
-        operators, so max(P + D + X + C, host issue time)."""
-        return max(self.gpu_s, self.host_s)
+        """Time of this layer alone without overlap, host and device starting together: the
+        schedule of moesim/step/schedule.py (``serial_time``) over one layer."""
+        return serial_time([self.pre_s], [self.dispatch_s], [self.ffn_s], [self.combine_s],
+                           [self.host_pre_s], [self.host_post_s], [self.host_sync])
 
     def components(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in (
@@ -293,71 +305,18 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
     elem = memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
                                                       setup.dtype, setup.phase))
     host = layer_host_s(setup.hw, model, moe, setup.phase)
-    host_b = layer_host_s(setup.hw, model, moe, setup.phase, backward=True) if setup.phase == "train" else 0.0
+    pre = layer_host_pre_s(setup.hw, model, moe, setup.phase)
+    train = setup.phase == "train"
+    host_b = layer_host_s(setup.hw, model, moe, setup.phase, backward=True) if train else 0.0
+    pre_b = layer_host_pre_s(setup.hw, model, moe, setup.phase, backward=True) if train else 0.0
     share = layer_compute_share(setup, tokens) if moe and setup.ep > 1 else 1.0
+    sync = dispatch_syncs_host(moe, setup.ep, _mode(setup, tokens), setup.phase)
     ops = LayerOps(attention_s=att, attention_comm_s=att_comm, elementwise_s=elem, attention_core_s=core,
-                   host_s=host, host_backward_s=host_b, compute_share=share, **block)
+                   host_s=host, host_backward_s=host_b, host_pre_s=pre, host_pre_backward_s=pre_b,
+                   host_sync=sync, compute_share=share, **block)
     if rank_load is None:
         setup._cache[key] = ops
     return ops
-
-
-def _run(start, work, intervals):
-    """End of a compute op of full-speed duration ``work`` started at ``start`` while the comm
-    intervals ``[(a, b, share), ...]`` (time-ordered, disjoint) run: rate 1 outside them,
-    ``share`` inside (fluid model, moesim/step/sharing.py eq. 1). Element-wise over arrays."""
-    t, w = start, work
-    for a, b, share in intervals:
-        pre = np.clip(a - t, 0.0, w)  # progress at full speed before the interval opens
-        t, w = t + pre, w - pre
-        begin = np.maximum(t, a)
-        done = np.minimum(w, np.maximum(b - begin, 0.0) * share)
-        t = np.where(w > 0, begin + done / share, t)
-        w = w - done
-    return t + w
-
-
-def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0):
-    """Step time of the two-micro-batch program over L layers (max-plus recurrence).
-
-    Arguments are per-micro-batch op times, shape (L,) or (L, ...) (then element-wise over the
-    trailing axes). Compute stream: P0 P1 X0 X1; comm stream: D0 D1 C0 C1; each op also waits
-    for its micro-batch's previous op. Returns the end of the last combine.
-    ``share_L`` (broadcast to P_L): the compute stream's speed while layer l's dispatch/combine
-    kernels run (moesim/step/sharing.py); 1 = the comm takes no compute units.
-    The recurrence is evaluated in the order P0 D0 P1 D1 X0 C0 X1 C1 (the same dependencies as
-    the program order): every comm op a compute op can overlap is then already placed, and at
-    most the last two (P1 overlaps the previous layer's C1 and this layer's D0).
-    """
-    P_L, D_L, X_L, C_L = (np.asarray(a, dtype=float) for a in (P_L, D_L, X_L, C_L))
-    share_L = np.broadcast_to(np.asarray(share_L, dtype=float), P_L.shape)
-    shared = bool((share_L < 1.0).any())
-    zero = np.zeros(P_L.shape[1:])
-    comp = comm = zero
-    ready = [zero, zero]
-    last = []  # the last two comm intervals (start, end, share)
-
-    def compute(start, work):
-        return _run(start, work, last) if shared else start + work
-
-    def communicate(after, dur, share):
-        nonlocal comm
-        start = np.maximum(comm, after)
-        comm = start + dur
-        last[:] = (last + [(start, comm, share)])[-2:]
-        return comm
-
-    for l in range(P_L.shape[0]):
-        s = share_L[l]
-        d_end, x_end = [], []
-        for b in (0, 1):
-            comp = compute(np.maximum(comp, ready[b]), P_L[l])
-            d_end.append(communicate(comp, D_L[l], s))
-        for b in (0, 1):
-            comp = compute(np.maximum(comp, d_end[b]), X_L[l])
-            ready[b] = communicate(comp, C_L[l], s)
-    out = np.maximum(ready[0], ready[1])
-    return float(out) if out.ndim == 0 else out
 
 
 @dataclass(frozen=True)
@@ -374,33 +333,36 @@ class StackTime:
 def stack_times(ops: list[LayerOps], overlap: Overlap) -> StackTime:
     """``StackTime`` of running ``ops`` (one entry per layer) under ``overlap``.
 
-    ``none``: ops are whole-batch times; each layer takes max(P + D + X + C, host issue time)
-    (``LayerOps.time_s``); exposed comm is D + C, exposed host max(0, host - (P + D + X + C)),
-    so time = sum(P + X) + exposed comm + exposed host. ``two_microbatch``: ops are half-batch
-    times; the max-plus recurrence (with SM sharing, ``two_microbatch_time``), floored by the
-    host issuing both micro-batches' operators (2 x sum of host_s); exposed comm = recurrence -
-    full-speed compute (waiting for the all-to-all, and compute slowed by the SMs it holds),
-    exposed host = time - recurrence.
-    NOTE: per layer under ``none`` (Megatron's all-to-all dispatcher synchronises with the host
-    on the token counts once per MoE layer, so host slack does not carry across layers); per
-    stage under two-micro-batch overlap, whose recurrence is not separable by layer.
+    The host issues every layer's operators (``host_pre_s`` for P, ``host_post_s`` for X) and,
+    where ``host_sync``, waits for P's token counts before the dispatch (moesim/step/schedule.py).
+    ``none``: ops are whole-batch times on one stream (``serial_time``); exposed comm is D + C.
+    ``two_microbatch``: ops are half-batch times; the max-plus recurrence with SM sharing and the
+    host (``two_microbatch_time``); exposed comm = the recurrence without the host - full-speed
+    compute (waiting for the all-to-all, and compute slowed by the SMs it holds).
+    Both: exposed host = time - the same schedule without the host (the device waiting for the
+    host); host issue = the host's total issue time (x 2 micro-batches under overlap).
     """
     if overlap not in OVERLAPS:
         raise SpecError("overlap", overlap, f"one of {', '.join(OVERLAPS)}")
-    if overlap == "none":
-        total = sum(o.time_s for o in ops)
-        exposed = sum(o.dispatch_s + o.combine_s for o in ops)
-        host = sum(max(0.0, o.host_s - o.gpu_s) for o in ops)
-        return StackTime(float(total), float(exposed), float(host), float(sum(o.host_s for o in ops)))
+    if not ops:
+        return StackTime(0.0, 0.0, 0.0, 0.0)
     P = [o.pre_s for o in ops]
     D = [o.dispatch_s for o in ops]
     X = [o.ffn_s for o in ops]
     C = [o.combine_s for o in ops]
-    rec = two_microbatch_time(P, D, X, C, [o.compute_share for o in ops]) if ops else 0.0
-    issue = 2.0 * sum(o.host_s for o in ops)
-    total = max(rec, issue)
+    host = dict(hP_L=[o.host_pre_s for o in ops], hX_L=[o.host_post_s for o in ops],
+                sync_L=[o.host_sync for o in ops])
+    issue = sum(o.host_s for o in ops)
+    if overlap == "none":
+        total = serial_time(P, D, X, C, **host)
+        gpu = sum(o.gpu_s for o in ops)
+        waited = max(0.0, float(total - gpu)) if issue > 0 else 0.0
+        return StackTime(float(total), float(sum(D) + sum(C)), waited, float(issue))
+    share = [o.compute_share for o in ops]
+    rec = two_microbatch_time(P, D, X, C, share)
+    total = two_microbatch_time(P, D, X, C, share, **host) if issue > 0 else rec
     compute = 2.0 * (sum(P) + sum(X))
-    return StackTime(float(total), max(0.0, rec - compute), total - rec, issue)
+    return StackTime(float(total), max(0.0, rec - compute), max(0.0, float(total - rec)), 2.0 * float(issue))
 
 
 def stack_time(ops: list[LayerOps], overlap: Overlap) -> tuple[float, float]:

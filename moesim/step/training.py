@@ -12,7 +12,8 @@ EP over ``ep`` consecutive non-pipeline ranks):
     R = recompute: full -> F again; selective -> the attention block again           [s]
     t = F + B + R (+ LM head fwd + bwd on the last stage); the critical stage is the one
     with the largest t (``critical_training_stage``)
-    Each layer pass takes at least its host issue time (moesim/step/host.py: eager Megatron).
+    The host issues every operator (eager Megatron, moesim/step/host.py) and waits for the token
+    counts at each forward dispatch (moesim/step/schedule.py).
 Pipeline (1F1B, interleaved with ``vpp`` virtual stages):
     compute time = (m + (pp - 1) / vpp) x t_max,  bubble = (pp - 1) / vpp x t_max      [s]
     i.e. bubble fraction (pp - 1) / (vpp x m) of the ideal m x t_max; m = global_batch /
@@ -52,10 +53,15 @@ def pipeline_bubble_fraction(pp: int, vpp: int, microbatches: int) -> float:
 
 def backward_ops(op: LayerOps) -> LayerOps:
     """Backward of one layer's forward ops: compute x 2 (core attention x 2.5), communication x 1,
-    host issue time of the measured backward operator count (``host_backward_s``)."""
+    host issue time of the measured backward operator count (``host_backward_s``, split as
+    ``host_pre_backward_s``) and no host sync (the backward all-to-all reuses the forward's
+    splits/handle: moesim/step/host.py ``dispatch_syncs_host``).
+    NOTE: the backward stack is scheduled in forward order (P D X C per layer); without a sync
+    the host runs ahead through the whole pass, so the order only shifts where the device waits."""
     scaled = {f: 2.0 * getattr(op, f) for f in COMPUTE_FIELDS}
     scaled["attention_s"] += 0.5 * op.attention_core_s
-    return replace(op, **scaled, attention_core_s=2.5 * op.attention_core_s, host_s=op.host_backward_s)
+    return replace(op, **scaled, attention_core_s=2.5 * op.attention_core_s, host_s=op.host_backward_s,
+                   host_pre_s=op.host_pre_backward_s, host_sync=False)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ combine); only core attention depends on the context, linearly:
     P_l(c) = P_l(0) + s_h x (b / mb) x keys_l(c)     [s], keys_l = min(c, window) or c
 with s_h the attention slope (seconds per query token x key). The schedule (sum, or the
 two-micro-batch recurrence) then runs on (L, N, C) arrays. Equal to ``decode_iteration`` at
-every grid point (test).
+every grid point (test). Decode replays CUDA graphs, so it has no host issue time and no host
+sync (moesim/step/host.py): the schedules run without the host, as the scalar path's do.
 """
 from __future__ import annotations
 

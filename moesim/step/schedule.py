@@ -1,0 +1,137 @@
+"""Schedules of a stack of layers: device streams driven by a host that issues their operators.
+
+Each layer is four operations per micro-batch (moesim/step/layer.py): P (attention + router,
+compute), D (dispatch, comm), X (experts, compute), C (combine, comm). The host issues them in
+program order; an operation cannot run before the host has issued it.
+
+Host issue (fluid model). The host issues an operation's kernels one after another over its
+host time h, starting at host clock a (then the clock reads a + h). The device runs them as they
+arrive, so an operation of device time g that may start at s >= a (stream free, inputs ready)
+ends at
+
+    end = max(run(s, g), a + h)                                                   [s]   (1)
+
+(the device cannot finish the last kernel before it was issued; run(s, g) = s + g, or the SM-
+shared run of moesim/step/sharing.py). Only P and X carry host time: a comm operation is one
+launch (counted in the X ops of the reference layer, moesim/step/host.py).
+
+Host-GPU synchronisation (``sync``). A dispatch whose receive sizes are not known in advance
+makes the host wait for the device: DeepEP normal-mode ``Buffer.dispatch`` "the CPU will wait for
+GPU's signal to arrive, so this is not compatible with CUDA graph" (deepseek-ai/DeepEP README,
+normal-kernel example; deep_ep/buffer.py ``dispatch``: only with ``num_worst_tokens``, intranode
+only, "there will be no CPU sync"); Megatron-Core's dropless all-to-all dispatcher sets
+``cuda_sync_point = "before_ep_alltoall"`` to read ``input_splits``/``output_splits`` on the host
+(megatron/core/transformer/moe/token_dispatcher.py, MoEAlltoAllTokenDispatcher). The counts are
+computed at the end of P, so before issuing D of micro-batch b the host waits for P_b:
+
+    a <- max(a, end(P_b))                                                         [s]   (2)
+
+and cannot run ahead into the next operations until then: host issue and device work no longer
+overlap across that point. Without a sync the host runs ahead without bound (no queue limit).
+
+Orders. ``none`` (one micro-batch, one stream): P, [sync], D, X, C per layer. ``two_microbatch``
+(SGLang two-batch overlap for prefill, python/sglang/srt/operations_strategy.py
+``_compute_moe_deepseek_blog_prefill``, tbo_delta_stages 0: stages "attention, gate,
+select_experts, dispatch_a | dispatch_b, experts, combine_a | shared_experts, combine_b, output"
+run for micro-batch 0 then 1, the third stage running into the next layer's first): host order P0 [sync] D0 P1 [sync] D1 X0 C0 X1 C1; compute stream
+P0 P1 X0 X1, comm stream D0 D1 C0 C1, each operation also waiting for its micro-batch's previous
+one (the max-plus recurrence; with no host time it is exactly the recurrence without a host).
+NOTE: the wait for the counts also includes the count exchange (a notify all-to-all of a few
+bytes per rank, latency-bound); not added.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _run(start, work, intervals):
+    """End of a compute op of full-speed duration ``work`` started at ``start`` while the comm
+    intervals ``[(a, b, share), ...]`` (time-ordered, disjoint) run: rate 1 outside them,
+    ``share`` inside (fluid model, moesim/step/sharing.py eq. 1). Element-wise over arrays."""
+    t, w = start, work
+    for a, b, share in intervals:
+        pre = np.clip(a - t, 0.0, w)  # progress at full speed before the interval opens
+        t, w = t + pre, w - pre
+        begin = np.maximum(t, a)
+        done = np.minimum(w, np.maximum(b - begin, 0.0) * share)
+        t = np.where(w > 0, begin + done / share, t)
+        w = w - done
+    return t + w
+
+
+def _arrays(shape, *arrays):
+    return [np.broadcast_to(np.asarray(a, dtype=float), shape) for a in arrays]
+
+
+def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, sync_L=False):
+    """Step time of the two-micro-batch program over L layers (max-plus recurrence).
+
+    Arguments are per-micro-batch op times, shape (L,) or (L, ...) (then element-wise over the
+    trailing axes). Compute stream: P0 P1 X0 X1; comm stream: D0 D1 C0 C1; each op also waits
+    for its micro-batch's previous op. Returns the end of the last combine.
+    ``share_L`` (broadcast to P_L): the compute stream's speed while layer l's dispatch/combine
+    kernels run (moesim/step/sharing.py); 1 = the comm takes no compute units.
+    ``hP_L``, ``hX_L``: host issue time of one micro-batch's P and X ops; ``sync_L``: whether
+    layer l's dispatch makes the host wait for the counts (module doc, eqs. 1-2). Host time 0
+    gives the recurrence without a host exactly.
+    The recurrence is evaluated in the host's order P0 D0 P1 D1 X0 C0 X1 C1 (the same
+    dependencies as the program order): every comm op a compute op can overlap is then already
+    placed, and at most the last two (P1 overlaps the previous layer's C1 and this layer's D0).
+    """
+    P_L, D_L, X_L, C_L = (np.asarray(a, dtype=float) for a in (P_L, D_L, X_L, C_L))
+    share_L, hP_L, hX_L = _arrays(P_L.shape, share_L, hP_L, hX_L)
+    sync_L = np.broadcast_to(np.asarray(sync_L, dtype=bool), P_L.shape[:1])
+    shared = bool((share_L < 1.0).any())
+    zero = np.zeros(P_L.shape[1:])
+    comp = comm = host = zero
+    ready = [zero, zero]
+    last = []  # the last two comm intervals (start, end, share)
+
+    def compute(start, work):
+        return _run(start, work, last) if shared else start + work
+
+    def issue(after, work, h):
+        """Eq. (1): the op issued from the host clock, then the clock advanced by h."""
+        nonlocal host
+        a = host
+        host = a + h
+        return np.maximum(compute(np.maximum(after, a), work), host)
+
+    def communicate(after, dur, share):
+        nonlocal comm
+        start = np.maximum(comm, after)
+        comm = start + dur
+        last[:] = (last + [(start, comm, share)])[-2:]
+        return comm
+
+    for l in range(P_L.shape[0]):
+        s = share_L[l]
+        d_end, x_end = [], []
+        for b in (0, 1):
+            comp = issue(np.maximum(comp, ready[b]), P_L[l], hP_L[l])
+            if sync_L[l]:
+                host = np.maximum(host, comp)  # eq. (2): wait for P_b's token counts
+            d_end.append(communicate(comp, D_L[l], s))
+        for b in (0, 1):
+            comp = issue(np.maximum(comp, d_end[b]), X_L[l], hX_L[l])
+            ready[b] = communicate(comp, C_L[l], s)
+    out = np.maximum(ready[0], ready[1])
+    return float(out) if out.ndim == 0 else out
+
+
+def serial_time(P_L, D_L, X_L, C_L, hP_L=0.0, hX_L=0.0, sync_L=False):
+    """Time of the one-micro-batch program (``none``): one stream P D X C per layer, issued by
+    the host with eqs. (1)-(2). Host time 0 gives sum(P + D + X + C) exactly."""
+    P_L, D_L, X_L, C_L = (np.asarray(a, dtype=float) for a in (P_L, D_L, X_L, C_L))
+    hP_L, hX_L = _arrays(P_L.shape, hP_L, hX_L)
+    sync_L = np.broadcast_to(np.asarray(sync_L, dtype=bool), P_L.shape[:1])
+    t = host = np.zeros(P_L.shape[1:])
+    for l in range(P_L.shape[0]):
+        a, host = host, host + hP_L[l]
+        t = np.maximum(np.maximum(t, a) + P_L[l], host)
+        if sync_L[l]:
+            host = np.maximum(host, t)  # eq. (2)
+        t = t + D_L[l]
+        a, host = host, host + hX_L[l]
+        t = np.maximum(np.maximum(t, a) + X_L[l], host) + C_L[l]
+    return float(t) if t.ndim == 0 else t
