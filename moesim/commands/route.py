@@ -6,7 +6,7 @@ import argparse
 from moesim.catalog import load_model
 from moesim.cli import Result, add_json_flag
 from moesim.errors import SpecError
-from moesim.routing import route
+from moesim.routing import load_trace, route
 from moesim.textfmt import kv
 
 ORDER = 20
@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ep", type=int, default=1, help="expert-parallel ranks")
     p.add_argument("--ranks-per-node", type=int, default=8)
     p.add_argument("--skew", default="uniform", help="uniform | balanced | zipf:S | dirichlet:A | trace:FILE | explicit:p,...")
+    p.add_argument("--trace", help="a recorded routing trace (.npz/.json): same as --skew trace:FILE; "
+                   "E and top-k default to the trace's")
     p.add_argument("--drift", type=float, default=0.0, help="per-step log-normal popularity drift (sigma)")
     p.add_argument("--capacity-factor", type=float, default=None, help="omit for dropless")
     p.add_argument("--overflow", default="drop", choices=["drop", "reroute", "shared"])
@@ -46,6 +48,9 @@ def _experts(args) -> tuple[int, int, int, int]:
         if m.moe is None:
             raise SpecError("--model", args.model, "is a dense model: it has no routed experts")
         E, k, groups, topk_groups = m.moe.num_experts, m.moe.top_k, m.moe.n_groups, m.moe.topk_groups
+    if args.trace and (args.experts is None or args.top_k is None) and (E is None or k is None):
+        trace = load_trace(args.trace)
+        E, k = trace.num_experts, trace.top_k
     E = args.experts if args.experts is not None else E
     k = args.top_k if args.top_k is not None else k
     if E is None or k is None:
@@ -56,6 +61,10 @@ def _experts(args) -> tuple[int, int, int, int]:
 
 
 def route_cmd(args) -> Result:
+    if args.trace:
+        if args.skew != "uniform":
+            raise SpecError("--trace", args.trace, f"give either --trace or --skew (got --skew {args.skew})")
+        args.skew = f"trace:{args.trace}"
     E, k, groups, topk_groups = _experts(args)
     if args.capacity_factor is not None and not args.capacity_factor > 0:
         raise SpecError("--capacity-factor", args.capacity_factor, "must be > 0 (omit it for dropless)")

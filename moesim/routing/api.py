@@ -52,7 +52,9 @@ def route(num_experts: int, top_k: int, tokens: int, *, ep: int = 1, ranks_per_n
     """Expected routing of one step of ``tokens`` tokens, each to ``top_k`` of ``num_experts``.
 
     ``engine='analytic'`` computes expectations and order statistics without sampling
-    (milliseconds for uniform/balanced popularity; results are cached by argument);
+    (about a millisecond for uniform/balanced popularity, tenths of a second to seconds for
+    skewed popularity; results are cached by argument; a skewed step too expensive to
+    integrate raises SpecError pointing to ``engine='montecarlo'``);
     ``engine='montecarlo'`` averages ``samples`` sampled steps (Numba, seeded by ``seed``).
     ``seed`` also draws Dirichlet popularities and drift. Bad input raises SpecError.
     Returns a :class:`RoutingStats`; treat its arrays as read-only (results are cached).

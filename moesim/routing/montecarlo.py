@@ -8,12 +8,13 @@ simulated step for that step's per-rank expert counts (``R x L``) and traffic (`
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from moesim.routing import kernels
+from moesim.routing import kernels, tables
 from moesim.routing.popularity import drift_steps
 from moesim.routing.problem import RoutingProblem
 from moesim.routing.stats import RoutingStats
@@ -48,10 +49,22 @@ class StepSample:
         return np.bincount(self.slot_rank_P, weights=self.load_P, minlength=self.traffic_RR.shape[0])
 
 
-def _group_tables(p_E: np.ndarray, group_E: np.ndarray, G: int):
-    gmass_G = np.bincount(group_E, weights=p_E, minlength=G)
-    gprob_G, galias_G = kernels.alias_table(gmass_G)
-    return gmass_G, gprob_G, galias_G
+def _tables(p_E: np.ndarray, G: int) -> tuple[np.ndarray, ...]:
+    """:func:`tables.sampling_tables` as read-only arrays (one compiled kernel signature)."""
+    out = tables.sampling_tables(p_E, G)
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _tables_by_value(p_bytes: bytes, G: int) -> tuple[np.ndarray, ...]:
+    return _tables(np.frombuffer(p_bytes), G)
+
+
+def cached_tables(p_E: np.ndarray, G: int) -> tuple[np.ndarray, ...]:
+    """:func:`tables.sampling_tables`, cached by value (read-only arrays)."""
+    return _tables_by_value(np.ascontiguousarray(p_E, dtype=np.float64).tobytes(), int(G))
 
 
 class StepSampler:
@@ -59,15 +72,16 @@ class StepSampler:
 
     def __init__(self, problem: RoutingProblem, threads: int | None = None):
         self.problem = problem
-        self._group_E = problem.group_E.astype(np.int64)
         self._tables = {}
         self._chunks = 4 * (threads or numba.get_num_threads())
+        pl = problem.placement
+        self._placement = (pl.slot_for_RE, pl.slot_rank_P, pl.slot_node_P, pl.num_nodes)
 
     def _tables_for(self, p_E: np.ndarray, key):
         if key is not None and key in self._tables:
             return self._tables[key]
-        prob_E, alias_E = kernels.alias_table(p_E)
-        t = (p_E, prob_E, alias_E, *_group_tables(p_E, self._group_E, self.problem.n_groups))
+        G = self.problem.n_groups
+        t = cached_tables(p_E, G) if key is not None else _tables(p_E, G)
         if key is not None:
             self._tables[key] = t
         return t
@@ -83,19 +97,17 @@ class StepSampler:
         """Route one step. ``step`` picks the trace step (default: a random one)."""
         pb, pl = self.problem, self.problem.placement
         seed = int(rng.integers(0, 2**63 - 1))
-        args_pl = (pl.slot_for_RE, pl.slot_rank_P, pl.rank_node_R, pl.num_nodes)
         if pb.routing == "expert_choice":
-            out = kernels.expert_choice_step(pb.tokens, pl.ep, pb.num_experts, pb.capacity, *args_pl, seed)
+            out = kernels.expert_choice_step(pb.tokens, pl.ep, pb.num_experts, pb.capacity, *self._placement,
+                                             seed)
             return StepSample(*out, pl.slot_rank_P)
-        p_E, prob_E, alias_E, gmass_G, gprob_G, galias_G = self._popularity(rng, step)
-        common = (pb.tokens, pb.top_k, pl.ep, p_E, prob_E, alias_E, self._group_E, gmass_G, gprob_G,
-                  galias_G, pb.topk_groups, *args_pl)
-        balanced = pb.kind == "balanced"
+        common = (pb.tokens, pb.top_k, pl.ep, *self._popularity(rng, step), pb.topk_groups, *self._placement)
+        mode = kernels.MODE_BALANCED if pb.kind == "balanced" else kernels.MODE_SAMPLED
         if pb.capacity is None and pb.tokens >= PARALLEL_MIN_TOKENS:
-            out = kernels.route_parallel(*common, balanced, seed, self._chunks)
+            out = kernels.route_parallel(*common, mode, seed, self._chunks)
         else:
             cap = -1 if pb.capacity is None else pb.capacity
-            out = kernels.route_serial(*common, cap, _POLICY[pb.overflow], balanced, seed, _NO_CHOICES)
+            out = kernels.route_serial(*common, cap, _POLICY[pb.overflow], mode, seed, _NO_CHOICES)
         return StepSample(*out, pl.slot_rank_P)
 
 
@@ -105,14 +117,10 @@ def route_choices(problem: RoutingProblem, prefs_TX: np.ndarray) -> StepSample:
     placement: deterministic, for hand-worked cases and per-token traces."""
     pb, pl = problem, problem.placement
     prefs_TX = np.ascontiguousarray(prefs_TX, dtype=np.int64)
-    p_E = pb.p_SE[0]
-    prob_E, alias_E = kernels.alias_table(p_E)
-    group_E = pb.group_E.astype(np.int64)
     cap = -1 if pb.capacity is None else pb.capacity
-    out = kernels.route_serial(prefs_TX.shape[0], pb.top_k, pl.ep, p_E, prob_E, alias_E, group_E,
-                               *_group_tables(p_E, group_E, pb.n_groups), pb.topk_groups,
-                               pl.slot_for_RE, pl.slot_rank_P, pl.rank_node_R, pl.num_nodes, cap,
-                               _POLICY[pb.overflow], False, 0, prefs_TX)
+    out = kernels.route_serial(prefs_TX.shape[0], pb.top_k, pl.ep, *_tables(pb.p_SE[0], pb.n_groups),
+                               pb.topk_groups, pl.slot_for_RE, pl.slot_rank_P, pl.slot_node_P,
+                               pl.num_nodes, cap, _POLICY[pb.overflow], kernels.MODE_GIVEN, 0, prefs_TX)
     return StepSample(*out, pl.slot_rank_P)
 
 

@@ -15,6 +15,7 @@ same expert yet). Rank ``r`` sits on node ``r // ranks_per_node``.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,17 +47,27 @@ class Placement:
     def slots_per_rank(self) -> int:
         return self.num_slots // self.ep
 
-    @property
+    @functools.cached_property
     def num_nodes(self) -> int:
         return int(self.rank_node_R.max()) + 1
 
-    @property
+    @functools.cached_property
     def replicas_E(self) -> np.ndarray:
-        return np.bincount(self.slot_expert_P, minlength=self.num_experts)
+        return _frozen(np.bincount(self.slot_expert_P, minlength=self.num_experts))
 
-    @property
+    @functools.cached_property
     def slot_node_P(self) -> np.ndarray:
-        return self.rank_node_R[self.slot_rank_P]
+        return _frozen(self.rank_node_R[self.slot_rank_P])
+
+    @functools.cached_property
+    def source_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows_QE, class_R)``: the distinct rows of ``slot_for_RE`` (source classes: sources
+        that use the same replica of every expert) and the class of each source rank."""
+        first = self.slot_for_RE[0]
+        if np.all(self.slot_for_RE == first):
+            return _frozen(first[None, :].copy()), _frozen(np.zeros(self.ep, dtype=np.int64))
+        rows_QE, class_R = np.unique(self.slot_for_RE, axis=0, return_inverse=True)
+        return _frozen(rows_QE), _frozen(class_R.ravel().astype(np.int64))
 
     def to_dict(self) -> dict:
         return {"policy": self.policy, "ep": self.ep, "ranks_per_node": self.ranks_per_node,
@@ -93,9 +104,33 @@ def _slot_ranks(policy: str, slot_expert_P: np.ndarray, load_P: np.ndarray, R: i
     return rank_P
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
 def place(num_experts: int, ep: int, ranks_per_node: int, policy: str = "contiguous",
           redundant_experts: int = 0, p_E: np.ndarray | None = None) -> Placement:
-    """Build a :class:`Placement`; ``p_E`` (popularity) picks the replicas and drives load_aware."""
+    """Build a :class:`Placement`; ``p_E`` (popularity) picks the replicas and drives load_aware.
+
+    Cached by value (the planner asks for the same few placements over and over): the
+    returned arrays are read-only."""
+    p = np.full(num_experts, 1.0 / num_experts) if p_E is None else np.asarray(p_E, dtype=np.float64)
+    return _place_cached(int(num_experts), int(ep), int(ranks_per_node), policy, int(redundant_experts),
+                         p.tobytes())
+
+
+@functools.lru_cache(maxsize=1024)
+def _place_cached(num_experts: int, ep: int, ranks_per_node: int, policy: str, redundant_experts: int,
+                  p_bytes: bytes) -> Placement:
+    pl = _place(num_experts, ep, ranks_per_node, policy, redundant_experts, np.frombuffer(p_bytes))
+    for a in (pl.slot_expert_P, pl.slot_rank_P, pl.rank_node_R, pl.slot_for_RE):
+        a.setflags(write=False)
+    return pl
+
+
+def _place(num_experts: int, ep: int, ranks_per_node: int, policy: str, redundant_experts: int,
+           p_E: np.ndarray) -> Placement:
     if policy not in ("contiguous", "round_robin", "load_aware"):
         raise SpecError("placement", policy, "allowed: contiguous, round_robin, load_aware")
     if ep < 1 or ranks_per_node < 1 or redundant_experts < 0:
@@ -105,7 +140,8 @@ def place(num_experts: int, ep: int, ranks_per_node: int, policy: str = "contigu
     if P % ep:
         raise SpecError("ep", ep, f"must divide routed experts + redundant slots = {num_experts} + "
                         f"{redundant_experts} = {P}")
-    p_E = np.full(num_experts, 1.0 / num_experts) if p_E is None else np.asarray(p_E, dtype=np.float64)
+    if p_E.size != num_experts:
+        raise SpecError("p_E", p_E.size, f"needs {num_experts} entries")
     n_E = replicate_hottest(p_E, redundant_experts)
     extra = np.repeat(np.arange(num_experts), n_E - 1)
     slot_expert_P = np.concatenate([np.arange(num_experts), extra]).astype(np.int64)
