@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import pkgutil
 import sys
 from dataclasses import dataclass, field
@@ -79,10 +80,24 @@ def _to_jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+def _finite(obj: Any) -> Any:
+    """JSON has no inf or nan: they are written as null (an unfinished request's latency,
+    an undefined ratio)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return _finite(obj.to_dict())
+    return obj
+
+
 def emit(args: argparse.Namespace, result: Result) -> None:
     """Print ``result`` as JSON (``--json``) or text."""
     if getattr(args, "json", False):
-        json.dump(result.data, sys.stdout, indent=2, default=_to_jsonable, allow_nan=False)
+        json.dump(_finite(result.data), sys.stdout, indent=2, default=_to_jsonable, allow_nan=False)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(result.text.rstrip("\n") + "\n")

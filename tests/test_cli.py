@@ -68,3 +68,13 @@ def test_invalid_user_profile_names_field(tmp_path, capsys):
     code, _, err = _run(capsys, "hw", "show", str(bad))
     assert code == 2
     assert "peak_dense_tflops" in err and "Traceback" not in err
+
+
+def test_json_writes_non_finite_numbers_as_null(capsys):
+    import argparse
+    import math
+
+    from moesim.cli import Result, emit
+
+    emit(argparse.Namespace(json=True), Result({"ttft_s": math.inf, "ratio": math.nan, "ok": [1.5, -math.inf]}))
+    assert json.loads(capsys.readouterr().out) == {"ttft_s": None, "ratio": None, "ok": [1.5, None]}

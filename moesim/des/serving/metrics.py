@@ -99,7 +99,8 @@ def _goodput(slo: SLO, lat: dict[str, np.ndarray], done: np.ndarray, window_s: f
         x = np.where(done, lat[name], np.inf)
         x = np.where(np.isnan(x), 0.0, x)  # TPOT of one-token outputs: no constraint
         ok &= x <= limit
-        v = float(np.percentile(x, slo.percentile)) if len(x) else math.inf
+        # NOTE: unfinished requests are +inf; an interpolating percentile would form inf - inf.
+        v = float(np.percentile(x, slo.percentile, method="inverted_cdf")) if len(x) else math.inf
         values[name] = v
         met &= v <= limit
     n = len(done)
