@@ -47,11 +47,15 @@ def analytic_rate(scenario) -> dict:
     from moesim.planner import analytic
     from moesim.routing.api import _route_cached
 
+    from moesim.planner import serving_policy
+
     cands = serving_space(scenario, scenario_model(scenario)).candidates
     ev = analytic.AnalyticEvaluator()
     cold = _rate(cands, scenario, ev)
     cold["routing_engine_calls"] = _route_cached.cache_info().misses
     analytic._MEMO.clear()
+    serving_policy._COSTS.clear()  # the replica GridCosts (prefill / mixed iteration nodes) too
+    serving_policy._OVERLAPS.clear()
     warm = _rate(cands, scenario, ev)
     memo = _rate(cands, scenario, ev)
     return {"cold": cold, "routing_warm": warm, "memo_warm": memo,

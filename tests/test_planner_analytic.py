@@ -6,6 +6,7 @@ from numpy.testing import assert_allclose
 
 from moesim.catalog import load_model, load_profile
 from moesim.compute.memory import memory_footprint
+from moesim.planner import serving_policy as sp
 from moesim.planner.analytic import AnalyticEvaluator
 from moesim.planner.evaluation import Candidate
 from moesim.planner.scenario import scenario_from_dict
@@ -32,10 +33,20 @@ def test_serving_evaluation_matches_step_and_memory_models():
     fp = memory_footprint(m, hw, par, mode="serve", weight_dtype="fp8", kv_dtype="bf16", kv_tokens=16 * ctx)
     assert ev.ok and fp.fits
     assert_allclose(ev.step_time_s, dec.step_time_s, rtol=1e-12)  # same call, same number
-    # continuous-batching composition (analytic.py docstring): cycle = 400 t_dec + 16 t_pf
-    cycle = 400 * dec.step_time_s + 16 * pf.step_time_s
-    assert_allclose(ev.tpot_s, cycle / 400, rtol=1e-12)
-    assert_allclose(ev.tokens_per_s, 16 * 400 / cycle * 8, rtol=1e-12)
+    # co-located composition (serving_policy docstring), K from the evaluation: S = 16 x 8 = 128
+    # sequences, n = S K / 400 prompts per mixed iteration priced by the DES's GridCost
+    k, S = ev.decode_steps_per_prefill, 128
+    grid = sp.replica_cost(c, SC, m)
+    n = S * k / 400
+    mixed = grid.mixed_time_s(round(n * 1000), max(1, round(n)), S, ctx)
+    period = mixed + (k - 1) * dec.step_time_s
+    assert k >= 1 and (k == 1 or ev.tpot_s <= 0.1)  # smallest K meeting the 100 ms TPOT limit
+    assert_allclose(ev.tpot_s, period / k, rtol=1e-12)
+    assert_allclose(ev.ttft_s, 0.99 * period + mixed, rtol=1e-12)
+    assert_allclose(ev.tokens_per_s, S / (period / k), rtol=1e-12)
+    # the mixed iteration is at least a prefill of its prompts (same step model, eager host time)
+    assert mixed >= min(pf.step_time_s, prefill_iteration(m, hw, cl, par, prompt_len=1000, prompts_per_device=1,
+                                                          **dict(kw, overlap="none")).step_time_s) * 0.5
     assert_allclose(ev.memory_headroom_GiB * 2**30, fp.capacity_bytes - fp.total_bytes, rtol=1e-9)
 
 
@@ -75,11 +86,10 @@ def test_grouped_memoized_evaluation_equals_scalar_step_model():
     for c, ev, ev2 in zip(_CANDS, evs, again):
         hw, cl, par = load_profile(c.hardware), Cluster(hardware=c.hardware, devices=c.devices), c.parallelism()
         dec = decode_iteration(m, hw, cl, par, batch_per_device=c.batch, context=1200, **kw)
-        pf = prefill_iteration(m, hw, cl, par, prompt_len=1000, prompts_per_device=1, **kw).step_time_s
-        cycle = 400 * dec.step_time_s + c.batch * pf  # analytic.py docstring
         assert ev.ok, ev.detail
-        # rtol 1e-9: the same step-model calls, composed by the formulas of analytic.py's docstring
+        # rtol 1e-9: the same step-model calls, composed by serving_policy's closed form at the K
+        # the evaluation chose (the DES's GridCost for the mixed iteration)
+        est = sp.estimate(sp.replica_cost(c, SC, m), c, SC, dec.step_time_s, ev.decode_steps_per_prefill)
         assert_allclose([ev.step_time_s, ev.tpot_s, ev.ttft_s, ev.tokens_per_s],
-                        [dec.step_time_s, cycle / 400, pf + dec.step_time_s, c.batch * 400 / cycle * c.devices],
-                        rtol=1e-9)
+                        [dec.step_time_s, est.tpot_s, est.ttft_s, est.output_tokens_per_s], rtol=1e-9)
         assert ev.imbalance == dec.expert_imbalance and ev == ev2

@@ -11,13 +11,14 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
   with EP over all devices and returns step times without the component breakdown the bottleneck
   needs, and its per-configuration constants cost the same layer-model calls, so it would save
   only the schedule arithmetic (measured ~2x on that one layout family);
-- prefill: ``prefill_iteration`` of one prompt per device, ``t_pf``, once per (hardware, layout,
-  prompt length);
-- continuous batching (co-located prefill and decode): in one request lifetime a device runs
-  ``output_len`` decode iterations and admits ``b`` new prompts, so
-  cycle = output_len x t_dec + b x t_pf;  tokens/s per device = b x output_len / cycle;
-  mean TPOT = cycle / output_len;  TTFT (no queueing) = t_pf + t_dec.
-  The serving DES then checks the tails of the best candidates.
+- prefill and continuous batching (co-located): the serving system of
+  :mod:`moesim.planner.serving_policy`, the one the serving DES simulates: a per-rank token
+  budget, prompts batched into a mixed iteration once every K iterations (K chosen to meet the
+  TPOT limit), mixed iterations priced by the DES's own ``GridCost`` (so an eager prefill's host
+  time and the decode attention of the co-scheduled sequences are in it); then
+  TPOT = (T_mix + (K - 1) t_dec) / K, TTFT at the SLO percentile q = q x period + T_mix,
+  tokens/s per replica = sequences / TPOT. The serving DES then checks the tails of the best
+  candidates.
 - drops: the routing engine's drop fraction at the candidate's capacity factor (the step model
   itself runs dropless, so a capacity factor changes the drop fraction, not the time: a
   conservative time).
@@ -36,6 +37,7 @@ from typing import Sequence
 from moesim import units
 from moesim.catalog import load_profile
 from moesim.errors import MoesimError
+from moesim.planner import serving_policy
 from moesim.planner.evaluation import Candidate, Evaluation, HardwareFacts, Verification
 from moesim.planner.scenario import overlap_mode, scenario_model
 from moesim.specs import Cluster
@@ -118,6 +120,7 @@ class AnalyticEvaluator:
         context = w.prompt_len + w.output_len // 2
         kv_seq = lay.tp * lay.pp * context * base.kv_bytes_per_token
         costs = _StepCosts(model, hw, par, lay, scenario)
+        grid = None
         results = []
         for c in cands:
             total = base.total_bytes + c.batch * kv_seq
@@ -127,14 +130,19 @@ class AnalyticEvaluator:
                 results.append(ev.rejected("does_not_fit", f"short of memory by {-headroom:.1f} GiB per device "
                                            f"(weights {base.weight_bytes / units.GiB:.1f} GiB + KV of batch {c.batch})"))
                 continue
-            t_pf, bd = costs.prefill(w.prompt_len), costs.decode(c.batch, context)
-            cycle = w.output_len * bd.step_time_s + c.batch * t_pf
-            per_dev = c.batch * w.output_len / cycle / lay.pp
+            bd = costs.decode(c.batch, context)
+            try:
+                grid = grid or serving_policy.replica_cost(c, scenario, model)
+            except MoesimError as err:  # no KV room at the serving memory fraction
+                results.append(ev.rejected("does_not_fit", str(err)))
+                continue
+            est = serving_policy.choose(grid, c, scenario, bd.step_time_s)
             results.append(Evaluation(
-                candidate=c, tokens_per_s=per_dev * lay.devices, step_time_s=bd.step_time_s,
-                tpot_s=cycle / w.output_len, ttft_s=t_pf + bd.step_time_s, memory_headroom_GiB=headroom,
+                candidate=c, tokens_per_s=est.output_tokens_per_s, step_time_s=bd.step_time_s,
+                tpot_s=est.tpot_s, ttft_s=est.ttft_s, memory_headroom_GiB=headroom,
                 bottleneck=bottleneck_name(bd, hw, c, headroom * units.GiB / base.capacity_bytes),
                 drop_fraction=self._drops(model, c, hw, scenario), imbalance=bd.expert_imbalance,
+                decode_steps_per_prefill=est.steps,
             ))
         return results
 

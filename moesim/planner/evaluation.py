@@ -79,6 +79,8 @@ class Evaluation:
     Training: ``tokens_per_s`` is training tokens/s of the whole cluster, ``step_time_s`` one
     optimizer step, ``mfu`` model FLOPs utilisation.
     ``memory_headroom_GiB`` < 0 is the shortfall of a deployment that does not fit.
+    ``decode_steps_per_prefill``: the prefill-batching K the serving estimate assumes (the DES
+    check runs the same; :mod:`moesim.planner.serving_policy`).
     """
 
     candidate: Candidate
@@ -94,6 +96,7 @@ class Evaluation:
     drop_fraction: float = 0.0
     imbalance: float = 1.0
     mfu: float | None = None
+    decode_steps_per_prefill: int | None = None
 
     @property
     def ok(self) -> bool:

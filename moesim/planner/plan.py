@@ -110,6 +110,7 @@ def _row(r: Ranked) -> dict:
         "memory_headroom_GiB": ev.memory_headroom_GiB, "usd_per_hour": r.usd_per_hour,
         "usd_per_million_tokens": r.usd_per_million_tokens, "bottleneck": ev.bottleneck,
         "drop_fraction": ev.drop_fraction, "imbalance": ev.imbalance, "mfu": ev.mfu,
+        "decode_steps_per_prefill": ev.decode_steps_per_prefill,
         "days": r.days, "total_usd": r.total_usd,
     }
 

@@ -4,9 +4,10 @@ The plan's question is a count: R replicas of this deployment, each taking an ev
 lambda(R) = target request rate / R, meet the SLO or not. So the DES decides that count instead of
 bisecting a continuous sustainable rate (which costs ~7 simulations per seed):
 
-- probes: one co-located replica (``moesim.des.serving``; iteration costs from the step model via
-  ``from_deployment``, continuous batching with at most ``batch x devices / pp`` sequences in
-  flight, Poisson arrivals, the scenario's length distribution) simulated for
+- probes: one co-located replica (``moesim.des.serving``) configured as the analytic stage
+  assumed (:mod:`moesim.planner.serving_policy`: the same ``GridCost`` iteration costs, token
+  budget per attention DP rank, sequence limit, prefill batching K; Poisson arrivals, the
+  scenario's length distribution) simulated for
   ``verify.duration_s`` at lambda(R), metrics over [0.1 d, d];
 - walk: start at the analytic count R0; while met, try R - 1 (down to 1); while missed, try
   R + 1 (at most ``MAX_PROBES`` probes, never past ``max_devices``). The search stops as soon as
@@ -31,15 +32,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from moesim.catalog import load_profile
 from moesim.errors import MoesimError
+from moesim.planner import serving_policy
 from moesim.planner.evaluation import Evaluation, Verification
-from moesim.planner.scenario import overlap_mode
-from moesim.specs import Cluster
 
 MAX_PROBES = 6
 _LIMITS = ("ttft_s", "tpot_s", "e2e_s")
-_COSTS: dict[tuple, object] = {}
 
 
 def _lengths(workload):
@@ -51,29 +49,15 @@ def _lengths(workload):
     return LengthDist.fixed(workload.prompt_len), LengthDist.fixed(workload.output_len)
 
 
-def _cost(c, scenario, model):
-    """The replica's GridCost, one per (model, hardware, layout, dtypes, overlap, prompt hint)."""
-    from moesim.des.serving.deployment import from_deployment
-
-    w = scenario.workload
-    key = (model.model_dump_json(), c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout,
-           c.redundant_experts, w.dtype, w.kv_dtype, overlap_mode(scenario, model), w.prompt_len)
-    if key not in _COSTS:
-        hw = load_profile(c.hardware)
-        _COSTS[key] = from_deployment(model, hw, Cluster(hardware=hw.name, devices=c.devices), c.parallelism(),
-                                      dtype=w.dtype, kv_dtype=w.kv_dtype, overlap=overlap_mode(scenario, model),
-                                      prompt_len_hint=w.prompt_len)
-    return _COSTS[key]
-
-
 def _system(ev: Evaluation, scenario, model):
-    from moesim.des.serving.replica import SchedulerConfig
+    """One co-located replica as the analytic stage priced it (``serving_policy``: same GridCost,
+    per-rank token budget, sequence limit and prefill batching K)."""
     from moesim.des.serving.system import Pool, ServingSystem
 
     c = ev.candidate
-    seqs = c.batch * c.devices // c.pp
-    sched = SchedulerConfig(token_budget=max(8192, seqs), max_seqs=seqs)
-    return ServingSystem(colocated=Pool(cost=_cost(c, scenario, model), replicas=1, sched=sched))
+    sched = serving_policy.scheduler(c, ev.decode_steps_per_prefill or 1)
+    return ServingSystem(colocated=Pool(cost=serving_policy.replica_cost(c, scenario, model), replicas=1,
+                                        sched=sched))
 
 
 @dataclass(frozen=True)

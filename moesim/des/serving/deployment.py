@@ -58,8 +58,12 @@ def _layout(par: Parallelism) -> str:
 def from_deployment(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: Parallelism, *,
                     dtype: str = "fp8", kv_dtype: str = "bf16", overlap: str = "none",
                     prompt_len_hint: int = 2048, memory_fraction: float = 0.9,
-                    points_per_octave: int = 1) -> GridCost:
-    """A ``GridCost`` for one replica of ``model`` on ``cluster`` laid out as ``par``."""
+                    points_per_octave: int = 1, prefill_overlap: str | None = None) -> GridCost:
+    """A ``GridCost`` for one replica of ``model`` on ``cluster`` laid out as ``par``.
+
+    ``prefill_overlap`` (default: ``overlap``) is the step overlap of prefill and mixed passes:
+    a deployment may run its (eager) prefill without the two-micro-batch split that its
+    (graph-replayed) decode uses, since each micro-batch pays the host issue time again."""
     try:
         from moesim.step.inference import decode_iteration, prefill_iteration
     except ImportError:  # pragma: no cover - the step model ships with moesim
@@ -70,6 +74,7 @@ def from_deployment(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par
         raise SpecError("prompt_len_hint", prompt_len_hint, "must be >= 1")
     n = cluster.devices
     kw = dict(dtype=dtype, kv_dtype=kv_dtype, overlap=overlap, check_memory=False)
+    kw_pf = dict(kw, overlap=overlap if prefill_overlap is None else prefill_overlap)
 
     def decode_fn(batch: int, context: float) -> float:
         return decode_iteration(model, hw, cluster, par, batch_per_device=batch / n,
@@ -78,7 +83,7 @@ def from_deployment(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par
     def prefill_fn(tokens: int) -> float:
         s = min(tokens, prompt_len_hint)
         return prefill_iteration(model, hw, cluster, par, prompt_len=s,
-                                 prompts_per_device=tokens / s / n, **kw).step_time_s
+                                 prompts_per_device=tokens / s / n, **kw_pf).step_time_s
 
     return GridCost(
         prefill_fn=prefill_fn, decode_fn=decode_fn,

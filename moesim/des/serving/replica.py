@@ -44,15 +44,25 @@ class SchedulerConfig:
     ``max_seqs``: sequences in flight (decoding + partly prefilled).
     ``chunked_prefill``: False = a prompt is never split (it waits for an iteration whose
     remaining budget holds it whole, or runs alone when longer than the budget).
+    ``decode_steps_per_prefill`` (K >= 1): while sequences are decoding, prompt chunks are
+    scheduled at most once every K iterations (after an iteration carrying prefill, K - 1
+    decode-only iterations run first); with nothing decoding a prompt is scheduled at once.
+    K = 1 (the default) is plain continuous batching. A larger K batches prompts into fewer,
+    larger prefills: what a deployment whose eager prefill pass pays a fixed host (CPU) time
+    wants (moesim/step/host.py), at the price of TTFT; SGLang's ``--num-continuous-decode-steps``
+    (decode steps run back to back before the scheduler looks at new prompts) is the same knob.
     """
 
     token_budget: int = 8192
     max_seqs: int = 256
     chunked_prefill: bool = True
+    decode_steps_per_prefill: int = 1
 
     def __post_init__(self):
         if self.max_seqs < 1:
             raise SpecError("max_seqs", self.max_seqs, "must be >= 1")
+        if self.decode_steps_per_prefill < 1:
+            raise SpecError("decode_steps_per_prefill", self.decode_steps_per_prefill, "must be >= 1")
         if self.token_budget < self.max_seqs:
             raise SpecError("token_budget", self.token_budget,
                             f"must be >= max_seqs = {self.max_seqs} (each decoding sequence takes one token)")
@@ -93,6 +103,7 @@ class Replica:
         self.ctx_sum0 = 0                         # sum over live of (ctx at join - join step)
         self.kv_used = 0
         self.outstanding = 0                      # requests assigned here and not yet gone
+        self.decode_only = 0                      # decode-only iterations since the last prefill
         self._wake: simpy.Event | None = None
 
     # ---- inputs ---------------------------------------------------------------------------
@@ -121,7 +132,9 @@ class Replica:
         env, cost = self.env, self.cost
         while True:
             self._make_room()
-            chunks, p_tokens = self._schedule_prefill(self.sched.token_budget - len(self.live))
+            may_prefill = not self.live or self.decode_only >= self.sched.decode_steps_per_prefill - 1
+            budget = self.sched.token_budget - len(self.live) if may_prefill else 0
+            chunks, p_tokens = self._schedule_prefill(budget)
             d = len(self.live)
             if d == 0 and p_tokens == 0:
                 self._wake = env.event()
@@ -138,6 +151,7 @@ class Replica:
             start = env.now
             yield env.timeout(dt)
             self.step += 1
+            self.decode_only = 0 if p_tokens else self.decode_only + 1
             self.kv_used += d
             done = self._finish_decodes()
             emitted = self._finish_prefills(chunks)

@@ -1,0 +1,167 @@
+"""The serving system both planner stages model: scheduler limits, iteration costs, and the
+closed-form latencies of co-located continuous batching under that scheduler.
+
+The analytic stage (:mod:`moesim.planner.analytic`) and the serving-DES check
+(:mod:`moesim.planner.verify`) price iterations with the SAME :class:`GridCost`
+(:func:`replica_cost`, memoized per layout) and configure the SAME scheduler
+(:func:`scheduler`), so the DES tests the analytic's tails, not a different deployment.
+
+Choices, as a production deployment makes them (units: tokens, seconds):
+
+- token budget per iteration = ``PER_RANK_TOKEN_BUDGET`` x attention data-parallel ranks
+  (``devices / (tp x pp)``). 8192 is SGLang's default ``--chunked-prefill-size`` for 80-160 GB
+  GPUs (H100/H200; 16384 above 160 GB) and vLLM V1's default ``max_num_batched_tokens`` for
+  online serving, both per engine. SGLang with ``--enable-dp-attention`` divides the flag by
+  ``dp_size`` (server_args ``_handle_data_parallelism``: "The chunked prefill size is adjusted
+  ... to avoid MoE kernel issues"), so DP-attention deployments pass 8192 x dp to keep 8192 per
+  rank; the old replica-wide 8192 meant 128 tokens per rank at DP 64.
+- sequences in flight: the candidate's ``batch`` is the MEAN occupancy the analytic plans for;
+  the scheduler admits up to ``SEQ_HEADROOM`` x that (Poisson load fluctuates around the mean;
+  the KV-cache admission control of the memory model stays the hard bound).
+- prefill batching ``K = decode_steps_per_prefill`` (``SchedulerConfig``): prompts are scheduled
+  at most once every K iterations. Eager prefill pays a host issue time per pass regardless of
+  its tokens (moesim/step/host.py: ~0.5-0.9 s for DeepSeek-V3 on the GPU profiles) while decode
+  replays CUDA graphs; at K = 1 every iteration carrying a new prompt is host-bound and TPOT is
+  that host time. The analytic picks the smallest K that meets the TPOT limit (the smallest K
+  also gives the smallest TTFT), and the DES runs that K.
+- prefill overlap: with ``search.overlap = "auto"``, prefill and mixed passes use the faster of
+  ``none`` / ``two_microbatch`` at one prompt per device (each micro-batch pays the host time
+  again), decode uses the scenario's (two_microbatch for MoE).
+
+Closed form (co-located, per replica, steady state at the planned occupancy S sequences; L
+output tokens, P prompt tokens, C = P + L / 2 mean context, t_d the decode step at S, T_mix the
+mixed iteration ``cost.mixed_time_s(n P, n, S, C)``)::
+
+    n      = S K / L                     prompts arriving per period (Little's law)
+    period = T_mix + (K - 1) t_d         one mixed iteration and K - 1 decode-only ones
+    TPOT   = period / K                  every sequence gains one token per iteration
+    TTFT_q = q period + T_mix            Poisson arrivals wait U(0, period) for the next mixed
+                                         iteration (q = SLO percentile / 100), then run it
+    out tokens/s = S / TPOT
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from moesim.catalog import load_profile
+from moesim.planner.scenario import overlap_mode
+from moesim.specs import Cluster
+
+PER_RANK_TOKEN_BUDGET = 8192
+SEQ_HEADROOM = 2
+MAX_DECODE_STEPS_PER_PREFILL = 512
+_COSTS: dict[tuple, object] = {}
+_OVERLAPS: dict[tuple, str] = {}
+
+
+def attention_ranks(c) -> int:
+    """Attention data-parallel ranks of one replica (each holds distinct sequences)."""
+    return max(1, c.devices // (c.tp * c.pp))
+
+
+def planned_seqs(c) -> int:
+    """Sequences in flight one replica is planned for (``batch`` per device, as the step model)."""
+    return max(1, c.batch * c.devices // c.pp)
+
+
+def scheduler(c, steps: int = 1):
+    """The replica scheduler both stages assume (module docstring)."""
+    from moesim.des.serving.replica import SchedulerConfig
+
+    seqs = SEQ_HEADROOM * planned_seqs(c)
+    return SchedulerConfig(token_budget=max(PER_RANK_TOKEN_BUDGET * attention_ranks(c), seqs),
+                           max_seqs=seqs, decode_steps_per_prefill=max(1, int(steps)))
+
+
+def prefill_overlap(c, scenario, model) -> str:
+    """Overlap of prefill/mixed passes: the scenario's, or with ``auto`` the faster of the two
+    at one prompt per device (module docstring)."""
+    mode = overlap_mode(scenario, model)
+    if getattr(scenario.search, "overlap", "none") != "auto" or mode == "none":
+        return mode
+    w = scenario.workload
+    key = (_layout_key(c, scenario, model), "overlap")
+    if key not in _OVERLAPS:
+        from moesim.step import prefill_iteration
+
+        hw = load_profile(c.hardware)
+        cl = Cluster(hardware=hw.name, devices=c.devices)
+        t = {m: prefill_iteration(model, hw, cl, c.parallelism(), prompt_len=w.prompt_len, prompts_per_device=1,
+                                  dtype=w.dtype, kv_dtype=w.kv_dtype, overlap=m, check_memory=False).step_time_s
+             for m in ("none", mode)}
+        _OVERLAPS[key] = min(t, key=t.__getitem__)
+    return _OVERLAPS[key]
+
+
+def replica_cost(c, scenario, model):
+    """The replica's GridCost, one per (model, hardware, layout, dtypes, overlaps, prompt hint)."""
+    from moesim.des.serving.deployment import from_deployment
+
+    key = _layout_key(c, scenario, model)
+    if key not in _COSTS:
+        w = scenario.workload
+        hw = load_profile(c.hardware)
+        _COSTS[key] = from_deployment(model, hw, Cluster(hardware=hw.name, devices=c.devices), c.parallelism(),
+                                      dtype=w.dtype, kv_dtype=w.kv_dtype, overlap=overlap_mode(scenario, model),
+                                      prefill_overlap=prefill_overlap(c, scenario, model),
+                                      prompt_len_hint=w.prompt_len)
+    return _COSTS[key]
+
+
+def _layout_key(c, scenario, model) -> tuple:
+    w = scenario.workload
+    return (model.model_dump_json(), c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout,
+            c.redundant_experts, w.dtype, w.kv_dtype, overlap_mode(scenario, model),
+            getattr(scenario.search, "overlap", "none"), w.prompt_len)
+
+
+@dataclass(frozen=True)
+class ColocatedEstimate:
+    """Closed-form latencies of one replica under the prefill-batching scheduler (seconds)."""
+
+    steps: int
+    mixed_s: float
+    period_s: float
+    tpot_s: float
+    ttft_s: float
+    output_tokens_per_s: float
+
+
+def estimate(cost, c, scenario, decode_s: float, steps: int) -> ColocatedEstimate:
+    """The module docstring's closed form at K = ``steps``."""
+    w = scenario.workload
+    s = planned_seqs(c)
+    n = s * steps / w.output_len
+    ctx = w.prompt_len + w.output_len / 2
+    mixed = cost.mixed_time_s(max(1, round(n * w.prompt_len)), max(1, round(n)), s, ctx)
+    period = mixed + (steps - 1) * decode_s
+    tpot = period / steps
+    q = scenario.slo.percentile / 100.0
+    return ColocatedEstimate(steps, mixed, period, tpot, q * period + mixed, s / tpot)
+
+
+def max_steps(c, scenario) -> int:
+    """Largest K whose period's prompts fit one iteration's token budget: n P + S <= budget."""
+    w, s = scenario.workload, planned_seqs(c)
+    room = scheduler(c).token_budget - s
+    return int(max(1, min(MAX_DECODE_STEPS_PER_PREFILL, room * w.output_len // max(1, s * w.prompt_len))))
+
+
+def choose(cost, c, scenario, decode_s: float) -> ColocatedEstimate:
+    """Smallest K meeting the TPOT limit (K = 1 without one); the largest allowed K when none
+    does. Fixed-point on K = ceil((T_mix - t_d) / (limit - t_d)), T_mix nearly flat in K."""
+    limit, k_max = scenario.slo.tpot_s, max_steps(c, scenario)
+    est = estimate(cost, c, scenario, decode_s, 1)
+    if limit is None or est.tpot_s <= limit:
+        return est
+    if limit <= decode_s:
+        return estimate(cost, c, scenario, decode_s, k_max)
+    k = 1
+    for _ in range(12):
+        want = math.ceil((est.mixed_s - decode_s) / (limit - decode_s) - 1e-12)
+        k = min(k_max, max(k + 1, want))
+        est = estimate(cost, c, scenario, decode_s, k)
+        if est.tpot_s <= limit or k == k_max:
+            break
+    return est
