@@ -33,7 +33,7 @@ def delta_table(deltas, left: str, right: str) -> str:
 
 
 def whatif_cmd(args) -> Result:
-    from moesim.planner.whatif import parse_sets, what_if
+    from moesim.planner.whatif import parse_sets, what_if, why_infeasible
 
     changes = parse_sets(args.sets + args.changes)
     args.sets = []
@@ -41,4 +41,7 @@ def whatif_cmd(args) -> Result:
     result = what_if(base, changes)
     shown = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(no changes)"
     text = f"{base.name}: what if {shown}\n\n" + delta_table(result.deltas, "base", "changed")
+    for side, plan_result in (("base", result.base), ("changed", result.changed)):
+        if not plan_result.feasible:
+            text += f"\n\n{side} is infeasible: {why_infeasible(plan_result)}"
     return Result(result.to_dict(), text)

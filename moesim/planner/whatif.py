@@ -154,11 +154,12 @@ def what_if(base: Scenario, changes: dict[str, Any] | None = None, *, evaluator=
     b = plan(base, evaluator, **run_kw)
     c = plan(changed_scenario, evaluator, **run_kw) if changes else b
     if not b.feasible and not c.feasible:
-        raise MoesimError(f"neither the base nor the changed scenario is feasible: {_why(b)}")
+        raise MoesimError(f"neither the base nor the changed scenario is feasible: {why_infeasible(b)}")
     return WhatIfResult(b, c, changes, side_by_side(b, c))
 
 
-def _why(result: PlanResult) -> str:
+def why_infeasible(result: PlanResult) -> str:
+    """The planner's one-line reason a scenario has no answer ('' when it has one)."""
     try:
         result.require_feasible()
     except MoesimError as err:
