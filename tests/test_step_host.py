@@ -11,7 +11,8 @@ from moesim.calibrate import with_params
 from moesim.catalog import load_model, load_profile
 from moesim.compute.attention import attention_block_s, attention_prefill_time
 from moesim.step.elementwise import gemm_input_elements
-from moesim.step.host import OP_COUNTS, PRE_SYNC_OP_COUNTS, dispatch_syncs_host, layer_host_s, layer_op_count
+from moesim.step.host import (ATTENTION_EXTRA_OPS, OP_COUNTS, PRE_SYNC_OP_COUNTS, attention_variant,
+                               dispatch_syncs_host, layer_host_pre_s, layer_host_s, layer_op_count)
 from moesim.step.layer import LayerOps, layer_ops, make_setup, stack_time
 from moesim.step.schedule import serial_time, two_microbatch_time
 from moesim.step.training import critical_training_stage
@@ -20,6 +21,7 @@ OP_FILE = Path(__file__).resolve().parents[1] / "validation" / "data" / "op-coun
 H100 = load_profile("h100-sxm")
 MIXTRAL = load_model("mixtral-8x7b")
 DSV3 = load_model("deepseek-v3")
+DSV2_LITE = load_model("deepseek-v2-lite")
 
 
 def _hw(host_us: float):
@@ -37,6 +39,70 @@ def test_op_counts_literal_is_the_measured_file():
                                            "backward": moe["shared_experts_backward"]}
 
 
+def test_mla_and_pre_sync_counts_literal_is_the_measured_file():
+    # provenance: MLA's extra operators and the pre-sync counts equal what count_ops measured
+    data = json.loads(OP_FILE.read_text())
+    assert PRE_SYNC_OP_COUNTS == data["pre_sync"]
+    assert ATTENTION_EXTRA_OPS["gqa"] == {"forward": 0, "backward": 0}
+    for key in ("mla", "mla_no_q_lora"):
+        mla = data[key]
+        assert ATTENTION_EXTRA_OPS[key] == mla["extra_vs_gqa"]
+        # the measured MLA layers are the GQA layers plus the extra, dense and MoE, total and P
+        for p in ("forward", "backward"):
+            assert mla["dense_layer"][p] == OP_COUNTS["dense"][p] + ATTENTION_EXTRA_OPS[key][p]
+            assert mla["moe_layer"][p] == OP_COUNTS["moe"][p] + ATTENTION_EXTRA_OPS[key][p]
+            for kind in ("dense", "moe"):
+                assert mla["pre_sync"][kind][p] == PRE_SYNC_OP_COUNTS[kind][p] + ATTENTION_EXTRA_OPS[key][p]
+
+
+def test_mla_op_counts_reproduce_with_torch():
+    # second engine: re-count the dense MLA layer (exact), its attention block (the P part)
+    pytest.importorskip("torch")
+    from validation.count_ops import FFN, HIDDEN, count
+    from validation.torch_moe import SwiGLU
+
+    got = count(SwiGLU(HIDDEN, 4 * FFN), "mla")
+    extra = ATTENTION_EXTRA_OPS["mla"]
+    assert (got["forward"], got["backward"]) == (OP_COUNTS["dense"]["forward"] + extra["forward"],
+                                                 OP_COUNTS["dense"]["backward"] + extra["backward"])
+    assert (got["attention_forward"], got["attention_backward"]) == (
+        PRE_SYNC_OP_COUNTS["dense"]["forward"] + extra["forward"],
+        PRE_SYNC_OP_COUNTS["dense"]["backward"] + extra["backward"])
+
+
+def test_reference_mla_attention_matches_the_equations():
+    # the counted MLA layer computes DeepSeek-V2 eqs. 37-47: softmax(q k^T / sqrt(nope + rope)) v
+    # with q = [q_C ; RoPE(q_R)], k = [k_C ; RoPE(k_R)], written out here with einsum; fp32 atol 1e-5
+    torch = pytest.importorskip("torch")
+    from validation import count_ops as co
+
+    torch.manual_seed(1)
+    layer = co.MLALayer(torch.nn.Identity())
+    T, H, N, R, V = co.TOKENS, co.HEADS, co.MLA_NOPE, co.MLA_ROPE, co.MLA_V
+    x = torch.randn(T, co.HIDDEN)
+
+    def norm(z, w):
+        return z / torch.sqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+    def rot(z):  # rotate pair (i, i + R/2) by angle pos x 10000^(-2i/R)
+        ang = torch.arange(T).float()[:, None] * 10000.0 ** (-torch.arange(0, R, 2).float() / R)
+        c, s = ang.cos(), ang.sin()
+        if z.dim() == 3:
+            c, s = c[:, None], s[:, None]
+        a, b = z[..., : R // 2], z[..., R // 2:]
+        return torch.cat([a * c - b * s, b * c + a * s], -1)
+
+    q = layer.q_b(norm(layer.q_a(x), layer.q_a_norm)).view(T, H, N + R)
+    c_kv, k_r = layer.kv_a(x).split([co.MLA_KV_LORA, R], -1)
+    kv = layer.kv_b(norm(c_kv, layer.kv_a_norm)).view(T, H, N + V)
+    q = torch.cat([q[..., :N], rot(q[..., N:])], -1)
+    k = torch.cat([kv[..., :N], rot(k_r)[:, None].expand(T, H, R)], -1)
+    s = torch.einsum("thd,uhd->htu", q, k) / (N + R) ** 0.5
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    want = torch.einsum("htu,uhv->thv", s.softmax(-1), kv[..., N:]).reshape(T, H * V)
+    assert torch.allclose(layer.attend(x), want, atol=1e-5)
+
+
 def test_op_counts_reproduce_with_torch():
     # second engine: re-count the dense layer with the reference torch layer (exact)
     pytest.importorskip("torch")
@@ -51,14 +117,24 @@ def test_layer_op_count_hand_cases():
     # Mixtral has no shared experts: 86 - 6 forward, 98 - 11 backward (op-counts.json)
     assert layer_op_count(MIXTRAL, moe=True, backward=False) == 80
     assert layer_op_count(MIXTRAL, moe=True, backward=True) == 87
-    assert layer_op_count(DSV3, moe=True, backward=False) == 86
-    assert layer_op_count(DSV3, moe=False, backward=True) == 62
+    # DeepSeek-V3 (MLA with q compression): + 25 forward, + 43 backward (op-counts.json "mla")
+    assert attention_variant(DSV3) == "mla" and attention_variant(MIXTRAL) == "gqa"
+    assert layer_op_count(DSV3, moe=True, backward=False) == 86 + 25
+    assert layer_op_count(DSV3, moe=False, backward=True) == 62 + 43
+    # DeepSeek-V2-Lite (q_lora_rank 0): + 18 forward, + 27 backward ("mla_no_q_lora")
+    assert attention_variant(DSV2_LITE) == "mla_no_q_lora"
+    assert layer_op_count(DSV2_LITE, moe=False, backward=False) == 35 + 18
 
 
 def test_decode_pays_no_host_time():
     # CUDA graphs replay decode: no per-operator host time, whatever the overhead
     assert layer_host_s(_hw(100.0), DSV3, moe=True, phase="decode") == 0.0
-    assert layer_host_s(_hw(100.0), DSV3, moe=True, phase="prefill") == pytest.approx(86 * 100e-6, rel=1e-12)
+    assert layer_host_s(_hw(100.0), DSV3, moe=True, phase="prefill") == pytest.approx(111 * 100e-6, rel=1e-12)
+    # MLA's extra operators are all attention, before the sync: 62 + 25 forward, 32 + 43 backward
+    assert layer_host_pre_s(_hw(100.0), DSV3, moe=True, phase="prefill") == pytest.approx(87 * 100e-6, rel=1e-12)
+    assert layer_host_pre_s(_hw(100.0), DSV3, moe=True, phase="train", backward=True) == pytest.approx(
+        75 * 100e-6, rel=1e-12)
+    assert layer_host_pre_s(_hw(100.0), DSV3, moe=True, phase="decode") == 0.0
 
 
 def _mixtral_layer(hw, tokens: float) -> LayerOps:

@@ -32,8 +32,17 @@ Qwen3-30B on B200 from -42% to -32% but Mixtral from +33% to +52% and Qwen3-235B
 +64% (median |err| of the 9 training/serving rows 33% -> 32%): the fine-grained-expert gap is
 not a per-local-expert host cost, and TE's grouped GEMM launches its per-expert GEMMs from C++,
 far cheaper than a Python-issued aten operator.
-NOTE: the counts are of a GQA attention layer; MLA (DeepSeek-V3) issues more operators per
-layer (separate q/kv down- and up-projections, their norms, rope on a split head), not counted.
+MLA attention (DeepSeek-V2/V3, Kimi-K2; ``attention.kind == "mla"``) issues more operators than
+the GQA layer: q down-projection, its RMSNorm and up-projection; the kv down-projection (latent
++ shared rope key), its RMSNorm and up-projection; RoPE on the q and k rope parts; the nope|rope
+concatenations. ``ATTENTION_EXTRA_OPS`` are those extra operators, MEASURED the same way on the
+reference MLA layer (validation.count_ops.MLALayer, DeepSeek-V2 paper eqs. 37-47): the same in
+the dense and the MoE layer and all issued before the token-count sync (count_ops checks both),
+so they add to ``OP_COUNTS`` and ``PRE_SYNC_OP_COUNTS`` alike. Without query compression
+(``q_lora_rank`` 0, DeepSeek-V2-Lite) the q projection is one GEMM with no norm.
+NOTE: the reference layers apply no RoPE under GQA/MHA (their counts omit RoPE's 5 forward
+operators per rotated tensor) and count MHA as GQA (its 2 repeat_interleave copies); RoPE is
+counted under MLA, where it is applied to separate rope parts of the heads.
 """
 from __future__ import annotations
 
@@ -45,6 +54,14 @@ OP_COUNTS: dict[str, dict[str, int]] = {
     "dense": {"forward": 35, "backward": 62},
     "moe": {"forward": 86, "backward": 98},
     "shared_experts": {"forward": 6, "backward": 11},  # part of "moe", when the model has them
+}
+
+# validation/data/op-counts.json ("mla", "mla_no_q_lora": "extra_vs_gqa"): operators an MLA
+# attention block issues beyond the GQA block, per layer and pass
+ATTENTION_EXTRA_OPS: dict[str, dict[str, int]] = {
+    "gqa": {"forward": 0, "backward": 0},
+    "mla": {"forward": 25, "backward": 43},
+    "mla_no_q_lora": {"forward": 18, "backward": 27},
 }
 
 # Of those, the operators issued BEFORE the expert path's token counts are needed on the host
@@ -65,12 +82,21 @@ PRE_SYNC_OP_COUNTS: dict[str, dict[str, int]] = {
 EAGER_PHASES: tuple[str, ...] = ("train", "prefill")
 
 
+def attention_variant(model: ModelSpec) -> str:
+    """Key of ``ATTENTION_EXTRA_OPS`` for the model's attention (MHA counts as GQA)."""
+    att = model.attention
+    if att.kind != "mla":
+        return "gqa"
+    return "mla" if att.q_lora_rank else "mla_no_q_lora"
+
+
 def layer_op_count(model: ModelSpec, moe: bool, backward: bool) -> int:
     """Operators one layer issues in one pass (forward or backward) per micro-batch."""
     key = "backward" if backward else "forward"
+    extra = ATTENTION_EXTRA_OPS[attention_variant(model)][key]
     if not moe:
-        return OP_COUNTS["dense"][key]
-    n = OP_COUNTS["moe"][key]
+        return OP_COUNTS["dense"][key] + extra
+    n = OP_COUNTS["moe"][key] + extra
     if not model.moe.num_shared_experts:
         n -= OP_COUNTS["shared_experts"][key]
     return n
@@ -88,7 +114,8 @@ def layer_host_pre_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: st
     issued before the expert path needs the token counts; the rest of ``layer_host_s`` is X's."""
     if phase not in EAGER_PHASES:
         return 0.0
-    n = PRE_SYNC_OP_COUNTS["moe" if moe else "dense"]["backward" if backward else "forward"]
+    key = "backward" if backward else "forward"
+    n = PRE_SYNC_OP_COUNTS["moe" if moe else "dense"][key] + ATTENTION_EXTRA_OPS[attention_variant(model)][key]
     return n * hw.efficiency.compute.host_op_overhead_us * units.us
 
 
