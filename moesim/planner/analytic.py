@@ -5,12 +5,15 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
   most loaded device; a batch of ``b`` sequences per device at context ``C`` adds
   ``b x tp x pp x C`` KV tokens (the footprint is linear in ``kv_tokens``), and fits when the total
   is within HBM (the memory model's own rule);
-- decode: ``decode_iteration`` at context ``C = prompt_len + output_len / 2`` (the mean KV length
-  over a request's decode), once per (hardware, layout, batch) and memoized in the process
-  (:class:`_StepCosts`); NOTE: not ``moesim.step.vectorized``: its grid covers only DP attention
-  with EP over all devices and returns step times without the component breakdown the bottleneck
-  needs, and its per-configuration constants cost the same layer-model calls, so it would save
-  only the schedule arithmetic (measured ~2x on that one layout family);
+- decode: ``decode_iteration``'s numbers at context ``C = prompt_len + output_len / 2`` (the mean
+  KV length over a request's decode), once per (hardware, layout, batch), memoized in the process
+  (:class:`_StepCosts`). All batches of a layout are priced in one call of
+  ``moesim.step.vectorized.LayoutIterations`` (layout checked and ``LayerSetup`` built once, one
+  layer-model call per layer kind and batch, the schedule on arrays; equal to the scalar calls to
+  rounding, tests/test_planner_layout_iterations.py). What remains per (layout, batch) is the
+  layer model itself (routing max-load, GEMM and all-to-all models: ~1 ms per layer kind and token
+  count), which is not affine in the batch (tile quantization, low-latency vs normal all-to-all,
+  the max over ranks), so it is called at every batch rather than interpolated;
 - prefill and continuous batching (co-located): the serving system of
   :mod:`moesim.planner.serving_policy`, the one the serving DES simulates: a per-rank token
   budget, prompts batched into a mixed iteration once every K iterations (K chosen to meet the
@@ -120,6 +123,12 @@ class AnalyticEvaluator:
         context = w.prompt_len + w.output_len // 2
         kv_seq = lay.tp * lay.pp * context * base.kv_bytes_per_token
         costs = _StepCosts(model, hw, par, lay, scenario)
+        fitting = [c for c in cands if base.total_bytes + c.batch * kv_seq <= base.capacity_bytes]
+        costs.decode_many(sorted({c.batch for c in fitting}), context)
+        try:  # the replica cost's iteration nodes, many at a time (same numbers as on demand)
+            serving_policy.prefetch(fitting, scenario, model)
+        except MoesimError:  # no KV room at the serving memory fraction: reported per candidate below
+            pass
         grid = None
         results = []
         for c in cands:
@@ -202,7 +211,7 @@ class _StepCosts:
 
     def __init__(self, model, hw, par, lay: _Layout, scenario):
         w = scenario.workload
-        self.model, self.hw, self.par = model, hw, par
+        self.model, self.hw, self.par, self.lay, self.scenario = model, hw, par, lay, scenario
         self.cluster = Cluster(hardware=hw.name, devices=lay.devices)
         routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
         self.kw = dict(dtype=w.dtype, kv_dtype=w.kv_dtype, routing=routing, overlap=overlap_mode(scenario, model),
@@ -217,6 +226,19 @@ class _StepCosts:
             _remember(key, decode_iteration(self.model, self.hw, self.cluster, self.par, batch_per_device=batch,
                                             context=context, **self.kw))
         return _MEMO[key]
+
+    def decode_many(self, batches, context: int) -> None:
+        """Memoize ``decode`` at every batch at once: ``vectorized.decode_breakdowns`` (one layer-model
+        call per layer kind and batch, the schedule on arrays; equal to ``decode_iteration``)."""
+        todo = [b for b in batches if self.key + ("decode", b, context) not in _MEMO]
+        if not todo:
+            return
+        lay = self.lay  # any candidate of the layout (batch and capacity factor are not in the key)
+        c = Candidate(lay.hardware, lay.devices, lay.tp, lay.pp, lay.dp, lay.ep, lay.attention_layout,
+                      redundant_experts=lay.redundant_experts)
+        it = serving_policy.layout_iterations(c, self.scenario, self.model, self.kw["routing"])
+        for b, bd in zip(todo, it.decode(todo, context)):
+            _remember(self.key + ("decode", b, context), bd)
 
     def prefill(self, prompt_len: int) -> float:
         from moesim.step import prefill_iteration

@@ -53,6 +53,8 @@ SEQ_HEADROOM = 2
 MAX_DECODE_STEPS_PER_PREFILL = 512
 _COSTS: dict[tuple, object] = {}
 _OVERLAPS: dict[tuple, str] = {}
+_NODES: dict[tuple, object] = {}
+_ITERS: dict[tuple, object] = {}
 
 
 def attention_ranks(c) -> int:
@@ -83,30 +85,111 @@ def prefill_overlap(c, scenario, model) -> str:
     w = scenario.workload
     key = (_layout_key(c, scenario, model), "overlap")
     if key not in _OVERLAPS:
-        from moesim.step import prefill_iteration
-
-        hw = load_profile(c.hardware)
-        cl = Cluster(hardware=hw.name, devices=c.devices)
-        t = {m: prefill_iteration(model, hw, cl, c.parallelism(), prompt_len=w.prompt_len, prompts_per_device=1,
-                                  dtype=w.dtype, kv_dtype=w.kv_dtype, overlap=m, check_memory=False).step_time_s
-             for m in ("none", mode)}
+        it = layout_iterations(c, scenario, model)
+        t = {m: float(it.prefill([w.prompt_len], [1.0], overlap=m)[0]) for m in ("none", mode)}
         _OVERLAPS[key] = min(t, key=t.__getitem__)
     return _OVERLAPS[key]
 
 
+def layout_iterations(c, scenario, model, routing=None):
+    """The layout's ``LayoutIterations`` (moesim/step/vectorized.py), one per (layout key,
+    routing) in this process, shared by the planner's decode steps and the replica cost (its
+    layer-model memo then serves both): the scenario's dtypes and decode overlap; ``routing``
+    None is ``from_deployment``'s uniform routing."""
+    from moesim.specs import RoutingSpec
+    from moesim.step.vectorized import LayoutIterations
+
+    routing = RoutingSpec() if routing is None else routing
+    key = (_layout_key(c, scenario, model), routing.model_dump_json())
+    if key not in _ITERS:
+        w = scenario.workload
+        hw = load_profile(c.hardware)
+        _ITERS[key] = LayoutIterations(model, hw, Cluster(hardware=hw.name, devices=c.devices), c.parallelism(),
+                                       dtype=w.dtype, kv_dtype=w.kv_dtype, routing=routing,
+                                       overlap=overlap_mode(scenario, model))
+    return _ITERS[key]
+
+
+class _Nodes:
+    """``from_deployment``'s ``decode_fn`` / ``prefill_fn`` (same definitions: decode at ``batch /
+    devices`` per device and ``ceil(context)``; prefill of ``min(tokens, prompt_len)``-token
+    prompts, ``tokens / s / devices`` per device), memoized and computed many nodes at a time
+    by one ``LayoutIterations`` (equal to the scalar step model; test)."""
+
+    def __init__(self, it, devices: int, prompt_len: int, prefill_mode: str):
+        self.it, self.n, self.P, self.mode = it, devices, prompt_len, prefill_mode
+        self.decode_memo: dict = {}
+        self.prefill_memo: dict = {}
+
+    def prefetch(self, decode_nodes, prefill_nodes) -> None:
+        by_ctx: dict[int, list] = {}
+        for b, ctx in decode_nodes:
+            if (b, math.ceil(ctx)) not in self.decode_memo:
+                by_ctx.setdefault(math.ceil(ctx), []).append(b)
+        for ctx, bs in by_ctx.items():
+            bs = sorted(set(bs))
+            for b, bd in zip(bs, self.it.decode([b / self.n for b in bs], ctx)):
+                self.decode_memo[(b, ctx)] = bd.step_time_s
+        todo = sorted({t for t in prefill_nodes if t not in self.prefill_memo})
+        if todo:
+            s = [min(t, self.P) for t in todo]
+            for t, v in zip(todo, self.it.prefill(s, [t / si / self.n for t, si in zip(todo, s)], overlap=self.mode)):
+                self.prefill_memo[t] = float(v)
+
+    def decode_fn(self, batch: int, context: float) -> float:
+        self.prefetch([(batch, context)], ())
+        return self.decode_memo[(batch, math.ceil(context))]
+
+    def prefill_fn(self, tokens: int) -> float:
+        self.prefetch((), [tokens])
+        return self.prefill_memo[tokens]
+
+
 def replica_cost(c, scenario, model):
-    """The replica's GridCost, one per (model, hardware, layout, dtypes, overlaps, prompt hint)."""
-    from moesim.des.serving.deployment import from_deployment
+    """The replica's GridCost, one per (model, hardware, layout, dtypes, overlaps, prompt hint):
+    ``from_deployment``'s (same KV capacity, same iteration functions), its nodes priced by
+    :class:`_Nodes`."""
+    from moesim.compute.memory import kv_bytes_per_token
+    from moesim.des.serving.cost import GridCost
+    from moesim.des.serving.deployment import kv_capacity_tokens
+    from moesim.specs import Parallelism
 
     key = _layout_key(c, scenario, model)
     if key not in _COSTS:
         w = scenario.workload
         hw = load_profile(c.hardware)
-        _COSTS[key] = from_deployment(model, hw, Cluster(hardware=hw.name, devices=c.devices), c.parallelism(),
-                                      dtype=w.dtype, kv_dtype=w.kv_dtype, overlap=overlap_mode(scenario, model),
-                                      prefill_overlap=prefill_overlap(c, scenario, model),
-                                      prompt_len_hint=w.prompt_len)
+        par = c.parallelism()
+        cap = kv_capacity_tokens(model, hw, par, c.devices, dtype=w.dtype, kv_dtype=w.kv_dtype)
+        nodes = _Nodes(layout_iterations(c, scenario, model), c.devices, w.prompt_len,
+                       prefill_overlap(c, scenario, model))
+        _COSTS[key] = GridCost(prefill_fn=nodes.prefill_fn, decode_fn=nodes.decode_fn, kv_capacity_tokens=cap,
+                               kv_bytes_per_token=kv_bytes_per_token(model, Parallelism(), w.kv_dtype),
+                               devices=c.devices, points_per_octave=1)
+        _NODES[key] = nodes
     return _COSTS[key]
+
+
+def prefetch(cands, scenario, model) -> None:
+    """Price at once the grid nodes the closed form will ask of the layout's GridCost for
+    ``cands`` (one layout): decode at the brackets of each replica batch S and the slope nodes;
+    prefill at the brackets of n P + S for K = 1 and K = max_steps (other K: on demand)."""
+    from moesim.des.serving.cost import grid_bracket
+
+    if not cands:
+        return
+    grid = replica_cost(cands[0], scenario, model)
+    nodes = _NODES[_layout_key(cands[0], scenario, model)]
+    w = scenario.workload
+    c1, c2 = grid.context_nodes
+    dec = [(grid.slope_batch, c1), (grid.slope_batch, c2)]
+    pre = []
+    for c in cands:
+        s = planned_seqs(c)
+        dec += [(b, c1) for b in grid_bracket(s, grid.points_per_octave)]
+        for k in {1, max_steps(c, scenario)}:
+            n = s * k / w.output_len
+            pre += grid_bracket(max(1, round(n * w.prompt_len)) + s, grid.points_per_octave)
+    nodes.prefetch(dec, pre)
 
 
 def _layout_key(c, scenario, model) -> tuple:
