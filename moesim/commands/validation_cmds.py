@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from moesim.calibrate import calibrate
 from moesim.cases import load_cases
 from moesim.catalog import load_profile, write_toml
 from moesim.cli import Result, add_json_flag
 from moesim.errors import SpecError
 from moesim.textfmt import table
-from moesim.validate import validate
 
 ORDER = 80
 
@@ -36,6 +34,8 @@ def _fmt(x: float | None) -> str:
 
 
 def validate_cmd(args) -> Result:
+    from moesim.validate import validate
+
     casefile = load_cases(args.cases)
     profiles = {}
     for path in args.profile:
@@ -55,6 +55,8 @@ def validate_cmd(args) -> Result:
 
 
 def calibrate_cmd(args) -> Result:
+    from moesim.calibrate import calibrate  # scipy.optimize: imported only when fitting
+
     casefile = load_cases(args.cases)
     profile = load_profile(args.hw)
     params = None
