@@ -25,6 +25,8 @@ REASONS: dict[str, str] = {
     "over_max_devices": "needs more devices than max_devices to meet the target",
     "misses_deadline": "cannot finish the tokens by the deadline",
     "error": "the evaluation failed (reported, not fatal)",
+    "screened_out": "set aside by the screening stage (plan(screen=True): clearly misses the SLO or costs more "
+                    "than the ranked ones by its lower bound; not evaluated exactly)",
 }
 BOTTLENECKS = ("compute", "HBM", "scale-up", "scale-out", "memory capacity", "imbalance", "latency")
 

@@ -6,14 +6,19 @@ Stages: (1) enumerate the space (:mod:`space`); (2) evaluate every candidate wit
 cheapest serving candidate of each of the ``verify.top_n`` cheapest hardware types with the
 serving DES (:mod:`verify`: the replicas needed and their 95% interval), and the answer is the
 cheapest verified deployment.
+With ``screen=True`` (serving) stage (2) is preceded by a screening pass of lower bounds
+(:mod:`screen`) and evaluates exactly only the layouts that may hold one of the ``screen_keep``
+cheapest deployments or a hardware's cheapest; the top of the ranking and the answer are the
+unscreened plan's (tests/test_planner_screen.py), the rest is summarized as ``screened_out``.
 """
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from moesim.errors import InfeasibleError
+from moesim.errors import InfeasibleError, SpecError
 from moesim.planner.evaluation import Evaluation, HardwareFacts, Verification
 from moesim.planner.rank import (
     Ranked, Rejection, RejectionGroup, closest_rejection, judge_serving, judge_training,
@@ -182,21 +187,34 @@ def _answer_from(scenario, r: Ranked, v: Verification, facts: HardwareFacts) -> 
 
 def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address=None,
          workers: int | None = None, results_path=None, progress: bool = False,
-         chunk_size: int = 2048) -> PlanResult:
-    """Search ``scenario``'s space and rank what meets it (see the module docstring)."""
+         chunk_size: int = 2048, screen: bool = False, screen_keep: int = 10) -> PlanResult:
+    """Search ``scenario``'s space and rank what meets it (see the module docstring). ``screen``
+    (serving): screen the space first (:mod:`moesim.planner.screen`) and evaluate exactly only the
+    layouts that may hold one of the ``screen_keep`` cheapest deployments or a hardware's cheapest
+    (those, and the answer, are then the unscreened plan's; the others are reported as
+    ``screened_out``); the exact layouts run inline (``executor``, ``results_path`` and
+    ``progress`` apply to the unscreened sweep only). Screening applies to the analytic evaluator
+    only (its bounds are that model's); other evaluators are swept unscreened."""
     evaluator = evaluator or default_evaluator()
     t0 = time.perf_counter()
     model = scenario_model(scenario)
     facts = _facts(scenario, evaluator)
     space = (serving_space if scenario.kind == "serving" else training_space)(scenario, model)
-    evals = run_sweep(space.candidates, scenario, evaluator, executor=executor, address=address,
-                      workers=workers, results_path=results_path, progress=progress, chunk_size=chunk_size)
-    t1 = time.perf_counter()
     judge = judge_serving if scenario.kind == "serving" else judge_training
     ranked, rejections = [], []
-    for ev in evals:
-        out = judge(ev, scenario, facts[ev.candidate.hardware])
-        (ranked if isinstance(out, Ranked) else rejections).append(out)
+    timings: dict = {}
+    if screen_keep < 1:
+        raise SpecError("screen_keep", screen_keep, "at least 1")
+    if screen and scenario.kind == "serving" and _screenable(evaluator):
+        evals = _screened_sweep(space.candidates, scenario, model, evaluator, facts, screen_keep, ranked,
+                                rejections, timings)
+    else:
+        evals = run_sweep(space.candidates, scenario, evaluator, executor=executor, address=address,
+                          workers=workers, results_path=results_path, progress=progress, chunk_size=chunk_size)
+        for ev in evals:
+            out = judge(ev, scenario, facts[ev.candidate.hardware])
+            (ranked if isinstance(out, Ranked) else rejections).append(out)
+    t1 = time.perf_counter()
     ranked = rank(ranked)
     answer, checks = _verify(scenario, evaluator, ranked, facts)
     t2 = time.perf_counter()
@@ -206,8 +224,72 @@ def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address
         rejected=tuple(summarize_rejections(rejections, space.invalid, space.invalid_examples)),
         answer=answer, closest=closest_rejection(rejections) if not ranked else None,
         evaluated=len(evals), space_size=space.size,
-        timings_s={"analytic_s": t1 - t0, "verify_s": t2 - t1, "configs_per_s": len(evals) / max(t1 - t0, 1e-9)},
+        timings_s={"analytic_s": t1 - t0, "verify_s": t2 - t1, "configs_per_s": len(evals) / max(t1 - t0, 1e-9),
+                   **timings},
         verifications=tuple(checks),
     )
 
 
+def _screenable(evaluator) -> bool:
+    """The screen's bounds are the analytic evaluator's (moesim/planner/screen.py); another
+    evaluator (closed form, a test double) is swept unscreened."""
+    from moesim.planner.analytic import AnalyticEvaluator
+
+    return isinstance(evaluator, AnalyticEvaluator)
+
+
+SCREEN_NODES = 1  # decode nodes per layout in the screening pass (the largest fitting batch); refined to
+# screen.NODES for the layouts that reach the exact stage
+
+
+def _screened_sweep(candidates, scenario, model, evaluator, facts, keep: int, ranked: list, rejections: list,
+                    timings: dict) -> list[Evaluation]:
+    """Screen, then evaluate exactly layout by layout in order of their cheapest lower bound while
+    a layout's bound is within the ``keep``-th cheapest exact cost or its hardware's cheapest
+    (both only fall, so a skipped layout stays skipped); judges into ``ranked`` / ``rejections``."""
+    from moesim.planner.screen import layout_order, screen
+
+    t = time.perf_counter()
+    screened = screen(candidates, scenario, model, facts, nodes=SCREEN_NODES)
+    dt = time.perf_counter() - t
+    timings.update(screen_s=dt, screen_configs_per_s=len(candidates) / max(dt, 1e-9))
+    done: set[int] = set()
+    costs: list[float] = []
+    best: dict[str, float] = {}
+    evals: list[Evaluation] = []
+    layouts = 0
+    heap = [(lb, False, hw, idx[0], idx) for lb, hw, idx in layout_order(screened)]
+    heapq.heapify(heap)
+    while heap:
+        lb, refined, hw, _, idx = heapq.heappop(heap)
+        kth = sorted(costs)[keep - 1] if len(costs) >= keep else math.inf
+        if lb > max(kth, best.get(hw, math.inf)):
+            continue
+        if not refined:  # more decode nodes (~10 ms; tighter bounds) before the exact evaluation (~50 ms)
+            for i, s in zip(idx, screen([candidates[i] for i in idx], scenario, model, facts)):
+                screened[i] = s
+            heapq.heappush(heap, (min(screened[i].usd_per_hour_lb for i in idx), True, hw, idx[0], idx))
+            continue
+        todo = [i for i in idx if screened[i].reason is None]
+        if not todo:
+            continue
+        layouts += 1
+        for i, ev in zip(todo, run_sweep([candidates[i] for i in todo], scenario, evaluator, executor="inline")):
+            done.add(i)
+            evals.append(ev)
+            out = judge_serving(ev, scenario, facts[hw])
+            if isinstance(out, Ranked):
+                ranked.append(out)
+                costs.append(out.usd_per_hour)
+                best[hw] = min(best.get(hw, math.inf), out.usd_per_hour)
+            else:
+                rejections.append(out)
+    for i, s in enumerate(screened):
+        if i in done:
+            continue
+        if s.reason is None:
+            s = replace(s, reason="screened_out", detail=f"screening: at least ${s.usd_per_hour_lb:.2f}/h, "
+                        f"above the {keep} cheapest exact deployments")
+        rejections.append(judge_serving(s.evaluation(), scenario, facts[s.candidate.hardware]))
+    timings.update(exact_layouts=layouts, exact_configs=len(evals))
+    return evals

@@ -378,3 +378,57 @@ def _decode_breakdowns(it: LayoutIterations, batch_B: np.ndarray, context: int) 
             memory_capacity_GiB=fp0.capacity_bytes / 2**30,
             expert_imbalance=max(row[j].expert_imbalance for row in ops_KN)))
     return out
+
+
+# ---- decode step times of many layouts, one schedule call (the planner's screening stage) ----
+# Legend: L layers, N = sum over layouts of their batches (columns). Decode replays CUDA graphs
+# (no host time, no sync), so its schedule is the host-free recurrence, element-wise over
+# columns: the layer-model numbers of every layout are gathered first and the schedule (a
+# Python loop over L layers, ~3 ms whatever N) runs once per overlap mode for all of them.
+
+
+def _decode_columns(it: LayoutIterations, batch_B: np.ndarray, context: int):
+    """Per-layer (P, D, X, C, share) arrays (L, B) and the LM head (B,) of ``it``'s decode at each
+    batch per device: the same ``layer_ops`` (context 0) + core attention as ``_stack_N``."""
+    setup = it.setup("decode")
+    halves = 2 if it.overlap == "two_microbatch" else 1
+    mb_B = batch_B / halves
+    kinds, kind_L = _kind_of_L(setup.model)
+    ops_KN = [[layer_ops(setup, layers[0], float(t), 0.0) for t in mb_B] for layers in kinds]
+    core_KN = _core_KN(setup, kinds, mb_B, np.full(mb_B.size, float(context)))
+
+    def arr(name):
+        return np.array([[getattr(o, name) for o in row] for row in ops_KN])[kind_L]
+
+    P = arr("pre_s") + core_KN[kind_L]
+    cols = (P, arr("dispatch_s"), arr("ffn_s"), arr("combine_s"), arr("compute_share"))
+    model, atp = setup.model, setup.attention_tp
+    head_B = np.array([ad.gemm_s(it.hw, m * atp, model.vocab_size / atp, model.hidden, "bf16") * halves
+                       for m in mb_B])
+    return cols, head_B
+
+
+def decode_step_times_many(items: Sequence[tuple[LayoutIterations, Sequence[float]]], context: int) -> list:
+    """``decode_iteration(...).step_time_s`` of each ``(LayoutIterations, batches per device)``
+    item at ``context``, as arrays in item order: equal to ``LayoutIterations.decode`` (test);
+    the schedule runs once per overlap mode over every single-stage item's columns (pp > 1 items
+    fall back to ``LayoutIterations.decode``)."""
+    out: list = [None] * len(items)
+    groups: dict[str, list] = {}
+    for i, (it, batches) in enumerate(items):
+        b_B = np.asarray(batches, dtype=float)
+        if it.par.pp > 1 or b_B.size == 0:
+            out[i] = np.array([bd.step_time_s for bd in it.decode(b_B, context)]) if b_B.size else np.zeros(0)
+            continue
+        if (b_B <= 0).any():
+            raise SpecError("batch_per_device", batches, "every batch must be positive")
+        groups.setdefault(it.overlap, []).append((i, _decode_columns(it, b_B, context)))
+    for overlap, members in groups.items():
+        P, D, X, C, S = (np.concatenate([cols[k] for _, (cols, _) in members], axis=1) for k in range(5))
+        rec = P.sum(0) + D.sum(0) + X.sum(0) + C.sum(0) if overlap == "none" else two_microbatch_time(P, D, X, C, S)
+        start = 0
+        for i, (cols, head_B) in members:
+            n = head_B.size
+            out[i] = rec[start:start + n] + head_B
+            start += n
+    return out
