@@ -85,3 +85,15 @@ def test_invalid_scenario_field(capsys, tmp_path):
                  'output_len = 10\nrequest_rate = 1\n[slo]\ntpot_s = 0.1\n')
     code, _, err = _run(capsys, "plan", str(p))
     assert code == 2 and "bogus" in err
+
+
+def test_plan_screen_flag_gives_the_same_answer(capsys):
+    # The default scenario, small space: screening prunes by lower bounds and must return the
+    # same answer as the exhaustive exact sweep (tests/test_planner_screen.py checks the top 10).
+    code, plain, _ = _run(capsys, "plan", *SMALL, "--json", "--executor", "inline")
+    assert code == 0
+    code, screened, _ = _run(capsys, "plan", *SMALL, "--json", "--screen")
+    assert code == 0
+    a, b = json.loads(plain)["answer"], json.loads(screened)["answer"]
+    assert a["ranked"]["evaluation"]["candidate"] == b["ranked"]["evaluation"]["candidate"]
+    assert a["usd_per_hour"] == b["usd_per_hour"]

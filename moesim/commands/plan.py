@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", metavar="FILE.jsonl",
                    help="stream results here; rerunning with the same file resumes the sweep")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr (default: when a TTY)")
+    p.add_argument("--screen", action="store_true",
+                   help="serving: prune the space with model lower bounds first and evaluate exactly only "
+                        "layouts that can reach the top (same top 10 and answer; runs inline)")
     p.set_defaults(handler=plan_cmd)
 
 
@@ -81,7 +84,7 @@ def plan_cmd(args) -> Result:
     scenario = load(args)
     progress = args.progress or (sys.stderr.isatty() and not args.json)
     result = plan(scenario, executor=args.executor, address=args.address, workers=args.workers,
-                  results_path=args.results, progress=progress)
+                  results_path=args.results, progress=progress, screen=args.screen)
     result.require_feasible()
     files = []
     if args.csv:
