@@ -203,6 +203,8 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
         f"fitted {', '.join(params)}"
     )
     fitted = with_params(fitted, {}, origin=origin)
+    calibrated_parts = {f"{_split(p)[0]}_origin": "calibrated" for p in params}
+    fitted = fitted.with_efficiency(fitted.efficiency.model_copy(update=calibrated_parts))
     return CalibrationResult(
         profile=fitted,
         params=values,

@@ -165,6 +165,34 @@ def load_model(name: str) -> ModelSpec:
     return _load_model_cached(str(path))
 
 
+# ---- measured error bands (moesim/provenance.py) --------------------------------------------------
+ERROR_BANDS_PATH = Path(__file__).with_name("data") / "error_bands.json"
+
+
+def read_error_bands(path: str | Path | None = None) -> dict:
+    """The error-bands file (default: the shipped ``moesim/data/error_bands.json``); {} if absent."""
+    import json
+
+    p = ERROR_BANDS_PATH if path is None else Path(path)
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as err:
+        raise MoesimError(f"{p}: cannot read the error bands ({err})") from None
+
+
+def write_error_bands(data: dict, path: str | Path) -> str:
+    """Write an error-bands file (``moesim validate --write-bands``)."""
+    import json
+
+    try:
+        Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError as err:
+        raise MoesimError(f"--write-bands {path}: {err.strerror}") from None
+    return str(path)
+
+
 # ---- schemas ----------------------------------------------------------------------------------
 SCHEMAS: dict[str, type[BaseModel]] = {
     "hardware": HardwareProfile,

@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def plan_cmd(args) -> Result:
     from moesim.planner.plan import plan
     from moesim.planner.report import plot_pareto, render, write_csv
+    from moesim.provenance import for_plan
 
     if args.top <= 0:
         raise SpecError("--top", args.top, "must be positive")
@@ -86,12 +87,21 @@ def plan_cmd(args) -> Result:
     result = plan(scenario, executor=args.executor, address=args.address, workers=args.workers,
                   results_path=args.results, progress=progress, screen=args.screen)
     result.require_feasible()
+    prov = for_plan(result)
     files = []
     if args.csv:
-        files.append(write_csv(result, args.csv))
+        files.append(write_csv(result, args.csv, provenance=prov))
     if args.plot:
         files.append(plot_pareto(result, args.plot))
-    text = render(result, top=args.top)
+    text = render(result, top=args.top, provenance=prov)
     if files:
         text += "\n\nwrote " + ", ".join(files)
-    return Result(result.to_dict(), text, files=tuple(files))
+    return Result(with_provenance(result.to_dict(), prov), text, files=tuple(files))
+
+
+def with_provenance(data: dict, prov) -> dict:
+    """A plan's JSON with its provenance and each candidate's origin and price provider."""
+    from moesim.provenance import candidate_columns
+
+    cands = [{**row, **candidate_columns(prov, row["hardware"])} for row in data.get("candidates", [])]
+    return {**data, "candidates": cands, "provenance": prov.to_dict()}

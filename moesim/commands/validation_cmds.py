@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("cases", help="case file (JSON, moesim-cases/1)")
     p.add_argument("--profile", action="append", default=[], metavar="TOML",
                    help="use this profile file (e.g. a calibrated one) for its hardware; repeatable")
+    p.add_argument("--write-bands", metavar="FILE.json",
+                   help="store this file's measured errors per kind as error bands in FILE (merged; the "
+                        "shipped file is moesim/data/error_bands.json): the bands plan answers carry")
+    p.add_argument("--sample", choices=["out-of-sample", "in-sample"], default="out-of-sample",
+                   help="with --write-bands: whether the profiles were fitted on this file (in-sample)")
     add_json_flag(p)
     p.set_defaults(handler=validate_cmd)
 
@@ -51,7 +56,28 @@ def validate_cmd(args) -> Result:
               s.unsupported) for k, s in report.summary.items()]
     text += "\n\n" + table(srows, ["kind", "n", "median |err|", "max |err|", "unsupported"])
     errors = tuple(f"{args.cases}: case {p.id}: {p.problem}" for p in casefile.problems)
-    return Result(report.to_dict(), text, errors=errors, exit_code=2 if errors else 0)
+    files = ()
+    if args.write_bands:
+        files = (_write_bands(args, casefile, report, profiles),)
+        text += f"\n\nwrote error bands ({args.sample}) to {files[0]}"
+    return Result(report.to_dict(), text, files=files, errors=errors, exit_code=2 if errors else 0)
+
+
+def _write_bands(args, casefile, report, profiles) -> str:
+    """Validate again with every profile's efficiencies reset to the generic prior (the host
+    issue time kept: it is a software-stack property every profile carries) and store both."""
+    import datetime as _dt
+
+    from moesim.catalog import read_error_bands, write_error_bands
+    from moesim.provenance import bands_from_reports, merge_bands, prior_profile
+    from moesim.validate import validate
+
+    priors = {}
+    for hw in sorted({c.hardware for c in casefile.cases}):
+        priors[hw] = prior_profile(profiles.get(hw) or load_profile(hw))
+    prior_report = validate(casefile, priors)
+    new = bands_from_reports(report, prior_report, args.sample, _dt.date.today().isoformat())
+    return write_error_bands(merge_bands(read_error_bands(args.write_bands), new), args.write_bands)
 
 
 def calibrate_cmd(args) -> Result:

@@ -91,8 +91,10 @@ class AnalyticEvaluator:
 
     def hardware(self, name: str) -> HardwareFacts:
         p = load_profile(name)
+        from moesim.prices import entry_from_profile
+
         return HardwareFacts(p.name, p.price.usd_per_device_hour, p.scale_up.domain_size,
-                             p.memory.hbm_GB * units.GB / units.GiB)
+                             p.memory.hbm_GB * units.GB / units.GiB, price=entry_from_profile(p))
 
     @staticmethod
     def chunk_key(c: Candidate) -> int:

@@ -166,6 +166,7 @@ class HardwareFacts:
     usd_per_device_hour: float
     domain_size: int
     hbm_GiB: float
+    price: "PriceEntry | None" = None  # the profile's price with provider and source (moesim.prices)
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ from moesim.errors import InfeasibleError, SpecError
 from moesim.planner.evaluation import Evaluation, HardwareFacts, Verification
 from moesim.planner.rank import (
     Ranked, Rejection, RejectionGroup, closest_rejection, judge_serving, judge_training,
-    pareto_frontier, rank, summarize_rejections, with_price,
+    pareto_frontier, rank, summarize_rejections,
 )
 from moesim.planner.scenario import Scenario, scenario_model
 from moesim.planner.space import serving_space, training_space
@@ -128,7 +128,20 @@ def default_evaluator():
 
 
 def _facts(scenario, evaluator) -> dict[str, HardwareFacts]:
-    return {hw: with_price(evaluator.hardware(hw), scenario) for hw in scenario.hardware}
+    """Each candidate hardware's facts, priced on the scenario's one price basis (moesim.prices)."""
+    from moesim.prices import apply
+
+    facts = {hw: evaluator.hardware(hw) for hw in scenario.hardware}
+    return apply(price_basis(scenario, facts), facts)
+
+
+def price_basis(scenario, facts: dict[str, HardwareFacts]):
+    """The scenario's PriceBasis over ``facts`` (raises when providers mix without a stated basis)."""
+    from moesim.prices import PriceEntry, resolve
+
+    listed = {hw: f.price or PriceEntry(hw, f.usd_per_device_hour, "unstated", "list", "", "")
+              for hw, f in facts.items()}
+    return resolve(scenario.prices, listed, scenario.prices_usd_per_device_hour)
 
 
 def verify_targets(ranked: list[Ranked], n: int) -> list[Ranked]:

@@ -13,7 +13,7 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1e3:.1f}"
 
 
-def _serving_rows(result: PlanResult, top: int):
+def _serving_rows(result: PlanResult, top: int, mark: frozenset = frozenset()):
     verified = {v.candidate.key(): v for v in result.verifications}
     frontier = {r.candidate.key() for r in result.frontier}
     for i, r in enumerate(result.ranked[:top], 1):
@@ -22,19 +22,21 @@ def _serving_rows(result: PlanResult, top: int):
         tpot = _ms(v.tpot_p99_s) + "*" if v and v.tpot_p99_s is not None else _ms(ev.tpot_s)
         ttft = _ms(v.ttft_p99_s) + "*" if v and v.ttft_p99_s is not None else _ms(ev.ttft_s)
         yield (
-            f"{i}{'f' if c.key() in frontier else ''}", c.hardware, f"{r.replicas}x{c.devices}={r.total_devices}",
+            f"{i}{'f' if c.key() in frontier else ''}", c.hardware + ("!" if c.hardware in mark else ""),
+            f"{r.replicas}x{c.devices}={r.total_devices}",
             r.nodes, c.layout(), c.batch, f"{ev.tokens_per_s / c.devices:,.0f}", tpot, ttft,
             "-" if ev.memory_headroom_GiB is None else f"{ev.memory_headroom_GiB:.1f}",
             f"{r.usd_per_hour:,.2f}", f"{r.usd_per_million_tokens:.3f}", ev.bottleneck,
         )
 
 
-def _training_rows(result: PlanResult, top: int):
+def _training_rows(result: PlanResult, top: int, mark: frozenset = frozenset()):
     frontier = {r.candidate.key() for r in result.frontier}
     for i, r in enumerate(result.ranked[:top], 1):
         ev, c = r.evaluation, r.candidate
         yield (
-            f"{i}{'f' if c.key() in frontier else ''}", c.hardware, c.devices, r.nodes, c.layout(), c.batch,
+            f"{i}{'f' if c.key() in frontier else ''}", c.hardware + ("!" if c.hardware in mark else ""),
+            c.devices, r.nodes, c.layout(), c.batch,
             f"{ev.tokens_per_s / c.devices:,.0f}", f"{(ev.mfu or 0) * 100:.1f}", f"{r.days:.1f}",
             seconds(ev.step_time_s),
             "-" if ev.memory_headroom_GiB is None else f"{ev.memory_headroom_GiB:.1f}",
@@ -96,9 +98,12 @@ def _target_text(s) -> str:
             f"{w.output_len} out, {w.dtype}), {lim}")
 
 
-def render(result: PlanResult, top: int = 10) -> str:
-    """The text report: target, ranked table, answer, frontier, rejections by reason."""
+def render(result: PlanResult, top: int = 10, provenance=None) -> str:
+    """The text report: target, ranked table, answer, frontier, rejections by reason; with
+    ``provenance`` (moesim.provenance.Provenance) prior-only hardware is marked ``!`` and the
+    answer is followed by its price basis, profile origins and error band."""
     s = result.scenario
+    mark = frozenset(provenance.prior_only) if provenance is not None else frozenset()
     lines = [f"{s.name}: {_target_text(s)}",
              f"searched {result.space_size} configurations over {', '.join(s.hardware)} "
              f"({result.evaluated} evaluated by {result.evaluator}, "
@@ -107,15 +112,18 @@ def render(result: PlanResult, top: int = 10) -> str:
         if s.kind == "serving":
             headers = ["#", "hardware", "devices", "nodes", "parallelism", "batch", "out tok/s/dev",
                        "TPOT ms", "TTFT ms", "headroom GiB", "$/h", "$/M tok", "bottleneck"]
-            lines.append(table(list(_serving_rows(result, top)), headers))
+            lines.append(table(list(_serving_rows(result, top, mark)), headers))
             lines.append("(f = on the cost-latency Pareto frontier; * = p99 from the serving DES, "
                          "else analytic estimate)")
         else:
             headers = ["#", "hardware", "devices", "nodes", "parallelism", "micro-batch", "tok/s/dev",
                        "MFU %", "days", "step", "headroom GiB", "total $", "bottleneck"]
-            lines.append(table(list(_training_rows(result, top)), headers))
+            lines.append(table(list(_training_rows(result, top, mark)), headers))
             lines.append("(f = on the cost-time Pareto frontier)")
-        lines += ["", _answer_text(result), "", "best per hardware:", _per_hardware(result)]
+        lines += ["", _answer_text(result)]
+        if provenance is not None:
+            lines += ["  " + line for line in provenance.lines()]
+        lines += ["", "best per hardware:", _per_hardware(result)]
     elif result.closest is not None:
         ev = result.closest.evaluation
         lines.append(f"no deployment meets the target; closest: {ev.candidate.key()}: {ev.detail}")
@@ -126,9 +134,14 @@ def render(result: PlanResult, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def write_csv(result: PlanResult, path: str | Path) -> str:
-    """Every ranked candidate as one CSV row (the --json ``candidates`` fields)."""
+def write_csv(result: PlanResult, path: str | Path, provenance=None) -> str:
+    """Every ranked candidate as one CSV row (the --json ``candidates`` fields; with
+    ``provenance``, each row's efficiency origin and price provider too)."""
     rows = [_row(r) for r in result.ranked]
+    if provenance is not None:
+        from moesim.provenance import candidate_columns
+
+        rows = [{**row, **candidate_columns(provenance, row["hardware"])} for row in rows]
     try:
         with open(path, "w", newline="") as fh:
             if not rows:

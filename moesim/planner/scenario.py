@@ -5,8 +5,8 @@ boundary with pydantic (``extra="forbid"``, units in key names). The workload, S
 sections reuse the library's specs (:class:`~moesim.specs.ServingWorkload`,
 :class:`~moesim.specs.SLO`, :class:`~moesim.specs.RoutingSpec`,
 :class:`~moesim.specs.TrainingWorkload`), so the planner and the serving simulator read the same
-fields. ``[search]`` bounds the search space; ``[prices]`` overrides a profile's
-``usd_per_device_hour``; ``[verify]`` sets the serving-DES check of the top candidates.
+fields. ``[search]`` bounds the search space; ``[prices]`` names the one price basis costs are
+compared on and the user's own prices (:mod:`moesim.prices`); ``[verify]`` sets the serving-DES check of the top candidates.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from moesim.catalog import build, read_toml
 from moesim.errors import MoesimError
+from moesim.prices import PricesSpec
 from moesim.specs import SLO, RoutingSpec, ServingWorkload, TrainingWorkload
 from moesim.specs.common import Spec
 
@@ -101,8 +102,10 @@ class _ScenarioBase(Spec):
     hardware: tuple[str, ...] = Field(min_length=1, description="candidate hardware profiles")
     max_devices: int = Field(4096, gt=0, description="largest total device count allowed")
     prices_usd_per_device_hour: dict[str, float] = Field(
-        default_factory=dict, description="price overrides per hardware profile"
+        default_factory=dict, description="price overrides per hardware profile (same as prices.usd_per_device_hour)"
     )
+    prices: PricesSpec = Field(default_factory=PricesSpec,
+                               description="the one price basis costs are compared on (moesim/prices.py)")
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
 
     @field_validator("hardware", mode="before")

@@ -131,11 +131,25 @@ class IciSpec(Sourced):
     chips_per_host: int = Field(gt=0)
 
 
+PriceQuality = Literal["list", "secondary", "estimate", "user"]
+EfficiencyOrigin = Literal["calibrated", "transferred", "prior"]
+
+
 class PriceSpec(Sourced):
-    """A default on-demand price per device-hour; users override it."""
+    """A default on-demand price per device-hour; users override it.
+
+    ``provider`` names whose price list it is (``runpod``, ``gcp``, ...): the planner compares
+    prices of one provider only unless a scenario states the mix (:mod:`moesim.prices`).
+    ``quality``: ``list`` read from the provider's own price page, ``secondary`` a price a third
+    party reports, ``estimate`` computed from other prices (no public price found).
+    """
 
     usd_per_device_hour: float = Field(gt=0)
-    as_of: str = Field(description="date the price was read, YYYY-MM or YYYY-MM-DD")
+    as_of: str = Field(pattern=r"^\d{4}-\d{2}(-\d{2})?$",
+                       description="date the price was read, YYYY-MM or YYYY-MM-DD")
+    provider: str = Field("unstated", pattern=r"^[a-z0-9][a-z0-9.\-]*$",
+                          description="whose price list this is, e.g. runpod, gcp, tensorwave")
+    quality: PriceQuality = Field("list", description="list, secondary, estimate or user")
 
 
 class ComputeEfficiency(Spec):
@@ -200,6 +214,13 @@ class Efficiency(Spec):
     origin: str = Field(
         "generic prior: the same round values on every profile, not fitted to any measurement",
         description="where these values came from (prior, or the calibration set and date)",
+    )
+    compute_origin: EfficiencyOrigin = Field(
+        "prior", description="compute efficiencies: calibrated on this hardware's measurements, "
+        "transferred from the same silicon, or the generic prior"
+    )
+    comm_origin: EfficiencyOrigin = Field(
+        "prior", description="communication efficiencies: calibrated, transferred or prior"
     )
     compute: ComputeEfficiency = Field(default_factory=ComputeEfficiency)
     comm: CommEfficiency = Field(default_factory=CommEfficiency)
