@@ -156,13 +156,25 @@ def _load_model_cached(path: str) -> ModelSpec:
 
 
 def load_model(name: str) -> ModelSpec:
-    """A built-in preset by exact name, or a user's model TOML by path."""
+    """A built-in preset by exact name, a user's model TOML by path, or ``hf:PATH`` (a local
+    Hugging Face config.json, mapped by :mod:`moesim.hf_import`)."""
+    if name.startswith("hf:"):
+        return load_hf_model(name[3:])
     if _looks_like_path(name):
         return _load_model_cached(str(Path(name).resolve()))
     path = _PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
         raise UnknownNameError("model", name, list_models())
     return _load_model_cached(str(path))
+
+
+def load_hf_model(path: str | Path, name: str | None = None) -> ModelSpec:
+    """A model spec from a local Hugging Face config.json (nothing is downloaded)."""
+    from moesim.hf_import import default_name, model_dict_from_hf, read_hf_config
+
+    cfg = read_hf_config(path)
+    data = model_dict_from_hf(cfg, name=name or default_name(path, cfg), source=str(path))
+    return build(ModelSpec, data, source=f"hf:{path}")
 
 
 # ---- measured error bands (moesim/provenance.py) --------------------------------------------------

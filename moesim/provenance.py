@@ -237,6 +237,15 @@ class Provenance:
                        f"to any measurement; its band is widened")
         return out
 
+    def summary(self) -> str:
+        """One line: the answer's profile origin, its price and band, and the price basis."""
+        if self.answer_hardware is None:
+            return self.price_basis.statement()
+        a = self.of(self.answer_hardware)
+        band = (f", band +-{self.answer_band.median_abs_rel_error:.0%} ({self.answer_band.sample})"
+                if self.answer_band else "")
+        return f"answer on {a.hardware}: {a.label()}, {a.price.label()}{band}; {self.price_basis.statement()}"
+
     def to_dict(self) -> dict:
         return {"price_basis": self.price_basis.to_dict(), "forecast_kind": self.forecast_kind,
                 "answer_hardware": self.answer_hardware,

@@ -35,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(handler=models_show)
 
+    p = models.add_parser("import", help="a model spec from a local Hugging Face config.json (no download)")
+    p.add_argument("config", help="path to a config.json")
+    p.add_argument("-o", "--output", metavar="MODEL.toml", help="write the model spec TOML here")
+    p.add_argument("--name", help="model name (default: the config's _name_or_path, else its folder)")
+    add_json_flag(p)
+    p.set_defaults(handler=models_import)
+
     p = sub.add_parser("schema", help="print the JSON Schema of a spec kind")
     p.add_argument("kind", choices=[*SCHEMAS, "workload"])
     add_json_flag(p)
@@ -173,3 +180,20 @@ def schema(args) -> Result:
     s = json_schema(args.kind)
     return Result(s, json.dumps(s, indent=2))
 
+
+
+def models_import(args) -> Result:
+    """``moesim models import config.json [-o model.toml]``: map, validate, count, optionally write."""
+    from moesim.catalog import load_hf_model, write_toml
+
+    m = load_hf_model(args.config, name=args.name)
+    pc = param_counts(m)
+    data = {**_model_summary(m, 4096), "spec": m.to_dict()}
+    lines = [f"imported {m.display_name} as {m.name}: {m.num_layers} layers ({m.moe_layers} MoE), "
+             f"total {si(pc.total)} / active {si(pc.active)} parameters"]
+    files: tuple[str, ...] = ()
+    if args.output:
+        write_toml(m.to_dict(), args.output)
+        files = (args.output,)
+        lines.append(f"wrote {args.output}; use it as --model {args.output} (or --model hf:{args.config})")
+    return Result(data, "\n".join(lines), files=files)

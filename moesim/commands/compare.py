@@ -5,7 +5,7 @@ import argparse
 
 from moesim.cli import Result
 from moesim.commands.plan import add_scenario_args, load
-from moesim.commands.whatif import delta_table
+from moesim.commands.whatif import delta_table, sides_provenance
 
 ORDER = 12
 
@@ -24,4 +24,5 @@ def compare_cmd(args) -> Result:
     result = compare(scenario, args.dense)
     text = (f"{scenario.name}: {scenario.model} (MoE) vs {args.dense} (dense), same target and SLO\n\n"
             + delta_table(result.deltas, scenario.model, args.dense))
-    return Result(result.to_dict(), text)
+    data, lines = sides_provenance(result.to_dict(), (("moe", result.moe), ("dense", result.dense)))
+    return Result(data, text + "\n\n" + "\n".join(lines))

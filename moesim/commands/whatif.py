@@ -44,4 +44,14 @@ def whatif_cmd(args) -> Result:
     for side, plan_result in (("base", result.base), ("changed", result.changed)):
         if not plan_result.feasible:
             text += f"\n\n{side} is infeasible: {why_infeasible(plan_result)}"
-    return Result(result.to_dict(), text)
+    data, lines = sides_provenance(result.to_dict(), (("base", result.base), ("changed", result.changed)))
+    return Result(data, text + "\n\n" + "\n".join(lines))
+
+
+def sides_provenance(data: dict, sides) -> tuple[dict, list[str]]:
+    """``data`` with each side's provenance (``provenance.<side>``) and one text line per side."""
+    from moesim.provenance import for_plan
+
+    provs = {side: for_plan(r) for side, r in sides}
+    return {**data, "provenance": {k: p.to_dict() for k, p in provs.items()}}, \
+        [f"{side}: {p.summary()}" for side, p in provs.items()]
