@@ -134,26 +134,32 @@ def provider_tables(profiles) -> dict[str, tuple[PriceEntry, ...]]:
     return {k: tuple(sorted(v, key=lambda e: e.hardware)) for k, v in sorted(out.items())}
 
 
-def _check_names(field: str, names, candidates: tuple[str, ...]) -> None:
+def _check_names(field: str, names, candidates: tuple[str, ...], known) -> None:
     for name in names:
-        if name not in candidates:
+        if name not in candidates and name not in known:
             raise SpecError(f"prices.{field}.{name}", name,
-                            f"not a candidate hardware of this scenario ({', '.join(candidates)})")
+                            f"not a candidate hardware of this scenario ({', '.join(candidates)}) "
+                            f"nor a known profile")
 
 
 def resolve(spec: PricesSpec, listed: Mapping[str, PriceEntry],
-            overrides: Mapping[str, float] | None = None) -> PriceBasis:
+            overrides: Mapping[str, float] | None = None, known=()) -> PriceBasis:
     """The price basis of a plan over the candidates in ``listed`` (hardware -> its list price).
 
     ``overrides``: the scenario's older ``prices_usd_per_device_hour`` (same meaning as
-    ``spec.usd_per_device_hour``). Raises naming the field when a price is for an unknown hardware,
-    a candidate is missing from the basis, or two providers meet without a stated basis.
+    ``spec.usd_per_device_hour``); ``known``: other real profile names, whose prices may stand in
+    the scenario while a what-if drops them from the candidates. Raises naming the field when a
+    price names an unknown hardware, a candidate is missing from the basis, or two providers meet
+    without a stated basis.
     """
     listed = {hw: e if e.hardware == hw else replace(e, hardware=hw) for hw, e in listed.items()}
     candidates = tuple(listed)
     own = {**dict(overrides or {}), **spec.usd_per_device_hour}
-    _check_names("usd_per_device_hour", own, candidates)
-    _check_names("mix", spec.mix, candidates)
+    _check_names("usd_per_device_hour", own, candidates, known)
+    _check_names("mix", spec.mix, candidates, known)
+    own = {hw: v for hw, v in own.items() if hw in listed}
+    mix = {hw: v for hw, v in spec.mix.items() if hw in listed}
+    spec = spec.model_copy(update={"mix": mix})
     for hw, provider in spec.mix.items():
         if listed[hw].provider != provider:
             raise SpecError(f"prices.mix.{hw}", provider,

@@ -274,13 +274,13 @@ def plan_provenance(scenario, profiles: Mapping, basis: PriceBasis, bands: Bands
 def for_plan(result) -> Provenance:
     """The provenance of a PlanResult: its candidates' profiles (catalog), the scenario's price
     basis and the shipped error bands (``moesim/data/error_bands.json``)."""
-    from moesim.catalog import load_profile, read_error_bands
+    from moesim.catalog import list_profiles, load_profile, read_error_bands
     from moesim.prices import entry_from_profile, resolve
 
     s = result.scenario
     profiles = {hw: load_profile(hw) for hw in s.hardware}
     basis = resolve(s.prices, {hw: entry_from_profile(p) for hw, p in profiles.items()},
-                    s.prices_usd_per_device_hour)
+                    s.prices_usd_per_device_hour, known=list_profiles())
     a = result.answer
     return plan_provenance(s, profiles, basis, Bands(read_error_bands()),
                            a.ranked.candidate.hardware if a else None, a.usd_per_hour if a else None)

@@ -9,7 +9,6 @@ import pytest
 from moesim.errors import InfeasibleError, MoesimError
 from moesim.planner.compare import compare
 from moesim.planner.evaluation import Candidate, Evaluation
-from moesim.planner.pilot import pilot_plan
 from moesim.planner.plan import plan
 from moesim.planner.rank import Ranked, pareto_frontier
 from moesim.planner.scenario import scenario_from_dict, scenario_model
@@ -140,15 +139,6 @@ def test_training_plan_meets_deadline_at_least_cost():
     assert (best.candidate.hardware, best.candidate.devices) == ("slow-gpu", 1024)
     assert best.total_usd == pytest.approx(2e12 / 1000 / 3600, rel=1e-9)
     assert {g.reason for g in r.rejected} >= {"misses_deadline"}
-
-
-def test_pilot_plan_smallest_deployment_with_watches():
-    p = pilot_plan(serving(), 0.1, evaluator=FAKE)
-    # 2,000 tok/s: fast-gpu x8 at b16 ((0.010+0.008)/2+0.003 = 0.012 s -> 10,667 tok/s) is the only 8-device fit
-    assert p.devices == 8 and p.hardware == "fast-gpu"
-    names = [w.metric for w in p.watches]
-    assert names[:2] == ["p99 TPOT", "p99 TTFT"] and "drop fraction" in names
-    assert all(w.band_low <= w.expected <= w.band_high for w in p.watches)
 
 
 def test_compare_moe_vs_dense_side_by_side():

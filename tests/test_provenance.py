@@ -171,3 +171,10 @@ def test_plan_refuses_two_providers_without_basis(tmp_path, capsys):
     assert run(["plan", str(s), "--small"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "prices.basis" in err and "tensorwave: mi300x" in err
+
+
+def test_prices_for_a_known_profile_dropped_by_a_whatif_are_kept_out():
+    """A what-if that narrows the candidates keeps the scenario's mix and prices for the others."""
+    basis = resolve(PricesSpec(basis="runpod", mix={"t": "gcp"}, usd_per_device_hour={"t": 1.0}),
+                    {"a": LISTED["a"]}, known=("t",))
+    assert [e.hardware for e in basis.entries] == ["a"] and not basis.mixed

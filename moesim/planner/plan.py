@@ -141,7 +141,9 @@ def price_basis(scenario, facts: dict[str, HardwareFacts]):
 
     listed = {hw: f.price or PriceEntry(hw, f.usd_per_device_hour, "unstated", "list", "", "")
               for hw, f in facts.items()}
-    return resolve(scenario.prices, listed, scenario.prices_usd_per_device_hour)
+    from moesim.catalog import list_profiles
+
+    return resolve(scenario.prices, listed, scenario.prices_usd_per_device_hour, known=list_profiles())
 
 
 def verify_targets(ranked: list[Ranked], n: int) -> list[Ranked]:
