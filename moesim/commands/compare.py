@@ -5,7 +5,7 @@ import argparse
 
 from moesim.cli import Result
 from moesim.commands.plan import add_scenario_args, load
-from moesim.commands.whatif import delta_table, sides_provenance
+from moesim.commands.whatif import delta_table, sides_provenance, sides_report
 
 ORDER = 12
 
@@ -24,5 +24,9 @@ def compare_cmd(args) -> Result:
     result = compare(scenario, args.dense)
     text = (f"{scenario.name}: {scenario.model} (MoE) vs {args.dense} (dense), same target and SLO\n\n"
             + delta_table(result.deltas, scenario.model, args.dense))
-    data, lines = sides_provenance(result.to_dict(), (("moe", result.moe), ("dense", result.dense)))
-    return Result(data, text + "\n\n" + "\n".join(lines))
+    sides = (("moe", result.moe), ("dense", result.dense))
+    data, lines = sides_provenance(result.to_dict(), sides)
+    files = sides_report(args, f"moesim compare: {scenario.model} vs {args.dense}", result.deltas,
+                         scenario.model, args.dense, sides)
+    return Result(data, text + "\n\n" + "\n".join(lines) + (f"\n\nwrote {files[0]}" if files else ""),
+                  files=files)

@@ -72,4 +72,9 @@ def pilot_cmd(args) -> Result:
         except OSError as err:
             raise MoesimError(f"--checklist {args.checklist}: {err.strerror}") from None
         files = (args.checklist,)
+    if args.report:
+        from moesim.commands.plan import write_report
+        from moesim.report_html import pilot_report, step_breakdowns
+
+        files += (write_report(pilot_report(pp, prov, step_breakdowns(result)), args.report),)
     return Result(data, text, files=files)

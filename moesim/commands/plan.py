@@ -25,6 +25,9 @@ def add_scenario_args(p: argparse.ArgumentParser, optional: bool = True) -> None
                    help="verify the N cheapest candidates with the serving DES (0 = analytic only)")
     p.add_argument("--small", action="store_true",
                    help="a small search (fewer device counts and batches) for quick answers")
+    p.add_argument("--report", metavar="FILE.html",
+                   help="write a self-contained HTML report (answer, provenance, cost-latency chart, "
+                        "step breakdowns, rejections)")
     add_json_flag(p)
 
 
@@ -93,6 +96,11 @@ def plan_cmd(args) -> Result:
         files.append(write_csv(result, args.csv, provenance=prov))
     if args.plot:
         files.append(plot_pareto(result, args.plot))
+    if args.report:
+        from moesim.report_html import plan_report, step_breakdowns
+
+        files.append(write_report(plan_report(result, prov, step_breakdowns(result, args.top), args.top),
+                                  args.report))
     text = render(result, top=args.top, provenance=prov)
     if files:
         text += "\n\nwrote " + ", ".join(files)
@@ -105,3 +113,16 @@ def with_provenance(data: dict, prov) -> dict:
 
     cands = [{**row, **candidate_columns(prov, row["hardware"])} for row in data.get("candidates", [])]
     return {**data, "candidates": cands, "provenance": prov.to_dict()}
+
+
+def write_report(text: str, path: str) -> str:
+    """Write an HTML report (the command's I/O edge); an unwritable path is one error line."""
+    from pathlib import Path
+
+    from moesim.errors import MoesimError
+
+    try:
+        Path(path).write_text(text)
+    except OSError as err:
+        raise MoesimError(f"--report {path}: {err.strerror}") from None
+    return path

@@ -44,8 +44,26 @@ def whatif_cmd(args) -> Result:
     for side, plan_result in (("base", result.base), ("changed", result.changed)):
         if not plan_result.feasible:
             text += f"\n\n{side} is infeasible: {why_infeasible(plan_result)}"
-    data, lines = sides_provenance(result.to_dict(), (("base", result.base), ("changed", result.changed)))
-    return Result(data, text + "\n\n" + "\n".join(lines))
+    sides = (("base", result.base), ("changed", result.changed))
+    data, lines = sides_provenance(result.to_dict(), sides)
+    files = sides_report(args, f"moesim whatif: {base.name}: {shown}", result.deltas, "base", "changed", sides)
+    return Result(data, text + "\n\n" + "\n".join(lines) + (f"\n\nwrote {files[0]}" if files else ""),
+                  files=files)
+
+
+def sides_report(args, title: str, deltas, left: str, right: str, sides) -> tuple[str, ...]:
+    """``--report``: the delta table and each side's plan section as one HTML file."""
+    if not getattr(args, "report", None):
+        return ()
+    from moesim.commands.plan import write_report
+    from moesim.provenance import for_plan
+    from moesim.report_html import sides_report as html_sides, step_breakdowns
+
+    rows = [(d.metric, fmt(d.base), fmt(d.changed), fmt(d.delta),
+             "-" if d.relative is None else f"{d.relative:+.1%}") for d in deltas]
+    html = html_sides(title, rows, ["metric", left, right, "delta", "delta %"],
+                      [(name, r, for_plan(r), step_breakdowns(r)) for name, r in sides])
+    return (write_report(html, args.report),)
 
 
 def sides_provenance(data: dict, sides) -> tuple[dict, list[str]]:
