@@ -154,8 +154,10 @@ def default_params(cases: list[Case], profile: HardwareProfile) -> tuple[str, ..
 
 def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
               params: tuple[str, ...] | None = None, source: str = "",
-              loss: str = "soft_l1", loss_scale: float = 0.1, starts: int = 6) -> CalibrationResult:
-    """Fit ``params`` (default: ``default_params``) of ``profile`` to the ``cases`` on it.
+              loss: str = "soft_l1", loss_scale: float = 0.1, starts: int = 6,
+              progress: bool = False) -> CalibrationResult:
+    """Fit ``params`` (default: ``default_params``) of ``profile`` to the ``cases`` on it
+    (``progress``: a bar over the starting points on stderr).
 
     ``loss`` is scipy's least_squares loss (``linear`` = plain squared log error);
     ``loss_scale`` the log error at which a robust loss starts to flatten; ``starts`` the
@@ -188,7 +190,9 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
     # log-uniform perturbations of them (x 1/4 .. x 4), keep the best.
     rng = np.random.default_rng(starts)
     candidates = [x0] + [x0 * np.exp(rng.uniform(-np.log(4), np.log(4), x0.size)) for _ in range(starts)]
-    for start in candidates:
+    from moesim.progress import bar
+
+    for start in bar(candidates, total=len(candidates), desc="calibrate starts", enabled=progress):
         start = np.clip(start, lo, np.minimum(hi, _UNBOUNDED_HI))
         fit = least_squares(fun, start, bounds=(lo, hi), diff_step=1e-3, x_scale="jac")
         if best is None or fit.cost < best.cost:

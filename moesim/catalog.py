@@ -7,7 +7,10 @@ what is allowed.
 from __future__ import annotations
 
 import functools
-import tomllib
+try:  # Python 3.11+; the tomli backport (a dependency on 3.10) is the same parser
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar

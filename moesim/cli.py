@@ -55,11 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Forecast the hardware a sparse Mixture-of-Experts model needs.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("--version", action="version", version=f"moesim {_version()}")
+    parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
+                        help="log what the command does to stderr (-vv: debug)")
+    parser.add_argument("-q", "--quiet", dest="quiet", action="store_true",
+                        help="errors only on stderr; no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for module in _command_modules():
         module.register(sub)
     return parser
+
+
+def _version() -> str:
+    from moesim import __version__
+
+    return __version__
 
 
 def _command_modules() -> list:
@@ -107,6 +118,11 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):
+        args.verbosity = -1
+    from moesim.progress import configure_logging
+
+    configure_logging(args.verbosity)
     handler: Callable[[argparse.Namespace], Result] = args.handler
     try:
         result = handler(args)

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=models_import)
 
     p = sub.add_parser("schema", help="print the JSON Schema of a spec kind")
-    p.add_argument("kind", choices=[*SCHEMAS, "workload"])
+    p.add_argument("kind", choices=[*SCHEMAS, "workload", "scenario", "serve", "cases"])
     add_json_flag(p)
     p.set_defaults(handler=schema)
 
@@ -177,7 +177,9 @@ def models_show(args) -> Result:
 
 
 def schema(args) -> Result:
-    s = json_schema(args.kind)
+    from moesim import schemas
+
+    s = schemas.SCHEMAS[args.kind]() if args.kind in schemas.SCHEMAS else json_schema(args.kind)
     return Result(s, json.dumps(s, indent=2))
 
 

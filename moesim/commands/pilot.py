@@ -38,6 +38,7 @@ def _ms(x: float) -> str:
 def pilot_cmd(args) -> Result:
     from moesim.planner.pilot import staged_pilot
     from moesim.planner.plan import plan
+    from moesim.progress import wanted
     from moesim.provenance import for_plan
 
     stages = parse_stages(args.stages)
@@ -49,7 +50,7 @@ def pilot_cmd(args) -> Result:
     band = prov.answer_band
     error = min(band.median_abs_rel_error, 0.95) if band else 0.0
     pp = staged_pilot(scenario, result, error=error, error_source=band.text() if band else "no serving band",
-                      stages=stages)
+                      stages=stages, progress=wanted(args))
     rows = []
     for s in pp.stages:
         t, f = s.watch("p99 TPOT"), s.watch("p99 TTFT")

@@ -5,12 +5,13 @@ With no file it plans the built-in default scenario (moesim/planner/default_scen
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 from moesim.cli import Result, add_json_flag
 from moesim.errors import SpecError
 
 ORDER = 10  # the main job comes first in --help
+log = logging.getLogger(__name__)
 
 
 def add_scenario_args(p: argparse.ArgumentParser, optional: bool = True) -> None:
@@ -86,9 +87,14 @@ def plan_cmd(args) -> Result:
     if args.workers is not None and args.workers <= 0:
         raise SpecError("--workers", args.workers, "must be positive")
     scenario = load(args)
-    progress = args.progress or (sys.stderr.isatty() and not args.json)
+    from moesim.progress import wanted
+
+    progress = args.progress or wanted(args)
+    log.info("planning %s: %s on %s", scenario.name, scenario.model, ", ".join(scenario.hardware))
     result = plan(scenario, executor=args.executor, address=args.address, workers=args.workers,
                   results_path=args.results, progress=progress, screen=args.screen)
+    log.info("searched %d configurations in %.1f s (%d ranked)", result.space_size,
+             result.timings_s.get("analytic_s", 0.0) + result.timings_s.get("verify_s", 0.0), len(result.ranked))
     result.require_feasible()
     prov = for_plan(result)
     files = []

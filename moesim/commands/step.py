@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["analytic", "des"], default="analytic")
     p.add_argument("--steps", type=int, default=20, help="des: iterations to simulate")
     p.add_argument("--seed", type=int, default=0, help="des: routing seed")
-    p.add_argument("--trace", help="des: write a Chrome trace (Perfetto) JSON here")
+    p.add_argument("--trace", help="des: write a Chrome trace (Perfetto) JSON here (.json.gz: gzip-compressed)")
+    p.add_argument("--trace-ranks", metavar="R,R,...", help="des: keep only these ranks' tracks in the trace")
     p.add_argument("--no-memory-check", action="store_true", help="time it even if it does not fit")
     add_json_flag(p)
     p.set_defaults(handler=step_cmd)
@@ -101,7 +102,14 @@ def _des(args, model, hw, cluster, par, routing, analytic) -> dict:
     out["tokens_per_s_per_device"] = tokens / (res.mean_step_s * par.pp)
     out["analytic_step_time_s"] = analytic.step_time_s
     if args.trace:
-        write_chrome_trace(res.spans, args.trace, {"model": model.name, "hw": hw.name, "phase": args.phase})
+        ranks = None
+        if args.trace_ranks:
+            try:
+                ranks = [f"rank {int(r)}" for r in args.trace_ranks.split(",") if r.strip()]
+            except ValueError:
+                raise SpecError("--trace-ranks", args.trace_ranks, "a comma list of rank numbers, e.g. 0,3") from None
+        write_chrome_trace(res.spans, args.trace, {"model": model.name, "hw": hw.name, "phase": args.phase},
+                           processes=ranks)
         out["trace"] = args.trace
     return out
 

@@ -90,7 +90,9 @@ def calibrate_cmd(args) -> Result:
         params = tuple(p.strip() for p in args.params.split(",") if p.strip())
         if not params:
             raise SpecError("--params", args.params, "a comma list of efficiency parameter names")
-    result = calibrate(casefile.cases, profile, params, source=args.cases)
+    from moesim.progress import wanted
+
+    result = calibrate(casefile.cases, profile, params, source=args.cases, progress=wanted(args))
     if args.output:
         write_toml(result.profile.to_dict(), args.output)
     data = result.to_dict()

@@ -65,8 +65,34 @@ def chrome_trace(spans: Iterable[Span], metadata: dict | None = None) -> dict:
     return out
 
 
-def write_chrome_trace(spans: Iterable[Span], path: str | Path, metadata: dict | None = None) -> Path:
-    """Write ``chrome_trace(spans)`` as JSON to ``path``; returns the path."""
+def select_tracks(spans: Iterable[Span], processes: Iterable[str] | None) -> list[Span]:
+    """The spans of the named processes only (e.g. ``["rank 0", "rank 3"]``); None keeps all.
+    A name that matches no span is an error (a typo would otherwise give an empty trace)."""
+    spans = list(spans)
+    if processes is None:
+        return spans
+    wanted = list(processes)
+    have = list(dict.fromkeys(sp.process for sp in spans))
+    missing = [w for w in wanted if w not in have]
+    if missing:
+        from moesim.errors import MoesimError
+
+        raise MoesimError(f"trace tracks {', '.join(missing)} not in the simulation (it has: {', '.join(have)})")
+    keep = set(wanted)
+    return [sp for sp in spans if sp.process in keep]
+
+
+def write_chrome_trace(spans: Iterable[Span], path: str | Path, metadata: dict | None = None,
+                       processes: Iterable[str] | None = None) -> Path:
+    """Write ``chrome_trace(spans)`` as JSON to ``path`` (gzip-compressed when it ends in
+    ``.gz``; Perfetto opens both); ``processes`` keeps only those tracks (:func:`select_tracks`)."""
     p = Path(path)
-    p.write_text(json.dumps(chrome_trace(spans, metadata), allow_nan=False))
+    data = json.dumps(chrome_trace(select_tracks(spans, processes), metadata), allow_nan=False)
+    if p.suffix == ".gz":
+        import gzip
+
+        with gzip.open(p, "wt") as fh:
+            fh.write(data)
+    else:
+        p.write_text(data)
     return p

@@ -159,9 +159,12 @@ def _des_at(system, scenario: ServingScenario, rate: float, lengths) -> dict:
 
 
 def staged_pilot(scenario: ServingScenario, result: PlanResult, *, error: float, error_source: str = "",
-                 stages: tuple[float, ...] = DEFAULT_STAGES, price_per_device_hour: float | None = None) -> StagedPilot:
+                 stages: tuple[float, ...] = DEFAULT_STAGES, price_per_device_hour: float | None = None,
+                 progress: bool = False) -> StagedPilot:
     """Stages of a pilot of ``result``'s answer (module docstring); ``error`` is the relative
-    serving forecast error the bands carry (``moesim.provenance``)."""
+    serving forecast error the bands carry (``moesim.provenance``); ``progress``: a bar over
+    the stages on stderr."""
+    from moesim.progress import bar
     from moesim.planner.verify import _lengths, _system
 
     if scenario.kind != "serving":
@@ -179,7 +182,7 @@ def staged_pilot(scenario: ServingScenario, result: PlanResult, *, error: float,
     lengths = _lengths(scenario.workload)
     target = scenario.target_output_tokens_per_s / scenario.workload.output_len
     out = []
-    for share in stages:
+    for share in bar(stages, total=len(stages), desc="pilot stages (serving DES)", enabled=progress):
         reps = max(1, math.ceil(share * a.replicas - 1e-9))
         rate = share * target / reps
         stage_scn = apply_changes(scenario, {"verify.duration_s": max(scenario.verify.duration_s, MIN_REQUESTS / rate)})

@@ -137,12 +137,15 @@ def _facts(scenario, evaluator) -> dict[str, HardwareFacts]:
 
 def price_basis(scenario, facts: dict[str, HardwareFacts]):
     """The scenario's PriceBasis over ``facts`` (raises when providers mix without a stated basis)."""
-    from moesim.prices import PriceEntry, resolve
-
-    listed = {hw: f.price or PriceEntry(hw, f.usd_per_device_hour, "unstated", "list", "", "")
-              for hw, f in facts.items()}
     from moesim.catalog import list_profiles
+    from moesim.prices import PriceEntry, PricesSpec, resolve
 
+    listed = {hw: f.price or PriceEntry(hw, f.usd_per_device_hour, "evaluator", "list", "", "")
+              for hw, f in facts.items()}
+    if all(f.price is None for f in facts.values()):  # an evaluator without price lists (a test double)
+        spec = scenario.prices
+        return resolve(PricesSpec(usd_per_device_hour=spec.usd_per_device_hour, source=spec.source),
+                       listed, scenario.prices_usd_per_device_hour, known=list_profiles())
     return resolve(scenario.prices, listed, scenario.prices_usd_per_device_hour, known=list_profiles())
 
 

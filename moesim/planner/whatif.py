@@ -9,7 +9,10 @@ revalidated (``top_k`` above ``num_experts`` is refused naming the field). Setti
 """
 from __future__ import annotations
 
-import tomllib
+try:  # Python 3.11+; the tomli backport (a dependency on 3.10) is the same parser
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass
 from typing import Any
 

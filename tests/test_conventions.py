@@ -1,0 +1,82 @@
+"""CLI conventions: --version, -v/-q logging, progress bars silent off a terminal or under --json,
+JSON Schemas of the files users write, gzip-able Chrome traces with a rank filter."""
+from __future__ import annotations
+
+import gzip
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from moesim import __version__
+from moesim.cases import METRICS, REQUIRED_INPUTS, load_cases
+from moesim.cli import run
+from moesim.des.trace import Span, select_tracks, write_chrome_trace
+from moesim.errors import MoesimError
+from moesim.progress import bar, wanted
+from moesim.schemas import cases_schema, markdown, scenario_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"moesim {__version__}"
+
+
+def test_verbose_logs_and_quiet_silences(capsys, tmp_path):
+    sc = tmp_path / "s.toml"
+    sc.write_text('kind = "serving"\nmodel = "deepseek-v3"\nhardware = ["h200-sxm"]\n'
+                  "[workload]\nprompt_len = 1000\noutput_len = 400\ntarget_output_tokens_per_s = 5000\n"
+                  "[slo]\ntpot_s = 0.08\n[search]\ndevices_per_replica = [8]\nbatch_per_device = [32]\ntp = [1]\n"
+                  'attention_layouts = ["dp"]\n[verify]\ntop_n = 0\n')
+    assert run(["-v", "plan", str(sc)]) == 0
+    err = capsys.readouterr().err
+    assert "moesim: INFO: planning scenario: deepseek-v3 on h200-sxm" in err
+    assert run(["-q", "plan", str(sc)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_only_for_people_at_a_terminal():
+    assert not wanted(Namespace(json=False, verbosity=0))  # pytest's stderr is not a terminal
+    items = [1, 2, 3]
+    assert bar(items, enabled=False) is items
+
+
+def test_cases_schema_is_the_readers_tables_and_fits_the_shipped_sets():
+    s = cases_schema()
+    variants = {v["properties"]["kind"]["const"]: v for v in s["properties"]["cases"]["items"]["oneOf"]}
+    assert set(variants) == set(REQUIRED_INPUTS)
+    for kind, v in variants.items():
+        assert v["properties"]["inputs"]["required"] == list(REQUIRED_INPUTS[kind])
+        assert v["properties"]["measured"]["properties"]["metric"]["enum"] == list(METRICS[kind])
+    data = json.loads((ROOT / "validation/data/published-eval.json").read_text())
+    assert data["schema"] == s["properties"]["schema"]["const"]
+    assert not load_cases(ROOT / "validation/data/published-eval.json").problems
+
+
+@pytest.mark.parametrize("kind", ["scenario", "serve", "cases"])
+def test_schema_command(kind, capsys):
+    assert run(["schema", kind]) == 0
+    assert json.loads(capsys.readouterr().out)
+
+
+def test_scenario_reference_is_generated_from_the_schema():
+    doc = (ROOT / "docs/scenario-reference.md").read_text()
+    assert doc == markdown()  # regenerate: python -m moesim.schemas --markdown > docs/scenario-reference.md
+    props = scenario_schema()["oneOf"][0]["properties"]
+    assert "prices" in props and "`prices.basis`" in doc
+
+
+def test_trace_gzip_and_rank_filter(tmp_path):
+    spans = [Span(f"rank {r}", "compute", "experts", 0.001 * r, 0.002) for r in range(4)]
+    p = write_chrome_trace(spans, tmp_path / "t.json.gz", processes=["rank 1", "rank 3"])
+    data = json.loads(gzip.open(p, "rt").read())
+    names = sorted(e["args"]["name"] for e in data["traceEvents"] if e["name"] == "process_name")
+    assert names == ["rank 1", "rank 3"]
+    assert sum(e["ph"] == "X" for e in data["traceEvents"]) == 2
+    assert {e["args"]["name"] for e in data["traceEvents"] if e["name"] == "thread_name"} == {"compute"}
+    with pytest.raises(MoesimError, match="rank 9 not in the simulation"):
+        select_tracks(spans, ["rank 9"])
