@@ -178,3 +178,13 @@ def test_prices_for_a_known_profile_dropped_by_a_whatif_are_kept_out():
     basis = resolve(PricesSpec(basis="runpod", mix={"t": "gcp"}, usd_per_device_hour={"t": 1.0}),
                     {"a": LISTED["a"]}, known=("t",))
     assert [e.hardware for e in basis.entries] == ["a"] and not basis.mixed
+
+
+def test_docs_error_table_is_the_bands_file():
+    """docs/validation.md's table rows are the shipped bands (regenerate both together)."""
+    doc = (ROOT / "docs/validation.md").read_text()
+    for e in read_error_bands()["entries"]:
+        row = (f"| {e['kind']} | {e['sample']} | {e['n']} | {e['median_abs_rel_error']:.1%} | "
+               f"{e['max_abs_rel_error']:.1%} | {e['prior_median_abs_rel_error']:.1%} | "
+               f"{e['prior_max_abs_rel_error']:.1%} | `{e['source']}` |")
+        assert row in doc, row
