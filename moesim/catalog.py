@@ -105,7 +105,7 @@ def replace_efficiency(path: str | Path, efficiency: "Efficiency") -> None:
             kept.append(line)
     eff = Efficiency.model_validate(efficiency.model_dump())
     defaults = Efficiency()
-    block = {"origin": eff.origin}
+    block = {"origin": eff.origin, "compute_origin": eff.compute_origin, "comm_origin": eff.comm_origin}
     for section in ("compute", "comm"):
         changed = {k: float(f"{v:.4g}") if isinstance(v, float) else v
                    for k, v in getattr(eff, section).model_dump().items()

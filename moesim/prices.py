@@ -106,11 +106,13 @@ class PriceBasis:
         """One line for people: the basis and every candidate priced off it (a stated mix)."""
         head = "price basis: " + ("own prices" if self.basis == OWN else f"{self.basis} list prices")
         off = [e for e in self.entries if e.provider != self.basis]
+        est = [e.hardware for e in self.entries if e.provider == self.basis and e.quality == "estimate"]
+        tail = f"; estimated (no public price): {', '.join(est)}" if est else ""
         if not off:
-            return head + " for every candidate"
+            return head + " for every candidate" + tail
         return head + "; stated mix: " + ", ".join(
             f"{e.hardware} from {'own prices' if e.provider == OWN else e.provider}"
-            + ("" if e.quality in ("list", "user") else f" ({e.quality})") for e in off)
+            + ("" if e.quality in ("list", "user") else f" ({e.quality})") for e in off) + tail
 
     def to_dict(self) -> dict:
         return {"basis": self.basis, "mixed": self.mixed, "providers": list(self.providers),

@@ -188,3 +188,24 @@ def test_docs_error_table_is_the_bands_file():
                f"{e['max_abs_rel_error']:.1%} | {e['prior_median_abs_rel_error']:.1%} | "
                f"{e['prior_max_abs_rel_error']:.1%} | `{e['source']}` |")
         assert row in doc, row
+
+
+def test_rewriting_efficiency_keeps_the_part_origins(tmp_path):
+    """validation/calibrate_published.py rewrites [efficiency] through catalog.replace_efficiency."""
+    from moesim.catalog import replace_efficiency
+
+    p = tmp_path / "h100-sxm.toml"
+    p.write_text((ROOT / "hwprofiles/h100-sxm.toml").read_text())
+    replace_efficiency(p, load_profile("h100-sxm").efficiency)
+    e = load_profile(str(p)).efficiency
+    assert (e.compute_origin, e.comm_origin) == ("transferred", "calibrated")
+
+
+def test_calibrate_marks_the_fitted_part_calibrated():
+    from moesim.calibrate import calibrate
+    from moesim.cases import load_cases
+
+    cases = load_cases(ROOT / "validation/data/cpu-host-calib.json").cases
+    prof = prior_profile(load_profile("cpu-host"))
+    fitted = calibrate(cases, prof, ("compute.gemm_compute_fraction",), starts=0).profile
+    assert (fitted.efficiency.compute_origin, fitted.efficiency.comm_origin) == ("calibrated", "prior")

@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         updates, notes = {}, []
         for section, donor in sections.items():
             updates[section] = getattr(load_profile(donor).efficiency, section)
+            updates[f"{section}_origin"] = "transferred"
             notes.append(f"{section}: transferred from {donor} (same silicon)")
         merged = eff.model_copy(update={**updates, "origin": f"{eff.origin}; " + "; ".join(notes)})
         replace_efficiency(_profiles_dir() / f"{target}.toml", merged)

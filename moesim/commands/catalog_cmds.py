@@ -60,7 +60,12 @@ def _hw_summary(p: HardwareProfile) -> dict:
         "scale_up_domain": p.scale_up.domain_size,
         "nic_Gbps": p.scale_out.nic_Gbps_per_device if p.scale_out else None,
         "usd_per_device_hour": p.price.usd_per_device_hour,
+        "price_provider": p.price.provider,
+        "price_quality": p.price.quality,
+        "price_as_of": p.price.as_of,
         "efficiency_origin": p.efficiency.origin,
+        "compute_origin": p.efficiency.compute_origin,
+        "comm_origin": p.efficiency.comm_origin,
     }
 
 
@@ -78,12 +83,23 @@ def hw_list(args) -> Result:
             d["scale_up_domain"],
             d["nic_Gbps"],
             f"{d['usd_per_device_hour']:.2f}",
+            f"{d['price_provider']}" + ("" if d["price_quality"] in ("list", d["price_provider"])
+                                        else f" ({d['price_quality']})"),
+            _origin(d),
         )
         for d in data
     ]
-    headers = ["name", "bf16 TF", "fp8 TF", "HBM GB", "HBM GB/s", "scale-up GB/s/dir", "domain",
-               "NIC Gb/s", "$/h"]
-    return Result(data, table(rows, headers) + "\n(dense peaks; `moesim hw show NAME` for sources)")
+    headers = ["name", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GB", "HBM GB/s", "scale-up GB/s/dir", "domain devices",
+               "NIC Gb/s", "$/device-h", "price from", "efficiencies"]
+    return Result(data, table(rows, headers) + "\n(dense peaks; prior-only = efficiencies fitted to no "
+                  "measurement; `moesim hw show NAME` for sources)")
+
+
+def _origin(d: dict) -> str:
+    c, m = d["compute_origin"], d["comm_origin"]
+    if c == m == "prior":
+        return "prior-only"
+    return c if c == m else f"compute {c}, comm {m}"
 
 
 def hw_show(args) -> Result:
@@ -97,8 +113,10 @@ def hw_show(args) -> Result:
         ("HBM", f"{p.memory.hbm_GB:g} GB at {p.memory.hbm_bandwidth_GBps:g} GB/s"),
         ("scale-up", f"{p.scale_up.fabric} {p.scale_up.topology}, {p.scale_up.bandwidth_per_direction_GBps:g} GB/s per direction, domain {p.scale_up.domain_size} (max {p.scale_up.max_domain_size})"),
         ("scale-out", f"{p.scale_out.nic_Gbps_per_device:g} Gb/s per device" if p.scale_out else "not stated"),
-        ("price", f"${p.price.usd_per_device_hour:.2f}/device-hour ({p.price.as_of})"),
-        ("efficiency", p.efficiency.origin),
+        ("price", f"${p.price.usd_per_device_hour:.2f}/device-hour, {p.price.provider} "
+                  f"{p.price.quality} price ({p.price.as_of})"),
+        ("efficiency", f"compute {p.efficiency.compute_origin}, comm {p.efficiency.comm_origin}: "
+                       f"{p.efficiency.origin}"),
     ]))
     lines += ["", "sources:"]
     for section in ("compute", "memory", "scale_up", "scale_out", "ici", "price"):
