@@ -87,7 +87,7 @@ def _deepseek(cfg: dict, source: str) -> dict:
     method = cfg.get("topk_method", "greedy")
     d["moe"] = {"num_experts": _get(cfg, "n_routed_experts", source),
                 "top_k": _get(cfg, "num_experts_per_tok", source), "expert_ffn": ffn,
-                "num_shared_experts": 1 if shared else 0, "shared_expert_ffn": shared * ffn,
+                "num_shared_experts": shared, "shared_expert_ffn": ffn if shared else 0,
                 "router_scoring": _get(cfg, "scoring_func", source, "softmax"),
                 "norm_topk_prob": bool(cfg.get("norm_topk_prob", False)),
                 "routed_scaling_factor": float(cfg.get("routed_scaling_factor") or 1.0),

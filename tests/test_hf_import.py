@@ -1,4 +1,4 @@
-"""Hugging Face config import (moesim/hf_import.py): published configs of 9 models (8 MoE
+"""Hugging Face config import (moesim/hf_import.py): published configs of 11 models (10 MoE
 families + dense Llama, tests/data/hf/README.md) give the presets' parameter counts.
 
 Expected values: the presets' own counts (moesim/compute/counts.py), which tests/test_presets.py
