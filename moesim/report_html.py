@@ -69,7 +69,7 @@ def pareto_svg(points: Sequence[tuple[str, float, float, str]], frontier: Sequen
     cheapest point labelled with its name and listed in the legend; ``frontier`` drawn as a line."""
     if not points:
         return "<p>(no feasible candidates to chart)</p>"
-    left, right, top, bottom = 70, 210, 20, 50
+    left, right, top, bottom = 84, 210, 20, 50
     xs, ys = [p[1] for p in points], [p[2] for p in points]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
@@ -97,11 +97,12 @@ def pareto_svg(points: Sequence[tuple[str, float, float, str]], frontier: Sequen
         out.append(f'<text x="{fx(tx):.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">'
                    f'{tx:.3g}</text>')
         ty = math.exp(math.log(y0) + (math.log(y1) - math.log(y0)) * i / 4) if logy else y0 + (y1 - y0) * i / 4
-        out.append(f'<text x="{left - 6}" y="{fy(ty) + 4:.1f}" font-size="11" text-anchor="end">{ty:,.3g}</text>')
+        label = f"{ty:,.0f}" if ty >= 1000 else f"{ty:.3g}"
+        out.append(f'<text x="{left - 6}" y="{fy(ty) + 4:.1f}" font-size="11" text-anchor="end">{label}</text>')
     out.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 12}" font-size="12" '
                f'text-anchor="middle">{esc(x_label)}</text>')
-    out.append(f'<text x="16" y="{(top + height - bottom) / 2:.0f}" font-size="12" text-anchor="middle" '
-               f'transform="rotate(-90 16 {(top + height - bottom) / 2:.0f})">{esc(y_label)}'
+    out.append(f'<text x="14" y="{(top + height - bottom) / 2:.0f}" font-size="12" text-anchor="middle" '
+               f'transform="rotate(-90 14 {(top + height - bottom) / 2:.0f})">{esc(y_label)}'
                f'{" (log scale)" if logy else ""}</text>')
     if len(frontier) > 1:
         path = " ".join(f"{fx(x):.1f},{fy(y):.1f}" for x, y in frontier)

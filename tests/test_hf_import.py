@@ -1,5 +1,5 @@
 """Hugging Face config import (moesim/hf_import.py): published configs of 11 models (10 MoE
-families + dense Llama, tests/data/hf/README.md) give the presets' parameter counts.
+models in 9 families + dense Llama, tests/data/hf/README.md) give the presets' parameter counts.
 
 Expected values: the presets' own counts (moesim/compute/counts.py), which tests/test_presets.py
 checks against the published totals; rtol 0.5% (the issue's bound; the mappings reproduce them
