@@ -80,3 +80,17 @@ def test_trace_gzip_and_rank_filter(tmp_path):
     assert {e["args"]["name"] for e in data["traceEvents"] if e["name"] == "thread_name"} == {"compute"}
     with pytest.raises(MoesimError, match="rank 9 not in the simulation"):
         select_tracks(spans, ["rank 9"])
+
+
+def test_serving_progress_bar_changes_no_number(capsys):
+    """The bar is an observer process: the simulation's results are identical with it."""
+    from moesim.catalog import build, read_toml
+    from moesim.des.serving.scenario import ServeScenario, run_scenario
+
+    data = read_toml(ROOT / "examples/serve_deepseek_v3.toml")
+    data["duration_s"] = 300.0
+    data["warmup_s"] = 30.0
+    scn = build(ServeScenario, data, "serve")
+    a, b = run_scenario(scn, ROOT / "examples"), run_scenario(scn, ROOT / "examples", progress=True)
+    assert a.to_dict() == b.to_dict()
+    assert "serving DES" in capsys.readouterr().err
