@@ -161,8 +161,8 @@ def models_list(args) -> Result:
          si(d["published_total_params"]), si(d["published_active_params"]))
         for d in data
     ]
-    headers = ["name", "layers", "experts", "top-k", "total", "active", "published total",
-               "published active"]
+    headers = ["name", "layers", "experts", "top-k", "total params", "active params", "published total params",
+               "published active params"]
     return Result(data, table(rows, headers))
 
 

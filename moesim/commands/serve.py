@@ -13,7 +13,7 @@ from pathlib import Path
 from moesim.catalog import build, read_toml
 from moesim.cli import Result, add_json_flag
 from moesim.errors import MoesimError
-from moesim.textfmt import kv, seconds, si, table
+from moesim.textfmt import kv, si, table
 
 ORDER = 40
 
@@ -106,7 +106,9 @@ def serve_cmd(args) -> Result:
     data, base, source = _scenario_data(args)
     scn = build(ServeScenario, data, source)
     system = build_system(scn)
-    res = run_scenario(scn, base, keep_spans=bool(args.trace), system=system)
+    from moesim.progress import wanted
+
+    res = run_scenario(scn, base, keep_spans=bool(args.trace), system=system, progress=wanted(args))
     out = res.to_dict(timeseries=bool(args.timeseries_csv))
     out["scenario"] = scn.to_dict()
     files = []
@@ -137,10 +139,10 @@ def _text(res, out: dict) -> str:
     for name in ("ttft_s", "tpot_s", "e2e_s"):
         s = getattr(res, name)
         ci = s.p99_ci95
-        rows.append((name.removesuffix("_s"), seconds(s.mean), seconds(s.p50), seconds(s.p90), seconds(s.p99),
-                     "-" if ci != ci else f"+-{seconds(ci)}"))
+        rows.append((name.removesuffix("_s"), *(f"{x * 1e3:.1f}" for x in (s.mean, s.p50, s.p90, s.p99)),
+                     "-" if ci != ci else f"+-{ci * 1e3:.1f}"))
     lines = [f"serving simulation ({res.mode}, {res.devices} devices, {res.requests} requests)", "",
-             table(rows, ["latency", "mean", "p50", "p90", "p99", "p99 95% CI"]), ""]
+             table(rows, ["latency", "mean ms", "p50 ms", "p90 ms", "p99 ms", "p99 95% CI ms"]), ""]
     pairs = [("output tokens/s", f"{si(res.output_tokens_per_s)} ({si(res.output_tokens_per_s_per_device)} per device)"),
              ("input tokens/s", f"{si(res.input_tokens_per_s)} ({si(res.input_tokens_per_s_per_device)} per device)"),
              ("completed", f"{res.completed} (unfinished {res.unfinished}, rejected {res.rejected}, "

@@ -211,9 +211,9 @@ def build_requests(scn: ServeScenario, base_dir: str | Path = ".") -> Requests:
 
 
 def run_scenario(scn: ServeScenario, base_dir: str | Path = ".", keep_spans: bool = False,
-                 system: ServingSystem | None = None) -> ServingResult:
-    """Simulate a scenario; metrics over [warmup_s, duration_s]."""
+                 system: ServingSystem | None = None, progress: bool = False) -> ServingResult:
+    """Simulate a scenario; metrics over [warmup_s, duration_s] (``progress``: a bar on stderr)."""
     reqs = build_requests(scn, base_dir)
     end = scn.duration_s if scn.arrivals.kind != "trace" else max(reqs.span_s, scn.warmup_s + 1e-9)
     return simulate(system or build_system(scn), reqs, slo=scn.slo, warmup_s=scn.warmup_s,
-                    window_end_s=end, keep_spans=keep_spans)
+                    window_end_s=end, keep_spans=keep_spans, progress=progress)

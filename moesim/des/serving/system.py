@@ -148,8 +148,10 @@ class _Run:
 
 def simulate(system: ServingSystem, requests: Requests, *, slo: SLO | None = None,
              warmup_s: float = 0.0, window_end_s: float | None = None, max_time_s: float | None = None,
-             samples: int = 200, keep_spans: bool = False, ci_batches: int = 20) -> ServingResult:
+             samples: int = 200, keep_spans: bool = False, ci_batches: int = 20,
+             progress: bool = False) -> ServingResult:
     """Run ``requests`` through ``system``; metrics over the window [warmup_s, window_end_s].
+    ``progress``: a bar of simulated seconds on stderr (moesim.progress; off by default).
 
     ``window_end_s`` defaults to the end of the run (the last completion); ``max_time_s`` (default: 4 x last arrival +
     10 min) stops an overloaded run, whose unfinished requests are reported and count as SLO
@@ -168,7 +170,17 @@ def simulate(system: ServingSystem, requests: Requests, *, slo: SLO | None = Non
     interval = (end if window_end_s is not None else max(requests.span_s, 1.0)) / samples
     env.process(obs.sampler(run.pools(), interval))
     horizon = max_time_s if max_time_s is not None else 4 * requests.span_s + 600.0
+    if progress:
+        env.process(_ticker(env, max(requests.span_s, 1.0)))
     env.run(until=simpy.AnyOf(env, [obs.all_done, env.timeout(horizon)]))
     if window_end_s is None:
         obs.close_window(env.now)
     return summarize(system, requests, obs, run.req, slo=slo, ci_batches=ci_batches)
+
+
+def _ticker(env, span_s: float, ticks: int = 100):
+    """Advance a progress bar over the arrival span in simulated seconds (observer only)."""
+    from moesim.progress import bar
+
+    for _ in bar(range(ticks), total=ticks, desc=f"serving DES ({span_s:,.0f} simulated s)", enabled=True):
+        yield env.timeout(span_s / ticks)
