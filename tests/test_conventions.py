@@ -94,3 +94,22 @@ def test_serving_progress_bar_changes_no_number(capsys):
     a, b = run_scenario(scn, ROOT / "examples"), run_scenario(scn, ROOT / "examples", progress=True)
     assert a.to_dict() == b.to_dict()
     assert "serving DES" in capsys.readouterr().err
+
+
+API_MODULES = ["moesim.catalog", "moesim.prices", "moesim.provenance", "moesim.hf_import", "moesim.report_html",
+               "moesim.planner", "moesim.step", "moesim.des", "moesim.routing", "moesim.compute", "moesim.comm",
+               "moesim.specs", "moesim.validate", "moesim.calibrate"]
+
+
+@pytest.mark.slow
+def test_api_reference_builds(tmp_path):
+    """docs/api.md's pdoc command builds (skipped without the optional [docs] extra)."""
+    pdoc = pytest.importorskip("pdoc")
+    import subprocess
+    import sys
+
+    assert " ".join(API_MODULES[:3]) in (ROOT / "docs/api.md").read_text()
+    proc = subprocess.run([sys.executable, "-m", "pdoc", *API_MODULES, "-o", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "moesim" / "prices.html").is_file() and pdoc

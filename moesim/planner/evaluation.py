@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Protocol, Sequence, runtime_checkable
 
+from moesim.prices import PriceEntry
 from moesim.specs import Parallelism
 
 # Why a configuration was set aside (the rejection summary groups by these).
@@ -166,7 +167,7 @@ class HardwareFacts:
     usd_per_device_hour: float
     domain_size: int
     hbm_GiB: float
-    price: "PriceEntry | None" = None  # the profile's price with provider and source (moesim.prices)
+    price: PriceEntry | None = None  # the profile's price with provider and source (moesim.prices)
 
 
 @runtime_checkable
