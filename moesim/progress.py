@@ -39,9 +39,19 @@ def configure_logging(verbosity: int) -> None:
         level = logging.CRITICAL
     root = logging.getLogger("moesim")
     root.setLevel(level)
-    if not any(getattr(h, "_moesim", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
+        h = _Stderr()
         h.setFormatter(logging.Formatter(LOG_FORMAT))
-        h._moesim = True  # type: ignore[attr-defined]
         root.addHandler(h)
     root.propagate = False
+
+
+class _Stderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (not the stream of the
+    first call: a redirected or captured stderr keeps working)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
