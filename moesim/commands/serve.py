@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from moesim.catalog import build, read_toml
+from moesim.catalog import build, read_toml, resolve_file_names
 from moesim.cli import Result, add_json_flag
 from moesim.errors import MoesimError
 from moesim.textfmt import kv, seconds, si, table
@@ -65,7 +65,8 @@ def _set(d: dict, path: str, value) -> None:
 
 def _scenario_data(args) -> tuple[dict, Path, str]:
     if args.scenario:
-        data, base, source = read_toml(args.scenario), Path(args.scenario).resolve().parent, args.scenario
+        data = resolve_file_names(read_toml(args.scenario), args.scenario)
+        base, source = Path(args.scenario).resolve().parent, args.scenario
     else:
         missing = [f for f, v in (("--model", args.model), ("--hw", args.hw), ("--rate", args.rate),
                                   ("--prompt-len", args.prompt_len), ("--output-len", args.output_len)) if v is None]
