@@ -35,7 +35,10 @@ MAX_SHOWN = 120  # characters of a user-typed name or path quoted in a message
 def shown(text: object, limit: int = MAX_SHOWN) -> str:
     """``text`` as quoted in a message: one line, at most ``limit`` characters."""
     s = str(text).replace("\n", "\\n").replace("\r", "\\r")
-    return s if len(s) <= limit else s[: limit - 20] + f"...({len(s)} characters)"
+    if len(s) <= limit:
+        return s
+    half = max(1, (limit - 3) // 2)
+    return f"{s[:half]}...{s[-half:]}"  # keeps a path's file name
 
 
 def _os_reason(err: OSError) -> str:
