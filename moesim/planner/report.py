@@ -116,6 +116,9 @@ def render(result: PlanResult, top: int = 10) -> str:
             lines.append(table(list(_training_rows(result, top)), headers))
             lines.append("(f = on the cost-time Pareto frontier)")
         lines += ["", _answer_text(result), "", "best per hardware:", _per_hardware(result)]
+        if result.failed is not None:
+            lines += ["", f"warning: {result.failed.count} candidates failed with an error and are not ranked, so a "
+                          f"cheaper deployment may be missing; e.g. {result.failed.example}"]
     elif result.closest is not None:
         ev = result.closest.evaluation
         lines.append(f"no deployment meets the target; closest: {ev.candidate.key()}: {ev.detail}")
