@@ -9,6 +9,7 @@ import sys
 
 from moesim.cli import Result, add_json_flag
 from moesim.errors import SpecError
+from moesim.safeio import Outputs
 
 ORDER = 10  # the main job comes first in --help
 
@@ -35,13 +36,18 @@ def load(args):
 
     path = None if args.scenario in (None, "default") else args.scenario
     scenario = load_scenario(path)
-    changes = parse_sets(args.sets)
+    # --small first: what the user sets explicitly (--set, --verify-top) wins over its defaults
+    changes = small_search(scenario) if args.small else {}
+    changes.update(parse_sets(args.sets))
     if args.verify_top is not None:
         if args.verify_top < 0:
             raise SpecError("--verify-top", args.verify_top, "must be >= 0")
-        changes["verify.top_n"] = args.verify_top
-    if args.small:
-        changes.update(small_search(scenario))
+        if scenario.kind == "training":
+            if args.verify_top > 0:
+                raise SpecError("--verify-top", args.verify_top, "training plans are analytic only (the serving "
+                                "DES verifies serving plans); omit it or give 0")
+        else:
+            changes["verify.top_n"] = args.verify_top
     return apply_changes(scenario, changes) if changes else scenario
 
 
@@ -73,6 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=plan_cmd)
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def plan_cmd(args) -> Result:
     from moesim.planner.plan import plan
     from moesim.planner.report import plot_pareto, render, write_csv
@@ -81,16 +90,30 @@ def plan_cmd(args) -> Result:
         raise SpecError("--top", args.top, "must be positive")
     if args.workers is not None and args.workers <= 0:
         raise SpecError("--workers", args.workers, "must be positive")
-    scenario = load(args)
-    progress = args.progress or (sys.stderr.isatty() and not args.json)
-    result = plan(scenario, executor=args.executor, address=args.address, workers=args.workers,
-                  results_path=args.results, progress=progress, screen=args.screen)
-    result.require_feasible()
-    files = []
-    if args.csv:
-        files.append(write_csv(result, args.csv))
-    if args.plot:
-        files.append(plot_pareto(result, args.plot))
+    if args.screen and args.results:
+        raise SpecError("--results", args.results, "does not apply with --screen (the screened search runs "
+                        "inline and is not resumed); drop one of them")
+    if args.executor == "dask" and not args.address:
+        raise SpecError("--executor", "dask", "needs --address tcp://HOST:PORT")
+    with Outputs() as outputs:
+        if args.csv:
+            outputs.check(args.csv, "--csv")
+        if args.plot:
+            outputs.check(args.plot, "--plot", PLOT_SUFFIXES)
+        if args.results:
+            outputs.check(args.results, "--results")
+        scenario = load(args)
+        progress = args.progress or (sys.stderr.isatty() and not args.json)
+        result = plan(scenario, executor=args.executor, address=args.address, workers=args.workers,
+                      results_path=args.results, progress=progress, screen=args.screen)
+        result.require_feasible()
+        files = []
+        if args.csv:
+            write_csv(result, outputs.path(args.csv, "--csv"))
+            files.append(args.csv)
+        if args.plot:
+            plot_pareto(result, outputs.path(args.plot, "--plot", PLOT_SUFFIXES))
+            files.append(args.plot)
     text = render(result, top=args.top)
     if files:
         text += "\n\nwrote " + ", ".join(files)
