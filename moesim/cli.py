@@ -43,7 +43,7 @@ class Result:
 _NON_FINITE = re.compile(r"(?<![\w.])[-+]?(nan|inf)(?!\w)")  # how Python prints them: never an answer
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 MAX_INT = 2**53  # beyond this no moesim count is meaningful (and floats lose integer precision)
-MAX_MESSAGE = 2000  # characters of one error line
+MAX_MESSAGE = 1000  # characters of one error line
 
 
 class _Parser(argparse.ArgumentParser):

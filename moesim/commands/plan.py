@@ -114,7 +114,7 @@ def plan_cmd(args) -> Result:
         if args.plot:
             plot_pareto(result, outputs.path(args.plot, "--plot", PLOT_SUFFIXES))
             files.append(args.plot)
-    text = render(result, top=args.top)
-    if files:
-        text += "\n\nwrote " + ", ".join(files)
-    return Result(result.to_dict(), text, files=tuple(files))
+        text = render(result, top=args.top)  # rendered before the outputs are committed
+        if files:
+            text += "\n\nwrote " + ", ".join(files)
+        return Result(result.to_dict(), text, files=tuple(files))

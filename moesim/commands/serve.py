@@ -138,7 +138,7 @@ def serve_cmd(args) -> Result:
         if args.timeseries_csv:
             outputs.path(args.timeseries_csv, "--timeseries-csv").write_text(res.timeseries_csv())
             files.append(args.timeseries_csv)
-    return Result(out, _text(res, out), files=tuple(files))
+        return Result(out, _text(res, out), files=tuple(files))  # rendered before the outputs are committed
 
 
 MAX_REQUESTS = 5e5  # simulated requests: about two minutes (measured: 12,193 overloaded requests in 3 s)
