@@ -30,6 +30,8 @@ def _fixtures(root: Path) -> None:
     (scen / "foreign.toml").write_text(f'name = "f"\nmodel = "deepseek-v3"\nhardware = ["../secret/creds.toml"]\n{target}')
     (scen / "foreign_model.toml").write_text(f'name = "f"\nmodel = "{root}/secret/creds.toml"\nhardware = "h100-sxm"\n{target}')
     shutil.copy(root / "secret" / "creds.toml", scen / "creds.toml")
+    (scen / "link.toml").symlink_to(root / "secret" / "creds.toml")  # inside by name, outside in fact
+    (scen / "via_link.toml").write_text(f'name = "l"\nmodel = "deepseek-v3"\nhardware = ["link.toml"]\n{target}')
     (scen / "own_creds.toml").write_text(f'name = "o"\nmodel = "deepseek-v3"\nhardware = ["creds.toml"]\n{target}')
     (scen / "trace_out.toml").write_text(f'name = "t"\nmodel = "deepseek-v3"\nhardware = "h100-sxm"\n'
                                          f'[routing]\nskew = "trace:../secret/creds.toml"\n{target}')
@@ -67,6 +69,7 @@ CASES: list[tuple[str, list[str]]] = [
     # ---- files confined to where they belong; values of a foreign file never echoed
     ("plan-foreign-hardware", ["plan", "{d}/scen/foreign.toml", "--small"]),
     ("plan-foreign-model-abs", ["plan", "{d}/scen/foreign_model.toml", "--small"]),
+    ("plan-symlink-outside", ["plan", "{d}/scen/via_link.toml", "--small"]),
     ("plan-own-creds-as-profile", ["plan", "{d}/scen/own_creds.toml", "--small"]),
     ("plan-trace-outside", ["plan", "{d}/scen/trace_out.toml", "--small"]),
     ("whatif-foreign", ["whatif", "{d}/scen/foreign.toml", "--set", "slo.tpot_s=0.1"]),
@@ -347,3 +350,17 @@ def test_small_never_overrides_explicit_flags():
 def test_verify_top_zero_is_accepted_for_training():
     s = _scenario(["plan", str(EXAMPLES / "train_mixtral_8x22b.toml"), "--verify-top", "0"])
     assert s.kind == "training"
+
+
+def test_case_file_names_resolve_against_the_case_file(tmp_path):
+    from moesim.cases import _resolve_case_files
+
+    (tmp_path / "profiles").mkdir()
+    data = {"schema": "moesim-cases/1", "cases": [
+        {"id": "a", "hardware": "profiles/gpu.toml", "inputs": {"model": "m.toml"}},
+        {"id": "b", "hardware": "h100-sxm", "inputs": {"model": "deepseek-v3"}}]}
+    out = _resolve_case_files(data, tmp_path / "cases.json")
+    root = tmp_path.resolve()
+    assert out["cases"][0]["hardware"] == str(root / "profiles" / "gpu.toml")
+    assert out["cases"][0]["inputs"]["model"] == str(root / "m.toml")
+    assert out["cases"][1] == data["cases"][1]  # built-in names untouched

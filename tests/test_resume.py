@@ -225,3 +225,17 @@ def test_failed_run_leaves_no_new_results_file(tmp_path):
 def test_bad_results_path_is_refused(tmp_path, where, match):
     with pytest.raises(MoesimError, match=match):
         _sweep(tmp_path / where if where else tmp_path)
+
+
+def test_changed_model_file_is_refused(tmp_path):
+    from moesim.catalog import _PRESETS_DIR
+
+    model = tmp_path / "model.toml"
+    shutil.copy(_PRESETS_DIR / "deepseek-v3.toml", model)
+    scenario = scenario_from_dict({**SCENARIO.to_dict(), "model": str(model)})
+    path = tmp_path / "r.jsonl"
+    _sweep(path, scenario=scenario, cands=CANDS[:4])
+    _sweep(path, scenario=scenario, cands=CANDS[:4])  # same bytes: resumes
+    model.write_text(model.read_text().replace("top_k = 8", "top_k = 6"))
+    with pytest.raises(MoesimError, match=r"changed: model .*model\.toml"):
+        _sweep(path, scenario=scenario, cands=CANDS[:4])
