@@ -125,6 +125,8 @@ CASES: list[tuple[str, list[str]]] = [
     ("plan-top-0", ["plan", "--small", "--top", "0"]),
     ("plan-workers-0", ["plan", "--small", "--workers", "0"]),
     ("plan-set-nan", ["plan", "--small", "--set", "slo.tpot_s=nan"]),
+    ("plan-set-deep", ["plan", "--small", "--set", "search.tp=" + "[" * 5000 + "]" * 5000]),
+    ("plan-set-layers-1e12", ["plan", "--small", "--set", "model.num_layers=1000000000000"]),
     ("route-seed-negative", [*ROUTE, "--seed", "-1"]),
     ("route-cf-huge", [*ROUTE, "--capacity-factor", "1e308"]),
     ("route-cf-nan", [*ROUTE, "--capacity-factor", "nan"]),
