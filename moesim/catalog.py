@@ -46,8 +46,8 @@ MAX_PROBLEMS = 6  # problems listed in one error line (then "and N more")
 
 
 def validation_message(err: ValidationError, source: str = "", show_values: bool = True) -> str:
-    """One line: ``source: field.path = value: what is allowed; ...`` (the first few problems). ``show_values=False``
-    (a file loaded by path) names each key but never quotes a value from the file."""
+    """One line: ``source: field.path = value: what is allowed; ...`` (the first few problems).
+    ``show_values=False`` (a file loaded by path) names each key but never quotes its value."""
     lines = []
     problems = err.errors()
     for e in problems[:MAX_PROBLEMS]:

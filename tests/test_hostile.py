@@ -366,3 +366,17 @@ def test_case_file_names_resolve_against_the_case_file(tmp_path):
     assert out["cases"][0]["hardware"] == str(root / "profiles" / "gpu.toml")
     assert out["cases"][0]["inputs"]["model"] == str(root / "m.toml")
     assert out["cases"][1] == data["cases"][1]  # built-in names untouched
+
+
+def test_an_error_the_candidates_share_is_the_answer(tmp_path, capsys):
+    # the defect: a missing routing trace answered "no deployment meets the target; closest ...
+    # does not fit" while most candidates had failed on the missing file
+    (tmp_path / "s.toml").write_text(
+        'name = "mt"\nmodel = "deepseek-v3"\nhardware = ["h100-sxm", "h200-sxm"]\n'
+        '[routing]\nskew = "trace:missing.json"\n'
+        "[workload]\nprompt_len = 1000\noutput_len = 200\ntarget_output_tokens_per_s = 20000\n"
+        "[slo]\ntpot_s = 0.05\n")
+    rc, _, err = _run(["plan", str(tmp_path / "s.toml"), "--small", "--executor", "inline"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "no answer" in err and "failed with an error" in err and "missing.json: no such file" in err
+    assert "closest" not in err
