@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from moesim import safeio
 from moesim.errors import MoesimError
 
 SCHEMA = "moesim-cases/1"
@@ -150,10 +151,23 @@ def parse_cases(data: Any, source: str = "") -> CaseFile:
 def load_cases(path: str | Path) -> CaseFile:
     """Read a case file; unreadable JSON raises MoesimError naming the file."""
     p = Path(path)
-    if not p.is_file():
-        raise MoesimError(f"{p}: no such file")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as err:
-        raise MoesimError(f"{p}: not valid JSON: {err}") from None
-    return parse_cases(data, str(p))
+    return parse_cases(_resolve_case_files(safeio.load_json(p), p), str(p))
+
+
+def _resolve_case_files(data: Any, path: Path) -> Any:
+    """Case ``hardware`` and ``inputs.model`` names that are file paths, resolved against the
+    case file's folder and confined to it (:func:`moesim.safeio.resolve_named`)."""
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+        return data
+    base, source = path.resolve().parent, safeio.shown(path)
+    cases = []
+    for raw in data["cases"]:
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            if isinstance(raw.get("hardware"), str) and safeio.looks_like_path(raw["hardware"]):
+                raw["hardware"] = safeio.resolve_named(raw["hardware"], base, "hardware", source)
+            inputs = raw.get("inputs")
+            if isinstance(inputs, dict) and isinstance(inputs.get("model"), str) and safeio.looks_like_path(inputs["model"]):
+                raw["inputs"] = {**inputs, "model": safeio.resolve_named(inputs["model"], base, "model", source)}
+        cases.append(raw)
+    return {**data, "cases": cases}

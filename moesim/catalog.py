@@ -1,12 +1,13 @@
 """Built-in hardware profiles and model presets by exact name, and users' own TOML files by path.
 
-This module and cli.py are the only places in the library that read files. Every load error
-becomes a ``MoesimError`` whose one-line message names the file, the field path, the value and
-what is allowed.
+This module and cli.py are the only places in the library that read files (through
+:mod:`moesim.safeio`). Every load error becomes a one-line ``MoesimError`` that names the file,
+the field path and what is allowed; values of a file loaded by path are never quoted (it may be
+any file, e.g. one holding credentials). Loaded specs are cached by file content, never by name.
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 try:  # Python 3.11+; the tomli backport (a dependency on 3.10) is the same parser
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -18,7 +19,8 @@ from typing import Any, TypeVar
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
-from moesim.errors import MoesimError, UnknownNameError
+from moesim import safeio
+from moesim.errors import MoesimError, SpecError, UnknownNameError
 from moesim.specs import (
     SLO,
     Cluster,
@@ -43,38 +45,55 @@ def _profiles_dir() -> Path:
         return Path(__file__).resolve().parent.parent / "hwprofiles"
 
 
-def validation_message(err: ValidationError, source: str = "") -> str:
-    """One line per problem: ``source: field.path = value: what is allowed``."""
+MAX_PROBLEMS = 6  # problems listed in one error line (then "and N more")
+
+
+def validation_message(err: ValidationError, source: str = "", show_values: bool = True) -> str:
+    """One line: ``source: field.path = value: what is allowed; ...`` (the first few problems).
+    ``show_values=False`` (a file loaded by path) names each key but never quotes its value."""
     lines = []
-    for e in err.errors():
+    problems = err.errors()
+    for e in problems[:MAX_PROBLEMS]:
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         value = e.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        shown_value = "" if isinstance(value, dict) or not show_values else f" = {safeio.shown(repr(value))}"
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{source + ': ' if source else ''}{path}{shown}: {msg}")
-    return "; ".join(lines)
+        if not show_values and e.get("type") not in ("missing", "extra_forbidden"):
+            msg = _without_values(e)
+        lines.append(f"{path}{shown_value}: {msg}")
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"and {len(problems) - MAX_PROBLEMS} more problems")
+    return (f"{source}: " if source else "") + "; ".join(lines)
 
 
-def build(cls: type[S], data: Any, source: str = "") -> S:
+def _without_values(e: dict) -> str:
+    """pydantic's message for error ``e`` when it may quote the input (custom validators do):
+    the generic message of its type instead, which names what is allowed."""
+    if e.get("type") == "value_error":
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, SpecError):
+            return cause.allowed
+        return "invalid value (not shown: it comes from a file that failed to load)"
+    return e["msg"]
+
+
+def build(cls: type[S], data: Any, source: str = "", show_values: bool = True) -> S:
     """Validate ``data`` as ``cls``; a failure raises MoesimError with the field path."""
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise MoesimError(validation_message(err, source or cls.__name__)) from None
+        raise MoesimError(validation_message(err, source or cls.__name__, show_values)) from None
     except MoesimError as err:  # raised inside a validator: prefix the source
+        if not show_values:
+            detail = f"{err.field}: {err.allowed}" if isinstance(err, SpecError) else "values not shown"
+            raise MoesimError(f"{source or cls.__name__}: not a valid {cls.__name__} ({detail})") from None
         raise MoesimError(f"{source or cls.__name__}: {err}") from None
 
 
 def read_toml(path: str | Path) -> dict:
-    """Parse a TOML file; a missing or malformed file raises MoesimError naming it."""
-    p = Path(path)
-    if not p.is_file():
-        raise MoesimError(f"{p}: no such file")
-    try:
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise MoesimError(f"{p}: not valid TOML: {err}") from None
+    """Parse a TOML file; a missing, unreadable, non-UTF-8, malformed or too deeply nested file
+    raises one-line MoesimError naming it (see :mod:`moesim.safeio`)."""
+    return safeio.load_toml(path)
 
 
 def write_toml(data: dict, path: str | Path) -> None:
@@ -87,7 +106,7 @@ def write_toml(data: dict, path: str | Path) -> None:
             return [strip(v) for v in obj]
         return obj
 
-    Path(path).write_text(tomli_w.dumps(strip(data)))
+    safeio.atomic_write_text(path, tomli_w.dumps(strip(data)))
 
 
 def replace_efficiency(path: str | Path, efficiency: "Efficiency") -> None:
@@ -97,7 +116,7 @@ def replace_efficiency(path: str | Path, efficiency: "Efficiency") -> None:
 
     p = Path(path)
     kept, skipping = [], False
-    for line in p.read_text().splitlines():
+    for line in safeio.read_text(p, "hardware profile").splitlines():
         header = line.strip().startswith("[") and not line.strip().startswith("[[")
         if header:
             skipping = line.strip().strip("[]").strip().split(".")[0] == "efficiency"
@@ -114,16 +133,62 @@ def replace_efficiency(path: str | Path, efficiency: "Efficiency") -> None:
             block[section] = changed
     text = "\n".join(kept).rstrip() + "\n\n" + tomli_w.dumps({"efficiency": block})
     build(HardwareProfile, tomllib.loads(text), source=str(p))  # never write an unloadable profile
-    p.write_text(text)
-    _load_profile_cached.cache_clear()
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.endswith(".toml") or "/" in name or "\\" in name
+    safeio.atomic_write_text(p, text)
 
 
 def _names(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.toml"))
+
+
+MAX_NAME = 64  # built-in profile and preset names are short identifiers
+
+
+class _SpecCache:
+    """Loaded specs keyed by (kind, sha256 of the file's bytes): an edited file is reloaded,
+    identical content is validated once. Specs are frozen and their mappings read-only, so a
+    cached value can be shared."""
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[str, str], BaseModel] = {}
+
+    def load(self, cls: type[S], path: Path, what: str) -> S:
+        data = safeio.read_bytes(path, what)
+        key = (cls.__name__, hashlib.sha256(data).hexdigest())
+        spec = self._specs.get(key)
+        if spec is None:
+            where = f"{what} {safeio.shown(path)}"
+            raw = safeio.parse_toml(safeio.decode_text(data, where), where)
+            spec = self._specs[key] = build(cls, raw, source=where, show_values=False)
+        return spec
+
+    def clear(self) -> None:
+        self._specs.clear()
+
+
+_CACHE = _SpecCache()
+
+
+def _spec_path(kind: str, name: str, folder: Path, known) -> Path:
+    """The file of a built-in name or of a path (relative to the working directory)."""
+    if not isinstance(name, str) or not name:
+        raise MoesimError(f"{kind}: needs a name or a TOML path, got {safeio.shown(repr(name))}")
+    if safeio.looks_like_path(name):
+        return Path(name)
+    path = folder / f"{name}.toml"
+    if len(name) > MAX_NAME or name.startswith(".") or not path.is_file():
+        raise UnknownNameError(kind, safeio.shown(name), known())
+    return path
+
+
+def file_digest(kind: str, name: str) -> str:
+    """sha256 of the file a profile (``kind='hardware'``) or model name refers to, or a word
+    saying why there is none (for fingerprints of what decided a result)."""
+    folder = _profiles_dir() if kind == "hardware" else _PRESETS_DIR
+    try:
+        path = _spec_path(kind, name, folder, lambda: [])
+        return hashlib.sha256(safeio.read_bytes(path, kind)).hexdigest()
+    except MoesimError as err:
+        return f"unreadable: {err}"
 
 
 # ---- hardware ---------------------------------------------------------------------------------
@@ -132,19 +197,11 @@ def list_profiles() -> list[str]:
     return _names(_profiles_dir())
 
 
-@functools.lru_cache(maxsize=None)
-def _load_profile_cached(path: str) -> HardwareProfile:
-    return build(HardwareProfile, read_toml(path), source=path)
-
-
 def load_profile(name: str) -> HardwareProfile:
-    """A built-in profile by exact name, or a user's profile TOML by path."""
-    if _looks_like_path(name):
-        return _load_profile_cached(str(Path(name).resolve()))
-    path = _profiles_dir() / f"{name}.toml"
-    if not path.is_file():
-        raise UnknownNameError("hardware profile", name, list_profiles())
-    return _load_profile_cached(str(path))
+    """A built-in profile by exact name, or a user's profile TOML by path (relative to the
+    working directory: resolve names written in files with :func:`moesim.safeio.resolve_named`)."""
+    return _CACHE.load(HardwareProfile, _spec_path("hardware profile", name, _profiles_dir(), list_profiles),
+                       "hardware profile")
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -153,22 +210,54 @@ def list_models() -> list[str]:
     return _names(_PRESETS_DIR)
 
 
-@functools.lru_cache(maxsize=None)
-def _load_model_cached(path: str) -> ModelSpec:
-    return build(ModelSpec, read_toml(path), source=path)
-
-
 def load_model(name: str) -> ModelSpec:
-    """A built-in preset by exact name, a user's model TOML by path, or ``hf:PATH`` (a local
-    Hugging Face config.json, mapped by :mod:`moesim.hf_import`)."""
+    """A built-in preset by exact name, a user's model TOML by path (see :func:`load_profile`), or
+    ``hf:PATH`` (a local Hugging Face config.json, mapped by :mod:`moesim.hf_import`)."""
     if name.startswith("hf:"):
         return load_hf_model(name[3:])
-    if _looks_like_path(name):
-        return _load_model_cached(str(Path(name).resolve()))
-    path = _PRESETS_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise UnknownNameError("model", name, list_models())
-    return _load_model_cached(str(path))
+    return _CACHE.load(ModelSpec, _spec_path("model", name, _PRESETS_DIR, list_models), "model")
+
+
+# ---- names written inside files ---------------------------------------------------------------
+def resolve_file_names(data: Any, path: str | Path) -> Any:
+    """``data`` (a scenario read from ``path``) with every file it names made absolute: ``model``,
+    ``hardware`` (one or a list; price overrides follow the renamed hardware), ``routing.skew =
+    "trace:FILE"`` and ``arrivals.trace_path``. Relative names resolve against the scenario's
+    folder; a name outside that folder tree is refused (:func:`moesim.safeio.resolve_named`).
+    Built-in names are left as they are."""
+    if not isinstance(data, dict):
+        return data
+    base, source = Path(path).resolve().parent, safeio.shown(path)
+    out = dict(data)
+
+    def fix(name: Any, what: str, always: bool = False) -> Any:
+        if isinstance(name, str) and (always or safeio.looks_like_path(name)):
+            return safeio.resolve_named(name, base, what, source)
+        return name
+
+    renamed: dict[str, str] = {}
+    if "model" in out:
+        model = out["model"]
+        if isinstance(model, str) and model.startswith("hf:"):
+            out["model"] = "hf:" + fix(model[3:], "model", True)
+        else:
+            out["model"] = fix(model, "model")
+    hw = out.get("hardware")
+    if isinstance(hw, (str, list, tuple)):
+        names = [hw] if isinstance(hw, str) else list(hw)
+        fixed = [fix(n, "hardware") for n in names]
+        renamed = {n: f for n, f in zip(names, fixed) if isinstance(n, str) and n != f}
+        out["hardware"] = fixed[0] if isinstance(hw, str) else fixed
+    prices = out.get("prices_usd_per_device_hour")
+    if renamed and isinstance(prices, dict):
+        out["prices_usd_per_device_hour"] = {renamed.get(k, k): v for k, v in prices.items()}
+    routing = out.get("routing")
+    if isinstance(routing, dict) and isinstance(routing.get("skew"), str) and routing["skew"].startswith("trace:"):
+        out["routing"] = {**routing, "skew": "trace:" + fix(routing["skew"][len("trace:"):], "routing trace", True)}
+    arrivals = out.get("arrivals")
+    if isinstance(arrivals, dict) and isinstance(arrivals.get("trace_path"), str):
+        out["arrivals"] = {**arrivals, "trace_path": fix(arrivals["trace_path"], "arrivals trace", True)}
+    return out
 
 
 def load_hf_model(path: str | Path, name: str | None = None) -> ModelSpec:

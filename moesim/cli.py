@@ -13,12 +13,14 @@ import importlib
 import json
 import math
 import pkgutil
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pydantic import ValidationError
 
+from moesim import safeio
 from moesim.catalog import validation_message
 from moesim.errors import MoesimError
 
@@ -38,11 +40,80 @@ class Result:
     exit_code: int = 0
 
 
+_NON_FINITE = re.compile(r"(?<![\w.])[-+]?(nan|inf)(?!\w)")  # how Python prints them: never an answer
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+MAX_INT = 2**53  # beyond this no moesim count is meaningful (and floats lose integer precision)
+MAX_MESSAGE = 1000  # characters of one error line
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit code 2."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(EXIT_USAGE, f"moesim: error: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_USAGE, f"moesim: error: {one_line(message)} (see '{self.prog} --help')\n")
+
+
+def one_line(message: object) -> str:
+    """An error message as one line of bounded length."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 30] + f"... ({len(text)} characters)"
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (nan and inf are never a size, rate or time)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{safeio.shown(text)!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def bounded_int(text: str) -> int:
+    """argparse type: an integer of magnitude at most ``MAX_INT``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{safeio.shown(text)!r} is not an integer") from None
+    if abs(value) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"{safeio.shown(text)} is out of range (|value| <= 2**53)")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed (numpy takes 0 <= seed < 2**64; moesim allows up to 2**53)."""
+    value = bounded_int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; a seed is >= 0")
+    return value
+
+
+def _harden(parser: argparse.ArgumentParser) -> None:
+    """Every ``type=float`` argument of every command becomes :func:`finite_float`, every
+    ``type=int`` :func:`bounded_int` (``--seed``: :func:`seed_int`): one rule, no per-flag checks."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _harden(sub)
+        elif action.type is float:
+            action.type = finite_float
+        elif action.type is int:
+            action.type = seed_int if action.dest == "seed" else bounded_int
+
+
+def add_limit_flag(parser: argparse.ArgumentParser) -> None:
+    """``--allow-long``: run work past the size limit of :func:`check_work`."""
+    parser.add_argument("--allow-long", action="store_true",
+                        help="run even when the estimated work is past the limit that guards against typos")
+
+
+def check_work(args: argparse.Namespace, what: str, units: float, limit: float, unit: str) -> None:
+    """Refuse ``units`` of work past ``limit`` unless ``--allow-long`` (a typo such as 10**12 layers
+    would otherwise run for hours without a word)."""
+    if not units <= limit and not getattr(args, "allow_long", False):
+        raise MoesimError(f"{what}: about {units:.3g} {unit} of work, past the limit of {limit:.3g} "
+                          "(minutes of CPU); pass --allow-long to run it anyway")
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in _command_modules():
         module.register(sub)
+    _harden(parser)
     return parser
 
 
@@ -111,7 +183,25 @@ def emit(args: argparse.Namespace, result: Result) -> None:
         json.dump(_finite(result.data), sys.stdout, indent=2, default=_to_jsonable, allow_nan=False)
         sys.stdout.write("\n")
     else:
+        if _NON_FINITE.search(result.text):
+            raise RuntimeError("the answer holds a non-finite number (nan or inf); not printed")
         sys.stdout.write(result.text.rstrip("\n") + "\n")
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Ctrl-C, also when compiled code (Numba) re-raised it as a SystemError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _fail(message: object, code: int = EXIT_USAGE) -> int:
+    print(f"moesim: error: {one_line(message)}", file=sys.stderr)
+    return code
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -128,26 +218,28 @@ def run(argv: list[str] | None = None) -> int:
         result = handler(args)
         emit(args, result)
         for line in result.errors:
-            print(f"moesim: error: {line}", file=sys.stderr)
+            print(f"moesim: error: {one_line(line)}", file=sys.stderr)
         return result.exit_code
     except MoesimError as err:
-        print(f"moesim: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(err)
     except ValidationError as err:
-        print(f"moesim: error: {validation_message(err)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(validation_message(err))
     except KeyboardInterrupt:
         print("moesim: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as err:  # the disk, not the program: full, permissions, a vanished folder
+        where = f"{safeio.shown(err.filename)}: " if err.filename else ""
+        return _fail(f"{where}{err.strerror or type(err).__name__}")
     except Exception as err:  # noqa: BLE001 - the last line of defence: no tracebacks
+        if _interrupted(err):
+            print("moesim: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if args.debug:
             raise
-        print(
-            f"moesim: internal error: {type(err).__name__}: {err} (rerun with --debug for a traceback)",
-            file=sys.stderr,
-        )
+        print(f"moesim: internal error: {type(err).__name__}: {one_line(err)} "
+              "(rerun with --debug for a traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

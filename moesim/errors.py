@@ -6,6 +6,12 @@ field, the value and what is allowed. The CLI turns these into one line and exit
 from __future__ import annotations
 
 
+def _shown(value: object, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a pasted 100,000-character value stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 2):]}"
+
+
 class MoesimError(ValueError):
     """Base class for errors caused by the user's input."""
 
@@ -17,7 +23,7 @@ class SpecError(MoesimError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field}: {value!r} is invalid; {allowed}")
+        super().__init__(f"{field}: {_shown(value)} is invalid; {allowed}")
 
 
 class UnknownNameError(MoesimError):
@@ -30,7 +36,7 @@ class UnknownNameError(MoesimError):
         self.name = name
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(known))}"
-        super().__init__(f"unknown {kind} {name!r}; {hint}")
+        super().__init__(f"unknown {kind} {_shown(name)}; {hint}")
 
 
 class InfeasibleError(MoesimError):

@@ -1,12 +1,13 @@
 """Plain-text rendering helpers for the CLI: aligned tables and human-readable numbers."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 
 def si(value: float | None, unit: str = "", digits: int = 3) -> str:
-    """``1.23e9`` -> ``'1.23 G<unit>'``; None -> ``'-'``."""
-    if value is None:
+    """``1.23e9`` -> ``'1.23 G<unit>'``; None, nan or inf -> ``'-'`` (never printed as a number)."""
+    if value is None or not math.isfinite(value):
         return "-"
     if value == 0:
         return f"0 {unit}".strip()
@@ -20,8 +21,8 @@ def si(value: float | None, unit: str = "", digits: int = 3) -> str:
 
 
 def seconds(value: float | None) -> str:
-    """Seconds in the unit a person would use (us, ms, s, h)."""
-    if value is None:
+    """Seconds in the unit a person would use (us, ms, s, h); None, nan or inf -> ``'-'``."""
+    if value is None or not math.isfinite(value):
         return "-"
     if value < 1e-3:
         return f"{value * 1e6:.1f} us"

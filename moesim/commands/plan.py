@@ -9,6 +9,7 @@ import logging
 
 from moesim.cli import Result, add_json_flag
 from moesim.errors import SpecError
+from moesim.safeio import Outputs
 
 ORDER = 10  # the main job comes first in --help
 log = logging.getLogger(__name__)
@@ -39,13 +40,18 @@ def load(args):
 
     path = None if args.scenario in (None, "default") else args.scenario
     scenario = load_scenario(path)
-    changes = parse_sets(args.sets)
+    # --small first: what the user sets explicitly (--set, --verify-top) wins over its defaults
+    changes = small_search(scenario) if args.small else {}
+    changes.update(parse_sets(args.sets))
     if args.verify_top is not None:
         if args.verify_top < 0:
             raise SpecError("--verify-top", args.verify_top, "must be >= 0")
-        changes["verify.top_n"] = args.verify_top
-    if args.small:
-        changes.update(small_search(scenario))
+        if scenario.kind == "training":
+            if args.verify_top > 0:
+                raise SpecError("--verify-top", args.verify_top, "training plans are analytic only (the serving "
+                                "DES verifies serving plans); omit it or give 0")
+        else:
+            changes["verify.top_n"] = args.verify_top
     return apply_changes(scenario, changes) if changes else scenario
 
 
@@ -77,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=plan_cmd)
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def plan_cmd(args) -> Result:
     from moesim.planner.plan import plan
     from moesim.planner.report import plot_pareto, render, write_csv
@@ -86,31 +95,48 @@ def plan_cmd(args) -> Result:
         raise SpecError("--top", args.top, "must be positive")
     if args.workers is not None and args.workers <= 0:
         raise SpecError("--workers", args.workers, "must be positive")
-    scenario = load(args)
-    from moesim.progress import wanted
+    if args.screen and args.results:
+        raise SpecError("--results", args.results, "does not apply with --screen (the screened search runs "
+                        "inline and is not resumed); drop one of them")
+    if args.executor == "dask" and not args.address:
+        raise SpecError("--executor", "dask", "needs --address tcp://HOST:PORT")
+    with Outputs() as outputs:
+        if args.csv:
+            outputs.check(args.csv, "--csv")
+        if args.plot:
+            outputs.check(args.plot, "--plot", PLOT_SUFFIXES)
+        if args.report:
+            outputs.check(args.report, "--report", (".html", ".htm"))
+        if args.results:
+            outputs.check(args.results, "--results")
+        scenario = load(args)
+        from moesim.progress import wanted
 
-    progress = args.progress or wanted(args)
-    log.info("planning %s: %s on %s", scenario.name, scenario.model, ", ".join(scenario.hardware))
-    result = plan(scenario, executor=args.executor, address=args.address, workers=args.workers,
-                  results_path=args.results, progress=progress, screen=args.screen)
-    log.info("searched %d configurations in %.1f s (%d ranked)", result.space_size,
-             result.timings_s.get("analytic_s", 0.0) + result.timings_s.get("verify_s", 0.0), len(result.ranked))
-    result.require_feasible()
-    prov = for_plan(result)
-    files = []
-    if args.csv:
-        files.append(write_csv(result, args.csv, provenance=prov))
-    if args.plot:
-        files.append(plot_pareto(result, args.plot))
-    if args.report:
-        from moesim.report_html import plan_report, step_breakdowns
+        progress = args.progress or wanted(args)
+        log.info("planning %s: %s on %s", scenario.name, scenario.model, ", ".join(scenario.hardware))
+        result = plan(scenario, executor=args.executor, address=args.address, workers=args.workers,
+                      results_path=args.results, progress=progress, screen=args.screen)
+        log.info("searched %d configurations in %.1f s (%d ranked)", result.space_size,
+                 result.timings_s.get("analytic_s", 0.0) + result.timings_s.get("verify_s", 0.0), len(result.ranked))
+        result.require_feasible()
+        prov = for_plan(result)
+        files = []
+        if args.csv:
+            write_csv(result, outputs.path(args.csv, "--csv"), provenance=prov)
+            files.append(args.csv)
+        if args.plot:
+            plot_pareto(result, outputs.path(args.plot, "--plot", PLOT_SUFFIXES))
+            files.append(args.plot)
+        if args.report:
+            from moesim.report_html import plan_report, step_breakdowns
 
-        files.append(write_report(plan_report(result, prov, step_breakdowns(result, args.top), args.top),
-                                  args.report))
-    text = render(result, top=args.top, provenance=prov)
-    if files:
-        text += "\n\nwrote " + ", ".join(files)
-    return Result(with_provenance(result.to_dict(), prov), text, files=tuple(files))
+            html = plan_report(result, prov, step_breakdowns(result, args.top), args.top)
+            outputs.path(args.report, "--report", (".html", ".htm")).write_text(html)
+            files.append(args.report)
+        text = render(result, top=args.top, provenance=prov)  # rendered before the outputs are committed
+        if files:
+            text += "\n\nwrote " + ", ".join(files)
+        return Result(with_provenance(result.to_dict(), prov), text, files=tuple(files))
 
 
 def with_provenance(data: dict, prov) -> dict:
@@ -122,13 +148,7 @@ def with_provenance(data: dict, prov) -> dict:
 
 
 def write_report(text: str, path: str) -> str:
-    """Write an HTML report (the command's I/O edge); an unwritable path is one error line."""
-    from pathlib import Path
-
-    from moesim.errors import MoesimError
-
-    try:
-        Path(path).write_text(text)
-    except OSError as err:
-        raise MoesimError(f"--report {path}: {err.strerror}") from None
+    """Write an HTML report atomically (the command's I/O edge); a bad path is one error line."""
+    with Outputs() as outputs:
+        outputs.path(path, "--report", (".html", ".htm")).write_text(text)
     return path

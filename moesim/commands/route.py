@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 
 from moesim.catalog import load_model
-from moesim.cli import Result, add_json_flag
+from moesim.cli import Result, add_json_flag, add_limit_flag, check_work
 from moesim.errors import SpecError
 from moesim.routing import load_trace, route
+from moesim.routing.problem import MAX_CAPACITY_FACTOR
 from moesim.textfmt import kv
 
 ORDER = 20
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=64, help="Monte Carlo steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full", action="store_true", help="with --json: include vectors and the traffic matrix")
+    add_limit_flag(p)
     add_json_flag(p)
     p.set_defaults(handler=route_cmd)
 
@@ -60,14 +62,21 @@ def _experts(args) -> tuple[int, int, int, int]:
     return E, k, groups, topk_groups
 
 
+MAX_COPIES = 1e9  # sampled copies: about a minute (measured: 5.1e8 copies in 29 s on 2 shared cores)
+
+
 def route_cmd(args) -> Result:
     if args.trace:
         if args.skew != "uniform":
             raise SpecError("--trace", args.trace, f"give either --trace or --skew (got --skew {args.skew})")
         args.skew = f"trace:{args.trace}"
     E, k, groups, topk_groups = _experts(args)
-    if args.capacity_factor is not None and not args.capacity_factor > 0:
-        raise SpecError("--capacity-factor", args.capacity_factor, "must be > 0 (omit it for dropless)")
+    if args.capacity_factor is not None and not 0 < args.capacity_factor <= MAX_CAPACITY_FACTOR:
+        raise SpecError("--capacity-factor", args.capacity_factor,
+                        f"must lie in (0, {MAX_CAPACITY_FACTOR:g}] (omit it for dropless)")
+    if args.engine == "montecarlo":
+        check_work(args, "route --engine montecarlo", float(args.samples) * args.tokens * k, MAX_COPIES,
+                   "sampled token copies (samples x tokens x top-k)")
     stats = route(E, k, args.tokens, ep=args.ep, ranks_per_node=args.ranks_per_node, skew=args.skew,
                   capacity_factor=args.capacity_factor, overflow=args.overflow, placement=args.placement,
                   redundant_experts=args.redundant_experts, n_groups=groups, topk_groups=topk_groups,

@@ -8,11 +8,13 @@ without a file, quick flags describe one (``--model --hw --devices --rate --dura
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-from moesim.catalog import build, read_toml
-from moesim.cli import Result, add_json_flag
+from moesim.catalog import build, read_toml, resolve_file_names
+from moesim.cli import Result, add_json_flag, add_limit_flag, check_work
 from moesim.errors import MoesimError
+from moesim.safeio import Outputs
 from moesim.textfmt import kv, si, table
 
 ORDER = 40
@@ -50,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", help="write a Chrome trace (Perfetto) JSON of the iterations here")
     p.add_argument("--csv", help="write one CSV row per request here")
     p.add_argument("--timeseries-csv", help="write KV utilization and queue length over time here")
+    add_limit_flag(p)
     add_json_flag(p)
     p.set_defaults(handler=serve_cmd)
 
@@ -65,7 +68,8 @@ def _set(d: dict, path: str, value) -> None:
 
 def _scenario_data(args) -> tuple[dict, Path, str]:
     if args.scenario:
-        data, base, source = read_toml(args.scenario), Path(args.scenario).resolve().parent, args.scenario
+        data = resolve_file_names(read_toml(args.scenario), args.scenario)
+        base, source = Path(args.scenario).resolve().parent, args.scenario
     else:
         missing = [f for f, v in (("--model", args.model), ("--hw", args.hw), ("--rate", args.rate),
                                   ("--prompt-len", args.prompt_len), ("--output-len", args.output_len)) if v is None]
@@ -103,35 +107,56 @@ def _scenario_data(args) -> tuple[dict, Path, str]:
 def serve_cmd(args) -> Result:
     from moesim.des.serving.scenario import ServeScenario, build_system, run_scenario
 
-    data, base, source = _scenario_data(args)
-    scn = build(ServeScenario, data, source)
-    system = build_system(scn)
-    from moesim.progress import wanted
+    with Outputs() as outputs:
+        for flag, path in (("--trace", args.trace), ("--csv", args.csv), ("--timeseries-csv", args.timeseries_csv)):
+            if path:
+                outputs.check(path, flag)  # before minutes of simulation, not after
+        data, base, source = _scenario_data(args)
+        scn = build(ServeScenario, data, source)
+        _check_size(args, scn)
+        system = build_system(scn)
+        from moesim.progress import wanted
 
-    res = run_scenario(scn, base, keep_spans=bool(args.trace), system=system, progress=wanted(args))
-    out = res.to_dict(timeseries=bool(args.timeseries_csv))
-    out["scenario"] = scn.to_dict()
-    files = []
-    if args.max_rate:
-        from moesim.des.serving.capacity import max_sustainable_rate
+        res = run_scenario(scn, base, keep_spans=bool(args.trace), system=system, progress=wanted(args))
+        out = res.to_dict(timeseries=bool(args.timeseries_csv))
+        out["scenario"] = scn.to_dict()
+        files = []
+        if args.max_rate:
+            from moesim.des.serving.capacity import max_sustainable_rate
 
-        if scn.slo is None:
-            raise MoesimError("serve --max-rate: the scenario needs an SLO ([slo] or --slo-ttft/--slo-tpot)")
-        search = max_sustainable_rate(system, scn.prompt.dist(), scn.output.dist(), scn.slo,
-                                      duration_s=min(scn.duration_s, 600.0), seed=scn.seed,
-                                      start_rate_per_s=scn.arrivals.rate_per_s or 1.0)
-        out["max_sustainable_rate"] = search.to_dict()
-    if args.trace:
-        from moesim.des.trace import write_chrome_trace
+            if scn.slo is None:
+                raise MoesimError("serve --max-rate: the scenario needs an SLO ([slo] or --slo-ttft/--slo-tpot)")
+            search = max_sustainable_rate(system, scn.prompt.dist(), scn.output.dist(), scn.slo,
+                                          duration_s=min(scn.duration_s, 600.0), seed=scn.seed,
+                                          start_rate_per_s=scn.arrivals.rate_per_s or 1.0)
+            out["max_sustainable_rate"] = search.to_dict()
+        if args.trace:
+            from moesim.des.trace import write_chrome_trace
 
-        files.append(str(write_chrome_trace(res.spans, args.trace, {"moesim": "serve", "mode": res.mode})))
-    if args.csv:
-        Path(args.csv).write_text(res.requests_csv())
-        files.append(args.csv)
-    if args.timeseries_csv:
-        Path(args.timeseries_csv).write_text(res.timeseries_csv())
-        files.append(args.timeseries_csv)
-    return Result(out, _text(res, out), files=tuple(files))
+            write_chrome_trace(res.spans, outputs.path(args.trace, "--trace"), {"moesim": "serve", "mode": res.mode})
+            files.append(args.trace)
+        if args.csv:
+            outputs.path(args.csv, "--csv").write_text(res.requests_csv())
+            files.append(args.csv)
+        if args.timeseries_csv:
+            outputs.path(args.timeseries_csv, "--timeseries-csv").write_text(res.timeseries_csv())
+            files.append(args.timeseries_csv)
+        return Result(out, _text(res, out), files=tuple(files))  # rendered before the outputs are committed
+
+
+MAX_REQUESTS = 5e5  # simulated requests: about two minutes (measured: 12,193 overloaded requests in 3 s)
+
+
+def _check_size(args, scn) -> None:
+    """Estimate the simulated requests first and refuse absurd runs (``--allow-long`` overrides)."""
+    a = scn.arrivals
+    if a.kind != "trace" and a.rate_per_s is not None:
+        check_work(args, "serve", a.rate_per_s * scn.duration_s, MAX_REQUESTS, "simulated requests")
+
+
+def _ms(x: float) -> str:
+    """Milliseconds with one decimal; nan/inf (no finished request to measure) -> '-'."""
+    return f"{x * 1e3:.1f}" if math.isfinite(x) else "-"
 
 
 def _text(res, out: dict) -> str:
@@ -139,14 +164,18 @@ def _text(res, out: dict) -> str:
     for name in ("ttft_s", "tpot_s", "e2e_s"):
         s = getattr(res, name)
         ci = s.p99_ci95
-        rows.append((name.removesuffix("_s"), *(f"{x * 1e3:.1f}" for x in (s.mean, s.p50, s.p90, s.p99)),
-                     "-" if ci != ci else f"+-{ci * 1e3:.1f}"))
+        rows.append((name.removesuffix("_s"), *(_ms(x) for x in (s.mean, s.p50, s.p90, s.p99)),
+                     "-" if not math.isfinite(ci) else f"+-{ci * 1e3:.1f}"))
     lines = [f"serving simulation ({res.mode}, {res.devices} devices, {res.requests} requests)", "",
              table(rows, ["latency", "mean ms", "p50 ms", "p90 ms", "p99 ms", "p99 95% CI ms"]), ""]
     pairs = [("output tokens/s", f"{si(res.output_tokens_per_s)} ({si(res.output_tokens_per_s_per_device)} per device)"),
              ("input tokens/s", f"{si(res.input_tokens_per_s)} ({si(res.input_tokens_per_s_per_device)} per device)"),
              ("completed", f"{res.completed} (unfinished {res.unfinished}, rejected {res.rejected}, "
                            f"preemptions {res.preemptions})")]
+    if res.unfinished and res.unfinished >= res.completed:
+        pairs.append(("overloaded", f"{res.unfinished} of {res.requests} requests had not finished when the "
+                                    "simulation ended (the load is more than the deployment serves); '-' = no "
+                                    "finished request to measure"))
     if res.goodput is not None:
         g = res.goodput
         pairs.append(("goodput", f"{g.goodput_requests_per_s:.3g} req/s meeting the SLO "

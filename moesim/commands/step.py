@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 
 from moesim.catalog import build, load_model, load_profile
-from moesim.cli import Result, add_json_flag
+from moesim.cli import Result, add_json_flag, add_limit_flag, check_work
 from moesim.errors import SpecError
+from moesim.safeio import Outputs
 from moesim.specs import Cluster, Parallelism, RoutingSpec
 from moesim.textfmt import kv
 
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", help="des: write a Chrome trace (Perfetto) JSON here (.json.gz: gzip-compressed)")
     p.add_argument("--trace-ranks", metavar="R,R,...", help="des: keep only these ranks' tracks in the trace")
     p.add_argument("--no-memory-check", action="store_true", help="time it even if it does not fit")
+    add_limit_flag(p)
     add_json_flag(p)
     p.set_defaults(handler=step_cmd)
 
@@ -79,7 +81,7 @@ def _analytic(args, model, hw, cluster, par, routing):
                              prompts_per_device=args.prompts_per_device, **serve)
 
 
-def _des(args, model, hw, cluster, par, routing, analytic) -> dict:
+def _des(args, model, hw, cluster, par, routing, analytic, outputs: Outputs) -> dict:
     from moesim.des.layer import simulate_layers
     from moesim.des.trace import write_chrome_trace
     from moesim.step.common import stage_layers
@@ -95,6 +97,8 @@ def _des(args, model, hw, cluster, par, routing, analytic) -> dict:
     tokens = args.batch_per_device if decode else args.prompt_len * args.prompts_per_device
     context = args.context if decode else (args.prompt_len + 1) / 2
     layers = list(stage_layers(model, par.pp)[-1])
+    check_work(args, "step --engine des", float(args.steps) * len(layers) * par.ep, MAX_DES_WORK,
+               "rank-layer steps (steps x layers x EP ranks)")
     res = simulate_layers(setup, layers=layers, tokens=tokens, context=context, overlap=args.overlap,
                           steps=args.steps, seed=args.seed, head_s=analytic.embedding_head_s,
                           record=bool(args.trace))
@@ -108,13 +112,30 @@ def _des(args, model, hw, cluster, par, routing, analytic) -> dict:
                 ranks = [f"rank {int(r)}" for r in args.trace_ranks.split(",") if r.strip()]
             except ValueError:
                 raise SpecError("--trace-ranks", args.trace_ranks, "a comma list of rank numbers, e.g. 0,3") from None
-        write_chrome_trace(res.spans, args.trace, {"model": model.name, "hw": hw.name, "phase": args.phase},
-                           processes=ranks)
+        write_chrome_trace(res.spans, outputs.path(args.trace, "--trace"),
+                           {"model": model.name, "hw": hw.name, "phase": args.phase}, processes=ranks)
         out["trace"] = args.trace
     return out
 
 
+MAX_DES_WORK = 1e6  # rank-layer steps: about 40 s (measured: 200 steps x 61 layers x EP 16 in 8 s)
+
+
 def step_cmd(args) -> Result:
+    for flag in ("steps", "batch_per_device", "context", "prompt_len", "global_batch", "seq_len", "micro_batch"):
+        if getattr(args, flag) <= 0:
+            raise SpecError(f"--{flag.replace('_', '-')}", getattr(args, flag), "must be positive")
+    if not args.prompts_per_device > 0:
+        raise SpecError("--prompts-per-device", args.prompts_per_device, "must be > 0")
+    with Outputs() as outputs:
+        if args.trace:
+            if args.engine != "des":
+                raise SpecError("--trace", args.trace, "needs --engine des (the analytic step has no timeline)")
+            outputs.check(args.trace, "--trace")
+        return _step(args, outputs)
+
+
+def _step(args, outputs: Outputs) -> Result:
     model = load_model(args.model)
     hw = load_profile(args.hw)
     cluster, par, routing = _specs(args)
@@ -130,7 +151,7 @@ def step_cmd(args) -> Result:
     pairs += [(k.removesuffix("_s"), f"{v * 1e3:.3f} ms") for k, v in b.components().items() if v > 0]
     files: tuple[str, ...] = ()
     if args.engine == "des":
-        des = _des(args, model, hw, cluster, par, routing, b)
+        des = _des(args, model, hw, cluster, par, routing, b, outputs)
         data["des"] = des
         data["step_time_s"] = des["mean_step_s"] * par.pp
         data["tokens_per_s_per_device"] = des["tokens_per_s_per_device"]

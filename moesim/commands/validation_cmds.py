@@ -7,6 +7,7 @@ from moesim.cases import load_cases
 from moesim.catalog import load_profile, write_toml
 from moesim.cli import Result, add_json_flag
 from moesim.errors import SpecError
+from moesim.safeio import check_output
 from moesim.textfmt import table
 
 ORDER = 80
@@ -83,6 +84,8 @@ def _write_bands(args, casefile, report, profiles) -> str:
 def calibrate_cmd(args) -> Result:
     from moesim.calibrate import calibrate  # scipy.optimize: imported only when fitting
 
+    if args.output:
+        check_output(args.output, "--output", (".toml",))  # before the fit, not after
     casefile = load_cases(args.cases)
     profile = load_profile(args.hw)
     params = None

@@ -70,10 +70,21 @@ class PlanResult:
     def feasible(self) -> bool:
         return bool(self.ranked)
 
+    @property
+    def failed(self) -> RejectionGroup | None:
+        """The candidates whose evaluation raised (reason ``error``), or None."""
+        return next((g for g in self.rejected if g.reason == "error"), None)
+
     def require_feasible(self) -> "PlanResult":
-        """Raise InfeasibleError naming the closest candidate and what it lacks when nothing passed."""
+        """Raise InfeasibleError naming the closest candidate and what it lacks when nothing passed;
+        when evaluations failed, their error is the answer's error (the failed candidates might
+        have met the target)."""
         if self.feasible:
             return self
+        failed = self.failed
+        if failed is not None:
+            raise InfeasibleError(f"{self.scenario.name}: no answer: {failed.count} of {self.evaluated} evaluated "
+                                  f"candidates failed with an error, e.g. {failed.example}")
         if self.closest is None:
             raise InfeasibleError(f"{self.scenario.name}: no candidate could be evaluated "
                                   f"({self.space_size} in the search space)")

@@ -124,6 +124,9 @@ def render(result: PlanResult, top: int = 10, provenance=None) -> str:
         if provenance is not None:
             lines += ["  " + line for line in provenance.lines()]
         lines += ["", "best per hardware:", _per_hardware(result)]
+        if result.failed is not None:
+            lines += ["", f"warning: {result.failed.count} candidates failed with an error and are not ranked, so a "
+                          f"cheaper deployment may be missing; e.g. {result.failed.example}"]
     elif result.closest is not None:
         ev = result.closest.evaluation
         lines.append(f"no deployment meets the target; closest: {ev.candidate.key()}: {ev.detail}")

@@ -15,7 +15,7 @@ from typing import Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from moesim.catalog import build, read_toml
+from moesim.catalog import build, read_toml, resolve_file_names
 from moesim.errors import MoesimError
 from moesim.prices import PricesSpec
 from moesim.specs import SLO, RoutingSpec, ServingWorkload, TrainingWorkload
@@ -189,7 +189,7 @@ def scenario_from_dict(data: dict, source: str = "scenario") -> Scenario:
 def load_scenario(path: str | Path | None = None) -> Scenario:
     """Read a scenario TOML; ``None`` gives the built-in default scenario."""
     p = DEFAULT_SCENARIO_PATH if path is None else Path(path)
-    return scenario_from_dict(read_toml(p), source=str(p))
+    return scenario_from_dict(resolve_file_names(read_toml(p), p), source=str(p))
 
 
 def default_scenario() -> ServingScenario:

@@ -2,8 +2,9 @@
 
 - Results stream to a JSONL file as each chunk finishes (one line per candidate, flushed), so an
   interrupted sweep keeps what it finished; rerun with the same file and only the missing
-  candidates are evaluated. The first line records a fingerprint of the scenario and evaluator;
-  a file from another scenario is refused rather than silently mixed in.
+  candidates are evaluated. The file (:mod:`moesim.planner.resume`) is locked while written and
+  its header fingerprints every input by content; a file from other inputs, or a corrupt one,
+  is refused rather than silently mixed in.
 - A chunk whose evaluation raises is retried candidate by candidate; a candidate that still
   raises becomes an ``error`` evaluation (reported, not fatal).
 - Executors: ``inline`` (this process), ``local`` (concurrent.futures processes; inline when
@@ -16,14 +17,14 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+from moesim import safeio
 from moesim.errors import MoesimError
+from moesim.planner import resume
 from moesim.planner.evaluation import Candidate, Evaluation
 
 Executor = Literal["inline", "local", "dask"]
@@ -49,33 +50,8 @@ def evaluate_chunk(evaluator, candidates: Sequence[Candidate], scenario) -> list
 
 
 def fingerprint(scenario, evaluator) -> str:
-    """Identity of a sweep's inputs: the scenario's fields and the evaluator's name."""
-    blob = json.dumps({"scenario": scenario.to_dict(), "evaluator": getattr(evaluator, "name", "")},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def load_results(path: Path, fp: str) -> dict[str, Evaluation]:
-    """Finished evaluations in ``path`` by candidate key (a torn last line is ignored)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return {}
-    done: dict[str, Evaluation] = {}
-    with path.open() as fh:
-        for i, line in enumerate(fh):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by the interruption: redo that candidate
-            if i == 0:
-                if row.get("fingerprint") != fp:
-                    raise MoesimError(
-                        f"{path}: results of another scenario or evaluator (fingerprint "
-                        f"{row.get('fingerprint')!r}, this sweep {fp!r}); remove it or pick another file"
-                    )
-                continue
-            ev = Evaluation.from_dict(row)
-            done[ev.candidate.key()] = ev
-    return done
+    """Identity of a sweep's inputs by content (:func:`moesim.planner.resume.input_digests`)."""
+    return resume.fingerprint(resume.input_digests(scenario, evaluator))
 
 
 class _Progress:
@@ -136,8 +112,9 @@ def _submit_dask(evaluator, scenario, chunks, address):
     own = not hasattr(address, "submit")
     try:
         client = Client(address, timeout="10s") if own else address
-    except OSError as err:
-        raise MoesimError(f"--address {address}: cannot reach a Dask scheduler ({err})") from None
+    except (OSError, ValueError, TypeError) as err:  # unreachable, or a malformed address
+        raise MoesimError(f"--address {safeio.shown(address)}: cannot reach a Dask scheduler "
+                          f"({safeio.shown(err, 200)})") from None
     try:
         futures = [client.submit(evaluate_chunk, evaluator, ch, scenario, pure=False) for ch in chunks]
         for fut in as_completed(futures):
@@ -161,9 +138,25 @@ def run_sweep(
     on_chunk: Callable[[list[Evaluation]], None] | None = None,
 ) -> list[Evaluation]:
     """Evaluate ``candidates``; returns evaluations in candidate order (see the module docstring)."""
-    fp = fingerprint(scenario, evaluator)
-    path = Path(results_path) if results_path else None
-    done = load_results(path, fp) if path else {}
+    if executor not in ("local", "inline", "dask"):
+        raise MoesimError(f"executor {executor!r}: allowed executors are local, inline, dask")
+    if executor == "dask" and address is None:
+        raise MoesimError("--executor dask needs --address tcp://HOST:PORT")
+    sink = resume.ResultsFile(results_path, resume.input_digests(scenario, evaluator)) if results_path else None
+    ok = False
+    try:
+        evals = _sweep(candidates, scenario, evaluator, executor, address, workers, sink, chunk_size,
+                       progress, on_chunk)
+        ok = True
+        return evals
+    finally:
+        if sink:
+            sink.close(ok)
+
+
+def _sweep(candidates, scenario, evaluator, executor, address, workers, sink, chunk_size, progress,
+           on_chunk) -> list[Evaluation]:
+    done = dict(sink.done) if sink else {}
     todo = [c for c in candidates if c.key() not in done]
     n_workers = 1 if executor == "inline" else (workers or os.cpu_count() or 1)
     key = getattr(evaluator, "chunk_key", None)
@@ -173,33 +166,19 @@ def run_sweep(
         chunks = _chunks(todo, max(1, chunk_size))
     bar = _Progress(len(candidates), progress)
     bar.advance(len(candidates) - len(todo))
-    sink = None
-    if path:
-        fresh = not path.exists() or path.stat().st_size == 0
-        sink = path.open("a")
-        if fresh:
-            sink.write(json.dumps({"fingerprint": fp}) + "\n")
     if executor == "dask":
-        if address is None:
-            raise MoesimError("--executor dask needs --address tcp://HOST:PORT")
         stream = _submit_dask(evaluator, scenario, chunks, address)
-    elif executor in ("local", "inline"):
-        stream = _submit_local(evaluator, scenario, chunks, n_workers)
     else:
-        raise MoesimError(f"executor {executor!r}: allowed executors are local, inline, dask")
+        stream = _submit_local(evaluator, scenario, chunks, n_workers)
     try:
         for results in stream:
             for ev in results:
                 done[ev.candidate.key()] = ev
-                if sink:
-                    sink.write(json.dumps(ev.to_dict()) + "\n")
             if sink:
-                sink.flush()
+                sink.append(results)
             if on_chunk:
                 on_chunk(results)
             bar.advance(len(results))
     finally:
         bar.close()
-        if sink:
-            sink.close()
     return [done[c.key()] for c in candidates]

@@ -16,6 +16,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from dataclasses import dataclass
 from typing import Any
 
+from moesim import safeio
 from moesim.errors import MoesimError, SpecError
 from moesim.planner.plan import PlanResult, plan
 from moesim.planner.scenario import Scenario, scenario_from_dict
@@ -27,9 +28,12 @@ def parse_value(text: str) -> Any:
     if text.strip().lower() in ("none", "null", "dropless"):
         return None
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise SpecError("--set", text, f"nested more than {safeio.MAX_DEPTH} levels deep") from None
+    return safeio.check_depth(value, "--set value")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

@@ -62,6 +62,9 @@ class RoutingProblem:
         return self.p_SE.shape[0] == 1 and self.drift == 0
 
 
+MAX_CAPACITY_FACTOR = 1e6  # any cf >= E/k is already dropless; this bound keeps C an exact integer
+
+
 def _check_ints(num_experts, top_k, tokens, n_groups, topk_groups):
     if num_experts < 1:
         raise SpecError("num_experts", num_experts, "must be >= 1")
@@ -98,8 +101,13 @@ def build_problem(num_experts: int, top_k: int, tokens: int, *, ep: int = 1, ran
                   seed: int = 0) -> RoutingProblem:
     """Validate and resolve the arguments of :func:`moesim.routing.route` (SpecError on bad input)."""
     _check_ints(num_experts, top_k, tokens, n_groups, topk_groups)
-    if capacity_factor is not None and not (capacity_factor > 0 and math.isfinite(capacity_factor)):
-        raise SpecError("capacity_factor", capacity_factor, "must be > 0 (None = dropless)")
+    if capacity_factor is not None and not (0 < capacity_factor <= MAX_CAPACITY_FACTOR):
+        # NOTE: from cf = E/k on, a slot holds every token (C >= T): larger values are dropless too,
+        # and absurd ones (1e308) overflow the integer capacity
+        raise SpecError("capacity_factor", capacity_factor,
+                        f"must lie in (0, {MAX_CAPACITY_FACTOR:g}] (None = dropless)")
+    if ep > ranks_per_node > 0 and ep % ranks_per_node:
+        raise SpecError("ranks_per_node", ranks_per_node, f"must divide ep={ep} (whole nodes of EP ranks)")
     if overflow not in OVERFLOWS:
         raise SpecError("overflow", overflow, f"allowed: {', '.join(OVERFLOWS)}")
     if routing not in ROUTINGS:

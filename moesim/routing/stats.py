@@ -59,6 +59,12 @@ class RoutingStats:
     expert_max_values_X: np.ndarray = field(repr=False)
     expert_max_cdf_X: np.ndarray = field(repr=False)
 
+    def __post_init__(self):
+        # NOTE: results are cached by argument (routing.api) and shared: their arrays are read-only
+        for value in self.__dict__.values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+
     # ---- derived --------------------------------------------------------------------------
     @property
     def num_nodes(self) -> int:

@@ -19,15 +19,18 @@ engine averages its expectations over them). :func:`write_trace` writes the form
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from moesim import safeio
 from moesim.errors import MoesimError, SpecError
 
 FORMAT = "moesim.routing-trace"
+MAX_TRACE_BYTES = 2**30  # an .npz trace of choices_TK for ~100M tokens
 VERSION = 1
 
 
@@ -47,15 +50,18 @@ class Trace:
 
 
 def _read_raw(path: Path) -> dict:
-    if not path.is_file():
-        raise MoesimError(f"trace {path}: no such file")
+    if path.suffix == ".json":
+        raw = safeio.load_json(path, "trace")
+        if not isinstance(raw, dict):
+            raise MoesimError(f"trace {safeio.shown(path)}: a trace is a JSON object of the fields above")
+        return raw
+    data = safeio.read_bytes(path, "trace", limit=MAX_TRACE_BYTES)  # checks it is a regular file
     try:
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {key: z[key] for key in z.files}
-    except (ValueError, OSError, json.JSONDecodeError) as err:
-        raise MoesimError(f"trace {path}: not a readable .npz or .json file ({err})") from None
+    except Exception as err:  # noqa: BLE001 - numpy/zipfile raise many types for a bad file
+        raise MoesimError(f"trace {safeio.shown(path)}: not a readable .npz or .json file "
+                          f"({type(err).__name__})") from None
 
 
 def _counts_from_choices(choices_TK: np.ndarray, step_T: np.ndarray | None, E: int, where: str) -> np.ndarray:

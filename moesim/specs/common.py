@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from moesim.errors import SpecError
 
@@ -40,10 +40,42 @@ def bytes_per_element(name: str) -> float:
     return _ELEMENT_BYTES[canonical_dtype(key)] + _SCALE_BYTES.get(key, 0.0)
 
 
+class FrozenDict(dict):
+    """A read-only dict: what a spec's mapping fields hold, so a spec shared through a cache
+    (``load_profile``) cannot be changed for the whole process. Copies (``dict(m)``,
+    ``to_dict()``) are ordinary dicts."""
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("a spec's mappings are read-only (specs are frozen); copy it with dict(...)")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):  # pickling and deepcopy rebuild it whole instead of item by item
+        return (FrozenDict, (dict(self),))
+
+    def __copy__(self) -> dict:
+        return dict(self)
+
+
+def freeze(value):
+    """``value`` with every dict in it (recursively) made a :class:`FrozenDict`."""
+    if isinstance(value, dict):
+        return value if isinstance(value, FrozenDict) else FrozenDict({k: freeze(v) for k, v in value.items()})
+    return value
+
+
 class Spec(BaseModel):
-    """Base of every spec: frozen, unknown keys rejected, values validated on assignment."""
+    """Base of every spec: frozen, unknown keys rejected, values validated on assignment,
+    mapping fields read-only (:class:`FrozenDict`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _freeze_mappings(self):
+        for name, value in self.__dict__.items():
+            if isinstance(value, dict) and not isinstance(value, FrozenDict):
+                self.__dict__[name] = freeze(value)
+        return self
 
     def to_dict(self) -> dict:
         """Plain-JSON form (what ``model_dump(mode='json')`` gives)."""

@@ -21,6 +21,11 @@ from moesim.specs.common import Spec, canonical_dtype
 from moesim.specs.hardware import Sourced
 
 
+# NOTE: published models have at most a few hundred layers; code walks layers one by one, so a
+# typo such as 10**12 layers would run for hours: refused at the boundary instead.
+MAX_LAYERS = 100_000
+
+
 class AttentionSpec(Sourced):
     """Self-attention: MHA/GQA (``num_kv_heads`` x ``head_dim``) or MLA (DeepSeek latent KV)."""
 
@@ -140,7 +145,7 @@ class ModelSpec(Sourced):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$")
     display_name: str
     family: str = ""
-    num_layers: int = Field(gt=0)
+    num_layers: int = Field(gt=0, le=MAX_LAYERS, description="transformer blocks (at most 100,000: more is a typo)")
     hidden: int = Field(gt=0)
     vocab_size: int = Field(gt=0)
     tie_embeddings: bool = False

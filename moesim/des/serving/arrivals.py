@@ -17,13 +17,15 @@ numbers: a load sweep compares like with like).
 from __future__ import annotations
 
 import csv
-import json
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from moesim import safeio
 from moesim.errors import MoesimError, SpecError
 
 
@@ -175,17 +177,19 @@ def read_trace(path: str | Path) -> Requests:
     Rows are sorted by arrival time. A missing column or a bad value names the row.
     """
     p = Path(path)
-    if not p.is_file():
-        raise MoesimError(f"{p}: no such trace file")
-    rows = _jsonl_rows(p) if p.suffix.lower() in (".jsonl", ".ndjson") else _csv_rows(p)
+    text = safeio.read_text(p, "arrivals trace")
+    rows = _jsonl_rows(p, text) if p.suffix.lower() in (".jsonl", ".ndjson") else _csv_rows(text)
     out = []
     for i, row in enumerate(rows, start=1):
         try:
-            out.append(tuple(float(row[c]) for c in _COLUMNS))
+            values = tuple(float(row[c]) for c in _COLUMNS)
         except KeyError as err:
-            raise MoesimError(f"{p}: row {i} has no column {err}; need {', '.join(_COLUMNS)}") from None
-        except (TypeError, ValueError):
-            raise MoesimError(f"{p}: row {i}: {row!r} is not numeric") from None
+            raise MoesimError(f"{p}: row {i} has no column {safeio.shown(err)}; need {', '.join(_COLUMNS)}") from None
+        except (TypeError, ValueError):  # the values are not quoted: the file may be anything
+            raise MoesimError(f"{p}: row {i}: {', '.join(_COLUMNS)} must be numbers") from None
+        if not all(math.isfinite(v) for v in values):
+            raise MoesimError(f"{p}: row {i}: {', '.join(_COLUMNS)} must be finite numbers")
+        out.append(values)
     if not out:
         raise MoesimError(f"{p}: trace has no requests")
     arr = np.array(sorted(out), dtype=float)
@@ -194,17 +198,16 @@ def read_trace(path: str | Path) -> Requests:
     return Requests(arr[:, 0] - 0.0, arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
 
 
-def _csv_rows(p: Path) -> list[dict]:
-    with p.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+def _csv_rows(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text, newline="")))
 
 
-def _jsonl_rows(p: Path) -> list[dict]:
+def _jsonl_rows(p: Path, text: str) -> list[dict]:
     rows = []
-    for i, line in enumerate(p.read_text().splitlines(), start=1):
+    for i, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise MoesimError(f"{p}: line {i} is not JSON: {err}") from None
+            row = safeio.parse_json(line, f"{safeio.shown(p)}: line {i}")
+            if not isinstance(row, dict):
+                raise MoesimError(f"{safeio.shown(p)}: line {i} is not a JSON object")
+            rows.append(row)
     return rows
