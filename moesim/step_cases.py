@@ -1,4 +1,4 @@
-"""Predictors for the ``training``, ``serving`` and ``moe_layer`` case kinds (shared/CASES.md),
+"""Predictors for the ``training``, ``serving`` and ``moe_layer`` case kinds (docs/cases.md),
 through the analytic step model. Registered in ``moesim.validate.PREDICTORS``.
 
 Training and serving rows fit one parameter, ``compute.host_op_overhead_us`` (host time per
@@ -19,15 +19,25 @@ source did not state (documented, the same for every case):
   (EPLB is taken to balance away the data's skew).
 - both: ``num_sms`` (SMs of the normal all-to-all kernels, when a source states it) overrides
   DeepEP's default 20 (moesim/step/sharing.py); only overlapped schedules feel it.
+- both: ``devices_per_node`` (the scale-up domain) defaults to the profile's domain size (8 on
+  HGX, 72 on NVL72). A job that does not fill whole domains (256 GPUs on 72-GPU NVL72 racks) is
+  a real, partial-rack deployment: it is modelled as ``devices / d`` equal domains of the
+  largest ``d`` <= the domain size that divides the devices and is a multiple of EP when one
+  exists (256 on NVL72 -> 4 domains of 64: every EP group stays inside one NVLink domain, as
+  a rack-aligned launcher places it); the case reports this under ``assumptions``.
+- recompute as the source writes it (``RECOMPUTE_SPELLINGS``); an unknown spelling is an error
+  naming the case and the value.
+Every other stated input the step model cannot honour is listed per case in ``ignored_inputs``
+(``TRAINING_NOT_MODELLED``, ``SERVING_NOT_MODELLED``).
 """
 from __future__ import annotations
 
 from moesim.catalog import build, load_model
 from moesim.compute.counts import forward_flops_per_token
-from moesim.errors import MoesimError
+from moesim.errors import MoesimError, SpecError
 from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, RoutingSpec
 from moesim.specs.parallel import smallest_redundancy
-from moesim.validate import UnsupportedCase
+from moesim.validate import UnsupportedCase, flag_ignored
 
 TRAINING_FIT_PARAMS: tuple[str, ...] = ("compute.host_op_overhead_us",)
 SERVING_FIT_PARAMS: tuple[str, ...] = ("compute.host_op_overhead_us",)
@@ -37,6 +47,83 @@ MOE_LAYER_FIT_PARAMS: tuple[str, ...] = ()
 
 DEFAULT_PREFILL_TOKENS_PER_DEVICE = 16384
 DEFAULT_DEVICES_PER_NODE = 8
+
+
+# Recompute as sources write it -> the step model's mode (moesim/step/training.py: "selective"
+# recomputes the attention block, "full" the whole forward). Megatron: --recompute-granularity
+# selective (core attention) / full with --recompute-method uniform|block; NeMo recipes write
+# "selective", "full", "block"; MaxText remat policies "full", "minimal", "save_dot_except_mlp";
+# DeepSeek-V3 (arXiv 2412.19437 s3.2.3) recomputes RMSNorm and the MLA up-projections only.
+# Value: (mode, what is not priced, or "" when the mode is what the source ran).
+RECOMPUTE_SPELLINGS: dict[str, tuple[str, str]] = {
+    "none": ("none", ""), "no": ("none", ""), "off": ("none", ""), "disabled": ("none", ""),
+    "selective": ("selective", ""), "attention": ("selective", ""), "attention-only": ("selective", ""),
+    "core_attn": ("selective", ""), "core-attention": ("selective", ""),
+    "full": ("full", ""), "block": ("full", ""), "full-block": ("full", ""), "uniform": ("full", ""),
+    "full-uniform": ("full", ""),
+    "rmsnorm+mla-up-projection": ("none", "norms and MLA up-projections recomputed: not priced (a few % of "
+                                          "the layer's FLOPs)"),
+    "minimal": ("none", "MaxText 'minimal' remat (a few elementwise ops recomputed) not priced"),
+    "mlp": ("full", "only the MLP/MoE block is recomputed; priced as full recompute (an upper bound)"),
+    "moe": ("full", "only the MoE block is recomputed; priced as full recompute (an upper bound)"),
+}
+
+# Stated training inputs the step model does not honour (or honours only at one value).
+TRAINING_NOT_MODELLED: dict[str, str] = {
+    "dualpipe": "DualPipe's bidirectional schedule is not modelled; the (interleaved) 1F1B pipeline is priced",
+    "mtp_depth": "MTP modules are not priced",
+    "mtp": "MTP modules are not priced",
+    "dispatcher": "one all-to-all model for every token dispatcher",
+    "framework": "the software stack is not an input of the step model (one eager host model)",
+    "software": "the software stack is not an input of the step model (one eager host model)",
+    "node_limited_routing_nodes": "node-limited routing is not applied to training traffic",
+    "cuda_graphs": "no CUDA-graph host mode in the step model",
+    "nvlink_used": "the scale-up link is always used when the domain has more than one device",
+    "capacity_factor": "training is priced dropless (the capacity factor does not reach step time)",
+}
+SERVING_NOT_MODELLED: dict[str, str] = {
+    "mtp": "MTP / speculative decoding is not priced",
+    "attention_dtype": "attention is priced at the case's dtype",
+    "framework": "the software stack is not an input of the step model (one eager host model)",
+    "cuda_graphs": "no CUDA-graph host mode in the step model: host issue time is charged per operator",
+    "nvlink_used": "the scale-up link is always used when the domain has more than one device",
+    "dispatcher": "one all-to-all model for every token dispatcher",
+    "capacity_factor": "serving is priced dropless",
+}
+
+
+def _flag_not_modelled(inputs: dict, table: dict[str, str]) -> None:
+    for key, why in table.items():
+        flag_ignored(inputs, key, why)
+
+
+def recompute_mode(inputs: dict) -> str:
+    """The step model's recompute mode of a case (RECOMPUTE_SPELLINGS); none when not stated."""
+    raw = inputs.get("recompute")
+    if raw is None:
+        return "none"
+    key = str(raw).strip().lower().replace(" ", "-").replace("_", "-") if str(raw) != "core_attn" else "core_attn"
+    if key not in RECOMPUTE_SPELLINGS:
+        raise SpecError("recompute", raw, f"one of {', '.join(RECOMPUTE_SPELLINGS)}")
+    mode, unpriced = RECOMPUTE_SPELLINGS[key]
+    if unpriced:
+        flag_ignored(inputs, "recompute", f"{raw!r} -> {mode}: {unpriced}")
+    return mode
+
+
+def domain_layout(inputs: dict, hw: HardwareProfile, devices: int, ep: int) -> int:
+    """Devices per scale-up domain of a case (see the module docstring for partial racks)."""
+    stated = inputs.get("devices_per_node")
+    dpd = int(stated) if stated is not None else hw.scale_up.domain_size
+    if devices <= dpd or devices % dpd == 0:
+        return dpd
+    fits = [d for d in range(dpd, 0, -1) if devices % d == 0]
+    aligned = [d for d in fits if d % ep == 0 or ep % d == 0 and d >= min(ep, dpd)]
+    chosen = (aligned or fits)[0]
+    if hasattr(inputs, "assume"):
+        inputs.assume("devices_per_node", f"{devices} devices on {dpd}-device domains: the last domain is partial; "
+                                          f"modelled as {devices // chosen} domains of {chosen}")
+    return chosen
 
 
 def _get(inputs: dict, key: str, default):
@@ -92,26 +179,25 @@ def _skew(inputs: dict) -> str:
 
 def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
     """tokens_per_s_per_device, model_tflops_per_device, step_time_s or mfu of a training row."""
-    from moesim.step import training_step
-
     metric = _metric(inputs, ("tokens_per_s_per_device", "model_tflops_per_device", "step_time_s", "mfu"))
     model = _model(inputs)
     devices = int(inputs["devices"])
     tp, pp, cp = int(inputs["tp"]), int(inputs["pp"]), int(_get(inputs, "cp", 1))
+    ep = int(inputs["ep"])
     if devices % (tp * pp * cp):
         raise UnsupportedCase(f"devices {devices} not a multiple of tp x pp x cp")
+    dp = devices // (tp * pp * cp)
+    _flag_not_modelled(inputs, TRAINING_NOT_MODELLED)
+    _check_training_flags(inputs, dp)
+    recompute = recompute_mode(inputs)
+    dpd = domain_layout(inputs, hw, devices, ep)
     try:
-        cluster = build(Cluster, {"hardware": hw.name, "devices": devices,
-                                  "devices_per_domain": int(_get(inputs, "devices_per_node", DEFAULT_DEVICES_PER_NODE))})
-        par = build(Parallelism, {"tp": tp, "pp": pp, "cp": cp, "ep": int(inputs["ep"]),
-                                  "vpp": int(_get(inputs, "vpp", 1)), "dp": devices // (tp * pp * cp)})
-        b = training_step(model, hw, cluster, par, global_batch=int(inputs["global_batch"]),
-                          seq_len=int(inputs["seq_len"]), micro_batch=int(_get(inputs, "micro_batch", 1)),
-                          dtype=str(inputs["dtype"]), recompute=_get(inputs, "recompute", "none"),
-                          routing=RoutingSpec(skew=_skew(inputs)), check_memory=False,
-                          comm_sms=_comm_sms(inputs))
+        cluster = build(Cluster, {"hardware": hw.name, "devices": devices, "devices_per_domain": dpd})
+        par = build(Parallelism, {"tp": tp, "pp": pp, "cp": cp, "ep": ep,
+                                  "vpp": int(_get(inputs, "vpp", 1)), "dp": dp})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
+    b = _training_step(model, hw, cluster, par, inputs, recompute)
     if metric == "model_tflops_per_device":
         # NOTE: Megatron's published "model TFLOPS" counts attention over the full sequence (no
         # causal halving; megatron/training/training.py num_floating_point_operations): predict
@@ -120,6 +206,39 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
         return b.tokens_per_s_per_device * per_token / 1e12
     return {"tokens_per_s_per_device": b.tokens_per_s_per_device, "step_time_s": b.step_time_s,
             "mfu": b.mfu}[metric]
+
+
+def _training_step(model, hw, cluster, par, inputs: dict, recompute: str):
+    """The one call into the step model for training rows (switched to the Deployment estimator
+    when it lands)."""
+    from moesim.step import training_step
+
+    try:
+        return training_step(model, hw, cluster, par, global_batch=int(inputs["global_batch"]),
+                             seq_len=int(inputs["seq_len"]), micro_batch=int(_get(inputs, "micro_batch", 1)),
+                             dtype=str(inputs["dtype"]), recompute=recompute,
+                             routing=RoutingSpec(skew=_skew(inputs)), check_memory=False,
+                             comm_sms=_comm_sms(inputs))
+    except MoesimError as err:
+        raise UnsupportedCase(f"cannot lay out this case: {err}") from None
+
+
+def _check_training_flags(inputs: dict, dp: int) -> None:
+    """Flag fsdp > 0, ZeRO >= 2, non-dropless runs and an inconsistent grad_accum_steps."""
+    if int(_get(inputs, "fsdp", 0)):
+        flag_ignored(inputs, "fsdp", "FSDP's per-layer weight all-gathers are not priced (DDP with a "
+                                     "distributed optimizer is); memory is not checked")
+    if int(_get(inputs, "zero_stage", 1)) > 1:
+        flag_ignored(inputs, "zero_stage", "ZeRO-2/3 communication is not priced (ZeRO-1 = distributed optimizer is)")
+    if inputs.get("dropless") is False:
+        flag_ignored(inputs, "dropless", "training is priced dropless")
+    ga = inputs.get("grad_accum_steps")
+    mb = inputs.get("micro_batch")
+    if ga is not None and mb is not None:
+        implied = int(inputs["global_batch"]) // (dp * int(mb))
+        if int(ga) != implied:
+            flag_ignored(inputs, "grad_accum_steps", f"{ga} as stated; the step uses global_batch / (dp x "
+                                                     f"micro_batch) = {implied}")
 
 
 def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
@@ -131,12 +250,16 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
     devices, ep = int(inputs["devices"]), int(inputs["ep"])
     layout = _get(inputs, "attention_layout", "tp")
     tp = 1 if layout == "dp" else int(_get(inputs, "tp", devices))
-    redundant = smallest_redundancy(model.moe.num_experts, ep) if model.moe else 0
+    redundant = _redundant_slots(inputs, model, ep)
     overlap = "two_microbatch" if inputs.get("two_batch_overlap") else "none"
     a2a = "low_latency" if inputs.get("deepep_mode") == "low_latency" else "auto"
+    _flag_not_modelled(inputs, SERVING_NOT_MODELLED)
+    if inputs.get("eplb") is False:
+        flag_ignored(inputs, "eplb", "routing is priced uniform (balanced) whether or not EPLB runs")
+    inputs.get("pd_disaggregation")  # honoured: each phase is priced alone, as a disaggregated pool runs it
+    dpd = domain_layout(inputs, hw, devices, ep)
     try:
-        cluster = build(Cluster, {"hardware": hw.name, "devices": devices,
-                                  "devices_per_domain": int(_get(inputs, "devices_per_node", DEFAULT_DEVICES_PER_NODE))})
+        cluster = build(Cluster, {"hardware": hw.name, "devices": devices, "devices_per_domain": dpd})
         par = build(Parallelism, {"tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
                                   "redundant_experts": redundant})
         common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False,
@@ -159,6 +282,19 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
             raise
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     return b.tokens_per_s_per_device
+
+
+def _redundant_slots(inputs: dict, model: ModelSpec, ep: int) -> int:
+    """Redundant expert slots: as stated (EPLB replicas), else the fewest that make EP divide."""
+    if model.moe is None:
+        return 0
+    stated = inputs.get("redundant_experts")
+    if stated is None:
+        return smallest_redundancy(model.moe.num_experts, ep)
+    if (model.moe.num_experts + int(stated)) % ep:
+        raise SpecError("redundant_experts", stated,
+                        f"num_experts {model.moe.num_experts} + redundant slots must be a multiple of ep {ep}")
+    return int(stated)
 
 
 def predict_moe_layer_case(inputs: dict, hw: HardwareProfile) -> float:

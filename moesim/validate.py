@@ -53,6 +53,7 @@ class CaseInputs(dict):
         self.kind = kind
         self.read: set[str] = set()
         self.flagged: dict[str, str] = {}
+        self.assumed: dict[str, str] = {}
 
     def __getitem__(self, key):
         self.read.add(key)
@@ -70,6 +71,10 @@ class CaseInputs(dict):
         """Flag ``key`` as stated but not modelled (it then appears in ``ignored_inputs``)."""
         if dict.get(self, key) is not None:
             self.flagged[key] = why
+
+    def assume(self, key: str, what: str) -> None:
+        """Record how the predictor interpreted ``key`` when it is not priced exactly as stated."""
+        self.assumed[key] = what
 
     def ignored(self) -> dict[str, str]:
         """Stated, non-descriptive inputs the predictor did not use -> why."""
@@ -124,10 +129,13 @@ class CasePrediction:
     status: str = "ok"
     reason: str = ""
     ignored_inputs: tuple[tuple[str, str], ...] = ()  # (input key, why it was not used)
+    assumptions: tuple[tuple[str, str], ...] = ()  # (input key, how it was interpreted)
+    group: str = ""  # the case's source group (leave-one-group-out)
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["ignored_inputs"] = dict(self.ignored_inputs)
+        out["assumptions"] = dict(self.assumptions)
         return out
 
 
@@ -160,6 +168,12 @@ class ValidationReport:
             "summary": {k: v.to_dict() for k, v in self.summary.items()},
             "problems": list(self.problems),
         }
+
+
+def flag_ignored(inputs, key: str, why: str) -> None:
+    """Flag ``key`` as stated but not modelled when ``inputs`` tracks reads (a plain dict: no-op)."""
+    if isinstance(inputs, CaseInputs):
+        inputs.ignore(key, why)
 
 
 def case_inputs(case: Case) -> CaseInputs:
@@ -198,7 +212,8 @@ def predict_case(case: Case, profile: HardwareProfile) -> CasePrediction:
     except PredictorError as err:
         return CasePrediction(**base, predicted=None, rel_error=None, status="error", reason=str(err))
     return CasePrediction(**base, predicted=value, rel_error=(value - case.measured) / case.measured,
-                          ignored_inputs=tuple(inputs.ignored().items()))
+                          ignored_inputs=tuple(inputs.ignored().items()),
+                          assumptions=tuple(sorted(inputs.assumed.items())))
 
 
 def summarize(preds: tuple[CasePrediction, ...]) -> dict[str, KindSummary]:
