@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from moesim.errors import MoesimError, SpecError
 # The generic prior on H100 (the shipped h100-sxm profile carries efficiencies transferred from H800).
 H100 = load_profile("h100-sxm").with_efficiency(Efficiency())
 H800 = load_profile("h800-sxm")
-CASES = "/work/shared/calibration/published-calibration.json"
+CASES = str(Path(__file__).resolve().parents[1] / "validation" / "data" / "published-calibration.json")
 
 dims = st.integers(min_value=1, max_value=1 << 15)
 
