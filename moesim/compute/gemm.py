@@ -40,7 +40,7 @@ wave footprint above do not apply (on v6e they gave 12.8% of peak for 8192^3 bf1
     d       = gemm_tile_k                                    [MXU side: 128 or 256]
     work    = 2 ceil8(m) ceil_d(n) ceil_d(k)                 [FLOP: k and n padded to the
                                                               array, m streamed in rows of 8]
-    bm, bn  = min(gemm_tile_m, ceil8(m)), min(gemm_tile_n, ceil_d(n))   [VMEM output block]
+    bm, bn  = min(V, ceil8(m)), min(V, ceil_d(n))          [VMEM output block, V = 1024]
     steps   = ceil(m / bm) ceil(n / bn) ceil(k / d) / U      [block k-steps per MXU]
     t_mxu   = work / (P c) + steps t_k                       [s]
     bytes   = A ceil(n / bn) + B ceil(m / bm) + C            [B: each operand re-read once per
@@ -48,7 +48,11 @@ wave footprint above do not apply (on v6e they gave 12.8% of peak for 8192^3 bf1
     time    = overhead + max(t_mxu, bytes / (B b)).
 
 (a weight-stationary systolic array, SB-TPU "Appendix B: how does a systolic array work";
-VMEM blocks as in a Pallas/XLA tiled matmul). Same roofline floor.
+VMEM blocks as in a Pallas/XLA tiled matmul). V = TPU_VMEM_BLOCK = 1024: a 4 MiB fp32
+accumulator plus double-buffered operand panels, well inside VMEM (128 MiB on v5e, SB-TPU); a
+modelling assumption, not a measured compiler choice, to calibrate when TPU GEMM cases exist.
+The grouped-GEMM model (compute/grouped.py) still applies the tile-and-wave rules on TPUs.
+Same roofline floor.
 
 Array legend: S = shapes (the flattened broadcast of m, n and k).
 """
@@ -69,6 +73,8 @@ BOUNDS: tuple[str, ...] = ("compute", "memory", "latency")
 
 # Output dtype of a GEMM whose inputs are ``dtype``: low-precision inputs accumulate in fp32 and
 # write bf16 (DeepGEMM gemm_fp8_fp8_bf16_nt; cuBLASLt FP8 GEMMs), others write their own dtype.
+TPU_VMEM_BLOCK = 1024  # rows and columns of the VMEM output block of the TPU model (docstring)
+
 _OUT_DTYPE: dict[str, str] = {
     "fp8": "bf16", "fp4": "bf16", "bf16": "bf16", "fp16": "fp16", "tf32": "fp32", "fp32": "fp32",
 }
@@ -250,7 +256,7 @@ def _run(p: GemmParams, m_S, n_S, k_S, shape):
     bound_S = np.empty(m_S.shape, dtype=np.int8)
     if p.systolic:
         _systolic_kernel(m_S, n_S, k_S, float(p.units), p.peak, p.compute_fraction, p.bandwidth,
-                         p.kstep_s, p.overhead_s, float(p.tile_m), float(p.tile_n), float(p.tile_k),
+                         p.kstep_s, p.overhead_s, float(TPU_VMEM_BLOCK), float(TPU_VMEM_BLOCK), float(p.tile_k),
                          p.in_bytes, p.out_bytes, time_S, bytes_S, bound_S)
         return time_S.reshape(shape), bytes_S.reshape(shape), bound_S.reshape(shape)
     _gemm_kernel(m_S, n_S, k_S, float(p.units), p.peak_per_unit, p.compute_fraction, p.bandwidth,
