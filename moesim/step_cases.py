@@ -243,8 +243,6 @@ def _check_training_flags(inputs: dict, dp: int) -> None:
 
 def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
     """tokens_per_s_per_device of a prefill or decode row (SGLang/DeepSeek-style deployments)."""
-    from moesim.step import decode_iteration, prefill_iteration
-
     _metric(inputs, ("tokens_per_s_per_device",))
     model = _model(inputs)
     devices, ep = int(inputs["devices"]), int(inputs["ep"])
@@ -257,31 +255,40 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
     if inputs.get("eplb") is False:
         flag_ignored(inputs, "eplb", "routing is priced uniform (balanced) whether or not EPLB runs")
     inputs.get("pd_disaggregation")  # honoured: each phase is priced alone, as a disaggregated pool runs it
+    phase = inputs["phase"]
+    if phase == "decode":
+        shape = {"batch_per_device": int(inputs["batch_per_device"]), "context": int(inputs["context_len"])}
+    elif phase == "prefill":
+        prompt = int(inputs["prompt_len"])
+        tokens = _get(inputs, "tokens_per_device", None)
+        if tokens is None and inputs.get("batch_per_device") is not None:
+            tokens = int(inputs["batch_per_device"]) * prompt
+        tokens = tokens or DEFAULT_PREFILL_TOKENS_PER_DEVICE
+        shape = {"prompt_len": prompt, "prompts_per_device": tokens / prompt}
+    else:
+        raise UnsupportedCase(f"phase {phase!r} (prefill or decode)")
     dpd = domain_layout(inputs, hw, devices, ep)
     try:
         cluster = build(Cluster, {"hardware": hw.name, "devices": devices, "devices_per_domain": dpd})
         par = build(Parallelism, {"tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
                                   "redundant_experts": redundant})
-        common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False,
-                      comm_sms=_comm_sms(inputs))
-        if inputs["phase"] == "decode":
-            b = decode_iteration(model, hw, cluster, par, batch_per_device=int(inputs["batch_per_device"]),
-                                 context=int(inputs["context_len"]), **common)
-        elif inputs["phase"] == "prefill":
-            prompt = int(inputs["prompt_len"])
-            tokens = _get(inputs, "tokens_per_device", None)
-            if tokens is None and inputs.get("batch_per_device") is not None:
-                tokens = int(inputs["batch_per_device"]) * prompt
-            tokens = tokens or DEFAULT_PREFILL_TOKENS_PER_DEVICE
-            b = prefill_iteration(model, hw, cluster, par, prompt_len=prompt,
-                                  prompts_per_device=tokens / prompt, **common)
-        else:
-            raise UnsupportedCase(f"phase {inputs['phase']!r} (prefill or decode)")
-    except (MoesimError, KeyError) as err:
-        if isinstance(err, UnsupportedCase):
-            raise
+    except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
-    return b.tokens_per_s_per_device
+    common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False,
+                  comm_sms=_comm_sms(inputs))
+    return _serving_step(model, hw, cluster, par, phase, shape, common).tokens_per_s_per_device
+
+
+def _serving_step(model, hw, cluster, par, phase: str, shape: dict, common: dict):
+    """The one call into the step model for serving rows (switched to the Deployment estimator
+    when it lands)."""
+    from moesim.step import decode_iteration, prefill_iteration
+
+    step = decode_iteration if phase == "decode" else prefill_iteration
+    try:
+        return step(model, hw, cluster, par, **shape, **common)
+    except MoesimError as err:
+        raise UnsupportedCase(f"cannot lay out this case: {err}") from None
 
 
 def _redundant_slots(inputs: dict, model: ModelSpec, ep: int) -> int:
