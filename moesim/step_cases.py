@@ -219,6 +219,8 @@ def _training_step(model, hw, cluster, par, inputs: dict, recompute: str):
                              dtype=str(inputs["dtype"]), recompute=recompute,
                              routing=RoutingSpec(skew=_skew(inputs)), check_memory=False,
                              comm_sms=_comm_sms(inputs))
+    except UnsupportedCase:
+        raise
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
 

@@ -233,3 +233,14 @@ def test_tpu_mxu_padding_and_scalar_array_agree():
     t_arr, _, _ = gemm_time_arrays(V6E, np.array([64, 8192]), 8192, 8192, "bf16")
     assert_allclose(t_arr, [gemm_time(V6E, 64, 8192, 8192, "bf16").time_s,
                             gemm_time(V6E, 8192, 8192, 8192, "bf16").time_s], rtol=1e-12)
+
+
+def test_tpu_grouped_gemm_is_the_groups_mxu_gemms_back_to_back():
+    # compute/grouped.py on TPU: one launch + the sum of each non-empty group's MXU GEMM body
+    # (second computation through gemm_time, exact up to float sums: rtol 1e-12).
+    counts = [4096, 0, 1000, 37]
+    est = grouped_gemm_time(V6E, counts, 2 * 14336, 4096, "bf16")
+    launch = gemm_time(V6E, 1, 1, 1, "bf16").time_s - gemm_time(V6E, 1, 1, 1, "bf16").time_s + 3e-6
+    bodies = sum(gemm_time(V6E, m, 2 * 14336, 4096, "bf16").time_s - 3e-6 for m in counts if m)
+    assert_allclose(est.time_s, launch + bodies, rtol=1e-12)
+    assert est.nonempty_groups == 3 and est.rows == 5133
