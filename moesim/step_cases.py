@@ -93,8 +93,10 @@ SERVING_NOT_MODELLED: dict[str, str] = {
 
 
 def _flag_not_modelled(inputs: dict, table: dict[str, str]) -> None:
+    """Flag each stated key of ``table``; a feature stated off (False) is what is priced."""
     for key, why in table.items():
-        flag_ignored(inputs, key, why)
+        if inputs.get(key) is not False:
+            flag_ignored(inputs, key, why)
 
 
 def recompute_mode(inputs: dict) -> str:

@@ -80,11 +80,11 @@ class CaseInputs(dict):
         """Stated, non-descriptive inputs the predictor did not use -> why."""
         out = {}
         for key, value in dict.items(self):
-            if key in DESCRIPTIVE_INPUTS or value is None or value is False:
+            if key in DESCRIPTIVE_INPUTS or value is None:
                 continue
             if key in self.flagged:
                 out[key] = self.flagged[key]
-            elif key not in self.read:
+            elif key not in self.read and value is not False:  # a feature stated off is what is priced
                 out[key] = f"not used by the {self.kind or 'case'} predictor"
         return dict(sorted(out.items()))
 

@@ -84,3 +84,11 @@ def test_all_to_all_with_experts_not_divisible_by_ranks_uses_redundant_slots():
         assert predict_all_to_all_case({**A2A, "num_experts": 288, "ranks": ranks}, H800) > 0
     with pytest.raises(SpecError, match="redundant_experts"):
         predict_all_to_all_case({**A2A, "num_experts": 288, "redundant_experts": 1}, H800)
+
+
+def test_a_feature_stated_off_is_honoured_and_a_flagged_false_is_listed():
+    inputs = {k: v for k, v in TRAIN.items() if k != "metric"}
+    (c,) = validate(_file({**inputs, "mtp": False, "dropless": False})).cases
+    ignored = dict(c.ignored_inputs)
+    assert "mtp" not in ignored                      # MTP off: what the step model prices
+    assert "dropless" in ignored                     # a dropping run: the step prices dropless
