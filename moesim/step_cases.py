@@ -12,7 +12,9 @@ source did not state (documented, the same for every case):
   optimizer with overlapped gradient reduction (Megatron defaults in the benchmark recipes);
   routing ``balanced`` when the case says "force-balanced", else ``uniform``; memory is not
   checked (the run happened).
-- serving: prefill tokens per device 16,384 when not stated (the only per-device figure the
+- serving: phase end_to_end (whole requests, e.g. a maximum-load benchmark) is predicted through
+  the planner (planned_serving: the best candidate of exactly the stated deployment);
+  prefill tokens per device 16,384 when not stated (the only per-device figure the
   SGLang large-EP blog gives); ``two_batch_overlap`` -> overlap ``two_microbatch``;
   ``deepep_mode`` low_latency -> low-latency all-to-all; EP sizes that do not divide the
   experts get the fewest redundant slots that make them divide (EPLB); routing ``uniform``
@@ -260,6 +262,8 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
         flag_ignored(inputs, "eplb", "routing is priced uniform (balanced) whether or not EPLB runs")
     inputs.get("pd_disaggregation")  # honoured: each phase is priced alone, as a disaggregated pool runs it
     phase = inputs["phase"]
+    if phase == "end_to_end":
+        return planned_serving(inputs, model, hw, devices, tp, layout)
     if phase == "decode":
         shape = {"batch_per_device": int(inputs["batch_per_device"]), "context": int(inputs["context_len"])}
     elif phase == "prefill":
@@ -281,6 +285,52 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
     common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False,
                   comm_sms=_comm_sms(inputs))
     return _serving_step(model, hw, cluster, par, phase, shape, common).tokens_per_s_per_device
+
+
+# Decode batches per device the end-to-end path searches (CUDA-graph batch sizes of the engines'
+# configs reach 8192 sequences per replica; the memory model rejects what does not fit).
+END_TO_END_BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices: int, tp: int,
+                    layout: str) -> float:
+    """Output tokens/s per device of an end-to-end serving run (prefill and decode of fixed
+    ``prompt_len`` / ``output_len`` requests) as the planner predicts it: the best co-located
+    candidate of exactly this deployment (hardware, devices, TP, attention layout) over
+    ``END_TO_END_BATCHES``, under the source's latency limits (``tpot_limit_s``,
+    ``ttft_limit_s``) or, for a maximum-load run (``max_load``), none that binds."""
+    from moesim.planner.plan import plan
+    from moesim.planner.scenario import scenario_from_dict
+
+    from moesim.catalog import load_profile
+
+    if model.name != str(inputs["model"]):
+        raise UnsupportedCase("an end-to-end row needs a model preset (the planner loads it by name)")
+    if hw != load_profile(hw.name):
+        raise UnsupportedCase("end-to-end rows are priced with the catalog profile of that name (the planner "
+                              "loads profiles by name); a modified or calibrated profile cannot be passed yet")
+    dtype = str(inputs["dtype"])
+    tpot = inputs.get("tpot_limit_s")
+    ttft = inputs.get("ttft_limit_s")
+    if tpot is None and ttft is None and not inputs.get("max_load"):
+        raise UnsupportedCase("an end-to-end row needs latency limits (tpot_limit_s / ttft_limit_s) or max_load")
+    for key in ("batch_per_device", "redundant_experts", "two_batch_overlap", "ep", "devices_per_node"):
+        flag_ignored(inputs, key, "the planner chooses it for the deployment (end-to-end row)")
+    scenario = scenario_from_dict({
+        "kind": "serving", "name": "validate-end-to-end", "model": model.name, "hardware": [hw.name],
+        "max_devices": devices,
+        "workload": {"prompt_len": int(inputs["prompt_len"]), "output_len": int(inputs["output_len"]),
+                     "target_output_tokens_per_s": 1.0, "dtype": dtype,
+                     "kv_dtype": str(inputs.get("kv_dtype") or ("fp8" if dtype in ("fp8", "fp4") else dtype))},
+        "slo": {"percentile": 50, "tpot_s": float(tpot or 1e3), "ttft_s": float(ttft or 1e6)},
+        "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
+                   "tp": [tp], "pp": [1], "attention_layouts": [layout], "overlap": "auto"},
+        "verify": {"top_n": 0},
+    }, source="end-to-end case")
+    ranked = [r.evaluation for r in plan(scenario, executor="inline").ranked]
+    if not ranked:
+        raise UnsupportedCase("the planner finds no candidate of this deployment that fits and meets the limits")
+    return max(e.tokens_per_s / e.candidate.devices for e in ranked)
 
 
 def _serving_step(model, hw, cluster, par, phase: str, shape: dict, common: dict):

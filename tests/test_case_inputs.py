@@ -92,3 +92,37 @@ def test_a_feature_stated_off_is_honoured_and_a_flagged_false_is_listed():
     ignored = dict(c.ignored_inputs)
     assert "mtp" not in ignored                      # MTP off: what the step model prices
     assert "dropless" in ignored                     # a dropping run: the step prices dropless
+
+
+E2E = {"metric": "tokens_per_s_per_device", "model": "qwen3-30b-a3b", "phase": "end_to_end", "devices": 1,
+       "attention_layout": "tp", "tp": 1, "ep": 1, "dtype": "fp4", "prompt_len": 1000, "output_len": 1000,
+       "max_load": True}
+
+
+def test_end_to_end_rows_go_through_the_planner():
+    from moesim.step_cases import predict_serving_case
+
+    inputs = CaseInputs(E2E, "serving")
+    value = predict_serving_case(inputs, B200)
+    # the planner's own best candidate of the same deployment (second computation of the answer)
+    from moesim.planner.plan import plan
+    from moesim.planner.scenario import scenario_from_dict
+    from moesim.step_cases import END_TO_END_BATCHES
+
+    sc = scenario_from_dict({"kind": "serving", "name": "t", "model": "qwen3-30b-a3b", "hardware": ["b200"],
+                             "max_devices": 1,
+                             "workload": {"prompt_len": 1000, "output_len": 1000, "target_output_tokens_per_s": 1.0,
+                                          "dtype": "fp4", "kv_dtype": "fp8"},
+                             "slo": {"percentile": 50, "tpot_s": 1e3, "ttft_s": 1e6},
+                             "search": {"devices_per_replica": [1], "batch_per_device": list(END_TO_END_BATCHES),
+                                        "tp": [1], "pp": [1], "attention_layouts": ["tp"], "overlap": "auto"},
+                             "verify": {"top_n": 0}})
+    best = max(r.evaluation.tokens_per_s / r.evaluation.candidate.devices for r in plan(sc, executor="inline").ranked)
+    assert value == best
+    assert "ep" in inputs.ignored()   # the planner chooses it
+    # a profile changed in-process cannot reach the planner (it loads by name): refused, not wrong
+    from moesim.calibrate import with_params
+    with pytest.raises(Exception, match="catalog profile"):
+        predict_serving_case(CaseInputs(E2E, "serving"), with_params(B200, {"compute.host_op_overhead_us": 1.0}))
+    with pytest.raises(Exception, match="latency limits"):
+        predict_serving_case({**E2E, "max_load": None}, B200)

@@ -10,7 +10,7 @@ import pytest
 from moesim.cases import REQUIRED_INPUTS, parse_cases
 
 DATA = Path(__file__).resolve().parents[1] / "validation" / "data"
-FILES = ("published-e2e-training.json", "published-e2e-serving.json")
+FILES = ("published-e2e-training.json", "published-e2e-serving.json", "published-e2e-serving-maxload.json")
 
 
 def _raw(name):
@@ -35,7 +35,7 @@ def test_well_formed_with_sources_and_published_values(name):
 
 def test_counts():
     kinds = [c["kind"] for n in FILES for c in _raw(n)["cases"]]
-    assert kinds.count("training") == 19 and kinds.count("serving") == 9
+    assert kinds.count("training") == 19 and kinds.count("serving") == 9 + 106
 
 
 def test_megatron_bridge_rows_are_copied_as_printed():
@@ -52,6 +52,16 @@ def test_megatron_bridge_rows_are_copied_as_printed():
         per_token.setdefault(key, []).append(tflops * 1e12 / c["measured"]["value"])
     for key, v in per_token.items():
         assert max(v) / min(v) < 1.05, (key, v)
+
+
+def test_trtllm_rows_follow_the_table_layout():
+    # DEPn = attention data parallel + expert parallel over n GPUs; TPn = tensor parallel, no EP
+    for c in _raw(FILES[2])["cases"]:
+        i, layout = c["inputs"], c["source"].split("column '")[1].split(" ")[1]
+        n = int(layout[3:] if layout.startswith("DEP") else layout[2:])
+        assert i["devices"] == n and i["phase"] == "end_to_end" and i["max_load"], c["id"]
+        assert (i["attention_layout"], i["ep"], i["tp"]) == (("dp", n, 1) if layout.startswith("DEP") else ("tp", 1, n))
+        assert c["measured"]["value"] == c["published"]["value"], c["id"]
 
 
 def test_deepseek_v3_report_row_hand_derivation():
