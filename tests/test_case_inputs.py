@@ -9,7 +9,8 @@ from moesim.cases import parse_cases
 from moesim.catalog import load_profile
 from moesim.comm.cases import predict_all_to_all_case
 from moesim.errors import SpecError
-from moesim.step_cases import RECOMPUTE_SPELLINGS, predict_training_case, recompute_mode
+from moesim.case_inputs import RECOMPUTE_SPELLINGS, recompute_mode
+from moesim.step_cases import predict_training_case
 from moesim.validate import CaseInputs, validate
 
 B200 = load_profile("b200")
