@@ -220,3 +220,29 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
         max_abs_rel_error_after=max(after),
         skipped=tuple(skipped),
     )
+
+
+def _log_errors(cases, profiles: dict, values: dict[str, float]) -> np.ndarray:
+    """log(predicted / measured) of each case with ``values`` set on its hardware's profile."""
+    out = []
+    for c in cases:
+        hw = with_params(profiles[c.hardware], values)
+        out.append(math.log(float(predictor_for(c.kind)[0](case_inputs(c), hw)) / c.measured))
+    return np.asarray(out)
+
+
+def joint_fit(cases, profiles: dict, params: tuple[str, ...]) -> dict[str, float]:
+    """One value per parameter shared by every case's profile (a software-stack parameter):
+    soft-L1 least squares on log errors (scale 0.1), started from a log grid over the
+    parameters' range (the objective has flat, host-unbound pieces), best kept."""
+    bounds = [param_bounds(p) for p in params]
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([min(b[1], 1e3) for b in bounds])
+    best = None
+    for g in (0.5, 2.0, 8.0, 32.0, 128.0):
+        x0 = np.clip(np.full(len(params), g), lo, hi)
+        fit = least_squares(lambda x: _log_errors(cases, profiles, dict(zip(params, x))), x0,
+                            bounds=(lo, hi), loss="soft_l1", f_scale=0.1, diff_step=1e-2)
+        if best is None or fit.cost < best.cost:
+            best = fit
+    return {p: float(v) for p, v in zip(params, best.x)}

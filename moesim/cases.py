@@ -1,4 +1,4 @@
-"""Measurement case files (``moesim-cases/1``, see shared/CASES.md): reading and checking them.
+"""Measurement case files (``moesim-cases/1``, see docs/cases.md): reading and checking them.
 
 A malformed case never hides the others: each problem becomes a ``CaseProblem`` naming the case
 id and the missing or invalid key, and the well-formed cases are returned beside it.
@@ -17,7 +17,7 @@ from moesim.errors import MoesimError
 
 SCHEMA = "moesim-cases/1"
 
-# Required inputs per kind (shared/CASES.md, "Kinds, inputs and metrics"). A required key may be
+# Required inputs per kind (docs/cases.md, "Kinds, inputs and metrics"). A required key may be
 # null only when the case lists it in inputs.not_stated or inputs.not_applicable.
 REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k", "dtype"),
@@ -50,6 +50,8 @@ class Case:
     measured: float
     source: str = ""
     notes: str = ""
+    group: str = ""  # the source group (leave-one-group-out): the case's "group", else source_group(source)
+    role: str = "evaluation"  # the file's role: calibration (fitted on) or evaluation (never fitted on)
 
     def input(self, key: str, default: Any = None) -> Any:
         """An input value; ``default`` when absent or null (not stated by the source)."""
@@ -80,6 +82,7 @@ class CaseFile:
     description: str
     cases: tuple[Case, ...]
     problems: tuple[CaseProblem, ...] = field(default_factory=tuple)
+    role: str = "evaluation"
 
     def of_kind(self, kind: str) -> tuple[Case, ...]:
         return tuple(c for c in self.cases if c.kind == kind)
@@ -88,7 +91,24 @@ class CaseFile:
         return tuple(c for c in self.cases if c.hardware == hardware)
 
 
-def _check_case(raw: Any, index: int) -> Case:
+ROLES = ("calibration", "evaluation")
+
+
+def source_group(source: str) -> str:
+    """The group a source belongs to: ``owner/repo`` of a GitHub address, else the host name
+    (``lmsys.org``), else the text before the first space or parenthesis (a local script)."""
+    text = source.strip()
+    if "://" in text:
+        host, _, path = text.split("://", 1)[1].partition("/")
+        if host == "github.com":
+            parts = [p for p in path.split("/") if p]
+            if len(parts) >= 2:
+                return f"{parts[0]}/{parts[1].split(' ')[0]}"
+        return host
+    return text.split(" ")[0].split("(")[0] or "unknown"
+
+
+def _check_case(raw: Any, index: int, role: str = "evaluation") -> Case:
     """Build a Case or raise ValueError naming the key."""
     if not isinstance(raw, dict):
         raise ValueError(f"case #{index} is not an object")
@@ -115,6 +135,7 @@ def _check_case(raw: Any, index: int) -> Case:
         raise ValueError(f"metric {metric!r} not known for kind {kind!r}; known: {', '.join(METRICS[kind])}")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"measured.value {value!r} must be a positive number")
+    source = str(raw.get("source", ""))
     return Case(
         id=str(raw["id"]),
         kind=kind,
@@ -122,8 +143,10 @@ def _check_case(raw: Any, index: int) -> Case:
         inputs=MappingProxyType(dict(inputs)),
         metric=metric,
         measured=float(value),
-        source=str(raw.get("source", "")),
+        source=source,
         notes=str(raw.get("notes", "")),
+        group=str(raw.get("group") or source_group(source)),
+        role=role,
     )
 
 
@@ -134,18 +157,21 @@ def parse_cases(data: Any, source: str = "") -> CaseFile:
     raw_cases = data.get("cases")
     if not isinstance(raw_cases, list):
         raise MoesimError(f"{source}: 'cases' must be a list")
+    role = data.get("role", "evaluation")
+    if role not in ROLES:
+        raise MoesimError(f"{source}: role {role!r} unknown; allowed: {', '.join(ROLES)}")
     cases, problems, seen = [], [], set()
     for i, raw in enumerate(raw_cases):
         cid = str(raw.get("id", f"#{i}")) if isinstance(raw, dict) else f"#{i}"
         try:
-            case = _check_case(raw, i)
+            case = _check_case(raw, i, role)
             if case.id in seen:
                 raise ValueError("duplicate id")
             seen.add(case.id)
             cases.append(case)
         except ValueError as err:
             problems.append(CaseProblem(cid, str(err)))
-    return CaseFile(source, str(data.get("description", "")), tuple(cases), tuple(problems))
+    return CaseFile(source, str(data.get("description", "")), tuple(cases), tuple(problems), role)
 
 
 def load_cases(path: str | Path) -> CaseFile:

@@ -1,4 +1,4 @@
-"""Predictors for the ``training``, ``serving`` and ``moe_layer`` case kinds (shared/CASES.md),
+"""Predictors for the ``training``, ``serving`` and ``moe_layer`` case kinds (docs/cases.md),
 through the analytic step model. Registered in ``moesim.validate.PREDICTORS``.
 
 Training and serving rows fit one parameter, ``compute.host_op_overhead_us`` (host time per
@@ -12,22 +12,36 @@ source did not state (documented, the same for every case):
   optimizer with overlapped gradient reduction (Megatron defaults in the benchmark recipes);
   routing ``balanced`` when the case says "force-balanced", else ``uniform``; memory is not
   checked (the run happened).
-- serving: prefill tokens per device 16,384 when not stated (the only per-device figure the
+- serving: phase end_to_end (whole requests, e.g. a maximum-load benchmark) is predicted through
+  the planner (planned_serving: the best candidate of exactly the stated deployment);
+  prefill tokens per device 16,384 when not stated (the only per-device figure the
   SGLang large-EP blog gives); ``two_batch_overlap`` -> overlap ``two_microbatch``;
   ``deepep_mode`` low_latency -> low-latency all-to-all; EP sizes that do not divide the
   experts get the fewest redundant slots that make them divide (EPLB); routing ``uniform``
   (EPLB is taken to balance away the data's skew).
 - both: ``num_sms`` (SMs of the normal all-to-all kernels, when a source states it) overrides
   DeepEP's default 20 (moesim/step/sharing.py); only overlapped schedules feel it.
+- both: ``devices_per_node`` (the scale-up domain) defaults to the profile's domain size (8 on
+  HGX, 72 on NVL72). A job that does not fill whole domains (256 GPUs on 72-GPU NVL72 racks) is
+  a real, partial-rack deployment: it is modelled as ``devices / d`` equal domains of the
+  largest ``d`` <= the domain size that divides the devices and is a multiple of EP when one
+  exists (256 on NVL72 -> 4 domains of 64: every EP group stays inside one NVLink domain, as
+  a rack-aligned launcher places it); the case reports this under ``assumptions``.
+- recompute as the source writes it (moesim/case_inputs.py ``RECOMPUTE_SPELLINGS``); an
+  unknown spelling is an error naming the case and the value.
+Every other stated input the step model cannot honour is listed per case in ``ignored_inputs``
+(moesim/case_inputs.py ``TRAINING_NOT_MODELLED``, ``SERVING_NOT_MODELLED``).
 """
 from __future__ import annotations
 
 from moesim.catalog import build, load_model
 from moesim.compute.counts import forward_flops_per_token
-from moesim.errors import MoesimError
+from moesim.errors import MoesimError, SpecError
 from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, RoutingSpec
 from moesim.specs.parallel import smallest_redundancy
-from moesim.validate import UnsupportedCase
+from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, check_training_flags,
+                                domain_layout, flag_not_modelled, recompute_mode)
+from moesim.validate import UnsupportedCase, flag_ignored
 
 TRAINING_FIT_PARAMS: tuple[str, ...] = ("compute.host_op_overhead_us",)
 SERVING_FIT_PARAMS: tuple[str, ...] = ("compute.host_op_overhead_us",)
@@ -36,7 +50,6 @@ JOINT_KINDS: tuple[str, ...] = ("training", "serving")
 MOE_LAYER_FIT_PARAMS: tuple[str, ...] = ()
 
 DEFAULT_PREFILL_TOKENS_PER_DEVICE = 16384
-DEFAULT_DEVICES_PER_NODE = 8
 
 
 def _get(inputs: dict, key: str, default):
@@ -92,26 +105,25 @@ def _skew(inputs: dict) -> str:
 
 def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
     """tokens_per_s_per_device, model_tflops_per_device, step_time_s or mfu of a training row."""
-    from moesim.step import training_step
-
     metric = _metric(inputs, ("tokens_per_s_per_device", "model_tflops_per_device", "step_time_s", "mfu"))
     model = _model(inputs)
     devices = int(inputs["devices"])
     tp, pp, cp = int(inputs["tp"]), int(inputs["pp"]), int(_get(inputs, "cp", 1))
+    ep = int(inputs["ep"])
     if devices % (tp * pp * cp):
         raise UnsupportedCase(f"devices {devices} not a multiple of tp x pp x cp")
+    dp = devices // (tp * pp * cp)
+    flag_not_modelled(inputs, TRAINING_NOT_MODELLED)
+    check_training_flags(inputs, dp)
+    recompute = recompute_mode(inputs)
+    dpd = domain_layout(inputs, hw, devices, ep)
     try:
-        cluster = build(Cluster, {"hardware": hw.name, "devices": devices,
-                                  "devices_per_domain": int(_get(inputs, "devices_per_node", DEFAULT_DEVICES_PER_NODE))})
-        par = build(Parallelism, {"tp": tp, "pp": pp, "cp": cp, "ep": int(inputs["ep"]),
-                                  "vpp": int(_get(inputs, "vpp", 1)), "dp": devices // (tp * pp * cp)})
-        b = training_step(model, hw, cluster, par, global_batch=int(inputs["global_batch"]),
-                          seq_len=int(inputs["seq_len"]), micro_batch=int(_get(inputs, "micro_batch", 1)),
-                          dtype=str(inputs["dtype"]), recompute=_get(inputs, "recompute", "none"),
-                          routing=RoutingSpec(skew=_skew(inputs)), check_memory=False,
-                          comm_sms=_comm_sms(inputs))
+        cluster = build(Cluster, {"hardware": hw.name, "devices": devices, "devices_per_domain": dpd})
+        par = build(Parallelism, {"tp": tp, "pp": pp, "cp": cp, "ep": ep,
+                                  "vpp": int(_get(inputs, "vpp", 1)), "dp": dp})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
+    b = _training_step(model, hw, cluster, par, inputs, recompute)
     if metric == "model_tflops_per_device":
         # NOTE: Megatron's published "model TFLOPS" counts attention over the full sequence (no
         # causal halving; megatron/training/training.py num_floating_point_operations): predict
@@ -122,43 +134,132 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
             "mfu": b.mfu}[metric]
 
 
+def _training_step(model, hw, cluster, par, inputs: dict, recompute: str):
+    """The one call into the step model for training rows (switched to the Deployment estimator
+    when it lands)."""
+    from moesim.step import training_step
+
+    try:
+        return training_step(model, hw, cluster, par, global_batch=int(inputs["global_batch"]),
+                             seq_len=int(inputs["seq_len"]), micro_batch=int(_get(inputs, "micro_batch", 1)),
+                             dtype=str(inputs["dtype"]), recompute=recompute,
+                             routing=RoutingSpec(skew=_skew(inputs)), check_memory=False,
+                             comm_sms=_comm_sms(inputs))
+    except UnsupportedCase:
+        raise
+    except MoesimError as err:
+        raise UnsupportedCase(f"cannot lay out this case: {err}") from None
+
+
 def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
     """tokens_per_s_per_device of a prefill or decode row (SGLang/DeepSeek-style deployments)."""
-    from moesim.step import decode_iteration, prefill_iteration
-
     _metric(inputs, ("tokens_per_s_per_device",))
     model = _model(inputs)
     devices, ep = int(inputs["devices"]), int(inputs["ep"])
     layout = _get(inputs, "attention_layout", "tp")
     tp = 1 if layout == "dp" else int(_get(inputs, "tp", devices))
-    redundant = smallest_redundancy(model.moe.num_experts, ep) if model.moe else 0
+    redundant = _redundant_slots(inputs, model, ep)
     overlap = "two_microbatch" if inputs.get("two_batch_overlap") else "none"
     a2a = "low_latency" if inputs.get("deepep_mode") == "low_latency" else "auto"
+    flag_not_modelled(inputs, SERVING_NOT_MODELLED)
+    if inputs.get("eplb") is False:
+        flag_ignored(inputs, "eplb", "routing is priced uniform (balanced) whether or not EPLB runs")
+    inputs.get("pd_disaggregation")  # honoured: each phase is priced alone, as a disaggregated pool runs it
+    phase = inputs["phase"]
+    if phase == "end_to_end":
+        return planned_serving(inputs, model, hw, devices, tp, layout)
+    if phase == "decode":
+        shape = {"batch_per_device": int(inputs["batch_per_device"]), "context": int(inputs["context_len"])}
+    elif phase == "prefill":
+        prompt = int(inputs["prompt_len"])
+        tokens = _get(inputs, "tokens_per_device", None)
+        if tokens is None and inputs.get("batch_per_device") is not None:
+            tokens = int(inputs["batch_per_device"]) * prompt
+        tokens = tokens or DEFAULT_PREFILL_TOKENS_PER_DEVICE
+        shape = {"prompt_len": prompt, "prompts_per_device": tokens / prompt}
+    else:
+        raise UnsupportedCase(f"phase {phase!r} (prefill or decode)")
+    dpd = domain_layout(inputs, hw, devices, ep)
     try:
-        cluster = build(Cluster, {"hardware": hw.name, "devices": devices,
-                                  "devices_per_domain": int(_get(inputs, "devices_per_node", DEFAULT_DEVICES_PER_NODE))})
+        cluster = build(Cluster, {"hardware": hw.name, "devices": devices, "devices_per_domain": dpd})
         par = build(Parallelism, {"tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
                                   "redundant_experts": redundant})
-        common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False,
-                      comm_sms=_comm_sms(inputs))
-        if inputs["phase"] == "decode":
-            b = decode_iteration(model, hw, cluster, par, batch_per_device=int(inputs["batch_per_device"]),
-                                 context=int(inputs["context_len"]), **common)
-        elif inputs["phase"] == "prefill":
-            prompt = int(inputs["prompt_len"])
-            tokens = _get(inputs, "tokens_per_device", None)
-            if tokens is None and inputs.get("batch_per_device") is not None:
-                tokens = int(inputs["batch_per_device"]) * prompt
-            tokens = tokens or DEFAULT_PREFILL_TOKENS_PER_DEVICE
-            b = prefill_iteration(model, hw, cluster, par, prompt_len=prompt,
-                                  prompts_per_device=tokens / prompt, **common)
-        else:
-            raise UnsupportedCase(f"phase {inputs['phase']!r} (prefill or decode)")
-    except (MoesimError, KeyError) as err:
-        if isinstance(err, UnsupportedCase):
-            raise
+    except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
-    return b.tokens_per_s_per_device
+    common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False,
+                  comm_sms=_comm_sms(inputs))
+    return _serving_step(model, hw, cluster, par, phase, shape, common).tokens_per_s_per_device
+
+
+# Decode batches per device the end-to-end path searches (CUDA-graph batch sizes of the engines'
+# configs reach 8192 sequences per replica; the memory model rejects what does not fit).
+END_TO_END_BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices: int, tp: int,
+                    layout: str) -> float:
+    """Output tokens/s per device of an end-to-end serving run (prefill and decode of fixed
+    ``prompt_len`` / ``output_len`` requests) as the planner predicts it: the best co-located
+    candidate of exactly this deployment (hardware, devices, TP, attention layout) over
+    ``END_TO_END_BATCHES``, under the source's latency limits (``tpot_limit_s``,
+    ``ttft_limit_s``) or, for a maximum-load run (``max_load``), none that binds."""
+    from moesim.planner.plan import plan
+    from moesim.planner.scenario import scenario_from_dict
+
+    from moesim.catalog import load_profile
+
+    if model.name != str(inputs["model"]):
+        raise UnsupportedCase("an end-to-end row needs a model preset (the planner loads it by name)")
+    if hw != load_profile(hw.name):
+        raise UnsupportedCase("end-to-end rows are priced with the catalog profile of that name (the planner "
+                              "loads profiles by name); a modified or calibrated profile cannot be passed yet")
+    dtype = str(inputs["dtype"])
+    tpot = inputs.get("tpot_limit_s")
+    ttft = inputs.get("ttft_limit_s")
+    if tpot is None and ttft is None and not inputs.get("max_load"):
+        raise UnsupportedCase("an end-to-end row needs latency limits (tpot_limit_s / ttft_limit_s) or max_load")
+    for key in ("batch_per_device", "redundant_experts", "two_batch_overlap", "ep", "devices_per_node"):
+        flag_ignored(inputs, key, "the planner chooses it for the deployment (end-to-end row)")
+    scenario = scenario_from_dict({
+        "kind": "serving", "name": "validate-end-to-end", "model": model.name, "hardware": [hw.name],
+        "max_devices": devices,
+        "workload": {"prompt_len": int(inputs["prompt_len"]), "output_len": int(inputs["output_len"]),
+                     "target_output_tokens_per_s": 1.0, "dtype": dtype,
+                     "kv_dtype": str(inputs.get("kv_dtype") or ("fp8" if dtype in ("fp8", "fp4") else dtype))},
+        "slo": {"percentile": 50, "tpot_s": float(tpot or 1e3), "ttft_s": float(ttft or 1e6)},
+        "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
+                   "tp": [tp], "pp": [1], "attention_layouts": [layout], "overlap": "auto"},
+        "verify": {"top_n": 0},
+    }, source="end-to-end case")
+    ranked = [r.evaluation for r in plan(scenario, executor="inline").ranked]
+    if not ranked:
+        raise UnsupportedCase("the planner finds no candidate of this deployment that fits and meets the limits")
+    return max(e.tokens_per_s / e.candidate.devices for e in ranked)
+
+
+def _serving_step(model, hw, cluster, par, phase: str, shape: dict, common: dict):
+    """The one call into the step model for serving rows (switched to the Deployment estimator
+    when it lands)."""
+    from moesim.step import decode_iteration, prefill_iteration
+
+    step = decode_iteration if phase == "decode" else prefill_iteration
+    try:
+        return step(model, hw, cluster, par, **shape, **common)
+    except MoesimError as err:
+        raise UnsupportedCase(f"cannot lay out this case: {err}") from None
+
+
+def _redundant_slots(inputs: dict, model: ModelSpec, ep: int) -> int:
+    """Redundant expert slots: as stated (EPLB replicas), else the fewest that make EP divide."""
+    if model.moe is None:
+        return 0
+    stated = inputs.get("redundant_experts")
+    if stated is None:
+        return smallest_redundancy(model.moe.num_experts, ep)
+    if (model.moe.num_experts + int(stated)) % ep:
+        raise SpecError("redundant_experts", stated,
+                        f"num_experts {model.moe.num_experts} + redundant slots must be a multiple of ep {ep}")
+    return int(stated)
 
 
 def predict_moe_layer_case(inputs: dict, hw: HardwareProfile) -> float:

@@ -1,4 +1,4 @@
-"""The all_to_all predictor on the published calibration cases (shared/calibration).
+"""The all_to_all predictor on the published calibration cases (validation/data).
 
 Byte counts of each source's bandwidth definition are checked against closed forms derived
 here; the per-group error bound (median |rel err| <= 15%, issue 5) is IN-SAMPLE: the comm
@@ -20,7 +20,7 @@ from moesim.specs.hardware import Efficiency
 from validation.calibrate_comm import errors_by_group, fit
 from moesim.comm.cases import case_traffic_and_time, counted_bytes, predict_all_to_all_case
 
-# A copy of shared/calibration/published-calibration.json kept in the repository.
+# A copy of validation/data/published-calibration.json kept in the repository.
 CASES_PATH = Path(__file__).resolve().parents[1] / "validation" / "data" / "published-calibration.json"
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from moesim.errors import MoesimError, SpecError
 # The generic prior on H100 (the shipped h100-sxm profile carries efficiencies transferred from H800).
 H100 = load_profile("h100-sxm").with_efficiency(Efficiency())
 H800 = load_profile("h800-sxm")
-CASES = "/work/shared/calibration/published-calibration.json"
+CASES = str(Path(__file__).resolve().parents[1] / "validation" / "data" / "published-calibration.json")
 
 dims = st.integers(min_value=1, max_value=1 << 15)
 
@@ -195,3 +196,51 @@ def test_cli_bad_input_one_line_exit_2(argv, capsys):
     assert cli.run(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("moesim: error:") and "\n" not in err
+
+
+# --- TPU: the systolic MXU model (compute/gemm.py module docstring) --------------------------
+V6E = load_profile("tpu-v6e")
+
+
+def test_tpu_v6e_large_gemm_hand_worked():
+    # 8192^3 bf16 on v6e: VMEM blocks 1024 x 1024 -> A and B each re-read 8192/1024 = 8 times;
+    # bytes = (8 + 8 + 1) x 8192^2 x 2 B = 2,281,701,376 B at 1638 GB/s x 0.85 = 1.6388 ms, above
+    # the MXU time 2 x 8192^3 / (918e12 x 0.80) = 1.4972 ms; + 3 us launch (prior). Hand
+    # derivation from the formula, rtol 1e-9 (float arithmetic only).
+    est = gemm_time(V6E, 8192, 8192, 8192, "bf16")
+    expected = 3e-6 + 17 * 8192**2 * 2 / (1638e9 * 0.85)
+    assert_allclose(est.time_s, expected, rtol=1e-9)
+    assert est.bound == "memory" and 0.70 < est.efficiency < 0.75   # was 12.8% under the GPU rules
+
+
+@settings(max_examples=150, deadline=None)
+@given(m=dims, n=dims, k=dims, hw=st.sampled_from(["tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e"]))
+def test_tpu_never_faster_than_roofline_and_monotone(m, n, k, hw):
+    prof = load_profile(hw)
+    t = gemm_time(prof, m, n, k, "bf16").time_s
+    assert t >= roofline_time(prof, m, n, k, "bf16") * (1 - 1e-12)
+    assert gemm_time(prof, m + 1, n, k, "bf16").time_s >= t * (1 - 1e-12)
+
+
+def test_tpu_mxu_padding_and_scalar_array_agree():
+    # v5p (128-wide MXUs), compute-bound 8192 x 8193 x 8192: n pads to 8320 columns, so the time
+    # is 3 us + 2 x 8192 x 8320 x 8192 / (P x 0.80) (hand derivation from the padding rule, rtol 1e-9);
+    # the array entry point agrees with scalars.
+    v5p = load_profile("tpu-v5p")
+    b = gemm_time(v5p, 8192, 8193, 8192, "bf16")
+    assert b.bound == "compute"
+    assert_allclose(b.time_s, 3e-6 + 2 * 8192 * 8320 * 8192 / (v5p.peak_flops("bf16") * 0.80), rtol=1e-9)
+    t_arr, _, _ = gemm_time_arrays(V6E, np.array([64, 8192]), 8192, 8192, "bf16")
+    assert_allclose(t_arr, [gemm_time(V6E, 64, 8192, 8192, "bf16").time_s,
+                            gemm_time(V6E, 8192, 8192, 8192, "bf16").time_s], rtol=1e-12)
+
+
+def test_tpu_grouped_gemm_is_the_groups_mxu_gemms_back_to_back():
+    # compute/grouped.py on TPU: one launch + the sum of each non-empty group's MXU GEMM body
+    # (second computation through gemm_time, exact up to float sums: rtol 1e-12).
+    counts = [4096, 0, 1000, 37]
+    est = grouped_gemm_time(V6E, counts, 2 * 14336, 4096, "bf16")
+    launch = gemm_time(V6E, 1, 1, 1, "bf16").time_s - gemm_time(V6E, 1, 1, 1, "bf16").time_s + 3e-6
+    bodies = sum(gemm_time(V6E, m, 2 * 14336, 4096, "bf16").time_s - 3e-6 for m in counts if m)
+    assert_allclose(est.time_s, launch + bodies, rtol=1e-12)
+    assert est.nonempty_groups == 3 and est.rows == 5133

@@ -90,3 +90,32 @@ def test_cli_memory_bad_input(capsys):
                     "--ep", "7"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("moesim: error:") and "\n" not in err
+
+
+def test_sharding_levels_hand_worked():
+    """ZeRO levels (arXiv 1910.02054 Fig. 1) on DeepSeek-V3, 512 x tpu-v5p, EP 64, DP 512:
+    per-device params (base, experts) from stage_params; dense state shards over dp = 512,
+    expert state over expert-dp = 512 / 64 = 8. Hand derivation of each term, rtol 1e-12."""
+    from moesim.compute.memory import ADAM_STATE_BYTES, GRAD_BYTES, stage_params
+    from moesim.specs import bytes_per_element
+
+    model, hw = load_model("deepseek-v3"), load_profile("tpu-v5p")
+    par = Parallelism(dp=512, ep=64)
+    (base, experts), = stage_params(model, par)
+    wb = bytes_per_element(model.weight_dtype)  # the preset's weight dtype (fp8 for DeepSeek-V3)
+    fp = {s: memory_footprint(model, hw, par, mode="train", sharding=s, recompute="full")
+          for s in ("ddp", "zero1", "zero2", "zero3", "fsdp")}
+    sharded = base / 512 + experts / 8
+    assert_allclose(fp["ddp"].optimizer_bytes, ADAM_STATE_BYTES * (base + experts), rtol=1e-12)
+    assert_allclose(fp["zero1"].optimizer_bytes, ADAM_STATE_BYTES * sharded, rtol=1e-12)
+    assert_allclose(fp["zero1"].gradient_bytes, GRAD_BYTES * (base + experts), rtol=1e-12)
+    assert_allclose(fp["zero2"].gradient_bytes, GRAD_BYTES * sharded, rtol=1e-12)
+    unit = 2 * (base + experts) / model.num_layers
+    assert_allclose(fp["zero3"].weight_bytes, (sharded + unit) * wb, rtol=1e-12)
+    assert fp["zero3"].total_bytes == fp["fsdp"].total_bytes
+    # the default is the distributed optimizer (zero1), as before
+    default = memory_footprint(model, hw, par, mode="train", recompute="full")
+    assert default.total_bytes == fp["zero1"].total_bytes
+    # FSDP fits a v5p chip (95 GB) where ZeRO-1 needs ~147 GiB
+    assert fp["fsdp"].fits and not fp["zero1"].fits
+    assert fp["ddp"].total_bytes > fp["zero1"].total_bytes > fp["zero2"].total_bytes > fp["zero3"].total_bytes

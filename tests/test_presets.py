@@ -3,7 +3,7 @@ reference sheet states.
 
 Expected values come from published tables, never from the code under test:
 - parameter counts: the vendor's stated total / active (source in each PUBLISHED row);
-- layouts, dims and KV-cache sizes: shared/reference/moe-models.md (Tables A-D and notes);
+- layouts, dims and KV-cache sizes: docs/reference/moe-models.md (Tables A-D and notes);
 - the Llama 3.1 dense references (not in that sheet): Meta's llama-models sku_list.py and MODEL_CARD.md,
   and MaxText's llama3.1-*.yml (cited in each preset's [sources]).
 """
@@ -56,7 +56,7 @@ _IDS = [row[0] for row in PUBLISHED]
 # Presets whose published "active" is a rounded fraction, not a count.
 ACTIVE_IS_A_FRACTION = {"grok-1"}
 
-# shared/CASES.md, "Names": the preset names every case file may use.
+# docs/cases.md, "Names": the preset names every case file may use.
 CASES_MODEL_NAMES = [
     "deepseek-v3", "deepseek-v2", "deepseek-v2-lite", "kimi-k2", "mixtral-8x7b", "mixtral-8x22b",
     "qwen3-30b-a3b", "qwen3-235b-a22b", "qwen2-57b-a14b", "qwen1.5-moe-a2.7b", "olmoe-1b-7b",

@@ -1,6 +1,6 @@
 """Built-in hardware profiles: the catalog, the loader's refusals, and facts from the reference sheet.
 
-Expected values are quoted from shared/reference/hardware-specs.md ("sheet s1" = its section 1, and so
+Expected values are quoted from docs/reference/hardware-specs.md ("sheet s1" = its section 1, and so
 on); each assertion names the section it comes from. Peaks are dense (sheet "Conventions").
 """
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 It is never fitted on: these tests check that it stays disjoint from the calibration set, that
 every case is well formed and derived with its source's own definition, and that ``validate``
-answers every case. No error bound is asserted here: the out-of-sample errors are a report
-(``moesim validate validation/data/published-eval.json``), not a gate.
+answers every case. The error bounds per kind are asserted in tests/test_accuracy_bounds.py.
 """
 from __future__ import annotations
 

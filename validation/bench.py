@@ -4,7 +4,7 @@
 
 Two disjoint shape sets per device profile: ``calib`` (fit a hardware profile on it) and
 ``eval`` (judge the fitted profile on it); they differ in m/n/k and in MoE dimensions, not
-just in seeds (tests assert the disjointness). Kinds and inputs follow shared/CASES.md:
+just in seeds (tests assert the disjointness). Kinds and inputs follow docs/cases.md:
 - ``gemm``: ``y = a @ b`` with a (m x k), b (k x n); fp8 via ``torch._scaled_mm`` (GPU).
 - ``grouped_gemm``: one ``torch._grouped_mm`` (``bmm`` over zero-padded groups where it does not
   run: ``inputs.impl`` says which) of sorted rows ``m_per_group`` with E weights k x n; the

@@ -31,14 +31,11 @@ import sys
 from pathlib import Path
 from statistics import median
 
-import numpy as np
-from scipy.optimize import least_squares
-
-from moesim.calibrate import calibrate, param_bounds, with_params
+from moesim.calibrate import _log_errors, calibrate, joint_fit, with_params
 from moesim.cases import load_cases
 from moesim.catalog import _profiles_dir, list_profiles, load_profile, replace_efficiency
 from moesim.specs.hardware import Efficiency
-from moesim.validate import case_inputs, predictor_for
+from moesim.validate import predictor_for
 
 DEFAULT_CASES = Path(__file__).parent / "data" / "published-calibration.json"
 
@@ -47,32 +44,6 @@ TRANSFER: dict[str, dict[str, str]] = {
     "h100-sxm": {"compute": "h800-sxm"},
     "h200-sxm": {"compute": "h800-sxm", "comm": "h100-sxm"},
 }
-
-
-def _log_errors(cases, profiles: dict, values: dict[str, float]) -> np.ndarray:
-    """log(predicted / measured) of each case with ``values`` set on its hardware's profile."""
-    out = []
-    for c in cases:
-        hw = with_params(profiles[c.hardware], values)
-        out.append(math.log(float(predictor_for(c.kind)[0](case_inputs(c), hw)) / c.measured))
-    return np.asarray(out)
-
-
-def joint_fit(cases, profiles: dict, params: tuple[str, ...]) -> dict[str, float]:
-    """One value per parameter shared by every case's profile: soft-L1 least squares on log
-    errors (scale 0.1), started from a log grid over the parameters' range (the objective has
-    flat, host-unbound pieces), best kept."""
-    bounds = [param_bounds(p) for p in params]
-    lo = np.array([b[0] for b in bounds])
-    hi = np.array([min(b[1], 1e3) for b in bounds])
-    best = None
-    for g in (0.5, 2.0, 8.0, 32.0, 128.0):
-        x0 = np.clip(np.full(len(params), g), lo, hi)
-        fit = least_squares(lambda x: _log_errors(cases, profiles, dict(zip(params, x))), x0,
-                            bounds=(lo, hi), loss="soft_l1", f_scale=0.1, diff_step=1e-2)
-        if best is None or fit.cost < best.cost:
-            best = fit
-    return {p: float(v) for p, v in zip(params, best.x)}
 
 
 def _table(title: str, cases, errs) -> None:

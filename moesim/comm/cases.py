@@ -1,4 +1,4 @@
-"""Predict ``all_to_all`` measurement cases (shared/CASES.md) in each case's own metric.
+"""Predict ``all_to_all`` measurement cases (docs/cases.md) in each case's own metric.
 
 Time is always predicted first (``all_to_all_time`` on the expected traffic of the case's
 routing). A ``bandwidth_GBps`` case is then converted with the *source's* definition, which
@@ -11,8 +11,14 @@ counts bytes over one link class, divided by that time:
 
 The link class is ``inputs.bandwidth_link`` when given, else ``rdma`` for a case spanning
 several nodes and ``nvlink`` inside one. A null ``ranks_per_node`` defaults to the profile's
-scale-up domain size (8 on HGX/DGX systems, shared/CASES.md). Group-limited routing
+scale-up domain size (8 on HGX/DGX systems, docs/cases.md). Group-limited routing
 (``num_groups``, ``topk_groups``) is honoured.
+
+Expert counts that the ranks do not divide (288 experts at EP 64, 256 at EP 72) are real
+deployments with redundant expert slots: ``redundant_experts`` when the case states it, else
+the fewest slots that make ``num_experts + slots`` divisible by ``ranks`` (EPLB-style). Traffic
+is then that of uniform routing over the slots, as the step model prices it
+(moesim/step/layer.py: slots = experts + redundant, group limits dropped once replicas exist).
 """
 from __future__ import annotations
 
@@ -69,10 +75,17 @@ def case_traffic_and_time(inputs: dict[str, Any], hw: HardwareProfile):
     if routing not in ("uniform", "balanced"):
         raise _unsupported(f"routing {routing!r}: only uniform and balanced have expected traffic here")
     topo = build_topology(hw, ranks, rpn)
+    experts = int(inputs["num_experts"])
+    redundant = inputs.get("redundant_experts")
+    redundant = (-experts) % ranks if redundant is None else int(redundant)
+    if (experts + redundant) % ranks:
+        raise SpecError("redundant_experts", redundant,
+                        f"num_experts {experts} + redundant slots must be a multiple of ranks {ranks}")
+    groups = (int(inputs.get("num_groups") or 1), int(inputs.get("topk_groups") or 1))
     traffic = uniform_traffic(
-        ranks, rpn, int(inputs["tokens_per_rank"]), int(inputs["num_experts"]), int(inputs["top_k"]),
+        ranks, rpn, int(inputs["tokens_per_rank"]), experts + redundant, int(inputs["top_k"]),
         float(inputs["bytes_per_token"]), dedup=inputs.get("dedup") or "node", routing=routing,
-        groups=int(inputs.get("num_groups") or 1), topk_groups=int(inputs.get("topk_groups") or 1),
+        groups=groups[0] if redundant == 0 else 1, topk_groups=groups[1] if redundant == 0 else 1,
     )
     result = all_to_all_time(topo, traffic, inputs.get("mode") or "normal", inputs.get("op") or "dispatch")
     return traffic, result
@@ -90,8 +103,22 @@ def counted_bytes(inputs: dict[str, Any], traffic) -> float:
     raise SpecError("bandwidth_link", link, "nvlink or rdma")
 
 
+# Inputs a case may state that the all-to-all time model does not depend on: the bandwidth
+# fractions and latencies are fitted per profile at the sources' own kernel settings.
+_NOT_MODELLED = {
+    "num_sms": "kernel time does not depend on the SM count here (fractions are fitted at the sources' SM counts)",
+    "library": "one all-to-all model for every library",
+    "backend": "one all-to-all model for every backend",
+    "dtype": "the payload is bytes_per_token; dtype is not read",
+}
+
+
 def predict_all_to_all_case(inputs: dict, hw: HardwareProfile) -> float:
     """Predicted value in the case's metric: ``time_s`` or ``bandwidth_GBps`` (decimal GB/s)."""
+    from moesim.validate import flag_ignored
+
+    for key, why in _NOT_MODELLED.items():
+        flag_ignored(inputs, key, why)
     traffic, result = case_traffic_and_time(inputs, hw)
     metric = inputs.get("metric", "time_s")
     if metric == "time_s":

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--recompute", choices=list(RECOMPUTE), default="none")
+    p.add_argument("--sharding", choices=["ddp", "zero1", "zero2", "zero3", "fsdp"], default=None,
+                   help="train: what is sharded over data parallel (default zero1 = distributed optimizer; "
+                        "zero3/fsdp also weights and gradients, as MaxText on TPU)")
     p.add_argument("--reserve-gib", type=float, default=0.0, help="runtime reserve per device (GiB)")
     add_json_flag(p)
     p.set_defaults(handler=memory)
@@ -53,7 +56,7 @@ def memory(args) -> Result:
                               "attention_layout": "dp" if args.tp == 1 else "tp"}, "parallelism")
     fp = memory_footprint(model, hw, par, mode=args.mode, weight_dtype=args.dtype, kv_dtype=args.kv_dtype,
                           kv_tokens=args.kv_tokens, micro_batch=args.micro_batch, seq_len=args.seq_len,
-                          recompute=args.recompute, reserve_GiB=args.reserve_gib)
+                          recompute=args.recompute, reserve_GiB=args.reserve_gib, sharding=args.sharding)
     data = {"model": model.name, "hw": hw.name, "devices": args.devices, "parallelism": par.to_dict(),
             **fp.to_dict()}
     gib = units.GiB

@@ -14,8 +14,11 @@ ORDER = 80
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="predict every case of a moesim-cases/1 file and report errors")
-    p.add_argument("cases", help="case file (JSON, moesim-cases/1)")
+    p = sub.add_parser("validate", help="predict every case of moesim-cases/1 files and report errors")
+    p.add_argument("cases", nargs="+", help="case files (JSON, moesim-cases/1); several are judged together")
+    p.add_argument("--logo", action="store_true",
+                   help="also report per kind: in-sample, leave-one-source-out, leave-one-hardware-out and "
+                        "out-of-sample errors (refits without each group; give the calibration file too)")
     p.add_argument("--profile", action="append", default=[], metavar="TOML",
                    help="use this profile file (e.g. a calibrated one) for its hardware; repeatable")
     p.add_argument("--write-bands", metavar="FILE.json",
@@ -39,10 +42,23 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:+.1%}"
 
 
+def _cls(s) -> str:
+    if s is None or not s.n:
+        return "-"
+    return f"{s.median_abs_rel_error:.1%} / {s.max_abs_rel_error:.1%} ({s.n})"
+
+
 def validate_cmd(args) -> Result:
+    from moesim.cases import CaseFile
     from moesim.validate import validate
 
-    casefile = load_cases(args.cases)
+    files = [load_cases(path) for path in args.cases]
+    cases = tuple(c for f in files for c in f.cases)
+    seen: set[str] = set()
+    dup = sorted({c.id for c in cases if c.id in seen or seen.add(c.id)})
+    if dup:
+        raise SpecError("cases", ", ".join(dup[:3]), "case ids must be unique across the files given")
+    casefile = CaseFile(", ".join(args.cases), "", cases, tuple(p for f in files for p in f.problems))
     profiles = {}
     for path in args.profile:
         prof = load_profile(path)
@@ -50,18 +66,32 @@ def validate_cmd(args) -> Result:
     report = validate(casefile, profiles)
     rows = [(c.id, c.kind, c.metric, f"{c.measured:.4g}",
              "-" if c.predicted is None else f"{c.predicted:.4g}",
-             _fmt(c.rel_error) if c.status == "ok" else f"{c.status}: {c.reason}")
+             _fmt(c.rel_error) if c.status == "ok" else f"{c.status}: {c.reason}",
+             ", ".join(k for k, _ in c.ignored_inputs) or "-")
             for c in report.cases]
-    text = table(rows, ["id", "kind", "metric", "measured", "predicted", "error"])
+    text = table(rows, ["id", "kind", "metric", "measured", "predicted", "error", "ignored inputs"])
     srows = [(k, s.n, _fmt(s.median_abs_rel_error).lstrip("+"), _fmt(s.max_abs_rel_error).lstrip("+"),
-              s.unsupported) for k, s in report.summary.items()]
-    text += "\n\n" + table(srows, ["kind", "n", "median |err|", "max |err|", "unsupported"])
-    errors = tuple(f"{args.cases}: case {p.id}: {p.problem}" for p in casefile.problems)
-    files = ()
+              _fmt(s.signed_median_rel_error), s.unsupported, s.errors) for k, s in report.summary.items()]
+    text += "\n\n" + table(srows, ["kind", "n", "median |err|", "max |err|", "signed median", "unsupported",
+                                    "errors"])
+    data = report.to_dict()
+    if args.logo:
+        from moesim.accuracy import CLASSES, accuracy_table
+
+        acc = accuracy_table(cases)
+        data["accuracy"] = acc.to_dict()
+        arows = [(k, *(_cls(v.get(cls)) for cls in CLASSES)) for k, v in acc.summary.items()]
+        text += ("\n\nmedian / max |err| (n) by sample class\n"
+                 + table(arows, ["kind", "in-sample", "leave-one-source-out", "leave-one-hardware-out",
+                                 "out-of-sample"]))
+    errors = tuple(f"case {p.id}: {p.problem}" for p in casefile.problems)
+    errors += tuple(f"case {c.id}: {c.reason}" for c in report.cases if c.status == "error")
+    exit_code = 2 if casefile.problems else (1 if any(c.status == "error" for c in report.cases) else 0)
+    out_files = ()
     if args.write_bands:
-        files = (_write_bands(args, casefile, report, profiles),)
-        text += f"\n\nwrote error bands ({args.sample}) to {files[0]}"
-    return Result(report.to_dict(), text, files=files, errors=errors, exit_code=2 if errors else 0)
+        out_files = (_write_bands(args, casefile, report, profiles),)
+        text += f"\n\nwrote error bands ({args.sample}) to {out_files[0]}"
+    return Result(data, text, files=out_files, errors=errors, exit_code=exit_code)
 
 
 def _write_bands(args, casefile, report, profiles) -> str:

@@ -1,4 +1,4 @@
-"""Predictors for the ``gemm`` and ``grouped_gemm`` case kinds (shared/CASES.md).
+"""Predictors for the ``gemm`` and ``grouped_gemm`` case kinds (docs/cases.md).
 
 Registered in ``moesim.validate.PREDICTORS``; ``moesim calibrate`` fits ``GEMM_FIT_PARAMS`` of a
 profile on ``gemm`` cases (h800-sxm: the DeepGEMM FP8 rows of published-calibration.json).

@@ -9,7 +9,7 @@ Counting convention (stated, because published figures differ in it):
 - MTP layers (DeepSeek-V3) are counted apart in ``mtp`` and are not in ``total``;
 - ``active`` counts what one token touches: top_k routed experts plus everything dense; it
   includes the input-embedding row table, ``active_without_input_embedding`` does not.
-This is the convention of shared/reference/moe-models.md's C-check (which also ignores norms;
+This is the convention of docs/reference/moe-models.md's C-check (which also ignores norms;
 norms add < 0.01% here).
 
 FLOPs: a matmul with P weights costs 2P FLOPs per token (multiply + add). The attention context

@@ -31,6 +31,29 @@ b = gemm_memory_fraction, s_u = gemm_sm_load_GBps, t_k = gemm_kstep_overhead_ns,
 Since c <= 1, b <= 1 and padding only adds work, no prediction beats the roofline
 max(2mnk / P, (mk + kn) e_in + mn e_out) / B).
 
+**TPU (systolic MXU cores).** A TPU TensorCore has a few large MXUs (2 of 256 x 256 on v6e,
+4 of 128 x 128 per core on v4/v5e/v5p; docs/reference/hardware.md), fed from VMEM by the
+compiler, not thousands of threads scheduling small tiles: the per-unit load limit and the
+wave footprint above do not apply (on v6e they gave 12.8% of peak for 8192^3 bf16). For
+``hw.kind == "tpu"`` the time is instead
+
+    d       = gemm_tile_k                                    [MXU side: 128 or 256]
+    work    = 2 ceil8(m) ceil_d(n) ceil_d(k)                 [FLOP: k and n padded to the
+                                                              array, m streamed in rows of 8]
+    bm, bn  = min(V, ceil8(m)), min(V, ceil_d(n))          [VMEM output block, V = 1024]
+    steps   = ceil(m / bm) ceil(n / bn) ceil(k / d) / U      [block k-steps per MXU]
+    t_mxu   = work / (P c) + steps t_k                       [s]
+    bytes   = A ceil(n / bn) + B ceil(m / bm) + C            [B: each operand re-read once per
+                                                              block row / column it meets]
+    time    = overhead + max(t_mxu, bytes / (B b)).
+
+(a weight-stationary systolic array, SB-TPU "Appendix B: how does a systolic array work";
+VMEM blocks as in a Pallas/XLA tiled matmul). V = TPU_VMEM_BLOCK = 1024: a 4 MiB fp32
+accumulator plus double-buffered operand panels, well inside VMEM (128 MiB on v5e, SB-TPU); a
+modelling assumption, not a measured compiler choice, to calibrate when TPU GEMM cases exist.
+The grouped-GEMM model (compute/grouped.py) still applies the tile-and-wave rules on TPUs.
+Same roofline floor.
+
 Array legend: S = shapes (the flattened broadcast of m, n and k).
 """
 from __future__ import annotations
@@ -50,6 +73,8 @@ BOUNDS: tuple[str, ...] = ("compute", "memory", "latency")
 
 # Output dtype of a GEMM whose inputs are ``dtype``: low-precision inputs accumulate in fp32 and
 # write bf16 (DeepGEMM gemm_fp8_fp8_bf16_nt; cuBLASLt FP8 GEMMs), others write their own dtype.
+TPU_VMEM_BLOCK = 1024  # rows and columns of the VMEM output block of the TPU model (docstring)
+
 _OUT_DTYPE: dict[str, str] = {
     "fp8": "bf16", "fp4": "bf16", "bf16": "bf16", "fp16": "fp16", "tf32": "fp32", "fp32": "fp32",
 }
@@ -74,6 +99,7 @@ class GemmParams:
     l2_bytes: float
     peak: float  # FLOP/s
     hbm: float  # B/s
+    systolic: bool = False  # TPU MXU cores (module docstring)
 
 
 def gemm_params(hw: HardwareProfile, dtype: str, out_dtype: str | None = None) -> GemmParams:
@@ -104,6 +130,7 @@ def gemm_params(hw: HardwareProfile, dtype: str, out_dtype: str | None = None) -
         l2_bytes=(hw.memory.l2_MB or 0.0) * units.MB,
         peak=peak,
         hbm=hw.hbm_bandwidth_Bps,
+        systolic=hw.kind == "tpu",
     )
 
 
@@ -170,6 +197,32 @@ def _gemm_kernel(m_S, n_S, k_S, units_, peak_u, frac, bw, load, kstep, overhead,
             bound_S[i] = 0
 
 
+@numba.njit(cache=True)
+def _systolic_kernel(m_S, n_S, k_S, units_, peak, frac, bw, kstep, overhead, tile_m, tile_n, d,
+                     e_in, e_out, time_S, bytes_S, bound_S):
+    """The MXU model of the module docstring for every shape (TPU profiles)."""
+    for i in range(m_S.shape[0]):
+        m, n, k = m_S[i], n_S[i], k_S[i]
+        m8 = _cdiv(m, 8.0) * 8.0
+        n_d = _cdiv(n, d) * d
+        k_d = _cdiv(k, d) * d
+        bm = min(tile_m, m8)
+        bn = min(tile_n, n_d)
+        steps = _cdiv(m, bm) * _cdiv(n, bn) * _cdiv(k, d) / units_
+        t_mxu = 2.0 * m8 * n_d * k_d / (peak * frac) + steps * kstep
+        hbm = m * k * e_in * _cdiv(n, bn) + k * n * e_in * _cdiv(m, bm) + m * n * e_out
+        t_hbm = hbm / bw
+        body = max(t_mxu, t_hbm)
+        time_S[i] = overhead + body
+        bytes_S[i] = hbm
+        if overhead >= body:
+            bound_S[i] = 2
+        elif t_hbm >= t_mxu:
+            bound_S[i] = 1
+        else:
+            bound_S[i] = 0
+
+
 def _shapes(**sizes: Any) -> tuple[tuple[int, ...], list[np.ndarray]]:
     """Broadcast the named sizes; SpecError naming the first non-positive or non-integer one."""
     arrays = []
@@ -201,6 +254,11 @@ def _run(p: GemmParams, m_S, n_S, k_S, shape):
     time_S = np.empty_like(m_S)
     bytes_S = np.empty_like(m_S)
     bound_S = np.empty(m_S.shape, dtype=np.int8)
+    if p.systolic:
+        _systolic_kernel(m_S, n_S, k_S, float(p.units), p.peak, p.compute_fraction, p.bandwidth,
+                         p.kstep_s, p.overhead_s, float(TPU_VMEM_BLOCK), float(TPU_VMEM_BLOCK), float(p.tile_k),
+                         p.in_bytes, p.out_bytes, time_S, bytes_S, bound_S)
+        return time_S.reshape(shape), bytes_S.reshape(shape), bound_S.reshape(shape)
     _gemm_kernel(m_S, n_S, k_S, float(p.units), p.peak_per_unit, p.compute_fraction, p.bandwidth,
                  p.unit_load, p.kstep_s, p.overhead_s, float(p.tile_m), float(p.tile_n),
                  float(p.tile_k), p.in_bytes, p.out_bytes, p.l2_bytes, time_S, bytes_S, bound_S)

@@ -20,6 +20,10 @@ all groups' tiles share the waves. HBM bytes: every non-empty group's weight rea
 (G_nonempty k n e_in), the rows read once, the output written once. time = overhead +
 max(min over tile shapes t_units, bytes / (B b)).
 
+On TPU profiles (systolic MXU cores, moesim/compute/gemm.py) a grouped GEMM runs as one kernel
+over the non-empty groups one after another (MegaBlocks-style ``megablox`` on TPU): time =
+overhead + sum over non-empty groups of that group's MXU GEMM time without its launch.
+
 Array legend: G groups, C tile-shape candidates.
 """
 from __future__ import annotations
@@ -103,6 +107,8 @@ def grouped_gemm_time(hw: HardwareProfile, m_per_group, n: int, k: int, dtype: s
     flops = 2.0 * rows * n * k
     if rows == 0:
         return GroupedGemmEstimate(p.overhead_s, 0.0, 0.0, "latency", 0.0, layout, m_G.size, 0, 0, 0)
+    if p.systolic:
+        return _systolic_grouped(hw, m_G, n, k, dtype, out_dtype, layout, p)
     best, best_math, best_padded = np.inf, False, stored_rows
     steps = -(-k // p.tile_k)
     for tm in (p.tile_m, max(1, p.tile_m // 2)):
@@ -124,6 +130,24 @@ def grouped_gemm_time(hw: HardwareProfile, m_per_group, n: int, k: int, dtype: s
         time_s=time, flops=flops, bytes=hbm, bound=BOUNDS[bound], efficiency=flops / (time * p.peak),
         layout=layout, groups=int(m_G.size), nonempty_groups=nonempty, rows=int(rows),
         padded_rows=int(best_padded),
+    )
+
+
+def _systolic_grouped(hw, m_G, n, k, dtype, out_dtype, layout, p) -> GroupedGemmEstimate:
+    """Grouped GEMM on TPU MXU cores: the non-empty groups' GEMMs back to back (module docstring)."""
+    from moesim.compute.gemm import gemm_time_arrays
+
+    used_G = m_G[m_G > 0]
+    t_G, bytes_G, bound_G = gemm_time_arrays(hw, used_G, n, k, dtype, out_dtype)
+    body_G = t_G - p.overhead_s
+    time = p.overhead_s + float(body_G.sum())
+    memory_s = float(body_G[bound_G == 1].sum())
+    bound = 2 if p.overhead_s >= time - p.overhead_s else (1 if memory_s >= 0.5 * float(body_G.sum()) else 0)
+    flops = 2.0 * float(used_G.sum()) * n * k
+    return GroupedGemmEstimate(
+        time_s=time, flops=flops, bytes=float(bytes_G.sum()), bound=BOUNDS[bound],
+        efficiency=flops / (time * p.peak), layout=layout, groups=int(m_G.size), nonempty_groups=int(used_G.size),
+        rows=int(used_G.sum()), padded_rows=int((np.ceil(used_G / 8.0) * 8).sum()),
     )
 
 

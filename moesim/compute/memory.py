@@ -20,6 +20,12 @@ holds the input embedding, the last stage the LM head) and an EP rank with
 - mixed-precision Adam: gradients (4 B/param fp32 main_grad, not sharded) and 12 B/param of
   fp32 master weights, first and second moments, sharded over the data-parallel replicas of
   that parameter when the distributed optimizer is on (dp x cp for dense, expert-dp for experts).
+- ``sharding`` over the data-parallel group of each parameter (ZeRO, Rajbhandari et al. 2020,
+  arXiv 1910.02054, Fig. 1; FSDP, Zhao et al. 2023, arXiv 2304.11277; MaxText/XLA's ``fsdp``
+  mesh axis is ZeRO-3): ``ddp`` shards nothing; ``zero1`` the optimizer states (= the
+  distributed optimizer, the default); ``zero2`` also the gradients; ``zero3`` / ``fsdp`` also
+  the weights, plus the gathered working set of two layers' full weights and gradients (the
+  unit being computed and the one prefetched; FSDP's default one-unit prefetch).
 """
 from __future__ import annotations
 
@@ -33,6 +39,9 @@ from moesim.errors import SpecError
 from moesim.specs import HardwareProfile, ModelSpec, Parallelism, bytes_per_element, check_parallelism, experts_per_rank
 
 Recompute = Literal["none", "selective", "full"]
+Sharding = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
+SHARDINGS: tuple[str, ...] = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+GRAD_BYTES = 4.0  # fp32 main gradient per parameter
 RECOMPUTE: tuple[str, ...] = ("none", "selective", "full")
 ADAM_STATE_BYTES = 12.0  # fp32 master weight + Adam m + Adam v (4 B each) per parameter
 ACT_BYTES = 2.0  # activations kept in bf16
@@ -138,12 +147,19 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
                      mode: Literal["serve", "train"] = "serve", weight_dtype: str | None = None,
                      kv_dtype: str | None = None, kv_tokens: int = 0, micro_batch: int = 1,
                      seq_len: int = 4096, recompute: Recompute = "none",
-                     distributed_optimizer: bool = True, reserve_GiB: float = 0.0) -> MemoryFootprint:
+                     distributed_optimizer: bool = True, reserve_GiB: float = 0.0,
+                     sharding: Sharding | None = None) -> MemoryFootprint:
     """Bytes per device of ``model`` under ``par`` on ``hw``; never raises for a misfit.
 
     serve: weights + ``kv_tokens`` of KV cache (``kv_tokens_fit`` = tokens the rest would hold).
-    train: weights + gradients + optimizer states + activations of ``micro_batch`` x ``seq_len``.
+    train: weights + gradients + optimizer states + activations of ``micro_batch`` x ``seq_len``;
+    ``sharding`` (train only; default ``zero1``, or ``ddp`` when ``distributed_optimizer`` is
+    False) says what is sharded over the data-parallel group (module docstring).
     """
+    if sharding is None:
+        sharding = "zero1" if distributed_optimizer else "ddp"
+    if sharding not in SHARDINGS:
+        raise SpecError("sharding", sharding, f"allowed: {', '.join(SHARDINGS)}")
     if mode not in ("serve", "train"):
         raise SpecError("mode", mode, "allowed: serve, train")
     if recompute not in RECOMPUTE:
@@ -162,14 +178,21 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
     base, experts = stages[s]
     layers = _stage_layers(model, par.pp)[s]
     weights = (base + experts) * w_bytes
+    expert_w = experts * w_bytes
     kv_tok = kv_bytes_per_token(model, par, kv_dt, layers)
     reserve = reserve_GiB * units.GiB
     grads = opt = acts = kv_cache = 0.0
     if mode == "train":
-        grads = (base + experts) * 4.0
-        dp_dense = par.dp * par.cp if distributed_optimizer else 1
-        dp_exp = par.expert_dp if distributed_optimizer else 1
-        opt = ADAM_STATE_BYTES * (base / dp_dense + experts / dp_exp)
+        dp_dense, dp_exp = par.dp * par.cp, par.expert_dp
+        sharded = lambda level: (base / dp_dense + experts / dp_exp) if SHARDINGS.index(sharding) >= level \
+            else base + experts  # noqa: E731 - params per device at a sharding level
+        grads = sharded(2) * GRAD_BYTES
+        opt = ADAM_STATE_BYTES * sharded(1)
+        if sharding in ("zero3", "fsdp"):
+            unit = 2.0 * (base + experts) / max(1, len(layers))   # two layers gathered at a time
+            weights = (sharded(3) + unit) * w_bytes
+            expert_w = experts / dp_exp * w_bytes
+            grads += unit * GRAD_BYTES
         tokens = micro_batch * seq_len * min(par.pp, 1 + par.pp - 1 - s) / (par.tp * par.cp)
         per_tok = sum(activation_elements_per_token_layer(model, model.layer_is_moe(i), recompute) for i in layers)
         if recompute == "full":
@@ -191,7 +214,7 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
         + f") but {hw.name} has {cap / units.GiB:.1f} GiB: short by {shortfall:.1f} GiB"
     )
     return MemoryFootprint(
-        mode=mode, weight_bytes=weights, expert_weight_bytes=experts * w_bytes, kv_bytes_per_token=kv_tok,
+        mode=mode, weight_bytes=weights, expert_weight_bytes=expert_w, kv_bytes_per_token=kv_tok,
         kv_cache_bytes=kv_cache, kv_tokens_fit=fit_tokens, activation_bytes=acts, gradient_bytes=grads,
         optimizer_bytes=opt, reserve_bytes=reserve, total_bytes=total, capacity_bytes=cap, fits=fits,
         shortfall_GiB=shortfall, reason=reason,

@@ -218,6 +218,7 @@ def estimate(cost, c, scenario, decode_s: float, steps: int) -> ColocatedEstimat
     n = s * steps / w.output_len
     ctx = w.prompt_len + w.output_len / 2
     mixed = cost.mixed_time_s(max(1, round(n * w.prompt_len)), max(1, round(n)), s, ctx)
+    mixed = max(mixed, decode_s)  # NOTE: a mixed iteration carries the whole decode batch too
     period = mixed + (steps - 1) * decode_s
     tpot = period / steps
     q = scenario.slo.percentile / 100.0

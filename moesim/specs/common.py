@@ -10,7 +10,7 @@ from moesim.errors import SpecError
 Dtype = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "fp4"]
 DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4")
 
-# NOTE: block-scaled formats count as their element type (shared/CASES.md, "Names"):
+# NOTE: block-scaled formats count as their element type (docs/cases.md, "Names"):
 # mxfp8 -> fp8, nvfp4 / mxfp4 -> fp4. Their scale bytes are added by ``bytes_per_element``.
 DTYPE_ALIASES: dict[str, str] = {"mxfp8": "fp8", "nvfp4": "fp4", "mxfp4": "fp4", "e4m3": "fp8"}
 

@@ -106,7 +106,7 @@ class GridCost:
       model's decode is exactly proportional: its slope at b = 1..1024 scales with b to 0.1%);
     - mixed (chunked prefill): one prefill-shaped pass over all its tokens (weights read once,
       GEMM rows = prefill + decode tokens) plus the decode attention beyond one token of
-      context: ``prefill(P + d) + max(0, decode(d, ctx) - decode(d, 1))``.
+      context: ``max(decode(d, ctx), prefill(P + d) + max(0, decode(d, ctx) - decode(d, 1)))``.
     Each node is computed once, on first use (memoized); only the visited region costs time.
     """
 
@@ -169,5 +169,9 @@ class GridCost:
             return self.prefill_time_s(prefill_tokens, prefill_seqs)
         if prefill_tokens == 0:
             return self.decode_time_s(decode_batch, mean_context)
-        attention = self.decode_time_s(decode_batch, mean_context) - self.decode_time_s(decode_batch, 1)
-        return self.prefill_time_s(prefill_tokens + decode_batch) + max(0.0, attention)
+        decode = self.decode_time_s(decode_batch, mean_context)
+        attention = decode - self.decode_time_s(decode_batch, 1)
+        # NOTE: a mixed iteration does at least the decode-only iteration's work for its batch; the
+        # prefill-shaped pass can price a few tokens below the decode pass (other all-to-all kernels
+        # and overlap), which would make a prompt speed up decode.
+        return max(decode, self.prefill_time_s(prefill_tokens + decode_batch) + max(0.0, attention))

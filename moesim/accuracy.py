@@ -1,0 +1,142 @@
+"""Accuracy by sample class: in-sample, leave-one-group-out (by source, by hardware) and
+out-of-sample, per case kind (``moesim validate --logo``).
+
+- in-sample: the cases of calibration files (``"role": "calibration"``), predicted with the
+  shipped profiles, which were fitted on them.
+- out-of-sample: the cases of evaluation files, predicted with the shipped profiles (never
+  fitted on them).
+- leave-one-source-out / leave-one-hardware-out: for each group G (a case's source group,
+  ``Case.group``, or its hardware), the parameters of the kinds G contains are refitted on the
+  calibration cases outside G and every case of G (calibration and evaluation) is predicted
+  with them. Kernel kinds refit their profile's parameters from the generic prior
+  (``moesim.calibrate.calibrate``; with no case left on that profile the prior values are used:
+  what a new user gets); training and serving refit the shared software-stack parameter
+  jointly over every remaining training/serving row (``joint_fit``; none left: the prior).
+  Parameters of other kinds keep their shipped values (the transfers of
+  validation/calibrate_published.py are not replayed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import median
+from typing import Iterable, Sequence
+
+from moesim.cases import Case
+from moesim.catalog import load_profile
+from moesim.specs.hardware import Efficiency
+from moesim.validate import CasePrediction, PredictorError, UnsupportedCase, predict_case, predictor_for
+
+CLASSES: tuple[str, ...] = ("in_sample", "leave_one_source_out", "leave_one_hardware_out", "out_of_sample")
+JOINT_KINDS: tuple[str, ...] = ("training", "serving")
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    """Errors of one kind in one sample class."""
+
+    n: int
+    median_abs_rel_error: float | None
+    max_abs_rel_error: float | None
+    signed_median_rel_error: float | None
+
+    @staticmethod
+    def of(errors: Sequence[float]) -> "ClassSummary":
+        if not errors:
+            return ClassSummary(0, None, None, None)
+        return ClassSummary(len(errors), median(abs(e) for e in errors), max(abs(e) for e in errors),
+                            median(errors))
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "median_abs_rel_error": self.median_abs_rel_error,
+                "max_abs_rel_error": self.max_abs_rel_error,
+                "signed_median_rel_error": self.signed_median_rel_error}
+
+
+@dataclass(frozen=True)
+class AccuracyTable:
+    """kind -> class -> ClassSummary, and each case's rel error per class."""
+
+    summary: dict[str, dict[str, ClassSummary]]
+    case_errors: dict[str, dict[str, float]]
+
+    def to_dict(self) -> dict:
+        return {"summary": {k: {c: s.to_dict() for c, s in v.items()} for k, v in self.summary.items()},
+                "cases": self.case_errors}
+
+
+def _prior_values(params: Iterable[str]) -> dict[str, float]:
+    prior = Efficiency()
+    return {p: float(getattr(getattr(prior, p.split(".")[0]), p.split(".")[1])) for p in params}
+
+
+def _refit_profiles(fit_set: Sequence[Case], held: Sequence[Case]) -> dict:
+    """Profiles for predicting ``held`` with the kinds' parameters fitted on ``fit_set`` only."""
+    from moesim.calibrate import calibrate, default_params, joint_fit, with_params
+
+    profiles = {h: load_profile(h) for h in {c.hardware for c in held} | {c.hardware for c in fit_set}}
+    for hw in sorted({c.hardware for c in held}):
+        kinds = {c.kind for c in held if c.hardware == hw and c.kind not in JOINT_KINDS and predictor_for(c.kind)[1]}
+        if not kinds:
+            continue
+        shipped = profiles[hw]
+        params = default_params([c for c in held if c.hardware == hw and c.kind in kinds], shipped)
+        train = [c for c in fit_set if c.hardware == hw and c.kind in kinds]
+        values = _prior_values(params)
+        if train:
+            values = calibrate(train, shipped.with_efficiency(Efficiency()), params).params
+        profiles[hw] = with_params(shipped, values)
+    if any(c.kind in JOINT_KINDS for c in held):
+        params: tuple[str, ...] = ()
+        for kind in JOINT_KINDS:
+            params += tuple(p for p in predictor_for(kind)[1] if p not in params)
+        rows = [c for c in fit_set if c.kind in JOINT_KINDS]
+        values = joint_fit(rows, profiles, params) if rows else _prior_values(params)
+        for hw in {c.hardware for c in held if c.kind in JOINT_KINDS}:
+            profiles[hw] = with_params(profiles[hw], values)
+    return profiles
+
+
+def _errors(preds: Iterable[CasePrediction]) -> dict[str, float]:
+    return {p.id: p.rel_error for p in preds if p.status == "ok"}
+
+
+def _predict(cases: Sequence[Case], profiles: dict) -> list[CasePrediction]:
+    out = []
+    for c in cases:
+        prof = profiles.get(c.hardware) or load_profile(c.hardware)
+        out.append(predict_case(c, prof))
+    return out
+
+
+def leave_one_group_out(calibration: Sequence[Case], cases: Sequence[Case], by: str) -> dict[str, float]:
+    """case id -> rel error when its group (``by`` = "source" or "hardware") is left out of every fit."""
+    key = (lambda c: c.group) if by == "source" else (lambda c: c.hardware)
+    out: dict[str, float] = {}
+    for group in sorted({key(c) for c in cases}):
+        held = [c for c in cases if key(c) == group]
+        fit_set = [c for c in calibration if key(c) != group]
+        try:
+            profiles = _refit_profiles(fit_set, held)
+        except (UnsupportedCase, PredictorError):
+            continue
+        out.update(_errors(_predict(held, profiles)))
+    return out
+
+
+def accuracy_table(cases: Sequence[Case], logo: bool = True) -> AccuracyTable:
+    """The per-kind table over ``cases`` (calibration and evaluation together)."""
+    calibration = [c for c in cases if c.role == "calibration"]
+    evaluation = [c for c in cases if c.role != "calibration"]
+    shipped = {h: load_profile(h) for h in {c.hardware for c in cases}}
+    errs = {"in_sample": _errors(_predict(calibration, shipped)),
+            "out_of_sample": _errors(_predict(evaluation, shipped))}
+    if logo:
+        errs["leave_one_source_out"] = leave_one_group_out(calibration, cases, "source")
+        errs["leave_one_hardware_out"] = leave_one_group_out(calibration, cases, "hardware")
+    kind_of = {c.id: c.kind for c in cases}
+    summary = {}
+    for kind in sorted({c.kind for c in cases}):
+        summary[kind] = {cls: ClassSummary.of([e for i, e in errs[cls].items() if kind_of[i] == kind])
+                         for cls in CLASSES if cls in errs}
+    per_case = {c.id: {cls: errs[cls][c.id] for cls in errs if c.id in errs[cls]} for c in cases}
+    return AccuracyTable(summary, per_case)

@@ -1,0 +1,110 @@
+"""How the inputs of training and serving cases map onto the step model (docs/cases.md):
+recompute as sources spell it, partial scale-up domains, and the stated inputs the model does
+not honour (flagged so that ``moesim validate`` lists them in ``ignored_inputs``)."""
+from __future__ import annotations
+
+from moesim.errors import SpecError
+from moesim.specs import HardwareProfile
+from moesim.validate import flag_ignored
+
+
+def _get(inputs: dict, key: str, default):
+    value = inputs.get(key)
+    return default if value is None else value
+
+
+# Recompute as sources write it -> the step model's mode (moesim/step/training.py: "selective"
+# recomputes the attention block, "full" the whole forward). Megatron: --recompute-granularity
+# selective (core attention) / full with --recompute-method uniform|block; NeMo recipes write
+# "selective", "full", "block"; MaxText remat policies "full", "minimal", "save_dot_except_mlp";
+# DeepSeek-V3 (arXiv 2412.19437 s3.2.3) recomputes RMSNorm and the MLA up-projections only.
+# Value: (mode, what is not priced, or "" when the mode is what the source ran).
+RECOMPUTE_SPELLINGS: dict[str, tuple[str, str]] = {
+    "none": ("none", ""), "no": ("none", ""), "off": ("none", ""), "disabled": ("none", ""),
+    "selective": ("selective", ""), "attention": ("selective", ""), "attention-only": ("selective", ""),
+    "core_attn": ("selective", ""), "core-attention": ("selective", ""),
+    "full": ("full", ""), "block": ("full", ""), "full-block": ("full", ""), "uniform": ("full", ""),
+    "full-uniform": ("full", ""),
+    "rmsnorm+mla-up-projection": ("none", "norms and MLA up-projections recomputed: not priced (a few % of "
+                                          "the layer's FLOPs)"),
+    "minimal": ("none", "MaxText 'minimal' remat (a few elementwise ops recomputed) not priced"),
+    "mlp": ("full", "only the MLP/MoE block is recomputed; priced as full recompute (an upper bound)"),
+    "moe": ("full", "only the MoE block is recomputed; priced as full recompute (an upper bound)"),
+}
+
+# Stated training inputs the step model does not honour (or honours only at one value).
+TRAINING_NOT_MODELLED: dict[str, str] = {
+    "dualpipe": "DualPipe's bidirectional schedule is not modelled; the (interleaved) 1F1B pipeline is priced",
+    "mtp_depth": "MTP modules are not priced",
+    "mtp": "MTP modules are not priced",
+    "dispatcher": "one all-to-all model for every token dispatcher",
+    "framework": "the software stack is not an input of the step model (one eager host model)",
+    "software": "the software stack is not an input of the step model (one eager host model)",
+    "node_limited_routing_nodes": "node-limited routing is not applied to training traffic",
+    "cuda_graphs": "no CUDA-graph host mode in the step model",
+    "nvlink_used": "the scale-up link is always used when the domain has more than one device",
+    "capacity_factor": "training is priced dropless (the capacity factor does not reach step time)",
+}
+SERVING_NOT_MODELLED: dict[str, str] = {
+    "mtp": "MTP / speculative decoding is not priced",
+    "attention_dtype": "attention is priced at the case's dtype",
+    "framework": "the software stack is not an input of the step model (one eager host model)",
+    "cuda_graphs": "no CUDA-graph host mode in the step model: host issue time is charged per operator",
+    "nvlink_used": "the scale-up link is always used when the domain has more than one device",
+    "dispatcher": "one all-to-all model for every token dispatcher",
+    "capacity_factor": "serving is priced dropless",
+}
+
+
+def flag_not_modelled(inputs: dict, table: dict[str, str]) -> None:
+    """Flag each stated key of ``table``; a feature stated off (False) is what is priced."""
+    for key, why in table.items():
+        if inputs.get(key) is not False:
+            flag_ignored(inputs, key, why)
+
+
+def recompute_mode(inputs: dict) -> str:
+    """The step model's recompute mode of a case (RECOMPUTE_SPELLINGS); none when not stated."""
+    raw = inputs.get("recompute")
+    if raw is None:
+        return "none"
+    key = str(raw).strip().lower().replace(" ", "-").replace("_", "-") if str(raw) != "core_attn" else "core_attn"
+    if key not in RECOMPUTE_SPELLINGS:
+        raise SpecError("recompute", raw, f"one of {', '.join(RECOMPUTE_SPELLINGS)}")
+    mode, unpriced = RECOMPUTE_SPELLINGS[key]
+    if unpriced:
+        flag_ignored(inputs, "recompute", f"{raw!r} -> {mode}: {unpriced}")
+    return mode
+
+
+def domain_layout(inputs: dict, hw: HardwareProfile, devices: int, ep: int) -> int:
+    """Devices per scale-up domain of a case (see the module docstring for partial racks)."""
+    stated = inputs.get("devices_per_node")
+    dpd = int(stated) if stated is not None else hw.scale_up.domain_size
+    if devices <= dpd or devices % dpd == 0:
+        return dpd
+    fits = [d for d in range(dpd, 0, -1) if devices % d == 0]
+    aligned = [d for d in fits if d % ep == 0 or ep % d == 0 and d >= min(ep, dpd)]
+    chosen = (aligned or fits)[0]
+    if hasattr(inputs, "assume"):
+        inputs.assume("devices_per_node", f"{devices} devices on {dpd}-device domains: the last domain is partial; "
+                                          f"modelled as {devices // chosen} domains of {chosen}")
+    return chosen
+
+
+def check_training_flags(inputs: dict, dp: int) -> None:
+    """Flag fsdp > 0, ZeRO >= 2, non-dropless runs and an inconsistent grad_accum_steps."""
+    if int(_get(inputs, "fsdp", 0)):
+        flag_ignored(inputs, "fsdp", "FSDP's per-layer weight all-gathers are not priced (DDP with a "
+                                     "distributed optimizer is); memory is not checked")
+    if int(_get(inputs, "zero_stage", 1)) > 1:
+        flag_ignored(inputs, "zero_stage", "ZeRO-2/3 communication is not priced (ZeRO-1 = distributed optimizer is)")
+    if inputs.get("dropless") is False:
+        flag_ignored(inputs, "dropless", "training is priced dropless")
+    ga = inputs.get("grad_accum_steps")
+    mb = inputs.get("micro_batch")
+    if ga is not None and mb is not None:
+        implied = int(inputs["global_batch"]) // (dp * int(mb))
+        if int(ga) != implied:
+            flag_ignored(inputs, "grad_accum_steps", f"{ga} as stated; the step uses global_batch / (dp x "
+                                                     f"micro_batch) = {implied}")

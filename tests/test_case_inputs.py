@@ -1,0 +1,129 @@
+"""Case inputs are honoured or flagged: ignored_inputs, recompute spellings, partial scale-up
+domains, redundant expert slots in the all-to-all predictor."""
+from __future__ import annotations
+
+import pytest
+from numpy.testing import assert_allclose
+
+from moesim.cases import parse_cases
+from moesim.catalog import load_profile
+from moesim.comm.cases import predict_all_to_all_case
+from moesim.errors import SpecError
+from moesim.case_inputs import RECOMPUTE_SPELLINGS, recompute_mode
+from moesim.step_cases import predict_training_case
+from moesim.validate import CaseInputs, validate
+
+B200 = load_profile("b200")
+GB200 = load_profile("gb200")
+H800 = load_profile("h800-sxm")
+TRAIN = {"metric": "tokens_per_s_per_device", "model": "qwen3-30b-a3b", "devices": 8, "devices_per_node": 8,
+         "tp": 1, "pp": 1, "ep": 8, "cp": 1, "vpp": None, "global_batch": 256, "seq_len": 4096,
+         "micro_batch": 1, "dtype": "bf16"}
+
+
+def _file(inputs: dict, kind="training", hardware="b200", metric="tokens_per_s_per_device"):
+    return parse_cases({"schema": "moesim-cases/1", "cases": [
+        {"id": "c1", "kind": kind, "hardware": hardware, "inputs": inputs,
+         "measured": {"metric": metric, "value": 1000.0}}]})
+
+
+def test_unused_and_unmodelled_inputs_are_listed():
+    inputs = {k: v for k, v in TRAIN.items() if k != "metric"}
+    rep = validate(_file({**inputs, "colour": "blue", "fsdp": 1, "dualpipe": True, "fsdp_note": None}))
+    (c,) = rep.cases
+    assert c.status == "ok"
+    ignored = dict(c.ignored_inputs)
+    assert set(ignored) == {"colour", "fsdp", "dualpipe"}   # null and descriptive keys are not listed
+    assert "not used" in ignored["colour"] and "FSDP" in ignored["fsdp"]
+    # DDP (fsdp 0) is what the step model prices: read, honoured, not listed
+    (c0,) = validate(_file({**inputs, "fsdp": 0})).cases
+    assert dict(c0.ignored_inputs) == {}
+
+
+def test_recompute_spellings_map_to_modes():
+    # hand check: Megatron's "block" method and NeMo's "full" are the same full recompute
+    for spelling, (mode, _) in RECOMPUTE_SPELLINGS.items():
+        assert recompute_mode(CaseInputs({"recompute": spelling})) == mode
+    full = predict_training_case({**TRAIN, "recompute": "full"}, B200)
+    block = predict_training_case({**TRAIN, "recompute": "Block"}, B200)
+    sel = predict_training_case({**TRAIN, "recompute": "attention-only"}, B200)
+    none = predict_training_case({**TRAIN, "recompute": None}, B200)
+    assert full == block and none > sel > full   # recompute costs time, full the most
+    with pytest.raises(SpecError, match="recompute"):
+        recompute_mode({"recompute": "sometimes"})
+
+
+def test_unknown_recompute_is_an_error_naming_the_case():
+    inputs = {k: v for k, v in TRAIN.items() if k != "metric"}
+    (c,) = validate(_file({**inputs, "recompute": "sometimes"})).cases
+    assert c.status == "error" and "c1" in c.reason and "sometimes" in c.reason
+
+
+def test_partial_nvl72_rack_is_priced_as_even_domains():
+    # 256 GPUs on 72-GPU NVL72 racks: 3 full racks + 40 -> modelled as 4 domains of 64 (EP 32
+    # groups inside one domain), the same answer as stating 64 per domain.
+    case = {**TRAIN, "model": "deepseek-v3", "devices": 256, "devices_per_node": 72, "pp": 8, "ep": 32,
+            "global_batch": 4096, "dtype": "fp8"}
+    inputs = CaseInputs(case)
+    partial = predict_training_case(inputs, GB200)
+    assert "4 domains of 64" in inputs.assumed["devices_per_node"]
+    even = predict_training_case({**case, "devices_per_node": 64}, GB200)
+    assert_allclose(partial, even, rtol=1e-12)   # same layout, same arithmetic
+
+
+A2A = {"metric": "time_s", "op": "dispatch", "ranks": 64, "ranks_per_node": 8, "tokens_per_rank": 4096,
+       "hidden": 7168, "top_k": 8, "bytes_per_token": 7168, "mode": "normal", "dedup": "node", "routing": "uniform"}
+
+
+def test_all_to_all_with_experts_not_divisible_by_ranks_uses_redundant_slots():
+    # 288 experts at EP 64: 32 redundant slots make 320 = 5 per rank (the smallest that divides)
+    implicit = predict_all_to_all_case({**A2A, "num_experts": 288}, H800)
+    explicit = predict_all_to_all_case({**A2A, "num_experts": 288, "redundant_experts": 32}, H800)
+    as_slots = predict_all_to_all_case({**A2A, "num_experts": 320}, H800)
+    assert implicit == explicit == as_slots
+    for ranks in (128, 256):
+        assert predict_all_to_all_case({**A2A, "num_experts": 288, "ranks": ranks}, H800) > 0
+    with pytest.raises(SpecError, match="redundant_experts"):
+        predict_all_to_all_case({**A2A, "num_experts": 288, "redundant_experts": 1}, H800)
+
+
+def test_a_feature_stated_off_is_honoured_and_a_flagged_false_is_listed():
+    inputs = {k: v for k, v in TRAIN.items() if k != "metric"}
+    (c,) = validate(_file({**inputs, "mtp": False, "dropless": False})).cases
+    ignored = dict(c.ignored_inputs)
+    assert "mtp" not in ignored                      # MTP off: what the step model prices
+    assert "dropless" in ignored                     # a dropping run: the step prices dropless
+
+
+E2E = {"metric": "tokens_per_s_per_device", "model": "qwen3-30b-a3b", "phase": "end_to_end", "devices": 1,
+       "attention_layout": "tp", "tp": 1, "ep": 1, "dtype": "fp4", "prompt_len": 1000, "output_len": 1000,
+       "max_load": True}
+
+
+def test_end_to_end_rows_go_through_the_planner():
+    from moesim.step_cases import predict_serving_case
+
+    inputs = CaseInputs(E2E, "serving")
+    value = predict_serving_case(inputs, B200)
+    # the planner's own best candidate of the same deployment (second computation of the answer)
+    from moesim.planner.plan import plan
+    from moesim.planner.scenario import scenario_from_dict
+    from moesim.step_cases import END_TO_END_BATCHES
+
+    sc = scenario_from_dict({"kind": "serving", "name": "t", "model": "qwen3-30b-a3b", "hardware": ["b200"],
+                             "max_devices": 1,
+                             "workload": {"prompt_len": 1000, "output_len": 1000, "target_output_tokens_per_s": 1.0,
+                                          "dtype": "fp4", "kv_dtype": "fp8"},
+                             "slo": {"percentile": 50, "tpot_s": 1e3, "ttft_s": 1e6},
+                             "search": {"devices_per_replica": [1], "batch_per_device": list(END_TO_END_BATCHES),
+                                        "tp": [1], "pp": [1], "attention_layouts": ["tp"], "overlap": "auto"},
+                             "verify": {"top_n": 0}})
+    best = max(r.evaluation.tokens_per_s / r.evaluation.candidate.devices for r in plan(sc, executor="inline").ranked)
+    assert value == best
+    assert "ep" in inputs.ignored()   # the planner chooses it
+    # a profile changed in-process cannot reach the planner (it loads by name): refused, not wrong
+    from moesim.calibrate import with_params
+    with pytest.raises(Exception, match="catalog profile"):
+        predict_serving_case(CaseInputs(E2E, "serving"), with_params(B200, {"compute.host_op_overhead_us": 1.0}))
+    with pytest.raises(Exception, match="latency limits"):
+        predict_serving_case({**E2E, "max_load": None}, B200)
