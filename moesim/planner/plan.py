@@ -65,15 +65,23 @@ class PlanResult:
     space_size: int
     timings_s: dict = field(default_factory=dict)
     verifications: tuple[Verification, ...] = ()
+    # serving modes (moesim/planner/modes.py): the disaggregated search and which mode wins
+    disaggregated: object | None = None
+    modes: object | None = None
 
     @property
     def feasible(self) -> bool:
-        return bool(self.ranked)
+        return bool(self.ranked) or bool(self.disaggregated is not None and self.disaggregated.best is not None)
 
     def require_feasible(self) -> "PlanResult":
         """Raise InfeasibleError naming the closest candidate and what it lacks when nothing passed."""
         if self.feasible:
             return self
+        if self.disaggregated is not None:
+            co = "co-located: nothing could be evaluated" if self.closest is None else (
+                f"co-located: closest is {_closest_text(self.closest)}")
+            raise InfeasibleError(f"{self.scenario.name}: no deployment meets the target; {co}; "
+                                  f"disaggregated: {self.disaggregated.lacks()}")
         if self.closest is None:
             raise InfeasibleError(f"{self.scenario.name}: no candidate could be evaluated "
                                   f"({self.space_size} in the search space)")
@@ -99,7 +107,15 @@ class PlanResult:
             "evaluated": self.evaluated,
             "space_size": self.space_size,
             "timings_s": self.timings_s,
+            **({"disaggregated": self.disaggregated.to_dict(), "modes": self.modes.to_dict() if self.modes else None}
+               if self.disaggregated is not None else {}),
         }
+
+
+def _closest_text(rej: Rejection) -> str:
+    ev = rej.evaluation
+    c = ev.candidate
+    return f"{c.hardware} x{c.devices} {c.layout()} batch {c.batch}, which {ev.reason.replace('_', ' ')}: {ev.detail}"
 
 
 def _row(r: Ranked) -> dict:
@@ -208,6 +224,8 @@ def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address
     if screen and scenario.kind == "serving" and _screenable(evaluator):
         evals = _screened_sweep(space.candidates, scenario, model, evaluator, facts, screen_keep, ranked,
                                 rejections, timings)
+    elif scenario.kind == "serving" and "colocated" not in scenario.modes:
+        evals = []
     else:
         evals = run_sweep(space.candidates, scenario, evaluator, executor=executor, address=address,
                           workers=workers, results_path=results_path, progress=progress, chunk_size=chunk_size)
@@ -218,6 +236,13 @@ def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address
     ranked = rank(ranked)
     answer, checks = _verify(scenario, evaluator, ranked, facts)
     t2 = time.perf_counter()
+    disagg = modes = None
+    if scenario.kind == "serving" and "disaggregated" in scenario.modes:
+        from moesim.planner.modes import compare, plan_disaggregated
+
+        disagg = plan_disaggregated(scenario, model, evaluator, facts)
+        modes = compare(answer, disagg)
+        timings["disaggregated_s"] = time.perf_counter() - t2
     return PlanResult(
         scenario=scenario, evaluator=getattr(evaluator, "name", type(evaluator).__name__),
         ranked=tuple(ranked), frontier=tuple(pareto_frontier(ranked)),
@@ -226,7 +251,7 @@ def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address
         evaluated=len(evals), space_size=space.size,
         timings_s={"analytic_s": t1 - t0, "verify_s": t2 - t1, "configs_per_s": len(evals) / max(t1 - t0, 1e-9),
                    **timings},
-        verifications=tuple(checks),
+        verifications=tuple(checks), disaggregated=disagg, modes=modes,
     )
 
 

@@ -123,7 +123,10 @@ def render(result: PlanResult, top: int = 10) -> str:
         lines += ["", "rejected configurations by reason:"]
         lines.append(table([(g.count, g.reason, g.example) for g in result.rejected],
                            ["count", "reason", "closest example"]))
-    return "\n".join(lines)
+    from moesim.planner.disagg_report import render_modes
+
+    modes = render_modes(result)
+    return "\n".join(lines) + (("\n" + modes) if modes else "")
 
 
 def write_csv(result: PlanResult, path: str | Path) -> str:
