@@ -145,7 +145,7 @@ class AnalyticEvaluator:
             except MoesimError as err:  # no KV room at the serving memory fraction
                 results.append(ev.rejected("does_not_fit", str(err)))
                 continue
-            est = serving_policy.choose(grid, c, scenario, bd.step_time_s)
+            est = serving_policy.choose(grid, c, scenario, _featured_decode_s(costs, c.batch, context, bd, scenario))
             results.append(Evaluation(
                 candidate=c, tokens_per_s=est.output_tokens_per_s, step_time_s=bd.step_time_s,
                 tpot_s=est.tpot_s, ttft_s=est.ttft_s, memory_headroom_GiB=headroom,
@@ -200,6 +200,18 @@ class AnalyticEvaluator:
         from moesim.planner.verify import verify_with_des
 
         return verify_with_des(evaluation, scenario, scenario_model(scenario))
+
+
+def _featured_decode_s(costs, batch: int, context: int, bd, scenario) -> float:
+    """The decode iteration per emitted token under speculative decoding (moesim/planner/pool_cost.py
+    ``featured``); the plain step without it."""
+    spec = scenario.features.speculative
+    if spec is None:
+        return bd.step_time_s
+    from moesim.planner.pool_cost import speculative_step_s
+
+    step = speculative_step_s(spec, costs.model, lambda b, ctx: costs.decode(b, int(ctx)).step_time_s, batch, context)
+    return step / spec.tokens_per_step
 
 
 class _StepCosts:

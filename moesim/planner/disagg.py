@@ -191,9 +191,6 @@ def pool_layouts(scenario, model, devices: tuple[int, ...], hardware: tuple[str,
 def decode_options(costs: PoolCosts, layout: PoolLayout, batches, price: float, target: float,
                    misses: list) -> list[PoolChoice]:
     """Every batch of ``layout`` that meets the TPOT limit and fits, sized to ``target`` tokens/s."""
-    from moesim.catalog import load_profile
-    from moesim.planner.analytic import bottleneck_name
-
     sc = costs.scenario
     ctx = math.ceil(inflight_context(sc.workload))
     try:
@@ -201,19 +198,14 @@ def decode_options(costs: PoolCosts, layout: PoolLayout, batches, price: float, 
     except MoesimError as err:
         misses.append(PoolMiss("decode", layout, batches[0], "does_not_fit", str(err), math.inf))
         return []
-    hw = load_profile(layout.hardware)
     limit, e = sc.slo.tpot_s, costs.tokens_per_step()
-    fitting = [b for b in batches if b * layout.devices * ctx <= cap]
+    out = []
     for b in batches:
-        if b not in fitting:
-            need = b * layout.devices * ctx
+        need = b * layout.devices * ctx
+        if need > cap:
             misses.append(PoolMiss("decode", layout, b, "does_not_fit", f"KV of {need:,} tokens > capacity "
                                    f"{cap:,} tokens per replica", 1.0 + need / cap * 1e-3))
-    out = []
-    if not fitting:
-        return out
-    bds = costs.decode_breakdowns(layout, fitting, ctx)
-    for b, bd in zip(fitting, bds):
+            continue
         t = costs.decode_step_s(layout, b, ctx)
         tpot = t / e
         if limit is not None and tpot > limit:
@@ -222,10 +214,13 @@ def decode_options(costs: PoolCosts, layout: PoolLayout, batches, price: float, 
             continue
         rate = b * layout.devices * e / t
         reps = math.ceil(target / rate - 1e-9)
-        headroom = 1.0 - bd.memory_GiB / bd.memory_capacity_GiB
+        if reps * layout.devices > sc.max_devices:
+            misses.append(PoolMiss("decode", layout, b, "over_max_devices", f"needs {reps * layout.devices} "
+                                   f"devices > max_devices {sc.max_devices}", reps * layout.devices / sc.max_devices))
+            continue
+        neck, imb = costs.decode_info(layout, b, ctx)
         out.append(PoolChoice("decode", layout, b, reps, reps * layout.devices * price, t, rate, tpot_s=tpot,
-                              bottleneck=bottleneck_name(bd, hw, layout.candidate(b), headroom),
-                              imbalance=bd.expert_imbalance))
+                              bottleneck=neck, imbalance=imb))
     return out
 
 
@@ -369,14 +364,15 @@ def _cheapest(options: list[PoolChoice]) -> PoolChoice | None:
                default=None)
 
 
-def search(scenario, model, facts: dict) -> DisaggResult:
+def search(scenario, model, facts: dict, costs: PoolCosts | None = None) -> DisaggResult:
     """The cheapest disaggregated deployments of ``scenario`` (module docstring); ``facts``:
-    HardwareFacts (with the scenario's prices) by hardware name."""
+    HardwareFacts (with the scenario's prices) by hardware name; ``costs``: the iteration costs
+    (default: the step model's, :class:`PoolCosts`)."""
     t0 = time.perf_counter()
     ds, s = scenario.disaggregated, scenario.search
     p_hw = ds.prefill_hardware or scenario.hardware
     d_hw = ds.decode_hardware or scenario.hardware
-    costs = PoolCosts(scenario, model)
+    costs = costs or PoolCosts(scenario, model)
     invalid: Counter = Counter()
     misses: list[PoolMiss] = []
     target = scenario.target_output_tokens_per_s
@@ -417,7 +413,9 @@ def search(scenario, model, facts: dict) -> DisaggResult:
         finite = [m for m in misses if m.role == role]
         return min(finite, key=lambda m: (m.ratio, m.layout.key(), m.batch), default=None)
 
-    hw_pairs = len(p_hw) * len(d_hw) if ds.heterogeneous else len(set(p_hw) & set(d_hw))
-    combos = n_prefill * n_decode * hw_pairs // max(1, len(p_hw) * len(d_hw))
+    per_p = Counter(lay.hardware for lay in p_layouts)
+    per_d = Counter(lay.hardware for lay in d_layouts)
+    combos = sum(per_p[a] * len(ds.prefill_token_budget_per_rank) * per_d[b] * len(batches)
+                 for a in per_p for b in per_d if ds.heterogeneous or a == b)
     return DisaggResult(tuple(pairs), closest("prefill"), closest("decode"), dict(rejected), n_prefill + n_decode,
                         combos, {"decode_s": t1 - t0, "prefill_s": t2 - t1})

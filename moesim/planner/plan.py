@@ -221,7 +221,7 @@ def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address
     timings: dict = {}
     if screen_keep < 1:
         raise SpecError("screen_keep", screen_keep, "at least 1")
-    if screen and scenario.kind == "serving" and _screenable(evaluator):
+    if screen and scenario.kind == "serving" and _screenable(evaluator) and _featureless(scenario):
         evals = _screened_sweep(space.candidates, scenario, model, evaluator, facts, screen_keep, ranked,
                                 rejections, timings)
     elif scenario.kind == "serving" and "colocated" not in scenario.modes:
@@ -261,6 +261,12 @@ def _screenable(evaluator) -> bool:
     from moesim.planner.analytic import AnalyticEvaluator
 
     return isinstance(evaluator, AnalyticEvaluator)
+
+
+def _featureless(scenario) -> bool:
+    """The screen's bounds assume one token per plain decode step and whole-prompt prefills."""
+    f = getattr(scenario, "features", None)
+    return f is None or (f.prefix_cache_hit_rate == 0 and f.speculative is None)
 
 
 SCREEN_NODES = 1  # decode nodes per layout in the screening pass (the largest fitting batch); refined to

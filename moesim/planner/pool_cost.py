@@ -27,6 +27,7 @@ an explicit cache keyed by the layout and arguments, one per plan.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,17 +87,22 @@ class PoolCosts:
                 self._decode[(layout, b, int(context))] = bd
         return [self._decode[(layout, float(b), int(context))] for b in batch_B]
 
+    def decode_info(self, layout: PoolLayout, batch: float, context: int) -> tuple[str, float]:
+        """(bottleneck in the planner's words, expert imbalance max/mean) of the plain decode step."""
+        from moesim.catalog import load_profile
+        from moesim.planner.analytic import bottleneck_name
+
+        bd = self.decode_breakdowns(layout, [batch], context)[0]
+        headroom = 1.0 - bd.memory_GiB / bd.memory_capacity_GiB
+        return (bottleneck_name(bd, load_profile(layout.hardware), layout.candidate(int(batch)), headroom),
+                bd.expert_imbalance)
+
     def _t(self, layout, batch: float, context: int) -> float:
         return self.decode_breakdowns(layout, [batch], context)[0].step_time_s
 
     def decode_step_s(self, layout: PoolLayout, batch: float, context: int) -> float:
         """One (verify) decode step of ``batch`` sequences per device (module docstring)."""
-        plain = self._t(layout, batch, context)
-        if self.spec is None:
-            return plain
-        d = self.spec.draft_tokens
-        verify = self._t(layout, batch * (1 + d), 1) + plain - self._t(layout, batch, 1)
-        return max(verify, plain) + d * self.spec.draft_fraction(self.model) * plain
+        return speculative_step_s(self.spec, self.model, lambda b, c: self._t(layout, b, c), batch, context)
 
     def tokens_per_step(self) -> float:
         return 1.0 if self.spec is None else self.spec.tokens_per_step
@@ -135,3 +141,38 @@ class PoolCosts:
         if isinstance(cap, MoesimError):
             raise cap
         return cap
+
+
+def speculative_step_s(spec, model, step_fn, batch: float, context: float) -> float:
+    """One decode step with speculative decoding ``spec`` (None: the plain step): the verify pass
+    ``t(b (1 + d), 1) + t(b, C) - t(b, 1)``, at least ``t(b, C)``, plus ``d x draft_fraction x
+    t(b, C)`` (module docstring); ``step_fn(batch, context)`` is the plain decode step."""
+    plain = step_fn(batch, context)
+    if spec is None:
+        return plain
+    d = spec.draft_tokens
+    verify = step_fn(batch * (1 + d), 1) + plain - step_fn(batch, 1)
+    return max(verify, plain) + d * spec.draft_fraction(model) * plain
+
+
+def featured(prefill_fn, decode_fn, scenario, model):
+    """A co-located replica's ``(prefill_fn, decode_fn)`` with the scenario's features applied:
+    a prefill of T prompt tokens computes ``ceil(T (1 - h))`` of them, and one DES/closed-form
+    decode iteration is the speculative step over its E emitted tokens (so every iteration still
+    emits one token per sequence). Without features the functions are returned unchanged.
+    NOTE: the co-located step model prices the new tokens' attention over themselves only (the
+    cached prefix it attends is not in ``prefill_iteration``'s causal context); the
+    disaggregated pools price it (``PoolCosts.prefill_s``)."""
+    f = scenario.features
+    h, spec = f.prefix_cache_hit_rate, f.speculative
+    if h == 0 and spec is None:
+        return prefill_fn, decode_fn
+    e = f.tokens_per_step
+
+    def pre(tokens: int) -> float:
+        return prefill_fn(max(1, math.ceil(tokens * (1.0 - h) - 1e-9)))
+
+    def dec(batch: int, context: float) -> float:
+        return speculative_step_s(spec, model, decode_fn, batch, context) / e
+
+    return pre, dec

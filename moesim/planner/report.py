@@ -61,7 +61,8 @@ def _answer_text(result: PlanResult) -> str:
     if a is None:
         return "no deployment meets the target"
     c = a.ranked.candidate
-    head = (f"answer: {a.total_devices} x {c.hardware} ({a.replicas} replica(s) of {c.devices}, {c.layout()}, "
+    label = "co-located answer" if getattr(result, "disaggregated", None) is not None else "answer"
+    head = (f"{label}: {a.total_devices} x {c.hardware} ({a.replicas} replica(s) of {c.devices}, {c.layout()}, "
             f"batch {c.batch}/device), ${a.usd_per_hour:,.2f}/h")
     if s.kind == "training":
         r = a.ranked
