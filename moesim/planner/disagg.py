@@ -88,7 +88,7 @@ class PoolMiss:
 
     def text(self) -> str:
         unit = "sequences/device" if self.role == "decode" else "tokens/rank"
-        return f"{self.role} {self.layout.describe()} batch {self.batch} {unit}: {self.detail}"
+        return f"{self.role} {self.layout.describe()} batch {self.batch} {unit} {self.reason.replace('_', ' ')}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ class DisaggResult:
     configurations: int
     timings_s: dict = field(default_factory=dict)
     verification: object | None = None
+    note: str = ""
 
     @property
     def best(self) -> DisaggCandidate | None:
@@ -143,7 +144,7 @@ class DisaggResult:
     def lacks(self) -> str:
         """What the closest prefill and decode configurations lack (no pair met the SLO)."""
         parts = [m.text() for m in (self.closest_prefill, self.closest_decode) if m is not None]
-        return "; ".join(parts) or "no pool configuration could be evaluated"
+        return "; ".join(parts + ([self.note] if self.note else [])) or "no pool configuration could be evaluated"
 
     def to_dict(self, top: int = 10) -> dict:
         return {"ranked": [c.to_dict() for c in self.ranked[:top]],
@@ -417,5 +418,7 @@ def search(scenario, model, facts: dict, costs: PoolCosts | None = None) -> Disa
     per_d = Counter(lay.hardware for lay in d_layouts)
     combos = sum(per_p[a] * len(ds.prefill_token_budget_per_rank) * per_d[b] * len(batches)
                  for a in per_p for b in per_d if ds.heterogeneous or a == b)
+    note = "" if combos else ("no allowed (prefill, decode) hardware pair: heterogeneous = false and the pools "
+                              "share no hardware")
     return DisaggResult(tuple(pairs), closest("prefill"), closest("decode"), dict(rejected), n_prefill + n_decode,
-                        combos, {"decode_s": t1 - t0, "prefill_s": t2 - t1})
+                        combos, {"decode_s": t1 - t0, "prefill_s": t2 - t1}, note=note)

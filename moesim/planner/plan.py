@@ -78,7 +78,8 @@ class PlanResult:
         if self.feasible:
             return self
         if self.disaggregated is not None:
-            co = "co-located: nothing could be evaluated" if self.closest is None else (
+            co = "co-located: not searched" if "colocated" not in self.scenario.modes else (
+                "co-located: nothing could be evaluated") if self.closest is None else (
                 f"co-located: closest is {_closest_text(self.closest)}")
             raise InfeasibleError(f"{self.scenario.name}: no deployment meets the target; {co}; "
                                   f"disaggregated: {self.disaggregated.lacks()}")
