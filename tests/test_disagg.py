@@ -17,7 +17,7 @@ from moesim.des.serving.arrivals import LengthDist, synthetic
 from moesim.des.serving.deployment import kv_transfer
 from moesim.des.serving.system import simulate
 from moesim.errors import InfeasibleError, MoesimError
-from moesim.planner import disagg
+from moesim.planner import disagg_sweep
 from moesim.planner.disagg_verify import fleet
 from moesim.planner.plan import _facts, default_evaluator, plan
 from moesim.planner.pool_cost import PoolCosts, PoolLayout, speculative_step_s
@@ -74,7 +74,7 @@ def _planted(**over):
 
 def _stub_search(sc):
     model = scenario_model(sc)
-    return disagg.search(sc, model, _facts(sc, default_evaluator()), costs=LinearPoolCosts(sc, model))
+    return disagg_sweep.search(sc, model, _facts(sc, default_evaluator()), costs=LinearPoolCosts(sc, model))
 
 
 def test_planted_answer_matches_hand_derivation():

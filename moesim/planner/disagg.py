@@ -30,13 +30,13 @@ a replica must carry lambda / R_p x P x KV bytes per token within their bandwidt
 
 The pools are independent given the workload (TTFT is the prefill pool's and the transfer's,
 TPOT the decode pool's), so the cheapest pair is the cheapest prefill pool per (prefill hardware,
-decode hardware) plus the cheapest decode pool per decode hardware: the search evaluates
-prefill + decode configurations, and screens their product.
+decode hardware) plus the cheapest decode pool per decode hardware: the search
+(:mod:`moesim.planner.disagg_sweep`) evaluates prefill + decode configurations and screens
+their product.
 """
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -358,67 +358,3 @@ def prefill_options(costs: PoolCosts, layout: PoolLayout, decode_hardware: str, 
         out.append(PoolChoice("prefill", layout, br, r, r * layout.devices * price, t_star, cap_rate,
                               ttft_s=t_ttft, transfer_s=xfer, utilization=lam * P / r / cap_rate))
     return out
-
-
-def _cheapest(options: list[PoolChoice]) -> PoolChoice | None:
-    return min(options, key=lambda o: (o.usd_per_hour, o.tpot_s or o.ttft_s or 0.0, o.layout.key(), o.batch),
-               default=None)
-
-
-def search(scenario, model, facts: dict, costs: PoolCosts | None = None) -> DisaggResult:
-    """The cheapest disaggregated deployments of ``scenario`` (module docstring); ``facts``:
-    HardwareFacts (with the scenario's prices) by hardware name; ``costs``: the iteration costs
-    (default: the step model's, :class:`PoolCosts`)."""
-    t0 = time.perf_counter()
-    ds, s = scenario.disaggregated, scenario.search
-    p_hw = ds.prefill_hardware or scenario.hardware
-    d_hw = ds.decode_hardware or scenario.hardware
-    costs = costs or PoolCosts(scenario, model)
-    invalid: Counter = Counter()
-    misses: list[PoolMiss] = []
-    target = scenario.target_output_tokens_per_s
-    batches = ds.decode_batch_per_device or s.batch_per_device
-    decode_best: dict[str, PoolChoice] = {}
-    d_layouts = pool_layouts(scenario, model, ds.decode_devices_per_replica, d_hw, invalid)
-    n_decode = 0
-    for lay in d_layouts:
-        n_decode += len(batches)
-        best = _cheapest(decode_options(costs, lay, batches, facts[lay.hardware].usd_per_device_hour, target, misses)
-                         + ([decode_best[lay.hardware]] if lay.hardware in decode_best else []))
-        if best is not None:
-            decode_best[lay.hardware] = best
-    t1 = time.perf_counter()
-    p_layouts = pool_layouts(scenario, model, ds.prefill_devices_per_replica, p_hw, invalid)
-    grids: dict = {}
-    pairs = []
-    n_prefill = len(p_layouts) * len(ds.prefill_token_budget_per_rank)
-    for dh, dec in sorted(decode_best.items()):
-        prefill_best: dict[str, PoolChoice] = {}
-        for lay in p_layouts:
-            if not ds.heterogeneous and lay.hardware != dh:
-                continue
-            best = _cheapest(prefill_options(costs, lay, dh, facts[lay.hardware].usd_per_device_hour, misses, grids)
-                             + ([prefill_best[lay.hardware]] if lay.hardware in prefill_best else []))
-            if best is not None:
-                prefill_best[lay.hardware] = best
-        for pre in prefill_best.values():
-            usd = pre.usd_per_hour + dec.usd_per_hour
-            pairs.append(DisaggCandidate(pre, dec, usd, usd / (target * 3600.0) * 1e6))
-    pairs.sort(key=lambda c: (c.usd_per_hour, c.total_devices, c.key()))
-    t2 = time.perf_counter()
-    rejected = Counter(invalid)
-    for m in misses:
-        rejected[f"{m.role}:{m.reason}"] += 1
-
-    def closest(role):
-        finite = [m for m in misses if m.role == role]
-        return min(finite, key=lambda m: (m.ratio, m.layout.key(), m.batch), default=None)
-
-    per_p = Counter(lay.hardware for lay in p_layouts)
-    per_d = Counter(lay.hardware for lay in d_layouts)
-    combos = sum(per_p[a] * len(ds.prefill_token_budget_per_rank) * per_d[b] * len(batches)
-                 for a in per_p for b in per_d if ds.heterogeneous or a == b)
-    note = "" if combos else ("no allowed (prefill, decode) hardware pair: heterogeneous = false and the pools "
-                              "share no hardware")
-    return DisaggResult(tuple(pairs), closest("prefill"), closest("decode"), dict(rejected), n_prefill + n_decode,
-                        combos, {"decode_s": t1 - t0, "prefill_s": t2 - t1}, note=note)

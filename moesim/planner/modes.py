@@ -51,7 +51,7 @@ def facts_for(scenario, evaluator, facts: dict) -> dict:
 
 def plan_disaggregated(scenario, model, evaluator, facts: dict):
     """The disaggregated search of ``scenario`` and the DES check of its cheapest pair."""
-    from moesim.planner.disagg import search
+    from moesim.planner.disagg_sweep import search
     from moesim.planner.disagg_verify import verify_disaggregated
     from moesim.planner.pool_cost import PoolCosts
 
