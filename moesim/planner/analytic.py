@@ -37,6 +37,7 @@ import functools
 from dataclasses import dataclass
 from typing import Sequence
 
+from moesim.specs.serving_features import inflight_context_tokens
 from moesim import units
 from moesim.catalog import load_profile
 from moesim.errors import MoesimError
@@ -120,7 +121,7 @@ class AnalyticEvaluator:
         w = scenario.workload
         par = cands[0].parallelism()
         base = memory_footprint(model, hw, par, mode="serve", weight_dtype=w.dtype, kv_dtype=w.kv_dtype)
-        context = w.prompt_len + w.output_len // 2
+        context = inflight_context_tokens(w)  # P + L // 2 for fixed lengths
         kv_seq = lay.tp * lay.pp * context * base.kv_bytes_per_token
         costs = _StepCosts(model, hw, par, lay, scenario)
         fitting = [c for c in cands if base.total_bytes + c.batch * kv_seq <= base.capacity_bytes]

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from moesim.errors import MoesimError
 from moesim.planner.pool_cost import PoolCosts, PoolLayout
 from moesim.specs.parallel import check_parallelism, smallest_redundancy
-from moesim.specs.serving_features import inflight_context, new_prompt_tokens, prefill_context
+from moesim.specs.serving_features import inflight_context_tokens, new_prompt_tokens, prefill_context
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,7 @@ def _miss_dict(m: PoolMiss | None) -> dict | None:
 def pool_layouts(scenario, model, devices: tuple[int, ...], hardware: tuple[str, ...], invalid: Counter):
     """Every (hardware, devices, attention layout, redundant slots) layout of one pool (pp 1)."""
     from moesim.catalog import load_profile
+    from moesim.comm.topology import build_topology
     from moesim.planner.space import serving_layouts
     from moesim.specs import Cluster, check_cluster
 
@@ -180,7 +181,9 @@ def pool_layouts(scenario, model, devices: tuple[int, ...], hardware: tuple[str,
                     layout = PoolLayout(hw, n, tp, ep, att, r)
                     try:
                         check_parallelism(model, layout.candidate().parallelism())
-                        check_cluster(Cluster(hardware=hw, devices=n), load_profile(hw))
+                        prof = load_profile(hw)
+                        check_cluster(Cluster(hardware=hw, devices=n), prof)
+                        build_topology(prof, n, min(prof.scale_up.domain_size, n))  # a NIC beyond one domain
                     except MoesimError:
                         invalid["invalid_layout"] += 1
                         continue
@@ -193,7 +196,7 @@ def decode_options(costs: PoolCosts, layout: PoolLayout, batches, price: float, 
                    misses: list) -> list[PoolChoice]:
     """Every batch of ``layout`` that meets the TPOT limit and fits, sized to ``target`` tokens/s."""
     sc = costs.scenario
-    ctx = math.ceil(inflight_context(sc.workload))
+    ctx = inflight_context_tokens(sc.workload)
     try:
         cap = costs.kv_capacity(layout)
     except MoesimError as err:

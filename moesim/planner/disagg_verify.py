@@ -83,8 +83,13 @@ def verify_disaggregated(cand: DisaggCandidate, costs: PoolCosts, facts: dict) -
     from moesim.planner.verify import _lengths, probe
 
     sc = costs.scenario
-    rate = sc.target_output_tokens_per_s / sc.workload.output_len
-    lengths = _lengths(sc.workload)
+    w = sc.workload
+    rate = sc.target_output_tokens_per_s / w.output_len
+    lengths = _lengths(w)
+    # NOTE: the decode pool fills over one request lifetime (L x TPOT); the simulated span covers two
+    life = w.output_len * (sc.slo.tpot_s or cand.decode.tpot_s)
+    sc = sc.model_copy(update={"verify": sc.verify.model_copy(update={"duration_s": max(sc.verify.duration_s,
+                                                                                        2.0 * life)})})
     probes: dict[tuple[int, int], object] = {}
 
     def at(rp: int, rd: int):

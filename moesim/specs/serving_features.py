@@ -96,3 +96,11 @@ def inflight_context(workload) -> float:
     """Mean KV context of the sequences decoding at a time, ``E[P] + E[L^2] / (2 E[L])``."""
     spread = math.exp(workload.length_sigma ** 2) if workload.length_distribution == "lognormal" else 1.0
     return workload.prompt_len + workload.output_len * spread / 2.0
+
+
+def inflight_context_tokens(workload) -> int:
+    """``inflight_context`` in whole tokens: ``P + L // 2`` for fixed lengths (the planner's rounding
+    since it began), rounded up otherwise."""
+    if workload.length_distribution == "fixed":
+        return workload.prompt_len + workload.output_len // 2
+    return math.ceil(inflight_context(workload))
