@@ -76,20 +76,29 @@ if workers:
 """
 
 
-def _py(args: list[str], timeout: int = 900) -> tuple[float, str]:
+def _py(args: list[str], timeout: int = 900) -> tuple[float, str, float]:
+    """(wall seconds, stdout, CPU seconds of the child: on a shared host wall time includes waiting
+    for the cores; CPU time is what the run itself used)."""
+    import resource
+
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT,
                          timeout=timeout, check=True)
-    return time.perf_counter() - t, out.stdout
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, out.stdout, cpu
 
 
 def default_cli() -> dict:
     runs = []
     for _ in range(2):
-        dt, out = _py(["-m", "moesim", "plan", "--json"])
+        dt, out, cpu = _py(["-m", "moesim", "plan", "--json"])
         data = json.loads(out)
-        runs.append({"wall_s": round(dt, 2), "winner": data["modes"]["winner"],
+        runs.append({"wall_s": round(dt, 2), "cpu_s": round(cpu, 2), "load_1min": round(os.getloadavg()[0], 2),
+                     "winner": data["modes"]["winner"],
                      "colocated_usd_h": data["modes"]["colocated_usd_per_hour"],
                      "disaggregated_usd_h": data["modes"]["disaggregated_usd_per_hour"],
                      "disaggregated_verified": data["modes"]["disaggregated_verified"]})
@@ -97,8 +106,8 @@ def default_cli() -> dict:
 
 
 def hetero(workers: int) -> dict:
-    _, out = _py(["-c", HETERO, json.dumps(SCENARIO), str(workers)])
-    return json.loads(out.strip().splitlines()[-1])
+    _, out, _ = _py(["-c", HETERO, json.dumps(SCENARIO), str(workers)])
+    return {**json.loads(out.strip().splitlines()[-1]), "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def main(argv: list[str]) -> int:

@@ -44,6 +44,9 @@ class LinearPoolCosts:
     def decode_info(self, layout, batch, context):
         return "HBM", 1.0
 
+    def prefetch_decode(self, layout, batch_B, context):
+        pass
+
     def prefill_s(self, layout, new_tokens_per_device, context):
         return F_S + G_S * new_tokens_per_device
 

@@ -203,6 +203,7 @@ def decode_options(costs: PoolCosts, layout: PoolLayout, batches, price: float, 
         misses.append(PoolMiss("decode", layout, batches[0], "does_not_fit", str(err), math.inf))
         return []
     limit, e = sc.slo.tpot_s, costs.tokens_per_step()
+    costs.prefetch_decode(layout, [b for b in batches if b * layout.devices * ctx <= cap], ctx)
     out = []
     for b in batches:
         need = b * layout.devices * ctx
@@ -281,7 +282,7 @@ def prefill_grid(costs: PoolCosts, layout: PoolLayout):
 
     return GridCost(prefill_fn=prefill_fn, decode_fn=decode_fn, kv_capacity_tokens=costs.kv_capacity(layout),
                     kv_bytes_per_token=kv_bytes_per_token(costs.model, Parallelism(), w.kv_dtype),
-                    devices=layout.devices, points_per_octave=2)
+                    devices=layout.devices, points_per_octave=1)
 
 
 def settle(grid, budget: float, prompt: int, arrival: float, iterations: int = 60) -> float:

@@ -125,8 +125,17 @@ def search(scenario, model, facts: dict, costs: PoolCosts | None = None) -> Disa
 
 
 def _chunks(items: list, n: int) -> list[list]:
-    n = max(1, min(n, len(items)))
-    return [items[i::n] for i in range(n)]
+    """``items`` (layouts) in at most ``n`` chunks keeping each EP size x redundancy together (the
+    routing engine's statistics are per EP size, so one worker computes them once), the largest
+    groups first onto the emptiest chunk."""
+    groups: dict = {}
+    for lay in items:
+        groups.setdefault((lay.ep, lay.redundant_experts), []).append(lay)
+    n = max(1, min(n, len(groups)))
+    out: list[list] = [[] for _ in range(n)]
+    for g in sorted(groups.values(), key=len, reverse=True):
+        min(out, key=len).extend(g)
+    return [c for c in out if c]
 
 
 def split_search(scenario, model, facts: dict, client, chunks_per_worker: int = 2) -> DisaggResult:
@@ -134,14 +143,16 @@ def split_search(scenario, model, facts: dict, client, chunks_per_worker: int = 
     t0 = time.perf_counter()
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     d_layouts, p_layouts, invalid = _layouts(scenario, model)
-    n = workers * chunks_per_worker
-    parts = client.gather(client.map(decode_phase, [scenario] * n, [model] * n, [facts] * n,
-                                     _chunks(d_layouts, n), pure=False))
+    chunks = _chunks(d_layouts, workers * chunks_per_worker)
+    n = len(chunks)
+    parts = client.gather(client.map(decode_phase, [scenario] * n, [model] * n, [facts] * n, chunks, pure=False))
     decode_best, d_miss = _merge(parts)
     t1 = time.perf_counter()
     hws = sorted(decode_best)
-    parts = client.gather(client.map(prefill_phase, [scenario] * n, [model] * n, [facts] * n,
-                                     _chunks(p_layouts, n), [hws] * n, pure=False))
+    chunks = _chunks(p_layouts, workers * chunks_per_worker)
+    n = len(chunks)
+    parts = client.gather(client.map(prefill_phase, [scenario] * n, [model] * n, [facts] * n, chunks, [hws] * n,
+                                     pure=False))
     prefill_best, p_miss = _merge(parts)
     t2 = time.perf_counter()
     return _assemble(scenario, decode_best, prefill_best, d_miss + p_miss, invalid, d_layouts, p_layouts,

@@ -87,6 +87,16 @@ class PoolCosts:
                 self._decode[(layout, b, int(context))] = bd
         return [self._decode[(layout, float(b), int(context))] for b in batch_B]
 
+    def prefetch_decode(self, layout: PoolLayout, batch_B, context: int) -> None:
+        """Price every decode node ``decode_step_s`` will ask for at these batches in one vectorized
+        call per context (the plain step, and the verify pass's nodes with speculative decoding)."""
+        if not batch_B:
+            return
+        self.decode_breakdowns(layout, batch_B, context)
+        if self.spec is not None:
+            d = self.spec.draft_tokens
+            self.decode_breakdowns(layout, list(batch_B) + [b * (1 + d) for b in batch_B], 1)
+
     def decode_info(self, layout: PoolLayout, batch: float, context: int) -> tuple[str, float]:
         """(bottleneck in the planner's words, expert imbalance max/mean) of the plain decode step."""
         from moesim.catalog import load_profile
