@@ -17,7 +17,8 @@ before the clock):
   the search evaluates the prefill + decode pool configurations once each and screens the
   product by the pools' independence (moesim/planner/disagg_sweep.py);
 - ``dask_split``: ``split_search`` on the same space with a local Dask cluster of 1 and then 2
-  worker processes (one thread each; cluster start-up outside the clock), speed-up = t1 / t2.
+  worker processes (one thread each; cluster start-up and the workers' imports outside the clock),
+  speed-up = t1 / t2.
 
 Measured (2026-12-03, this 2-core host shared with five other sessions, 1-minute load 3.7-7.5):
 - default_cli: 13.7 s and 19.2 s wall, 6.7 s and 7.3 s CPU (the rest is waiting for a core);
@@ -74,6 +75,7 @@ else:
     from dask.distributed import Client, LocalCluster
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)
+    client.run(lambda: __import__("moesim.planner.disagg_sweep") and __import__("moesim.des.serving"))  # imports
     t = time.perf_counter()
     r = split_search(sc, model, facts, client)
 dt = time.perf_counter() - t

@@ -68,3 +68,13 @@ def test_bad_input_one_line_exit_2(capsys, scenario_file, change, needle):
     assert code == 2
     line = err.strip()
     assert "\n" not in line and needle in line, line
+
+
+def test_emit_refuses_a_tpu_answer():
+    from moesim.errors import MoesimError
+    from moesim.planner.launch import Role, sglang
+    from moesim.planner.scenario import default_scenario
+
+    role = Role("colocated", "tpu-v5p", 1, 16, 1, 16, 0, 8192, 64)
+    with pytest.raises(MoesimError, match="for GPUs"):
+        sglang(role, default_scenario())
