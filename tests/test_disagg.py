@@ -17,7 +17,7 @@ from moesim.des.serving.arrivals import LengthDist, synthetic
 from moesim.des.serving.deployment import kv_transfer
 from moesim.des.serving.system import simulate
 from moesim.errors import InfeasibleError, MoesimError
-from moesim.planner import disagg_sweep
+from moesim.planner import disagg, disagg_sweep
 from moesim.planner.disagg_verify import fleet
 from moesim.planner.plan import _facts, default_evaluator, plan
 from moesim.planner.pool_cost import PoolCosts, PoolLayout, speculative_step_s
@@ -316,3 +316,12 @@ def test_redundant_slots_against_a_recorded_trace(tmp_path):
     plain = costs.decode_info(PoolLayout("h200-sxm", 8, 1, 8, "dp", 0), 64, 1200)
     spare = costs.decode_info(PoolLayout("h200-sxm", 8, 1, 8, "dp", 8), 64, 1200)
     assert plain[0] == "imbalance" and plain[1] > 2.0 and spare[1] < 1.2
+
+
+def test_queue_wait_closed_form():
+    # Kingman: rho = 0.5, c_s^2 = 0, E[P] / capacity = 0.1 s -> mean W = 1 x 0.5 x 0.1 = 0.05 s; heavy-traffic
+    # tail at q = 0.99: (0.05 / 0.5) ln(0.5 / 0.01) = 0.1 ln 50 s.
+    assert_allclose(disagg.queue_wait_s(5000.0, 10000.0, 1000.0, 0.0, 0.99), 0.1 * math.log(50.0), rtol=1e-12)
+    assert_allclose(disagg.queue_wait_s(5000.0, 10000.0, 1000.0, 1.0, 0.99), 0.2 * math.log(50.0), rtol=1e-12)
+    assert disagg.queue_wait_s(50.0, 10000.0, 1000.0, 0.0, 0.99) == 0.0      # rho <= 1 - q: no queue at p99
+    assert disagg.queue_wait_s(1e4, 1e4, 1000.0, 0.0, 0.99) == math.inf      # saturated

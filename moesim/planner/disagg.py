@@ -18,8 +18,10 @@ tokens): an iteration carrying x prompt tokens takes G(x) (the replica's GridCos
 replicas the prompt tokens arrive at a = lambda P / R_p per replica; under continuous batching
 the iteration length settles where it carries what arrived during the previous one:
     T* = G(min(B', max(P, a T*)))   (fixed point; B' = B P / P_new)
-    TTFT_q = (q + ceil(P / B')) T* + KV transfer
-(an arrival waits U(0, T*) for the running iteration, then its ceil(P / B') chunks run).
+    TTFT_q = max(q T*, W_q) + ceil(P / B') T* + KV transfer
+(an arrival waits U(0, T*) for the running iteration, or, near capacity, W_q: the G/G/1
+heavy-traffic wait of the prompt work at the full-budget capacity B' / G(B') (``queue_wait_s``,
+lognormal prompt sizes raising it by their variance); then its ceil(P / B') chunks run).
 The pool is stable when a T* <= B' and a G(B') / B' <= ``prefill_max_utilization``.
 R_p is the smallest count meeting the TTFT limit (TTFT falls as R_p grows: binary search).
 
@@ -134,12 +136,24 @@ class DisaggResult:
     pool_configurations: int
     configurations: int
     timings_s: dict = field(default_factory=dict)
-    verification: object | None = None
+    verification: object | None = None  # the answer's DES check (the cheapest verified pair)
     note: str = ""
+    verifications: tuple = ()  # every pair the DES checked
 
     @property
     def best(self) -> DisaggCandidate | None:
+        """The cheapest pair by the analytic stage."""
         return self.ranked[0] if self.ranked else None
+
+    @property
+    def answer(self) -> DisaggCandidate | None:
+        """The pair the verification chose (the cheapest verified), else the analytic best."""
+        v = self.verification
+        if v is not None:
+            for c in self.ranked:
+                if c.key() == v.candidate_key:
+                    return c
+        return self.best
 
     def lacks(self) -> str:
         """What the closest prefill and decode configurations lack (no pair met the SLO)."""
@@ -151,7 +165,8 @@ class DisaggResult:
                 "closest_prefill": _miss_dict(self.closest_prefill), "closest_decode": _miss_dict(self.closest_decode),
                 "rejected": dict(self.rejected), "pool_configurations": self.pool_configurations,
                 "configurations": self.configurations, "timings_s": self.timings_s,
-                "verification": self.verification.to_dict() if self.verification is not None else None}
+                "verification": self.verification.to_dict() if self.verification is not None else None,
+                "verifications": [v.to_dict() for v in self.verifications]}
 
 
 def _miss_dict(m: PoolMiss | None) -> dict | None:
@@ -296,10 +311,30 @@ def settle(grid, budget: float, prompt: int, arrival: float, iterations: int = 6
     return t
 
 
-def prefill_ttft(grid, budget: float, prompt: int, arrival: float, q: float, transfer_s: float) -> tuple[float, float]:
-    """(TTFT at percentile q, T*) of a prefill replica at ``arrival`` prompt tokens/s."""
+def queue_wait_s(arrival: float, capacity: float, mean_prompt: float, scv: float, q: float) -> float:
+    """Waiting time at percentile q of prompt work in a G/G/1 queue at the pool's full-budget
+    capacity (Kingman's heavy-traffic approximation, J. F. C. Kingman 1961, "The single server queue
+    in heavy traffic"): mean W = rho / (1 - rho) x (1 + c_s^2) / 2 x E[P] / capacity, Poisson arrivals
+    (c_a = 1), and the heavy-traffic exponential tail P(W > t) = rho exp(-t rho / W), so
+    W_q = (W / rho) ln(rho / (1 - q)) for rho > 1 - q (else 0). Units: tokens/s, tokens, seconds."""
+    rho = arrival / capacity
+    if rho >= 1.0:
+        return math.inf
+    if rho <= 1.0 - q:
+        return 0.0
+    mean = rho / (1.0 - rho) * (1.0 + scv) / 2.0 * mean_prompt / capacity
+    return mean / rho * math.log(rho / (1.0 - q))
+
+
+def prefill_ttft(grid, budget: float, prompt: int, arrival: float, q: float, transfer_s: float,
+                 capacity: float = math.inf, scv: float = 0.0) -> tuple[float, float]:
+    """(TTFT at percentile q, T*) of a prefill replica at ``arrival`` prompt tokens/s: the wait is the
+    larger of the running iteration's remainder (q T*) and the queue's (``queue_wait_s``: what
+    backs up when the load nears the full-budget ``capacity``; ``scv`` the prompt sizes' squared
+    coefficient of variation), then the prompt's ceil(P / B') iterations and the KV transfer."""
     t = settle(grid, budget, prompt, arrival)
-    return (q + math.ceil(prompt / budget - 1e-9)) * t + transfer_s, t
+    wait = max(q * t, queue_wait_s(arrival, capacity, prompt, scv, q))
+    return wait + math.ceil(prompt / budget - 1e-9) * t + transfer_s, t
 
 
 def prefill_options(costs: PoolCosts, layout: PoolLayout, decode_hardware: str, price: float, misses: list,
@@ -325,6 +360,7 @@ def prefill_options(costs: PoolCosts, layout: PoolLayout, decode_hardware: str, 
     kvb = kv_bytes_per_token(costs.model, Parallelism(), w.kv_dtype)
     xfer = links.seconds(P, kvb)
     share = new_prompt_tokens(P, h) / P
+    scv = math.exp(w.length_sigma ** 2) - 1.0 if w.length_distribution == "lognormal" else 0.0
     r_max = max(1, sc.max_devices // layout.devices)
     out = []
     for br in ds.prefill_token_budget_per_rank:
@@ -338,7 +374,7 @@ def prefill_options(costs: PoolCosts, layout: PoolLayout, decode_hardware: str, 
                    math.ceil(lam * P * kvb / (links.bandwidth_Bps * links.links) - 1e-9))
 
         def ttft(r: int) -> float:
-            return prefill_ttft(grid, budget, P, lam * P / r, q, xfer)[0]
+            return prefill_ttft(grid, budget, P, lam * P / r, q, xfer, cap_rate, scv)[0]
 
         if r_lo > r_max:
             misses.append(PoolMiss("prefill", layout, br, "over_max_devices", f"needs {r_lo * layout.devices} "
@@ -358,7 +394,7 @@ def prefill_options(costs: PoolCosts, layout: PoolLayout, decode_hardware: str, 
                 else:
                     lo = mid + 1
         r = lo
-        t_ttft, t_star = prefill_ttft(grid, budget, P, lam * P / r, q, xfer)
+        t_ttft, t_star = prefill_ttft(grid, budget, P, lam * P / r, q, xfer, cap_rate, scv)
         out.append(PoolChoice("prefill", layout, br, r, r * layout.devices * price, t_star, cap_rate,
                               ttft_s=t_ttft, transfer_s=xfer, utilization=lam * P / r / cap_rate))
     return out

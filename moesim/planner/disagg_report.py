@@ -33,7 +33,7 @@ def render_modes(result, top: int = 5) -> str:
                      f"{c.usd_per_hour:,.2f}", f"{c.usd_per_million_tokens:.3f}", q.bottleneck))
     lines.append(table(rows, ["#", "prefill pool", "tok/rank", "decode pool", "seq/dev", "P:D devices",
                               "TTFT ms", "KV xfer ms", "TPOT ms", "$/h", "$/M tok", "decode bottleneck"]))
-    b, v = d.best, d.verification
+    b, v = d.answer, d.verification
     lines.append(f"disaggregated answer: {b.describe()}, {b.total_devices} devices, ${b.usd_per_hour:,.2f}/h "
                  "(analytic)")
     if v is not None:
@@ -45,6 +45,11 @@ def render_modes(result, top: int = 5) -> str:
                          f"p99 TPOT {_ms(v.tpot_p99_s)} ms{ci}")
         else:
             lines.append(f"  serving DES: {'; '.join(v.notes)}")
+    for other in d.verifications:
+        if other is not v:
+            lines.append(f"  also checked by the serving DES: {other.candidate_key}: " + (
+                f"{other.prefill_replicas} prefill + {other.decode_replicas} decode replicas, ${other.usd_per_hour:,.2f}/h"
+                if other.met else "; ".join(other.notes)))
     if result.modes is not None:
         lines.append(f"serving modes: {result.modes.text()}")
     return "\n".join(lines)

@@ -163,7 +163,7 @@ def roles(result) -> tuple[str, tuple[Role, ...]]:
     winner = result.modes.winner if result.modes is not None else "colocated"
     if winner == "disaggregated":
         d = result.disaggregated
-        p, q = d.best.prefill, d.best.decode
+        p, q = d.answer.prefill, d.answer.decode
         v = d.verification
         rp, rd = (v.prefill_replicas, v.decode_replicas) if v is not None and v.met else (p.replicas, q.replicas)
         seqs = serving_policy.SEQ_HEADROOM * q.batch

@@ -49,8 +49,22 @@ def facts_for(scenario, evaluator, facts: dict) -> dict:
     return out
 
 
+def verify_targets(ranked, n: int) -> list:
+    """The cheapest pair of each of the ``n`` cheapest (prefill hardware, decode hardware) combinations."""
+    out, seen = [], set()
+    for c in ranked:
+        if len(out) >= n:
+            break
+        key = (c.prefill.layout.hardware, c.decode.layout.hardware)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
 def plan_disaggregated(scenario, model, evaluator, facts: dict):
-    """The disaggregated search of ``scenario`` and the DES check of its cheapest pair."""
+    """The disaggregated search of ``scenario`` and the DES check of the cheapest pair of each of the
+    ``verify.top_n`` cheapest hardware combinations; the answer is the cheapest verified one."""
     from moesim.planner.disagg_sweep import search
     from moesim.planner.disagg_verify import verify_disaggregated
     from moesim.planner.pool_cost import PoolCosts
@@ -60,8 +74,12 @@ def plan_disaggregated(scenario, model, evaluator, facts: dict):
     if result.best is None or scenario.verify.top_n < 1:
         return result
     t = time.perf_counter()
-    check = verify_disaggregated(result.best, PoolCosts(scenario, model), facts)
-    return replace(result, verification=check, timings_s={**result.timings_s, "verify_s": time.perf_counter() - t})
+    costs = PoolCosts(scenario, model)
+    checks = tuple(verify_disaggregated(c, costs, facts) for c in verify_targets(result.ranked, scenario.verify.top_n))
+    met = [v for v in checks if v.met]
+    chosen = min(met, key=lambda v: (v.usd_per_hour, v.candidate_key)) if met else checks[0]
+    return replace(result, verification=chosen, verifications=checks,
+                   timings_s={**result.timings_s, "verify_s": time.perf_counter() - t})
 
 
 def compare(answer, disagg) -> ModeComparison | None:
