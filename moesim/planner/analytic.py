@@ -37,7 +37,6 @@ import functools
 from dataclasses import dataclass
 from typing import Sequence
 
-from moesim.specs.serving_features import inflight_context_tokens
 from moesim import units
 from moesim.catalog import load_profile
 from moesim.errors import MoesimError
@@ -45,6 +44,7 @@ from moesim.planner import serving_policy
 from moesim.planner.evaluation import Candidate, Evaluation, HardwareFacts, Verification
 from moesim.planner.scenario import overlap_mode, scenario_model
 from moesim.specs import Cluster
+from moesim.specs.serving_features import inflight_context_tokens
 
 _COMM = {"all_to_all", "tp_cp_comm", "dp_comm"}
 

@@ -49,11 +49,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.specs.serving_features import inflight_context_tokens
 from moesim import units
 from moesim.catalog import load_profile
 from moesim.planner import serving_policy
 from moesim.planner.evaluation import Candidate, Evaluation
+from moesim.specs.serving_features import inflight_context_tokens
 
 NODES = 3  # decode nodes per layout when a layout is re-screened (plan.SCREEN_NODES for the first pass)
 MARGIN = 0.03  # 2 x the measured largest shortfall of the node bound (module docstring; benchmark)
