@@ -20,15 +20,16 @@ before the clock):
   worker processes (one thread each; cluster start-up and the workers' imports outside the clock),
   speed-up = t1 / t2.
 
-Measured (2026-12-03, this 2-core host shared with five other sessions, 1-minute load 3.7-7.5):
-- default_cli: 13.7 s and 19.2 s wall, 6.7 s and 7.3 s CPU (the rest is waiting for a core);
-  7.0 s wall at lower load earlier the same morning. Winner: disaggregated, $36.00/h (8 MI300X
+Measured (2026-12-03, this 2-core host shared with five other sessions, 1-minute load 3.9-4.9):
+- default_cli: 12.2 s and 10.1 s wall, 7.1 s and 6.8 s CPU (the rest is waiting for a core; 7.0 s
+  wall at a lower load earlier the same morning). Winner: disaggregated, $36.00/h (8 MI300X
   prefill + 16 MI300X decode, DES-verified) vs co-located $48.00/h (32 MI300X, DES-verified);
-- hetero_search: 809,856 pair configurations (2,232 pool configurations evaluated) in 12.3 s cold,
-  ~66,000 configurations/s: 0.20 of the 60 s target;
-- dask_split: 18.3 s with one worker, 25.9 s with two (speed-up 0.71): with every core already
-  busy (load 6.4-7.5), a second worker process adds its own cold caches (routing engine, layer
-  setups) and no free core; same answer as inline. The speed-up target is NOT shown on this host.
+- hetero_search: 809,856 pair configurations (2,232 pool configurations evaluated) in 5.5 s cold,
+  ~148,000 configurations/s: 0.09 of the 60 s target (12.3 s at load 5.3 in an earlier run);
+- dask_split: 11.3 s with one worker, 10.7 s with two: speed-up 1.05 (0.71 in an earlier run at
+  load 6.4-7.5, before the workers' imports were taken off the clock). Same answer as inline.
+  With the host's two cores already busy there is no free core for the second worker, and each
+  worker warms its own routing-engine and layer caches; the 2-worker speed-up is NOT shown here.
 
 Usage: PYTHONPATH=. python benchmarks/bench_disagg.py [--json] [--skip-default] [--skip-dask]
 """
