@@ -11,7 +11,7 @@ from moesim.planner.scenario import load_scenario
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = ["plan_serving.py", "plan_training.py", "whatif_topk_capacity.py", "moe_vs_dense.py", "pilot_plan.py"]
-SCENARIOS = ["plan_deepseek_v3_gpu_tpu.toml", "train_mixtral_8x22b.toml"]
+SCENARIOS = ["plan_deepseek_v3_gpu_tpu.toml", "train_mixtral_8x22b.toml", "plan_deepseek_v3_disagg.toml"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

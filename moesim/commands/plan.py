@@ -62,7 +62,9 @@ def small_search(scenario) -> dict:
                 "search.micro_batch": [1], "search.tp": [1, 2, 4], "search.pp": [1, 4, 8]}
     return {"search.batch_per_device": [8, 32, 128], "search.tp": [1, 8],
             "search.devices_per_replica": [n for n in scenario.search.devices_per_replica if n <= 32] or [8],
-            "verify.top_n": min(scenario.verify.top_n, 1), "verify.duration_s": min(scenario.verify.duration_s, 30.0)}
+            "verify.top_n": min(scenario.verify.top_n, 1), "verify.duration_s": min(scenario.verify.duration_s, 30.0),
+            "disaggregated.decode_devices_per_replica": [8, 16, 32], "disaggregated.prefill_devices_per_replica": [8],
+            "disaggregated.prefill_token_budget_per_rank": [8192], "disaggregated.redundant_slots_per_rank": [0]}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -80,6 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--screen", action="store_true",
                    help="serving: prune the space with model lower bounds first and evaluate exactly only "
                         "layouts that can reach the top (same top 10 and answer; runs inline)")
+    p.add_argument("--emit", choices=["sglang", "vllm"], default=None,
+                   help="print the answer's launch settings for this engine (moesim/planner/launch.py)")
     p.set_defaults(handler=plan_cmd)
 
 
@@ -134,9 +138,16 @@ def plan_cmd(args) -> Result:
             outputs.path(args.report, "--report", (".html", ".htm")).write_text(html)
             files.append(args.report)
         text = render(result, top=args.top, provenance=prov)  # rendered before the outputs are committed
+        data = with_provenance(result.to_dict(), prov)
+        if args.emit:
+            from moesim.planner.launch import launch_settings
+
+            launch = launch_settings(result, args.emit)
+            text += "\n\n" + launch.text()
+            data["launch"] = launch.to_dict()
         if files:
             text += "\n\nwrote " + ", ".join(files)
-        return Result(with_provenance(result.to_dict(), prov), text, files=tuple(files))
+        return Result(data, text, files=tuple(files))
 
 
 def with_provenance(data: dict, prov) -> dict:

@@ -44,6 +44,7 @@ from moesim.planner import serving_policy
 from moesim.planner.evaluation import Candidate, Evaluation, HardwareFacts, Verification
 from moesim.planner.scenario import overlap_mode, scenario_model
 from moesim.specs import Cluster
+from moesim.specs.serving_features import inflight_context_tokens
 
 _COMM = {"all_to_all", "tp_cp_comm", "dp_comm"}
 
@@ -122,7 +123,7 @@ class AnalyticEvaluator:
         w = scenario.workload
         par = cands[0].parallelism()
         base = memory_footprint(model, hw, par, mode="serve", weight_dtype=w.dtype, kv_dtype=w.kv_dtype)
-        context = w.prompt_len + w.output_len // 2
+        context = inflight_context_tokens(w)  # P + L // 2 for fixed lengths
         kv_seq = lay.tp * lay.pp * context * base.kv_bytes_per_token
         costs = _StepCosts(model, hw, par, lay, scenario)
         fitting = [c for c in cands if base.total_bytes + c.batch * kv_seq <= base.capacity_bytes]
@@ -147,7 +148,7 @@ class AnalyticEvaluator:
             except MoesimError as err:  # no KV room at the serving memory fraction
                 results.append(ev.rejected("does_not_fit", str(err)))
                 continue
-            est = serving_policy.choose(grid, c, scenario, bd.step_time_s)
+            est = serving_policy.choose(grid, c, scenario, _featured_decode_s(costs, c.batch, context, bd, scenario))
             results.append(Evaluation(
                 candidate=c, tokens_per_s=est.output_tokens_per_s, step_time_s=bd.step_time_s,
                 tpot_s=est.tpot_s, ttft_s=est.ttft_s, memory_headroom_GiB=headroom,
@@ -202,6 +203,18 @@ class AnalyticEvaluator:
         from moesim.planner.verify import verify_with_des
 
         return verify_with_des(evaluation, scenario, scenario_model(scenario))
+
+
+def _featured_decode_s(costs, batch: int, context: int, bd, scenario) -> float:
+    """The decode iteration per emitted token under speculative decoding (moesim/planner/pool_cost.py
+    ``featured``); the plain step without it."""
+    spec = scenario.features.speculative
+    if spec is None:
+        return bd.step_time_s
+    from moesim.planner.pool_cost import speculative_step_s
+
+    step = speculative_step_s(spec, costs.model, lambda b, ctx: costs.decode(b, int(ctx)).step_time_s, batch, context)
+    return step / spec.tokens_per_step
 
 
 class _StepCosts:

@@ -65,10 +65,13 @@ class PlanResult:
     space_size: int
     timings_s: dict = field(default_factory=dict)
     verifications: tuple[Verification, ...] = ()
+    # serving modes (moesim/planner/modes.py): the disaggregated search and which mode wins
+    disaggregated: object | None = None
+    modes: object | None = None
 
     @property
     def feasible(self) -> bool:
-        return bool(self.ranked)
+        return bool(self.ranked) or bool(self.disaggregated is not None and self.disaggregated.best is not None)
 
     @property
     def failed(self) -> RejectionGroup | None:
@@ -85,6 +88,12 @@ class PlanResult:
         if failed is not None:
             raise InfeasibleError(f"{self.scenario.name}: no answer: {failed.count} of {self.evaluated} evaluated "
                                   f"candidates failed with an error, e.g. {failed.example}")
+        if self.disaggregated is not None:
+            co = "co-located: not searched" if "colocated" not in self.scenario.modes else (
+                "co-located: nothing could be evaluated") if self.closest is None else (
+                f"co-located: closest is {_closest_text(self.closest)}")
+            raise InfeasibleError(f"{self.scenario.name}: no deployment meets the target; {co}; "
+                                  f"disaggregated: {self.disaggregated.lacks()}")
         if self.closest is None:
             raise InfeasibleError(f"{self.scenario.name}: no candidate could be evaluated "
                                   f"({self.space_size} in the search space)")
@@ -110,7 +119,15 @@ class PlanResult:
             "evaluated": self.evaluated,
             "space_size": self.space_size,
             "timings_s": self.timings_s,
+            **({"disaggregated": self.disaggregated.to_dict(), "modes": self.modes.to_dict() if self.modes else None}
+               if self.disaggregated is not None else {}),
         }
+
+
+def _closest_text(rej: Rejection) -> str:
+    ev = rej.evaluation
+    c = ev.candidate
+    return f"{c.hardware} x{c.devices} {c.layout()} batch {c.batch}, which {ev.reason.replace('_', ' ')}: {ev.detail}"
 
 
 def _row(r: Ranked) -> dict:
@@ -234,9 +251,11 @@ def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address
     timings: dict = {}
     if screen_keep < 1:
         raise SpecError("screen_keep", screen_keep, "at least 1")
-    if screen and scenario.kind == "serving" and _screenable(evaluator):
+    if screen and scenario.kind == "serving" and _screenable(evaluator) and _featureless(scenario):
         evals = _screened_sweep(space.candidates, scenario, model, evaluator, facts, screen_keep, ranked,
                                 rejections, timings)
+    elif scenario.kind == "serving" and "colocated" not in scenario.modes:
+        evals = []
     else:
         evals = run_sweep(space.candidates, scenario, evaluator, executor=executor, address=address,
                           workers=workers, results_path=results_path, progress=progress, chunk_size=chunk_size)
@@ -247,6 +266,13 @@ def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address
     ranked = rank(ranked)
     answer, checks = _verify(scenario, evaluator, ranked, facts)
     t2 = time.perf_counter()
+    disagg = modes = None
+    if scenario.kind == "serving" and "disaggregated" in scenario.modes:
+        from moesim.planner.modes import compare, plan_disaggregated
+
+        disagg = plan_disaggregated(scenario, model, evaluator, facts)
+        modes = compare(answer, disagg)
+        timings["disaggregated_s"] = time.perf_counter() - t2
     return PlanResult(
         scenario=scenario, evaluator=getattr(evaluator, "name", type(evaluator).__name__),
         ranked=tuple(ranked), frontier=tuple(pareto_frontier(ranked)),
@@ -255,7 +281,7 @@ def plan(scenario: Scenario, evaluator=None, *, executor: str = "local", address
         evaluated=len(evals), space_size=space.size,
         timings_s={"analytic_s": t1 - t0, "verify_s": t2 - t1, "configs_per_s": len(evals) / max(t1 - t0, 1e-9),
                    **timings},
-        verifications=tuple(checks),
+        verifications=tuple(checks), disaggregated=disagg, modes=modes,
     )
 
 
@@ -265,6 +291,12 @@ def _screenable(evaluator) -> bool:
     from moesim.planner.analytic import AnalyticEvaluator
 
     return isinstance(evaluator, AnalyticEvaluator)
+
+
+def _featureless(scenario) -> bool:
+    """The screen's bounds assume one token per plain decode step and whole-prompt prefills."""
+    f = getattr(scenario, "features", None)
+    return f is None or (f.prefix_cache_hit_rate == 0 and f.speculative is None)
 
 
 SCREEN_NODES = 1  # decode nodes per layout in the screening pass (the largest fitting batch); refined to

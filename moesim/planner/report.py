@@ -63,7 +63,8 @@ def _answer_text(result: PlanResult) -> str:
     if a is None:
         return "no deployment meets the target"
     c = a.ranked.candidate
-    head = (f"answer: {a.total_devices} x {c.hardware} ({a.replicas} replica(s) of {c.devices}, {c.layout()}, "
+    label = "co-located answer" if getattr(result, "disaggregated", None) is not None else "answer"
+    head = (f"{label}: {a.total_devices} x {c.hardware} ({a.replicas} replica(s) of {c.devices}, {c.layout()}, "
             f"batch {c.batch}/device), ${a.usd_per_hour:,.2f}/h")
     if s.kind == "training":
         r = a.ranked
@@ -134,7 +135,10 @@ def render(result: PlanResult, top: int = 10, provenance=None) -> str:
         lines += ["", "rejected configurations by reason:"]
         lines.append(table([(g.count, g.reason, g.example) for g in result.rejected],
                            ["count", "reason", "closest example"]))
-    return "\n".join(lines)
+    from moesim.planner.disagg_report import render_modes
+
+    modes = render_modes(result)
+    return "\n".join(lines) + (("\n" + modes) if modes else "")
 
 
 def write_csv(result: PlanResult, path: str | Path, provenance=None) -> str:

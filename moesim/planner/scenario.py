@@ -18,8 +18,10 @@ from pydantic import Field, field_validator, model_validator
 from moesim.catalog import build, read_toml, resolve_file_names
 from moesim.errors import MoesimError
 from moesim.prices import PricesSpec
+from moesim.planner.disagg_search import DisaggSearch
 from moesim.specs import SLO, RoutingSpec, ServingWorkload, TrainingWorkload
 from moesim.specs.common import Spec
+from moesim.specs.serving_features import ServingFeatures
 
 DEFAULT_SCENARIO_PATH = Path(__file__).with_name("default_scenario.toml")
 
@@ -130,6 +132,11 @@ class ServingScenario(_ScenarioBase):
     slo: SLO = Field(default_factory=SLO)
     search: ServingSearch = Field(default_factory=ServingSearch)
     verify: VerifySpec = Field(default_factory=VerifySpec)
+    # serving modes and workload features (moesim/planner/disagg.py, moesim/specs/serving_features.py)
+    modes: tuple[Literal["colocated", "disaggregated"], ...] = Field(
+        ("colocated",), min_length=1, description="serving modes searched side by side")
+    features: ServingFeatures = Field(default_factory=ServingFeatures)
+    disaggregated: DisaggSearch = Field(default_factory=DisaggSearch)
 
     @model_validator(mode="after")
     def _targets(self):

@@ -53,6 +53,7 @@ from moesim import units
 from moesim.catalog import load_profile
 from moesim.planner import serving_policy
 from moesim.planner.evaluation import Candidate, Evaluation
+from moesim.specs.serving_features import inflight_context_tokens
 
 NODES = 3  # decode nodes per layout when a layout is re-screened (plan.SCREEN_NODES for the first pass)
 MARGIN = 0.03  # 2 x the measured largest shortfall of the node bound (module docstring; benchmark)
@@ -131,7 +132,7 @@ def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nod
     from moesim.step.vectorized import decode_step_times_many
 
     w = scenario.workload
-    context = w.prompt_len + w.output_len // 2
+    context = inflight_context_tokens(w)  # P + L // 2 for fixed lengths
     routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(candidates):

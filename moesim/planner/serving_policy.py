@@ -162,7 +162,10 @@ def replica_cost(c, scenario, model):
         cap = kv_capacity_tokens(model, hw, par, c.devices, dtype=w.dtype, kv_dtype=w.kv_dtype)
         nodes = _Nodes(layout_iterations(c, scenario, model), c.devices, w.prompt_len,
                        prefill_overlap(c, scenario, model))
-        _COSTS[key] = GridCost(prefill_fn=nodes.prefill_fn, decode_fn=nodes.decode_fn, kv_capacity_tokens=cap,
+        from moesim.planner.pool_cost import featured  # prefix-cache hits, speculative decoding
+
+        prefill_fn, decode_fn = featured(nodes.prefill_fn, nodes.decode_fn, scenario, model)
+        _COSTS[key] = GridCost(prefill_fn=prefill_fn, decode_fn=decode_fn, kv_capacity_tokens=cap,
                                kv_bytes_per_token=kv_bytes_per_token(model, Parallelism(), w.kv_dtype),
                                devices=c.devices, points_per_octave=1)
         _NODES[key] = nodes
@@ -196,7 +199,8 @@ def _layout_key(c, scenario, model) -> tuple:
     w = scenario.workload
     return (model.model_dump_json(), c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout,
             c.redundant_experts, w.dtype, w.kv_dtype, overlap_mode(scenario, model),
-            getattr(scenario.search, "overlap", "none"), w.prompt_len)
+            getattr(scenario.search, "overlap", "none"), w.prompt_len,
+            scenario.features.model_dump_json() if hasattr(scenario, "features") else "")
 
 
 @dataclass(frozen=True)

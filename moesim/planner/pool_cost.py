@@ -1,0 +1,188 @@
+"""What one serving pool's iterations cost: the ONE seam between the serving-mode planner
+(:mod:`moesim.planner.disagg`) and the step model.
+
+Every time the disaggregated search uses comes from here, built on the step model's public
+per-layout iterations (``moesim.step.vectorized.LayoutIterations`` through
+:func:`moesim.planner.serving_policy.layout_iterations`, the co-located planner's own), so a new
+estimator is switched in by changing this module alone:
+
+- ``decode_breakdowns(layout, batch_B, context)``: ``decode_iteration``'s StepBreakdown at each
+  batch per device (one context);
+- ``decode_step_s(layout, batch, context)``: the time of one decode step of ``batch`` sequences
+  per device, with speculative decoding when the features ask for it
+  (moesim/specs/serving_features.py): a verify pass of ``b (1 + d)`` query tokens per device
+  whose KV is read once per sequence, ``t(b (1 + d), 1) + t(b, C) - t(b, 1)`` (decode time is
+  affine in context: moesim/des/serving/cost.py), never below the plain step ``t(b, C)``, plus
+  ``d x draft_fraction x t(b, C)`` for the draft passes;
+- ``prefill_s(layout, new_tokens_per_device_N, context)``: a prefill iteration of that many new
+  tokens per device whose mean query attends ``context`` keys (prefix-cache hits: the cached
+  prefix is attended, not recomputed), under the layout's prefill overlap (the co-located
+  planner's rule: ``serving_policy.prefill_overlap``). With no cache hit ``context = (S + 1)/2``
+  and the value equals ``prefill_iteration``'s (tests/test_disagg.py);
+- ``kv_capacity(layout)``: KV tokens one replica holds at the serving memory fraction (the DES's
+  ``kv_capacity_tokens``).
+
+Pools run one pipeline stage (pp 1), as the published large-EP deployments do. ``PoolCosts`` is
+an explicit cache keyed by the layout and arguments, one per plan.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.errors import MoesimError
+from moesim.planner import serving_policy
+from moesim.planner.evaluation import Candidate
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    """One replica of a pool: hardware, devices, attention TP, EP, attention layout, redundant slots."""
+
+    hardware: str
+    devices: int
+    tp: int
+    ep: int
+    attention_layout: str
+    redundant_experts: int = 0
+
+    @property
+    def attention_ranks(self) -> int:
+        """Attention data-parallel ranks (each holds its own sequences)."""
+        return max(1, self.devices // self.tp)
+
+    def candidate(self, batch: int = 1) -> Candidate:
+        return Candidate(self.hardware, self.devices, self.tp, 1, self.devices // self.tp, self.ep,
+                         self.attention_layout, batch, None, self.redundant_experts)
+
+    def describe(self) -> str:
+        r = f" +{self.redundant_experts} redundant" if self.redundant_experts else ""
+        return f"{self.hardware} x{self.devices} TP{self.tp} EP{self.ep} attn={self.attention_layout}{r}"
+
+    def key(self) -> str:
+        return f"{self.hardware}|n{self.devices}|tp{self.tp}|ep{self.ep}|{self.attention_layout}|r{self.redundant_experts}"
+
+
+class PoolCosts:
+    """Memoized iteration costs of pools for one scenario and model (module docstring)."""
+
+    def __init__(self, scenario, model):
+        self.scenario, self.model = scenario, model
+        self.routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
+        self.spec = scenario.features.speculative
+        self._decode: dict = {}
+        self._prefill: dict = {}
+        self._cap: dict = {}
+
+    def _iterations(self, layout: PoolLayout):
+        return serving_policy.layout_iterations(layout.candidate(), self.scenario, self.model, self.routing)
+
+    def decode_breakdowns(self, layout: PoolLayout, batch_B, context: int) -> list:
+        """``decode_iteration``'s StepBreakdown at each batch per device (memoized per node)."""
+        todo = sorted({float(b) for b in batch_B if (layout, float(b), int(context)) not in self._decode})
+        if todo:
+            for b, bd in zip(todo, self._iterations(layout).decode(todo, int(context))):
+                self._decode[(layout, b, int(context))] = bd
+        return [self._decode[(layout, float(b), int(context))] for b in batch_B]
+
+    def prefetch_decode(self, layout: PoolLayout, batch_B, context: int) -> None:
+        """Price every decode node ``decode_step_s`` will ask for at these batches in one vectorized
+        call per context (the plain step, and the verify pass's nodes with speculative decoding)."""
+        if not batch_B:
+            return
+        self.decode_breakdowns(layout, batch_B, context)
+        if self.spec is not None:
+            d = self.spec.draft_tokens
+            self.decode_breakdowns(layout, list(batch_B) + [b * (1 + d) for b in batch_B], 1)
+
+    def decode_info(self, layout: PoolLayout, batch: float, context: int) -> tuple[str, float]:
+        """(bottleneck in the planner's words, expert imbalance max/mean) of the plain decode step."""
+        from moesim.catalog import load_profile
+        from moesim.planner.analytic import bottleneck_name
+
+        bd = self.decode_breakdowns(layout, [batch], context)[0]
+        headroom = 1.0 - bd.memory_GiB / bd.memory_capacity_GiB
+        return (bottleneck_name(bd, load_profile(layout.hardware), layout.candidate(int(batch)), headroom),
+                bd.expert_imbalance)
+
+    def _t(self, layout, batch: float, context: int) -> float:
+        return self.decode_breakdowns(layout, [batch], context)[0].step_time_s
+
+    def decode_step_s(self, layout: PoolLayout, batch: float, context: int) -> float:
+        """One (verify) decode step of ``batch`` sequences per device (module docstring)."""
+        return speculative_step_s(self.spec, self.model, lambda b, c: self._t(layout, b, c), batch, context)
+
+    def tokens_per_step(self) -> float:
+        return 1.0 if self.spec is None else self.spec.tokens_per_step
+
+    def prefill_s(self, layout: PoolLayout, new_tokens_per_device: float, context: float) -> float:
+        """A prefill iteration of ``new_tokens_per_device`` tokens attending ``context`` keys each."""
+        from moesim.step.vectorized import _stack_N
+
+        key = (layout, float(new_tokens_per_device), float(context))
+        if key not in self._prefill:
+            c = layout.candidate()
+            it = serving_policy.layout_iterations(c, self.scenario, self.model)
+            overlap = serving_policy.prefill_overlap(c, self.scenario, self.model)
+            halves = 2 if overlap == "two_microbatch" else 1
+            # NOTE: LayoutIterations.prefill ties the context to the prompt ((S + 1) / 2); a cached
+            # prefix is attended without being recomputed, so the stack is called with both.
+            t = _stack_N(it.setup("prefill"), np.array([new_tokens_per_device / halves]), np.array([context]),
+                         overlap)[2]
+            self._prefill[key] = float(t[0])
+        return self._prefill[key]
+
+    def kv_capacity(self, layout: PoolLayout) -> int:
+        """KV tokens of one replica (InfeasibleError when the weights leave no room)."""
+        from moesim.catalog import load_profile
+        from moesim.des.serving.deployment import kv_capacity_tokens
+
+        if layout not in self._cap:
+            w = self.scenario.workload
+            try:
+                self._cap[layout] = kv_capacity_tokens(self.model, load_profile(layout.hardware),
+                                                       layout.candidate().parallelism(), layout.devices,
+                                                       dtype=w.dtype, kv_dtype=w.kv_dtype)
+            except MoesimError as err:  # no KV room: kept, and raised on every call
+                self._cap[layout] = err
+        cap = self._cap[layout]
+        if isinstance(cap, MoesimError):
+            raise cap
+        return cap
+
+
+def speculative_step_s(spec, model, step_fn, batch: float, context: float) -> float:
+    """One decode step with speculative decoding ``spec`` (None: the plain step): the verify pass
+    ``t(b (1 + d), 1) + t(b, C) - t(b, 1)``, at least ``t(b, C)``, plus ``d x draft_fraction x
+    t(b, C)`` (module docstring); ``step_fn(batch, context)`` is the plain decode step."""
+    plain = step_fn(batch, context)
+    if spec is None:
+        return plain
+    d = spec.draft_tokens
+    verify = step_fn(batch * (1 + d), 1) + plain - step_fn(batch, 1)
+    return max(verify, plain) + d * spec.draft_fraction(model) * plain
+
+
+def featured(prefill_fn, decode_fn, scenario, model):
+    """A co-located replica's ``(prefill_fn, decode_fn)`` with the scenario's features applied:
+    a prefill of T prompt tokens computes ``ceil(T (1 - h))`` of them, and one DES/closed-form
+    decode iteration is the speculative step over its E emitted tokens (so every iteration still
+    emits one token per sequence). Without features the functions are returned unchanged.
+    NOTE: the co-located step model prices the new tokens' attention over themselves only (the
+    cached prefix it attends is not in ``prefill_iteration``'s causal context); the
+    disaggregated pools price it (``PoolCosts.prefill_s``)."""
+    f = scenario.features
+    h, spec = f.prefix_cache_hit_rate, f.speculative
+    if h == 0 and spec is None:
+        return prefill_fn, decode_fn
+    e = f.tokens_per_step
+
+    def pre(tokens: int) -> float:
+        return prefill_fn(max(1, math.ceil(tokens * (1.0 - h) - 1e-9)))
+
+    def dec(batch: int, context: float) -> float:
+        return speculative_step_s(spec, model, decode_fn, batch, context) / e
+
+    return pre, dec

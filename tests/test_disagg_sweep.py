@@ -1,0 +1,49 @@
+"""The disaggregated search split across Dask workers equals the inline search; published large-EP
+figures reproduced from the models (never fitted) stay within their stated bands."""
+from __future__ import annotations
+
+import pytest
+
+from moesim.planner.disagg_sweep import search, split_search
+from moesim.planner.plan import _facts, default_evaluator
+from moesim.planner.scenario import scenario_from_dict, scenario_model
+
+
+def _scenario():
+    return scenario_from_dict({
+        "kind": "serving", "name": "split", "model": "deepseek-v3", "hardware": ["h200-sxm", "b200"],
+        "modes": ["disaggregated"],
+        "workload": {"prompt_len": 1000, "output_len": 400, "target_output_tokens_per_s": 5000},
+        "slo": {"tpot_s": 0.08, "ttft_s": 3.0}, "search": {"tp": [1], "attention_layouts": ["dp"]},
+        "disaggregated": {"decode_devices_per_replica": [8, 16], "prefill_devices_per_replica": [8],
+                          "prefill_token_budget_per_rank": [8192], "redundant_slots_per_rank": [0],
+                          "decode_batch_per_device": [16, 64]},
+        "verify": {"top_n": 0}})
+
+
+def test_split_search_equals_inline():
+    distributed = pytest.importorskip("dask.distributed")
+    sc = _scenario()
+    model = scenario_model(sc)
+    facts = _facts(sc, default_evaluator())
+    inline = search(sc, model, facts)
+    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        split = split_search(sc, model, facts, client)
+    assert [c.key() for c in split.ranked] == [c.key() for c in inline.ranked]
+    assert [c.usd_per_hour for c in split.ranked] == [c.usd_per_hour for c in inline.ranked]
+    assert split.rejected == inline.rejected and split.configurations == inline.configurations
+
+
+def test_published_disaggregated_figures_reproduced():
+    from validation.reproduce_disagg import reproduce_all
+
+    rows = {r.id: r for r in reproduce_all()}
+    assert len(rows) == 4
+    # SGLang's figures are capacity measurements of the published layout: within 25% (measured today:
+    # prefill -6%, decode +14%; a regression band, not a fit: nothing is fitted on these figures)
+    for key in ("sglang-h100-prefill-per-node", "sglang-h100-decode-per-node"):
+        assert abs(rows[key].error) < 0.25, rows[key]
+    # DeepSeek's figures are 24 h averages of a live service (load below capacity): the modelled capacity
+    # must be above them, and within 2x (measured today: prefill +41%, decode +83%)
+    for key in ("deepseek-h800-prefill-per-node", "deepseek-h800-decode-per-node"):
+        assert 0.0 < rows[key].error < 1.0, rows[key]
