@@ -25,7 +25,7 @@ from __future__ import annotations
 from moesim.catalog import build, load_model
 from moesim.compute.counts import forward_flops_per_token
 from moesim.errors import MoesimError
-from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, RoutingSpec
+from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.validate import UnsupportedCase
 
@@ -92,7 +92,7 @@ def _skew(inputs: dict) -> str:
 
 def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
     """tokens_per_s_per_device, model_tflops_per_device, step_time_s or mfu of a training row."""
-    from moesim.step import training_step
+    from moesim.step import Training, estimate
 
     metric = _metric(inputs, ("tokens_per_s_per_device", "model_tflops_per_device", "step_time_s", "mfu"))
     model = _model(inputs)
@@ -101,15 +101,14 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
     if devices % (tp * pp * cp):
         raise UnsupportedCase(f"devices {devices} not a multiple of tp x pp x cp")
     try:
-        cluster = build(Cluster, {"hardware": hw.name, "devices": devices,
-                                  "devices_per_domain": int(_get(inputs, "devices_per_node", DEFAULT_DEVICES_PER_NODE))})
-        par = build(Parallelism, {"tp": tp, "pp": pp, "cp": cp, "ep": int(inputs["ep"]),
-                                  "vpp": int(_get(inputs, "vpp", 1)), "dp": devices // (tp * pp * cp)})
-        b = training_step(model, hw, cluster, par, global_batch=int(inputs["global_batch"]),
-                          seq_len=int(inputs["seq_len"]), micro_batch=int(_get(inputs, "micro_batch", 1)),
-                          dtype=str(inputs["dtype"]), recompute=_get(inputs, "recompute", "none"),
-                          routing=RoutingSpec(skew=_skew(inputs)), check_memory=False,
-                          comm_sms=_comm_sms(inputs))
+        dep = build(Deployment, {
+            "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": int(inputs["ep"]),
+            "devices_per_domain": int(_get(inputs, "devices_per_node", DEFAULT_DEVICES_PER_NODE)),
+            "vpp": int(_get(inputs, "vpp", 1)), "dp": devices // (tp * pp * cp), "dtype": str(inputs["dtype"]),
+            "recompute": _get(inputs, "recompute", "none"), "comm_sms": _comm_sms(inputs)})
+        work = Training(int(inputs["global_batch"]), int(inputs["seq_len"]), int(_get(inputs, "micro_batch", 1)),
+                        _skew(inputs))
+        b = estimate(model, dep, work, check_memory=False).breakdown(0)
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     if metric == "model_tflops_per_device":
@@ -124,7 +123,7 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
 
 def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
     """tokens_per_s_per_device of a prefill or decode row (SGLang/DeepSeek-style deployments)."""
-    from moesim.step import decode_iteration, prefill_iteration
+    from moesim.step import Decode, Prefill, estimate
 
     _metric(inputs, ("tokens_per_s_per_device",))
     model = _model(inputs)
@@ -135,23 +134,21 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
     overlap = "two_microbatch" if inputs.get("two_batch_overlap") else "none"
     a2a = "low_latency" if inputs.get("deepep_mode") == "low_latency" else "auto"
     try:
-        cluster = build(Cluster, {"hardware": hw.name, "devices": devices,
-                                  "devices_per_domain": int(_get(inputs, "devices_per_node", DEFAULT_DEVICES_PER_NODE))})
-        par = build(Parallelism, {"tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
-                                  "redundant_experts": redundant})
-        common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False,
-                      comm_sms=_comm_sms(inputs))
+        dep = build(Deployment, {
+            "hardware": hw, "devices": devices, "tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
+            "devices_per_domain": int(_get(inputs, "devices_per_node", DEFAULT_DEVICES_PER_NODE)),
+            "redundant_experts": redundant, "dtype": str(inputs["dtype"]), "overlap": overlap, "a2a_mode": a2a,
+            "comm_sms": _comm_sms(inputs)})
         if inputs["phase"] == "decode":
-            b = decode_iteration(model, hw, cluster, par, batch_per_device=int(inputs["batch_per_device"]),
-                                 context=int(inputs["context_len"]), **common)
+            work = Decode(int(inputs["batch_per_device"]), int(inputs["context_len"]))
+            b = estimate(model, dep, work, check_memory=False).breakdown(0)
         elif inputs["phase"] == "prefill":
             prompt = int(inputs["prompt_len"])
             tokens = _get(inputs, "tokens_per_device", None)
             if tokens is None and inputs.get("batch_per_device") is not None:
                 tokens = int(inputs["batch_per_device"]) * prompt
             tokens = tokens or DEFAULT_PREFILL_TOKENS_PER_DEVICE
-            b = prefill_iteration(model, hw, cluster, par, prompt_len=prompt,
-                                  prompts_per_device=tokens / prompt, **common)
+            b = estimate(model, dep, Prefill(prompt, tokens / prompt), check_memory=False).breakdown(0)
         else:
             raise UnsupportedCase(f"phase {inputs['phase']!r} (prefill or decode)")
     except (MoesimError, KeyError) as err:
@@ -177,11 +174,12 @@ def predict_moe_layer_case(inputs: dict, hw: HardwareProfile) -> float:
         raise UnsupportedCase(f"phase {phase!r} (forward or forward_backward)")
     skew = str(_get(inputs, "routing", _get(inputs, "skew", "uniform")))
     try:
-        setup = make_setup(model, hw, dtype=str(inputs["dtype"]), phase="prefill", attention_tp=1, cp=1, ep=ranks,
-                           redundant_experts=smallest_redundancy(model.moe.num_experts, ranks),
-                           ranks_per_node=int(_get(inputs, "ranks_per_node", ranks)),
-                           skew=skew if skew in ("uniform", "balanced") or ":" in skew else "uniform",
-                           a2a_mode=str(_get(inputs, "mode", "auto")) if _get(inputs, "mode", "auto") in ("auto", "normal", "low_latency") else "auto")
+        dep = build(Deployment, {
+            "hardware": hw, "devices": ranks, "dp": ranks, "ep": ranks, "dtype": str(inputs["dtype"]),
+            "redundant_experts": smallest_redundancy(model.moe.num_experts, ranks),
+            "devices_per_domain": int(_get(inputs, "ranks_per_node", ranks)),
+            "a2a_mode": str(_get(inputs, "mode", "auto")) if _get(inputs, "mode", "auto") in ("auto", "normal", "low_latency") else "auto"})
+        setup = make_setup(model, dep, "prefill", skew if skew in ("uniform", "balanced") or ":" in skew else "uniform")
         block = moe_block(setup, float(inputs["tokens_per_rank"]))
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None

@@ -8,7 +8,7 @@ metric gets its expected value and a band:
 - output tokens/s per device: expected +- model_uncertainty;
 - drop fraction and expert imbalance: expected value, band up to 1.5x.
 Roll back when a p99 latency passes its SLO, throughput per device falls below the band's low end,
-the drop fraction passes ``search.max_drop_fraction`` (quality proxy), or imbalance passes 1.5x
+the drop fraction passes ``limits.max_drop_fraction`` (quality proxy), or imbalance passes 1.5x
 its expected value (a routing shift the plan did not assume).
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from moesim.errors import SpecError
 from moesim.planner.plan import PlanResult, default_evaluator, plan
+from moesim.planner.rank import quality_key
 from moesim.planner.scenario import ServingScenario
 from moesim.planner.whatif import apply_changes
 
@@ -76,7 +77,7 @@ def pilot_plan(scenario: ServingScenario, share: float = 0.1, *, evaluator=None)
                if w.target_output_tokens_per_s is not None else {"workload.request_rate": w.request_rate * share})
     pilot_scenario = apply_changes(scenario, changes)
     result = plan(pilot_scenario, evaluator or default_evaluator(), executor="inline").require_feasible()
-    best = min(result.ranked, key=lambda r: (r.total_devices, r.usd_per_hour, r.candidate.key()))
+    best = min(result.ranked, key=lambda r: (r.total_devices, r.usd_per_hour, *quality_key(r.evaluation), r.latency_s))
     ev, c = best.evaluation, best.candidate
     v = result.answer.verification if result.answer and result.answer.ranked is best else None
     slo = scenario.slo
@@ -91,8 +92,8 @@ def pilot_plan(scenario: ServingScenario, share: float = 0.1, *, evaluator=None)
               f"below {per_dev * (1 - u):,.0f} tok/s per device at full load", per_dev * (1 - u),
               f"analytic +-{u:.0%}"),
         Watch("drop fraction", "fraction", ev.drop_fraction, 0.0, max(ev.drop_fraction * 1.5, 1e-4),
-              f"drop fraction > {scenario.search.max_drop_fraction:g} (quality proxy)",
-              scenario.search.max_drop_fraction, "routing model at the scenario's skew"),
+              f"drop fraction > {scenario.limits.max_drop_fraction:g} (quality proxy)",
+              scenario.limits.max_drop_fraction, "routing model at the scenario's skew"),
         Watch("expert imbalance (max/mean)", "ratio", ev.imbalance, 1.0, ev.imbalance * 1.5,
               f"imbalance > {ev.imbalance * 1.5:.2f} (routing differs from the plan)", ev.imbalance * 1.5,
               "routing model at the scenario's skew"),

@@ -250,7 +250,7 @@ def _screened_sweep(candidates, scenario, model, evaluator, facts, keep: int, ra
     from moesim.planner.screen import layout_order, screen
 
     t = time.perf_counter()
-    screened = screen(candidates, scenario, model, facts, nodes=SCREEN_NODES)
+    screened = screen(candidates, scenario, model, facts, nodes=SCREEN_NODES, cache=evaluator.cache)
     dt = time.perf_counter() - t
     timings.update(screen_s=dt, screen_configs_per_s=len(candidates) / max(dt, 1e-9))
     done: set[int] = set()
@@ -266,7 +266,7 @@ def _screened_sweep(candidates, scenario, model, evaluator, facts, keep: int, ra
         if lb > max(kth, best.get(hw, math.inf)):
             continue
         if not refined:  # more decode nodes (~10 ms; tighter bounds) before the exact evaluation (~50 ms)
-            for i, s in zip(idx, screen([candidates[i] for i in idx], scenario, model, facts)):
+            for i, s in zip(idx, screen([candidates[i] for i in idx], scenario, model, facts, cache=evaluator.cache)):
                 screened[i] = s
             heapq.heappush(heap, (min(screened[i].usd_per_hour_lb for i in idx), True, hw, idx[0], idx))
             continue
