@@ -39,10 +39,10 @@ TP, PP, DP, EP, attention layout, batch per device, capacity factor), judged int
 The prompt / output lengths (hence the decode context) are the scenario's, not a search axis.
 - ``default_in_process``: ``plan(default_scenario())`` timings (analytic / verify).
 
-Where the analytic stage's time goes (2026-11-28, this machine, after the planner moved to
-``moesim.step.vectorized.LayoutIterations``: one layer-model call per layer kind and token count,
-the schedule on arrays, setups and layer-model memo shared by the decode steps and the replica
-cost): large_search_cold ~800 configurations/s (the scalar path before: ~430-550/s on the same
+Where the analytic stage's time goes (2026-11-28, this machine, with the planner's layout-at-a-time
+step path -- now ``moesim.step.estimate`` over each deployment's batches, one layer-model call per
+layer kind and token count, the schedule on arrays, setups and layer-model memo shared by the
+decode steps and the replica cost through the evaluator's ``PlanCache``): large_search_cold ~800 configurations/s (the scalar path before: ~430-550/s on the same
 space, same step model; evaluations equal to 3e-15, every verdict, K and bottleneck identical);
 default space cold ~115/s (was 84). The floor is the layer model itself at every distinct
 (layout, token count): ~1 ms per layer kind (routing max-load, GEMM and all-to-all models),
@@ -93,17 +93,11 @@ def analytic_rate(scenario) -> dict:
     from moesim.planner import analytic
     from moesim.routing.api import _route_cached
 
-    from moesim.planner import serving_policy
-
     cands = serving_space(scenario, scenario_model(scenario)).candidates
     ev = analytic.AnalyticEvaluator()
     cold = _rate(cands, scenario, ev)
     cold["routing_engine_calls"] = _route_cached.cache_info().misses
-    analytic._MEMO.clear()
-    serving_policy._COSTS.clear()  # the replica GridCosts (prefill / mixed iteration nodes) too
-    serving_policy._OVERLAPS.clear()
-    serving_policy._NODES.clear()
-    serving_policy._ITERS.clear()
+    ev.cache.clear()  # the evaluator's content-keyed memo (step setups, replica GridCosts, prefill choices)
     warm = _rate(cands, scenario, ev)
     memo = _rate(cands, scenario, ev)
     return {"cold": cold, "routing_warm": warm, "memo_warm": memo,
@@ -143,8 +137,8 @@ cands = serving_space(s, m).candidates
 facts = _facts(s, default_evaluator())
 if "--load-numba" in sys.argv:  # load the GEMM model's numba cache (a first-call cost, like an import)
     from moesim.catalog import load_profile
-    from moesim.step import _adapters as ad
-    ad.gemm_s(load_profile("h100-sxm"), 3.0, 5.0, 7.0, "bf16")
+    from moesim.step import pricing
+    pricing.gemm_s(load_profile("h100-sxm"), 3.0, 5.0, 7.0, "bf16")
 from moesim.planner.plan import SCREEN_NODES
 nodes = int(sys.argv[sys.argv.index("--nodes") + 1]) if "--nodes" in sys.argv else SCREEN_NODES
 t = time.perf_counter()

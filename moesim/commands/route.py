@@ -6,7 +6,6 @@ import argparse
 from moesim.catalog import load_model
 from moesim.cli import Result, add_json_flag
 from moesim.errors import SpecError
-from moesim.routing import load_trace, route
 from moesim.textfmt import kv
 
 ORDER = 20
@@ -49,6 +48,8 @@ def _experts(args) -> tuple[int, int, int, int]:
             raise SpecError("--model", args.model, "is a dense model: it has no routed experts")
         E, k, groups, topk_groups = m.moe.num_experts, m.moe.top_k, m.moe.n_groups, m.moe.topk_groups
     if args.trace and (args.experts is None or args.top_k is None) and (E is None or k is None):
+        from moesim.routing import load_trace  # NOTE: lazy: numba and scipy load only when routing runs
+
         trace = load_trace(args.trace)
         E, k = trace.num_experts, trace.top_k
     E = args.experts if args.experts is not None else E
@@ -68,6 +69,8 @@ def route_cmd(args) -> Result:
     E, k, groups, topk_groups = _experts(args)
     if args.capacity_factor is not None and not args.capacity_factor > 0:
         raise SpecError("--capacity-factor", args.capacity_factor, "must be > 0 (omit it for dropless)")
+    from moesim.routing import route
+
     stats = route(E, k, args.tokens, ep=args.ep, ranks_per_node=args.ranks_per_node, skew=args.skew,
                   capacity_factor=args.capacity_factor, overflow=args.overflow, placement=args.placement,
                   redundant_experts=args.redundant_experts, n_groups=groups, topk_groups=topk_groups,

@@ -35,7 +35,7 @@ from pydantic import Field, field_validator, model_validator
 
 from moesim.errors import SpecError
 from moesim.specs.cluster import Cluster
-from moesim.specs.common import Spec, canonical_dtype
+from moesim.specs.common import canonical_dtype
 from moesim.specs.hardware import HardwareProfile
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallel import Parallelism, check_parallelism
@@ -45,23 +45,17 @@ A2AMode = Literal["auto", "normal", "low_latency"]
 Overflow = Literal["drop", "reroute", "shared"]
 Stack = Literal["auto", "eager", "cuda_graphs", "xla"]
 OVERFLOWS: tuple[str, ...] = ("drop", "reroute", "shared")
+# fields that schedule stacks of layers (and training steps) but never enter one layer's operations
+SCHEDULE_FIELDS: tuple[str, ...] = ("overlap", "prefill_overlap", "recompute", "dp_overlap", "distributed_optimizer")
 
 
-class Deployment(Spec):
-    """How one model runs: hardware, layout, kernels, precision, capacity, software stack."""
+class Deployment(Parallelism):
+    """How one model runs: hardware, layout (the ``Parallelism`` fields and checks), kernels,
+    precision, capacity, software stack."""
 
     hardware: HardwareProfile
     devices: int = Field(gt=0, description="devices of the deployment (one replica when serving)")
     devices_per_domain: int | None = Field(None, gt=0, description="None: the profile's scale-up domain")
-    tp: int = Field(1, gt=0, description="tensor parallel (attention and dense FFN)")
-    pp: int = Field(1, gt=0, description="pipeline stages")
-    dp: int = Field(1, gt=0, description="data-parallel replicas (attention)")
-    cp: int = Field(1, gt=0, description="context parallel")
-    ep: int = Field(1, gt=0, description="expert parallel")
-    etp: int = Field(1, gt=0, description="tensor parallel inside each expert")
-    vpp: int = Field(1, gt=0, description="virtual pipeline stages per rank")
-    attention_layout: Literal["tp", "dp"] = "tp"
-    redundant_experts: int = Field(0, ge=0, description="extra expert slots filled with hot experts")
     placement: Literal["auto", "contiguous", "round_robin", "load_aware"] = Field(
         "auto", description="expert slots on EP ranks; auto: load_aware with redundant slots, else contiguous")
     overlap: Overlap = "none"
@@ -84,7 +78,7 @@ class Deployment(Spec):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self):
+    def _deployable(self):
         hw = self.hardware
         dpd = self.devices_per_domain or hw.scale_up.domain_size
         if dpd > hw.scale_up.max_domain_size:
@@ -92,14 +86,10 @@ class Deployment(Spec):
                              f"{hw.scale_up.max_domain_size} devices")
         if self.devices > dpd and self.devices % dpd:
             raise ValueError(f"devices {self.devices} must be a multiple of the domain size {dpd} (or at most one domain)")
-        world = self.tp * self.cp * self.dp * self.pp
+        world = self.world
         if world != self.devices:
             raise ValueError(f"tp x cp x dp x pp = {self.tp} x {self.cp} x {self.dp} x {self.pp} = {world} "
                              f"must equal devices = {self.devices}")
-        if self.vpp > 1 and self.pp == 1:
-            raise ValueError("vpp > 1 needs pp > 1")
-        if (self.tp * self.cp * self.dp) % (self.ep * self.etp):
-            raise ValueError(f"ep x etp = {self.ep * self.etp} must divide tp x cp x dp = {self.tp * self.cp * self.dp}")
         if self.attention_layout == "dp" and self.tp > 1:
             raise ValueError(f"tp {self.tp}: DP attention (attention_layout dp) needs tp = 1")
         units = hw.compute.compute_units
@@ -140,6 +130,13 @@ class Deployment(Spec):
     def content_key(self) -> str:
         """SHA-256 of the whole spec (profile content included): the key of every cache."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    @cached_property
+    def layer_key(self) -> str:
+        """SHA-256 of the fields one layer's operations depend on: the whole spec less the
+        schedule and training settings (``SCHEDULE_FIELDS``), which act on stacks of layers
+        (moesim/step/stack.py, training.py), never inside one. Key of the layer-model memo."""
+        return hashlib.sha256(self.model_dump_json(exclude=set(SCHEDULE_FIELDS)).encode()).hexdigest()
 
     def check(self, model: ModelSpec) -> None:
         """SpecError naming the field when ``model`` cannot run on this deployment."""

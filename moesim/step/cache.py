@@ -2,8 +2,9 @@
 
 Everything it holds is keyed by the *content* of the specs that decide the value: a SHA-256 of
 the model spec and ``Deployment.content_key`` (the whole deployment, hardware profile content
-included), plus the phase and the routing skew. A profile recalibrated in-process is another
-key, never a stale hit. Values: the ``LayerSetup`` of each (model, deployment, phase, skew)
+included; for layer setups ``Deployment.layer_key``, the same less the schedule fields no layer
+reads), plus the phase and the routing skew. A profile recalibrated in-process is another key,
+never a stale hit. Values: the ``LayerSetup`` of each (model, deployment, phase, skew)
 (which memoizes its ``layer_ops`` per layer kind, tokens and context) and the memory footprint
 of each (model, deployment) at zero KV tokens. There is no module-level cache in moesim.step.
 """
@@ -44,10 +45,12 @@ class StepCache:
         return self._values[key]
 
     def setup(self, model: ModelSpec, deployment: Deployment, phase: str, skew: str):
+        """The ``LayerSetup``, shared by deployments that differ only in their schedule
+        (``Deployment.layer_key``): the layer model does not read those fields."""
         from moesim.step.layer import make_setup
 
-        return self.get(self.key(model, deployment, "setup", phase, skew),
-                        lambda: make_setup(model, deployment, phase, skew))
+        key = (self.key(model, deployment)[0], deployment.layer_key, "setup", phase, skew)
+        return self.get(key, lambda: make_setup(model, deployment, phase, skew))
 
     def __len__(self) -> int:
         return len(self._values)
