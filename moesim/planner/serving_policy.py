@@ -75,14 +75,15 @@ def scheduler(c, steps: int = 1):
 
 def prefill_overlap(c, scenario, model, cache: PlanCache) -> str:
     """Overlap of prefill/mixed passes: the scenario's, or with ``auto`` the faster of the two
-    at one prompt per device (module docstring)."""
+    at one prompt per device (module docstring), chosen on the layout's dropless deployment (one
+    choice for every capacity factor of a layout: a schedule choice, not a price)."""
     from moesim.step import Prefill, estimate
 
     mode = overlap_mode(scenario, model)
     if getattr(scenario.search, "overlap", "none") != "auto" or mode == "none":
         return mode
     w = scenario.workload
-    dep = cache.deployment(c, scenario, model)
+    dep = cache.deployment(c, scenario, model, capacity=False)
 
     def faster():
         t = {m: float(estimate(model, dep.with_(prefill_overlap=m), Prefill(w.prompt_len, 1.0), check_memory=False,

@@ -47,6 +47,8 @@ Stack = Literal["auto", "eager", "cuda_graphs", "xla"]
 OVERFLOWS: tuple[str, ...] = ("drop", "reroute", "shared")
 # fields that schedule stacks of layers (and training steps) but never enter one layer's operations
 SCHEDULE_FIELDS: tuple[str, ...] = ("overlap", "prefill_overlap", "recompute", "dp_overlap", "distributed_optimizer")
+# fields that act only through the routing engine (expert loads, drops, traffic of the MoE block)
+CAPACITY_FIELDS: tuple[str, ...] = ("capacity_factor", "overflow", "placement")
 
 
 class Deployment(Parallelism):
@@ -137,6 +139,13 @@ class Deployment(Parallelism):
         schedule and training settings (``SCHEDULE_FIELDS``), which act on stacks of layers
         (moesim/step/stack.py, training.py), never inside one. Key of the layer-model memo."""
         return hashlib.sha256(self.model_dump_json(exclude=set(SCHEDULE_FIELDS)).encode()).hexdigest()
+
+    @cached_property
+    def routing_free_key(self) -> str:
+        """``layer_key`` less the capacity fields (``CAPACITY_FIELDS``): the key of the layer
+        operations that routing never changes (attention, elementwise, host, dense FFN)."""
+        fields = set(SCHEDULE_FIELDS) | set(CAPACITY_FIELDS)
+        return hashlib.sha256(self.model_dump_json(exclude=fields).encode()).hexdigest()
 
     def check(self, model: ModelSpec) -> None:
         """SpecError naming the field when ``model`` cannot run on this deployment."""

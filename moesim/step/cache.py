@@ -3,7 +3,8 @@
 Everything it holds is keyed by the *content* of the specs that decide the value: a SHA-256 of
 the model spec and ``Deployment.content_key`` (the whole deployment, hardware profile content
 included; for layer setups ``Deployment.layer_key``, the same less the schedule fields no layer
-reads), plus the phase and the routing skew. A profile recalibrated in-process is another key,
+reads; the routing-free part of the layer ops, ``Deployment.routing_free_key``, also less the
+capacity fields), plus the phase and the routing skew. A profile recalibrated in-process is another key,
 never a stale hit. Values: the ``LayerSetup`` of each (model, deployment, phase, skew)
 (which memoizes its ``layer_ops`` per layer kind, tokens and context) and the memory footprint
 of each (model, deployment) at zero KV tokens. There is no module-level cache in moesim.step.
@@ -49,8 +50,10 @@ class StepCache:
         (``Deployment.layer_key``): the layer model does not read those fields."""
         from moesim.step.layer import make_setup
 
-        key = (self.key(model, deployment)[0], deployment.layer_key, "setup", phase, skew)
-        return self.get(key, lambda: make_setup(model, deployment, phase, skew))
+        mkey = self.key(model, deployment)[0]
+        shared = self.get((mkey, deployment.routing_free_key, "routing-free ops", phase), dict)
+        key = (mkey, deployment.layer_key, "setup", phase, skew)
+        return self.get(key, lambda: make_setup(model, deployment, phase, skew, shared))
 
     def __len__(self) -> int:
         return len(self._values)

@@ -128,6 +128,7 @@ class LayerSetup:
     ep_topology: Topology | None = None
     tp_topology: Topology | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
+    shared: dict = field(default_factory=dict, compare=False, repr=False)  # routing-free ops, see layer_ops
 
     @property
     def hw(self) -> HardwareProfile:
@@ -175,9 +176,11 @@ class LayerSetup:
         return self.deployment.stack
 
 
-def make_setup(model: ModelSpec, deployment: Deployment, phase: str, skew: str = "uniform") -> LayerSetup:
+def make_setup(model: ModelSpec, deployment: Deployment, phase: str, skew: str = "uniform",
+               shared: dict | None = None) -> LayerSetup:
     """A ``LayerSetup`` of ``deployment`` in ``phase`` under routing ``skew`` (SpecError naming
-    the field when the deployment cannot run the model or ``comm_sms`` is out of range)."""
+    the field when the deployment cannot run the model or ``comm_sms`` is out of range).
+    ``shared``: the routing-free ops memo of setups that differ only in routing and capacity."""
     if phase not in PHASES:
         raise SpecError("phase", phase, f"one of {', '.join(PHASES)}")
     deployment.check(model)
@@ -188,7 +191,7 @@ def make_setup(model: ModelSpec, deployment: Deployment, phase: str, skew: str =
     ep_topo = pricing.topology(hw, ep, domain) if ep > 1 else None
     group = deployment.tp * deployment.cp
     tp_topo = pricing.topology(hw, group, domain) if group > 1 else None
-    return LayerSetup(model, deployment, phase, skew, ep_topo, tp_topo)
+    return LayerSetup(model, deployment, phase, skew, ep_topo, tp_topo, shared={} if shared is None else shared)
 
 
 def dispatch_bytes_per_token(model: ModelSpec, dtype: str) -> float:
@@ -339,6 +342,39 @@ def dense_block(setup: LayerSetup, tokens: float) -> dict:
     return dict(dense_ffn_s=pricing.dense_ffn_s(setup.hw, model, tokens * tp, model.dense_ffn // tp, setup.dtype))
 
 
+def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: float) -> dict:
+    """The layer's operations that routing and capacity never change: attention and its
+    collectives, elementwise, host issue, compute share, and a dense layer's FFN. Memoized in
+    ``setup.shared``, which setups differing only in capacity fields share (moesim/step/cache.py)."""
+    model = setup.model
+    moe = model.layer_is_moe(layer)
+    key = (moe, model.layer_is_windowed(layer), tokens, context)
+    if key in setup.shared:
+        return setup.shared[key]
+    att, att_comm, core = attention_ops(setup, tokens, context, layer)
+    out = {}
+    if not moe:
+        out = dense_block(setup, tokens)
+        if setup.attention_tp > 1:  # the dense FFN's reduce-scatter + all-gather (sequence parallel)
+            tp = setup.attention_tp
+            att_comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
+    phase, stack = setup.phase, setup.stack
+    train = phase == "train"
+    out.update(
+        attention_s=att, attention_comm_s=att_comm, attention_core_s=core,
+        elementwise_s=memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
+                                                                 setup.dtype, phase)),
+        host_s=layer_host_s(setup.hw, model, moe, phase, stack=stack),
+        host_pre_s=layer_host_pre_s(setup.hw, model, moe, phase, stack=stack),
+        host_backward_s=layer_host_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0,
+        host_pre_backward_s=layer_host_pre_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0,
+        compute_share=layer_compute_share(setup, tokens) if moe and setup.ep > 1 else 1.0,
+        host_sync=dispatch_syncs_host(moe, setup.ep, _mode(setup, tokens), phase, stack=stack),
+    )
+    setup.shared[key] = out
+    return out
+
+
 def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
               rank_load: pricing.RankLoad | None = None) -> LayerOps:
     """``LayerOps`` of layer ``layer`` (0-based) for one micro-batch of ``tokens`` per device."""
@@ -346,28 +382,8 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
     key = (model.layer_is_moe(layer), model.layer_is_windowed(layer), tokens, context, rank_load is None)
     if rank_load is None and key in setup._cache:
         return setup._cache[key]
-    att, att_comm, core = attention_ops(setup, tokens, context, layer)
-    if model.layer_is_moe(layer):
-        block = moe_block(setup, tokens, rank_load)
-    else:
-        block = dense_block(setup, tokens)
-        if setup.attention_tp > 1:  # the dense FFN's reduce-scatter + all-gather (sequence parallel)
-            tp = setup.attention_tp
-            att_comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
-    moe = model.layer_is_moe(layer)
-    elem = memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
-                                                      setup.dtype, setup.phase))
-    phase, stack = setup.phase, setup.stack
-    host = layer_host_s(setup.hw, model, moe, phase, stack=stack)
-    pre = layer_host_pre_s(setup.hw, model, moe, phase, stack=stack)
-    train = phase == "train"
-    host_b = layer_host_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0
-    pre_b = layer_host_pre_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0
-    share = layer_compute_share(setup, tokens) if moe and setup.ep > 1 else 1.0
-    sync = dispatch_syncs_host(moe, setup.ep, _mode(setup, tokens), phase, stack=stack)
-    ops = LayerOps(attention_s=att, attention_comm_s=att_comm, elementwise_s=elem, attention_core_s=core,
-                   host_s=host, host_backward_s=host_b, host_pre_s=pre, host_pre_backward_s=pre_b,
-                   host_sync=sync, compute_share=share, **block)
+    block = moe_block(setup, tokens, rank_load) if model.layer_is_moe(layer) else {}
+    ops = LayerOps(**_routing_free_ops(setup, layer, tokens, context), **block)
     if rank_load is None:
         setup._cache[key] = ops
     return ops
