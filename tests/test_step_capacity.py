@@ -21,7 +21,7 @@ import pytest
 
 from moesim.catalog import build, load_model, load_profile
 from moesim.specs import Deployment, ModelSpec
-from moesim.step import Decode, Training, estimate, pricing
+from moesim.step import Decode, Prefill, Training, estimate, pricing
 from moesim.step.layer import combine_bytes_per_token, dispatch_bytes_per_token, expected_traffic, make_setup, moe_block
 
 H100 = load_profile("h100-sxm")
@@ -130,3 +130,18 @@ def test_step_cli_shows_capacity(capsys):
     assert "capacity" in out and "overflow shared" in out and "backup" in out
     assert cli.run(argv + ["--capacity-factor", "-1"]) == 2
     assert "capacity_factor" in capsys.readouterr().err
+
+
+def test_software_stack_decides_host_time():
+    # auto: eager prefill pays host issue time, CUDA-graph decode none (today's behaviour);
+    # eager: decode pays it too; cuda_graphs / xla: prefill pays none
+    m = load_model("mixtral-8x7b")
+    dep = Deployment(hardware=H100, devices=8, dp=8, ep=8, attention_layout="dp")
+    pre, dec = Prefill(512, 1), Decode(16, 1024)
+    auto_p, auto_d = (estimate(m, dep, w, check_memory=False).breakdown() for w in (pre, dec))
+    assert auto_p.host_issue_s > 0 and auto_d.host_issue_s == 0.0
+    eager_d = estimate(m, dep.with_(stack="eager"), dec, check_memory=False).breakdown()
+    assert eager_d.host_issue_s > 0 and eager_d.step_time_s >= auto_d.step_time_s
+    for stack in ("cuda_graphs", "xla"):
+        p = estimate(m, dep.with_(stack=stack), pre, check_memory=False).breakdown()
+        assert p.host_issue_s == 0.0 and p.step_time_s <= auto_p.step_time_s

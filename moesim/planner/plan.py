@@ -114,7 +114,8 @@ def _row(r: Ranked) -> dict:
         "tpot_s": ev.tpot_s, "ttft_s": ev.ttft_s, "step_time_s": ev.step_time_s,
         "memory_headroom_GiB": ev.memory_headroom_GiB, "usd_per_hour": r.usd_per_hour,
         "usd_per_million_tokens": r.usd_per_million_tokens, "bottleneck": ev.bottleneck,
-        "drop_fraction": ev.drop_fraction, "imbalance": ev.imbalance, "mfu": ev.mfu,
+        "drop_fraction": ev.drop_fraction, "reroute_fraction": ev.reroute_fraction,
+        "backup_fraction": ev.backup_fraction, "loss_increase": ev.loss_increase, "imbalance": ev.imbalance, "mfu": ev.mfu,
         "decode_steps_per_prefill": ev.decode_steps_per_prefill,
         "days": r.days, "total_usd": r.total_usd,
     }
