@@ -93,3 +93,24 @@ def test_old_drop_limit_key_is_a_readable_error():
             "workload": {"prompt_len": 1000, "output_len": 400, "target_output_tokens_per_s": 5000},
             "slo": {"tpot_s": 0.2}, "search": {"max_drop_fraction": 0.01},
         })
+
+
+def test_serving_candidate_over_the_drop_limit_is_set_aside_unpriced():
+    from moesim.planner.evaluation import Candidate
+    from moesim.planner.rank import judge_serving
+
+    sc = scenario_from_dict({
+        "model": "deepseek-v3", "hardware": ["h200-sxm"],
+        "workload": {"prompt_len": 1000, "output_len": 400, "target_output_tokens_per_s": 5000},
+        "slo": {"tpot_s": 0.2},
+    })
+    c = Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=16, capacity_factor=1.0)
+    ev = AnalyticEvaluator().evaluate([c], sc)[0]
+    assert ev.reason == "drops_too_many" and ev.drop_fraction > 0 and ev.tpot_s is None
+    out = judge_serving(ev, sc, AnalyticEvaluator().hardware("h200-sxm"))
+    assert out.miss_ratio == 1.0 + ev.drop_fraction  # limit 0
+    # allowed: the same candidate is priced, with the same step and drops
+    loose = sc.model_copy(update={"limits": sc.limits.model_copy(update={"max_drop_fraction": 1.0})})
+    priced = AnalyticEvaluator().evaluate([c], loose)[0]
+    assert priced.ok and priced.tpot_s is not None
+    assert (priced.step_time_s, priced.drop_fraction) == (ev.step_time_s, ev.drop_fraction)

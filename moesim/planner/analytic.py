@@ -25,6 +25,9 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
   ones are priced where they land, the shared-expert backup is priced) and reports the drop,
   reroute and backup fractions of the routing engine; the drop fraction is the decode step's
   (serving) or the training micro-batch's, and the ranking limits it (moesim/planner/rank.py).
+  A serving candidate over ``limits.max_drop_fraction`` is rejected (``drops_too_many``) before
+  its latencies are priced: it can never rank, and the replica cost is most of a candidate's
+  price.
 Bottleneck (planner vocabulary): the step model's largest component, mapped to compute / HBM
 (compute when model FLOPs at peak fill at least half the step, else HBM), scale-up / scale-out
 (all-to-all, TP and DP collectives: scale-out when that group -- EP, TP or all devices -- spans
@@ -33,7 +36,7 @@ more than one domain), imbalance
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from moesim import units
@@ -121,8 +124,10 @@ class AnalyticEvaluator:
             est = estimate(model, dep, Decode(batches, context, scenario.routing.skew), check_memory=False,
                            cache=cache.step)
             steps = dict(zip(batches, est.breakdowns()))
+        limit = scenario.limits.max_drop_fraction
+        priced = [c for c in fitting if steps[c.batch].drop_fraction <= limit]
         try:  # the replica cost's iteration nodes, many at a time (same numbers as on demand)
-            serving_policy.prefetch(fitting, scenario, model, cache)
+            serving_policy.prefetch(priced, scenario, model, cache)
         except MoesimError:  # no KV room at the serving memory fraction: reported per candidate below
             pass
         grid = None
@@ -140,6 +145,12 @@ class AnalyticEvaluator:
                 grid = grid or serving_policy.replica_cost(c, scenario, model, cache)
             except MoesimError as err:  # no KV room at the serving memory fraction
                 results.append(ev.rejected("does_not_fit", str(err)))
+                continue
+            if bd.drop_fraction > limit:  # never ranked (moesim/planner/rank.py): latencies not priced
+                results.append(replace(ev, step_time_s=bd.step_time_s, drop_fraction=bd.drop_fraction,
+                                       reroute_fraction=bd.reroute_fraction, backup_fraction=bd.backup_fraction,
+                                       imbalance=bd.expert_imbalance).rejected(
+                    "drops_too_many", f"drops {bd.drop_fraction:.2%} > {limit:.2%}"))
                 continue
             est = serving_policy.choose(grid, c, scenario, bd.step_time_s)
             results.append(Evaluation(

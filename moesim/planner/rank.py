@@ -81,6 +81,8 @@ def _nodes(devices: int, facts: HardwareFacts) -> int:
 
 def judge_serving(ev: Evaluation, scenario, facts: HardwareFacts) -> Ranked | Rejection:
     """Apply the SLO, drop limit and device limit to one serving evaluation; cost it if it passes."""
+    if ev.reason == "drops_too_many":  # set aside by the evaluator before its latencies were priced
+        return Rejection(ev, 1.0 + ev.drop_fraction - scenario.limits.max_drop_fraction)
     if not ev.ok:
         ratio = 1.0 + max(0.0, -(ev.memory_headroom_GiB or 0.0)) / max(facts.hbm_GiB, 1e-9)
         return Rejection(ev, ratio if ev.reason == "does_not_fit" else math.inf)
