@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
 
 from moesim.catalog import load_model, load_profile
 from moesim.step_cases import predict_moe_layer_case, predict_serving_case, predict_training_case

@@ -7,7 +7,6 @@ import pytest
 from moesim.calibrate import with_params
 from moesim.catalog import load_model, load_profile
 from moesim.des.layer import simulate_layers
-from moesim.errors import SpecError
 from moesim.step import two_microbatch_time
 from moesim.specs import Deployment
 from moesim.step.layer import layer_ops, make_setup, stack_time, stack_times

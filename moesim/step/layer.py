@@ -27,26 +27,24 @@ mean: the slowest rank holds every other rank at the combine barrier.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from moesim.comm.topology import Topology
 from moesim.comm.traffic import Traffic
 from moesim.compute.attention import attention_block_s, core_s_per_token_key
 from moesim.errors import SpecError
-from moesim.specs import HardwareProfile, ModelSpec, bytes_per_element, canonical_dtype
-from moesim.specs.deployment import Deployment
+from moesim.specs import ModelSpec, bytes_per_element, canonical_dtype
 from moesim.step import pricing, stack
 from moesim.step.elementwise import elementwise_bytes, memory_bound_s
 from moesim.step.host import dispatch_syncs_host, layer_host_pre_s, layer_host_s
 from moesim.step.schedule import serial_time, two_microbatch_time  # noqa: F401 (re-exported)
+from moesim.step.setup import LayerSetup, make_setup  # noqa: F401 (re-exported)
 from moesim.step.sharing import compute_share
 
 Overlap = Literal["none", "two_microbatch"]
 OVERLAPS: tuple[str, ...] = ("none", "two_microbatch")
-PHASES: tuple[str, ...] = ("prefill", "decode", "train")
 _EMPTY = stack.StackArrays(*(np.zeros((0, 1)) for _ in range(7)), np.zeros((0, 1), dtype=bool))
 
 # DeepEP low-latency kernels serve at most 128 tokens per rank per call (DeepEP README).
@@ -109,89 +107,6 @@ class LayerOps:
         return {k: getattr(self, k) for k in (
             "attention_s", "attention_comm_s", "elementwise_s", "router_s", "dispatch_s", "experts_s",
             "shared_experts_s", "combine_s", "dense_ffn_s")}
-
-
-@dataclass(frozen=True)
-class LayerSetup:
-    """One deployment's layer computation in one phase: the ``Deployment`` itself, the phase, the
-    routing skew, and the topologies of the EP group and of the TP x CP group (built once, reused
-    for every layer; ``layer_ops`` memoizes its results here, per (layer kind, tokens, context)).
-
-    ``tokens`` passed to the layer functions are the tokens one device owns when entering the
-    MoE block; attention is shared by ``attention_tp`` = tp devices (1 under DP attention).
-    """
-
-    model: ModelSpec
-    deployment: Deployment
-    phase: str  # prefill | decode | train
-    skew: str = "uniform"
-    ep_topology: Topology | None = None
-    tp_topology: Topology | None = None
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
-    shared: dict = field(default_factory=dict, compare=False, repr=False)  # routing-free ops, see layer_ops
-
-    @property
-    def hw(self) -> HardwareProfile:
-        return self.deployment.hardware
-
-    @property
-    def dtype(self) -> str:
-        return self.deployment.dtype
-
-    @property
-    def kv_dtype(self) -> str:
-        return self.deployment.kv_dtype
-
-    @property
-    def attention_tp(self) -> int:
-        return self.deployment.tp
-
-    @property
-    def cp(self) -> int:
-        return self.deployment.cp
-
-    @property
-    def ep(self) -> int:
-        return self.deployment.ep
-
-    @property
-    def redundant_experts(self) -> int:
-        return self.deployment.redundant_experts
-
-    @property
-    def ranks_per_node(self) -> int:
-        """EP ranks per scale-up domain."""
-        return min(self.deployment.domain_size, max(self.deployment.ep, 1))
-
-    @property
-    def a2a_mode(self) -> str:
-        return self.deployment.a2a_mode
-
-    @property
-    def comm_sms(self) -> int | None:
-        return self.deployment.comm_sms
-
-    @property
-    def stack(self) -> str:
-        return self.deployment.stack
-
-
-def make_setup(model: ModelSpec, deployment: Deployment, phase: str, skew: str = "uniform",
-               shared: dict | None = None) -> LayerSetup:
-    """A ``LayerSetup`` of ``deployment`` in ``phase`` under routing ``skew`` (SpecError naming
-    the field when the deployment cannot run the model or ``comm_sms`` is out of range).
-    ``shared``: the routing-free ops memo of setups that differ only in routing and capacity."""
-    if phase not in PHASES:
-        raise SpecError("phase", phase, f"one of {', '.join(PHASES)}")
-    deployment.check(model)
-    hw, domain = deployment.hardware, deployment.domain_size
-    if deployment.comm_sms is not None:
-        compute_share(hw, "normal", deployment.comm_sms)  # SpecError naming comm_sms when out of range
-    ep = deployment.ep
-    ep_topo = pricing.topology(hw, ep, domain) if ep > 1 else None
-    group = deployment.tp * deployment.cp
-    tp_topo = pricing.topology(hw, group, domain) if group > 1 else None
-    return LayerSetup(model, deployment, phase, skew, ep_topo, tp_topo, shared={} if shared is None else shared)
 
 
 def dispatch_bytes_per_token(model: ModelSpec, dtype: str) -> float:
