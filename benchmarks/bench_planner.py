@@ -61,6 +61,17 @@ space 2.0-2.7 s cold with 920 configurations (31 of 95 fitting layouts) evaluate
 candidates; the step fell with the batch by at most 1.5% (the margin is 3%). The floor is the
 layer model at one node per layout (~190 calls, ~0.28 s) plus the cold routing engine.
 
+After the capacity factor reached the step model (2026-12-03, this machine, load 2.6-3.8, old and
+new code run back to back): default space cold 137/s (old 133/s), routing_warm 234/s (old 198/s),
+memo_warm 2,900/s (old 17,800/s: the old memo kept every StepBreakdown by a key holding the profile
+NAME, which returned stale plans after an in-process recalibration; the evaluator's PlanCache keeps
+layer setups and replica costs by content and re-runs the array schedule). large_search_cold
+(5 capacity factors) 551/s (old 851/s): each capacity factor is now its own deployment, priced
+(the old path priced one dropless deployment and copied it to all five); 3,542 of the 3,815
+fitting candidates drop routed copies and are set aside (default limit: no drops) before their
+replica costs are priced, the rest are priced in full. screened vs exact plan on that space:
+10.2 s both (top 10 identical): the screen does not bound drops, so it keeps the dropping layouts.
+
 Usage: PYTHONPATH=. python benchmarks/bench_planner.py [--json] [--skip-default]
 """
 from __future__ import annotations
