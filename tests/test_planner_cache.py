@@ -114,3 +114,14 @@ def test_serving_candidate_over_the_drop_limit_is_set_aside_unpriced():
     priced = AnalyticEvaluator().evaluate([c], loose)[0]
     assert priced.ok and priced.tpot_s is not None
     assert (priced.step_time_s, priced.drop_fraction) == (ev.step_time_s, ev.drop_fraction)
+
+
+def test_whatif_capacity_factor_moves_time_and_drops():
+    from moesim.planner.whatif import what_if
+
+    sc = _scenario("h200-sxm")
+    res = what_if(sc, {"routing.capacity_factor": 1.0, "limits.max_drop_fraction": 1.0})
+    d = {x.metric: x for x in res.deltas}
+    assert d["parallelism"].base == d["parallelism"].changed  # one layout: the same deployment, capped
+    assert d["drop_fraction"].base == 0.0 and d["drop_fraction"].changed > 0.01
+    assert d["tpot_s"].changed < d["tpot_s"].base  # capped expert rows: a faster step
