@@ -62,10 +62,9 @@ candidates; the step fell with the batch by at most 1.5% (the margin is 3%). The
 layer model at one node per layout (~190 calls, ~0.28 s) plus the cold routing engine.
 
 After the capacity factor reached the step model (2026-12-03, this machine, load 2.6-3.8, old and
-new code run back to back): default space cold 137/s (old 133/s), routing_warm 234/s (old 198/s),
-memo_warm 2,900/s (old 17,800/s: the old memo kept every StepBreakdown by a key holding the profile
-NAME, which returned stale plans after an in-process recalibration; the evaluator's PlanCache keeps
-layer setups and replica costs by content and re-runs the array schedule). large_search_cold
+new code run back to back): default space cold 137-219/s (old 133/s), routing_warm 234-294/s (old
+198/s), memo_warm 20,000/s (old 17,800/s; the old memo was keyed by the profile NAME and returned
+stale plans after an in-process recalibration; the evaluator's PlanCache is keyed by content). large_search_cold
 (5 capacity factors) 551/s (old 851/s): each capacity factor is now its own deployment, priced
 (the old path priced one dropless deployment and copied it to all five); 3,542 of the 3,815
 fitting candidates drop routed copies and are set aside (default limit: no drops) before their

@@ -121,9 +121,10 @@ class AnalyticEvaluator:
         batches = sorted({c.batch for c in fitting})
         steps = {}
         if batches:
-            est = estimate(model, dep, Decode(batches, context, scenario.routing.skew), check_memory=False,
-                           cache=cache.step)
-            steps = dict(zip(batches, est.breakdowns()))
+            skew = scenario.routing.skew
+            steps = cache.get(cache.key(model, dep, "decode", tuple(batches), context, skew), lambda: dict(zip(
+                batches, estimate(model, dep, Decode(batches, context, skew), check_memory=False,
+                                  cache=cache.step).breakdowns())))
         limit = scenario.limits.max_drop_fraction
         priced = [c for c in fitting if steps[c.batch].drop_fraction <= limit]
         try:  # the replica cost's iteration nodes, many at a time (same numbers as on demand)
