@@ -39,10 +39,10 @@ TP, PP, DP, EP, attention layout, batch per device, capacity factor), judged int
 The prompt / output lengths (hence the decode context) are the scenario's, not a search axis.
 - ``default_in_process``: ``plan(default_scenario())`` timings (analytic / verify).
 
-Where the analytic stage's time goes (2026-11-28, this machine, after the planner moved to
-``moesim.step.vectorized.LayoutIterations``: one layer-model call per layer kind and token count,
-the schedule on arrays, setups and layer-model memo shared by the decode steps and the replica
-cost): large_search_cold ~800 configurations/s (the scalar path before: ~430-550/s on the same
+Where the analytic stage's time goes (2026-11-28, this machine, with the planner's layout-at-a-time
+step path -- now ``moesim.step.estimate`` over each deployment's batches, one layer-model call per
+layer kind and token count, the schedule on arrays, setups and layer-model memo shared by the
+decode steps and the replica cost through the evaluator's ``PlanCache``): large_search_cold ~800 configurations/s (the scalar path before: ~430-550/s on the same
 space, same step model; evaluations equal to 3e-15, every verdict, K and bottleneck identical);
 default space cold ~115/s (was 84). The floor is the layer model itself at every distinct
 (layout, token count): ~1 ms per layer kind (routing max-load, GEMM and all-to-all models),
@@ -60,6 +60,16 @@ space 2.0-2.7 s cold with 920 configurations (31 of 95 fitting layouts) evaluate
 4.5-5.8 s unscreened, top 10 identical; no TPOT / TTFT bound violated over the 3,815 fitting
 candidates; the step fell with the batch by at most 1.5% (the margin is 3%). The floor is the
 layer model at one node per layout (~190 calls, ~0.28 s) plus the cold routing engine.
+
+After the capacity factor reached the step model (2026-12-03, this machine, load 2.6-3.8, old and
+new code run back to back): default space cold 137-219/s (old 133/s), routing_warm 234-294/s (old
+198/s), memo_warm 20,000/s (old 17,800/s; the old memo was keyed by the profile NAME and returned
+stale plans after an in-process recalibration; the evaluator's PlanCache is keyed by content). large_search_cold
+(5 capacity factors) 551/s (old 851/s): each capacity factor is now its own deployment, priced
+(the old path priced one dropless deployment and copied it to all five); 3,542 of the 3,815
+fitting candidates drop routed copies and are set aside (default limit: no drops) before their
+replica costs are priced, the rest are priced in full. screened vs exact plan on that space:
+10.2 s both (top 10 identical): the screen does not bound drops, so it keeps the dropping layouts.
 
 Usage: PYTHONPATH=. python benchmarks/bench_planner.py [--json] [--skip-default]
 """
@@ -93,17 +103,11 @@ def analytic_rate(scenario) -> dict:
     from moesim.planner import analytic
     from moesim.routing.api import _route_cached
 
-    from moesim.planner import serving_policy
-
     cands = serving_space(scenario, scenario_model(scenario)).candidates
     ev = analytic.AnalyticEvaluator()
     cold = _rate(cands, scenario, ev)
     cold["routing_engine_calls"] = _route_cached.cache_info().misses
-    analytic._MEMO.clear()
-    serving_policy._COSTS.clear()  # the replica GridCosts (prefill / mixed iteration nodes) too
-    serving_policy._OVERLAPS.clear()
-    serving_policy._NODES.clear()
-    serving_policy._ITERS.clear()
+    ev.cache.clear()  # the evaluator's content-keyed memo (step setups, replica GridCosts, prefill choices)
     warm = _rate(cands, scenario, ev)
     memo = _rate(cands, scenario, ev)
     return {"cold": cold, "routing_warm": warm, "memo_warm": memo,
@@ -143,8 +147,8 @@ cands = serving_space(s, m).candidates
 facts = _facts(s, default_evaluator())
 if "--load-numba" in sys.argv:  # load the GEMM model's numba cache (a first-call cost, like an import)
     from moesim.catalog import load_profile
-    from moesim.step import _adapters as ad
-    ad.gemm_s(load_profile("h100-sxm"), 3.0, 5.0, 7.0, "bf16")
+    from moesim.step import pricing
+    pricing.gemm_s(load_profile("h100-sxm"), 3.0, 5.0, 7.0, "bf16")
 from moesim.planner.plan import SCREEN_NODES
 nodes = int(sys.argv[sys.argv.index("--nodes") + 1]) if "--nodes" in sys.argv else SCREEN_NODES
 t = time.perf_counter()

@@ -198,34 +198,31 @@ def plan_section(result, prov, breakdowns: Mapping[str, Mapping[str, float]] | N
 
 def step_breakdowns(result, top: int = 10) -> dict[str, dict]:
     """Each of the ``top`` ranked candidates' step breakdown (candidate key -> StepBreakdown dict),
-    priced by moesim.step's public functions at the candidate's batch (the output edge: the
-    planner's own estimate is not re-derived here, only shown beside it)."""
-    from moesim.catalog import load_profile
+    priced by moesim.step's public ``estimate`` on the candidate's own ``Deployment``
+    (moesim/planner/costs.py ``deployment_of``: its capacity factor and overflow priced, as the
+    planner's) at its batch (the output edge: the planner's own estimate is not re-derived here,
+    only shown beside it)."""
     from moesim.errors import MoesimError
-    from moesim.planner.scenario import overlap_mode, scenario_model
-    from moesim.specs import Cluster
-    from moesim.step import decode_iteration, training_step
+    from moesim.planner.costs import deployment_of
+    from moesim.planner.scenario import scenario_model
+    from moesim.specs.serving_features import inflight_context_tokens
+    from moesim.step import Decode, Training, estimate
 
     s = result.scenario
     model = scenario_model(s)
     w = s.workload
-    routing = s.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
+    skew = s.routing.skew
     out = {}
     for r in result.ranked[:top]:
         c = r.candidate
-        hw = load_profile(c.hardware)
-        cluster = Cluster(hardware=hw.name, devices=c.devices)
         try:
+            dep = deployment_of(c, s, model)
             if s.kind == "serving":
-                bd = decode_iteration(model, hw, cluster, c.parallelism(), batch_per_device=c.batch,
-                                      context=w.prompt_len + w.output_len // 2, dtype=w.dtype, kv_dtype=w.kv_dtype,
-                                      routing=routing, overlap=overlap_mode(s, model), check_memory=False)
+                work = Decode(c.batch, inflight_context_tokens(w), skew)
             else:
-                bd = training_step(model, hw, cluster, c.parallelism(), global_batch=w.global_batch,
-                                   seq_len=w.seq_len, micro_batch=c.batch, dtype=w.dtype, recompute=w.recompute,
-                                   routing=routing, distributed_optimizer=w.distributed_optimizer,
-                                   check_memory=False)
-        except MoesimError:
+                work = Training(w.global_batch, w.seq_len, c.batch, skew)
+            bd = estimate(model, dep, work, check_memory=False).breakdown(0)
+        except (MoesimError, ValueError):
             continue
         out[c.key()] = bd.to_dict()
     return out

@@ -37,7 +37,7 @@ from __future__ import annotations
 from moesim.catalog import build, load_model
 from moesim.compute.counts import forward_flops_per_token
 from moesim.errors import MoesimError, SpecError
-from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, RoutingSpec
+from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, check_training_flags,
                                 domain_layout, flag_not_modelled, recompute_mode)
@@ -118,12 +118,13 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
     recompute = recompute_mode(inputs)
     dpd = domain_layout(inputs, hw, devices, ep)
     try:
-        cluster = build(Cluster, {"hardware": hw.name, "devices": devices, "devices_per_domain": dpd})
-        par = build(Parallelism, {"tp": tp, "pp": pp, "cp": cp, "ep": ep,
-                                  "vpp": int(_get(inputs, "vpp", 1)), "dp": dp})
+        dep = build(Deployment, {
+            "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
+            "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
+            "comm_sms": _comm_sms(inputs)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
-    b = _training_step(model, hw, cluster, par, inputs, recompute)
+    b = _training_step(model, dep, inputs)
     if metric == "model_tflops_per_device":
         # NOTE: Megatron's published "model TFLOPS" counts attention over the full sequence (no
         # causal halving; megatron/training/training.py num_floating_point_operations): predict
@@ -134,17 +135,15 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
             "mfu": b.mfu}[metric]
 
 
-def _training_step(model, hw, cluster, par, inputs: dict, recompute: str):
-    """The one call into the step model for training rows (switched to the Deployment estimator
-    when it lands)."""
-    from moesim.step import training_step
+def _training_step(model, dep: Deployment, inputs: dict):
+    """The one call into the step model for training rows: ``estimate`` of a ``Training``
+    workload on the case's ``Deployment`` (dtype, recompute and comm SMs in it)."""
+    from moesim.step import Training, estimate
 
     try:
-        return training_step(model, hw, cluster, par, global_batch=int(inputs["global_batch"]),
-                             seq_len=int(inputs["seq_len"]), micro_batch=int(_get(inputs, "micro_batch", 1)),
-                             dtype=str(inputs["dtype"]), recompute=recompute,
-                             routing=RoutingSpec(skew=_skew(inputs)), check_memory=False,
-                             comm_sms=_comm_sms(inputs))
+        work = Training(int(inputs["global_batch"]), int(inputs["seq_len"]), int(_get(inputs, "micro_batch", 1)),
+                        _skew(inputs))
+        return estimate(model, dep, work, check_memory=False).breakdown(0)
     except UnsupportedCase:
         raise
     except MoesimError as err:
@@ -181,14 +180,13 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
         raise UnsupportedCase(f"phase {phase!r} (prefill or decode)")
     dpd = domain_layout(inputs, hw, devices, ep)
     try:
-        cluster = build(Cluster, {"hardware": hw.name, "devices": devices, "devices_per_domain": dpd})
-        par = build(Parallelism, {"tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
-                                  "redundant_experts": redundant})
+        dep = build(Deployment, {
+            "hardware": hw, "devices": devices, "tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
+            "devices_per_domain": dpd, "redundant_experts": redundant, "dtype": str(inputs["dtype"]),
+            "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
-    common = dict(dtype=str(inputs["dtype"]), overlap=overlap, a2a_mode=a2a, check_memory=False,
-                  comm_sms=_comm_sms(inputs))
-    return _serving_step(model, hw, cluster, par, phase, shape, common).tokens_per_s_per_device
+    return _serving_step(model, dep, phase, shape).tokens_per_s_per_device
 
 
 # Decode batches per device the end-to-end path searches (CUDA-graph batch sizes of the engines'
@@ -237,14 +235,15 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     return max(e.tokens_per_s / e.candidate.devices for e in ranked)
 
 
-def _serving_step(model, hw, cluster, par, phase: str, shape: dict, common: dict):
-    """The one call into the step model for serving rows (switched to the Deployment estimator
-    when it lands)."""
-    from moesim.step import decode_iteration, prefill_iteration
+def _serving_step(model, dep: Deployment, phase: str, shape: dict):
+    """The one call into the step model for serving rows: ``estimate`` of a ``Decode`` or
+    ``Prefill`` workload of ``shape`` on the case's ``Deployment`` (dtype, overlap, all-to-all
+    mode and comm SMs in it)."""
+    from moesim.step import Decode, Prefill, estimate
 
-    step = decode_iteration if phase == "decode" else prefill_iteration
     try:
-        return step(model, hw, cluster, par, **shape, **common)
+        work = Decode(**shape) if phase == "decode" else Prefill(**shape)
+        return estimate(model, dep, work, check_memory=False).breakdown(0)
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
 
@@ -278,11 +277,12 @@ def predict_moe_layer_case(inputs: dict, hw: HardwareProfile) -> float:
         raise UnsupportedCase(f"phase {phase!r} (forward or forward_backward)")
     skew = str(_get(inputs, "routing", _get(inputs, "skew", "uniform")))
     try:
-        setup = make_setup(model, hw, dtype=str(inputs["dtype"]), phase="prefill", attention_tp=1, cp=1, ep=ranks,
-                           redundant_experts=smallest_redundancy(model.moe.num_experts, ranks),
-                           ranks_per_node=int(_get(inputs, "ranks_per_node", ranks)),
-                           skew=skew if skew in ("uniform", "balanced") or ":" in skew else "uniform",
-                           a2a_mode=str(_get(inputs, "mode", "auto")) if _get(inputs, "mode", "auto") in ("auto", "normal", "low_latency") else "auto")
+        dep = build(Deployment, {
+            "hardware": hw, "devices": ranks, "dp": ranks, "ep": ranks, "dtype": str(inputs["dtype"]),
+            "redundant_experts": smallest_redundancy(model.moe.num_experts, ranks),
+            "devices_per_domain": int(_get(inputs, "ranks_per_node", ranks)),
+            "a2a_mode": str(_get(inputs, "mode", "auto")) if _get(inputs, "mode", "auto") in ("auto", "normal", "low_latency") else "auto"})
+        setup = make_setup(model, dep, "prefill", skew if skew in ("uniform", "balanced") or ":" in skew else "uniform")
         block = moe_block(setup, float(inputs["tokens_per_rank"]))
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None

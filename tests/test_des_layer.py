@@ -10,6 +10,7 @@ from moesim import cli
 from moesim.catalog import load_model, load_profile
 from moesim.des.layer import simulate_layers
 from moesim.des.trace import Span, chrome_trace, write_chrome_trace
+from moesim.specs import Deployment
 from moesim.step.layer import layer_ops, make_setup, stack_time
 
 DSV3 = load_model("deepseek-v3")
@@ -18,8 +19,9 @@ LAYERS = list(range(2, 7))  # one dense layer (2) and four MoE layers of DeepSee
 
 
 def _setup(skew: str, ep: int = 16):
-    return make_setup(DSV3, H800, dtype="fp8", phase="decode", attention_tp=1, cp=1, ep=ep,
-                      redundant_experts=0, ranks_per_node=8, skew=skew)
+    dep = Deployment(hardware=H800, devices=ep, devices_per_domain=min(ep, 8), dp=ep, ep=ep, attention_layout="dp",
+                     dtype="fp8")
+    return make_setup(DSV3, dep, "decode", skew)
 
 
 def _analytic(setup, tokens: float, overlap: str) -> float:

@@ -2,7 +2,7 @@
 
 The search logic is checked on a planted scenario whose iteration costs are affine (a stub of
 the ``PoolCosts`` seam), so the answer is derived by hand below; the seam itself is checked
-against the step model's scalar iterations; properties (looser SLO, finer grid, MTP at
+against the step model's ``estimate`` at one point; properties (looser SLO, finer grid, MTP at
 acceptance 0, hit rate 0) are checked on the stub and on the real models.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from moesim.planner.disagg_verify import fleet
 from moesim.planner.plan import _facts, default_evaluator, plan
 from moesim.planner.pool_cost import PoolCosts, PoolLayout, speculative_step_s
 from moesim.planner.scenario import scenario_from_dict, scenario_model
-from moesim.specs import Cluster, Parallelism
+from moesim.specs import Deployment
 from moesim.specs.serving_features import ServingFeatures, SpeculativeDecoding, inflight_context
 
 A_S, C_S = 0.010, 1e-4     # stub decode step: a + c x (sequences per device)   [s, s/sequence]
@@ -93,7 +93,7 @@ def test_planted_answer_matches_hand_derivation():
     # R = 2: a = 200,000 tok/s, T* = 0.05 + 0.5 T* -> 0.1 s, TTFT = 1.99 x 0.1 + xfer = 0.199 s + xfer > 0.17;
     # R = 3: T* = 0.05 + T*/3 -> 0.075 s, TTFT = 0.14925 s + xfer <= 0.17 -> 3 x 8 h100 = $48/h.
     hw = load_profile("h100-sxm")
-    tr = kv_transfer(hw, Cluster(hardware=hw.name, devices=8), Parallelism(dp=8, ep=8, attention_layout="dp"))
+    tr = kv_transfer(Deployment(hardware=hw, devices=8, dp=8, ep=8, attention_layout="dp"))
     xfer = tr.latency_s + 2000 * 70272 / tr.bandwidth_Bps  # DeepSeek-V3 MLA KV: (512 + 64) x 61 layers x 2 B
     p = best.prefill
     assert (p.layout.hardware, p.layout.devices, p.replicas) == ("h100-sxm", 8, 3)
@@ -219,23 +219,23 @@ def _small(**over):
     return scenario_from_dict(data)
 
 
-def test_seam_equals_the_scalar_step_model():
-    from moesim.step import decode_iteration, prefill_iteration
+def test_seam_equals_the_step_model():
+    from moesim.planner.costs import PlanCache
+    from moesim.planner.serving_policy import prefill_overlap
+    from moesim.step import Decode, Prefill, estimate
 
     sc = _small()
     model = scenario_model(sc)
+    w = sc.workload
     costs = PoolCosts(sc, model)
     lay = PoolLayout("h200-sxm", 8, 1, 8, "dp", 0)
-    hw, cl, par = load_profile("h200-sxm"), Cluster(hardware="h200-sxm", devices=8), lay.candidate().parallelism()
-    routing = sc.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
-    ref = decode_iteration(model, hw, cl, par, batch_per_device=16, context=1200, routing=routing,
-                           overlap="two_microbatch", check_memory=False).step_time_s
-    assert_allclose(costs.decode_step_s(lay, 16, 1200), ref, rtol=1e-9)  # vectorized == scalar (rounding)
-    from moesim.planner.serving_policy import prefill_overlap
-
-    mode = prefill_overlap(lay.candidate(), sc, model)
-    ref = prefill_iteration(model, hw, cl, par, prompt_len=1000, prompts_per_device=2.0, overlap=mode,
-                            check_memory=False).step_time_s
+    # the reference deployment written out by hand (dropless, the scenario's dtypes, MoE decode overlap)
+    dep = Deployment(hardware=load_profile("h200-sxm"), devices=8, dp=8, ep=8, attention_layout="dp",
+                     dtype=w.dtype, kv_dtype=w.kv_dtype, overlap="two_microbatch")
+    ref = estimate(model, dep, Decode(16, 1200, sc.routing.skew), check_memory=False).step_time_s[0]
+    assert_allclose(costs.decode_step_s(lay, 16, 1200), ref, rtol=1e-9)  # one array call == one point
+    mode = prefill_overlap(lay.candidate(), sc, model, PlanCache())
+    ref = estimate(model, dep.with_(prefill_overlap=mode), Prefill(1000, 2.0), check_memory=False).step_time_s[0]
     assert_allclose(costs.prefill_s(lay, 2000.0, (1000 + 1) / 2), ref, rtol=1e-9)
     # a cached prefix is attended: the same new tokens over a longer context cost more (once the pass is
     # GPU-bound; at 1,000 tokens per device the eager host issue time, ~0.59 s, hides it)

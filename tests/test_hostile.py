@@ -217,7 +217,7 @@ def test_any_numeric_flag_value_is_an_answer_or_one_line(value, capsys):
 # ---- faults ---------------------------------------------------------------------------------------
 def test_ctrl_c_inside_compiled_code_is_interrupted(monkeypatch, capsys):
     # Numba re-raises Ctrl-C as "SystemError: ... returned a result with an exception set"
-    import moesim.commands.route as route_cmd
+    import moesim.routing as routing  # moesim route imports ``route`` from here when it runs (lazy)
 
     def interrupted(*args, **kwargs):
         try:
@@ -225,7 +225,7 @@ def test_ctrl_c_inside_compiled_code_is_interrupted(monkeypatch, capsys):
         except KeyboardInterrupt:
             raise SystemError("CPUDispatcher(route_parallel) returned a result with an exception set")
 
-    monkeypatch.setattr(route_cmd, "route", interrupted)
+    monkeypatch.setattr(routing, "route", interrupted)
     rc, _, err = _run([*ROUTE, "--engine", "montecarlo"], capsys)
     assert rc == 130 and err.strip() == "moesim: interrupted"
 

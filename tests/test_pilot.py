@@ -13,6 +13,7 @@ import math
 import pytest
 
 from moesim.cli import run
+from moesim.planner.costs import PlanCache
 from moesim.planner.pilot import MIN_REQUESTS, _des_at, staged_pilot
 from moesim.planner.plan import plan
 from moesim.planner.scenario import scenario_from_dict, scenario_model
@@ -54,7 +55,7 @@ def test_one_percent_matches_an_independent_des_and_differs_from_full_load(pilot
     st = p.stages[0]
     t = st.watch("p99 TPOT")
     ev = r.answer.ranked.evaluation
-    system = _system(ev, s, scenario_model(s))
+    system = _system(ev, s, scenario_model(s), PlanCache())
     dur = MIN_REQUESTS / st.request_rate_per_replica
     own, own_h = _des_at(system, apply_changes(s, {"verify.duration_s": dur}), st.request_rate_per_replica,
                          _lengths(s.workload))["tpot"]
@@ -74,7 +75,7 @@ def test_gates_and_rollbacks_per_metric(pilot):
         assert tp.rollback_value == s.slo.tpot_s and tp.gate_value <= s.slo.tpot_s
         assert tp.band_low <= tp.expected <= tp.band_high
         assert tp.band_high - tp.expected >= 0.2 * tp.expected * (1 - 1e-12)  # the forecast error is in the band
-        assert st.watch("drop fraction (quality proxy)").rollback_value == s.search.max_drop_fraction
+        assert st.watch("drop fraction (quality proxy)").rollback_value == s.limits.max_drop_fraction
         im = st.watch("expert imbalance (max/mean)")
         assert im.gate_value < im.rollback_value
     text = p.checklist()

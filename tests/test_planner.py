@@ -26,6 +26,7 @@ def serving(**changes) -> object:
         "search": {"devices_per_replica": [8, 16, 32], "batch_per_device": [16, 32, 64], "tp": [1],
                    "attention_layouts": ["dp"]},
         "verify": {"top_n": 2},
+        "limits": {"max_drop_fraction": 0.01},  # the users' quality limit: 1% of routed copies may drop
     }
     s = scenario_from_dict(data)
     return apply_changes(s, changes) if changes else s

@@ -10,8 +10,9 @@ from moesim.planner import serving_policy as sp
 from moesim.planner.analytic import AnalyticEvaluator
 from moesim.planner.evaluation import Candidate
 from moesim.planner.scenario import scenario_from_dict
-from moesim.specs import Cluster, Parallelism
-from moesim.step import decode_iteration, prefill_iteration
+from moesim.planner.costs import PlanCache, deployment_of
+from moesim.specs import Parallelism
+from moesim.step import Decode, Prefill, estimate
 
 SC = scenario_from_dict({
     "model": "deepseek-v3", "hardware": ["h200-sxm"],
@@ -24,11 +25,12 @@ def test_serving_evaluation_matches_step_and_memory_models():
     c = Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=16)
     ev = AnalyticEvaluator().evaluate([c], SC)[0]
     m, hw = load_model("deepseek-v3"), load_profile("h200-sxm")
-    par, cl = Parallelism(tp=1, dp=8, ep=8, attention_layout="dp"), Cluster(hardware="h200-sxm", devices=8)
+    par = Parallelism(tp=1, dp=8, ep=8, attention_layout="dp")
+    dep = deployment_of(c, SC, m)
+    assert (dep.dtype, dep.kv_dtype, dep.overlap, dep.capacity_factor) == ("fp8", "bf16", "two_microbatch", None)
     ctx = 1000 + 400 // 2
-    kw = dict(dtype="fp8", kv_dtype="bf16", overlap="two_microbatch", check_memory=False)
-    dec = decode_iteration(m, hw, cl, par, batch_per_device=16, context=ctx, **kw)
-    pf = prefill_iteration(m, hw, cl, par, prompt_len=1000, prompts_per_device=1, **kw)
+    dec = estimate(m, dep, Decode(16, ctx), check_memory=False).breakdown()
+    pf = estimate(m, dep, Prefill(1000, 1), check_memory=False).breakdown()
     # second path: the memory model asked directly for the KV tokens of 16 sequences of ctx tokens
     fp = memory_footprint(m, hw, par, mode="serve", weight_dtype="fp8", kv_dtype="bf16", kv_tokens=16 * ctx)
     assert ev.ok and fp.fits
@@ -36,7 +38,7 @@ def test_serving_evaluation_matches_step_and_memory_models():
     # co-located composition (serving_policy docstring), K from the evaluation: S = 16 x 8 = 128
     # sequences, n = S K / 400 prompts per mixed iteration priced by the DES's GridCost
     k, S = ev.decode_steps_per_prefill, 128
-    grid = sp.replica_cost(c, SC, m)
+    grid = sp.replica_cost(c, SC, m, PlanCache())
     n = S * k / 400
     mixed = grid.mixed_time_s(round(n * 1000), max(1, round(n)), S, ctx)
     period = mixed + (k - 1) * dec.step_time_s
@@ -45,8 +47,8 @@ def test_serving_evaluation_matches_step_and_memory_models():
     assert_allclose(ev.ttft_s, 0.99 * period + mixed, rtol=1e-12)
     assert_allclose(ev.tokens_per_s, S / (period / k), rtol=1e-12)
     # the mixed iteration is at least a prefill of its prompts (same step model, eager host time)
-    assert mixed >= min(pf.step_time_s, prefill_iteration(m, hw, cl, par, prompt_len=1000, prompts_per_device=1,
-                                                          **dict(kw, overlap="none")).step_time_s) * 0.5
+    pf_none = estimate(m, dep.with_(prefill_overlap="none"), Prefill(1000, 1), check_memory=False).breakdown()
+    assert mixed >= min(pf.step_time_s, pf_none.step_time_s) * 0.5
     assert_allclose(ev.memory_headroom_GiB * 2**30, fp.capacity_bytes - fp.total_bytes, rtol=1e-9)
 
 
@@ -69,7 +71,7 @@ def test_unknown_hardware_is_a_user_error():
 
 
 # Candidates sharing a layout, a second layout (TP attention) and a second hardware: the planner's
-# grouped, memoized evaluation must give decode_iteration / prefill_iteration's own numbers.
+# grouped, memoized evaluation must give the step model's own numbers, one deployment at a time.
 _CANDS = [
     Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=8),
     Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=32),
@@ -82,14 +84,12 @@ def test_grouped_memoized_evaluation_equals_scalar_step_model():
     evs = AnalyticEvaluator().evaluate(_CANDS, SC)
     again = AnalyticEvaluator().evaluate(_CANDS[::-1], SC)[::-1]  # memo hits, another grouping order
     m = load_model("deepseek-v3")
-    kw = dict(dtype="fp8", kv_dtype="bf16", overlap="two_microbatch", check_memory=False)
     for c, ev, ev2 in zip(_CANDS, evs, again):
-        hw, cl, par = load_profile(c.hardware), Cluster(hardware=c.hardware, devices=c.devices), c.parallelism()
-        dec = decode_iteration(m, hw, cl, par, batch_per_device=c.batch, context=1200, **kw)
+        dec = estimate(m, deployment_of(c, SC, m), Decode(c.batch, 1200), check_memory=False).breakdown()
         assert ev.ok, ev.detail
         # rtol 1e-9: the same step-model calls, composed by serving_policy's closed form at the K
         # the evaluation chose (the DES's GridCost for the mixed iteration)
-        est = sp.estimate(sp.replica_cost(c, SC, m), c, SC, dec.step_time_s, ev.decode_steps_per_prefill)
+        est = sp.estimate(sp.replica_cost(c, SC, m, PlanCache()), c, SC, dec.step_time_s, ev.decode_steps_per_prefill)
         assert_allclose([ev.step_time_s, ev.tpot_s, ev.ttft_s, ev.tokens_per_s],
                         [dec.step_time_s, est.tpot_s, est.ttft_s, est.output_tokens_per_s], rtol=1e-9)
         assert ev.imbalance == dec.expert_imbalance and ev == ev2

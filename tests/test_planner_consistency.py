@@ -18,6 +18,7 @@ import pytest
 
 from moesim.catalog import read_toml
 from moesim.planner import serving_policy as sp
+from moesim.planner.costs import PlanCache
 from moesim.planner.plan import plan
 from moesim.planner.scenario import DEFAULT_SCENARIO_PATH, scenario_from_dict, scenario_model
 from moesim.planner.verify import _lengths, _run, _system
@@ -42,7 +43,7 @@ def test_analytic_latencies_match_des_at_the_analytic_rate(top):
     replicas = math.ceil(target / ev.tokens_per_s - 1e-9)
     rate = target / sc.workload.output_len / replicas  # requests/s per replica, the analytic's
     assert rate * sc.workload.output_len <= ev.tokens_per_s * (1 + 1e-9)
-    res = _run(_system(ev, sc, scenario_model(sc)), sc, rate, sc.verify.seed, _lengths(sc.workload))
+    res = _run(_system(ev, sc, scenario_model(sc), PlanCache()), sc, rate, sc.verify.seed, _lengths(sc.workload))
     assert res.unfinished == 0 and res.rejected == 0
     pairs = {"TTFT p99": (ev.ttft_s, res.ttft_s.p99), "TPOT p99": (ev.tpot_s, res.tpot_s.p99),
              "TPOT p50": (ev.tpot_s, res.tpot_s.p50)}

@@ -85,27 +85,6 @@ def test_bounds_hold_over_default_space(scenario):
             assert (np.array(bs) / t <= rate_bound(nodes, t_nodes, bs) / (1 - MARGIN)).all()
 
 
-def test_decode_step_times_many_equals_layout_iterations():
-    """One schedule call over several layouts and both overlaps == LayoutIterations.decode (rtol 1e-12),
-    pp 2 through the scalar fallback."""
-    from moesim.catalog import load_model, load_profile
-    from moesim.specs import Cluster, Parallelism
-    from moesim.step.vectorized import LayoutIterations, decode_step_times_many
-
-    m = load_model("deepseek-v3")
-    items = []
-    for hw_name, n, par in [("h200-sxm", 8, Parallelism(tp=1, dp=8, ep=8, attention_layout="dp")),
-                            ("b200", 16, Parallelism(tp=8, dp=2, ep=16, attention_layout="tp")),
-                            ("h200-sxm", 16, Parallelism(tp=1, pp=2, dp=8, ep=8, attention_layout="dp"))]:
-        hw = load_profile(hw_name)
-        for overlap in ("two_microbatch", "none"):
-            items.append((LayoutIterations(m, hw, Cluster(hardware=hw_name, devices=n), par, overlap=overlap),
-                          [1, 3, 64, 256]))
-    for (it, bs), got in zip(items, decode_step_times_many(items, 2250)):
-        ref = [bd.step_time_s for bd in it.decode(bs, 2250)]
-        np.testing.assert_allclose(got, ref, rtol=1e-12)
-
-
 def test_screen_keep_checked_and_other_evaluators_unscreened(scenario):
     from moesim.errors import SpecError
     from moesim.planner.testing import ClosedFormEvaluator

@@ -120,9 +120,12 @@ def test_grouped_chunks_hand_case():
     assert max(map(len, small)) <= 2 and sorted(c.key() for ch in small for c in ch) == sorted(c.key() for c in cands)
 
 
-def test_grouped_local_processes_equal_inline():
+def test_grouped_local_processes_equal_inline(monkeypatch):
+    from moesim.planner import sweep
+
     inline = run_sweep(CANDS, SCENARIO, Keyed(), executor="inline")
-    assert len(CANDS) >= MIN_PARALLEL  # the grouped path is taken
+    assert len(CANDS) < MIN_PARALLEL  # a sweep this small runs inline by default; force the grouped path
+    monkeypatch.setattr(sweep, "MIN_PARALLEL", 64)
     assert run_sweep(CANDS, SCENARIO, Keyed(), executor="local", workers=2) == inline
 
 

@@ -63,7 +63,7 @@ def test_probe_status_hand_cases():
 def test_interval_widens_when_unsure(monkeypatch):
     # half-width 0.003: R=1 gives 0.050 +- 0.003 (unsure, point met) -> R* = 1, interval [1, 2]
     monkeypatch.setattr(V, "probe", _fake_probe(0.003, []))
-    monkeypatch.setattr(V, "_system", lambda ev, sc, m: None)
+    monkeypatch.setattr(V, "_system", lambda ev, sc, m, cache: None)
     ev = Evaluation(candidate=Candidate("h200-sxm", 8, batch=32), tokens_per_s=30000.0)
     v = V.verify_with_des(ev, SC, None)
     assert (v.replicas, v.replicas_ci) == (1, (1, 2))

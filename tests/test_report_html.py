@@ -54,7 +54,7 @@ def test_self_contained_with_every_section(report, capsys):
 
 
 def test_breakdown_is_the_step_the_plan_priced(report):
-    """The breakdown column (moesim.step.decode_iteration) equals the plan's own decode step."""
+    """The breakdown column (moesim.step.estimate on the candidate's Deployment) equals the plan's own decode step."""
     text = report[0].read_text()
     rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr><td.*?</tr>", text)]
     rows = [cells for cells in rows if len(cells) == 12]  # the candidates table

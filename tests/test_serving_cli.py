@@ -10,8 +10,8 @@ from numpy.testing import assert_allclose
 from moesim import cli
 from moesim.catalog import load_model, load_profile
 from moesim.des.serving.deployment import from_deployment, kv_capacity_tokens
-from moesim.specs import Cluster, Parallelism
-from moesim.step.inference import decode_iteration, prefill_iteration
+from moesim.specs import Deployment
+from moesim.step import Decode, Prefill, estimate
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "serve_deepseek_v3.toml"
 QUICK = ["serve", "--model", "qwen3-30b-a3b", "--hw", "h100-sxm", "--devices", "8", "--rate", "5",
@@ -68,14 +68,12 @@ def test_quick_flags_missing():
 def test_grid_cost_matches_step_model():
     # Second engine: the interpolated cost at off-grid points vs a direct step-model call.
     m, hw = load_model("qwen3-30b-a3b"), load_profile("h100-sxm")
-    cl, par = Cluster(hardware="h100-sxm", devices=8), Parallelism(dp=8, ep=8, attention_layout="dp")
-    cost = from_deployment(m, hw, cl, par, prompt_len_hint=1024)
-    direct = decode_iteration(m, hw, cl, par, batch_per_device=48 / 8, context=3000, dtype="fp8",
-                              check_memory=False).step_time_s
+    dep = Deployment(hardware=hw, devices=8, dp=8, ep=8, attention_layout="dp", dtype="fp8")
+    cost = from_deployment(m, dep, prompt_len_hint=1024)
+    direct = estimate(m, dep, Decode(48 / 8, 3000), check_memory=False).step_time_s[0]
     assert_allclose(cost.decode_time_s(48, 3000), direct, rtol=0.03)  # batch 48 between nodes 32, 64
-    direct = prefill_iteration(m, hw, cl, par, prompt_len=1024, prompts_per_device=3 / 8, dtype="fp8",
-                               check_memory=False).step_time_s
+    direct = estimate(m, dep, Prefill(1024, 3 / 8), check_memory=False).step_time_s[0]
     assert_allclose(cost.prefill_time_s(3072, 3), direct, rtol=0.05)  # 3072 between nodes 2048, 4096
     # KV capacity: memory model's tokens per device x 8 DP-attention groups
-    assert cost.kv_capacity_tokens == kv_capacity_tokens(m, hw, par, 8)
+    assert cost.kv_capacity_tokens == kv_capacity_tokens(m, dep)
     assert cost.kv_capacity_tokens % 8 == 0

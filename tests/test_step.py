@@ -10,19 +10,23 @@ from numpy.testing import assert_allclose
 from moesim import cli
 from moesim.catalog import load_model, load_profile
 from moesim.errors import InfeasibleError, SpecError
-from moesim.specs import Cluster, Parallelism, RoutingSpec
-from moesim.step import (StepBreakdown, decode_iteration, pipeline_bubble_fraction, prefill_iteration,
-                         training_step, two_microbatch_time)
+from moesim.specs import Deployment
+from moesim.step import (Decode, Prefill, StepBreakdown, Training, estimate, pipeline_bubble_fraction,
+                         two_microbatch_time)
 from moesim.step.layer import make_setup, moe_block
 
 DSV3 = load_model("deepseek-v3")
 H800 = load_profile("h800-sxm")
 
 
-def _decode(devices=16, ep=16, batch=64, overlap="none", skew="uniform", **kw):
-    return decode_iteration(DSV3, H800, Cluster(hardware="h800-sxm", devices=devices, devices_per_domain=8),
-                            Parallelism(dp=devices, ep=ep, attention_layout="dp"), batch_per_device=batch,
-                            context=2048, dtype="fp8", overlap=overlap, routing=RoutingSpec(skew=skew), **kw)
+def _dep(devices=16, ep=16, **kw) -> Deployment:
+    kw.setdefault("devices_per_domain", 8)
+    return Deployment(hardware=H800, devices=devices, dp=devices, ep=ep, attention_layout="dp", dtype="fp8", **kw)
+
+
+def _decode(devices=16, ep=16, batch=64, overlap="none", skew="uniform", check_memory=True, **kw):
+    return estimate(DSV3, _dep(devices, ep, overlap=overlap, **kw), Decode(batch, 2048, skew),
+                    check_memory=check_memory).breakdown()
 
 
 def test_bubble_fraction_hand_values():
@@ -68,10 +72,8 @@ def test_two_microbatch_hides_communication():
 
 
 def test_experts_use_expected_max_not_mean():
-    setup = make_setup(DSV3, H800, dtype="fp8", phase="decode", attention_tp=1, cp=1, ep=32,
-                       redundant_experts=0, ranks_per_node=8, skew="uniform")
-    bal = make_setup(DSV3, H800, dtype="fp8", phase="decode", attention_tp=1, cp=1, ep=32,
-                     redundant_experts=0, ranks_per_node=8, skew="balanced")
+    setup = make_setup(DSV3, _dep(32, 32), "decode", "uniform")
+    bal = make_setup(DSV3, _dep(32, 32), "decode", "balanced")
     uni, even = moe_block(setup, 64), moe_block(bal, 64)
     assert uni["expert_imbalance"] > 1.05  # 64 x 32 tokens over 256 experts: Binomial spread
     assert even["expert_imbalance"] == 1.0
@@ -86,55 +88,45 @@ def test_internode_dispatch_slower_than_intranode():
 
 
 def test_training_identities():
-    cluster = Cluster(hardware="h800-sxm", devices=1024, devices_per_domain=8)
-    par = Parallelism(tp=2, pp=8, vpp=4, dp=64, ep=64)
-    b = training_step(DSV3, H800, cluster, par, global_batch=1024, seq_len=4096, dtype="fp8",
-                      routing=RoutingSpec(skew="balanced"))
+    dep = Deployment(hardware=H800, devices=1024, devices_per_domain=8, tp=2, pp=8, vpp=4, dp=64, ep=64,
+                     dtype="fp8")
+    work = Training(1024, 4096, 1, "balanced")
+    b = estimate(DSV3, dep, work).breakdown()
     m = 1024 // 64
     pipeline = b.step_time_s - b.pipeline_bubble_s - b.dp_comm_s - b.optimizer_s
     # bubble / ideal pipeline time = (pp - 1) / (vpp x m) (module docstring)
     assert_allclose(b.pipeline_bubble_s / pipeline, 7 / (4 * m), rtol=1e-9)
     assert_allclose(b.tokens_per_s_per_device, 1024 * 4096 / (b.step_time_s * 1024), rtol=1e-12)
     assert 0 < b.mfu < 1
-    exposed = training_step(DSV3, H800, cluster, par, global_batch=1024, seq_len=4096, dtype="fp8",
-                            routing=RoutingSpec(skew="balanced"), dp_overlap=False)
+    exposed = estimate(DSV3, dep.with_(dp_overlap=False), work).breakdown()
     assert exposed.step_time_s >= b.step_time_s
-    full = training_step(DSV3, H800, cluster, par, global_batch=1024, seq_len=4096, dtype="fp8",
-                         routing=RoutingSpec(skew="balanced"), recompute="full", check_memory=False)
+    full = estimate(DSV3, dep.with_(recompute="full"), work, check_memory=False).breakdown()
     assert full.step_time_s > b.step_time_s
     assert_allclose(full.model_tflops_per_device * full.step_time_s, b.model_tflops_per_device * b.step_time_s,
                     rtol=1e-12)  # model FLOPs never count recompute
 
 
 def test_prefill_runs_and_is_compute_heavier_per_token():
-    cl = Cluster(hardware="h800-sxm", devices=16, devices_per_domain=8)
-    par = Parallelism(dp=16, ep=16, attention_layout="dp")
-    b = prefill_iteration(DSV3, H800, cl, par, prompt_len=2048, prompts_per_device=2, dtype="fp8")
+    b = estimate(DSV3, _dep(16, 16), Prefill(2048, 2)).breakdown()
     assert isinstance(b, StepBreakdown) and b.phase == "prefill"
     assert b.mfu > _decode().mfu
 
 
 def test_redundant_experts_allow_ep_not_dividing_experts():
     # EP 72 with 256 experts needs 32 redundant slots (288 = 72 x 4)
-    cl = Cluster(hardware="h800-sxm", devices=72, devices_per_domain=8)
-    with pytest.raises(SpecError):
-        decode_iteration(DSV3, H800, cl, Parallelism(dp=72, ep=72, attention_layout="dp"),
-                         batch_per_device=64, context=2048, dtype="fp8")
-    b = decode_iteration(DSV3, H800, cl, Parallelism(dp=72, ep=72, attention_layout="dp", redundant_experts=32),
-                         batch_per_device=64, context=2048, dtype="fp8")
+    with pytest.raises(SpecError, match="redundant_experts"):
+        estimate(DSV3, _dep(72, 72), Decode(64, 2048))
+    b = estimate(DSV3, _dep(72, 72, redundant_experts=32), Decode(64, 2048)).breakdown()
     assert b.step_time_s > 0
 
 
 def test_infeasible_raises():
     h100 = load_profile("h100-sxm")
     with pytest.raises(InfeasibleError, match="short by"):
-        decode_iteration(DSV3, h100, Cluster(hardware="h100-sxm", devices=8),
-                         Parallelism(dp=8, ep=8, attention_layout="dp"), batch_per_device=64,
-                         context=2048, dtype="fp8")
-    with pytest.raises(SpecError, match="must equal cluster.devices"):
-        decode_iteration(DSV3, H800, Cluster(hardware="h800-sxm", devices=16),
-                         Parallelism(dp=8, ep=8, attention_layout="dp"), batch_per_device=64,
-                         context=2048, dtype="fp8")
+        estimate(DSV3, Deployment(hardware=h100, devices=8, dp=8, ep=8, attention_layout="dp", dtype="fp8"),
+                 Decode(64, 2048))
+    with pytest.raises(ValueError, match="must equal devices"):
+        Deployment(hardware=H800, devices=16, dp=8, ep=8, attention_layout="dp")
 
 
 DECODE = ("step --model deepseek-v3 --hw h800-sxm --devices 32 --devices-per-node 8 --ep 32 --attention dp "

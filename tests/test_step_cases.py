@@ -1,39 +1,18 @@
-"""Vectorized decode grid against the scalar path, and the training/serving/moe_layer predictors."""
+"""The training/serving/moe_layer predictors (the case-file callers of the step model)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
 
 from moesim.catalog import load_model, load_profile
-from moesim.specs import Cluster, Parallelism
-from moesim.step import decode_iteration
-from moesim.step.vectorized import decode_grid
 from moesim.step_cases import predict_moe_layer_case, predict_serving_case, predict_training_case
 from moesim.validate import UnsupportedCase
 
 DSV3 = load_model("deepseek-v3")
 H800 = load_profile("h800-sxm")
 CASES = Path(__file__).resolve().parents[1] / "validation" / "data" / "published-calibration.json"
-
-
-@pytest.mark.parametrize("overlap", ["none", "two_microbatch"])
-def test_grid_equals_scalar_decode(overlap):
-    # batch 512: 256-token micro-batches take the normal all-to-all kernels, which share SMs
-    devices, batch, context = [16, 32], [32, 128, 512], [1024, 8192]
-    g = decode_grid(DSV3, [H800], devices, batch, context, overlap=overlap)
-    for k, v in enumerate(devices):
-        for j, b in enumerate(batch):
-            for c_i, c in enumerate(context):
-                s = decode_iteration(DSV3, H800, Cluster(hardware="h800-sxm", devices=v, devices_per_domain=8),
-                                     Parallelism(dp=v, ep=v, attention_layout="dp"), batch_per_device=b,
-                                     context=c, dtype="fp8", overlap=overlap, check_memory=False)
-                # same constants, same schedule: equal to rounding (rtol 1e-9)
-                assert_allclose(g.step_time_s[0, k, j, c_i], s.step_time_s, rtol=1e-9)
-                assert g.fits[0, k, j, c_i] == s.memory_fits
-    assert np.all(np.diff(g.step_time_s, axis=3) > 0)  # longer context, longer step
 
 
 INLINE = {"hidden": 1024, "expert_ffn": 512, "num_experts": 16, "top_k": 2, "num_shared_experts": 1}

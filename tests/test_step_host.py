@@ -13,9 +13,9 @@ from moesim.compute.attention import attention_block_s, attention_prefill_time
 from moesim.step.elementwise import gemm_input_elements
 from moesim.step.host import (ATTENTION_EXTRA_OPS, OP_COUNTS, PRE_SYNC_OP_COUNTS, attention_variant,
                                dispatch_syncs_host, layer_host_pre_s, layer_host_s, layer_op_count)
+from moesim.specs import Deployment
 from moesim.step.layer import LayerOps, layer_ops, make_setup, stack_time
 from moesim.step.schedule import serial_time, two_microbatch_time
-from moesim.step.training import critical_training_stage
 
 OP_FILE = Path(__file__).resolve().parents[1] / "validation" / "data" / "op-counts.json"
 H100 = load_profile("h100-sxm")
@@ -138,8 +138,8 @@ def test_decode_pays_no_host_time():
 
 
 def _mixtral_layer(hw, tokens: float) -> LayerOps:
-    setup = make_setup(MIXTRAL, hw, dtype="bf16", phase="prefill", attention_tp=1, cp=1, ep=8,
-                       redundant_experts=0, ranks_per_node=8, skew="balanced")
+    dep = Deployment(hardware=hw, devices=8, devices_per_domain=8, dp=8, ep=8, dtype="bf16")
+    setup = make_setup(MIXTRAL, dep, "prefill", "balanced")
     return layer_ops(setup, 0, tokens, 512.0)
 
 
@@ -243,14 +243,19 @@ def test_training_critical_stage_counts_backward():
     # DeepSeek-V3 on pp 16: fifteen 4-layer stages and a 1-layer stage with the LM head. The
     # head stage has the longer forward (head fwd+bwd counted there) but a 4-layer stage has the
     # longer forward + backward, which is what paces 1F1B.
+    # The critical stage is reported through the LM head: its time is counted only when the
+    # critical stage is the last one.
+    from moesim.step import Training, estimate
+
     hw = _hw(0.0)
-    setup = make_setup(DSV3, hw, dtype="fp8", phase="train", attention_tp=1, cp=1, ep=8,
-                       redundant_experts=0, ranks_per_node=8, skew="balanced")
-    head = 3 * 0.004
-    st = critical_training_stage(setup, DSV3, 16, 4096, 2048.5, "none", "none", head)
-    assert not st.last and len(st.ops) == 4
-    last = critical_training_stage(setup, DSV3, 61, 4096, 2048.5, "none", "none", 1.0)
-    assert last.last  # a huge head makes the last stage critical
+    work = Training(128, 4096, 1, "balanced")
+    dep = Deployment(hardware=hw, devices=128, devices_per_domain=8, pp=16, dp=8, ep=8, dtype="fp8")
+    st = estimate(DSV3, dep, work, check_memory=False).breakdown()
+    assert st.embedding_head_s == 0.0  # a 4-layer stage paces 1F1B, not the 1-layer head stage
+    # 61 one-layer stages: the last carries layer 60 and the head, so it is the slowest
+    dep61 = dep.with_(devices=488, pp=61)
+    last = estimate(DSV3, dep61, work, check_memory=False).breakdown()
+    assert last.embedding_head_s > 0.0
 
 
 def test_attention_block_equals_compute_prefill_core_when_compute_bound():
@@ -263,19 +268,20 @@ def test_attention_block_equals_compute_prefill_core_when_compute_bound():
 
 
 def test_host_bound_step_names_host_and_components_add_up():
-    from moesim.specs import Cluster, Parallelism
-    from moesim.step import prefill_iteration
+    from moesim.step import Prefill, estimate
 
-    cl = Cluster(hardware="h100-sxm", devices=8, devices_per_domain=8)
-    par = Parallelism(dp=8, ep=8, attention_layout="dp")
-    kw = dict(prompt_len=128, prompts_per_device=1, dtype="bf16", check_memory=False)
-    slow = prefill_iteration(MIXTRAL, _hw(1000.0), cl, par, **kw)
+    def prefill(hw):
+        dep = Deployment(hardware=hw, devices=8, devices_per_domain=8, dp=8, ep=8, attention_layout="dp",
+                         dtype="bf16")
+        return estimate(MIXTRAL, dep, Prefill(128, 1), check_memory=False).breakdown()
+
+    slow = prefill(_hw(1000.0))
     # 32 layers x 80 ops x 1 ms of host per 128-token pass: the device waits for the host
     assert slow.bottleneck == "host"
     assert slow.host_issue_s == pytest.approx(32 * 80 * 1e-3, rel=1e-12)
     assert 0 < slow.host_s < slow.host_issue_s
     # overlap none: component times (host = the device's wait for the host) add up to the step
     assert sum(slow.components().values()) == pytest.approx(slow.step_time_s, rel=1e-9)
-    fast = prefill_iteration(MIXTRAL, _hw(0.0), cl, par, **kw)
+    fast = prefill(_hw(0.0))
     assert fast.host_s == 0.0 and fast.bottleneck != "host"
     assert slow.to_dict()["components_s"]["host_s"] == slow.host_s

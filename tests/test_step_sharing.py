@@ -7,8 +7,8 @@ import pytest
 from moesim.calibrate import with_params
 from moesim.catalog import load_model, load_profile
 from moesim.des.layer import simulate_layers
-from moesim.errors import SpecError
 from moesim.step import two_microbatch_time
+from moesim.specs import Deployment
 from moesim.step.layer import layer_ops, make_setup, stack_time, stack_times
 from moesim.step.sharing import DEEPEP_NORMAL_SMS, compute_share
 
@@ -38,17 +38,16 @@ def test_compute_share_sources():
     assert compute_share(H800, "normal", 24) == pytest.approx(108 / 132, rel=1e-15)
     assert compute_share(H800, "low_latency") == 1.0
     assert compute_share(load_profile("tpu-v5p"), "normal") == 1.0  # ICI DMA engines
-    with pytest.raises(SpecError, match="comm_sms"):
-        make_setup(DSV3, H800, dtype="fp8", phase="prefill", attention_tp=1, cp=1, ep=16,
-                   redundant_experts=0, ranks_per_node=8, skew="balanced", comm_sms=132)
+    with pytest.raises(ValueError, match="comm_sms"):
+        Deployment(hardware=H800, devices=16, devices_per_domain=8, dp=16, ep=16, comm_sms=132)
 
 
 def _setup(comm_sms=None, mode="normal"):
     # host issue time off: the layer DES does not simulate the host (moesim/des/layer.py)
     hw = with_params(H800, {"compute.host_op_overhead_us": 0.0})
-    return make_setup(DSV3, hw, dtype="fp8", phase="prefill", attention_tp=1, cp=1, ep=16,
-                      redundant_experts=0, ranks_per_node=8, skew="balanced", a2a_mode=mode,
-                      comm_sms=comm_sms)
+    dep = Deployment(hardware=hw, devices=16, devices_per_domain=8, dp=16, ep=16, dtype="fp8", a2a_mode=mode,
+                     comm_sms=comm_sms)
+    return make_setup(DSV3, dep, "prefill", "balanced")
 
 
 def test_sharing_slows_only_the_overlapped_schedule():

@@ -3,16 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from moesim.catalog import load_profile
 from moesim.cli import Result, add_json_flag
 from moesim.commands._op import op_group
-from moesim.comm.alltoall import MODES, OPS, all_to_all_time
-from moesim.comm.collectives import collective_time
-from moesim.comm.skewed import popularity_from_skew, sampled_traffic
-from moesim.comm.topology import build_topology
-from moesim.comm.traffic import DEDUPS, uniform_traffic
 from moesim.errors import SpecError
 from moesim.specs.workload import parse_skew
 from moesim.textfmt import kv, seconds, si
@@ -32,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, required=True)
     p.add_argument("--experts", type=int, required=True)
     p.add_argument("--bytes-per-token", type=float, help="payload of one token copy (default 2 x hidden, bf16)")
-    p.add_argument("--mode", default="normal", help=f"one of {', '.join(MODES)}")
-    p.add_argument("--dedup", default="node", help=f"one of {', '.join(DEDUPS)}")
+    # NOTE: the comm modules (numpy) load only when a command runs: names checked there
+    p.add_argument("--mode", default="normal", help="all-to-all kernel mode (moesim.comm.alltoall.MODES)")
+    p.add_argument("--dedup", default="node", help="copy deduplication (moesim.comm.traffic.DEDUPS)")
     p.add_argument("--skew", default="uniform", help="uniform | balanced | zipf:S | dirichlet:A | explicit:p,...")
     p.add_argument("--groups", type=int, default=1, help="expert groups (group-limited routing)")
     p.add_argument("--topk-groups", type=int, default=1, help="groups each token may use")
@@ -54,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _traffic(args, rpn: int):
+    import numpy as np
+
+    from moesim.comm.skewed import popularity_from_skew, sampled_traffic
+    from moesim.comm.traffic import uniform_traffic
+
     kind, param = _skew(args.skew)
     bpt = args.bytes_per_token if args.bytes_per_token is not None else 2.0 * args.hidden
     if args.hidden <= 0:
@@ -80,6 +79,9 @@ def _skew(text: str):
 
 
 def op_all_to_all(args) -> Result:
+    from moesim.comm.alltoall import OPS, all_to_all_time
+    from moesim.comm.topology import build_topology
+
     hw = load_profile(args.hw)
     if args.a2a_op not in OPS:
         raise SpecError("--op", args.a2a_op, f"one of {', '.join(OPS)}")
@@ -101,6 +103,9 @@ def op_all_to_all(args) -> Result:
 
 
 def op_collective(args) -> Result:
+    from moesim.comm.collectives import collective_time
+    from moesim.comm.topology import build_topology
+
     hw = load_profile(args.hw)
     topo = build_topology(hw, args.ranks, args.ranks_per_node)
     res = collective_time(topo, args.collective, args.bytes, algorithm=args.algorithm)

@@ -6,8 +6,6 @@ import argparse
 from moesim.catalog import load_profile
 from moesim.cli import Result, add_json_flag
 from moesim.commands._op import op_group
-from moesim.compute.gemm import gemm_time
-from moesim.compute.grouped import LAYOUTS, grouped_gemm_time
 from moesim.errors import SpecError
 from moesim.textfmt import kv, seconds
 
@@ -32,13 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--dtype", default="bf16")
-    p.add_argument("--layout", default="contiguous", help=f"one of {', '.join(LAYOUTS)}")
+    p.add_argument("--layout", default="contiguous",
+                   help="grouped-GEMM layout (moesim.compute.grouped.LAYOUTS; an unknown one is refused with the list)")
     p.add_argument("--capacity", type=int, help="masked layout: rows per group buffer")
     add_json_flag(p)
     p.set_defaults(handler=op_grouped_gemm)
 
 
 def op_gemm(args) -> Result:
+    from moesim.compute.gemm import gemm_time  # NOTE: lazy: numba loads only when a GEMM is priced
+
     hw = load_profile(args.hw)
     est = gemm_time(hw, args.m, args.n, args.k, args.dtype)
     data = {"hw": hw.name, "m": args.m, "n": args.n, "k": args.k, **est.to_dict()}
@@ -70,6 +71,8 @@ def parse_m_per_group(text: str, groups: int | None) -> list[int]:
 
 
 def op_grouped_gemm(args) -> Result:
+    from moesim.compute.grouped import grouped_gemm_time
+
     hw = load_profile(args.hw)
     m_per_group = parse_m_per_group(args.m_per_group, args.groups)
     est = grouped_gemm_time(hw, m_per_group, args.n, args.k, args.dtype, layout=args.layout,

@@ -6,8 +6,6 @@ import argparse
 from moesim.catalog import load_model
 from moesim.cli import Result, add_json_flag, add_limit_flag, check_work
 from moesim.errors import SpecError
-from moesim.routing import load_trace, route
-from moesim.routing.problem import MAX_CAPACITY_FACTOR
 from moesim.textfmt import kv
 
 ORDER = 20
@@ -51,6 +49,8 @@ def _experts(args) -> tuple[int, int, int, int]:
             raise SpecError("--model", args.model, "is a dense model: it has no routed experts")
         E, k, groups, topk_groups = m.moe.num_experts, m.moe.top_k, m.moe.n_groups, m.moe.topk_groups
     if args.trace and (args.experts is None or args.top_k is None) and (E is None or k is None):
+        from moesim.routing import load_trace  # NOTE: lazy: numba and scipy load only when routing runs
+
         trace = load_trace(args.trace)
         E, k = trace.num_experts, trace.top_k
     E = args.experts if args.experts is not None else E
@@ -71,6 +71,9 @@ def route_cmd(args) -> Result:
             raise SpecError("--trace", args.trace, f"give either --trace or --skew (got --skew {args.skew})")
         args.skew = f"trace:{args.trace}"
     E, k, groups, topk_groups = _experts(args)
+    from moesim.routing import route  # NOTE: lazy (numba, scipy): moesim --help stays fast
+    from moesim.routing.problem import MAX_CAPACITY_FACTOR
+
     if args.capacity_factor is not None and not 0 < args.capacity_factor <= MAX_CAPACITY_FACTOR:
         raise SpecError("--capacity-factor", args.capacity_factor,
                         f"must lie in (0, {MAX_CAPACITY_FACTOR:g}] (omit it for dropless)")

@@ -7,7 +7,7 @@ from moesim.catalog import build, load_model, load_profile
 from moesim.cli import Result, add_json_flag, add_limit_flag, check_work
 from moesim.errors import SpecError
 from moesim.safeio import Outputs
-from moesim.specs import Cluster, Parallelism, RoutingSpec
+from moesim.specs import Deployment, RoutingSpec
 from moesim.textfmt import kv
 
 ORDER = 30
@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-dtype", default="bf16")
     p.add_argument("--overlap", choices=["none", "two_microbatch"], default="none")
     p.add_argument("--a2a-mode", choices=["auto", "normal", "low_latency"], default="auto")
+    p.add_argument("--comm-sms", type=int, help="SMs of the normal all-to-all kernels (default: DeepEP's)")
+    p.add_argument("--capacity-factor", type=float, help="expert capacity over the mean load (default: dropless)")
+    p.add_argument("--overflow", choices=["drop", "reroute", "shared"], default="drop",
+                   help="what happens to a token copy whose expert is full")
+    p.add_argument("--stack", choices=["auto", "eager", "cuda_graphs", "xla"], default="auto",
+                   help="software stack issuing the operators (auto: eager train/prefill, CUDA-graph decode)")
     p.add_argument("--skew", default="uniform", help="uniform | balanced | zipf:S | dirichlet:A | explicit:p,...")
     p.add_argument("--engine", choices=["analytic", "des"], default="analytic")
     p.add_argument("--steps", type=int, default=20, help="des: iterations to simulate")
@@ -49,61 +55,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=step_cmd)
 
 
-def _specs(args):
+def _specs(args, hw):
+    """(Deployment, workload) of the command line; MoesimError naming the field."""
+    from moesim.step import Decode, Prefill, Training
+
     if args.devices <= 0:
         raise SpecError("--devices", args.devices, "must be positive")
     inner = args.tp * args.cp * args.pp
     if inner <= 0 or args.devices % inner:
         raise SpecError("--devices", args.devices, f"must be a multiple of tp x cp x pp = {inner}")
-    cluster = build(Cluster, {"hardware": load_profile(args.hw).name, "devices": args.devices,
-                              "devices_per_domain": args.devices_per_node}, "cluster")
-    par = build(Parallelism, {"tp": args.tp, "pp": args.pp, "vpp": args.vpp, "cp": args.cp, "ep": args.ep,
-                              "etp": args.etp, "dp": args.devices // inner,
-                              "redundant_experts": args.redundant_experts,
-                              "attention_layout": args.attention}, "parallelism")
-    routing = build(RoutingSpec, {"skew": args.skew}, "routing")
-    return cluster, par, routing
-
-
-def _analytic(args, model, hw, cluster, par, routing):
-    from moesim.step import decode_iteration, prefill_iteration, training_step
-
-    common = dict(dtype=args.dtype, routing=routing, overlap=args.overlap,
-                  check_memory=not args.no_memory_check)
+    dep = build(Deployment, dict(
+        hardware=hw, devices=args.devices, devices_per_domain=args.devices_per_node, tp=args.tp, pp=args.pp,
+        vpp=args.vpp, cp=args.cp, ep=args.ep, etp=args.etp, dp=args.devices // inner,
+        redundant_experts=args.redundant_experts, attention_layout=args.attention, overlap=args.overlap,
+        a2a_mode=args.a2a_mode, comm_sms=args.comm_sms, dtype=args.dtype, kv_dtype=args.kv_dtype,
+        capacity_factor=args.capacity_factor, overflow=args.overflow, recompute=args.recompute,
+        stack=args.stack), "deployment")
+    skew = build(RoutingSpec, {"skew": args.skew}, "routing").skew
     if args.phase == "train":
-        return training_step(model, hw, cluster, par, global_batch=args.global_batch, seq_len=args.seq_len,
-                             micro_batch=args.micro_batch, recompute=args.recompute, **common)
-    serve = dict(common, kv_dtype=args.kv_dtype, a2a_mode=args.a2a_mode)
-    if args.phase == "decode":
-        return decode_iteration(model, hw, cluster, par, batch_per_device=args.batch_per_device,
-                                context=args.context, **serve)
-    return prefill_iteration(model, hw, cluster, par, prompt_len=args.prompt_len,
-                             prompts_per_device=args.prompts_per_device, **serve)
+        work = Training(args.global_batch, args.seq_len, args.micro_batch, skew)
+    elif args.phase == "decode":
+        work = Decode(args.batch_per_device, args.context, skew)
+    else:
+        work = Prefill(args.prompt_len, args.prompts_per_device, skew)
+    return dep, work
 
 
-def _des(args, model, hw, cluster, par, routing, analytic, outputs: Outputs) -> dict:
+def _des(args, model, dep, skew: str, analytic, outputs: Outputs) -> dict:
     from moesim.des.layer import simulate_layers
     from moesim.des.trace import write_chrome_trace
-    from moesim.step.common import stage_layers
+    from moesim.step.estimate import stage_layers
     from moesim.step.layer import make_setup
 
     if args.phase == "train":
         raise SpecError("--engine", "des", "the layer DES simulates prefill and decode iterations")
-    setup = make_setup(model, hw, dtype=args.dtype, phase=args.phase, attention_tp=par.tp, cp=par.cp,
-                       ep=par.ep, redundant_experts=par.redundant_experts,
-                       ranks_per_node=cluster.domain_size(hw), skew=routing.skew, a2a_mode=args.a2a_mode,
-                       kv_dtype=args.kv_dtype)
+    setup = make_setup(model, dep, args.phase, skew)
     decode = args.phase == "decode"
     tokens = args.batch_per_device if decode else args.prompt_len * args.prompts_per_device
     context = args.context if decode else (args.prompt_len + 1) / 2
-    layers = list(stage_layers(model, par.pp)[-1])
-    check_work(args, "step --engine des", float(args.steps) * len(layers) * par.ep, MAX_DES_WORK,
+    layers = list(stage_layers(model, dep.pp)[-1])
+    check_work(args, "step --engine des", float(args.steps) * len(layers) * dep.ep, MAX_DES_WORK,
                "rank-layer steps (steps x layers x EP ranks)")
     res = simulate_layers(setup, layers=layers, tokens=tokens, context=context, overlap=args.overlap,
                           steps=args.steps, seed=args.seed, head_s=analytic.embedding_head_s,
                           record=bool(args.trace))
     out = res.to_dict()
-    out["tokens_per_s_per_device"] = tokens / (res.mean_step_s * par.pp)
+    out["tokens_per_s_per_device"] = tokens / (res.mean_step_s * dep.pp)
     out["analytic_step_time_s"] = analytic.step_time_s
     if args.trace:
         ranks = None
@@ -113,7 +110,7 @@ def _des(args, model, hw, cluster, par, routing, analytic, outputs: Outputs) -> 
             except ValueError:
                 raise SpecError("--trace-ranks", args.trace_ranks, "a comma list of rank numbers, e.g. 0,3") from None
         write_chrome_trace(res.spans, outputs.path(args.trace, "--trace"),
-                           {"model": model.name, "hw": hw.name, "phase": args.phase}, processes=ranks)
+                           {"model": model.name, "hw": dep.hardware.name, "phase": args.phase}, processes=ranks)
         out["trace"] = args.trace
     return out
 
@@ -136,27 +133,32 @@ def step_cmd(args) -> Result:
 
 
 def _step(args, outputs: Outputs) -> Result:
+    from moesim.step import estimate
+
     model = load_model(args.model)
     hw = load_profile(args.hw)
-    cluster, par, routing = _specs(args)
-    b = _analytic(args, model, hw, cluster, par, routing)
+    dep, work = _specs(args, hw)
+    b = estimate(model, dep, work, check_memory=not args.no_memory_check).breakdown(0)
     data = {"model": model.name, "hw": hw.name, "devices": args.devices, "engine": args.engine,
-            "parallelism": par.to_dict(), **b.to_dict()}
+            "parallelism": dep.parallelism.to_dict(), **b.to_dict()}
     pairs = [("step time", f"{b.step_time_s * 1e3:.3f} ms"),
              ("tokens/s/device", f"{b.tokens_per_s_per_device:,.1f}"),
              ("model TFLOPS/device", f"{b.model_tflops_per_device:.1f} (MFU {b.mfu:.1%})"),
              ("bottleneck", b.bottleneck),
              ("exposed comm", f"{b.exposed_comm_s * 1e3:.3f} ms"),
              ("memory", f"{b.memory_GiB:.1f} / {b.memory_capacity_GiB:.1f} GiB")]
+    if b.capacity_factor is not None:
+        pairs.append(("capacity", f"factor {b.capacity_factor:g}, overflow {b.overflow}: dropped {b.drop_fraction:.2%}, "
+                                  f"rerouted {b.reroute_fraction:.2%}, backup {b.backup_fraction:.2%}"))
     pairs += [(k.removesuffix("_s"), f"{v * 1e3:.3f} ms") for k, v in b.components().items() if v > 0]
     files: tuple[str, ...] = ()
     if args.engine == "des":
-        des = _des(args, model, hw, cluster, par, routing, b, outputs)
+        des = _des(args, model, dep, work.skew, b, outputs)
         data["des"] = des
-        data["step_time_s"] = des["mean_step_s"] * par.pp
+        data["step_time_s"] = des["mean_step_s"] * dep.pp
         data["tokens_per_s_per_device"] = des["tokens_per_s_per_device"]
-        pairs.insert(0, ("DES mean step", f"{des['mean_step_s'] * par.pp * 1e3:.3f} ms over {des['steps']} steps "
-                                          f"(p99 {des['p99_step_s'] * par.pp * 1e3:.3f} ms)"))
+        pairs.insert(0, ("DES mean step", f"{des['mean_step_s'] * dep.pp * 1e3:.3f} ms over {des['steps']} steps "
+                                          f"(p99 {des['p99_step_s'] * dep.pp * 1e3:.3f} ms)"))
         if args.trace:
             files = (args.trace,)
             pairs.append(("trace", args.trace))

@@ -34,7 +34,7 @@ import simpy
 
 from moesim.des.trace import Span
 from moesim.errors import SpecError
-from moesim.step import _adapters as ad
+from moesim.step import pricing
 from moesim.step.layer import OVERLAPS, LayerSetup, expert_layout, layer_ops, sampled_a2a
 
 
@@ -120,7 +120,7 @@ def _draw(setup: LayerSetup, tokens: float, sampler, rng, cache: dict) -> tuple[
     for r, counts in enumerate(sample.rank_expert_counts_RL):
         key = np.sort(counts).tobytes()  # NOTE: a grouped GEMM's time does not depend on group order
         if key not in cache:
-            cache[key] = ad.expert_ffn_s(setup.hw, setup.model, counts, setup.dtype, layout=layout)
+            cache[key] = pricing.expert_ffn_s(setup.hw, setup.model, counts, setup.dtype, layout=layout)
         x_R[r] = cache[key]
     d, c = sampled_a2a(setup, tokens, sample.traffic_RR, sample.dedup_RN) if R > 1 else (0.0, 0.0)
     return x_R, d, c
@@ -227,11 +227,7 @@ def simulate_layers(setup: LayerSetup, *, layers: list[int], tokens: float, cont
     rng = np.random.default_rng(seed)
     sampler = None
     if setup.model.is_moe and setup.skew != "balanced":
-        m = setup.model.moe
-        sampler = ad.step_sampler(tokens=mb_tokens * R, num_experts=m.num_experts, top_k=m.top_k, ep=R,
-                                  redundant=setup.redundant_experts, skew=setup.skew,
-                                  ranks_per_node=setup.ranks_per_node, n_groups=m.n_groups,
-                                  topk_groups=m.topk_groups, seed=seed)
+        sampler = pricing.step_sampler(setup.model, setup.deployment, setup.skew, mb_tokens * R, seed=seed)
     env = simpy.Environment()
     spans: list | None = [] if record else None
     times = np.empty(steps)

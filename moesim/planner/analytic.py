@@ -5,15 +5,13 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
   most loaded device; a batch of ``b`` sequences per device at context ``C`` adds
   ``b x tp x pp x C`` KV tokens (the footprint is linear in ``kv_tokens``), and fits when the total
   is within HBM (the memory model's own rule);
-- decode: ``decode_iteration``'s numbers at context ``C = prompt_len + output_len / 2`` (the mean
-  KV length over a request's decode), once per (hardware, layout, batch), memoized in the process
-  (:class:`_StepCosts`). All batches of a layout are priced in one call of
-  ``moesim.step.vectorized.LayoutIterations`` (layout checked and ``LayerSetup`` built once, one
-  layer-model call per layer kind and batch, the schedule on arrays; equal to the scalar calls to
-  rounding, tests/test_planner_layout_iterations.py). What remains per (layout, batch) is the
-  layer model itself (routing max-load, GEMM and all-to-all models: ~1 ms per layer kind and token
-  count), which is not affine in the batch (tile quantization, low-latency vs normal all-to-all,
-  the max over ranks), so it is called at every batch rather than interpolated;
+- decode: the step model (``moesim.step.estimate``) at context ``C = prompt_len + output_len / 2``
+  (the mean KV length over a request's decode), all batches of one deployment in one call (the
+  layer model once per layer kind and batch, the schedule on arrays), through the evaluator's
+  content-keyed ``PlanCache`` (moesim/planner/costs.py). The layer model itself (routing
+  max-load, GEMM and all-to-all models) is not affine in the batch (tile quantization,
+  low-latency vs normal all-to-all, the max over ranks), so it is called at every batch rather
+  than interpolated;
 - prefill and continuous batching (co-located): the serving system of
   :mod:`moesim.planner.serving_policy`, the one the serving DES simulates: a per-rank token
   budget, prompts batched into a mixed iteration once every K iterations (K chosen to meet the
@@ -22,9 +20,14 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
   TPOT = (T_mix + (K - 1) t_dec) / K, TTFT at the SLO percentile q = q x period + T_mix,
   tokens/s per replica = sequences / TPOT. The serving DES then checks the tails of the best
   candidates.
-- drops: the routing engine's drop fraction at the candidate's capacity factor (the step model
-  itself runs dropless, so a capacity factor changes the drop fraction, not the time: a
-  conservative time).
+- capacity: the candidate's capacity factor and the scenario's overflow policy are part of its
+  ``Deployment``, so the step model prices them (dropped copies cost no expert time, rerouted
+  ones are priced where they land, the shared-expert backup is priced) and reports the drop,
+  reroute and backup fractions of the routing engine; the drop fraction is the decode step's
+  (serving) or the training micro-batch's, and the ranking limits it (moesim/planner/rank.py).
+  A serving candidate over ``limits.max_drop_fraction`` is rejected (``drops_too_many``) before
+  its latencies are priced: it can never rank, and the replica cost is most of a candidate's
+  price.
 Bottleneck (planner vocabulary): the step model's largest component, mapped to compute / HBM
 (compute when model FLOPs at peak fill at least half the step, else HBM), scale-up / scale-out
 (all-to-all, TP and DP collectives: scale-out when that group -- EP, TP or all devices -- spans
@@ -33,38 +36,24 @@ more than one domain), imbalance
 """
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from moesim import units
 from moesim.catalog import load_profile
 from moesim.errors import MoesimError
 from moesim.planner import serving_policy
+from moesim.planner.costs import PlanCache
 from moesim.planner.evaluation import Candidate, Evaluation, HardwareFacts, Verification
-from moesim.planner.scenario import overlap_mode, scenario_model
-from moesim.specs import Cluster
+from moesim.planner.scenario import scenario_model
 from moesim.specs.serving_features import inflight_context_tokens
 
 _COMM = {"all_to_all", "tp_cp_comm", "dp_comm"}
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """What a candidate shares with the other batches and capacity factors of its layout."""
-
-    hardware: str
-    devices: int
-    tp: int
-    pp: int
-    dp: int
-    ep: int
-    attention_layout: str
-    redundant_experts: int
-
-    @classmethod
-    def of(cls, c: Candidate) -> "_Layout":
-        return cls(c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts)
+def _group_key(c: Candidate) -> tuple:
+    """What a candidate shares with the other batches of its deployment (capacity factor included)."""
+    return (c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts, c.capacity_factor)
 
 
 def bottleneck_name(bd, hw, c: Candidate, headroom_frac: float) -> str:
@@ -85,10 +74,12 @@ def bottleneck_name(bd, hw, c: Candidate, headroom_frac: float) -> str:
 
 @dataclass(frozen=True)
 class AnalyticEvaluator:
-    """Step model + memory model for the sweep; serving DES for ``verify``."""
+    """Step model + memory model for the sweep; serving DES for ``verify``. ``cache`` is this
+    evaluator's content-keyed memo (moesim/planner/costs.py): pass one evaluator to several plans
+    to share it, call ``cache.clear()`` to drop it."""
 
     name: str = "analytic step model"
-    drop_samples: int = 8
+    cache: PlanCache = field(default_factory=PlanCache, compare=False, repr=False)
 
     def hardware(self, name: str) -> HardwareFacts:
         p = load_profile(name)
@@ -105,31 +96,42 @@ class AnalyticEvaluator:
 
     def evaluate(self, candidates: Sequence[Candidate], scenario) -> list[Evaluation]:
         model = scenario_model(scenario)
-        groups: dict[_Layout, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i, c in enumerate(candidates):
-            groups.setdefault(_Layout.of(c), []).append(i)
+            groups.setdefault(_group_key(c), []).append(i)
         out: list[Evaluation | None] = [None] * len(candidates)
-        for layout, idx in groups.items():
-            fn = self._serving_layout if scenario.kind == "serving" else self._training_layout
-            for i, ev in zip(idx, fn(layout, [candidates[i] for i in idx], scenario, model)):
+        fn = self._serving_group if scenario.kind == "serving" else self._training_group
+        for idx in groups.values():
+            for i, ev in zip(idx, fn([candidates[i] for i in idx], scenario, model)):
                 out[i] = ev
         return out
 
     # ---- serving ----------------------------------------------------------------------------
-    def _serving_layout(self, lay: _Layout, cands: list[Candidate], scenario, model) -> list[Evaluation]:
+    def _serving_group(self, cands: list[Candidate], scenario, model) -> list[Evaluation]:
         from moesim.compute.memory import memory_footprint
+        from moesim.step import Decode, estimate
 
-        hw = load_profile(lay.hardware)
+        cache = self.cache
+        hw = load_profile(cands[0].hardware)
         w = scenario.workload
-        par = cands[0].parallelism()
-        base = memory_footprint(model, hw, par, mode="serve", weight_dtype=w.dtype, kv_dtype=w.kv_dtype)
+        dep = cache.deployment(cands[0], scenario, model)
+        base = cache.get(cache.key(model, dep, "memory", "serve"),
+                         lambda: memory_footprint(model, hw, dep.parallelism, mode="serve", weight_dtype=dep.dtype,
+                                                  kv_dtype=dep.kv_dtype, kv_tokens=0))
         context = inflight_context_tokens(w)  # P + L // 2 for fixed lengths
-        kv_seq = lay.tp * lay.pp * context * base.kv_bytes_per_token
-        costs = _StepCosts(model, hw, par, lay, scenario)
+        kv_seq = dep.tp * dep.pp * context * base.kv_bytes_per_token
         fitting = [c for c in cands if base.total_bytes + c.batch * kv_seq <= base.capacity_bytes]
-        costs.decode_many(sorted({c.batch for c in fitting}), context)
+        batches = sorted({c.batch for c in fitting})
+        steps = {}
+        if batches:
+            skew = scenario.routing.skew
+            steps = cache.get(cache.key(model, dep, "decode", tuple(batches), context, skew), lambda: dict(zip(
+                batches, estimate(model, dep, Decode(batches, context, skew), check_memory=False,
+                                  cache=cache.step).breakdowns())))
+        limit = scenario.limits.max_drop_fraction
+        priced = [c for c in fitting if steps[c.batch].drop_fraction <= limit]
         try:  # the replica cost's iteration nodes, many at a time (same numbers as on demand)
-            serving_policy.prefetch(fitting, scenario, model)
+            serving_policy.prefetch(priced, scenario, model, cache)
         except MoesimError:  # no KV room at the serving memory fraction: reported per candidate below
             pass
         grid = None
@@ -142,47 +144,43 @@ class AnalyticEvaluator:
                 results.append(ev.rejected("does_not_fit", f"short of memory by {-headroom:.1f} GiB per device "
                                            f"(weights {base.weight_bytes / units.GiB:.1f} GiB + KV of batch {c.batch})"))
                 continue
-            bd = costs.decode(c.batch, context)
+            bd = steps[c.batch]
             try:
-                grid = grid or serving_policy.replica_cost(c, scenario, model)
+                grid = grid or serving_policy.replica_cost(c, scenario, model, cache)
             except MoesimError as err:  # no KV room at the serving memory fraction
                 results.append(ev.rejected("does_not_fit", str(err)))
                 continue
-            est = serving_policy.choose(grid, c, scenario, _featured_decode_s(costs, c.batch, context, bd, scenario))
+            if bd.drop_fraction > limit:  # never ranked (moesim/planner/rank.py): latencies not priced
+                results.append(replace(ev, step_time_s=bd.step_time_s, drop_fraction=bd.drop_fraction,
+                                       reroute_fraction=bd.reroute_fraction, backup_fraction=bd.backup_fraction,
+                                       imbalance=bd.expert_imbalance).rejected(
+                    "drops_too_many", f"drops {bd.drop_fraction:.2%} > {limit:.2%}"))
+                continue
+            est = serving_policy.choose(grid, c, scenario,
+                                        _featured_decode_s(model, dep, bd, c.batch, context, scenario, cache))
             results.append(Evaluation(
                 candidate=c, tokens_per_s=est.output_tokens_per_s, step_time_s=bd.step_time_s,
                 tpot_s=est.tpot_s, ttft_s=est.ttft_s, memory_headroom_GiB=headroom,
                 bottleneck=bottleneck_name(bd, hw, c, headroom * units.GiB / base.capacity_bytes),
-                drop_fraction=self._drops(model, c, hw, scenario), imbalance=bd.expert_imbalance,
+                drop_fraction=bd.drop_fraction, reroute_fraction=bd.reroute_fraction,
+                backup_fraction=bd.backup_fraction, imbalance=bd.expert_imbalance,
                 decode_steps_per_prefill=est.steps,
             ))
         return results
 
-    def _drops(self, model, c: Candidate, hw, scenario) -> float:
-        if model.moe is None or c.capacity_factor is None:
-            return 0.0
-        tokens = c.batch * c.devices // c.pp
-        r = scenario.routing
-        return _drop_fraction(model.moe.num_experts, model.moe.top_k, max(tokens, 1), c.ep,
-                              min(hw.scale_up.domain_size, c.ep), r.skew, c.capacity_factor, r.overflow,
-                              c.redundant_experts, model.moe.n_groups, model.moe.topk_groups, self.drop_samples)
-
     # ---- training --------------------------------------------------------------------------
-    def _training_layout(self, lay: _Layout, cands: list[Candidate], scenario, model) -> list[Evaluation]:
-        from moesim.step import training_step
+    def _training_group(self, cands: list[Candidate], scenario, model) -> list[Evaluation]:
+        from moesim.step import Training, estimate
 
-        hw = load_profile(lay.hardware)
+        hw = load_profile(cands[0].hardware)
         w = scenario.workload
-        cluster = Cluster(hardware=hw.name, devices=lay.devices)
-        routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
         results = []
         for c in cands:
             try:
-                bd = training_step(model, hw, cluster, c.parallelism(), global_batch=w.global_batch,
-                                   seq_len=w.seq_len, micro_batch=c.batch, dtype=w.dtype,
-                                   recompute=w.recompute, routing=routing,
-                                   distributed_optimizer=w.distributed_optimizer, check_memory=False)
-            except MoesimError as err:
+                dep = self.cache.deployment(c, scenario, model)
+                bd = estimate(model, dep, Training(w.global_batch, w.seq_len, c.batch, scenario.routing.skew),
+                              check_memory=False, cache=self.cache.step).breakdown(0)
+            except (MoesimError, ValueError) as err:
                 results.append(Evaluation(candidate=c).rejected("invalid_layout", str(err)))
                 continue
             headroom = bd.memory_capacity_GiB - bd.memory_GiB
@@ -191,10 +189,11 @@ class AnalyticEvaluator:
                 results.append(ev.rejected("does_not_fit", f"short of memory by {-headroom:.1f} GiB per device"))
                 continue
             results.append(Evaluation(
-                candidate=c, tokens_per_s=bd.tokens_per_s_per_device * lay.devices, step_time_s=bd.step_time_s,
+                candidate=c, tokens_per_s=bd.tokens_per_s_per_device * c.devices, step_time_s=bd.step_time_s,
                 memory_headroom_GiB=headroom, mfu=bd.mfu, imbalance=bd.expert_imbalance,
                 bottleneck=bottleneck_name(bd, hw, c, headroom / bd.memory_capacity_GiB),
-                drop_fraction=self._drops(model, c, hw, scenario),
+                drop_fraction=bd.drop_fraction, reroute_fraction=bd.reroute_fraction,
+                backup_fraction=bd.backup_fraction,
             ))
         return results
 
@@ -202,98 +201,25 @@ class AnalyticEvaluator:
     def verify(self, evaluation: Evaluation, scenario) -> Verification | None:
         from moesim.planner.verify import verify_with_des
 
-        return verify_with_des(evaluation, scenario, scenario_model(scenario))
+        return verify_with_des(evaluation, scenario, scenario_model(scenario), self.cache)
 
 
-def _featured_decode_s(costs, batch: int, context: int, bd, scenario) -> float:
+def _featured_decode_s(model, dep, bd, batch: int, context: int, scenario, cache: PlanCache) -> float:
     """The decode iteration per emitted token under speculative decoding (moesim/planner/pool_cost.py
-    ``featured``); the plain step without it."""
+    ``featured``) on the candidate's own deployment (its capacity priced); the plain step without it."""
     spec = scenario.features.speculative
     if spec is None:
         return bd.step_time_s
     from moesim.planner.pool_cost import speculative_step_s
+    from moesim.step import Decode, estimate
 
-    step = speculative_step_s(spec, costs.model, lambda b, ctx: costs.decode(b, int(ctx)).step_time_s, batch, context)
-    return step / spec.tokens_per_step
+    skew = scenario.routing.skew
 
+    def step(b, ctx) -> float:
+        ctx = int(ctx)
+        if b == batch and ctx == context:
+            return bd.step_time_s
+        return cache.get(cache.key(model, dep, "decode one", float(b), ctx, skew), lambda: float(estimate(
+            model, dep, Decode(b, ctx, skew), check_memory=False, cache=cache.step).step_time_s[0]))
 
-class _StepCosts:
-    """The step model's decode and prefill iterations of one (hardware, layout), memoized in this
-    process by everything they depend on (model, hardware, layout, dtypes, overlap, routing skew,
-    batch, context or prompt length): another layout group, chunk or plan (what-if, compare,
-    pilot) with the same inputs reuses them. The numbers are ``decode_iteration`` /
-    ``prefill_iteration``'s own (the planner never re-derives a time)."""
-
-    def __init__(self, model, hw, par, lay: _Layout, scenario):
-        w = scenario.workload
-        self.model, self.hw, self.par, self.lay, self.scenario = model, hw, par, lay, scenario
-        self.cluster = Cluster(hardware=hw.name, devices=lay.devices)
-        routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
-        self.kw = dict(dtype=w.dtype, kv_dtype=w.kv_dtype, routing=routing, overlap=overlap_mode(scenario, model),
-                       check_memory=False)
-        self.key = (_model_key(model), hw.name, lay, w.dtype, w.kv_dtype, self.kw["overlap"], routing.model_dump_json())
-
-    def decode(self, batch: int, context: int):
-        from moesim.step import decode_iteration
-
-        key = self.key + ("decode", batch, context)
-        if key not in _MEMO:
-            _remember(key, decode_iteration(self.model, self.hw, self.cluster, self.par, batch_per_device=batch,
-                                            context=context, **self.kw))
-        return _MEMO[key]
-
-    def decode_many(self, batches, context: int) -> None:
-        """Memoize ``decode`` at every batch at once: ``vectorized.decode_breakdowns`` (one layer-model
-        call per layer kind and batch, the schedule on arrays; equal to ``decode_iteration``)."""
-        todo = [b for b in batches if self.key + ("decode", b, context) not in _MEMO]
-        if not todo:
-            return
-        lay = self.lay  # any candidate of the layout (batch and capacity factor are not in the key)
-        c = Candidate(lay.hardware, lay.devices, lay.tp, lay.pp, lay.dp, lay.ep, lay.attention_layout,
-                      redundant_experts=lay.redundant_experts)
-        it = serving_policy.layout_iterations(c, self.scenario, self.model, self.kw["routing"])
-        for b, bd in zip(todo, it.decode(todo, context)):
-            _remember(self.key + ("decode", b, context), bd)
-
-    def prefill(self, prompt_len: int) -> float:
-        from moesim.step import prefill_iteration
-
-        key = self.key + ("prefill", prompt_len)
-        if key not in _MEMO:
-            _remember(key, prefill_iteration(self.model, self.hw, self.cluster, self.par, prompt_len=prompt_len,
-                                             prompts_per_device=1, **self.kw).step_time_s)
-        return _MEMO[key]
-
-
-_MEMO: dict = {}
-_MEMO_MAX = 200_000
-_MODEL_KEYS: dict[int, tuple] = {}
-
-
-def _remember(key, value) -> None:
-    if len(_MEMO) >= _MEMO_MAX:  # NOTE: a crude bound; sweeps this large stream to disk anyway
-        _MEMO.clear()
-    _MEMO[key] = value
-
-
-def _model_key(model) -> str:
-    """The model's full JSON (ModelSpec is frozen: cache it by identity while the object lives)."""
-    hit = _MODEL_KEYS.get(id(model))
-    if hit is None or hit[0] is not model:
-        hit = _MODEL_KEYS[id(model)] = (model, model.model_dump_json())
-    return hit[1]
-
-
-@functools.lru_cache(maxsize=4096)
-def _drop_fraction(E, k, tokens, ep, per_node, skew, cf, overflow, redundant, groups, topk_groups, samples) -> float:
-    """Expected dropped share of token copies: the routing engine's public ``route`` (analytic when
-    it has that popularity, else Monte Carlo); cached here and by ``route`` per distinct input."""
-    from moesim.routing.api import route
-
-    kw = dict(ep=ep, ranks_per_node=per_node, skew=skew, capacity_factor=cf, overflow=overflow,
-              placement="load_aware" if redundant else "contiguous", redundant_experts=redundant,
-              n_groups=groups, topk_groups=topk_groups)
-    try:
-        return float(route(E, k, tokens, engine="analytic", **kw).drop_fraction)
-    except (TypeError, NotImplementedError, MoesimError):
-        return float(route(E, k, tokens, engine="montecarlo", samples=samples, seed=0, **kw).drop_fraction)
+    return speculative_step_s(spec, model, step, batch, context) / spec.tokens_per_step

@@ -262,10 +262,12 @@ def transfer_links(prefill: PoolLayout, decode_hardware: str) -> Transfer:
     from moesim.catalog import load_profile
     from moesim.comm.topology import build_topology
     from moesim.des.serving.deployment import kv_transfer
-    from moesim.specs import Cluster
+    from moesim.specs import Deployment
 
     hw = load_profile(prefill.hardware)
-    tr = kv_transfer(hw, Cluster(hardware=hw.name, devices=prefill.devices), prefill.candidate().parallelism())
+    tr = kv_transfer(Deployment(hardware=hw, devices=prefill.devices, tp=prefill.tp, dp=prefill.devices // prefill.tp,
+                                ep=prefill.ep, attention_layout=prefill.attention_layout,
+                                redundant_experts=prefill.redundant_experts))
     bw = tr.bandwidth_Bps
     if decode_hardware != prefill.hardware:
         other = load_profile(decode_hardware)

@@ -22,7 +22,8 @@ REASONS: dict[str, str] = {
     "does_not_fit": "does not fit in device memory",
     "misses_slo_tpot": "misses the TPOT SLO",
     "misses_slo_ttft": "misses the TTFT SLO",
-    "drops_too_many": "drops more tokens than search.max_drop_fraction",
+    "drops_too_many": "drops more tokens than limits.max_drop_fraction",
+    "quality_too_low": "predicted loss increase above limits.max_loss_increase (or not predicted)",
     "over_max_devices": "needs more devices than max_devices to meet the target",
     "misses_deadline": "cannot finish the tokens by the deadline",
     "error": "the evaluation failed (reported, not fatal)",
@@ -84,6 +85,9 @@ class Evaluation:
     ``memory_headroom_GiB`` < 0 is the shortfall of a deployment that does not fit.
     ``decode_steps_per_prefill``: the prefill-batching K the serving estimate assumes (the DES
     check runs the same; :mod:`moesim.planner.serving_policy`).
+    Quality: ``drop_fraction``, ``reroute_fraction``, ``backup_fraction`` are the step model's
+    shares of routed token copies under the candidate's capacity factor; ``loss_increase`` is a
+    quality model's predicted loss increase (None: no quality model priced it).
     """
 
     candidate: Candidate
@@ -97,6 +101,9 @@ class Evaluation:
     memory_headroom_GiB: float | None = None
     bottleneck: str = ""
     drop_fraction: float = 0.0
+    reroute_fraction: float = 0.0
+    backup_fraction: float = 0.0
+    loss_increase: float | None = None
     imbalance: float = 1.0
     mfu: float | None = None
     decode_steps_per_prefill: int | None = None

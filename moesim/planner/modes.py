@@ -74,7 +74,7 @@ def plan_disaggregated(scenario, model, evaluator, facts: dict):
     if result.best is None or scenario.verify.top_n < 1:
         return result
     t = time.perf_counter()
-    costs = PoolCosts(scenario, model)
+    costs = PoolCosts(scenario, model, getattr(evaluator, "cache", None))
     checks = tuple(verify_disaggregated(c, costs, facts) for c in verify_targets(result.ranked, scenario.verify.top_n))
     met = [v for v in checks if v.met]
     chosen = min(met, key=lambda v: (v.usd_per_hour, v.candidate_key)) if met else checks[0]

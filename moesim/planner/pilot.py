@@ -17,7 +17,7 @@ threshold.
   = offered load (the DES's windowed measurement is reported beside it); gate: >= 98% of offered (no queue building); roll back: < 90% of offered.
 - drop fraction (the quality proxy until a quality model exists) and expert imbalance: the
   routing model's values at the plan's batch; gate: drops <= max(2 x expected, 1e-4), imbalance <=
-  1.25 x expected; roll back: drops > ``search.max_drop_fraction``, imbalance > 1.5 x expected.
+  1.25 x expected; roll back: drops > ``limits.max_drop_fraction``, imbalance > 1.5 x expected.
 A stage should run for at least ``max(MIN_STAGE_S, P99_REQUESTS / its request rate)`` (1,000
 requests put 10 above a p99) before its gate is read.
 """
@@ -160,10 +160,12 @@ def _des_at(system, scenario: ServingScenario, rate: float, lengths) -> dict:
 
 def staged_pilot(scenario: ServingScenario, result: PlanResult, *, error: float, error_source: str = "",
                  stages: tuple[float, ...] = DEFAULT_STAGES, price_per_device_hour: float | None = None,
-                 progress: bool = False) -> StagedPilot:
+                 progress: bool = False, cache=None) -> StagedPilot:
     """Stages of a pilot of ``result``'s answer (module docstring); ``error`` is the relative
     serving forecast error the bands carry (``moesim.provenance``); ``progress``: a bar over
-    the stages on stderr."""
+    the stages on stderr; ``cache``: the plan's evaluator's ``PlanCache`` (moesim/planner/costs.py;
+    a fresh one when None: the replica is priced anew, to the same numbers)."""
+    from moesim.planner.costs import PlanCache
     from moesim.progress import bar
     from moesim.planner.verify import _lengths, _system
 
@@ -178,7 +180,7 @@ def staged_pilot(scenario: ServingScenario, result: PlanResult, *, error: float,
         result.require_feasible()
     ev, c = a.ranked.evaluation, a.ranked.candidate
     price = price_per_device_hour if price_per_device_hour is not None else a.usd_per_hour / a.total_devices
-    system = _system(ev, scenario, scenario_model(scenario))
+    system = _system(ev, scenario, scenario_model(scenario), PlanCache() if cache is None else cache)
     lengths = _lengths(scenario.workload)
     target = scenario.target_output_tokens_per_s / scenario.workload.output_len
     out = []
@@ -201,8 +203,8 @@ def staged_pilot(scenario: ServingScenario, result: PlanResult, *, error: float,
                    f"measured {des['tokens_per_s']:,.0f} tok/s"),
              Watch("drop fraction (quality proxy)", "fraction", ev.drop_fraction, 0.0,
                    max(2 * ev.drop_fraction, 1e-4), f"<= {max(2 * ev.drop_fraction, 1e-4):.3g}",
-                   max(2 * ev.drop_fraction, 1e-4), f"> {scenario.search.max_drop_fraction:g} (the plan's limit)",
-                   scenario.search.max_drop_fraction, "routing model at the plan's batch and skew"),
+                   max(2 * ev.drop_fraction, 1e-4), f"> {scenario.limits.max_drop_fraction:g} (the plan's limit)",
+                   scenario.limits.max_drop_fraction, "routing model at the plan's batch and skew"),
              Watch("expert imbalance (max/mean)", "ratio", ev.imbalance, 1.0, 1.25 * ev.imbalance,
                    f"<= {1.25 * ev.imbalance:.3g}", 1.25 * ev.imbalance,
                    f"> {1.5 * ev.imbalance:.3g} (routing differs from the plan)", 1.5 * ev.imbalance,

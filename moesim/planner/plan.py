@@ -142,7 +142,8 @@ def _row(r: Ranked) -> dict:
         "tpot_s": ev.tpot_s, "ttft_s": ev.ttft_s, "step_time_s": ev.step_time_s,
         "memory_headroom_GiB": ev.memory_headroom_GiB, "usd_per_hour": r.usd_per_hour,
         "usd_per_million_tokens": r.usd_per_million_tokens, "bottleneck": ev.bottleneck,
-        "drop_fraction": ev.drop_fraction, "imbalance": ev.imbalance, "mfu": ev.mfu,
+        "drop_fraction": ev.drop_fraction, "reroute_fraction": ev.reroute_fraction,
+        "backup_fraction": ev.backup_fraction, "loss_increase": ev.loss_increase, "imbalance": ev.imbalance, "mfu": ev.mfu,
         "decode_steps_per_prefill": ev.decode_steps_per_prefill,
         "days": r.days, "total_usd": r.total_usd,
     }
@@ -311,7 +312,7 @@ def _screened_sweep(candidates, scenario, model, evaluator, facts, keep: int, ra
     from moesim.planner.screen import layout_order, screen
 
     t = time.perf_counter()
-    screened = screen(candidates, scenario, model, facts, nodes=SCREEN_NODES)
+    screened = screen(candidates, scenario, model, facts, nodes=SCREEN_NODES, cache=evaluator.cache)
     dt = time.perf_counter() - t
     timings.update(screen_s=dt, screen_configs_per_s=len(candidates) / max(dt, 1e-9))
     done: set[int] = set()
@@ -327,7 +328,7 @@ def _screened_sweep(candidates, scenario, model, evaluator, facts, keep: int, ra
         if lb > max(kth, best.get(hw, math.inf)):
             continue
         if not refined:  # more decode nodes (~10 ms; tighter bounds) before the exact evaluation (~50 ms)
-            for i, s in zip(idx, screen([candidates[i] for i in idx], scenario, model, facts)):
+            for i, s in zip(idx, screen([candidates[i] for i in idx], scenario, model, facts, cache=evaluator.cache)):
                 screened[i] = s
             heapq.heappush(heap, (min(screened[i].usd_per_hour_lb for i in idx), True, hw, idx[0], idx))
             continue

@@ -1,13 +1,14 @@
 """What one serving pool's iterations cost: the ONE seam between the serving-mode planner
 (:mod:`moesim.planner.disagg`) and the step model.
 
-Every time the disaggregated search uses comes from here, built on the step model's public
-per-layout iterations (``moesim.step.vectorized.LayoutIterations`` through
-:func:`moesim.planner.serving_policy.layout_iterations`, the co-located planner's own), so a new
-estimator is switched in by changing this module alone:
+Every time the disaggregated search uses comes from here, built on the step model's one
+estimator (``moesim.step.estimate`` on the pool's ``Deployment``, made by the co-located
+planner's own ``moesim.planner.costs.deployment_of``, dropless: pools run no capacity limit),
+so a new estimator is switched in by changing this module alone:
 
-- ``decode_breakdowns(layout, batch_B, context)``: ``decode_iteration``'s StepBreakdown at each
-  batch per device (one context);
+- ``decode_breakdowns(layout, batch_B, context)``: ``estimate``'s StepBreakdown of a ``Decode``
+  at each batch per device (one context, the scenario's routing skew), one array call per
+  context;
 - ``decode_step_s(layout, batch, context)``: the time of one decode step of ``batch`` sequences
   per device, with speculative decoding when the features ask for it
   (moesim/specs/serving_features.py): a verify pass of ``b (1 + d)`` query tokens per device
@@ -17,20 +18,23 @@ estimator is switched in by changing this module alone:
 - ``prefill_s(layout, new_tokens_per_device_N, context)``: a prefill iteration of that many new
   tokens per device whose mean query attends ``context`` keys (prefix-cache hits: the cached
   prefix is attended, not recomputed), under the layout's prefill overlap (the co-located
-  planner's rule: ``serving_policy.prefill_overlap``). With no cache hit ``context = (S + 1)/2``
-  and the value equals ``prefill_iteration``'s (tests/test_disagg.py);
+  planner's rule: ``serving_policy.prefill_overlap``), uniform routing (the replica cost's, as
+  ``from_deployment``). It runs ``estimate``'s own prefill stages (moesim/step/estimate.py: the
+  layer model per layer kind, each pipeline stage's schedule, no LM head) with the context
+  given rather than tied to the prompt; with no cache hit ``context = (S + 1)/2`` and the value
+  equals ``estimate(Prefill(S, T / S))``'s (tests/test_disagg.py);
 - ``kv_capacity(layout)``: KV tokens one replica holds at the serving memory fraction (the DES's
   ``kv_capacity_tokens``).
 
 Pools run one pipeline stage (pp 1), as the published large-EP deployments do. ``PoolCosts`` is
-an explicit cache keyed by the layout and arguments, one per plan.
+an explicit cache keyed by the layout and arguments, one per plan; its ``PlanCache`` holds the
+deployments and the step model's layer setups (content-keyed, moesim/planner/costs.py).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import numpy as np
 
 from moesim.errors import MoesimError
 from moesim.planner import serving_policy
@@ -68,22 +72,30 @@ class PoolLayout:
 class PoolCosts:
     """Memoized iteration costs of pools for one scenario and model (module docstring)."""
 
-    def __init__(self, scenario, model):
+    def __init__(self, scenario, model, cache=None):
+        from moesim.planner.costs import PlanCache
+
         self.scenario, self.model = scenario, model
-        self.routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
+        self.cache = PlanCache() if cache is None else cache
+        self.skew = scenario.routing.skew
         self.spec = scenario.features.speculative
         self._decode: dict = {}
         self._prefill: dict = {}
         self._cap: dict = {}
 
-    def _iterations(self, layout: PoolLayout):
-        return serving_policy.layout_iterations(layout.candidate(), self.scenario, self.model, self.routing)
+    def deployment(self, layout: PoolLayout):
+        """The pool replica's ``Deployment``: the scenario's dtypes and decode overlap, dropless."""
+        return self.cache.deployment(layout.candidate(), self.scenario, self.model, capacity=False)
 
     def decode_breakdowns(self, layout: PoolLayout, batch_B, context: int) -> list:
-        """``decode_iteration``'s StepBreakdown at each batch per device (memoized per node)."""
+        """``estimate``'s decode StepBreakdown at each batch per device (memoized per node)."""
+        from moesim.step import Decode, estimate
+
         todo = sorted({float(b) for b in batch_B if (layout, float(b), int(context)) not in self._decode})
         if todo:
-            for b, bd in zip(todo, self._iterations(layout).decode(todo, int(context))):
+            est = estimate(self.model, self.deployment(layout), Decode(todo, int(context), self.skew),
+                           check_memory=False, cache=self.cache.step)
+            for b, bd in zip(todo, est.breakdowns()):
                 self._decode[(layout, b, int(context))] = bd
         return [self._decode[(layout, float(b), int(context))] for b in batch_B]
 
@@ -119,38 +131,49 @@ class PoolCosts:
 
     def prefill_s(self, layout: PoolLayout, new_tokens_per_device: float, context: float) -> float:
         """A prefill iteration of ``new_tokens_per_device`` tokens attending ``context`` keys each."""
-        from moesim.step.vectorized import _stack_N
-
         key = (layout, float(new_tokens_per_device), float(context))
         if key not in self._prefill:
             c = layout.candidate()
-            it = serving_policy.layout_iterations(c, self.scenario, self.model)
-            overlap = serving_policy.prefill_overlap(c, self.scenario, self.model)
-            halves = 2 if overlap == "two_microbatch" else 1
-            # NOTE: LayoutIterations.prefill ties the context to the prompt ((S + 1) / 2); a cached
-            # prefix is attended without being recomputed, so the stack is called with both.
-            t = _stack_N(it.setup("prefill"), np.array([new_tokens_per_device / halves]), np.array([context]),
-                         overlap)[2]
-            self._prefill[key] = float(t[0])
+            overlap = serving_policy.prefill_overlap(c, self.scenario, self.model, self.cache)
+            dep = self.deployment(layout).with_(prefill_overlap=overlap)
+            self._prefill[key] = prefill_stage_s(self.model, dep, new_tokens_per_device, context, self.cache.step)
         return self._prefill[key]
 
     def kv_capacity(self, layout: PoolLayout) -> int:
         """KV tokens of one replica (InfeasibleError when the weights leave no room)."""
-        from moesim.catalog import load_profile
         from moesim.des.serving.deployment import kv_capacity_tokens
 
         if layout not in self._cap:
-            w = self.scenario.workload
             try:
-                self._cap[layout] = kv_capacity_tokens(self.model, load_profile(layout.hardware),
-                                                       layout.candidate().parallelism(), layout.devices,
-                                                       dtype=w.dtype, kv_dtype=w.kv_dtype)
+                self._cap[layout] = kv_capacity_tokens(self.model, self.deployment(layout))
             except MoesimError as err:  # no KV room: kept, and raised on every call
                 self._cap[layout] = err
         cap = self._cap[layout]
         if isinstance(cap, MoesimError):
             raise cap
         return cap
+
+
+def prefill_stage_s(model, dep, tokens_per_device: float, context: float, cache=None, skew: str = "uniform") -> float:
+    """``estimate``'s prefill iteration (moesim/step/estimate.py ``_inference``: the layer model per
+    layer kind at ``tokens / halves`` tokens, each pipeline stage's schedule under the prefill
+    overlap, the slowest stage x pp, no LM head) of ``tokens_per_device`` new tokens whose mean
+    query attends ``context`` keys. NOTE: ``Prefill`` ties the context to the prompt ((S + 1) / 2);
+    a cached prefix is attended without being recomputed, so the stages are run with both."""
+    from moesim.step.cache import StepCache
+    from moesim.step.estimate import KindOps, layer_kinds, stage_kind_counts
+    from moesim.step.layer import layer_ops
+    from moesim.step.stack import stack_times
+
+    cache = StepCache() if cache is None else cache
+    overlap = dep.overlap_of("prefill")
+    halves = 2 if overlap == "two_microbatch" else 1
+    setup = cache.setup(model, dep, "prefill", skew)
+    kinds, kind_L = layer_kinds(model)
+    kops = KindOps.of([[layer_ops(setup, layers[0], float(tokens_per_device) / halves, float(context))]
+                       for layers in kinds])
+    stages, _ = stage_kind_counts(model, dep.pp, kinds, kind_L)
+    return float(max(stack_times(kops.stage(ks), overlap).time_s[0] for ks in stages)) * dep.pp
 
 
 def speculative_step_s(spec, model, step_fn, batch: float, context: float) -> float:
@@ -171,7 +194,7 @@ def featured(prefill_fn, decode_fn, scenario, model):
     decode iteration is the speculative step over its E emitted tokens (so every iteration still
     emits one token per sequence). Without features the functions are returned unchanged.
     NOTE: the co-located step model prices the new tokens' attention over themselves only (the
-    cached prefix it attends is not in ``prefill_iteration``'s causal context); the
+    cached prefix it attends is not in ``Prefill``'s causal context); the
     disaggregated pools price it (``PoolCosts.prefill_s``)."""
     f = scenario.features
     h, spec = f.prefix_cache_hit_rate, f.speculative

@@ -5,7 +5,11 @@ Serving, cost to meet the target (T output tokens/s) with one replica sustaining
     $/M tokens = $/h / (T [tok/s] x 3600 [s/h]) x 1e6     (paying for the capacity actually bought).
 Training on n devices at R tokens/s for a budget of B tokens:
     days = B / R / 86400;  cost = n x price x days x 24;  $/M tokens = cost / B x 1e6.
-Rank: cheapest first ($/h serving, total $ training), ties by latency (TPOT or days), then key.
+Quality: a candidate over ``limits.max_drop_fraction`` (or, when set, ``limits.max_loss_increase``)
+is rejected (``quality_rejection``), for serving and training alike: drops are never free.
+Rank: cheapest first ($/h serving, total $ training), ties by quality (drop fraction, then the
+predicted loss increase), then latency (TPOT or days); equal on all of these, the search order
+(``sorted`` is stable), never an identity string.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ class Ranked:
 
     def sort_key(self):
         primary = self.total_usd if self.total_usd is not None else self.usd_per_hour
-        return (primary, self.latency_s, self.candidate.key())
+        return (primary, *quality_key(self.evaluation), self.latency_s)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -52,12 +56,33 @@ class Rejection:
     miss_ratio: float
 
 
+def quality_key(ev: Evaluation) -> tuple[float, float]:
+    """Lower is better: (drop fraction, predicted loss increase; 0 when none was predicted)."""
+    return (ev.drop_fraction, ev.loss_increase or 0.0)
+
+
+def quality_rejection(ev: Evaluation, scenario) -> Rejection | None:
+    """A Rejection when ``ev`` breaks the scenario's quality limits (module docstring)."""
+    limits = scenario.limits
+    if ev.drop_fraction > limits.max_drop_fraction:
+        return Rejection(ev.rejected("drops_too_many", f"drops {ev.drop_fraction:.2%} > {limits.max_drop_fraction:.2%}"),
+                         1.0 + ev.drop_fraction - limits.max_drop_fraction)
+    cap = limits.max_loss_increase
+    if cap is not None and (ev.loss_increase is None or ev.loss_increase > cap):
+        got = "not predicted" if ev.loss_increase is None else f"{ev.loss_increase:.4f}"
+        miss = math.inf if ev.loss_increase is None else 1.0 + ev.loss_increase - cap
+        return Rejection(ev.rejected("quality_too_low", f"loss increase {got} > {cap:g}"), miss)
+    return None
+
+
 def _nodes(devices: int, facts: HardwareFacts) -> int:
     return -(-devices // max(1, min(facts.domain_size, devices)))
 
 
 def judge_serving(ev: Evaluation, scenario, facts: HardwareFacts) -> Ranked | Rejection:
     """Apply the SLO, drop limit and device limit to one serving evaluation; cost it if it passes."""
+    if ev.reason == "drops_too_many":  # set aside by the evaluator before its latencies were priced
+        return Rejection(ev, 1.0 + ev.drop_fraction - scenario.limits.max_drop_fraction)
     if not ev.ok:
         ratio = 1.0 + max(0.0, -(ev.memory_headroom_GiB or 0.0)) / max(facts.hbm_GiB, 1e-9)
         return Rejection(ev, ratio if ev.reason == "does_not_fit" else math.inf)
@@ -68,10 +93,9 @@ def judge_serving(ev: Evaluation, scenario, facts: HardwareFacts) -> Ranked | Re
     if slo.ttft_s is not None and (ev.ttft_s is None or ev.ttft_s > slo.ttft_s):
         return Rejection(ev.rejected("misses_slo_ttft", f"TTFT {ev.ttft_s * 1e3:.0f} ms > {slo.ttft_s * 1e3:g} ms"),
                          ev.ttft_s / slo.ttft_s)
-    limit = scenario.search.max_drop_fraction
-    if ev.drop_fraction > limit:
-        return Rejection(ev.rejected("drops_too_many", f"drops {ev.drop_fraction:.2%} > {limit:.2%}"),
-                         1.0 + ev.drop_fraction - limit)
+    bad = quality_rejection(ev, scenario)
+    if bad is not None:
+        return bad
     if not ev.tokens_per_s > 0:
         return Rejection(ev.rejected("error", "zero throughput"), math.inf)
     target = scenario.target_output_tokens_per_s
@@ -90,6 +114,9 @@ def judge_training(ev: Evaluation, scenario, facts: HardwareFacts) -> Ranked | R
     if not ev.ok:
         ratio = 1.0 + max(0.0, -(ev.memory_headroom_GiB or 0.0)) / max(facts.hbm_GiB, 1e-9)
         return Rejection(ev, ratio if ev.reason == "does_not_fit" else math.inf)
+    bad = quality_rejection(ev, scenario)
+    if bad is not None:
+        return bad
     if not ev.tokens_per_s > 0:
         return Rejection(ev.rejected("error", "zero throughput"), math.inf)
     w, c = scenario.workload, ev.candidate
@@ -111,7 +138,7 @@ def pareto_frontier(ranked: list[Ranked]) -> list[Ranked]:
     """Deployments no other beats on both cost and latency (cheapest first)."""
     out: list[Ranked] = []
     best = math.inf
-    for r in sorted(ranked, key=lambda r: (r.usd_per_hour, r.latency_s, r.candidate.key())):
+    for r in sorted(ranked, key=lambda r: (r.usd_per_hour, r.latency_s, *quality_key(r.evaluation))):
         if r.latency_s < best:
             out.append(r)
             best = r.latency_s
@@ -157,7 +184,7 @@ def closest_rejection(rejections: list[Rejection]) -> Rejection | None:
     finite = [r for r in rejections if math.isfinite(r.miss_ratio)]
     if not finite:
         return None
-    return min(finite, key=lambda r: (r.miss_ratio, r.evaluation.candidate.key()))
+    return min(finite, key=lambda r: r.miss_ratio)
 
 
 def with_price(facts: HardwareFacts, scenario) -> HardwareFacts:

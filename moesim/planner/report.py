@@ -13,6 +13,12 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1e3:.1f}"
 
 
+def _drops(ev) -> str:
+    """Capacity factor and dropped share of routed copies ("-" dropless)."""
+    cf = ev.candidate.capacity_factor
+    return "-" if cf is None else f"cf {cf:g}: {ev.drop_fraction:.1%}"
+
+
 def _serving_rows(result: PlanResult, top: int, mark: frozenset = frozenset()):
     verified = {v.candidate.key(): v for v in result.verifications}
     frontier = {r.candidate.key() for r in result.frontier}
@@ -26,7 +32,7 @@ def _serving_rows(result: PlanResult, top: int, mark: frozenset = frozenset()):
             f"{r.replicas}x{c.devices}={r.total_devices}",
             r.nodes, c.layout(), c.batch, f"{ev.tokens_per_s / c.devices:,.0f}", tpot, ttft,
             "-" if ev.memory_headroom_GiB is None else f"{ev.memory_headroom_GiB:.1f}",
-            f"{r.usd_per_hour:,.2f}", f"{r.usd_per_million_tokens:.3f}", ev.bottleneck,
+            f"{r.usd_per_hour:,.2f}", f"{r.usd_per_million_tokens:.3f}", _drops(ev), ev.bottleneck,
         )
 
 
@@ -40,7 +46,7 @@ def _training_rows(result: PlanResult, top: int, mark: frozenset = frozenset()):
             f"{ev.tokens_per_s / c.devices:,.0f}", f"{(ev.mfu or 0) * 100:.1f}", f"{r.days:.1f}",
             seconds(ev.step_time_s),
             "-" if ev.memory_headroom_GiB is None else f"{ev.memory_headroom_GiB:.1f}",
-            f"{r.total_usd:,.0f}", ev.bottleneck,
+            f"{r.total_usd:,.0f}", _drops(ev), ev.bottleneck,
         )
 
 
@@ -112,13 +118,13 @@ def render(result: PlanResult, top: int = 10, provenance=None) -> str:
     if result.ranked:
         if s.kind == "serving":
             headers = ["#", "hardware", "devices", "nodes", "parallelism", "batch", "out tok/s/dev",
-                       "TPOT ms", "TTFT ms", "headroom GiB", "$/h", "$/M tok", "bottleneck"]
+                       "TPOT ms", "TTFT ms", "headroom GiB", "$/h", "$/M tok", "drops", "bottleneck"]
             lines.append(table(list(_serving_rows(result, top, mark)), headers))
             lines.append("(f = on the cost-latency Pareto frontier; * = p99 from the serving DES, "
                          "else analytic estimate)")
         else:
             headers = ["#", "hardware", "devices", "nodes", "parallelism", "micro-batch", "tok/s/dev",
-                       "MFU %", "days", "step", "headroom GiB", "total $", "bottleneck"]
+                       "MFU %", "days", "step", "headroom GiB", "total $", "drops", "bottleneck"]
             lines.append(table(list(_training_rows(result, top, mark)), headers))
             lines.append("(f = on the cost-time Pareto frontier)")
         lines += ["", _answer_text(result)]

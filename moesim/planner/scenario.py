@@ -46,7 +46,13 @@ class ServingSearch(Spec):
     overlap: Literal["auto", "none", "two_microbatch"] = Field(
         "auto", description="step overlap mode; auto = two_microbatch for MoE (hides the all-to-all), none for dense"
     )
-    max_drop_fraction: float = Field(0.01, ge=0, le=1, description="quality guard: expected dropped tokens")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        if isinstance(data, dict) and "max_drop_fraction" in data:
+            raise ValueError("search.max_drop_fraction moved to the [limits] table: limits.max_drop_fraction")
+        return data
 
     @field_validator("devices_per_replica", "batch_per_device", "tp", "pp")
     @classmethod
@@ -83,6 +89,19 @@ class TrainingSearch(Spec):
         return tuple(sorted(set(value)))
 
 
+class QualityLimits(Spec):
+    """What a deployment may cost in quality: drops are never free.
+
+    ``max_drop_fraction``: the largest expected share of routed token copies no expert processes
+    (default 0: no dropped tokens). ``max_loss_increase``: the largest predicted loss increase
+    (nats per token) a quality model may report for the candidate (None: no limit); a candidate
+    no quality model priced is rejected when it is set (moesim/planner/rank.py).
+    """
+
+    max_drop_fraction: float = Field(0.0, ge=0, le=1, description="expected dropped token copies (0 = none)")
+    max_loss_increase: float | None = Field(None, ge=0, description="predicted loss increase (nats/token)")
+
+
 class VerifySpec(Spec):
     """Serving-DES verification of the best analytic candidates."""
 
@@ -109,6 +128,7 @@ class _ScenarioBase(Spec):
     prices: PricesSpec = Field(default_factory=PricesSpec,
                                description="the one price basis costs are compared on (moesim/prices.py)")
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    limits: QualityLimits = Field(default_factory=QualityLimits)
 
     @field_validator("hardware", mode="before")
     @classmethod

@@ -7,8 +7,9 @@ Per (hardware, layout) -- units: seconds, tokens, $/h; b batch per device, S = b
 sequences per replica, q = SLO percentile / 100:
 - memory: the analytic stage's own rule (exact): weights + b x tp x pp x C x KV bytes per token
   within HBM, C = prompt_len + output_len // 2;
-- decode step t_d(b): the exact step model (``decode_step_times_many``: one layer-model call per
-  layer kind and node, one schedule call for all layouts) at a few fitting batches, the nodes
+- decode step t_d(b): the exact step model (``moesim.step.estimate`` of the candidate's
+  deployment, capacity factor included: one layer-model call per layer kind and node) at a few
+  fitting batches, the nodes
   (``decode_nodes``: the largest, then the smallest, then log-evenly spaced ones). Bounds, not
   interpolation: the step grows with the batch, so t_d(b) >= t_d(node <= b) (``node_bound``;
   0 below the first node), and the per-device decode rate b / t_d(b) grows with the batch, so
@@ -82,7 +83,8 @@ class Screened:
 
 
 def _layout_key(c: Candidate) -> tuple:
-    return (c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts)
+    """A deployment of the screen: layout and capacity factor (capacity changes the step)."""
+    return (c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts, c.capacity_factor)
 
 
 def decode_nodes(batches: list[int], n: int | None = None) -> list[int]:
@@ -125,43 +127,47 @@ def rate_bound(nodes: list[int], times: np.ndarray, batches) -> np.ndarray:
     return np.minimum(above, direct)
 
 
-def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nodes: int | None = None) -> list[Screened]:
+def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nodes: int | None = None,
+           cache=None) -> list[Screened]:
     """Screen serving ``candidates`` (module docstring) with ``nodes`` decode nodes per layout
-    (default ``NODES``); results in candidate order."""
+    (default ``NODES``); results in candidate order. ``cache``: the evaluator's ``PlanCache``."""
     from moesim.compute.memory import memory_footprint
-    from moesim.step.vectorized import decode_step_times_many
+    from moesim.planner.costs import PlanCache
+    from moesim.step import Decode, estimate
 
+    cache = PlanCache() if cache is None else cache
     w = scenario.workload
     context = inflight_context_tokens(w)  # P + L // 2 for fixed lengths
-    routing = scenario.routing.model_copy(update={"capacity_factor": None, "drift": 0.0})
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(candidates):
         groups.setdefault(_layout_key(c), []).append(i)
-    layouts, items, hosts = [], [], {}
+    layouts, hosts = [], {}
     for idx in groups.values():
         c0 = candidates[idx[0]]
         hw = load_profile(c0.hardware)
-        base = memory_footprint(model, hw, c0.parallelism(), mode="serve", weight_dtype=w.dtype, kv_dtype=w.kv_dtype)
+        dep = cache.deployment(c0, scenario, model)
+        base = cache.get(cache.key(model, dep, "memory", "serve"), lambda: memory_footprint(
+            model, hw, dep.parallelism, mode="serve", weight_dtype=w.dtype, kv_dtype=w.kv_dtype, kv_tokens=0))
         kv_seq = c0.tp * c0.pp * context * base.kv_bytes_per_token
         fitting = sorted({candidates[i].batch for i in idx
                           if base.total_bytes + candidates[i].batch * kv_seq <= base.capacity_bytes})
         picked = decode_nodes(fitting, nodes)
         if (hw.name, c0.pp) not in hosts:
             hosts[hw.name, c0.pp] = _host_s(model, hw, c0.pp)
-        layouts.append((idx, base, kv_seq, picked, hosts[hw.name, c0.pp]))
+        t_nodes = None
         if picked:
-            items.append((serving_policy.layout_iterations(c0, scenario, model, routing), picked))
-    times = iter(decode_step_times_many(items, context))
+            t_nodes = estimate(model, dep, Decode(picked, context, scenario.routing.skew), check_memory=False,
+                               cache=cache.step).step_time_s
+        layouts.append((idx, base, kv_seq, picked, hosts[hw.name, c0.pp], t_nodes))
     out: list[Screened | None] = [None] * len(candidates)
-    for idx, base, kv_seq, picked, host in layouts:
-        t_nodes = next(times) if picked else None
+    for idx, base, kv_seq, picked, host, t_nodes in layouts:
         per_batch = {}  # decode estimate and bounds of each fitting batch (all at once)
         if picked:
             b_B = sorted({candidates[i].batch for i in idx})
             est = zip(interpolate(picked, t_nodes, b_B), node_bound(picked, t_nodes, b_B) * (1.0 - margin),
                       rate_bound(picked, t_nodes, b_B) / (1.0 - margin))
             per_batch = dict(zip(b_B, est))
-        by_batch: dict[int, Screened] = {}  # the capacity factor does not enter the screen
+        by_batch: dict[int, Screened] = {}  # one deployment: candidates differ by batch alone
         for i in idx:
             c = candidates[i]
             hit = by_batch.get(c.batch)

@@ -3,7 +3,8 @@ closed-form latencies of co-located continuous batching under that scheduler.
 
 The analytic stage (:mod:`moesim.planner.analytic`) and the serving-DES check
 (:mod:`moesim.planner.verify`) price iterations with the SAME :class:`GridCost`
-(:func:`replica_cost`, memoized per layout) and configure the SAME scheduler
+(:func:`replica_cost`, memoized per deployment content in the evaluator's ``PlanCache``) and
+configure the SAME scheduler
 (:func:`scheduler`), so the DES tests the analytic's tails, not a different deployment.
 
 Choices, as a production deployment makes them (units: tokens, seconds):
@@ -44,17 +45,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from moesim.catalog import load_profile
+from moesim.planner.costs import PlanCache
 from moesim.planner.scenario import overlap_mode
-from moesim.specs import Cluster
+from moesim.step.cache import StepCache
 
 PER_RANK_TOKEN_BUDGET = 8192
 SEQ_HEADROOM = 2
 MAX_DECODE_STEPS_PER_PREFILL = 512
-_COSTS: dict[tuple, object] = {}
-_OVERLAPS: dict[tuple, str] = {}
-_NODES: dict[tuple, object] = {}
-_ITERS: dict[tuple, object] = {}
 
 
 def attention_ranks(c) -> int:
@@ -76,64 +73,55 @@ def scheduler(c, steps: int = 1):
                            max_seqs=seqs, decode_steps_per_prefill=max(1, int(steps)))
 
 
-def prefill_overlap(c, scenario, model) -> str:
+def prefill_overlap(c, scenario, model, cache: PlanCache) -> str:
     """Overlap of prefill/mixed passes: the scenario's, or with ``auto`` the faster of the two
-    at one prompt per device (module docstring)."""
+    at one prompt per device (module docstring), chosen on the layout's dropless deployment (one
+    choice for every capacity factor of a layout: a schedule choice, not a price)."""
+    from moesim.step import Prefill, estimate
+
     mode = overlap_mode(scenario, model)
     if getattr(scenario.search, "overlap", "none") != "auto" or mode == "none":
         return mode
     w = scenario.workload
-    key = (_layout_key(c, scenario, model), "overlap")
-    if key not in _OVERLAPS:
-        it = layout_iterations(c, scenario, model)
-        t = {m: float(it.prefill([w.prompt_len], [1.0], overlap=m)[0]) for m in ("none", mode)}
-        _OVERLAPS[key] = min(t, key=t.__getitem__)
-    return _OVERLAPS[key]
+    dep = cache.deployment(c, scenario, model, capacity=False)
 
+    def faster():
+        t = {m: float(estimate(model, dep.with_(prefill_overlap=m), Prefill(w.prompt_len, 1.0), check_memory=False,
+                               cache=cache.step).step_time_s[0]) for m in ("none", mode)}
+        return min(t, key=t.__getitem__)
 
-def layout_iterations(c, scenario, model, routing=None):
-    """The layout's ``LayoutIterations`` (moesim/step/vectorized.py), one per (layout key,
-    routing) in this process, shared by the planner's decode steps and the replica cost (its
-    layer-model memo then serves both): the scenario's dtypes and decode overlap; ``routing``
-    None is ``from_deployment``'s uniform routing."""
-    from moesim.specs import RoutingSpec
-    from moesim.step.vectorized import LayoutIterations
-
-    routing = RoutingSpec() if routing is None else routing
-    key = (_layout_key(c, scenario, model), routing.model_dump_json())
-    if key not in _ITERS:
-        w = scenario.workload
-        hw = load_profile(c.hardware)
-        _ITERS[key] = LayoutIterations(model, hw, Cluster(hardware=hw.name, devices=c.devices), c.parallelism(),
-                                       dtype=w.dtype, kv_dtype=w.kv_dtype, routing=routing,
-                                       overlap=overlap_mode(scenario, model))
-    return _ITERS[key]
+    return cache.get(cache.key(model, dep, "prefill_overlap", w.prompt_len), faster)
 
 
 class _Nodes:
     """``from_deployment``'s ``decode_fn`` / ``prefill_fn`` (same definitions: decode at ``batch /
     devices`` per device and ``ceil(context)``; prefill of ``min(tokens, prompt_len)``-token
     prompts, ``tokens / s / devices`` per device), memoized and computed many nodes at a time
-    by one ``LayoutIterations`` (equal to the scalar step model; test)."""
+    by one step-model call per context (decode) or per batch of nodes (prefill)."""
 
-    def __init__(self, it, devices: int, prompt_len: int, prefill_mode: str):
-        self.it, self.n, self.P, self.mode = it, devices, prompt_len, prefill_mode
+    def __init__(self, model, deployment, devices: int, prompt_len: int, cache: StepCache):
+        self.model, self.dep, self.n, self.P, self.cache = model, deployment, devices, prompt_len, cache
         self.decode_memo: dict = {}
         self.prefill_memo: dict = {}
 
     def prefetch(self, decode_nodes, prefill_nodes) -> None:
+        from moesim.step import Decode, Prefill, estimate
+
         by_ctx: dict[int, list] = {}
         for b, ctx in decode_nodes:
             if (b, math.ceil(ctx)) not in self.decode_memo:
                 by_ctx.setdefault(math.ceil(ctx), []).append(b)
         for ctx, bs in by_ctx.items():
             bs = sorted(set(bs))
-            for b, bd in zip(bs, self.it.decode([b / self.n for b in bs], ctx)):
-                self.decode_memo[(b, ctx)] = bd.step_time_s
+            t = estimate(self.model, self.dep, Decode([b / self.n for b in bs], ctx), check_memory=False,
+                         cache=self.cache).step_time_s
+            for b, v in zip(bs, t):
+                self.decode_memo[(b, ctx)] = float(v)
         todo = sorted({t for t in prefill_nodes if t not in self.prefill_memo})
         if todo:
             s = [min(t, self.P) for t in todo]
-            for t, v in zip(todo, self.it.prefill(s, [t / si / self.n for t, si in zip(todo, s)], overlap=self.mode)):
+            w = Prefill(s, [t / si / self.n for t, si in zip(todo, s)])
+            for t, v in zip(todo, estimate(self.model, self.dep, w, check_memory=False, cache=self.cache).step_time_s):
                 self.prefill_memo[t] = float(v)
 
     def decode_fn(self, batch: int, context: float) -> float:
@@ -145,43 +133,49 @@ class _Nodes:
         return self.prefill_memo[tokens]
 
 
-def replica_cost(c, scenario, model):
-    """The replica's GridCost, one per (model, hardware, layout, dtypes, overlaps, prompt hint):
-    ``from_deployment``'s (same KV capacity, same iteration functions), its nodes priced by
-    :class:`_Nodes`."""
+def _replica(c, scenario, model, cache: PlanCache):
+    """(GridCost, _Nodes) of the replica of ``c``: ``from_deployment``'s KV capacity and iteration
+    definitions, keyed by the deployment's content, the scenario's overlap search and prompt."""
     from moesim.compute.memory import kv_bytes_per_token
     from moesim.des.serving.cost import GridCost
     from moesim.des.serving.deployment import kv_capacity_tokens
     from moesim.specs import Parallelism
 
-    key = _layout_key(c, scenario, model)
-    if key not in _COSTS:
-        w = scenario.workload
-        hw = load_profile(c.hardware)
-        par = c.parallelism()
-        cap = kv_capacity_tokens(model, hw, par, c.devices, dtype=w.dtype, kv_dtype=w.kv_dtype)
-        nodes = _Nodes(layout_iterations(c, scenario, model), c.devices, w.prompt_len,
-                       prefill_overlap(c, scenario, model))
+    w = scenario.workload
+    dep = cache.deployment(c, scenario, model)
+
+    def make():
         from moesim.planner.pool_cost import featured  # prefix-cache hits, speculative decoding
 
+        cap = kv_capacity_tokens(model, dep)
+        full = dep.with_(prefill_overlap=prefill_overlap(c, scenario, model, cache))
+        nodes = _Nodes(model, full, c.devices, w.prompt_len, cache.step)
         prefill_fn, decode_fn = featured(nodes.prefill_fn, nodes.decode_fn, scenario, model)
-        _COSTS[key] = GridCost(prefill_fn=prefill_fn, decode_fn=decode_fn, kv_capacity_tokens=cap,
-                               kv_bytes_per_token=kv_bytes_per_token(model, Parallelism(), w.kv_dtype),
-                               devices=c.devices, points_per_octave=1)
-        _NODES[key] = nodes
-    return _COSTS[key]
+        cost = GridCost(prefill_fn=prefill_fn, decode_fn=decode_fn, kv_capacity_tokens=cap,
+                        kv_bytes_per_token=kv_bytes_per_token(model, Parallelism(), w.kv_dtype),
+                        devices=c.devices, points_per_octave=1)
+        return cost, nodes
+
+    features = scenario.features.model_dump_json() if hasattr(scenario, "features") else ""
+    return cache.get(cache.key(model, dep, "replica", getattr(scenario.search, "overlap", "none"), w.prompt_len,
+                               features), make)
 
 
-def prefetch(cands, scenario, model) -> None:
+def replica_cost(c, scenario, model, cache: PlanCache):
+    """The replica's GridCost (``from_deployment``'s: same KV capacity, same iteration
+    functions), its nodes priced by :class:`_Nodes`; one per deployment content in ``cache``."""
+    return _replica(c, scenario, model, cache)[0]
+
+
+def prefetch(cands, scenario, model, cache: PlanCache) -> None:
     """Price at once the grid nodes the closed form will ask of the layout's GridCost for
-    ``cands`` (one layout): decode at the brackets of each replica batch S and the slope nodes;
-    prefill at the brackets of n P + S for K = 1 and K = max_steps (other K: on demand)."""
+    ``cands`` (one deployment): decode at the brackets of each replica batch S and the slope
+    nodes; prefill at the brackets of n P + S for K = 1 and K = max_steps (other K: on demand)."""
     from moesim.des.serving.cost import grid_bracket
 
     if not cands:
         return
-    grid = replica_cost(cands[0], scenario, model)
-    nodes = _NODES[_layout_key(cands[0], scenario, model)]
+    grid, nodes = _replica(cands[0], scenario, model, cache)
     w = scenario.workload
     c1, c2 = grid.context_nodes
     dec = [(grid.slope_batch, c1), (grid.slope_batch, c2)]
@@ -193,14 +187,6 @@ def prefetch(cands, scenario, model) -> None:
             n = s * k / w.output_len
             pre += grid_bracket(max(1, round(n * w.prompt_len)) + s, grid.points_per_octave)
     nodes.prefetch(dec, pre)
-
-
-def _layout_key(c, scenario, model) -> tuple:
-    w = scenario.workload
-    return (model.model_dump_json(), c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout,
-            c.redundant_experts, w.dtype, w.kv_dtype, overlap_mode(scenario, model),
-            getattr(scenario.search, "overlap", "none"), w.prompt_len,
-            scenario.features.model_dump_json() if hasattr(scenario, "features") else "")
 
 
 @dataclass(frozen=True)

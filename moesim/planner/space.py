@@ -65,35 +65,46 @@ def serving_layouts(model: ModelSpec, n: int, search) -> Iterable[tuple[int, int
                 yield tp, pp, ranks // tp, ranks if moe else 1, "tp"
 
 
-def _add_layout(cands, invalid, examples, model, hw, n, tp, pp, dp, ep, att, batches, cfs):
-    par = Parallelism(tp=tp, pp=pp, dp=dp, ep=ep, attention_layout=att,
-                      redundant_experts=_redundancy(model, ep))
+@dataclass
+class _Collect:
+    """Candidates and rejected layouts gathered while a space is enumerated."""
+
+    cands: list = field(default_factory=list)
+    invalid: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+
+    def space(self) -> Space:
+        return Space(tuple(self.cands), dict(self.invalid), self.examples)
+
+
+def _add_layout(out: _Collect, model: ModelSpec, hw: str, n: int, layout: tuple[int, int, int, int, str],
+                batches, cfs) -> None:
+    """Candidates of one (tp, pp, dp, ep, attention_layout) on ``n`` devices of ``hw``, or the
+    reason it is set aside."""
+    tp, pp, dp, ep, att = layout
+    par = Parallelism(tp=tp, pp=pp, dp=dp, ep=ep, attention_layout=att, redundant_experts=_redundancy(model, ep))
     err = _layout_error(model, par)
-    count = len(batches) * len(cfs)
     if err:
-        invalid["invalid_layout"] += count
-        examples.setdefault("invalid_layout", f"{hw} {n} devices TP{tp} PP{pp}: {err}")
+        out.invalid["invalid_layout"] += len(batches) * len(cfs)
+        out.examples.setdefault("invalid_layout", f"{hw} {n} devices TP{tp} PP{pp}: {err}")
         return
     for b in batches:
         for cf in cfs:
-            cands.append(Candidate(hw, n, tp, pp, dp, ep, att, b, cf, par.redundant_experts))
+            out.cands.append(Candidate(hw, n, tp, pp, dp, ep, att, b, cf, par.redundant_experts))
 
 
 def serving_space(scenario, model: ModelSpec) -> Space:
     """Every one-replica serving deployment of ``scenario`` (hardware x devices x layout x batch x CF)."""
     s = scenario.search
     cfs = scenario.capacity_factors if model.moe is not None else (None,)
-    cands: list[Candidate] = []
-    invalid: Counter = Counter()
-    examples: dict[str, str] = {}
+    out = _Collect()
     for hw in scenario.hardware:
         for n in s.devices_per_replica:
             if n > scenario.max_devices:
                 continue
-            for tp, pp, dp, ep, att in serving_layouts(model, n, s):
-                _add_layout(cands, invalid, examples, model, hw, n, tp, pp, dp, ep, att,
-                            s.batch_per_device, cfs)
-    return Space(tuple(cands), dict(invalid), examples)
+            for layout in serving_layouts(model, n, s):
+                _add_layout(out, model, hw, n, layout, s.batch_per_device, cfs)
+    return out.space()
 
 
 def training_space(scenario, model: ModelSpec) -> Space:
@@ -101,9 +112,7 @@ def training_space(scenario, model: ModelSpec) -> Space:
     s, w = scenario.search, scenario.workload
     cfs = scenario.capacity_factors if model.moe is not None else (None,)
     eps = s.ep if model.moe is not None else (1,)
-    cands: list[Candidate] = []
-    invalid: Counter = Counter()
-    examples: dict[str, str] = {}
+    out = _Collect()
     for hw in scenario.hardware:
         for n in s.devices:
             if n > scenario.max_devices:
@@ -117,6 +126,5 @@ def training_space(scenario, model: ModelSpec) -> Space:
                     for ep in eps:
                         if (tp * dp) % ep or not mbs:
                             continue
-                        _add_layout(cands, invalid, examples, model, hw, n, tp, pp, dp, ep, "tp",
-                                    mbs, cfs)
-    return Space(tuple(cands), dict(invalid), examples)
+                        _add_layout(out, model, hw, n, (tp, pp, dp, ep, "tp"), mbs, cfs)
+    return out.space()

@@ -29,7 +29,8 @@ from moesim.planner.evaluation import Candidate, Evaluation
 
 Executor = Literal["inline", "local", "dask"]
 DEFAULT_CHUNK = 2048
-MIN_PARALLEL = 64  # fewer candidates than this: worker processes cost more than they save
+MIN_PARALLEL = 1024  # fewer candidates than this run inline: worker processes cost more than they save
+# (measured: the default plan, 280 configurations, 7.5-8.1 s inline vs 8.7-11.4 s on 2 local processes)
 
 
 def evaluate_chunk(evaluator, candidates: Sequence[Candidate], scenario) -> list[Evaluation]:

@@ -49,14 +49,14 @@ def _lengths(workload):
     return LengthDist.fixed(workload.prompt_len), LengthDist.fixed(workload.output_len)
 
 
-def _system(ev: Evaluation, scenario, model):
+def _system(ev: Evaluation, scenario, model, cache):
     """One co-located replica as the analytic stage priced it (``serving_policy``: same GridCost,
     per-rank token budget, sequence limit and prefill batching K)."""
     from moesim.des.serving.system import Pool, ServingSystem
 
     c = ev.candidate
     sched = serving_policy.scheduler(c, ev.decode_steps_per_prefill or 1)
-    return ServingSystem(colocated=Pool(cost=serving_policy.replica_cost(c, scenario, model), replicas=1,
+    return ServingSystem(colocated=Pool(cost=serving_policy.replica_cost(c, scenario, model, cache), replicas=1,
                                         sched=sched))
 
 
@@ -157,10 +157,14 @@ def decide_replicas(system, scenario, r0: int, devices: int, lengths) -> tuple[i
     return None, probes
 
 
-def verify_with_des(ev: Evaluation, scenario, model) -> Verification | None:
-    """Replicas needed for the target within the SLO, with an interval (module docstring)."""
+def verify_with_des(ev: Evaluation, scenario, model, cache=None) -> Verification | None:
+    """Replicas needed for the target within the SLO, with an interval (module docstring).
+    ``cache``: the evaluator's ``PlanCache`` (a fresh one when None)."""
+    from moesim.planner.costs import PlanCache
+
+    cache = PlanCache() if cache is None else cache
     try:
-        system = _system(ev, scenario, model)
+        system = _system(ev, scenario, model, cache)
     except ImportError:  # the serving simulator is not available: the plan stays analytic
         return None
     except MoesimError as err:

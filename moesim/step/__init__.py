@@ -1,14 +1,18 @@
 """Analytic step model: one layer -> a pipeline stage -> a training step or inference iteration.
 
-Entry points: ``training_step``, ``prefill_iteration``, ``decode_iteration`` (-> StepBreakdown),
-``decode_grid`` (vectorized decode estimates for the planner).
+Entry point: ``estimate(model, deployment, workload)`` over arrays of points (a scalar is an
+array of one) -> ``StepEstimate``; ``StepEstimate.breakdown(i)`` is one point's
+``StepBreakdown``. Workloads: ``Decode``, ``Prefill``, ``Training``; the deployment is
+``moesim.specs.Deployment``; ``StepCache`` is the caller's memo, keyed by content.
 """
 from moesim.step.breakdown import StepBreakdown
-from moesim.step.inference import decode_iteration, prefill_iteration
+from moesim.step.cache import StepCache
+from moesim.step.estimate import StepEstimate, estimate
 from moesim.step.layer import LayerOps, two_microbatch_time
-from moesim.step.training import pipeline_bubble_fraction, training_step
+from moesim.step.training import pipeline_bubble_fraction
+from moesim.step.workload import Decode, Prefill, Training
 
 __all__ = [
-    "LayerOps", "StepBreakdown", "decode_iteration", "pipeline_bubble_fraction", "prefill_iteration",
-    "training_step", "two_microbatch_time",
+    "Decode", "LayerOps", "Prefill", "StepBreakdown", "StepCache", "StepEstimate", "Training", "estimate",
+    "pipeline_bubble_fraction", "two_microbatch_time",
 ]

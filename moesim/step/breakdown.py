@@ -7,6 +7,10 @@ behind compute. ``host_s`` is the time the device waits for the host to issue it
 (eager phases; moesim/step/host.py), ``host_issue_s`` the host's whole issue time (which overlaps
 the device's work). Under ``none`` the components add up to ``step_time_s`` exactly.
 ``bottleneck`` names the largest contributor to the step time: a host-bound step names ``host``.
+Capacity (``capacity_factor``, ``overflow``; ``dropless`` without a limit): ``drop_fraction``,
+``reroute_fraction`` and ``backup_fraction`` are shares of the routed token copies of the
+critical stage's MoE layers that no expert processed, that a next-preferred expert processed,
+and that the shared-expert backup processed (moesim/routing).
 """
 from __future__ import annotations
 
@@ -65,6 +69,11 @@ class StepBreakdown:
     memory_GiB: float = 0.0
     memory_capacity_GiB: float = 0.0
     expert_imbalance: float = 1.0
+    drop_fraction: float = 0.0
+    reroute_fraction: float = 0.0
+    backup_fraction: float = 0.0
+    capacity_factor: float | None = None
+    overflow: str = "dropless"
 
     @property
     def tokens_per_s_per_device(self) -> float:

@@ -102,24 +102,37 @@ def layer_op_count(model: ModelSpec, moe: bool, backward: bool) -> int:
     return n
 
 
-def layer_host_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, backward: bool = False) -> float:
-    """Host issue time (s) of one layer pass; 0 for phases replayed from CUDA graphs."""
-    if phase not in EAGER_PHASES:
+def is_eager(phase: str, stack: str = "auto") -> bool:
+    """Whether ``phase`` issues its operators one by one from the host under software ``stack``
+    (``Deployment.stack``): ``auto`` is the production default (eager training and prefill,
+    CUDA-graph decode), ``eager`` every phase, ``cuda_graphs`` / ``xla`` none."""
+    if stack == "auto":
+        return phase in EAGER_PHASES
+    return stack == "eager"
+
+
+def layer_host_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, backward: bool = False,
+                 stack: str = "auto") -> float:
+    """Host issue time (s) of one layer pass; 0 when ``phase`` is not eager under ``stack``
+    (replayed from a CUDA graph)."""
+    if not is_eager(phase, stack):
         return 0.0
     return layer_op_count(model, moe, backward) * hw.efficiency.compute.host_op_overhead_us * units.us
 
 
-def layer_host_pre_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, backward: bool = False) -> float:
+def layer_host_pre_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, backward: bool = False,
+                     stack: str = "auto") -> float:
     """Host issue time (s) of the P part of a layer pass (``PRE_SYNC_OP_COUNTS``): the operators
     issued before the expert path needs the token counts; the rest of ``layer_host_s`` is X's."""
-    if phase not in EAGER_PHASES:
+    if not is_eager(phase, stack):
         return 0.0
     key = "backward" if backward else "forward"
     n = PRE_SYNC_OP_COUNTS["moe" if moe else "dense"][key] + ATTENTION_EXTRA_OPS[attention_variant(model)][key]
     return n * hw.efficiency.compute.host_op_overhead_us * units.us
 
 
-def dispatch_syncs_host(moe: bool, ep: int, mode: str, phase: str, backward: bool = False) -> bool:
+def dispatch_syncs_host(moe: bool, ep: int, mode: str, phase: str, backward: bool = False,
+                        stack: str = "auto") -> bool:
     """Whether the forward dispatch of this layer makes the host wait for the device's token
     counts (moesim/step/schedule.py eq. 2): an MoE layer with EP > 1, normal (high-throughput)
     all-to-all, in an eager phase. Sources: DeepEP normal ``Buffer.dispatch`` waits for the GPU's
@@ -127,4 +140,4 @@ def dispatch_syncs_host(moe: bool, ep: int, mode: str, phase: str, backward: boo
     normal-mode callers do not give it); Megatron-Core's dropless all-to-all dispatcher syncs
     ``before_ep_alltoall``. Low-latency kernels use fixed-size buffers (no sync); the backward
     reuses the forward's sizes (the autograd all-to-all keeps its splits, DeepEP its handle)."""
-    return moe and ep > 1 and mode == "normal" and phase in EAGER_PHASES and not backward
+    return moe and ep > 1 and mode == "normal" and is_eager(phase, stack) and not backward

@@ -22,30 +22,30 @@ dispatch makes the host wait for P's token counts (``LayerOps.host_sync``), so t
 ahead of the device only between those points: both schedules are evaluated with the host in the
 loop (moesim/step/schedule.py); ``stack_times`` reports how long the device waits for the host
 (``StepBreakdown.host_s``).
-Experts use the expected *maximum* load over EP ranks (``RankLoad.max_rank_copies``), never the
+Experts use the expected *maximum* load over EP ranks (``RankLopricing.max_rank_copies``), never the
 mean: the slowest rank holds every other rank at the combine barrier.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from moesim.comm.topology import Topology
 from moesim.comm.traffic import Traffic
 from moesim.compute.attention import attention_block_s, core_s_per_token_key
 from moesim.errors import SpecError
-from moesim.specs import HardwareProfile, ModelSpec, bytes_per_element, canonical_dtype
-from moesim.step import _adapters as ad
+from moesim.specs import ModelSpec, bytes_per_element, canonical_dtype
+from moesim.step import pricing, stack
 from moesim.step.elementwise import elementwise_bytes, memory_bound_s
 from moesim.step.host import dispatch_syncs_host, layer_host_pre_s, layer_host_s
 from moesim.step.schedule import serial_time, two_microbatch_time  # noqa: F401 (re-exported)
+from moesim.step.setup import LayerSetup, make_setup  # noqa: F401 (re-exported)
 from moesim.step.sharing import compute_share
 
 Overlap = Literal["none", "two_microbatch"]
 OVERLAPS: tuple[str, ...] = ("none", "two_microbatch")
-A2AMode = Literal["auto", "normal", "low_latency"]
+_EMPTY = stack.StackArrays(*(np.zeros((0, 1)) for _ in range(7)), np.zeros((0, 1), dtype=bool))
 
 # DeepEP low-latency kernels serve at most 128 tokens per rank per call (DeepEP README).
 LOW_LATENCY_MAX_TOKENS = 128
@@ -65,6 +65,9 @@ class LayerOps:
     combine_s: float = 0.0
     dense_ffn_s: float = 0.0
     expert_imbalance: float = 1.0
+    drop_fraction: float = 0.0  # capacity: shares of the routed copies dropped, rerouted, backed up
+    reroute_fraction: float = 0.0
+    backup_fraction: float = 0.0
     attention_core_s: float = 0.0  # the score/value part of attention_s (not a separate op)
     host_s: float = 0.0  # host issue time of this pass's operators (moesim/step/host.py)
     host_backward_s: float = 0.0  # host issue time of the backward pass (training)
@@ -106,51 +109,6 @@ class LayerOps:
             "shared_experts_s", "combine_s", "dense_ffn_s")}
 
 
-@dataclass(frozen=True)
-class LayerSetup:
-    """Per-deployment constants of a layer computation (built once, reused for every layer).
-
-    ``attention_tp``: devices sharing one attention (1 under DP attention); ``tokens`` passed to
-    the layer functions are the tokens one device owns when entering the MoE block.
-    """
-
-    model: ModelSpec
-    hw: HardwareProfile
-    dtype: str
-    phase: str  # prefill | decode | train
-    attention_tp: int
-    cp: int
-    ep: int
-    redundant_experts: int
-    ranks_per_node: int
-    skew: str
-    a2a_mode: str
-    kv_dtype: str = "bf16"
-    comm_sms: int | None = None  # SMs of the normal all-to-all kernels; None: DeepEP's default
-    ep_topology: Topology | None = None
-    tp_topology: Topology | None = None
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
-
-
-def make_setup(model: ModelSpec, hw: HardwareProfile, *, dtype: str, phase: str, attention_tp: int,
-               cp: int, ep: int, redundant_experts: int, ranks_per_node: int, skew: str,
-               a2a_mode: A2AMode = "auto", kv_dtype: str = "bf16", comm_sms: int | None = None) -> LayerSetup:
-    """Build a ``LayerSetup`` (topologies of the EP group and the TP x CP group).
-
-    ``comm_sms``: SMs the normal (high-throughput) all-to-all kernels occupy while they overlap
-    compute; None takes DeepEP's default (moesim/step/sharing.py)."""
-    canonical_dtype(dtype)
-    if a2a_mode not in ("auto", "normal", "low_latency"):
-        raise SpecError("a2a_mode", a2a_mode, "one of auto, normal, low_latency")
-    if comm_sms is not None:
-        compute_share(hw, "normal", comm_sms)  # SpecError naming comm_sms when out of range
-    ep_topo = ad.topology(hw, ep, ranks_per_node) if ep > 1 else None
-    group = attention_tp * cp
-    tp_topo = ad.topology(hw, group, ranks_per_node) if group > 1 else None
-    return LayerSetup(model, hw, dtype, phase, attention_tp, cp, ep, redundant_experts,
-                      min(ranks_per_node, max(ep, 1)), skew, a2a_mode, kv_dtype, comm_sms, ep_topo, tp_topo)
-
-
 def dispatch_bytes_per_token(model: ModelSpec, dtype: str) -> float:
     """Payload of one dispatched token copy: hidden in the GEMM dtype, plus one fp32 scale per
     128 elements for fp8 (DeepEP's FP8 dispatch: 7168 + 56 x 4 = 7392 B for DeepSeek-V3)."""
@@ -171,16 +129,17 @@ def _mode(setup: LayerSetup, tokens: float) -> str:
     return "low_latency" if setup.phase == "decode" and tokens <= LOW_LATENCY_MAX_TOKENS else "normal"
 
 
-def _skewed(traffic: Traffic, imbalance: float) -> Traffic:
-    """Expected traffic with rank 0 the hot destination: its column scaled by the max/mean load."""
-    if imbalance <= 1.0:
+def _skewed(traffic: Traffic, imbalance: float, sent: float = 1.0) -> Traffic:
+    """Expected traffic with rank 0 the hot destination: its column scaled by the max/mean load;
+    every entry scaled by ``sent``, the share of copies that reach an expert (capacity)."""
+    if imbalance <= 1.0 and sent >= 1.0:
         return traffic
-    b = traffic.bytes_RR.copy()
-    b[:, 0] *= imbalance
+    b = traffic.bytes_RR * sent
+    b[:, 0] *= max(imbalance, 1.0)
     nb = None
     if traffic.node_bytes_RN is not None:
-        nb = traffic.node_bytes_RN.copy()
-        nb[:, 0] *= 1.0 + (imbalance - 1.0) / traffic.ranks_per_node
+        nb = traffic.node_bytes_RN * sent
+        nb[:, 0] *= 1.0 + (max(imbalance, 1.0) - 1.0) / traffic.ranks_per_node
     return Traffic(b, traffic.ranks_per_node, nb, traffic.peers_R)
 
 
@@ -191,10 +150,10 @@ def expected_traffic(setup: LayerSetup, tokens: float, bytes_per_token: float) -
     routing = "balanced" if setup.skew == "balanced" else "uniform"
     groups = (m.n_groups, m.topk_groups) if setup.redundant_experts == 0 else (1, 1)
     try:
-        return ad.expected_traffic(setup.ep, setup.ranks_per_node, tokens, slots, m.top_k,
+        return pricing.expected_traffic(setup.ep, setup.ranks_per_node, tokens, slots, m.top_k,
                                    bytes_per_token, routing, *groups)
     except SpecError:  # groups that do not tile the EP blocks: drop the group limit
-        return ad.expected_traffic(setup.ep, setup.ranks_per_node, tokens, slots, m.top_k,
+        return pricing.expected_traffic(setup.ep, setup.ranks_per_node, tokens, slots, m.top_k,
                                    bytes_per_token, routing)
 
 
@@ -220,7 +179,7 @@ def sampled_a2a(setup: LayerSetup, tokens: float, copies_RR: np.ndarray, dedup_R
             nb = base.node_bytes_RN * np.divide(np.asarray(dedup_RN, dtype=float), exp_nodes,
                                                 out=np.ones_like(exp_nodes), where=exp_nodes > 0)
         tr = Traffic(b_RR, base.ranks_per_node, nb, base.peers_R)
-        out.append(ad.a2a_s(setup.ep_topology, tr if op == "dispatch" else tr.reversed(), mode, op))
+        out.append(pricing.a2a_s(setup.ep_topology, tr if op == "dispatch" else tr.reversed(), mode, op))
     return out[0], out[1]
 
 
@@ -243,77 +202,103 @@ def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) 
                             dtype=setup.dtype, kv_dtype=setup.kv_dtype)
     comm = 0.0
     if tp > 1:  # sequence parallel: reduce-scatter after attention + all-gather before it
-        comm += ad.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
+        comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
     if cp > 1:  # context parallel: every rank gathers the K and V of the others
         kv = model.kv_elements_per_token("full") / tp * 2.0
-        comm += ad.collective_s(setup.tp_topology, "all_gather", tokens * tp * cp * kv, cp)
+        comm += pricing.collective_s(setup.tp_topology, "all_gather", tokens * tp * cp * kv, cp)
     core = core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=setup.dtype,
                                 kv_dtype=setup.kv_dtype) * tokens * tp * ctx
     return att, comm, core
 
 
-def moe_block(setup: LayerSetup, tokens: float, rank_load: ad.RankLoad | None = None) -> dict:
-    """Router, dispatch, experts (most loaded rank), shared experts, combine for ``tokens`` per rank."""
+def moe_block(setup: LayerSetup, tokens: float, rank_load: pricing.RankLoad | None = None) -> dict:
+    """Router, dispatch, experts (most loaded rank), shared experts, combine for ``tokens`` per rank.
+
+    Capacity (``Deployment.capacity_factor``, moesim/routing): the busiest rank's expert rows
+    are the copies it accepts (a dropped copy costs no expert time and is not sent; a rerouted
+    copy is priced on the rank that takes it, through the routing engine's loads); under
+    ``overflow = "shared"`` the copies left to the backup run on their source rank through one
+    shared expert's FFN (the routed expert's width when the model has none), priced in
+    ``shared_experts_s``. The dispatch and combine move the copies that reach an expert: the
+    expected traffic x (1 - drop - backup fractions).
+    """
     model, hw, m = setup.model, setup.hw, setup.model.moe
-    load = rank_load or ad.rank_load(tokens=tokens * setup.ep, num_experts=m.num_experts, top_k=m.top_k,
-                                     ep=setup.ep, redundant=setup.redundant_experts, skew=setup.skew,
-                                     ranks_per_node=setup.ranks_per_node, n_groups=m.n_groups,
-                                     topk_groups=m.topk_groups)
+    load = rank_load or pricing.rank_load(model, setup.deployment, setup.skew, tokens * setup.ep)
     imbalance = load.max_rank_copies / load.mean_rank_copies if load.mean_rank_copies > 0 else 1.0
-    router = ad.gemm_s(hw, tokens, m.num_experts, model.hidden, "bf16")
+    router = pricing.gemm_s(hw, tokens, m.num_experts, model.hidden, "bf16")
     mode = _mode(setup, tokens)
-    experts = ad.expert_ffn_s(hw, model, load.busiest_counts_G, setup.dtype, layout=expert_layout(setup, tokens))
+    experts = pricing.expert_ffn_s(hw, model, load.busiest_counts_G, setup.dtype, layout=expert_layout(setup, tokens))
     shared = 0.0
     if m.num_shared_experts:
         width = m.num_shared_experts * m.shared_expert_ffn // setup.attention_tp
-        shared = ad.dense_ffn_s(hw, model, tokens * setup.attention_tp, width, setup.dtype)
+        shared = pricing.dense_ffn_s(hw, model, tokens * setup.attention_tp, width, setup.dtype)
     if m.parallel_dense_ffn:
-        shared += ad.dense_ffn_s(hw, model, tokens * setup.attention_tp, model.dense_ffn // setup.attention_tp,
-                                 setup.dtype)
+        shared += pricing.dense_ffn_s(hw, model, tokens * setup.attention_tp, model.dense_ffn // setup.attention_tp,
+                                      setup.dtype)
+    if load.backup_fraction > 0:
+        backup_rows = load.backup_fraction * tokens * m.top_k
+        width = m.shared_expert_ffn if m.num_shared_experts else m.expert_ffn
+        shared += pricing.dense_ffn_s(hw, model, backup_rows, width, setup.dtype)
     dispatch = combine = 0.0
     if setup.ep > 1:
-        disp = _skewed(expected_traffic(setup, tokens, dispatch_bytes_per_token(model, setup.dtype)), imbalance)
-        comb = _skewed(expected_traffic(setup, tokens, combine_bytes_per_token(model)), imbalance)
-        dispatch = ad.a2a_s(setup.ep_topology, disp, mode, "dispatch")
-        combine = ad.a2a_s(setup.ep_topology, comb.reversed(), mode, "combine")
+        sent = 1.0 - load.drop_fraction - load.backup_fraction
+        disp = _skewed(expected_traffic(setup, tokens, dispatch_bytes_per_token(model, setup.dtype)), imbalance, sent)
+        comb = _skewed(expected_traffic(setup, tokens, combine_bytes_per_token(model)), imbalance, sent)
+        dispatch = pricing.a2a_s(setup.ep_topology, disp, mode, "dispatch")
+        combine = pricing.a2a_s(setup.ep_topology, comb.reversed(), mode, "combine")
     return dict(router_s=router, dispatch_s=dispatch, experts_s=experts, shared_experts_s=shared,
-                combine_s=combine, expert_imbalance=imbalance)
+                combine_s=combine, expert_imbalance=imbalance, drop_fraction=load.drop_fraction,
+                reroute_fraction=load.reroute_fraction, backup_fraction=load.backup_fraction)
 
 
 def dense_block(setup: LayerSetup, tokens: float) -> dict:
     """A dense FFN layer (TP-sharded); its sequence-parallel collective is added by ``layer_ops``."""
     tp, model = setup.attention_tp, setup.model
-    return dict(dense_ffn_s=ad.dense_ffn_s(setup.hw, model, tokens * tp, model.dense_ffn // tp, setup.dtype))
+    return dict(dense_ffn_s=pricing.dense_ffn_s(setup.hw, model, tokens * tp, model.dense_ffn // tp, setup.dtype))
+
+
+def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: float) -> dict:
+    """The layer's operations that routing and capacity never change: attention and its
+    collectives, elementwise, host issue, compute share, and a dense layer's FFN. Memoized in
+    ``setup.shared``, which setups differing only in capacity fields share (moesim/step/cache.py)."""
+    model = setup.model
+    moe = model.layer_is_moe(layer)
+    key = (moe, model.layer_is_windowed(layer), tokens, context)
+    if key in setup.shared:
+        return setup.shared[key]
+    att, att_comm, core = attention_ops(setup, tokens, context, layer)
+    out = {}
+    if not moe:
+        out = dense_block(setup, tokens)
+        if setup.attention_tp > 1:  # the dense FFN's reduce-scatter + all-gather (sequence parallel)
+            tp = setup.attention_tp
+            att_comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
+    phase, stack = setup.phase, setup.stack
+    train = phase == "train"
+    out.update(
+        attention_s=att, attention_comm_s=att_comm, attention_core_s=core,
+        elementwise_s=memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
+                                                                 setup.dtype, phase)),
+        host_s=layer_host_s(setup.hw, model, moe, phase, stack=stack),
+        host_pre_s=layer_host_pre_s(setup.hw, model, moe, phase, stack=stack),
+        host_backward_s=layer_host_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0,
+        host_pre_backward_s=layer_host_pre_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0,
+        compute_share=layer_compute_share(setup, tokens) if moe and setup.ep > 1 else 1.0,
+        host_sync=dispatch_syncs_host(moe, setup.ep, _mode(setup, tokens), phase, stack=stack),
+    )
+    setup.shared[key] = out
+    return out
 
 
 def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
-              rank_load: ad.RankLoad | None = None) -> LayerOps:
+              rank_load: pricing.RankLoad | None = None) -> LayerOps:
     """``LayerOps`` of layer ``layer`` (0-based) for one micro-batch of ``tokens`` per device."""
     model = setup.model
     key = (model.layer_is_moe(layer), model.layer_is_windowed(layer), tokens, context, rank_load is None)
     if rank_load is None and key in setup._cache:
         return setup._cache[key]
-    att, att_comm, core = attention_ops(setup, tokens, context, layer)
-    if model.layer_is_moe(layer):
-        block = moe_block(setup, tokens, rank_load)
-    else:
-        block = dense_block(setup, tokens)
-        if setup.attention_tp > 1:  # the dense FFN's reduce-scatter + all-gather (sequence parallel)
-            tp = setup.attention_tp
-            att_comm += ad.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
-    moe = model.layer_is_moe(layer)
-    elem = memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
-                                                      setup.dtype, setup.phase))
-    host = layer_host_s(setup.hw, model, moe, setup.phase)
-    pre = layer_host_pre_s(setup.hw, model, moe, setup.phase)
-    train = setup.phase == "train"
-    host_b = layer_host_s(setup.hw, model, moe, setup.phase, backward=True) if train else 0.0
-    pre_b = layer_host_pre_s(setup.hw, model, moe, setup.phase, backward=True) if train else 0.0
-    share = layer_compute_share(setup, tokens) if moe and setup.ep > 1 else 1.0
-    sync = dispatch_syncs_host(moe, setup.ep, _mode(setup, tokens), setup.phase)
-    ops = LayerOps(attention_s=att, attention_comm_s=att_comm, elementwise_s=elem, attention_core_s=core,
-                   host_s=host, host_backward_s=host_b, host_pre_s=pre, host_pre_backward_s=pre_b,
-                   host_sync=sync, compute_share=share, **block)
+    block = moe_block(setup, tokens, rank_load) if model.layer_is_moe(layer) else {}
+    ops = LayerOps(**_routing_free_ops(setup, layer, tokens, context), **block)
     if rank_load is None:
         setup._cache[key] = ops
     return ops
@@ -321,8 +306,7 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
 
 @dataclass(frozen=True)
 class StackTime:
-    """A stack of layers under a schedule (s): its time, the communication not hidden behind
-    compute, the time the device waits for the host, and the host's issue time."""
+    """One column of ``moesim.step.stack.StackTimes`` (s)."""
 
     time_s: float
     exposed_comm_s: float
@@ -331,38 +315,11 @@ class StackTime:
 
 
 def stack_times(ops: list[LayerOps], overlap: Overlap) -> StackTime:
-    """``StackTime`` of running ``ops`` (one entry per layer) under ``overlap``.
-
-    The host issues every layer's operators (``host_pre_s`` for P, ``host_post_s`` for X) and,
-    where ``host_sync``, waits for P's token counts before the dispatch (moesim/step/schedule.py).
-    ``none``: ops are whole-batch times on one stream (``serial_time``); exposed comm is D + C.
-    ``two_microbatch``: ops are half-batch times; the max-plus recurrence with SM sharing and the
-    host (``two_microbatch_time``); exposed comm = the recurrence without the host - full-speed
-    compute (waiting for the all-to-all, and compute slowed by the SMs it holds).
-    Both: exposed host = time - the same schedule without the host (the device waiting for the
-    host); host issue = the host's total issue time (x 2 micro-batches under overlap).
-    """
-    if overlap not in OVERLAPS:
-        raise SpecError("overlap", overlap, f"one of {', '.join(OVERLAPS)}")
-    if not ops:
-        return StackTime(0.0, 0.0, 0.0, 0.0)
-    P = [o.pre_s for o in ops]
-    D = [o.dispatch_s for o in ops]
-    X = [o.ffn_s for o in ops]
-    C = [o.combine_s for o in ops]
-    host = dict(hP_L=[o.host_pre_s for o in ops], hX_L=[o.host_post_s for o in ops],
-                sync_L=[o.host_sync for o in ops])
-    issue = sum(o.host_s for o in ops)
-    if overlap == "none":
-        total = serial_time(P, D, X, C, **host)
-        gpu = sum(o.gpu_s for o in ops)
-        waited = max(0.0, float(total - gpu)) if issue > 0 else 0.0
-        return StackTime(float(total), float(sum(D) + sum(C)), waited, float(issue))
-    share = [o.compute_share for o in ops]
-    rec = two_microbatch_time(P, D, X, C, share)
-    total = two_microbatch_time(P, D, X, C, share, **host) if issue > 0 else rec
-    compute = 2.0 * (sum(P) + sum(X))
-    return StackTime(float(total), max(0.0, rec - compute), max(0.0, float(total - rec)), 2.0 * float(issue))
+    """``StackTime`` of running ``ops`` (one entry per layer) under ``overlap``: the array
+    schedule of moesim/step/stack.py on one column."""
+    st = stack.stack_times(stack.StackArrays.of([[o] for o in ops]) if ops else _EMPTY, overlap)
+    return StackTime(float(st.time_s[0]), float(st.exposed_comm_s[0]), float(st.exposed_host_s[0]),
+                     float(st.host_s[0]))
 
 
 def stack_time(ops: list[LayerOps], overlap: Overlap) -> tuple[float, float]:

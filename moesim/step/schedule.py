@@ -63,6 +63,14 @@ def _arrays(shape, *arrays):
     return [np.broadcast_to(np.asarray(a, dtype=float), shape) for a in arrays]
 
 
+def _sync(sync_L, shape):
+    """Sync flags per layer, (L,) or (L, ...) like the op times."""
+    sync = np.asarray(sync_L, dtype=bool)
+    if sync.ndim == 1 and len(shape) > 1:
+        sync = sync.reshape((-1,) + (1,) * (len(shape) - 1))
+    return np.broadcast_to(sync, shape)
+
+
 def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, sync_L=False):
     """Step time of the two-micro-batch program over L layers (max-plus recurrence).
 
@@ -72,7 +80,8 @@ def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, syn
     ``share_L`` (broadcast to P_L): the compute stream's speed while layer l's dispatch/combine
     kernels run (moesim/step/sharing.py); 1 = the comm takes no compute units.
     ``hP_L``, ``hX_L``: host issue time of one micro-batch's P and X ops; ``sync_L``: whether
-    layer l's dispatch makes the host wait for the counts (module doc, eqs. 1-2). Host time 0
+    layer l's dispatch makes the host wait for the counts (module doc, eqs. 1-2), (L,) or like
+    ``P_L``. Host time 0
     gives the recurrence without a host exactly.
     The recurrence is evaluated in the host's order P0 D0 P1 D1 X0 C0 X1 C1 (the same
     dependencies as the program order): every comm op a compute op can overlap is then already
@@ -80,7 +89,7 @@ def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, syn
     """
     P_L, D_L, X_L, C_L = (np.asarray(a, dtype=float) for a in (P_L, D_L, X_L, C_L))
     share_L, hP_L, hX_L = _arrays(P_L.shape, share_L, hP_L, hX_L)
-    sync_L = np.broadcast_to(np.asarray(sync_L, dtype=bool), P_L.shape[:1])
+    sync_L = _sync(sync_L, P_L.shape)
     shared = bool((share_L < 1.0).any())
     zero = np.zeros(P_L.shape[1:])
     comp = comm = host = zero
@@ -109,8 +118,7 @@ def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, syn
         d_end, x_end = [], []
         for b in (0, 1):
             comp = issue(np.maximum(comp, ready[b]), P_L[l], hP_L[l])
-            if sync_L[l]:
-                host = np.maximum(host, comp)  # eq. (2): wait for P_b's token counts
+            host = np.where(sync_L[l], np.maximum(host, comp), host)  # eq. (2): wait for P_b's counts
             d_end.append(communicate(comp, D_L[l], s))
         for b in (0, 1):
             comp = issue(np.maximum(comp, d_end[b]), X_L[l], hX_L[l])
@@ -124,13 +132,12 @@ def serial_time(P_L, D_L, X_L, C_L, hP_L=0.0, hX_L=0.0, sync_L=False):
     the host with eqs. (1)-(2). Host time 0 gives sum(P + D + X + C) exactly."""
     P_L, D_L, X_L, C_L = (np.asarray(a, dtype=float) for a in (P_L, D_L, X_L, C_L))
     hP_L, hX_L = _arrays(P_L.shape, hP_L, hX_L)
-    sync_L = np.broadcast_to(np.asarray(sync_L, dtype=bool), P_L.shape[:1])
+    sync_L = _sync(sync_L, P_L.shape)
     t = host = np.zeros(P_L.shape[1:])
     for l in range(P_L.shape[0]):
         a, host = host, host + hP_L[l]
         t = np.maximum(np.maximum(t, a) + P_L[l], host)
-        if sync_L[l]:
-            host = np.maximum(host, t)  # eq. (2)
+        host = np.where(sync_L[l], np.maximum(host, t), host)  # eq. (2)
         t = t + D_L[l]
         a, host = host, host + hX_L[l]
         t = np.maximum(np.maximum(t, a) + X_L[l], host) + C_L[l]

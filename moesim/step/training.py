@@ -29,19 +29,24 @@ Model FLOPs (MFU, model TFLOPS) = 3 x forward FLOPs per token (causal attention)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
+import numpy as np
+
+from moesim import units
 from moesim.compute.counts import sequence_forward_flops_per_token
 from moesim.compute.memory import stage_params
-from moesim.errors import SpecError
-from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, RoutingSpec
-from moesim.step import _adapters as ad
-from moesim.step.breakdown import StepBreakdown
-from moesim.step.common import check_deployment, check_routing, gib, require_fit, stage_layers, stage_ops, summed
-from moesim.step.layer import LayerOps, Overlap, make_setup, stack_times
+from moesim.errors import InfeasibleError, SpecError
+from moesim.specs import ModelSpec
+from moesim.specs.deployment import Deployment
+from moesim.step import pricing
+from moesim.step.cache import StepCache
+from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_name, pick, stage_kind_counts,
+                                  stage_routing, stage_sums)
+from moesim.step.layer import LayerOps, layer_ops
+from moesim.step.stack import stack_times
+from moesim.step.workload import Training
 
-UNIFORM = RoutingSpec()
 OPTIMIZER_BYTES_PER_PARAM = 30.0
 COMPUTE_FIELDS = ("attention_s", "elementwise_s", "router_s", "experts_s", "shared_experts_s", "dense_ffn_s")
 
@@ -64,140 +69,111 @@ def backward_ops(op: LayerOps) -> LayerOps:
                    host_pre_s=op.host_pre_backward_s, host_sync=False)
 
 
-@dataclass(frozen=True)
-class StageTime:
-    """One pipeline stage's micro-batch: forward, backward, recompute and LM-head seconds."""
-
-    ops: list
-    b_ops: list
-    forward_s: float
-    backward_s: float
-    recompute_s: float
-    head_s: float
-    exposed_s: float
-    last: bool
-    host_exposed_s: float = 0.0  # device waiting for the host, forward + backward + recompute
-    host_issue_s: float = 0.0  # host issue time, forward + backward + recompute
-
-    @property
-    def microbatch_s(self) -> float:
-        return self.forward_s + self.backward_s + self.recompute_s + self.head_s
-
-
-def critical_training_stage(setup, model: ModelSpec, pp: int, tokens: float, context: float, overlap: str,
-                            recompute: str, head_s: float) -> StageTime:
-    """The pipeline stage with the longest forward + backward (+ recompute, + the LM head on the
-    last stage) per micro-batch: in 1F1B the slowest stage paces every other one.
-
-    NOTE: selected on the whole micro-batch time, not the forward alone: with an uneven split
-    (DeepSeek-V3's 61 layers on pp 16: fifteen stages of 4 layers, one of 1 layer + the head) the
-    forward-only choice picks the head stage although a 4-layer stage is slower.
-    """
-    halves = 2 if overlap == "two_microbatch" else 1
-    stages = stage_layers(model, pp)
-    best = None
-    for s, layers in enumerate(stages):
-        ops = stage_ops(setup, layers, tokens, context)
-        f = stack_times(ops, overlap)
-        b_ops = [backward_ops(o) for o in ops]
-        b = stack_times(b_ops, overlap)
-        r_t = {"none": 0.0, "full": f.time_s, "selective": halves * sum(o.attention_s for o in ops)}[recompute]
-        again = 1.0 if recompute == "full" else 0.0  # full recompute re-issues the forward
-        last = s == len(stages) - 1
-        st = StageTime(ops, b_ops, f.time_s, b.time_s, r_t, head_s if last else 0.0,
-                       f.exposed_comm_s + b.exposed_comm_s, last,
-                       (1.0 + again) * f.exposed_host_s + b.exposed_host_s, (1.0 + again) * f.host_s + b.host_s)
-        if best is None or st.microbatch_s > best.microbatch_s:
-            best = st
-    return best
-
-
-def _dp_comm(model, hw, cluster, par, *, dtype_bytes: float = 2.0) -> tuple[float, float]:
+def _dp_comm(model: ModelSpec, dep: Deployment, dtype_bytes: float = 2.0) -> tuple[float, float]:
     """(reduce-scatter, all-gather) seconds of one step's gradients / parameters on this device."""
+    par = dep.parallelism
     base, experts = max(stage_params(model, par), key=sum)
-    topo = ad.topology(hw, cluster.devices, cluster.domain_size(hw))
+    topo = pricing.topology(dep.hardware, dep.devices, dep.domain_size)
     dense_dp = par.dp * par.cp
-    rs = ad.collective_s(topo, "reduce_scatter", base * dtype_bytes, dense_dp)
-    rs += ad.collective_s(topo, "reduce_scatter", experts * dtype_bytes, par.expert_dp)
-    ag = ad.collective_s(topo, "all_gather", base * dtype_bytes, dense_dp)
-    ag += ad.collective_s(topo, "all_gather", experts * dtype_bytes, par.expert_dp)
+    rs = pricing.collective_s(topo, "reduce_scatter", base * dtype_bytes, dense_dp)
+    rs += pricing.collective_s(topo, "reduce_scatter", experts * dtype_bytes, par.expert_dp)
+    ag = pricing.collective_s(topo, "all_gather", base * dtype_bytes, dense_dp)
+    ag += pricing.collective_s(topo, "all_gather", experts * dtype_bytes, par.expert_dp)
     return rs, ag
 
 
-def _optimizer_s(model, hw, par, distributed: bool) -> float:
+def _optimizer_s(model: ModelSpec, dep: Deployment) -> float:
+    par, hw = dep.parallelism, dep.hardware
     base, experts = max(stage_params(model, par), key=sum)
-    shard = base / (par.dp * par.cp) + experts / par.expert_dp if distributed else base + experts
+    shard = base / (par.dp * par.cp) + experts / par.expert_dp if dep.distributed_optimizer else base + experts
     bw = hw.hbm_bandwidth_Bps * hw.efficiency.compute.gemm_memory_fraction
     return shard * OPTIMIZER_BYTES_PER_PARAM / bw
 
 
-def _check_batch(global_batch: int, seq_len: int, micro_batch: int, par: Parallelism, recompute: str) -> int:
-    """Micro-batches per pipeline (m); SpecError naming the field when the batch does not split."""
-    if recompute not in ("none", "selective", "full"):
-        raise SpecError("recompute", recompute, "one of none, selective, full")
-    if seq_len <= 0 or micro_batch <= 0 or global_batch <= 0:
-        raise SpecError("global_batch/seq_len/micro_batch", (global_batch, seq_len, micro_batch), "must be positive")
-    if global_batch % (micro_batch * par.dp):
-        raise SpecError("global_batch", global_batch,
-                        f"must be a multiple of micro_batch x dp = {micro_batch} x {par.dp}")
-    m = global_batch // (micro_batch * par.dp)
-    if par.vpp > 1 and m % par.pp:
-        raise SpecError("global_batch", global_batch,
-                        f"interleaved pipeline needs micro-batches ({m}) to be a multiple of pp = {par.pp}")
-    return m
+def microbatches(w: Training, dep: Deployment) -> np.ndarray:
+    """Micro-batches per pipeline (m) at each point; SpecError naming the field when the batch
+    does not split."""
+    for g, mb in zip(w.global_batch.tolist(), w.micro_batch.tolist()):
+        if g % (mb * dep.dp):
+            raise SpecError("global_batch", int(g), f"must be a multiple of micro_batch x dp = {int(mb)} x {dep.dp}")
+        m = g // (mb * dep.dp)
+        if dep.vpp > 1 and m % dep.pp:
+            raise SpecError("global_batch", int(g),
+                            f"interleaved pipeline needs micro-batches ({int(m)}) to be a multiple of pp = {dep.pp}")
+    return w.global_batch // (w.micro_batch * dep.dp)
 
 
-def _step_components(ops, b_ops, scale: float, recompute: str, recompute_s: float) -> dict[str, float]:
-    """Component seconds of a step: forward + backward (+ recompute) of every micro-batch."""
-    comp = summed(ops, scale)
-    for k, v in summed(b_ops, scale).items():
-        comp[k] += v
-    if recompute == "full":
-        for k, v in summed(ops, scale).items():
-            comp[k] += v
-    elif recompute == "selective":
-        comp["attention_s"] += recompute_s * scale
-    return comp
+def _memory(model, dep: Deployment, w: Training, cache: StepCache):
+    """Training footprints per point (one per distinct micro-batch and sequence length)."""
+    out = []
+    for mb, s in zip(w.micro_batch.tolist(), w.seq_len.tolist()):
+        out.append(cache.get(cache.key(model, dep, "memory", "train", mb, s), lambda mb=mb, s=s: pricing.memory(
+            model, dep.hardware, dep.parallelism, mode="train", weight_dtype="bf16", micro_batch=int(mb),
+            seq_len=int(s), recompute=dep.recompute, distributed_optimizer=dep.distributed_optimizer)))
+    return out
 
 
-def training_step(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: Parallelism, *,
-                  global_batch: int, seq_len: int, micro_batch: int = 1, dtype: str = "bf16",
-                  recompute: Literal["none", "selective", "full"] = "none",
-                  routing: RoutingSpec = UNIFORM, overlap: Overlap = "none", dp_overlap: bool = True,
-                  distributed_optimizer: bool = True, check_memory: bool = True,
-                  comm_sms: int | None = None) -> StepBreakdown:
-    """One optimizer step of ``global_batch`` sequences of ``seq_len`` tokens (see module doc)."""
-    check_deployment(model, hw, cluster, par, overlap)
-    check_routing(routing)
-    m = _check_batch(global_batch, seq_len, micro_batch, par, recompute)
-    fp = ad.memory(model, hw, par, mode="train", weight_dtype="bf16", micro_batch=micro_batch,
-                   seq_len=seq_len, recompute=recompute, distributed_optimizer=distributed_optimizer)
+def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_memory: bool,
+                      cache: StepCache) -> StepEstimate:
+    """Training steps at every point of ``w`` (module docstring); ``moesim.step.estimate``."""
+    m_N = microbatches(w, dep)
+    fps = _memory(model, dep, w, cache)
     if check_memory:
-        require_fit(fp)
-    setup = make_setup(model, hw, dtype=dtype, phase="train", attention_tp=par.tp, cp=par.cp, ep=par.ep,
-                       redundant_experts=par.redundant_experts, ranks_per_node=cluster.domain_size(hw),
-                       skew=routing.skew, comm_sms=comm_sms)
+        for fp in fps:
+            if not fp.fits:
+                raise InfeasibleError(fp.reason or "does not fit in device memory")
+    overlap = dep.overlap
+    setup = cache.setup(model, dep, "train", w.skew)
+    hw = dep.hardware
     halves = 2 if overlap == "two_microbatch" else 1
-    tokens = micro_batch * seq_len / (par.tp * par.cp) / halves
-    head_f = ad.gemm_s(hw, tokens * par.tp, model.vocab_size / par.tp, model.hidden, "bf16") * halves
-    head = 3.0 * head_f  # LM head forward + backward on the last stage
-    st = critical_training_stage(setup, model, par.pp, tokens, (seq_len + 1) / 2, overlap, recompute, head)
-    ops, b_ops, head, t_mb = st.ops, st.b_ops, st.head_s, st.microbatch_s
-    bubble = (par.pp - 1) / par.vpp * t_mb
-    rs, ag = _dp_comm(model, hw, cluster, par)
-    dp_exposed = max(0.0, rs - st.backward_s) + max(0.0, ag - st.forward_s) if dp_overlap else rs + ag
-    opt = _optimizer_s(model, hw, par, distributed_optimizer)
-    step = m * t_mb + bubble + dp_exposed + opt
-    comp = _step_components(ops, b_ops, halves * m, recompute, st.recompute_s / halves)
-    tokens_dev = global_batch * seq_len / cluster.devices
-    return StepBreakdown(
-        phase="train", overlap=overlap, step_time_s=step, tokens_per_step_per_device=tokens_dev,
-        **comp, embedding_head_s=head * m, pipeline_bubble_s=bubble, dp_comm_s=dp_exposed,
-        optimizer_s=opt, exposed_comm_s=m * st.exposed_s + dp_exposed,
-        host_s=m * st.host_exposed_s, host_issue_s=m * st.host_issue_s,
-        model_flops_per_step_per_device=3.0 * sequence_forward_flops_per_token(model, seq_len) * tokens_dev,
-        peak_flops=hw.peak_flops(dtype), memory_GiB=gib(fp.total_bytes),
-        memory_capacity_GiB=gib(fp.capacity_bytes),
-        expert_imbalance=max((o.expert_imbalance for o in ops), default=1.0),
+    tokens_N = w.micro_batch * w.seq_len / (dep.tp * dep.cp) / halves
+    ctx_N = (w.seq_len + 1) / 2
+    kinds, kind_L = layer_kinds(model)
+    f_ops = [[layer_ops(setup, ls[0], float(t), float(c)) for t, c in zip(tokens_N, ctx_N)] for ls in kinds]
+    fk, bk = KindOps.of(f_ops), KindOps.of([[backward_ops(o) for o in row] for row in f_ops])
+    head_N = 3.0 * np.asarray(pricing.gemm_s(hw, tokens_N * dep.tp, model.vocab_size / dep.tp, model.hidden,
+                                             "bf16")) * halves  # LM head forward + backward, last stage
+    stages, counts_SK = stage_kind_counts(model, dep.pp, kinds, kind_L)
+    last = len(stages) - 1
+    rows = []
+    for i, ks in enumerate(stages):
+        f, b = stack_times(fk.stage(ks), overlap), stack_times(bk.stage(ks), overlap)
+        attn = halves * (counts_SK[i][:, None] * fk.comp_KN["attention_s"]).sum(0)
+        r = {"none": 0.0 * f.time_s, "full": f.time_s, "selective": attn}[dep.recompute]
+        again = 1.0 if dep.recompute == "full" else 0.0  # full recompute re-issues the forward
+        hd = head_N if i == last else 0.0 * head_N
+        rows.append(dict(forward=f.time_s, backward=b.time_s, recompute=r, head=hd,
+                         mb=f.time_s + b.time_s + r + hd, exposed=f.exposed_comm_s + b.exposed_comm_s,
+                         host_exposed=(1.0 + again) * f.exposed_host_s + b.exposed_host_s,
+                         host_issue=(1.0 + again) * f.host_s + b.host_s))
+    crit = pick(np.array([r["mb"] for r in rows]))
+    cols = np.arange(crit.size)
+    st = {k: np.array([r[k] for r in rows])[crit, cols] for k in rows[0]}
+    bubble = (dep.pp - 1) / dep.vpp * st["mb"]
+    rs, ag = _dp_comm(model, dep)
+    if dep.dp_overlap:
+        dp_exposed = np.maximum(0.0, rs - st["backward"]) + np.maximum(0.0, ag - st["forward"])
+    else:
+        dp_exposed = np.full(crit.size, rs + ag)
+    opt = _optimizer_s(model, dep)
+    step = m_N * st["mb"] + bubble + dp_exposed + opt
+    scale = halves * m_N
+    comp = stage_sums(fk, counts_SK, crit, scale)
+    for k, v in stage_sums(bk, counts_SK, crit, scale).items():
+        comp[k] = comp[k] + v
+    if dep.recompute == "full":
+        for k, v in stage_sums(fk, counts_SK, crit, scale).items():
+            comp[k] = comp[k] + v
+    elif dep.recompute == "selective":
+        comp["attention_s"] = comp["attention_s"] + st["recompute"] * m_N
+    tokens_dev = w.global_batch * w.seq_len / dep.devices
+    flops = np.array([3.0 * sequence_forward_flops_per_token(model, int(s)) for s in w.seq_len.tolist()])
+    columns = dict(
+        comp, **stage_routing(fk, counts_SK, crit), embedding_head_s=st["head"] * m_N, pipeline_bubble_s=bubble,
+        dp_comm_s=dp_exposed, optimizer_s=np.full(crit.size, opt), exposed_comm_s=m_N * st["exposed"] + dp_exposed,
+        host_s=m_N * st["host_exposed"], host_issue_s=m_N * st["host_issue"],
+        model_flops_per_step_per_device=flops * tokens_dev, peak_flops=np.full(crit.size, hw.peak_flops(dep.dtype)),
     )
-
+    return StepEstimate("train", overlap, dep.capacity_factor, overflow_name(dep), step, tokens_dev,
+                        np.array([fp.total_bytes for fp in fps]) / units.GiB, fps[0].capacity_bytes / units.GiB,
+                        columns)

@@ -1,12 +1,13 @@
-"""Replica costs and KV transfers from a deployment: model x hardware profile x layout.
+"""Replica costs and KV transfers from a ``Deployment`` (moesim/specs/deployment.py).
 
-``from_deployment`` prices iterations with the analytic step model (``moesim.step``) and sizes
+``from_deployment`` prices iterations with the step model (``moesim.step.estimate``) and sizes
 the KV cache with the memory model (``moesim.compute.memory``):
 
-- a replica is one TP/EP group of ``cluster.devices`` devices running ``par``; a decode
-  iteration of a replica batch of b sequences is ``decode_iteration(batch_per_device = b /
-  devices, context)``; a prefill iteration of T tokens is ``prefill_iteration(prompt_len =
-  min(T, prompt_len_hint), prompts_per_device = T / prompt_len / devices)``;
+- a replica is one TP/EP group of ``deployment.devices`` devices; a decode iteration of a
+  replica batch of b sequences is the step model's decode at ``batch_per_device = b / devices``
+  and ``ceil(context)``; a prefill iteration of T tokens is its prefill of ``prompt_len =
+  min(T, prompt_len_hint)`` at ``prompts_per_device = T / prompt_len / devices`` (under the
+  deployment's prefill overlap);
 - KV capacity (tokens) = ``kv_tokens_fit`` of one device (HBM x ``memory_fraction`` minus the
   weights of the most loaded stage, over KV bytes per token) x the attention groups holding
   distinct sequences (devices / (tp x pp)); ``memory_fraction`` 0.9 is vLLM's default
@@ -30,22 +31,22 @@ from moesim.compute.memory import kv_bytes_per_token, memory_footprint
 from moesim.des.serving.cost import GridCost
 from moesim.des.serving.system import KVTransfer
 from moesim.errors import InfeasibleError, SpecError
-from moesim.specs import Cluster, HardwareProfile, ModelSpec, Parallelism, check_cluster, check_parallelism
+from moesim.specs import Deployment, ModelSpec, Parallelism
 
 
-def kv_capacity_tokens(model: ModelSpec, hw: HardwareProfile, par: Parallelism, devices: int, *,
-                       dtype: str = "fp8", kv_dtype: str = "bf16", memory_fraction: float = 0.9) -> int:
+def kv_capacity_tokens(model: ModelSpec, deployment: Deployment, *, memory_fraction: float = 0.9) -> int:
     """Tokens of KV cache a replica holds; InfeasibleError when the weights leave no room."""
     if not 0 < memory_fraction <= 1:
         raise SpecError("memory_fraction", memory_fraction, "must be in (0, 1]")
+    hw, par = deployment.hardware, deployment.parallelism
     reserve_GiB = (1 - memory_fraction) * hw.hbm_bytes / units.GiB
-    fp = memory_footprint(model, hw, par, mode="serve", weight_dtype=dtype, kv_dtype=kv_dtype,
+    fp = memory_footprint(model, hw, par, mode="serve", weight_dtype=deployment.dtype, kv_dtype=deployment.kv_dtype,
                           reserve_GiB=reserve_GiB)
-    groups = max(1, devices // (par.tp * par.pp))
+    groups = max(1, deployment.devices // (par.tp * par.pp))
     tokens = fp.kv_tokens_fit * groups
     if tokens < 1:
         raise InfeasibleError(
-            f"{model.name} on {devices} x {hw.name} ({_layout(par)}): weights take "
+            f"{model.name} on {deployment.devices} x {hw.name} ({_layout(par)}): weights take "
             f"{fp.weight_bytes / units.GiB:.1f} GiB of {fp.capacity_bytes / units.GiB:.1f} GiB per device, "
             f"no room for a KV cache at memory_fraction {memory_fraction}")
     return int(tokens)
@@ -55,50 +56,45 @@ def _layout(par: Parallelism) -> str:
     return f"tp={par.tp} ep={par.ep} dp={par.dp} pp={par.pp} attention={par.attention_layout}"
 
 
-def from_deployment(model: ModelSpec, hw: HardwareProfile, cluster: Cluster, par: Parallelism, *,
-                    dtype: str = "fp8", kv_dtype: str = "bf16", overlap: str = "none",
-                    prompt_len_hint: int = 2048, memory_fraction: float = 0.9,
-                    points_per_octave: int = 1, prefill_overlap: str | None = None) -> GridCost:
-    """A ``GridCost`` for one replica of ``model`` on ``cluster`` laid out as ``par``.
+def from_deployment(model: ModelSpec, deployment: Deployment, *, skew: str = "uniform", prompt_len_hint: int = 2048,
+                    memory_fraction: float = 0.9, points_per_octave: int = 1, cache=None) -> GridCost:
+    """A ``GridCost`` for one replica of ``model`` run as ``deployment`` (module docstring).
 
-    ``prefill_overlap`` (default: ``overlap``) is the step overlap of prefill and mixed passes:
-    a deployment may run its (eager) prefill without the two-micro-batch split that its
-    (graph-replayed) decode uses, since each micro-batch pays the host issue time again."""
-    try:
-        from moesim.step.inference import decode_iteration, prefill_iteration
-    except ImportError:  # pragma: no cover - the step model ships with moesim
-        raise SpecError("cost", "from_deployment", "step model not available") from None
-    check_cluster(cluster, hw)
-    check_parallelism(model, par, cluster)
+    ``deployment.prefill_overlap`` (default: its ``overlap``) is the schedule of prefill and
+    mixed passes: a deployment may run its (eager) prefill without the two-micro-batch split
+    that its (graph-replayed) decode uses, since each micro-batch pays the host issue time
+    again. ``cache``: a ``moesim.step.StepCache`` to share (a fresh one by default)."""
+    from moesim.step import Decode, Prefill, StepCache, estimate
+
+    deployment.check(model)
     if prompt_len_hint < 1:
         raise SpecError("prompt_len_hint", prompt_len_hint, "must be >= 1")
-    n = cluster.devices
-    kw = dict(dtype=dtype, kv_dtype=kv_dtype, overlap=overlap, check_memory=False)
-    kw_pf = dict(kw, overlap=overlap if prefill_overlap is None else prefill_overlap)
+    n = deployment.devices
+    cache = StepCache() if cache is None else cache
 
     def decode_fn(batch: int, context: float) -> float:
-        return decode_iteration(model, hw, cluster, par, batch_per_device=batch / n,
-                                context=int(math.ceil(context)), **kw).step_time_s
+        w = Decode(batch / n, math.ceil(context), skew)
+        return float(estimate(model, deployment, w, check_memory=False, cache=cache).step_time_s[0])
 
     def prefill_fn(tokens: int) -> float:
         s = min(tokens, prompt_len_hint)
-        return prefill_iteration(model, hw, cluster, par, prompt_len=s,
-                                 prompts_per_device=tokens / s / n, **kw_pf).step_time_s
+        w = Prefill(s, tokens / s / n, skew)
+        return float(estimate(model, deployment, w, check_memory=False, cache=cache).step_time_s[0])
 
     return GridCost(
         prefill_fn=prefill_fn, decode_fn=decode_fn,
-        kv_capacity_tokens=kv_capacity_tokens(model, hw, par, n, dtype=dtype, kv_dtype=kv_dtype,
-                                              memory_fraction=memory_fraction),
-        kv_bytes_per_token=kv_bytes_per_token(model, Parallelism(), kv_dtype),
+        kv_capacity_tokens=kv_capacity_tokens(model, deployment, memory_fraction=memory_fraction),
+        kv_bytes_per_token=kv_bytes_per_token(model, Parallelism(), deployment.kv_dtype),
         devices=n, points_per_octave=points_per_octave,
     )
 
 
-def kv_transfer(hw: HardwareProfile, cluster: Cluster, par: Parallelism) -> KVTransfer:
+def kv_transfer(deployment: Deployment) -> KVTransfer:
     """KV transfer links of one prefill replica over its scale-out network (module docstring)."""
+    hw = deployment.hardware
     if hw.scale_out is None:
         raise SpecError("hardware.scale_out", hw.name,
                         "disaggregated serving needs a profile with a scale-out NIC bandwidth")
-    topo = build_topology(hw, cluster.devices, cluster.domain_size(hw))
-    return KVTransfer(bandwidth_Bps=topo.scale_out_Bps * par.tp, latency_s=topo.scale_out_latency_s,
-                      links=max(1, cluster.devices // par.tp))
+    topo = build_topology(hw, deployment.devices, deployment.domain_size)
+    return KVTransfer(bandwidth_Bps=topo.scale_out_Bps * deployment.tp, latency_s=topo.scale_out_latency_s,
+                      links=max(1, deployment.devices // deployment.tp))

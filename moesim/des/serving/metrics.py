@@ -22,7 +22,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
 
 from moesim.specs import SLO
 
@@ -73,6 +72,8 @@ def latency_stats(x: np.ndarray, batches: int = 20) -> LatencyStats:
     if len(x) >= 2 * batches:
         parts = np.array_split(x, batches)
         per = np.array([[p.mean(), *np.percentile(p, qs)] for p in parts])
+        from scipy import stats  # NOTE: lazy: scipy.stats takes ~0.3 s to import, for this one quantile
+
         half = list(stats.t.ppf(0.975, batches - 1) * per.std(axis=0, ddof=1) / math.sqrt(batches))
     return LatencyStats(len(x), *point, *half)
 

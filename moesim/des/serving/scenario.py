@@ -48,14 +48,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moesim.catalog import load_model, load_profile
+from moesim.catalog import build, load_model, load_profile
 from moesim.des.serving.arrivals import LengthDist, Requests, read_trace, synthetic
 from moesim.des.serving.deployment import from_deployment, kv_transfer
 from moesim.des.serving.metrics import ServingResult
 from moesim.des.serving.replica import SchedulerConfig
 from moesim.des.serving.system import Pool, ServingSystem, simulate
 from moesim.errors import MoesimError
-from moesim.specs import SLO, Cluster, Parallelism, Spec, canonical_dtype
+from moesim.specs import SLO, Deployment, Spec, canonical_dtype
 
 
 class LengthSpec(Spec):
@@ -133,14 +133,13 @@ class PoolSpec(Spec):
             raise ValueError(f"token_budget_tokens {self.token_budget_tokens} must be >= max_seqs {self.max_seqs}")
         return self
 
-    def parallelism(self) -> Parallelism:
-        return Parallelism(tp=self.tp, dp=self.devices_per_replica // self.tp,
-                           ep=self.ep or self.devices_per_replica, attention_layout=self.attention,
-                           redundant_experts=self.redundant_experts)
-
-    def cluster(self, hardware: str) -> Cluster:
-        return Cluster(hardware=hardware, devices=self.devices_per_replica,
-                       devices_per_domain=self.devices_per_node)
+    def deployment(self, hw, scn: "ServeScenario") -> Deployment:
+        """The replica's ``Deployment`` on profile ``hw`` with the scenario's dtypes and overlap."""
+        return build(Deployment, dict(
+            hardware=hw, devices=self.devices_per_replica, devices_per_domain=self.devices_per_node, tp=self.tp,
+            dp=self.devices_per_replica // self.tp, ep=self.ep or self.devices_per_replica,
+            attention_layout=self.attention, redundant_experts=self.redundant_experts, dtype=scn.dtype,
+            kv_dtype=scn.kv_dtype, overlap=scn.overlap), "deployment")
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(self.token_budget_tokens, self.max_seqs, self.chunked_prefill)
@@ -183,9 +182,7 @@ class ServeScenario(Spec):
 
 def _pool(scn: ServeScenario, spec: PoolSpec, name: str, model, hw) -> Pool:
     try:
-        cost = from_deployment(model, hw, spec.cluster(hw.name), spec.parallelism(), dtype=scn.dtype,
-                               kv_dtype=scn.kv_dtype, overlap=scn.overlap,
-                               prompt_len_hint=max(1, int(scn.prompt.mean)),
+        cost = from_deployment(model, spec.deployment(hw, scn), prompt_len_hint=max(1, int(scn.prompt.mean)),
                                memory_fraction=scn.memory_fraction)
     except MoesimError as err:
         raise MoesimError(f"{name}: {err}") from None
@@ -199,7 +196,7 @@ def build_system(scn: ServeScenario) -> ServingSystem:
         return ServingSystem(colocated=_pool(scn, scn.replica, "replica", model, hw), balancer=scn.balancer)
     p = scn.prefill
     return ServingSystem(prefill=_pool(scn, p, "prefill", model, hw), decode=_pool(scn, scn.decode, "decode", model, hw),
-                         transfer=kv_transfer(hw, p.cluster(hw.name), p.parallelism()), balancer=scn.balancer)
+                         transfer=kv_transfer(p.deployment(hw, scn)), balancer=scn.balancer)
 
 
 def build_requests(scn: ServeScenario, base_dir: str | Path = ".") -> Requests:

@@ -1,9 +1,8 @@
-"""THE ONE PLACE where the step model meets routing (issue 3), compute (issue 4) and comm (issue 5).
+"""Where the step model meets the compute, comm and routing models: thin forwards to their APIs.
 
-Every function here either forwards to the owning module's real API or, while that API is not
-delivered yet, is a clearly marked *temporary* stand-in (``# ADAPTER(issue N)``) to be deleted
-when it arrives. The step model (layer.py, inference.py, training.py, vectorized.py, the DES)
-calls only these functions, so switching to the real APIs touches this file alone.
+Every function prices one operation with the owning module's model (moesim.compute.gemm and
+grouped, moesim.comm.alltoall / collectives / traffic, moesim.routing, moesim.compute.memory), so
+the layer model (moesim/step/layer.py) and the layer DES never re-derive a time or a byte count.
 
 Legend: T tokens, E experts (or expert slots), G groups (local experts of one rank), R ranks,
 N nodes.
@@ -23,9 +22,9 @@ from moesim.compute.grouped import grouped_gemm_time
 from moesim.specs import HardwareProfile, ModelSpec
 
 
-# ---- compute (issue 4) -------------------------------------------------------------------------
+# ---- compute -------------------------------------------------------------------------
 def gemm_s(hw: HardwareProfile, m, n, k, dtype: str):
-    """GEMM time (s), scalars or broadcast arrays: moesim.compute.gemm (real API)."""
+    """GEMM time (s), scalars or broadcast arrays: moesim.compute.gemm."""
     m, n, k = (np.maximum(np.round(np.asarray(x, dtype=float)), 1.0) for x in (m, n, k))
     t, _, _ = gemm_time_arrays(hw, m, n, k, dtype)
     return float(t) if np.ndim(t) == 0 else t
@@ -59,13 +58,13 @@ def dense_ffn_s(hw: HardwareProfile, model: ModelSpec, tokens: float, width: int
     return gemm_s(hw, tokens, up_n, model.hidden, dtype) + gemm_s(hw, tokens, model.hidden, width, dtype)
 
 
-# ---- comm (issue 5) ----------------------------------------------------------------------------
+# ---- comm ----------------------------------------------------------------------------
 def topology(hw: HardwareProfile, ranks: int, ranks_per_node: int) -> Topology:
     return build_topology(hw, ranks, min(ranks_per_node, ranks))
 
 
 def a2a_s(topo: Topology, traffic: Traffic, mode: str, op: str) -> float:
-    """All-to-all time (s) of one dispatch or combine: moesim.comm.alltoall (real API)."""
+    """All-to-all time (s) of one dispatch or combine: moesim.comm.alltoall."""
     if traffic.ranks <= 1:
         return 0.0
     return all_to_all_time(topo, traffic, mode, op).time_s
@@ -73,7 +72,7 @@ def a2a_s(topo: Topology, traffic: Traffic, mode: str, op: str) -> float:
 
 def expected_traffic(ranks: int, ranks_per_node: int, tokens_per_rank: float, slots: int, top_k: int,
                      bytes_per_token: float, routing: str, groups: int = 1, topk_groups: int = 1) -> Traffic:
-    """Expected dispatch traffic, node-deduplicated: moesim.comm.traffic (real API)."""
+    """Expected dispatch traffic, node-deduplicated: moesim.comm.traffic."""
     return uniform_traffic(ranks, ranks_per_node, max(int(round(tokens_per_rank)), 1), slots, top_k,
                            bytes_per_token, dedup="node", routing=routing, groups=groups,
                            topk_groups=topk_groups)
@@ -81,71 +80,82 @@ def expected_traffic(ranks: int, ranks_per_node: int, tokens_per_rank: float, sl
 
 def collective_s(topo: Topology, kind: str, nbytes: float, ranks: int) -> float:
     """Ring all-reduce / all-gather / reduce-scatter of a ``nbytes`` buffer over ``ranks``
-    consecutive ranks (hierarchical across domains): moesim.comm.collectives (real API)."""
+    consecutive ranks (hierarchical across domains): moesim.comm.collectives."""
     if ranks <= 1 or nbytes <= 0:
         return 0.0
     return float(collective_time(topo, kind, nbytes, ranks).time_s)
 
 
-# ---- routing (issue 3) -------------------------------------------------------------------------
+# ---- routing ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RankLoad:
-    """Expected routed copies on the most loaded EP rank and its per-local-expert counts."""
+    """Expected routed copies on the most loaded EP rank and its per-local-expert counts, after the
+    capacity limit: ``busiest_counts_G`` are the rows that rank's experts process (dropped copies
+    are not there; rerouted ones are, where they land). The fractions are shares of the T x k
+    copies: dropped, served by a next-preferred expert, and left to the shared-expert backup."""
 
     max_rank_copies: float
     mean_rank_copies: float
     busiest_counts_G: np.ndarray
+    drop_fraction: float = 0.0
+    reroute_fraction: float = 0.0
+    backup_fraction: float = 0.0
 
 
-def rank_load(*, tokens: float, num_experts: int, top_k: int, ep: int, redundant: int, skew: str,
-              ranks_per_node: int = 8, n_groups: int = 1, topk_groups: int = 1, seed: int = 0) -> RankLoad:
-    """Expected max over EP ranks of the routed token copies one rank computes (T tokens in all),
-    and the per-slot copies on that rank: moesim.routing (real API, analytic engine). ``balanced`` (or one rank): exactly T k / ep each."""
-    slots = num_experts + redundant
-    per_rank = slots // ep
-    mean = tokens * top_k / ep
-    if skew == "balanced" or (ep == 1 and skew == "uniform"):
+def _route_args(model: ModelSpec, deployment, skew: str, tokens: float) -> dict:
+    """Arguments of moesim.routing.route / step_sampler for ``tokens`` over the EP group."""
+    m = model.moe
+    return dict(num_experts=m.num_experts, top_k=m.top_k, tokens=max(int(round(tokens)), 1), ep=deployment.ep,
+                ranks_per_node=min(deployment.domain_size, deployment.ep), skew=skew,
+                capacity_factor=deployment.capacity_factor, overflow=deployment.overflow,
+                placement=deployment.expert_placement, redundant_experts=deployment.redundant_experts,
+                n_groups=m.n_groups, topk_groups=m.topk_groups)
+
+
+def rank_load(model: ModelSpec, deployment, skew: str, tokens: float, seed: int = 0) -> RankLoad:
+    """``RankLoad`` of one MoE layer with ``tokens`` tokens over the whole EP group, from the
+    routing engine (moesim.routing). Dropless ``balanced`` routing (or uniform on one rank):
+    exactly T k / ep copies per rank, spread evenly over its slots."""
+    m = model.moe
+    slots = m.num_experts + deployment.redundant_experts
+    per_rank = slots // deployment.ep
+    mean = tokens * m.top_k / deployment.ep
+    if deployment.capacity_factor is None and (skew == "balanced" or (deployment.ep == 1 and skew == "uniform")):
         return RankLoad(mean, mean, np.full(per_rank, mean / per_rank))
-    stats = routing_stats(tokens=tokens, num_experts=num_experts, top_k=top_k, ep=ep, redundant=redundant,
-                          skew=skew, ranks_per_node=ranks_per_node, n_groups=n_groups,
-                          topk_groups=topk_groups, seed=seed)
+    stats = routing_stats(model, deployment, skew, tokens, seed=seed)
     return RankLoad(float(stats.rank_tokens_max), float(stats.rank_tokens_mean),
-                    np.asarray(stats.straggler_tokens_L, dtype=float))
+                    np.asarray(stats.straggler_tokens_L, dtype=float), float(stats.drop_fraction),
+                    float(stats.reroute_fraction), float(stats.shared_fraction))
 
 
-def _routing_kwargs(*, tokens: float, num_experts: int, top_k: int, ep: int, redundant: int, skew: str,
-                    ranks_per_node: int, n_groups: int, topk_groups: int) -> dict:
-    """Arguments of moesim.routing.route / step_sampler (hot-expert replicas when redundant > 0)."""
-    return dict(num_experts=num_experts, top_k=top_k, tokens=max(int(round(tokens)), 1), ep=ep,
-                ranks_per_node=min(ranks_per_node, ep), skew=skew,
-                placement="load_aware" if redundant else "contiguous", redundant_experts=redundant,
-                n_groups=n_groups, topk_groups=topk_groups)
-
-
-def routing_stats(*, seed: int = 0, ranks_per_node: int = 8, n_groups: int = 1, topk_groups: int = 1,
-                  **kw):
-    """RoutingStats of one step: moesim.routing.route (real API, cached by argument).
+def routing_stats(model: ModelSpec, deployment, skew: str, tokens: float, seed: int = 0):
+    """RoutingStats of one step: moesim.routing.route (cached there by argument).
 
     NOTE: the analytic engine for uniform/balanced popularity (milliseconds); the Monte Carlo
-    engine (64 steps) for other skews, where the analytic engine takes seconds per call today.
+    engine (64 steps) for other skews, or where the analytic engine cannot integrate the case.
     """
+    from moesim.errors import MoesimError
     from moesim.routing.api import route
 
-    engine = "analytic" if kw["skew"] in ("uniform", "balanced") else "montecarlo"
-    return route(**_routing_kwargs(ranks_per_node=ranks_per_node, n_groups=n_groups,
-                                   topk_groups=topk_groups, **kw), engine=engine, samples=64, seed=seed)
+    kw = _route_args(model, deployment, skew, tokens)
+    if skew in ("uniform", "balanced"):
+        try:
+            return route(**kw, engine="analytic", samples=64, seed=seed)
+        except (NotImplementedError, MoesimError):
+            pass
+    return route(**kw, engine="montecarlo", samples=64, seed=seed)
 
 
-def step_sampler(*, seed: int = 0, ranks_per_node: int = 8, n_groups: int = 1, topk_groups: int = 1, **kw):
+def step_sampler(model: ModelSpec, deployment, skew: str, tokens: float, seed: int = 0):
     """The routing engine's per-step sampler (``.sample(rng)`` -> StepSample) for the DES."""
     from moesim.routing.api import step_sampler as make
 
-    return make(**_routing_kwargs(ranks_per_node=ranks_per_node, n_groups=n_groups,
-                                  topk_groups=topk_groups, **kw), seed=seed)
+    kw = _route_args(model, deployment, skew, tokens)
+    return make(**kw, seed=seed)
 
 
 def memory(model: ModelSpec, hw: HardwareProfile, par, **kw):
-    """Memory footprint per device: moesim.compute.memory (real API)."""
+    """Memory footprint per device: moesim.compute.memory."""
     from moesim.compute.memory import memory_footprint
 
     return memory_footprint(model, hw, par, **kw)

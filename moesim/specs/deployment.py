@@ -1,0 +1,160 @@
+"""Deployment: how a model runs on hardware, in one frozen spec.
+
+One ``Deployment`` says everything the step model, the DES, the serving model and the planner
+need to know about *how* a model is run (the model itself and the workload are separate specs):
+
+- hardware: the ``HardwareProfile`` itself (its content, not its name, decides every number, so
+  a recalibrated profile is a different deployment), ``devices`` and ``devices_per_domain``;
+- parallel sizes (Megatron-Core convention, moesim/specs/parallel.py): world = tp x cp x dp x pp,
+  MoE layers re-fold the non-pipeline ranks into ep x etp x expert-dp; ``vpp`` virtual stages;
+- ``attention_layout``: ``tp`` shards heads over tp devices, ``dp`` runs one attention per
+  device on its own requests (SGLang/DeepSeek "DP attention", needs tp = 1);
+- ``redundant_experts`` slots and their ``placement`` (EPLB-style load-aware replicas);
+- ``overlap`` (decode and training) and ``prefill_overlap`` (None: the same), ``a2a_mode``
+  (DeepEP normal / low-latency kernels, ``auto`` picks by phase and tokens) and ``comm_sms``
+  (SMs the normal kernels hold; None: DeepEP's default);
+- ``dtype`` of weights and GEMMs, ``kv_dtype`` of the KV cache;
+- ``capacity_factor`` (None: dropless) and ``overflow`` (drop / reroute / shared: what happens to
+  a token copy whose expert slot is full; moesim/routing);
+- training: ``recompute``, ``dp_overlap``, ``distributed_optimizer``;
+- ``stack``: the software stack that issues the operators. ``auto`` is the production default of
+  each phase (eager training and prefill, CUDA-graph decode: moesim/step/host.py); ``eager``
+  pays host issue time in every phase, ``cuda_graphs`` and ``xla`` in none (a captured graph /
+  compiled program is launched once per step).
+
+Checks that need only the deployment run when it is built (``ValueError`` naming the field);
+``check(model)`` adds the ones that need the model (heads, experts, layers dividing).
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from moesim.errors import SpecError
+from moesim.specs.cluster import Cluster
+from moesim.specs.common import canonical_dtype
+from moesim.specs.hardware import HardwareProfile
+from moesim.specs.model import ModelSpec
+from moesim.specs.parallel import Parallelism, check_parallelism
+
+Overlap = Literal["none", "two_microbatch"]
+A2AMode = Literal["auto", "normal", "low_latency"]
+Overflow = Literal["drop", "reroute", "shared"]
+Stack = Literal["auto", "eager", "cuda_graphs", "xla"]
+OVERFLOWS: tuple[str, ...] = ("drop", "reroute", "shared")
+# fields that schedule stacks of layers (and training steps) but never enter one layer's operations
+SCHEDULE_FIELDS: tuple[str, ...] = ("overlap", "prefill_overlap", "recompute", "dp_overlap", "distributed_optimizer")
+# fields that act only through the routing engine (expert loads, drops, traffic of the MoE block)
+CAPACITY_FIELDS: tuple[str, ...] = ("capacity_factor", "overflow", "placement")
+
+
+class Deployment(Parallelism):
+    """How one model runs: hardware, layout (the ``Parallelism`` fields and checks), kernels,
+    precision, capacity, software stack."""
+
+    hardware: HardwareProfile
+    devices: int = Field(gt=0, description="devices of the deployment (one replica when serving)")
+    devices_per_domain: int | None = Field(None, gt=0, description="None: the profile's scale-up domain")
+    placement: Literal["auto", "contiguous", "round_robin", "load_aware"] = Field(
+        "auto", description="expert slots on EP ranks; auto: load_aware with redundant slots, else contiguous")
+    overlap: Overlap = "none"
+    prefill_overlap: Overlap | None = Field(None, description="prefill / mixed passes; None: overlap")
+    a2a_mode: A2AMode = "auto"
+    comm_sms: int | None = Field(None, ge=0, description="SMs of the normal all-to-all kernels; None: DeepEP default")
+    dtype: str = Field("bf16", description="weights and GEMMs")
+    kv_dtype: str = Field("bf16", description="KV cache")
+    capacity_factor: float | None = Field(None, gt=0, description="expert capacity over the mean load; None: dropless")
+    overflow: Overflow = "drop"
+    recompute: Literal["none", "selective", "full"] = "none"
+    dp_overlap: bool = True
+    distributed_optimizer: bool = True
+    stack: Stack = "auto"
+
+    @field_validator("dtype", "kv_dtype")
+    @classmethod
+    def _dtype(cls, value: str, info) -> str:
+        canonical_dtype(value, info.field_name)
+        return value
+
+    @model_validator(mode="after")
+    def _deployable(self):
+        hw = self.hardware
+        dpd = self.devices_per_domain or hw.scale_up.domain_size
+        if dpd > hw.scale_up.max_domain_size:
+            raise ValueError(f"devices_per_domain {dpd}: {hw.name} supports scale-up domains of at most "
+                             f"{hw.scale_up.max_domain_size} devices")
+        if self.devices > dpd and self.devices % dpd:
+            raise ValueError(f"devices {self.devices} must be a multiple of the domain size {dpd} (or at most one domain)")
+        world = self.world
+        if world != self.devices:
+            raise ValueError(f"tp x cp x dp x pp = {self.tp} x {self.cp} x {self.dp} x {self.pp} = {world} "
+                             f"must equal devices = {self.devices}")
+        if self.attention_layout == "dp" and self.tp > 1:
+            raise ValueError(f"tp {self.tp}: DP attention (attention_layout dp) needs tp = 1")
+        units = hw.compute.compute_units
+        if self.comm_sms is not None and units is not None and self.comm_sms >= units:
+            raise ValueError(f"comm_sms {self.comm_sms}: must be below the {units} SMs of {hw.name}")
+        return self
+
+    # ---- derived ---------------------------------------------------------------------------
+    @cached_property
+    def parallelism(self) -> Parallelism:
+        return Parallelism(tp=self.tp, pp=self.pp, dp=self.dp, cp=self.cp, ep=self.ep, etp=self.etp,
+                           vpp=self.vpp, attention_layout=self.attention_layout,
+                           redundant_experts=self.redundant_experts)
+
+    @cached_property
+    def cluster(self) -> Cluster:
+        return Cluster(hardware=self.hardware.name, devices=self.devices, devices_per_domain=self.devices_per_domain)
+
+    @property
+    def domain_size(self) -> int:
+        """Devices per scale-up domain actually used (never more than ``devices``)."""
+        return min(self.devices_per_domain or self.hardware.scale_up.domain_size, self.devices)
+
+    @property
+    def expert_placement(self) -> str:
+        """The routing engine's placement name (``auto`` resolved)."""
+        if self.placement != "auto":
+            return self.placement
+        return "load_aware" if self.redundant_experts else "contiguous"
+
+    def overlap_of(self, phase: str) -> str:
+        """The schedule of ``phase`` (prefill may differ from decode and training)."""
+        if phase == "prefill" and self.prefill_overlap is not None:
+            return self.prefill_overlap
+        return self.overlap
+
+    @cached_property
+    def content_key(self) -> str:
+        """SHA-256 of the whole spec (profile content included): the key of every cache."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    @cached_property
+    def layer_key(self) -> str:
+        """SHA-256 of the fields one layer's operations depend on: the whole spec less the
+        schedule and training settings (``SCHEDULE_FIELDS``), which act on stacks of layers
+        (moesim/step/stack.py, training.py), never inside one. Key of the layer-model memo."""
+        return hashlib.sha256(self.model_dump_json(exclude=set(SCHEDULE_FIELDS)).encode()).hexdigest()
+
+    @cached_property
+    def routing_free_key(self) -> str:
+        """``layer_key`` less the capacity fields (``CAPACITY_FIELDS``): the key of the layer
+        operations that routing never changes (attention, elementwise, host, dense FFN)."""
+        fields = set(SCHEDULE_FIELDS) | set(CAPACITY_FIELDS)
+        return hashlib.sha256(self.model_dump_json(exclude=fields).encode()).hexdigest()
+
+    def check(self, model: ModelSpec) -> None:
+        """SpecError naming the field when ``model`` cannot run on this deployment."""
+        check_parallelism(model, self.parallelism)
+        if model.moe is None and self.capacity_factor is not None:
+            raise SpecError("capacity_factor", self.capacity_factor, f"{model.name} is dense: use None")
+
+    def with_(self, **changes) -> "Deployment":
+        """A validated copy with ``changes`` (``model_copy`` does not re-validate)."""
+        return type(self).model_validate({**self.model_dump(exclude={"hardware"}), "hardware": self.hardware,
+                                          **changes})
+

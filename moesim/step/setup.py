@@ -1,0 +1,100 @@
+"""``LayerSetup``: one deployment's layer computation in one phase (the ``Deployment`` itself,
+not a copy of its fields), with the topologies of its EP and TP x CP groups and the layer-model
+memo (moesim/step/layer.py ``layer_ops``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from moesim.comm.topology import Topology
+from moesim.errors import SpecError
+from moesim.specs import HardwareProfile, ModelSpec
+from moesim.specs.deployment import Deployment
+from moesim.step import pricing
+from moesim.step.sharing import compute_share
+
+PHASES: tuple[str, ...] = ("prefill", "decode", "train")
+
+
+@dataclass(frozen=True)
+class LayerSetup:
+    """One deployment's layer computation in one phase: the ``Deployment`` itself, the phase, the
+    routing skew, and the topologies of the EP group and of the TP x CP group (built once, reused
+    for every layer; ``layer_ops`` memoizes its results here, per (layer kind, tokens, context)).
+
+    ``tokens`` passed to the layer functions are the tokens one device owns when entering the
+    MoE block; attention is shared by ``attention_tp`` = tp devices (1 under DP attention).
+    """
+
+    model: ModelSpec
+    deployment: Deployment
+    phase: str  # prefill | decode | train
+    skew: str = "uniform"
+    ep_topology: Topology | None = None
+    tp_topology: Topology | None = None
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+    shared: dict = field(default_factory=dict, compare=False, repr=False)  # routing-free ops, see layer_ops
+
+    @property
+    def hw(self) -> HardwareProfile:
+        return self.deployment.hardware
+
+    @property
+    def dtype(self) -> str:
+        return self.deployment.dtype
+
+    @property
+    def kv_dtype(self) -> str:
+        return self.deployment.kv_dtype
+
+    @property
+    def attention_tp(self) -> int:
+        return self.deployment.tp
+
+    @property
+    def cp(self) -> int:
+        return self.deployment.cp
+
+    @property
+    def ep(self) -> int:
+        return self.deployment.ep
+
+    @property
+    def redundant_experts(self) -> int:
+        return self.deployment.redundant_experts
+
+    @property
+    def ranks_per_node(self) -> int:
+        """EP ranks per scale-up domain."""
+        return min(self.deployment.domain_size, max(self.deployment.ep, 1))
+
+    @property
+    def a2a_mode(self) -> str:
+        return self.deployment.a2a_mode
+
+    @property
+    def comm_sms(self) -> int | None:
+        return self.deployment.comm_sms
+
+    @property
+    def stack(self) -> str:
+        return self.deployment.stack
+
+
+def make_setup(model: ModelSpec, deployment: Deployment, phase: str, skew: str = "uniform",
+               shared: dict | None = None) -> LayerSetup:
+    """A ``LayerSetup`` of ``deployment`` in ``phase`` under routing ``skew`` (SpecError naming
+    the field when the deployment cannot run the model or ``comm_sms`` is out of range).
+    ``shared``: the routing-free ops memo of setups that differ only in routing and capacity."""
+    if phase not in PHASES:
+        raise SpecError("phase", phase, f"one of {', '.join(PHASES)}")
+    deployment.check(model)
+    hw, domain = deployment.hardware, deployment.domain_size
+    if deployment.comm_sms is not None:
+        compute_share(hw, "normal", deployment.comm_sms)  # SpecError naming comm_sms when out of range
+    ep = deployment.ep
+    ep_topo = pricing.topology(hw, ep, domain) if ep > 1 else None
+    group = deployment.tp * deployment.cp
+    tp_topo = pricing.topology(hw, group, domain) if group > 1 else None
+    return LayerSetup(model, deployment, phase, skew, ep_topo, tp_topo, shared={} if shared is None else shared)
+
+
