@@ -8,5 +8,5 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["moesim", "moesim.*"]) + ["moesim.hwprofiles"],
     package_dir={"moesim.hwprofiles": "hwprofiles"},
-    package_data={"moesim": ["presets/*.toml", "py.typed"], "moesim.hwprofiles": ["*.toml"]},
+    package_data={"moesim": ["presets/*.toml", "py.typed", "quality/data/*.json"], "moesim.hwprofiles": ["*.toml"]},
 )
