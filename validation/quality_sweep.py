@@ -132,7 +132,8 @@ def _unserved_weight_share(r) -> float:
     """Share of the routed gate weight (normalised top-k weights sum to 1 per token) that no
     expert serves: dropped copies' weight (a rerouted copy counts with its new gate weight, a
     shared-expert backup with its own)."""
-    served = float(r.weight_TK.sum()) + float(r.backup_weight_T.sum())
+    backup = 0.0 if r.backup_weight_T is None else float(r.backup_weight_T.sum())
+    served = float(r.weight_TK.sum()) + backup
     return max(0.0, 1.0 - served / r.topk_ids_TK.shape[0])
 
 

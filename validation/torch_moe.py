@@ -199,8 +199,10 @@ class MoEBlock(torch.nn.Module):
         w_N1 = routing.weight_TK[tok_N, slot_N].unsqueeze(-1)
         out_TD = torch.zeros_like(x_TD).index_add(0, tok_N, y_ND * w_N1)
         if self.shared is not None:
-            scale_T1 = 1.0 + routing.backup_weight_T.unsqueeze(-1)  # backup copies (overflow 'shared')
-            out_TD = out_TD + self.shared(x_TD) * scale_T1
+            shared_TD = self.shared(x_TD)
+            if routing.backup_weight_T is not None:  # backup copies (overflow 'shared')
+                shared_TD = shared_TD * (1.0 + routing.backup_weight_T.unsqueeze(-1))
+            out_TD = out_TD + shared_TD
         return out_TD
 
     def aux_losses(self) -> torch.Tensor:

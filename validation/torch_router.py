@@ -96,7 +96,7 @@ class Routing:
     weight_TK: gate weight (0 for dropped copies); differentiable.
     demand_E: copies that chose each expert (before capacity); counts_E: copies computed.
     backup_weight_T: summed gate weight of the token's copies served by the shared experts
-    (overflow ``shared``; zeros otherwise); ``backed_up`` counts those copies.
+    (overflow ``shared`` with a capacity; None otherwise); ``backed_up`` counts those copies.
     """
 
     topk_ids_TK: torch.Tensor
@@ -196,9 +196,11 @@ class Router(torch.nn.Module):
         safe_TK = expert_TK.clamp(min=0)
         weight_TK = scores_TE.gather(1, safe_TK) / (denom_T1 + 1e-20 if cfg.norm_topk_prob else 1.0)
         weight_TK = weight_TK * cfg.routed_scaling_factor
-        backup_TK = (expert_TK < 0) & (cfg.overflow == "shared")
-        backup_weight_T = (weight_TK * backup_TK).sum(-1)
-        backed_up = int(backup_TK.sum())
+        backup_weight_T, backed_up = None, 0
+        if cfg.overflow == "shared" and cfg.capacity_factor is not None:  # NOTE: no extra ops otherwise
+            backup_TK = expert_TK < 0  # (validation/count_ops.py counts the default path's operators)
+            backup_weight_T = (weight_TK * backup_TK).sum(-1).to(x_TD.dtype)
+            backed_up = int(backup_TK.sum())
         weight_TK = weight_TK * (expert_TK >= 0)
         counts_E = torch.bincount(safe_TK[expert_TK >= 0], minlength=E)
         probs_TE = scores_TE / scores_TE.sum(-1, keepdim=True)
@@ -209,7 +211,7 @@ class Router(torch.nn.Module):
             topk_ids_TK=topk_ids_TK, expert_TK=expert_TK, weight_TK=weight_TK.to(x_TD.dtype),
             demand_E=demand_E, counts_E=counts_E, aux_loss=aux, z_loss=z,
             capacity=cfg.capacity(T), rerouted=rerouted, dropped=dropped - backed_up,
-            backup_weight_T=backup_weight_T.to(x_TD.dtype), backed_up=backed_up,
+            backup_weight_T=backup_weight_T, backed_up=backed_up,
         )
 
     def _apply_capacity(self, topk_ids_TK, sel_TE, eligible_TE, T):
