@@ -137,3 +137,25 @@ def test_cli_json_text_and_plot(capsys, scenario_file, tmp_path):
 def test_cli_bad_input_is_one_line_exit_2(capsys, scenario_file, argv, needle):
     code, out, err = _run(capsys, "tradeoff", str(scenario_file), *argv)
     assert code == 2 and needle in err and err.count("\n") == 1 and out == ""
+
+
+def test_compare_states_its_quality_assumption(capsys, scenario_file):
+    code, out, _ = _run(capsys, "compare", str(scenario_file), "--dense", "llama3.1-70b", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert "equal quality when the MoE routes dropless" in data["quality_assumption"]
+    assert data["moe_quality"]["loss_increase"] == 0.0  # the scenario's answer is dropless
+
+
+def test_answer_quality_at_a_capacity_factor(scenario_file, predictor, curve):
+    from dataclasses import replace
+
+    from moesim.quality.tradeoff import answer_quality
+
+    _, answer = curve
+    capped = replace(answer, evaluation=replace(answer.evaluation, candidate=replace(answer.candidate,
+                                                                                  capacity_factor=1.0)))
+    est, text = answer_quality(load_scenario(scenario_file), capped, predictor)
+    point = next(p for p in curve[0].points if p.capacity_factor == 1.0 and p.overflow == "drop")
+    assert est == point.quality  # the same routing and the same prediction as the curve's point
+    assert "capacity factor 1" in text and "proxy" in text

@@ -132,6 +132,29 @@ def _route(model, candidate, hw, scenario, capacity_factor, overflow):
         return route_model(model, tokens, engine="montecarlo", samples=32, seed=0, **kw)
 
 
+def answer_quality(scenario, answer, predictor: QualityPredictor) -> tuple[QualityEstimate | None, str]:
+    """The predicted quality cost of a plan's answer at its own capacity setting, and the
+    assumption a comparison makes, in words (``None`` and a note for a dense model)."""
+    from moesim.catalog import load_profile
+    from moesim.planner.scenario import scenario_model
+
+    model = scenario_model(scenario)
+    assumption = ("quality: the comparison assumes the two models are of equal quality when the MoE "
+                  "routes dropless (the choice of dense model is the user's)")
+    if model.moe is None:
+        return None, assumption
+    c = answer.candidate
+    if c.capacity_factor is None:
+        return predictor.predict(), assumption + f"; the {model.name} answer is dropless: no routing cost"
+    predictor.check_policy(scenario.routing.overflow)
+    stats = _route(model, c, load_profile(c.hardware), scenario, c.capacity_factor, scenario.routing.overflow)
+    est = predictor.from_routing(stats, trained_top_k=model.moe.top_k)
+    return est, (assumption + f"; the {model.name} answer at capacity factor {c.capacity_factor:g} "
+                 f"({scenario.routing.overflow}) drops {stats.drop_fraction:.2%}, reroutes "
+                 f"{stats.reroute_fraction:.2%} and backs up {stats.shared_fraction:.2%} of copies: predicted "
+                 f"loss increase {est.loss_increase:.4f} nats ({est.low:.4f}-{est.high:.4f}); {est.limits}")
+
+
 def tradeoff_curve(scenario, answer, predictor: QualityPredictor, *,
                    capacity_factors=CAPACITY_FACTORS, policies: tuple[str, ...] = ("drop", "reroute", "shared"),
                    max_loss_increase: float | None = None) -> TradeoffCurve:
