@@ -159,3 +159,14 @@ def test_answer_quality_at_a_capacity_factor(scenario_file, predictor, curve):
     point = next(p for p in curve[0].points if p.capacity_factor == 1.0 and p.overflow == "drop")
     assert est == point.quality  # the same routing and the same prediction as the curve's point
     assert "capacity factor 1" in text and "proxy" in text
+
+
+def test_whatif_prices_a_top_k_change_against_the_trained_k(capsys, scenario_file, predictor):
+    code, out, _ = _run(capsys, "whatif", str(scenario_file), "--set", "model.top_k=6", "--json")
+    assert code == 0
+    q = json.loads(out)["quality"]
+    assert q["base"]["loss_increase"] == 0.0
+    # dropless top-6 of the preset's 8: the model's top-k term, nothing else
+    expected = predictor.predict(top_k=8, effective_top_k=6).loss_increase
+    assert q["changed"]["loss_increase"] == pytest.approx(expected, rel=1e-12) and expected > 0
+    assert "top-6 of 8" in q["changed"]["text"]

@@ -44,4 +44,25 @@ def whatif_cmd(args) -> Result:
     for side, plan_result in (("base", result.base), ("changed", result.changed)):
         if not plan_result.feasible:
             text += f"\n\n{side} is infeasible: {why_infeasible(plan_result)}"
-    return Result(result.to_dict(), text)
+    quality = side_quality(result)
+    text += "\n" * bool(quality) + "".join(f"\nquality, {side}: {q['text']}" for side, q in quality.items())
+    return Result({**result.to_dict(), "quality": quality}, text)
+
+
+def side_quality(result) -> dict:
+    """Predicted quality cost of each side's answer (moesim.quality; the changed side is priced
+    against the base model's top-k, so a top-k what-if shows what the reduction costs)."""
+    from moesim.planner.scenario import scenario_model
+    from moesim.quality import default_predictor
+    from moesim.quality.tradeoff import answer_quality
+
+    base_model = scenario_model(result.base.scenario)
+    trained = base_model.moe.top_k if base_model.moe is not None else None
+    predictor, out = default_predictor(), {}
+    for side, pr in (("base", result.base), ("changed", result.changed)):
+        answer = pr.answer.ranked if pr.answer else (pr.ranked[0] if pr.ranked else None)
+        if answer is None:
+            continue
+        est, text = answer_quality(pr.scenario, answer, predictor, trained_top_k=trained)
+        out[side] = {"loss_increase": None if est is None else est.loss_increase, "text": text.split("; ", 1)[-1]}
+    return out

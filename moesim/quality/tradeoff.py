@@ -132,9 +132,12 @@ def _route(model, candidate, hw, scenario, capacity_factor, overflow):
         return route_model(model, tokens, engine="montecarlo", samples=32, seed=0, **kw)
 
 
-def answer_quality(scenario, answer, predictor: QualityPredictor) -> tuple[QualityEstimate | None, str]:
+def answer_quality(scenario, answer, predictor: QualityPredictor,
+                   trained_top_k: int | None = None) -> tuple[QualityEstimate | None, str]:
     """The predicted quality cost of a plan's answer at its own capacity setting, and the
-    assumption a comparison makes, in words (``None`` and a note for a dense model)."""
+    assumption a comparison makes, in words (``None`` and a note for a dense model).
+    ``trained_top_k``: the top-k the model was trained with when the scenario changed it (what-if
+    ``model.top_k``); default the scenario model's own."""
     from moesim.catalog import load_profile
     from moesim.planner.scenario import scenario_model
 
@@ -144,12 +147,15 @@ def answer_quality(scenario, answer, predictor: QualityPredictor) -> tuple[Quali
     if model.moe is None:
         return None, assumption
     c = answer.candidate
+    k, k_trained = model.moe.top_k, trained_top_k or model.moe.top_k
     if c.capacity_factor is None:
-        return predictor.predict(), assumption + f"; the {model.name} answer is dropless: no routing cost"
+        est = predictor.predict(top_k=k_trained, effective_top_k=k)
+        cost = "no routing cost" if k == k_trained else f"top-{k} of {k_trained}: +{est.loss_increase:.4f} nats"
+        return est, assumption + f"; the {model.name} answer is dropless: {cost}"
     predictor.check_policy(scenario.routing.overflow)
     stats = _route(model, c, load_profile(c.hardware), scenario, c.capacity_factor, scenario.routing.overflow)
-    est = predictor.from_routing(stats, trained_top_k=model.moe.top_k)
-    return est, (assumption + f"; the {model.name} answer at capacity factor {c.capacity_factor:g} "
+    est = predictor.from_routing(stats, trained_top_k=k_trained)
+    return est, (assumption + f"; the {model.name} answer (top-{k} of {k_trained}) at capacity factor {c.capacity_factor:g} "
                  f"({scenario.routing.overflow}) drops {stats.drop_fraction:.2%}, reroutes "
                  f"{stats.reroute_fraction:.2%} and backs up {stats.shared_fraction:.2%} of copies: predicted "
                  f"loss increase {est.loss_increase:.4f} nats ({est.low:.4f}-{est.high:.4f}); {est.limits}")
