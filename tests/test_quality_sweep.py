@@ -110,3 +110,13 @@ def test_heldout_windows_are_outside_the_training_slice():
     assert len(batches) == 3 and batches[0].shape == (cfg.batch, cfg.seq_len + 1)
     with pytest.raises(ValueError, match="held-out"):
         qs.heldout_batches(corpus[:cfg.corpus_bytes + 100].astype(np.uint8), cfg, 3, span=10_000)
+
+
+def test_table_from_the_committed_measurement_is_the_shipped_table(tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "t.json"
+    assert qs.main(["--table-from", str(repo / "validation/data/quality-cpu-tinymoe.json"), "--table", str(out)]) == 0
+    shipped = json.loads((repo / "moesim/quality/data/quality-cpu-tinymoe.json").read_text())
+    assert json.loads(out.read_text()) == shipped
