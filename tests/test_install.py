@@ -30,6 +30,7 @@ def test_non_editable_install_loads_every_profile(tmp_path):
         "names = c.list_profiles(); assert len(names) >= 14, names\n"
         "[c.load_profile(n) for n in names]\n"
         "models = c.list_models(); [c.load_model(m) for m in models]\n"
+        "from moesim.quality.table import load_table; assert load_table().points\n"
         "print(len(names), len(models))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

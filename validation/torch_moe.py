@@ -10,7 +10,8 @@ count moesim/compute/counts.py uses (``ffn_matrices = 3``). Shared experts are o
 of width ``num_shared_experts x shared_expert_ffn`` (same parameter count as separate ones).
 
 Output: ``y_TD = shared(x) + sum_k weight_TK * expert_TK(x)``; a dropped copy contributes 0,
-so the layer output for that slot is the residual stream alone (the caller adds x).
+so the layer output for that slot is the residual stream alone (the caller adds x). Under
+overflow ``shared`` an overflowing copy of gate weight w adds ``w * shared(x)`` instead.
 
 Execution paths (``impl``), all giving the same output (tests: fp32 atol 1e-5):
 - ``loop``: per-expert gather (index_select), 3 matmuls, ``index_add_`` back;
@@ -62,6 +63,7 @@ class StepRecord:
     expert_TK: torch.Tensor
     dropped: int
     rerouted: int
+    backed_up: int = 0
 
 
 class SwiGLU(torch.nn.Module):
@@ -197,7 +199,10 @@ class MoEBlock(torch.nn.Module):
         w_N1 = routing.weight_TK[tok_N, slot_N].unsqueeze(-1)
         out_TD = torch.zeros_like(x_TD).index_add(0, tok_N, y_ND * w_N1)
         if self.shared is not None:
-            out_TD = out_TD + self.shared(x_TD)
+            shared_TD = self.shared(x_TD)
+            if routing.backup_weight_T is not None:  # backup copies (overflow 'shared')
+                shared_TD = shared_TD * (1.0 + routing.backup_weight_T.unsqueeze(-1))
+            out_TD = out_TD + shared_TD
         return out_TD
 
     def aux_losses(self) -> torch.Tensor:
@@ -210,5 +215,5 @@ class MoEBlock(torch.nn.Module):
             self.last = StepRecord(
                 demand_E=r.demand_E.detach().cpu(), counts_E=r.counts_E.detach().cpu(),
                 topk_ids_TK=r.topk_ids_TK.detach().cpu(), expert_TK=r.expert_TK.detach().cpu(),
-                dropped=r.dropped, rerouted=r.rerouted,
+                dropped=r.dropped, rerouted=r.rerouted, backed_up=r.backed_up,
             )

@@ -20,7 +20,10 @@ Routing, in order (each step cites where the convention comes from):
    (``drop``: the token skips that expert, the residual passes) or, with ``reroute``, after all
    first-pass claims it moves to its next-preferred eligible expert that still has room and that
    the token has not chosen (the backup path); its gate weight becomes that expert's score under
-   the same normalisation. A copy with no room anywhere is dropped.
+   the same normalisation. A copy with no room anywhere is dropped. With ``shared`` (needs
+   shared experts) every overflowing copy is served by the shared experts instead: the block
+   adds ``weight x shared(x)`` for it (the gate weight it had for its routed expert), so the
+   shared FFN is the backup path and no copy is lost (moesim.routing's ``overflow='shared'``).
 6. Losses: Switch load-balancing ``aux = E x sum_e f_e P_e`` with ``f_e`` = fraction of the
    T x K routed copies that chose ``e`` (before capacity) and ``P_e`` = mean over tokens of the
    (per-token normalised) scores (Fedus et al. 2021 eq. 4); router z-loss
@@ -53,7 +56,7 @@ class MoEConfig:
     topk_groups: int = 1
     router_noise_std: float = 0.0
     capacity_factor: float | None = None
-    overflow: Literal["drop", "reroute"] = "drop"
+    overflow: Literal["drop", "reroute", "shared"] = "drop"
     aux_loss_coef: float = 0.0
     z_loss_coef: float = 0.0
     seed: int = 0
@@ -69,7 +72,8 @@ class MoEConfig:
             "shared_expert_ffn": (self.num_shared_experts > 0) == (self.shared_expert_ffn > 0),
             "capacity_factor": self.capacity_factor is None or self.capacity_factor > 0,
             "router_scoring": self.router_scoring in ("softmax", "sigmoid"),
-            "overflow": self.overflow in ("drop", "reroute"),
+            "overflow": self.overflow in ("drop", "reroute", "shared")
+            and (self.overflow != "shared" or self.num_shared_experts > 0),
             "router_noise_std": self.router_noise_std >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -91,6 +95,8 @@ class Routing:
     expert_TK: expert that computes the copy after capacity/reroute; -1 = dropped.
     weight_TK: gate weight (0 for dropped copies); differentiable.
     demand_E: copies that chose each expert (before capacity); counts_E: copies computed.
+    backup_weight_T: summed gate weight of the token's copies served by the shared experts
+    (overflow ``shared`` with a capacity; None otherwise); ``backed_up`` counts those copies.
     """
 
     topk_ids_TK: torch.Tensor
@@ -103,6 +109,8 @@ class Routing:
     capacity: int | None
     rerouted: int = 0
     dropped: int = 0
+    backup_weight_T: torch.Tensor | None = None
+    backed_up: int = 0
 
 
 def _scores(logits_TE: torch.Tensor, scoring: str) -> torch.Tensor:
@@ -187,7 +195,13 @@ class Router(torch.nn.Module):
         expert_TK, rerouted, dropped = self._apply_capacity(topk_ids_TK, sel_TE, eligible_TE, T)
         safe_TK = expert_TK.clamp(min=0)
         weight_TK = scores_TE.gather(1, safe_TK) / (denom_T1 + 1e-20 if cfg.norm_topk_prob else 1.0)
-        weight_TK = weight_TK * cfg.routed_scaling_factor * (expert_TK >= 0)
+        weight_TK = weight_TK * cfg.routed_scaling_factor
+        backup_weight_T, backed_up = None, 0
+        if cfg.overflow == "shared" and cfg.capacity_factor is not None:  # NOTE: no extra ops otherwise
+            backup_TK = expert_TK < 0  # (validation/count_ops.py counts the default path's operators)
+            backup_weight_T = (weight_TK * backup_TK).sum(-1).to(x_TD.dtype)
+            backed_up = int(backup_TK.sum())
+        weight_TK = weight_TK * (expert_TK >= 0)
         counts_E = torch.bincount(safe_TK[expert_TK >= 0], minlength=E)
         probs_TE = scores_TE / scores_TE.sum(-1, keepdim=True)
         f_E = demand_E.float() / (T * cfg.top_k)
@@ -196,7 +210,8 @@ class Router(torch.nn.Module):
         return Routing(
             topk_ids_TK=topk_ids_TK, expert_TK=expert_TK, weight_TK=weight_TK.to(x_TD.dtype),
             demand_E=demand_E, counts_E=counts_E, aux_loss=aux, z_loss=z,
-            capacity=cfg.capacity(T), rerouted=rerouted, dropped=dropped,
+            capacity=cfg.capacity(T), rerouted=rerouted, dropped=dropped - backed_up,
+            backup_weight_T=backup_weight_T, backed_up=backed_up,
         )
 
     def _apply_capacity(self, topk_ids_TK, sel_TE, eligible_TE, T):

@@ -46,6 +46,8 @@ class TrainConfig:
     expert_ffn: int = 128
     num_experts: int = 32
     top_k: int = 2
+    num_shared_experts: int = 0
+    shared_expert_ffn: int = 0
     seq_len: int = 128
     batch: int = 16
     steps: int = 500
@@ -136,6 +138,7 @@ class TinyMoELM(torch.nn.Module):
 def moe_config(cfg: TrainConfig, layer: int) -> MoEConfig:
     return MoEConfig(
         hidden=cfg.hidden, expert_ffn=cfg.expert_ffn, num_experts=cfg.num_experts, top_k=cfg.top_k,
+        num_shared_experts=cfg.num_shared_experts, shared_expert_ffn=cfg.shared_expert_ffn,
         router_noise_std=cfg.router_noise_std, aux_loss_coef=cfg.aux_loss_coef,
         z_loss_coef=cfg.z_loss_coef, seed=cfg.seed * 1000 + layer,
     )
@@ -143,6 +146,12 @@ def moe_config(cfg: TrainConfig, layer: int) -> MoEConfig:
 
 def train(cfg: TrainConfig, corpus: np.ndarray, out_dir: Path | None = None, log=print) -> dict:
     """Train one setting; return the trace arrays (and write ``<out_dir>/<name>.npz``)."""
+    return train_model(cfg, corpus, out_dir, log)[1]
+
+
+def train_model(cfg: TrainConfig, corpus: np.ndarray, out_dir: Path | None = None,
+                log=print) -> tuple[TinyMoELM, dict]:
+    """Train one setting; return the trained model and the trace arrays (see :func:`train`)."""
     torch.set_num_threads(cfg.threads)
     model = TinyMoELM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -193,7 +202,7 @@ def train(cfg: TrainConfig, corpus: np.ndarray, out_dir: Path | None = None, log
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out_dir / f"{cfg.name}.npz", **trace)
-    return trace
+    return model, trace
 
 
 def sweep_configs(base: TrainConfig, noise_std: float = 0.5, z_coef: float = 1e-3) -> list[TrainConfig]:

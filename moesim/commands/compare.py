@@ -25,8 +25,23 @@ def compare_cmd(args) -> Result:
     text = (f"{scenario.name}: {scenario.model} (MoE) vs {args.dense} (dense), same target and SLO\n\n"
             + delta_table(result.deltas, scenario.model, args.dense))
     sides = (("moe", result.moe), ("dense", result.dense))
-    data, lines = sides_provenance(result.to_dict(), sides)
+    quality = quality_assumption(scenario, result.moe)
+    data, lines = sides_provenance({**result.to_dict(), **quality}, sides)
+    lines = [quality["quality_assumption"], *lines]
     files = sides_report(args, f"moesim compare: {scenario.model} vs {args.dense}", result.deltas,
                          scenario.model, args.dense, sides)
     return Result(data, text + "\n\n" + "\n".join(lines) + (f"\n\nwrote {files[0]}" if files else ""),
                   files=files)
+
+
+def quality_assumption(scenario, moe_plan) -> dict:
+    """The quality assumption the comparison makes, with the MoE answer's predicted loss increase."""
+    from moesim.quality import default_predictor
+    from moesim.quality.tradeoff import answer_quality
+
+    answer = moe_plan.answer.ranked if moe_plan.answer else (moe_plan.ranked[0] if moe_plan.ranked else None)
+    if answer is None:
+        return {"quality_assumption": "quality: not assessed (the MoE scenario has no feasible answer)",
+                "moe_quality": None}
+    est, text = answer_quality(scenario, answer, default_predictor())
+    return {"quality_assumption": text, "moe_quality": est.to_dict() if est else None}

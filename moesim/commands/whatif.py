@@ -45,7 +45,9 @@ def whatif_cmd(args) -> Result:
         if not plan_result.feasible:
             text += f"\n\n{side} is infeasible: {why_infeasible(plan_result)}"
     sides = (("base", result.base), ("changed", result.changed))
-    data, lines = sides_provenance(result.to_dict(), sides)
+    quality = side_quality(result)
+    text += "\n" * bool(quality) + "".join(f"\nquality, {side}: {q['text']}" for side, q in quality.items())
+    data, lines = sides_provenance({**result.to_dict(), "quality": quality}, sides)
     files = sides_report(args, f"moesim whatif: {base.name}: {shown}", result.deltas, "base", "changed", sides)
     return Result(data, text + "\n\n" + "\n".join(lines) + (f"\n\nwrote {files[0]}" if files else ""),
                   files=files)
@@ -73,3 +75,22 @@ def sides_provenance(data: dict, sides) -> tuple[dict, list[str]]:
     provs = {side: for_plan(r) for side, r in sides}
     return {**data, "provenance": {k: p.to_dict() for k, p in provs.items()}}, \
         [f"{side}: {p.summary()}" for side, p in provs.items()]
+
+
+def side_quality(result) -> dict:
+    """Predicted quality cost of each side's answer (moesim.quality; the changed side is priced
+    against the base model's top-k, so a top-k what-if shows what the reduction costs)."""
+    from moesim.planner.scenario import scenario_model
+    from moesim.quality import default_predictor
+    from moesim.quality.tradeoff import answer_quality
+
+    base_model = scenario_model(result.base.scenario)
+    trained = base_model.moe.top_k if base_model.moe is not None else None
+    predictor, out = default_predictor(), {}
+    for side, pr in (("base", result.base), ("changed", result.changed)):
+        answer = pr.answer.ranked if pr.answer else (pr.ranked[0] if pr.ranked else None)
+        if answer is None:
+            continue
+        est, text = answer_quality(pr.scenario, answer, predictor, trained_top_k=trained)
+        out[side] = {"loss_increase": None if est is None else est.loss_increase, "text": text.split("; ", 1)[-1]}
+    return out
