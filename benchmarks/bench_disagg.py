@@ -48,6 +48,8 @@ GPUS = ["h100-sxm", "h200-sxm", "b200", "mi300x", "h800-sxm", "mi325x", "b300"]
 SCENARIO = {
     "kind": "serving", "name": "hetero-100k", "model": "deepseek-v3", "hardware": GPUS, "max_devices": 4096,
     "modes": ["disaggregated"],
+    # one stated price basis (moesim/prices.py): RunPod, TensorWave for the AMD parts it does not list
+    "prices": {"basis": "runpod", "mix": {"mi300x": "tensorwave", "mi325x": "tensorwave"}},
     "workload": {"prompt_len": 2000, "output_len": 500, "target_output_tokens_per_s": 100000},
     "slo": {"tpot_s": 0.05, "ttft_s": 2.0},
     "search": {"tp": [1, 8], "attention_layouts": ["tp", "dp"]},
