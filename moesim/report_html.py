@@ -143,7 +143,8 @@ def plan_section(result, prov, breakdowns: Mapping[str, Mapping[str, float]] | N
                  heading: str = "") -> str:
     """The HTML of one PlanResult with its Provenance (moesim.provenance) and step breakdowns
     (candidate key -> StepBreakdown.to_dict(), from :func:`step_breakdowns`)."""
-    from moesim.planner.report import _answer_text, _target_text
+    from moesim.planner.quality_cost import LIMITS as QUALITY_LIMITS
+    from moesim.planner.report import _answer_text, _drops, _target_text, loss_text
 
     s = result.scenario
     serving = s.kind == "serving"
@@ -178,17 +179,20 @@ def plan_section(result, prov, breakdowns: Mapping[str, Mapping[str, float]] | N
                      c.layout(), c.batch, r.total_devices, r.usd_per_hour,
                      (ev.tpot_s or 0) * 1e3 if serving else ev.step_time_s or 0.0,
                      (ev.step_time_s or 0.0) * 1e3, bd["step_time_s"] * 1e3 if bd else "-",
-                     breakdown_bar(bd, worst) if bd and worst > 0 else "-", comps or "-", ev.bottleneck))
+                     breakdown_bar(bd, worst) if bd and worst > 0 else "-", comps or "-", _drops(ev),
+                     loss_text(ev), ev.bottleneck))
     step_head = "decode step ms" if serving else "training step ms"
     parts += ["<h3>Candidates and their step breakdown</h3>",
               table_html(rows, ["#", "hardware", "parallelism", "batch", "devices", "$/h",
                                 "TPOT ms" if serving else "step s", f"plan's {step_head}",
-                                f"breakdown's {step_head}", "breakdown", "components ms", "bottleneck"]),
+                                f"breakdown's {step_head}", "breakdown", "components ms", "drops",
+                                "loss +nats", "bottleneck"]),
               "<p><small>Step breakdown: moesim.step at each candidate's batch "
               + ("and the mean decode context (prompt + output/2), the step the plan priced; TPOT is at the "
                  "operating point the serving policy picks (prefill interleaved, sequences in flight)"
                  if serving else "and micro-batch")
-              + "; under overlap the components add to more than the step.</small></p>"]
+              + "; under overlap the components add to more than the step. Loss +nats: "
+              + esc(QUALITY_LIMITS) + ".</small></p>"]
     if result.rejected:
         parts += ["<h3>Rejected configurations by reason</h3>",
                   table_html([(g.count, g.reason, g.example) for g in result.rejected],

@@ -25,9 +25,11 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
   ones are priced where they land, the shared-expert backup is priced) and reports the drop,
   reroute and backup fractions of the routing engine; the drop fraction is the decode step's
   (serving) or the training micro-batch's, and the ranking limits it (moesim/planner/rank.py).
-  A serving candidate over ``limits.max_drop_fraction`` is rejected (``drops_too_many``) before
-  its latencies are priced: it can never rank, and the replica cost is most of a candidate's
-  price.
+  quality: the predicted loss increase of those fractions (moesim/planner/quality_cost.py, on
+  the evaluation with its band). A serving candidate over ``limits.max_drop_fraction``
+  (``drops_too_many``) or ``limits.max_loss_increase`` (``loses_too_much_quality``) is rejected
+  before its latencies are priced: it can never rank, and the replica cost is most of a
+  candidate's price.
 Bottleneck (planner vocabulary): the step model's largest component, mapped to compute / HBM
 (compute when model FLOPs at peak fill at least half the step, else HBM), scale-up / scale-out
 (all-to-all, TP and DP collectives: scale-out when that group -- EP, TP or all devices -- spans
@@ -45,6 +47,7 @@ from moesim.errors import MoesimError
 from moesim.planner import serving_policy
 from moesim.planner.costs import PlanCache
 from moesim.planner.evaluation import Candidate, Evaluation, HardwareFacts, Verification
+from moesim.planner.quality_cost import LossIncrease, PlanQuality, trained_top_k
 from moesim.planner.scenario import scenario_model
 from moesim.specs.serving_features import inflight_context_tokens
 
@@ -80,6 +83,7 @@ class AnalyticEvaluator:
 
     name: str = "analytic step model"
     cache: PlanCache = field(default_factory=PlanCache, compare=False, repr=False)
+    quality: PlanQuality = field(default_factory=PlanQuality, compare=False, repr=False)
 
     def hardware(self, name: str) -> HardwareFacts:
         p = load_profile(name)
@@ -101,13 +105,14 @@ class AnalyticEvaluator:
             groups.setdefault(_group_key(c), []).append(i)
         out: list[Evaluation | None] = [None] * len(candidates)
         fn = self._serving_group if scenario.kind == "serving" else self._training_group
+        trained_k = trained_top_k(scenario)
         for idx in groups.values():
-            for i, ev in zip(idx, fn([candidates[i] for i in idx], scenario, model)):
+            for i, ev in zip(idx, fn([candidates[i] for i in idx], scenario, model, trained_k)):
                 out[i] = ev
         return out
 
     # ---- serving ----------------------------------------------------------------------------
-    def _serving_group(self, cands: list[Candidate], scenario, model) -> list[Evaluation]:
+    def _serving_group(self, cands: list[Candidate], scenario, model, trained_k) -> list[Evaluation]:
         from moesim.compute.memory import memory_footprint
         from moesim.step import Decode, estimate
 
@@ -128,8 +133,9 @@ class AnalyticEvaluator:
             steps = cache.get(cache.key(model, dep, "decode", tuple(batches), context, skew), lambda: dict(zip(
                 batches, estimate(model, dep, Decode(batches, context, skew), check_memory=False,
                                   cache=cache.step).breakdowns())))
-        limit = scenario.limits.max_drop_fraction
-        priced = [c for c in fitting if steps[c.batch].drop_fraction <= limit]
+        quality = {b: self.quality.loss_increase(bd, model, trained_k) for b, bd in steps.items()}
+        verdicts = {b: _quality_verdict(bd, quality[b], scenario) for b, bd in steps.items()}
+        priced = [c for c in fitting if verdicts[c.batch] is None]
         try:  # the replica cost's iteration nodes, many at a time (same numbers as on demand)
             serving_policy.prefetch(priced, scenario, model, cache)
         except MoesimError:  # no KV room at the serving memory fraction: reported per candidate below
@@ -145,31 +151,27 @@ class AnalyticEvaluator:
                                            f"(weights {base.weight_bytes / units.GiB:.1f} GiB + KV of batch {c.batch})"))
                 continue
             bd = steps[c.batch]
+            routed = dict(step_time_s=bd.step_time_s, **_routing_fields(bd, quality[c.batch]))
             try:
                 grid = grid or serving_policy.replica_cost(c, scenario, model, cache)
             except MoesimError as err:  # no KV room at the serving memory fraction
                 results.append(ev.rejected("does_not_fit", str(err)))
                 continue
-            if bd.drop_fraction > limit:  # never ranked (moesim/planner/rank.py): latencies not priced
-                results.append(replace(ev, step_time_s=bd.step_time_s, drop_fraction=bd.drop_fraction,
-                                       reroute_fraction=bd.reroute_fraction, backup_fraction=bd.backup_fraction,
-                                       imbalance=bd.expert_imbalance).rejected(
-                    "drops_too_many", f"drops {bd.drop_fraction:.2%} > {limit:.2%}"))
+            if verdicts[c.batch] is not None:  # never ranked (moesim/planner/rank.py): latencies not priced
+                results.append(replace(ev, **routed).rejected(*verdicts[c.batch]))
                 continue
             est = serving_policy.choose(grid, c, scenario,
                                         _featured_decode_s(model, dep, bd, c.batch, context, scenario, cache))
             results.append(Evaluation(
-                candidate=c, tokens_per_s=est.output_tokens_per_s, step_time_s=bd.step_time_s,
+                candidate=c, tokens_per_s=est.output_tokens_per_s,
                 tpot_s=est.tpot_s, ttft_s=est.ttft_s, memory_headroom_GiB=headroom,
                 bottleneck=bottleneck_name(bd, hw, c, headroom * units.GiB / base.capacity_bytes),
-                drop_fraction=bd.drop_fraction, reroute_fraction=bd.reroute_fraction,
-                backup_fraction=bd.backup_fraction, imbalance=bd.expert_imbalance,
-                decode_steps_per_prefill=est.steps,
+                **routed, decode_steps_per_prefill=est.steps,
             ))
         return results
 
     # ---- training --------------------------------------------------------------------------
-    def _training_group(self, cands: list[Candidate], scenario, model) -> list[Evaluation]:
+    def _training_group(self, cands: list[Candidate], scenario, model, trained_k) -> list[Evaluation]:
         from moesim.step import Training, estimate
 
         hw = load_profile(cands[0].hardware)
@@ -190,10 +192,9 @@ class AnalyticEvaluator:
                 continue
             results.append(Evaluation(
                 candidate=c, tokens_per_s=bd.tokens_per_s_per_device * c.devices, step_time_s=bd.step_time_s,
-                memory_headroom_GiB=headroom, mfu=bd.mfu, imbalance=bd.expert_imbalance,
+                memory_headroom_GiB=headroom, mfu=bd.mfu,
                 bottleneck=bottleneck_name(bd, hw, c, headroom / bd.memory_capacity_GiB),
-                drop_fraction=bd.drop_fraction, reroute_fraction=bd.reroute_fraction,
-                backup_fraction=bd.backup_fraction,
+                **_routing_fields(bd, self.quality.loss_increase(bd, model, trained_k, kind="training")),
             ))
         return results
 
@@ -202,6 +203,25 @@ class AnalyticEvaluator:
         from moesim.planner.verify import verify_with_des
 
         return verify_with_des(evaluation, scenario, scenario_model(scenario), self.cache)
+
+
+def _routing_fields(bd, loss: LossIncrease | None) -> dict:
+    """The Evaluation's routing and quality fields of a step breakdown and its predicted loss."""
+    return dict(drop_fraction=bd.drop_fraction, reroute_fraction=bd.reroute_fraction,
+                backup_fraction=bd.backup_fraction, imbalance=bd.expert_imbalance,
+                loss_increase=None if loss is None else loss.value,
+                loss_increase_low=None if loss is None else loss.low,
+                loss_increase_high=None if loss is None else loss.high)
+
+
+def _quality_verdict(bd, loss: LossIncrease | None, scenario) -> tuple[str, str] | None:
+    """(reason, detail) when a decode step breaks the scenario's quality limits (the judge's rule,
+    moesim/planner/rank.py ``quality_rejection``), else None."""
+    from moesim.planner.rank import quality_rejection
+
+    ev = Evaluation(candidate=None, **_routing_fields(bd, loss))
+    bad = quality_rejection(ev, scenario)
+    return None if bad is None else (bad.evaluation.reason, bad.evaluation.detail)
 
 
 def _featured_decode_s(model, dep, bd, batch: int, context: int, scenario, cache: PlanCache) -> float:

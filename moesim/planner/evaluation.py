@@ -23,7 +23,7 @@ REASONS: dict[str, str] = {
     "misses_slo_tpot": "misses the TPOT SLO",
     "misses_slo_ttft": "misses the TTFT SLO",
     "drops_too_many": "drops more tokens than limits.max_drop_fraction",
-    "quality_too_low": "predicted loss increase above limits.max_loss_increase (or not predicted)",
+    "loses_too_much_quality": "predicted loss increase above limits.max_loss_increase (or not predicted)",
     "over_max_devices": "needs more devices than max_devices to meet the target",
     "misses_deadline": "cannot finish the tokens by the deadline",
     "error": "the evaluation failed (reported, not fatal)",
@@ -86,8 +86,9 @@ class Evaluation:
     ``decode_steps_per_prefill``: the prefill-batching K the serving estimate assumes (the DES
     check runs the same; :mod:`moesim.planner.serving_policy`).
     Quality: ``drop_fraction``, ``reroute_fraction``, ``backup_fraction`` are the step model's
-    shares of routed token copies under the candidate's capacity factor; ``loss_increase`` is a
-    quality model's predicted loss increase (None: no quality model priced it).
+    shares of routed token copies under the candidate's capacity factor; ``loss_increase`` is the
+    quality model's predicted loss increase in nats (moesim/planner/quality_cost.py), within
+    ``loss_increase_low`` - ``loss_increase_high`` (None: not predicted).
     """
 
     candidate: Candidate
@@ -104,6 +105,8 @@ class Evaluation:
     reroute_fraction: float = 0.0
     backup_fraction: float = 0.0
     loss_increase: float | None = None
+    loss_increase_low: float | None = None
+    loss_increase_high: float | None = None
     imbalance: float = 1.0
     mfu: float | None = None
     decode_steps_per_prefill: int | None = None

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from moesim.errors import InfeasibleError, SpecError
 from moesim.planner.evaluation import Evaluation, HardwareFacts, Verification
+from moesim.planner.quality_cost import LIMITS as QUALITY_LIMITS
 from moesim.planner.rank import (
     Ranked, Rejection, RejectionGroup, closest_rejection, judge_serving, judge_training,
     pareto_frontier, rank, summarize_rejections,
@@ -111,6 +112,7 @@ class PlanResult:
             "evaluator": self.evaluator,
             "answer": self.answer.to_dict() if self.answer else None,
             "candidates": [_row(r) for r in ranked],
+            "quality_limits": QUALITY_LIMITS,
             "frontier": [r.candidate.key() for r in self.frontier],
             "rejected": [g.to_dict() for g in self.rejected],
             "closest": ({"key": self.closest.evaluation.candidate.key(), "reason": self.closest.evaluation.reason,
@@ -143,7 +145,8 @@ def _row(r: Ranked) -> dict:
         "memory_headroom_GiB": ev.memory_headroom_GiB, "usd_per_hour": r.usd_per_hour,
         "usd_per_million_tokens": r.usd_per_million_tokens, "bottleneck": ev.bottleneck,
         "drop_fraction": ev.drop_fraction, "reroute_fraction": ev.reroute_fraction,
-        "backup_fraction": ev.backup_fraction, "loss_increase": ev.loss_increase, "imbalance": ev.imbalance, "mfu": ev.mfu,
+        "backup_fraction": ev.backup_fraction, "loss_increase": ev.loss_increase,
+        "loss_increase_low": ev.loss_increase_low, "loss_increase_high": ev.loss_increase_high, "imbalance": ev.imbalance, "mfu": ev.mfu,
         "decode_steps_per_prefill": ev.decode_steps_per_prefill,
         "days": r.days, "total_usd": r.total_usd,
     }

@@ -71,7 +71,7 @@ def quality_rejection(ev: Evaluation, scenario) -> Rejection | None:
     if cap is not None and (ev.loss_increase is None or ev.loss_increase > cap):
         got = "not predicted" if ev.loss_increase is None else f"{ev.loss_increase:.4f}"
         miss = math.inf if ev.loss_increase is None else 1.0 + ev.loss_increase - cap
-        return Rejection(ev.rejected("quality_too_low", f"loss increase {got} > {cap:g}"), miss)
+        return Rejection(ev.rejected("loses_too_much_quality", f"predicted loss increase {got} > {cap:g} nats"), miss)
     return None
 
 
@@ -81,8 +81,8 @@ def _nodes(devices: int, facts: HardwareFacts) -> int:
 
 def judge_serving(ev: Evaluation, scenario, facts: HardwareFacts) -> Ranked | Rejection:
     """Apply the SLO, drop limit and device limit to one serving evaluation; cost it if it passes."""
-    if ev.reason == "drops_too_many":  # set aside by the evaluator before its latencies were priced
-        return Rejection(ev, 1.0 + ev.drop_fraction - scenario.limits.max_drop_fraction)
+    if ev.reason in ("drops_too_many", "loses_too_much_quality"):  # set aside before its latencies were priced
+        return quality_rejection(replace(ev, status="ok", reason=None, detail=""), scenario) or Rejection(ev, math.inf)
     if not ev.ok:
         ratio = 1.0 + max(0.0, -(ev.memory_headroom_GiB or 0.0)) / max(facts.hbm_GiB, 1e-9)
         return Rejection(ev, ratio if ev.reason == "does_not_fit" else math.inf)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from moesim.errors import MoesimError
 from moesim.planner.plan import PlanResult, _row
+from moesim.planner.quality_cost import LIMITS as QUALITY_LIMITS
 from moesim.textfmt import seconds, table
 
 
@@ -17,6 +18,16 @@ def _drops(ev) -> str:
     """Capacity factor and dropped share of routed copies ("-" dropless)."""
     cf = ev.candidate.capacity_factor
     return "-" if cf is None else f"cf {cf:g}: {ev.drop_fraction:.1%}"
+
+
+def loss_text(ev) -> str:
+    """Predicted loss increase (nats) with its band; "-" when not predicted, "0" when nothing overflows."""
+    x = ev.loss_increase
+    if x is None:
+        return "-"
+    if x == 0.0:
+        return "0"
+    return f"+{x:.4f} ({ev.loss_increase_low:.4f}-{ev.loss_increase_high:.4f})"
 
 
 def _serving_rows(result: PlanResult, top: int, mark: frozenset = frozenset()):
@@ -32,7 +43,7 @@ def _serving_rows(result: PlanResult, top: int, mark: frozenset = frozenset()):
             f"{r.replicas}x{c.devices}={r.total_devices}",
             r.nodes, c.layout(), c.batch, f"{ev.tokens_per_s / c.devices:,.0f}", tpot, ttft,
             "-" if ev.memory_headroom_GiB is None else f"{ev.memory_headroom_GiB:.1f}",
-            f"{r.usd_per_hour:,.2f}", f"{r.usd_per_million_tokens:.3f}", _drops(ev), ev.bottleneck,
+            f"{r.usd_per_hour:,.2f}", f"{r.usd_per_million_tokens:.3f}", _drops(ev), loss_text(ev), ev.bottleneck,
         )
 
 
@@ -46,7 +57,7 @@ def _training_rows(result: PlanResult, top: int, mark: frozenset = frozenset()):
             f"{ev.tokens_per_s / c.devices:,.0f}", f"{(ev.mfu or 0) * 100:.1f}", f"{r.days:.1f}",
             seconds(ev.step_time_s),
             "-" if ev.memory_headroom_GiB is None else f"{ev.memory_headroom_GiB:.1f}",
-            f"{r.total_usd:,.0f}", _drops(ev), ev.bottleneck,
+            f"{r.total_usd:,.0f}", _drops(ev), loss_text(ev), ev.bottleneck,
         )
 
 
@@ -118,15 +129,16 @@ def render(result: PlanResult, top: int = 10, provenance=None) -> str:
     if result.ranked:
         if s.kind == "serving":
             headers = ["#", "hardware", "devices", "nodes", "parallelism", "batch", "out tok/s/dev",
-                       "TPOT ms", "TTFT ms", "headroom GiB", "$/h", "$/M tok", "drops", "bottleneck"]
+                       "TPOT ms", "TTFT ms", "headroom GiB", "$/h", "$/M tok", "drops", "loss +nats", "bottleneck"]
             lines.append(table(list(_serving_rows(result, top, mark)), headers))
             lines.append("(f = on the cost-latency Pareto frontier; * = p99 from the serving DES, "
                          "else analytic estimate)")
         else:
             headers = ["#", "hardware", "devices", "nodes", "parallelism", "micro-batch", "tok/s/dev",
-                       "MFU %", "days", "step", "headroom GiB", "total $", "drops", "bottleneck"]
+                       "MFU %", "days", "step", "headroom GiB", "total $", "drops", "loss +nats", "bottleneck"]
             lines.append(table(list(_training_rows(result, top, mark)), headers))
             lines.append("(f = on the cost-time Pareto frontier)")
+        lines.append(f"(loss +nats: {QUALITY_LIMITS})")
         lines += ["", _answer_text(result)]
         if provenance is not None:
             lines += ["  " + line for line in provenance.lines()]

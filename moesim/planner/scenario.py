@@ -94,8 +94,10 @@ class QualityLimits(Spec):
 
     ``max_drop_fraction``: the largest expected share of routed token copies no expert processes
     (default 0: no dropped tokens). ``max_loss_increase``: the largest predicted loss increase
-    (nats per token) a quality model may report for the candidate (None: no limit); a candidate
-    no quality model priced is rejected when it is set (moesim/planner/rank.py).
+    (nats; moesim/planner/quality_cost.py) a candidate may have (None: no limit); a candidate the
+    quality model cannot price (a training capacity limit that overflows, top-k above the trained)
+    is rejected when it is set (``loses_too_much_quality``, moesim/planner/rank.py), and the
+    scenario's ``routing.overflow`` must be a policy the quality model was measured for.
     """
 
     max_drop_fraction: float = Field(0.0, ge=0, le=1, description="expected dropped token copies (0 = none)")
@@ -129,6 +131,18 @@ class _ScenarioBase(Spec):
                                description="the one price basis costs are compared on (moesim/prices.py)")
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     limits: QualityLimits = Field(default_factory=QualityLimits)
+
+    @model_validator(mode="after")
+    def _quality_policy(self):
+        """A loss limit needs a quality model measured for the overflow policy (moesim/quality)."""
+        if self.limits.max_loss_increase is not None:
+            from moesim.planner.quality_cost import measured_policies
+
+            policies = measured_policies()
+            if self.routing.overflow not in policies:
+                raise ValueError(f"routing.overflow = {self.routing.overflow!r}: limits.max_loss_increase needs a "
+                                 f"policy the quality model was measured for ({', '.join(policies)})")
+        return self
 
     @field_validator("hardware", mode="before")
     @classmethod
