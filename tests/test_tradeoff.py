@@ -53,7 +53,8 @@ def curve(scenario_file, predictor):
 
 def test_curve_covers_the_grid_and_dropless_costs_nothing(curve):
     cv, answer = curve
-    assert len(cv.points) == 6 * 3 + 1 and cv.routed_tokens == 32 * 8
+    # two-microbatch overlap: each half of the 32 sequences per device routes over the 8 EP ranks
+    assert len(cv.points) == 6 * 3 + 1 and cv.routed_tokens == 32 // 2 * 8
     dropless = cv.points[-1]
     assert dropless.capacity_factor is None and dropless.quality.loss_increase == 0.0
     # the answer is dropless: its own point reproduces its TPOT and cost exactly (ratio 1)
@@ -83,19 +84,34 @@ def test_limit_marks_points_and_picks_the_cheapest(curve):
                for p in cv.points if p.within_quality_limit)
     d = cv.to_dict()
     assert d["cheapest_within_limit"]["loss_increase"] == best.quality.loss_increase
-    assert "proxy" in d["quality_limits"] and "approximation" in d["step_basis"]
+    assert "proxy" in d["quality_limits"] and "capacity_factor" in d["step_basis"]
 
 
-def test_step_at_capacity_is_the_step_model_when_dropless(scenario_file):
+def test_step_at_capacity_is_the_estimator_on_the_capped_deployment(scenario_file, predictor):
+    """Each point is ``moesim.step.estimate`` on the answer's Deployment with the point's capacity
+    setting (no scaling of a dropless step), and its quality the prediction of that step's own
+    fractions: the planner's loss increase of the same candidate (moesim/planner/quality_cost.py)."""
     from moesim.catalog import load_model, load_profile
-    from moesim.routing.api import route_model
+    from moesim.planner.analytic import AnalyticEvaluator
+    from moesim.planner.costs import deployment_of
+    from moesim.quality.tradeoff import _quality
+    from moesim.specs.serving_features import inflight_context_tokens
+    from moesim.step import Decode, estimate
 
     scenario = load_scenario(scenario_file)
     model, hw = load_model("deepseek-v3"), load_profile("h200-sxm")
-    c = Candidate("h200-sxm", 8, ep=8, dp=8, attention_layout="dp", batch=32)
-    dropless = route_model(model, 256, ep=8, ranks_per_node=8)
-    s = step_time_at_capacity(model, hw, c, scenario, dropless, dropless)
-    assert s.expert_path_scale == 1.0 and s.step_time_s == s.dropless_step_time_s
+    c = Candidate("h200-sxm", 8, ep=8, dp=8, attention_layout="dp", batch=32, capacity_factor=1.0)
+    work = Decode(32, inflight_context_tokens(scenario.workload), scenario.routing.skew)
+    for cf, policy in ((None, "drop"), (1.0, "drop"), (0.75, "reroute"), (1.0, "shared")):
+        s = step_time_at_capacity(model, hw, c, scenario, cf, policy)
+        dep = deployment_of(c, scenario, model, hw=hw, capacity_factor=cf, overflow=policy)
+        bd = estimate(model, dep, work, check_memory=False).breakdown(0)
+        assert s.step_time_s == bd.step_time_s and s.drop_fraction == bd.drop_fraction  # exact: same call
+        assert s.backup_fraction == bd.backup_fraction and s.reroute_fraction == bd.reroute_fraction
+    capped = step_time_at_capacity(model, hw, c, scenario, 1.0, "drop")
+    ev = AnalyticEvaluator().evaluate([c], scenario)[0]
+    assert ev.drop_fraction == capped.drop_fraction > 0
+    assert ev.loss_increase == _quality(predictor, capped, 8).loss_increase > 0
 
 
 def test_training_scenarios_and_bad_limits_are_refused(predictor, curve):

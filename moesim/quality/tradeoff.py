@@ -1,14 +1,16 @@
 """The cost-latency-quality curve of a plan's answer over capacity factor x overflow policy.
 
-For the answer's layout (hardware, devices, TP/EP/PP/DP, decode batch) each point routes one
-decode step of ``batch x devices / pp`` tokens over the EP group with the routing engine
-(:func:`moesim.routing.api.route_model`, the scenario's skew; analytic, Monte Carlo where the
-analytic engine refuses), prices the step with :func:`step_time_at_capacity` and predicts the
-quality cost with :class:`moesim.quality.predict.QualityPredictor`. TPOT and $/M output tokens
+For the answer's layout (hardware, devices, TP/EP/PP/DP, decode batch) each point prices one
+decode step with the capacity-aware step model (:func:`step_time_at_capacity`:
+``moesim.step.estimate`` on the answer's ``Deployment`` with the point's capacity factor and
+overflow policy; the step routes with the routing engine at the scenario's skew) and predicts
+the quality cost of the drop / reroute / backup fractions that step priced with
+:class:`moesim.quality.predict.QualityPredictor` (the planner's rule, moesim/planner/
+quality_cost.py, so a point equals the plan row of the same candidate). TPOT and $/M output tokens
 are the answer's own, scaled by the step-time ratio to the answer's capacity setting (same
 replicas and batch; serving scenarios only, since the quality was measured at inference).
 
-Legend: E routed experts, k top-k, T tokens routed per decode step over the EP group.
+Legend: E routed experts, k top-k, T tokens routed per routing call over the EP group.
 """
 from __future__ import annotations
 
@@ -18,19 +20,23 @@ from moesim.errors import MoesimError, SpecError
 from moesim.quality.predict import QualityEstimate, QualityPredictor
 
 CAPACITY_FACTORS: tuple[float | None, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, None)
-STEP_BASIS = ("step model: dropless estimate (moesim.step, Decode) with the routed-expert path (dispatch, experts, "
-              "combine) scaled by the busiest rank's copies at capacity over dropless, and the shared "
-              "experts' time by the backup copies they take; an approximation kept (same numbers) until "
-              "this function switches to the step model's own capacity pricing (docs/quality.md)")
+STEP_BASIS = ("step model: moesim.step.estimate (Decode at the plan's mean context) on the answer's Deployment "
+              "with the point's capacity_factor and overflow: the busiest rank's expert rows capped at capacity "
+              "(dropped copies cost no expert time, rerouted ones are priced where they land, the shared-expert "
+              "backup is priced); the fractions and the quality cost are of the routing that step priced")
 
 
 @dataclass(frozen=True)
 class StepAtCapacity:
-    """One decode iteration priced at a capacity setting (seconds)."""
+    """One decode iteration priced at a capacity setting (seconds) and the routing it priced:
+    shares of the routed copies dropped, rerouted and backed up, the busiest rank's imbalance."""
 
     step_time_s: float
-    dropless_step_time_s: float
-    expert_path_scale: float  # busiest rank's copies at capacity / dropless
+    drop_fraction: float
+    reroute_fraction: float
+    backup_fraction: float
+    expert_imbalance: float
+    top_k: int
     basis: str = STEP_BASIS
 
 
@@ -98,35 +104,26 @@ class TradeoffCurve:
         }
 
 
-def step_time_at_capacity(model, hw, candidate, scenario, dropless, capped) -> StepAtCapacity:
-    """The decode iteration of ``candidate`` with the routing ``capped`` (RoutingStats at a
-    capacity) instead of ``dropless``: the one call into the step model (see ``STEP_BASIS``)."""
+def step_time_at_capacity(model, hw, candidate, scenario, capacity_factor: float | None, overflow: str,
+                          cache=None) -> StepAtCapacity:
+    """The decode iteration of ``candidate`` at ``capacity_factor`` (None: dropless) and ``overflow``:
+    the one call into the step model (see ``STEP_BASIS``); ``cache`` a ``moesim.step.StepCache``."""
     from moesim.planner.costs import deployment_of
+    from moesim.specs.serving_features import inflight_context_tokens
     from moesim.step import Decode, estimate
 
-    w = scenario.workload
-    dep = deployment_of(candidate, scenario, model, hw=hw, capacity=False)  # dropless: the scaling below prices capacity
-    bd = estimate(model, dep, Decode(candidate.batch, w.prompt_len + w.output_len // 2, scenario.routing.skew),
-                  check_memory=False).breakdown(0)
-    scale = capped.rank_tokens_max / dropless.rank_tokens_max if dropless.rank_tokens_max > 0 else 1.0
-    expert_path = bd.dispatch_s + bd.experts_s + bd.combine_s
-    backup = bd.shared_experts_s * capped.shared_fraction * capped.top_k
-    step = bd.step_time_s + (scale - 1.0) * expert_path + backup
-    return StepAtCapacity(step_time_s=step, dropless_step_time_s=bd.step_time_s, expert_path_scale=scale)
+    dep = deployment_of(candidate, scenario, model, hw=hw, capacity_factor=capacity_factor, overflow=overflow)
+    bd = estimate(model, dep, Decode(candidate.batch, inflight_context_tokens(scenario.workload), scenario.routing.skew),
+                  check_memory=False, cache=cache).breakdown(0)
+    return StepAtCapacity(step_time_s=bd.step_time_s, drop_fraction=bd.drop_fraction,
+                          reroute_fraction=bd.reroute_fraction, backup_fraction=bd.backup_fraction,
+                          expert_imbalance=bd.expert_imbalance, top_k=model.moe.top_k)
 
 
-def _route(model, candidate, hw, scenario, capacity_factor, overflow):
-    from moesim.routing.api import route_model
-
-    kw = dict(ep=candidate.ep, ranks_per_node=min(hw.scale_up.domain_size, candidate.ep),
-              skew=scenario.routing.skew, capacity_factor=capacity_factor, overflow=overflow,
-              placement="load_aware" if candidate.redundant_experts else scenario.routing.placement,
-              redundant_experts=candidate.redundant_experts)
-    tokens = max(1, candidate.batch * candidate.devices // candidate.pp)
-    try:
-        return route_model(model, tokens, engine="analytic", **kw)
-    except (TypeError, NotImplementedError, MoesimError):
-        return route_model(model, tokens, engine="montecarlo", samples=32, seed=0, **kw)
+def _quality(predictor: QualityPredictor, step: StepAtCapacity, trained_top_k: int) -> QualityEstimate:
+    """The prediction for the routing fractions the step priced (``from_routing`` of those stats)."""
+    return predictor.predict(drop_fraction=step.drop_fraction, reroute_fraction=step.reroute_fraction,
+                             backup_fraction=step.backup_fraction, effective_top_k=step.top_k, top_k=trained_top_k)
 
 
 def answer_quality(scenario, answer, predictor: QualityPredictor,
@@ -150,11 +147,12 @@ def answer_quality(scenario, answer, predictor: QualityPredictor,
         cost = "no routing cost" if k == k_trained else f"top-{k} of {k_trained}: +{est.loss_increase:.4f} nats"
         return est, assumption + f"; the {model.name} answer is dropless: {cost}"
     predictor.check_policy(scenario.routing.overflow)
-    stats = _route(model, c, load_profile(c.hardware), scenario, c.capacity_factor, scenario.routing.overflow)
-    est = predictor.from_routing(stats, trained_top_k=k_trained)
+    step = step_time_at_capacity(model, load_profile(c.hardware), c, scenario, c.capacity_factor,
+                                 scenario.routing.overflow)
+    est = _quality(predictor, step, k_trained)
     return est, (assumption + f"; the {model.name} answer (top-{k} of {k_trained}) at capacity factor {c.capacity_factor:g} "
-                 f"({scenario.routing.overflow}) drops {stats.drop_fraction:.2%}, reroutes "
-                 f"{stats.reroute_fraction:.2%} and backs up {stats.shared_fraction:.2%} of copies: predicted "
+                 f"({scenario.routing.overflow}) drops {step.drop_fraction:.2%}, reroutes "
+                 f"{step.reroute_fraction:.2%} and backs up {step.backup_fraction:.2%} of copies: predicted "
                  f"loss increase {est.loss_increase:.4f} nats ({est.low:.4f}-{est.high:.4f}); {est.limits}")
 
 
@@ -179,29 +177,38 @@ def tradeoff_curve(scenario, answer, predictor: QualityPredictor, *,
     if "shared" in policies and model.moe.num_shared_experts == 0:
         policies = tuple(p for p in policies if p != "shared")
         notes.append(f"{model.name} has no shared expert: the shared-expert backup policy is left out")
+    from moesim.step.cache import StepCache
+
     c = answer.candidate
     hw = load_profile(c.hardware)
-    dropless = _route(model, c, hw, scenario, None, "drop")
-    ref_routing = _route(model, c, hw, scenario, c.capacity_factor, scenario.routing.overflow)
-    ref = step_time_at_capacity(model, hw, c, scenario, dropless, ref_routing)
+    cache = StepCache()  # one layout: layer setups shared by every point
+    ref = step_time_at_capacity(model, hw, c, scenario, c.capacity_factor, scenario.routing.overflow, cache)
     grid = [(cf, pol) for cf in capacity_factors if cf is not None for pol in policies]
     grid += [(None, "drop")] if None in capacity_factors else []
     points = []
     for cf, pol in grid:
-        stats = dropless if cf is None else _route(model, c, hw, scenario, cf, pol)
-        step = step_time_at_capacity(model, hw, c, scenario, dropless, stats)
+        step = step_time_at_capacity(model, hw, c, scenario, cf, pol, cache)
         ratio = step.step_time_s / ref.step_time_s
-        q = predictor.from_routing(stats, trained_top_k=model.moe.top_k)
+        q = _quality(predictor, step, model.moe.top_k)
         points.append(TradeoffPoint(
-            capacity_factor=cf, overflow=pol, drop_fraction=float(stats.drop_fraction),
-            reroute_fraction=float(stats.reroute_fraction), backup_fraction=float(stats.shared_fraction),
-            rank_imbalance=float(stats.rank_imbalance), step_time_s=step.step_time_s,
+            capacity_factor=cf, overflow=pol, drop_fraction=step.drop_fraction,
+            reroute_fraction=step.reroute_fraction, backup_fraction=step.backup_fraction,
+            rank_imbalance=step.expert_imbalance, step_time_s=step.step_time_s,
             tpot_s=answer.evaluation.tpot_s * ratio, usd_per_million_tokens=answer.usd_per_million_tokens * ratio,
             quality=q, within_quality_limit=None if max_loss_increase is None else q.loss_increase <= max_loss_increase,
         ))
     return TradeoffCurve(
-        scenario=scenario.name, layout=c.key(), model=model.name, routed_tokens=dropless.tokens,
+        scenario=scenario.name, layout=c.key(), model=model.name, routed_tokens=_routed_tokens(c, scenario, model),
         skew=scenario.routing.skew, answer_capacity_factor=c.capacity_factor, points=tuple(points),
         max_loss_increase=max_loss_increase, step_basis=STEP_BASIS, quality_basis=predictor.model.source,
         quality_limits=predictor.model.limits, notes=tuple(notes),
     )
+
+
+def _routed_tokens(c, scenario, model) -> int:
+    """Tokens one MoE layer routes over the EP group per routing call of the decode step: the batch
+    per device (per micro-batch half under two-microbatch overlap, moesim/step/estimate.py) x EP."""
+    from moesim.planner.scenario import overlap_mode
+
+    halves = 2 if overlap_mode(scenario, model) == "two_microbatch" else 1
+    return max(1, round(c.batch / halves * c.ep))
