@@ -116,6 +116,27 @@ def check_work(args: argparse.Namespace, what: str, units: float, limit: float, 
                           "(minutes of CPU); pass --allow-long to run it anyway")
 
 
+def _add_log_flags(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-v/-q`` on ``parser``: on the top level they set ``verbosity``/``quiet``; after a
+    subcommand (``moesim plan -v``) ``sub_verbosity``/``sub_quiet``, added to them in :func:`run`
+    (a subparser's defaults would otherwise overwrite what was given before the subcommand)."""
+    pre = "" if top else "sub_"
+    parser.add_argument("-v", "--verbose", dest=f"{pre}verbosity", action="count", default=0,
+                        help="log what the command does to stderr (-vv: debug)")
+    parser.add_argument("-q", "--quiet", dest=f"{pre}quiet", action="store_true",
+                        help="errors only on stderr; no progress bars")
+
+
+def _add_log_flags_below(parser: argparse.ArgumentParser) -> None:
+    """``-v/-q`` on every subcommand parser (nested ones too: ``moesim op gemm -q``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if not any("-v" in a.option_strings for a in sub._actions):
+                    _add_log_flags(sub, top=False)
+                _add_log_flags_below(sub)
+
+
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
@@ -127,14 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     parser.add_argument("--version", action="version", version=f"moesim {_version()}")
-    parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
-                        help="log what the command does to stderr (-vv: debug)")
-    parser.add_argument("-q", "--quiet", dest="quiet", action="store_true",
-                        help="errors only on stderr; no progress bars")
+    _add_log_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for module in _command_modules():
         module.register(sub)
+    _add_log_flags_below(parser)
     _harden(parser)
     return parser
 
@@ -208,7 +227,9 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "quiet", False):
+    args.verbosity = getattr(args, "verbosity", 0) + getattr(args, "sub_verbosity", 0)
+    args.quiet = getattr(args, "quiet", False) or getattr(args, "sub_quiet", False)
+    if args.quiet:
         args.verbosity = -1
     from moesim.progress import configure_logging
 

@@ -113,3 +113,65 @@ def test_api_reference_builds(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "moesim" / "prices.html").is_file() and pdoc
+
+
+@pytest.mark.parametrize("argv", [["route", "--experts", "16", "--top-k", "2", "--tokens", "64", "-v"],
+                                  ["op", "gemm", "--hw", "h100-sxm", "--m", "8", "--n", "8", "--k", "8", "-q"],
+                                  ["-v", "hw", "show", "h100-sxm", "-v"]])
+def test_log_flags_are_accepted_after_the_subcommand(argv, capsys):
+    assert run(argv) == 0
+    assert capsys.readouterr().out
+
+
+def test_log_flags_after_the_subcommand_add_to_those_before():
+    from moesim.cli import build_parser
+
+    args = build_parser().parse_args(["-v", "hw", "show", "h100-sxm", "-v"])
+    assert args.verbosity + args.sub_verbosity == 2
+    args = build_parser().parse_args(["hw", "show", "h100-sxm", "-q"])
+    assert args.sub_quiet and not args.quiet
+
+
+def test_monte_carlo_route_progress_changes_no_number_and_leaves_the_cache(capsys):
+    """The bar only observes the sample loop; a call with it neither reads nor fills the cache."""
+    import numpy as np
+
+    from moesim.routing import route
+    from moesim.routing.api import _route_cached
+
+    kw = dict(ep=4, skew="zipf:1.1", capacity_factor=1.25, engine="montecarlo", samples=40, seed=3)
+    cached = route(64, 4, 2048, **kw)
+    info = _route_cached.cache_info()
+    shown = route(64, 4, 2048, progress=True, **kw)
+    assert "Monte Carlo routing samples" in capsys.readouterr().err
+    assert _route_cached.cache_info().hits == info.hits and _route_cached.cache_info().misses == info.misses
+    assert shown is not cached and shown.summary() == cached.summary()
+    np.testing.assert_array_equal(shown.traffic_RR, cached.traffic_RR)  # same seed, same draws: exact
+    assert not shown.traffic_RR.flags.writeable
+    assert route(64, 4, 2048, **kw) is cached
+
+
+def test_layer_des_progress_changes_no_number(capsys):
+    import numpy as np
+
+    from moesim.catalog import load_model, load_profile
+    from moesim.des.layer import simulate_layers
+    from moesim.specs import Deployment
+    from moesim.step.layer import make_setup
+
+    model = load_model("deepseek-v3")
+    dep = Deployment(hardware=load_profile("h200-sxm"), devices=16, ep=16, dp=16)
+    setup = make_setup(model, dep, "decode", "zipf:1.1")
+    kw = dict(layers=[3, 4], tokens=32, context=2048, steps=6, seed=1)
+    a = simulate_layers(setup, **kw)
+    b = simulate_layers(setup, progress=True, **kw)
+    assert "layer DES steps" in capsys.readouterr().err
+    np.testing.assert_array_equal(a.step_times_s, b.step_times_s)  # same seed, same events: exact
+
+
+def test_step_des_and_route_draw_no_bar_off_a_terminal(capsys):
+    assert run(["route", "--experts", "16", "--top-k", "2", "--tokens", "64", "--engine", "montecarlo",
+                "--samples", "8"]) == 0
+    assert run(["step", "--model", "deepseek-v3", "--hw", "h200-sxm", "--devices", "16", "--ep", "16",
+                "--phase", "decode", "--engine", "des", "--steps", "2"]) == 0
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal

@@ -73,6 +73,7 @@ def route_cmd(args) -> Result:
     E, k, groups, topk_groups = _experts(args)
     from moesim.routing import route  # NOTE: lazy (numba, scipy): moesim --help stays fast
     from moesim.routing.problem import MAX_CAPACITY_FACTOR
+    from moesim.progress import wanted
 
     if args.capacity_factor is not None and not 0 < args.capacity_factor <= MAX_CAPACITY_FACTOR:
         raise SpecError("--capacity-factor", args.capacity_factor,
@@ -84,7 +85,7 @@ def route_cmd(args) -> Result:
                   capacity_factor=args.capacity_factor, overflow=args.overflow, placement=args.placement,
                   redundant_experts=args.redundant_experts, n_groups=groups, topk_groups=topk_groups,
                   routing=args.routing, drift=args.drift, engine=args.engine, samples=args.samples,
-                  seed=args.seed)
+                  seed=args.seed, progress=wanted(args))
     data = stats.to_dict() if args.full else stats.summary()
     data["n_groups"], data["topk_groups"] = groups, topk_groups
     s = stats.summary()

@@ -84,6 +84,7 @@ def _specs(args, hw):
 def _des(args, model, dep, skew: str, analytic, outputs: Outputs) -> dict:
     from moesim.des.layer import simulate_layers
     from moesim.des.trace import write_chrome_trace
+    from moesim.progress import wanted
     from moesim.step.estimate import stage_layers
     from moesim.step.layer import make_setup
 
@@ -98,7 +99,7 @@ def _des(args, model, dep, skew: str, analytic, outputs: Outputs) -> dict:
                "rank-layer steps (steps x layers x EP ranks)")
     res = simulate_layers(setup, layers=layers, tokens=tokens, context=context, overlap=args.overlap,
                           steps=args.steps, seed=args.seed, head_s=analytic.embedding_head_s,
-                          record=bool(args.trace))
+                          record=bool(args.trace), progress=wanted(args))
     out = res.to_dict()
     out["tokens_per_s_per_device"] = tokens / (res.mean_step_s * dep.pp)
     out["analytic_step_time_s"] = analytic.step_time_s

@@ -34,6 +34,7 @@ import simpy
 
 from moesim.des.trace import Span
 from moesim.errors import SpecError
+from moesim.progress import bar
 from moesim.step import pricing
 from moesim.step.layer import OVERLAPS, LayerSetup, expert_layout, layer_ops, sampled_a2a
 
@@ -208,10 +209,11 @@ def _run_step(env: simpy.Environment, plan: _Plan, R: int, mbs: int, spans: list
 
 def simulate_layers(setup: LayerSetup, *, layers: list[int], tokens: float, context: float,
                     overlap: str = "none", steps: int = 10, seed: int = 0, head_s: float = 0.0,
-                    draw: str = "step", record: bool = False) -> DesResult:
+                    draw: str = "step", record: bool = False, progress: bool = False) -> DesResult:
     """Simulate ``steps`` iterations of ``layers`` (0-based layer indices) on ``setup.ep`` ranks.
 
     ``tokens``: tokens per rank per iteration (split in two halves under two_microbatch).
+    ``progress``: a bar on stderr over the iterations (an observer: no result changes).
     """
     if overlap not in OVERLAPS:
         raise SpecError("overlap", overlap, f"one of {', '.join(OVERLAPS)}")
@@ -234,7 +236,7 @@ def simulate_layers(setup: LayerSetup, *, layers: list[int], tokens: float, cont
     cache: dict = {}
 
     def driver():
-        for s in range(steps):
+        for s in bar(range(steps), total=steps, desc="layer DES steps", enabled=progress):
             plan = _plan(setup, layers, mb_tokens, context, mbs, head_s, sampler, rng, cache, draw == "layer")
             start = env.now
             yield _run_step(env, plan, R, mbs, spans)

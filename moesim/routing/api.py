@@ -28,27 +28,30 @@ from moesim.specs.model import ModelSpec
 
 Engine = Literal["analytic", "montecarlo"]
 _ENGINES = {
-    "analytic": lambda pb, samples, seed: run_analytic(pb, seed),
-    "montecarlo": lambda pb, samples, seed: run_montecarlo(pb, samples, seed),
+    "analytic": lambda pb, samples, seed, progress=False: run_analytic(pb, seed),
+    "montecarlo": lambda pb, samples, seed, progress=False: run_montecarlo(pb, samples, seed, progress=progress),
 }
 
 
-@functools.lru_cache(maxsize=4096)
-def _route_cached(num_experts, top_k, tokens, ep, ranks_per_node, skew, capacity_factor, overflow,
-                  placement, redundant_experts, n_groups, topk_groups, routing, drift, engine,
-                  samples, seed) -> RoutingStats:
+def _route_uncached(num_experts, top_k, tokens, ep, ranks_per_node, skew, capacity_factor, overflow,
+                    placement, redundant_experts, n_groups, topk_groups, routing, drift, engine,
+                    samples, seed, progress: bool = False) -> RoutingStats:
     pb = build_problem(num_experts, top_k, tokens, ep=ep, ranks_per_node=ranks_per_node, skew=skew,
                        capacity_factor=capacity_factor, overflow=overflow, placement=placement,
                        redundant_experts=redundant_experts, n_groups=n_groups, topk_groups=topk_groups,
                        routing=routing, drift=drift, seed=seed)
-    return _ENGINES[engine](pb, samples, seed)
+    return _ENGINES[engine](pb, samples, seed, progress)
+
+
+_route_cached = functools.lru_cache(maxsize=4096)(_route_uncached)
 
 
 def route(num_experts: int, top_k: int, tokens: int, *, ep: int = 1, ranks_per_node: int = 8,
           skew: str = "uniform", capacity_factor: float | None = None, overflow: str = "drop",
           placement: str = "contiguous", redundant_experts: int = 0, n_groups: int = 1,
           topk_groups: int = 1, routing: str = "token_choice", drift: float = 0.0,
-          engine: Engine = "analytic", samples: int = 64, seed: int = 0) -> RoutingStats:
+          engine: Engine = "analytic", samples: int = 64, seed: int = 0,
+          progress: bool = False) -> RoutingStats:
     """Expected routing of one step of ``tokens`` tokens, each to ``top_k`` of ``num_experts``.
 
     ``engine='analytic'`` computes expectations and order statistics without sampling
@@ -57,14 +60,17 @@ def route(num_experts: int, top_k: int, tokens: int, *, ep: int = 1, ranks_per_n
     integrate raises SpecError pointing to ``engine='montecarlo'``);
     ``engine='montecarlo'`` averages ``samples`` sampled steps (Numba, seeded by ``seed``).
     ``seed`` also draws Dirichlet popularities and drift. Bad input raises SpecError.
-    Returns a :class:`RoutingStats`; treat its arrays as read-only (results are cached).
+    ``progress`` (Monte Carlo): a bar on stderr over the samples; such a call computes afresh and
+    neither reads nor fills the cache (the numbers are the same; the bar is only drawn once).
+    Returns a :class:`RoutingStats` with read-only arrays (results are cached).
     """
     if engine not in _ENGINES:
         raise SpecError("engine", engine, f"allowed: {', '.join(_ENGINES)}")
     if engine == "montecarlo" and samples < 1:
         raise SpecError("samples", samples, "must be >= 1")
     cf = None if capacity_factor is None else float(capacity_factor)
-    return _route_cached(int(num_experts), int(top_k), int(tokens), int(ep), int(ranks_per_node),
+    run = functools.partial(_route_uncached, progress=True) if progress and engine == "montecarlo" else _route_cached
+    return run(int(num_experts), int(top_k), int(tokens), int(ep), int(ranks_per_node),
                          str(skew), cf, overflow, placement, int(redundant_experts), int(n_groups),
                          int(topk_groups), routing, float(drift), engine, int(samples), int(seed))
 

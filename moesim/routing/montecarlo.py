@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from moesim.progress import bar
 from moesim.routing import kernels, tables
 from moesim.routing.popularity import drift_steps
 from moesim.routing.problem import RoutingProblem
@@ -134,15 +135,17 @@ def _empirical(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return v, np.arange(1, v.size + 1) / v.size
 
 
-def run_montecarlo(problem: RoutingProblem, samples: int = 64, seed: int = 0) -> RoutingStats:
-    """Average ``samples`` sampled steps into a :class:`RoutingStats` (trace steps in turn)."""
+def run_montecarlo(problem: RoutingProblem, samples: int = 64, seed: int = 0,
+                   progress: bool = False) -> RoutingStats:
+    """Average ``samples`` sampled steps into a :class:`RoutingStats` (trace steps in turn);
+    ``progress``: a bar on stderr over the samples (an observer: no number changes)."""
     pb, pl = problem, problem.placement
     rng = np.random.default_rng(seed)
     sampler = StepSampler(pb)
     R, L = pl.ep, pl.slots_per_rank
     acc = {k: 0.0 for k in ("load_P", "traffic", "dedup", "counters", "active", "straggler")}
     rank_max, expert_max = np.empty(samples), np.empty(samples)
-    for i in range(samples):
+    for i in bar(range(samples), total=samples, desc="Monte Carlo routing samples", enabled=progress):
         st = sampler.sample(rng, step=i)
         rank_R = np.bincount(pl.slot_rank_P, weights=st.load_P, minlength=R)
         expert_E = np.bincount(pl.slot_expert_P, weights=st.load_P, minlength=pb.num_experts)
