@@ -8,6 +8,6 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["moesim", "moesim.*"]) + ["moesim.hwprofiles"],
     package_dir={"moesim.hwprofiles": "hwprofiles"},
-    package_data={"moesim": ["presets/*.toml", "py.typed", "data/*.json", "quality/data/*.json"],
+    package_data={"moesim": ["presets/*.toml", "py.typed", "data/*.json", "data/*.toml", "quality/data/*.json"],
                   "moesim.hwprofiles": ["*.toml"]},
 )

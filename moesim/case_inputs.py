@@ -1,6 +1,8 @@
 """How the inputs of training and serving cases map onto the step model (docs/cases.md):
-recompute as sources spell it, partial scale-up domains, and the stated inputs the model does
-not honour (flagged so that ``moesim validate`` lists them in ``ignored_inputs``)."""
+recompute as sources spell it, partial scale-up domains, the software stack a case ran
+(``framework`` / ``software`` / ``cuda_graphs`` -> a stack of moesim/data/stacks.toml), and the
+stated inputs the model does not honour (flagged so that ``moesim validate`` lists them in
+``ignored_inputs``)."""
 from __future__ import annotations
 
 from moesim.errors import SpecError
@@ -38,18 +40,13 @@ TRAINING_NOT_MODELLED: dict[str, str] = {
     "mtp_depth": "MTP modules are not priced",
     "mtp": "MTP modules are not priced",
     "dispatcher": "one all-to-all model for every token dispatcher",
-    "framework": "the software stack is not an input of the step model (one eager host model)",
-    "software": "the software stack is not an input of the step model (one eager host model)",
     "node_limited_routing_nodes": "node-limited routing is not applied to training traffic",
-    "cuda_graphs": "no CUDA-graph host mode in the step model",
     "nvlink_used": "the scale-up link is always used when the domain has more than one device",
     "capacity_factor": "training is priced dropless (the capacity factor does not reach step time)",
 }
 SERVING_NOT_MODELLED: dict[str, str] = {
     "mtp": "MTP / speculative decoding is not priced",
     "attention_dtype": "attention is priced at the case's dtype",
-    "framework": "the software stack is not an input of the step model (one eager host model)",
-    "cuda_graphs": "no CUDA-graph host mode in the step model: host issue time is charged per operator",
     "nvlink_used": "the scale-up link is always used when the domain has more than one device",
     "dispatcher": "one all-to-all model for every token dispatcher",
     "capacity_factor": "serving is priced dropless",
@@ -108,3 +105,44 @@ def check_training_flags(inputs: dict, dp: int) -> None:
         if int(ga) != implied:
             flag_ignored(inputs, "grad_accum_steps", f"{ga} as stated; the step uses global_batch / (dp x "
                                                      f"micro_batch) = {implied}")
+
+
+# Framework names as sources write them (``framework`` / ``software``, lower-cased substrings,
+# tried in this order) -> the stack of moesim/data/stacks.toml that ran the case.
+FRAMEWORK_STACKS: tuple[tuple[str, str], ...] = (
+    ("maxtext", "maxtext"), ("jax", "xla"), ("xla", "xla"),
+    ("megatron", "megatron"), ("mcore", "megatron"), ("nemo", "megatron"),
+    ("sglang", "sglang"), ("vllm", "vllm"),
+    ("tensorrt-llm", "trtllm"), ("tensorrt llm", "trtllm"), ("trt-llm", "trtllm"), ("trtllm", "trtllm"),
+)
+# Hardware on which the Megatron-Bridge performance recipes capture attention and router in TE
+# CUDA graphs (cuda_graph_impl "transformer_engine", cuda_graph_scope attn / moe_router /
+# moe_preprocess: NVIDIA-NeMo/Megatron-Bridge scripts/performance configs, DeepSeek-V3 GB200/GB300
+# 256-GPU recipes) -> megatron-cudagraph unless the case states ``cuda_graphs``.
+MEGATRON_GRAPH_RECIPE_HARDWARE: tuple[str, ...] = ("gb200", "gb300")
+
+
+def case_stack(inputs: dict, hardware: str, phase: str) -> str:
+    """The software stack (a name of moesim/data/stacks.toml) that ran a case in ``phase``.
+
+    ``framework`` / ``software`` name the engine (``FRAMEWORK_STACKS``); ``cuda_graphs`` true
+    makes Megatron ``megatron-cudagraph`` (other engines capture decode already; an eager
+    engine stated without graphs runs ``eager``); Megatron-Bridge recipes on
+    ``MEGATRON_GRAPH_RECIPE_HARDWARE`` are ``megatron-cudagraph``. An unknown or unstated
+    framework is the ``auto`` stack (train -> megatron, prefill/decode -> sglang), recorded under
+    ``assumptions``."""
+    text = " ".join(str(inputs.get(k) or "") for k in ("framework", "software")).lower()
+    graphs = inputs.get("cuda_graphs")
+    stack = next((name for key, name in FRAMEWORK_STACKS if key in text), None)
+    if stack is None:
+        what = f"framework {text.strip()!r} is not a known stack" if text.strip() else "no framework stated"
+        if hasattr(inputs, "assume"):
+            inputs.assume("framework", f"{what}: priced with the auto stack ({phase} -> "
+                                       f"{'megatron' if phase == 'train' else 'sglang'})")
+        return "eager" if graphs is False else "auto"
+    if stack == "megatron":
+        if graphs is True or (graphs is None and "bridge" in text and hardware in MEGATRON_GRAPH_RECIPE_HARDWARE):
+            return "megatron-cudagraph"
+    elif graphs is False and stack in ("sglang", "vllm", "trtllm"):
+        return "eager"
+    return stack

@@ -103,12 +103,11 @@ class ErrorBand:
 
 # ---- bands: generated from validation reports, read back ------------------------------------
 def prior_profile(profile):
-    """``profile`` with its efficiencies reset to the generic prior, keeping the host issue time
-    (``compute.host_op_overhead_us``: a software-stack property every shipped profile carries)."""
-    from moesim.specs.hardware import ComputeEfficiency, Efficiency
+    """``profile`` with its efficiencies reset to the generic prior (host issue time is a
+    property of the software stack, moesim/data/stacks.toml, not of the profile)."""
+    from moesim.specs.hardware import Efficiency
 
-    host = profile.efficiency.compute.host_op_overhead_us
-    return profile.with_efficiency(Efficiency(compute=ComputeEfficiency(host_op_overhead_us=host)))
+    return profile.with_efficiency(Efficiency())
 
 
 def _errors(report, kind: str) -> list[float]:

@@ -1,13 +1,17 @@
 """Predictors for the ``training``, ``serving`` and ``moe_layer`` case kinds (docs/cases.md),
 through the analytic step model. Registered in ``moesim.validate.PREDICTORS``.
 
-Training and serving rows fit one parameter, ``compute.host_op_overhead_us`` (host time per
-operator of an eager framework, moesim/step/host.py): the per-operator cost of Megatron/SGLang
-is not identifiable from GEMM or all-to-all micro-benchmarks. Every other efficiency comes from
-the gemm and all_to_all fits. validation/calibrate_published.py fits it JOINTLY over all
-training and serving rows of every hardware (it is a property of the software stack, not of the
-GPU) and reports leave-one-out errors. moe_layer rows fit nothing. Defaults for inputs a
-source did not state (documented, the same for every case):
+Each training and serving row runs the software stack its ``framework`` / ``software`` /
+``cuda_graphs`` inputs name (moesim/case_inputs.py ``case_stack``; unknown: ``auto``, with an
+assumption). Training and serving rows fit the host parameters of those stacks
+(``"<stack>.<phase>.host_op_us"``, moesim/step/stacks.py ``fit_params``: host time per eagerly
+issued operator, moesim/step/host.py), never a GPU profile's: the per-operator cost of
+Megatron/SGLang is not identifiable from GEMM or all-to-all micro-benchmarks, and every other
+efficiency comes from the gemm and all_to_all fits. moesim/calibrate.py ``fit_stacks`` fits each
+parameter on the rows that run it, over every hardware; ``predict_training_case`` and
+``predict_serving_case`` take the table to price with (``stacks``; default the shipped
+moesim/data/stacks.toml). moe_layer rows fit nothing. Defaults for inputs a source did not
+state (documented, the same for every case):
 - training: cp 1, vpp 1, micro_batch 1, recompute none, devices_per_node 8, distributed
   optimizer with overlapped gradient reduction (Megatron defaults in the benchmark recipes);
   routing ``balanced`` when the case says "force-balanced", else ``uniform``; memory is not
@@ -39,13 +43,15 @@ from moesim.compute.counts import forward_flops_per_token
 from moesim.errors import MoesimError, SpecError
 from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
-from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, check_training_flags,
+from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
                                 domain_layout, flag_not_modelled, recompute_mode)
+from moesim.step.stacks import StackTable, stack_table
 from moesim.validate import UnsupportedCase, flag_ignored
 
-TRAINING_FIT_PARAMS: tuple[str, ...] = ("compute.host_op_overhead_us",)
-SERVING_FIT_PARAMS: tuple[str, ...] = ("compute.host_op_overhead_us",)
-# kinds whose parameters are fitted jointly across hardware (validation/calibrate_published.py)
+# training and serving fit software-stack parameters (moesim/step/stacks.py), not profile ones
+TRAINING_FIT_PARAMS: tuple[str, ...] = ()
+SERVING_FIT_PARAMS: tuple[str, ...] = ()
+# kinds whose (software-stack) parameters are fitted across hardware (moesim.calibrate.fit_stacks)
 JOINT_KINDS: tuple[str, ...] = ("training", "serving")
 MOE_LAYER_FIT_PARAMS: tuple[str, ...] = ()
 
@@ -103,8 +109,14 @@ def _skew(inputs: dict) -> str:
     return "balanced" if "balanced" in text else "uniform"
 
 
-def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
-    """tokens_per_s_per_device, model_tflops_per_device, step_time_s or mfu of a training row."""
+def case_software_stack(inputs: dict, hw: HardwareProfile, phase: str, stacks: StackTable | None):
+    """The case's stack (``case_stack``) with ``stacks``' numbers inlined (default: the shipped table)."""
+    return (stacks or stack_table()).inline(case_stack(inputs, hw.name, phase), phase)
+
+
+def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable | None = None) -> float:
+    """tokens_per_s_per_device, model_tflops_per_device, step_time_s or mfu of a training row,
+    under the case's software stack priced with ``stacks`` (default: the shipped table)."""
     metric = _metric(inputs, ("tokens_per_s_per_device", "model_tflops_per_device", "step_time_s", "mfu"))
     model = _model(inputs)
     devices = int(inputs["devices"])
@@ -121,7 +133,7 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
             "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
-            "comm_sms": _comm_sms(inputs)})
+            "comm_sms": _comm_sms(inputs), "stack": case_software_stack(inputs, hw, "train", stacks)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     b = _training_step(model, dep, inputs)
@@ -150,8 +162,9 @@ def _training_step(model, dep: Deployment, inputs: dict):
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
 
 
-def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
-    """tokens_per_s_per_device of a prefill or decode row (SGLang/DeepSeek-style deployments)."""
+def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable | None = None) -> float:
+    """tokens_per_s_per_device of a prefill or decode row (SGLang/DeepSeek-style deployments),
+    under the case's software stack priced with ``stacks`` (default: the shipped table)."""
     _metric(inputs, ("tokens_per_s_per_device",))
     model = _model(inputs)
     devices, ep = int(inputs["devices"]), int(inputs["ep"])
@@ -166,6 +179,8 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
     inputs.get("pd_disaggregation")  # honoured: each phase is priced alone, as a disaggregated pool runs it
     phase = inputs["phase"]
     if phase == "end_to_end":
+        for key in ("framework", "cuda_graphs"):
+            flag_ignored(inputs, key, "the planner prices its scenario's stack (end-to-end row)")
         return planned_serving(inputs, model, hw, devices, tp, layout)
     if phase == "decode":
         shape = {"batch_per_device": int(inputs["batch_per_device"]), "context": int(inputs["context_len"])}
@@ -183,7 +198,8 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
             "devices_per_domain": dpd, "redundant_experts": redundant, "dtype": str(inputs["dtype"]),
-            "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs)})
+            "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs),
+            "stack": case_software_stack(inputs, hw, phase, stacks)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     return _serving_step(model, dep, phase, shape).tokens_per_s_per_device

@@ -17,10 +17,16 @@ need to know about *how* a model is run (the model itself and the workload are s
 - ``capacity_factor`` (None: dropless) and ``overflow`` (drop / reroute / shared: what happens to
   a token copy whose expert slot is full; moesim/routing);
 - training: ``recompute``, ``dp_overlap``, ``distributed_optimizer``;
-- ``stack``: the software stack that issues the operators. ``auto`` is the production default of
-  each phase (eager training and prefill, CUDA-graph decode: moesim/step/host.py); ``eager``
-  pays host issue time in every phase, ``cuda_graphs`` and ``xla`` in none (a captured graph /
-  compiled program is launched once per step).
+- ``stack``: the software stack that issues the operators, a property of the run (not of the
+  GPU): a name of the table moesim/data/stacks.toml or an explicit ``SoftwareStack``
+  (moesim/specs/software_stack.py; priced by moesim/step/host.py). ``megatron`` (eager
+  PyTorch/TE training), ``megatron-cudagraph`` (attention and router in TE CUDA graphs, the
+  experts eager: the GB200/GB300 recipes), ``sglang`` (eager prefill, CUDA-graph decode),
+  ``vllm`` (piecewise-graph prefill, full-graph decode), ``trtllm`` (prefill without graphs,
+  graph decode), ``maxtext`` (= ``xla``: a compiled step, no per-operator host), and
+  ``eager`` (host issue in every phase), ``cuda_graphs`` (one graph per step in every phase).
+  ``auto`` resolves per phase: train -> ``megatron``, prefill / decode -> ``sglang``
+  (moesim/step/stacks.py ``AUTO``).
 
 Checks that need only the deployment run when it is built (``ValueError`` naming the field);
 ``check(model)`` adds the ones that need the model (heads, experts, layers dividing).
@@ -39,11 +45,12 @@ from moesim.specs.common import canonical_dtype
 from moesim.specs.hardware import HardwareProfile
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallel import Parallelism, check_parallelism
+from moesim.specs.software_stack import SoftwareStack, StackName
 
 Overlap = Literal["none", "two_microbatch"]
 A2AMode = Literal["auto", "normal", "low_latency"]
 Overflow = Literal["drop", "reroute", "shared"]
-Stack = Literal["auto", "eager", "cuda_graphs", "xla"]
+Stack = StackName  # moesim/specs/software_stack.py STACK_NAMES
 OVERFLOWS: tuple[str, ...] = ("drop", "reroute", "shared")
 # fields that schedule stacks of layers (and training steps) but never enter one layer's operations
 SCHEDULE_FIELDS: tuple[str, ...] = ("overlap", "prefill_overlap", "recompute", "dp_overlap", "distributed_optimizer")
@@ -71,7 +78,7 @@ class Deployment(Parallelism):
     recompute: Literal["none", "selective", "full"] = "none"
     dp_overlap: bool = True
     distributed_optimizer: bool = True
-    stack: Stack = "auto"
+    stack: Stack | SoftwareStack = Field("auto", description="software stack: a table name or explicit values")
 
     @field_validator("dtype", "kv_dtype")
     @classmethod

@@ -183,13 +183,16 @@ class ComputeEfficiency(Spec):
     attention_memory_fraction: float = Field(
         0.80, gt=0, le=1, description="fraction of HBM bandwidth decode attention sustains"
     )
-    host_op_overhead_us: float = Field(
-        5.0, ge=0, description="host (CPU) time an eager framework spends issuing one operator "
-        "(Python, autograd, dispatcher, launch), in microseconds per reference aten operator of "
-        "validation/data/op-counts.json; a layer cannot run faster than its operators are issued "
-        "(moesim/step/host.py). A property of the software stack more than of the GPU; the prior "
-        "5 us is a bare eager PyTorch operator"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_host(cls, data):
+        """Accept profiles written before software stacks: ``host_op_overhead_us`` (host time
+        per operator, once copied into every GPU profile) is a property of the software stack
+        now (moesim/data/stacks.toml); the field still loads and is ignored."""
+        if isinstance(data, dict) and "host_op_overhead_us" in data:
+            data = {k: v for k, v in data.items() if k != "host_op_overhead_us"}
+        return data
 
 
 class CommEfficiency(Spec):

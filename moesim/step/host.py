@@ -1,16 +1,24 @@
-"""Host (CPU) issue time of a layer: eager frameworks pay host time for every operator.
+"""Host (CPU) issue time of a layer under the run's software stack.
 
-PyTorch/Megatron (training) and SGLang prefill run eagerly: for every operator the host runs
-Python, autograd bookkeeping, the dispatcher and the kernel launch. The GPU cannot run ahead of
-the host, so a layer whose operators are small is host-bound:
+An eager framework (PyTorch/Megatron training, SGLang prefill) runs, for every operator, Python,
+autograd bookkeeping, the dispatcher and the kernel launch; a CUDA graph (or an XLA program)
+replays a captured sequence with one launch. The GPU cannot run ahead of the host, so a layer
+whose operators are small is host-bound. Per layer pass, split into the operators issued before
+the layer's token counts are needed (P: attention, router; ``PRE_SYNC_OP_COUNTS``) and after
+(X: experts), under the phase's ``PhaseHost`` of the stack (moesim/step/stacks.py, table
+moesim/data/stacks.toml):
 
-    host_s(layer, pass) = n_ops(layer kind, pass) x host_op_overhead_us x 1e-6      [s]
+    captured none:  hP = n_P x host_op_us,  hX = n_X x host_op_us                   [s]  (1)
+    captured pre:   hP = launch,            hX = n_X x host_op_us                          (2)
+    captured all:   hP = launch,            hX = 0                                         (3)
 
-split into the operators issued before the layer's token counts are needed (P: attention,
-router) and after (X: experts), ``PRE_SYNC_OP_COUNTS``. How host and device time combine is a
-schedule (moesim/step/schedule.py): an operation cannot end before the host has issued it, and
-where the dispatch needs the counts on the host (``dispatch_syncs_host``) the host waits for the
-device, so host slack does not carry across that point.
+with n_P + n_X = n_ops(layer kind, pass) and launch = graph_launch_us per graph (a per-layer
+graph), or graph_launch_us / num_layers (one graph per step, spread over the layers: under the
+fluid schedule the same answer whenever a layer's device time exceeds that share). How host and
+device time combine is a schedule (moesim/step/schedule.py): an operation cannot end before the
+host has issued it, per operation window max(host, device), never a sum; where the dispatch
+needs the counts on the host (``dispatch_syncs_host``, only when the expert path is eager) the
+host waits for the device, so host slack does not carry across that point.
 
 ``n_ops`` are MEASURED, not guessed: ``OP_COUNTS`` are the aten operators (kernel launches;
 metadata-only views excluded) one pre-norm transformer layer dispatches per micro-batch, counted
@@ -19,11 +27,11 @@ by ``validation/count_ops.py`` with a TorchDispatchMode on the reference torch l
 ``validation/data/op-counts.json`` (tests/test_step_host.py asserts this literal equals the
 file). The library keeps the literal so that it reads no file at run time.
 
-NOTE: ``host_op_overhead_us`` is therefore "host seconds per reference aten operator": it
-absorbs how much heavier a production framework's operator is (Megatron/TE module wrappers,
-hooks) than a bare aten call, and is fitted on the calibration set's training rows.
+NOTE: ``host_op_us`` is therefore "host seconds per reference aten operator": it absorbs how
+much heavier a production framework's operator is (Megatron/TE module wrappers, hooks) than a
+bare aten call, and is fitted per stack on whole sources (validation/calibrate_published.py).
 NOTE: decode runs under CUDA graphs in production servers (SGLang, vLLM, TensorRT-LLM): the
-graph replays every kernel with one launch, so decode pays no per-operator host time.
+graph replays every kernel with one launch, so decode pays one launch per step.
 NOTE: the expert path counted is the grouped one (one grouped GEMM per projection, as Megatron
 TEGroupedMLP and DeepGEMM run): the count does not grow with the local experts. The per-expert
 slope of a loop path is recorded in the data file but not used. Tested (2026-11-28): adding
@@ -48,6 +56,8 @@ from __future__ import annotations
 
 from moesim import units
 from moesim.specs import HardwareProfile, ModelSpec
+from moesim.specs.software_stack import SoftwareStack
+from moesim.step.stacks import resolve
 
 # validation/data/op-counts.json ("dense_layer", "moe_layer"): operators per layer and pass
 OP_COUNTS: dict[str, dict[str, int]] = {
@@ -78,10 +88,6 @@ PRE_SYNC_OP_COUNTS: dict[str, dict[str, int]] = {
     "moe": {"forward": 62, "backward": 32},
 }
 
-# phases that run eagerly (host issues every operator); decode replays CUDA graphs
-EAGER_PHASES: tuple[str, ...] = ("train", "prefill")
-
-
 def attention_variant(model: ModelSpec) -> str:
     """Key of ``ATTENTION_EXTRA_OPS`` for the model's attention (MHA counts as GQA)."""
     att = model.attention
@@ -102,40 +108,56 @@ def layer_op_count(model: ModelSpec, moe: bool, backward: bool) -> int:
     return n
 
 
-def is_eager(phase: str, stack: str = "auto") -> bool:
-    """Whether ``phase`` issues its operators one by one from the host under software ``stack``
-    (``Deployment.stack``): ``auto`` is the production default (eager training and prefill,
-    CUDA-graph decode), ``eager`` every phase, ``cuda_graphs`` / ``xla`` none."""
-    if stack == "auto":
-        return phase in EAGER_PHASES
-    return stack == "eager"
+def _pre_count(model: ModelSpec, moe: bool, backward: bool) -> int:
+    """Operators of the P part of one layer pass (``PRE_SYNC_OP_COUNTS`` + the attention extra)."""
+    key = "backward" if backward else "forward"
+    return PRE_SYNC_OP_COUNTS["moe" if moe else "dense"][key] + ATTENTION_EXTRA_OPS[attention_variant(model)][key]
 
 
-def layer_host_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, backward: bool = False,
-                 stack: str = "auto") -> float:
-    """Host issue time (s) of one layer pass; 0 when ``phase`` is not eager under ``stack``
-    (replayed from a CUDA graph)."""
-    if not is_eager(phase, stack):
-        return 0.0
-    return layer_op_count(model, moe, backward) * hw.efficiency.compute.host_op_overhead_us * units.us
+def host_parts_s(model: ModelSpec, moe: bool, phase: str, backward: bool = False,
+                 stack: str | SoftwareStack = "auto") -> tuple[float, float]:
+    """Host issue time (s) of the P and the X part of one layer pass under ``stack`` in ``phase``
+    (module docstring, eqs. 1-2): eager operators pay ``host_op_us`` each, a captured part one
+    graph launch (a per-step graph's launch spread over the layers)."""
+    ph = resolve(stack, phase)
+    n_pre = _pre_count(model, moe, backward)
+    n_post = layer_op_count(model, moe, backward) - n_pre
+    op = float(ph.host_op_us) * units.us
+    launch = ph.graph_launch_us * units.us / (model.num_layers if ph.graphs == "step" else 1)
+    if ph.captured == "none":
+        return n_pre * op, n_post * op
+    if ph.captured == "pre":
+        return launch, n_post * op
+    return launch, 0.0
 
 
-def layer_host_pre_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, backward: bool = False,
-                     stack: str = "auto") -> float:
+def is_eager(phase: str, stack: str | SoftwareStack = "auto") -> bool:
+    """Whether ``stack`` issues any of ``phase``'s layer operators one by one from the host
+    (captured ``none`` or ``pre``); ``all``: replayed from graphs / a compiled program."""
+    return resolve(stack, phase).captured != "all"
+
+
+def layer_host_s(hw: HardwareProfile | None, model: ModelSpec, moe: bool, phase: str, backward: bool = False,
+                 stack: str | SoftwareStack = "auto") -> float:
+    """Host issue time (s) of one layer pass under ``stack`` (``host_parts_s``, P + X).
+    ``hw`` is not used: host issue is a property of the software stack, not of the GPU (kept
+    so that callers pass the deployment's profile positionally as before)."""
+    pre, post = host_parts_s(model, moe, phase, backward, stack)
+    return pre + post
+
+
+def layer_host_pre_s(hw: HardwareProfile | None, model: ModelSpec, moe: bool, phase: str, backward: bool = False,
+                     stack: str | SoftwareStack = "auto") -> float:
     """Host issue time (s) of the P part of a layer pass (``PRE_SYNC_OP_COUNTS``): the operators
     issued before the expert path needs the token counts; the rest of ``layer_host_s`` is X's."""
-    if not is_eager(phase, stack):
-        return 0.0
-    key = "backward" if backward else "forward"
-    n = PRE_SYNC_OP_COUNTS["moe" if moe else "dense"][key] + ATTENTION_EXTRA_OPS[attention_variant(model)][key]
-    return n * hw.efficiency.compute.host_op_overhead_us * units.us
+    return host_parts_s(model, moe, phase, backward, stack)[0]
 
 
 def dispatch_syncs_host(moe: bool, ep: int, mode: str, phase: str, backward: bool = False,
-                        stack: str = "auto") -> bool:
+                        stack: str | SoftwareStack = "auto") -> bool:
     """Whether the forward dispatch of this layer makes the host wait for the device's token
     counts (moesim/step/schedule.py eq. 2): an MoE layer with EP > 1, normal (high-throughput)
-    all-to-all, in an eager phase. Sources: DeepEP normal ``Buffer.dispatch`` waits for the GPU's
+    all-to-all, with the expert path issued eagerly (captured ``none`` or ``pre``). Sources: DeepEP normal ``Buffer.dispatch`` waits for the GPU's
     receive counts unless ``num_worst_tokens`` is given (intranode only; SGLang's and Megatron's
     normal-mode callers do not give it); Megatron-Core's dropless all-to-all dispatcher syncs
     ``before_ep_alltoall``. Low-latency kernels use fixed-size buffers (no sync); the backward

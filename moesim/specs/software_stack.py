@@ -1,0 +1,76 @@
+"""Software stack: how the host issues a run's operators, per phase (a property of the run).
+
+A ``SoftwareStack`` says, for each phase (``train``, ``prefill``, ``decode``), how the host
+(CPU) gets one layer's operators onto the device (moesim/step/host.py prices it):
+
+- ``captured``: which of the layer's operators are replayed from CUDA graphs (or a compiled
+  XLA program): ``none`` (eager: the host issues every operator), ``pre`` (the operators before
+  the expert path's token counts, P: attention, router, permutation metadata; the experts run
+  eagerly: Megatron's ``cuda_graph_scope = [attn, moe_router, moe_preprocess]``), ``all``;
+- ``host_op_us``: host microseconds per operator issued eagerly (Python, autograd,
+  dispatcher, launch), per reference aten operator of validation/data/op-counts.json;
+  ``"<stack>.<phase>"`` instead of a number takes that entry's value (the same framework
+  issuing the operators it does not capture);
+- ``graph_launch_us``: host microseconds per graph launch (``cudaGraphLaunch``), and
+  ``graphs``: one graph per captured part of each ``layer`` (piecewise / scoped graphs), or one
+  per ``step`` (a whole forward captured at once).
+
+The named stacks and their numbers live in one table, moesim/data/stacks.toml (loaded by
+moesim/step/stacks.py); a ``SoftwareStack`` object on a ``Deployment`` carries explicit values
+(what the fits in moesim/calibrate.py try), so every cache keyed by the deployment's content
+sees them.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from moesim.specs.common import Spec
+
+Capture = Literal["none", "pre", "all"]
+StackName = Literal["auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang", "vllm",
+                    "trtllm", "maxtext"]
+STACK_NAMES: tuple[str, ...] = ("auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang",
+                                "vllm", "trtllm", "maxtext")
+STACK_PHASES: tuple[str, ...] = ("train", "prefill", "decode")
+
+
+class PhaseHost(Spec):
+    """How one phase issues its operators (module docstring)."""
+
+    captured: Capture
+    host_op_us: float | str = Field(0.0, description="us per eagerly issued operator, or '<stack>.<phase>' "
+                                                     "to take that entry's value")
+    graph_launch_us: float = Field(0.0, ge=0, description="us of host time per CUDA-graph launch")
+    graphs: Literal["layer", "step"] = "layer"
+    fit: bool = Field(False, description="host_op_us is fitted on whole sources (validation/calibrate_published.py)")
+    source: str = Field(description="where the capture mode and numbers come from")
+
+    @model_validator(mode="after")
+    def _host(self):
+        if isinstance(self.host_op_us, float) and self.host_op_us < 0:
+            raise ValueError(f"host_op_us {self.host_op_us}: must be >= 0")
+        if isinstance(self.host_op_us, str):
+            name, _, phase = self.host_op_us.partition(".")
+            if name not in STACK_NAMES or name == "auto" or phase not in STACK_PHASES:
+                raise ValueError(f"host_op_us {self.host_op_us!r}: a number or '<stack>.<phase>' "
+                                 f"(stacks: {', '.join(STACK_NAMES[1:])}; phases: {', '.join(STACK_PHASES)})")
+        return self
+
+
+class SoftwareStack(Spec):
+    """A named software stack with explicit per-phase host parameters."""
+
+    name: str
+    train: PhaseHost
+    prefill: PhaseHost
+    decode: PhaseHost
+    description: str = ""
+    fitted: str = Field("", description="how the fitted numbers were obtained (date, rows); empty: priors only")
+
+    def phase(self, phase: str) -> PhaseHost:
+        """The ``PhaseHost`` of ``phase`` (train / prefill / decode)."""
+        if phase not in STACK_PHASES:
+            raise ValueError(f"phase {phase!r}: one of {', '.join(STACK_PHASES)}")
+        return getattr(self, phase)
