@@ -10,8 +10,9 @@ out-of-sample, per case kind (``moesim validate --logo``).
   calibration cases outside G and every case of G (calibration and evaluation) is predicted
   with them. Kernel kinds refit their profile's parameters from the generic prior
   (``moesim.calibrate.calibrate``; with no case left on that profile the prior values are used:
-  what a new user gets); training and serving refit the shared software-stack parameter
-  jointly over every remaining training/serving row (``joint_fit``; none left: the prior).
+  what a new user gets); training and serving refit the software-stack parameters
+  (moesim/data/stacks.toml ``fit = true``) on the remaining calibration rows that run each
+  (``moesim.calibrate.fit_stacks``; none left or not identified: the entry's prior).
   Parameters of other kinds keep their shipped values (the transfers of
   validation/calibrate_published.py are not replayed).
 """
@@ -69,9 +70,11 @@ def _prior_values(params: Iterable[str]) -> dict[str, float]:
     return {p: float(getattr(getattr(prior, p.split(".")[0]), p.split(".")[1])) for p in params}
 
 
-def _refit_profiles(fit_set: Sequence[Case], held: Sequence[Case]) -> dict:
-    """Profiles for predicting ``held`` with the kinds' parameters fitted on ``fit_set`` only."""
-    from moesim.calibrate import calibrate, default_params, joint_fit, with_params
+def _refit_profiles(fit_set: Sequence[Case], held: Sequence[Case]) -> tuple[dict, object]:
+    """Profiles and a software-stack table for predicting ``held`` with the kinds' parameters
+    fitted on ``fit_set`` only (the table None when ``held`` has no training/serving row)."""
+    from moesim.calibrate import calibrate, default_params, fit_stacks, with_params
+    from moesim.step.stacks import stack_table
 
     profiles = {h: load_profile(h) for h in {c.hardware for c in held} | {c.hardware for c in fit_set}}
     for hw in sorted({c.hardware for c in held}):
@@ -85,26 +88,23 @@ def _refit_profiles(fit_set: Sequence[Case], held: Sequence[Case]) -> dict:
         if train:
             values = calibrate(train, shipped.with_efficiency(Efficiency()), params).params
         profiles[hw] = with_params(shipped, values)
+    table = None
     if any(c.kind in JOINT_KINDS for c in held):
-        params: tuple[str, ...] = ()
-        for kind in JOINT_KINDS:
-            params += tuple(p for p in predictor_for(kind)[1] if p not in params)
         rows = [c for c in fit_set if c.kind in JOINT_KINDS]
-        values = joint_fit(rows, profiles, params) if rows else _prior_values(params)
-        for hw in {c.hardware for c in held if c.kind in JOINT_KINDS}:
-            profiles[hw] = with_params(profiles[hw], values)
-    return profiles
+        fits = fit_stacks(rows, profiles)
+        table = stack_table().with_values({p: f.value for p, f in fits.items()})
+    return profiles, table
 
 
 def _errors(preds: Iterable[CasePrediction]) -> dict[str, float]:
     return {p.id: p.rel_error for p in preds if p.status == "ok"}
 
 
-def _predict(cases: Sequence[Case], profiles: dict) -> list[CasePrediction]:
+def _predict(cases: Sequence[Case], profiles: dict, stacks=None) -> list[CasePrediction]:
     out = []
     for c in cases:
         prof = profiles.get(c.hardware) or load_profile(c.hardware)
-        out.append(predict_case(c, prof))
+        out.append(predict_case(c, prof, stacks if c.kind in JOINT_KINDS else None))
     return out
 
 
@@ -116,10 +116,10 @@ def leave_one_group_out(calibration: Sequence[Case], cases: Sequence[Case], by: 
         held = [c for c in cases if key(c) == group]
         fit_set = [c for c in calibration if key(c) != group]
         try:
-            profiles = _refit_profiles(fit_set, held)
+            profiles, stacks = _refit_profiles(fit_set, held)
         except (UnsupportedCase, PredictorError):
             continue
-        out.update(_errors(_predict(held, profiles)))
+        out.update(_errors(_predict(held, profiles, stacks)))
     return out
 
 

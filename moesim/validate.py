@@ -185,13 +185,14 @@ class PredictorError(MoesimError):
     """A predictor failed on a case (a bug, not a refusal): names the case and the exception."""
 
 
-def run_predictor(case: Case, profile: HardwareProfile) -> tuple[float, CaseInputs]:
+def run_predictor(case: Case, profile: HardwareProfile, stacks=None) -> tuple[float, CaseInputs]:
     """(predicted value, the inputs as read) of one case; UnsupportedCase for a refusal,
-    PredictorError (naming the case) for anything else the predictor raised or returned."""
+    PredictorError (naming the case) for anything else the predictor raised or returned.
+    ``stacks``: a software-stack table (moesim/step/stacks.py) for the kinds that take one."""
     predict, _ = predictor_for(case.kind)
     inputs = case_inputs(case)
     try:
-        value = float(predict(inputs, profile))
+        value = float(predict(inputs, profile) if stacks is None else predict(inputs, profile, stacks=stacks))
     except UnsupportedCase:
         raise
     except Exception as err:  # noqa: BLE001 - every other failure is reported, with the case id
@@ -201,12 +202,13 @@ def run_predictor(case: Case, profile: HardwareProfile) -> tuple[float, CaseInpu
     return value, inputs
 
 
-def predict_case(case: Case, profile: HardwareProfile) -> CasePrediction:
-    """Predict one case on ``profile``; never raises for a bad case (status says what happened)."""
+def predict_case(case: Case, profile: HardwareProfile, stacks=None) -> CasePrediction:
+    """Predict one case on ``profile`` (and stack table ``stacks``, see ``run_predictor``); never
+    raises for a bad case (status says what happened)."""
     base = dict(id=case.id, kind=case.kind, hardware=case.hardware, metric=case.metric,
                 measured=case.measured)
     try:
-        value, inputs = run_predictor(case, profile)
+        value, inputs = run_predictor(case, profile, stacks)
     except UnsupportedCase as err:
         return CasePrediction(**base, predicted=None, rel_error=None, status="unsupported", reason=str(err))
     except PredictorError as err:

@@ -6,16 +6,13 @@ the parameters those cases can identify with ``moesim.calibrate`` and rewrites t
 ``[efficiency]`` tables in hwprofiles/ (keeping every other line). The errors it prints are
 in-sample; ``moesim validate validation/data/published-eval.json`` is the out-of-sample check.
 
-Training and serving rows (``moesim.step_cases.JOINT_KINDS``) declare a parameter of the
-software stack, not of the GPU (``compute.host_op_overhead_us``): after the per-profile fits it
-is fitted JOINTLY over every training and serving row of every hardware (one value; soft-L1 on
-log errors, scale 0.1, as ``moesim.calibrate``) and judged by leave-one-out (refit on all rows
-but one, predict that one) since no disjoint set of training/serving rows exists yet. Both error
-tables are printed. Being a property of the software stack (eager PyTorch/Megatron/SGLang
-issuing CUDA/HIP kernels), not of one GPU, the value is written into EVERY gpu profile
-(``software_stack_profiles``), each origin saying it was fitted on those rows and transferred;
-TPU profiles get 0: XLA compiles the whole step into one executable, so there is no
-per-operator host issue (moesim/step/host.py). The cpu-host profile keeps its own value.
+Training and serving rows (``moesim.step_cases.JOINT_KINDS``) depend on parameters of the
+software stack they ran, not of the GPU: after the per-profile fits, each fitted stack entry
+(moesim/data/stacks.toml ``fit = true``: host time per eagerly issued operator) is fitted on the
+rows that run it, over every hardware (``moesim.calibrate.fit_stacks``: soft-L1 on log errors,
+scale 0.1, within [0, fit_max]; not identified: the prior), and written into the stacks table
+with the date and the rows (``write_stack_fits``). ``moesim validate ... --logo`` refits them per
+left-out source and hardware (moesim/accuracy.py).
 
 Fitted efficiencies then transfer, by section, to profiles of the same silicon that have no
 data of their own (``TRANSFER``): H100 and H200 are the same GH100 die, SMs and kernels as the
@@ -26,12 +23,14 @@ set then test that transfer out of sample.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import sys
+import tomllib
 from pathlib import Path
 from statistics import median
 
-from moesim.calibrate import _log_errors, calibrate, joint_fit, with_params
+from moesim.calibrate import calibrate
 from moesim.cases import load_cases
 from moesim.catalog import _profiles_dir, list_profiles, load_profile, replace_efficiency
 from moesim.specs.hardware import Efficiency
@@ -53,67 +52,60 @@ def _table(title: str, cases, errs) -> None:
     print(f"    median |err| {median(abs(math.expm1(e)) for e in errs):.1%}")
 
 
-def fit_joint_kinds(cases, source: str) -> dict[str, float]:
-    """Joint fit of the JOINT_KINDS rows, in-sample and leave-one-out tables; returns the values."""
-    from moesim.step_cases import JOINT_KINDS
+def fit_software_stacks(cases, source: str, write: bool = True) -> dict:
+    """Fit every software-stack parameter (moesim.calibrate.fit_stacks) on the training / serving
+    rows of ``cases``, print the in-sample errors of its rows, and write the values, with the
+    date and the rows, into moesim/data/stacks.toml (``write_stack_fits``)."""
+    from moesim.calibrate import fit_stacks, stack_log_errors
+    from moesim.step.stacks import stack_table
 
-    rows = [c for c in cases if c.kind in JOINT_KINDS]
-    if not rows:
-        return {}
-    params: tuple[str, ...] = ()
-    for kind in JOINT_KINDS:
-        params += tuple(p for p in predictor_for(kind)[1] if p not in params)
+    rows = [c for c in cases if c.kind in ("training", "serving")]
     profiles = {h: load_profile(h) for h in {c.hardware for c in rows}}
-    values = joint_fit(rows, profiles, params)
-    _table(f"joint fit on {len(rows)} {'/'.join(JOINT_KINDS)} rows: "
-           + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()) + " (in-sample)",
-           rows, _log_errors(rows, profiles, values))
-    loo = []
-    for i, c in enumerate(rows):
-        held = joint_fit(rows[:i] + rows[i + 1:], profiles, params)
-        loo.append(_log_errors([c], profiles, held)[0])
-        print(f"    leave out {c.id}: " + ", ".join(f"{k} = {v:.4g}" for k, v in held.items()))
-    _table("leave-one-out (each row predicted by a fit on the others)", rows, loo)
-    write_software_stack(values, f"fitted {_dt.date.today().isoformat()} jointly on {len(rows)} "
-                         f"{'/'.join(JOINT_KINDS)} rows of {source}", {c.hardware for c in rows})
-    return values
+    fits = fit_stacks(rows, profiles)
+    table = stack_table().with_values({p: f.value for p, f in fits.items()})
+    for param, fit in fits.items():
+        fitted = [c for c in rows if c.id in fit.rows]
+        errs = stack_log_errors(fitted, profiles, table) if fitted else []
+        _table(f"{param} = {fit.value:.4g} ({fit.note}; in-sample)", fitted, errs) if fitted else print(
+            f"{param} = {fit.value:.4g} ({fit.note})")
+    if write:
+        write_stack_fits(fits, _dt.date.today().isoformat(), source)
+    return fits
 
 
-def _strip_notes(origin: str, params) -> str:
-    """``origin`` without the note an earlier run appended about ``params`` (always the last
-    note: the joint fit runs last), so that reruns stay idempotent."""
-    for p in params:
-        origin = origin.split(f"; {p}")[0]
-    return origin
+def write_stack_fits(fits: dict, date: str, source: str, path: Path | None = None) -> None:
+    """Rewrite the fitted ``host_op_us`` numbers and each stack's ``fitted`` line of the stacks
+    table in place (comments and every other line kept); the result must load."""
+    import re
 
+    from moesim.step.stacks import parse_table, split_param
 
-def software_stack_profiles() -> dict[str, str]:
-    """Profile name -> how it receives the software-stack parameters: ``eager`` (gpu: the fitted
-    value) or ``compiled`` (tpu: no per-operator host issue)."""
-    out = {}
-    for name in list_profiles():
-        kind = load_profile(name).kind
-        if kind in ("gpu", "tpu"):
-            out[name] = "eager" if kind == "gpu" else "compiled"
-    return out
-
-
-def write_software_stack(values: dict[str, float], how: str, fitted_on: set[str]) -> None:
-    """Write the jointly fitted software-stack ``values`` into every gpu profile and 0 into every
-    tpu profile, with an origin note saying so."""
-    for name, stack in software_stack_profiles().items():
-        prof = load_profile(name)
-        if stack == "eager":
-            vals = values
-            where = "its own rows" if name in fitted_on else "transferred"
-            note = (f"{', '.join(values)} {how} (hardware: {', '.join(sorted(fitted_on))}); "
-                    f"a software-stack property of eager PyTorch frameworks, {where}")
-        else:
-            vals = {k: 0.0 for k in values}
-            note = f"{', '.join(values)} = 0: XLA compiles the step, no per-operator host issue"
-        origin = _strip_notes(prof.efficiency.origin, values)
-        merged = with_params(prof, vals, origin=f"{origin}; {note}").efficiency
-        replace_efficiency(_profiles_dir() / f"{name}.toml", merged)
+    path = path or Path(__file__).resolve().parents[1] / "moesim" / "data" / "stacks.toml"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    notes: dict[str, list[str]] = {}
+    for param, fit in fits.items():
+        name, phase = split_param(param)
+        how = (f"{phase} host_op_us fitted {date} on {len(fit.rows)} rows of {source} ({', '.join(fit.rows)})"
+               if fit.identified else f"{phase} host_op_us: {fit.note} ({date}, {source}; rows: "
+               f"{', '.join(fit.rows) or 'none'})")
+        notes.setdefault(name, []).append(how)
+    section = None
+    for i, line in enumerate(lines):
+        head = re.match(r"^\[([^\]]+)\]\s*$", line)
+        if head:
+            section = head.group(1)
+            continue
+        for param, fit in fits.items():
+            name, phase = split_param(param)
+            if section == name and line.startswith(f"{phase} = {{"):
+                lines[i] = re.sub(r"host_op_us = [0-9.eE+-]+", f"host_op_us = {float(f'{fit.value:.4g}')!r}", line, count=1)
+        if section in notes and line.startswith("fitted = "):
+            lines[i] = "fitted = " + json.dumps("; ".join(notes.pop(section)))
+    text = "\n".join(lines) + "\n"
+    if notes:
+        raise ValueError(f"stacks table lacks a fitted line for {', '.join(notes)}")
+    parse_table(tomllib.loads(text))  # never write an unloadable table
+    path.write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = eff.model_copy(update={**updates, "origin": f"{eff.origin}; " + "; ".join(notes)})
         replace_efficiency(_profiles_dir() / f"{target}.toml", merged)
         print(f"{target}: " + "; ".join(notes))
-    fit_joint_kinds(list(casefile.cases), f"validation/data/{path.name}")
+    fit_software_stacks(list(casefile.cases), f"validation/data/{path.name}")
     return 0
 
 

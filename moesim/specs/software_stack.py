@@ -45,16 +45,24 @@ class PhaseHost(Spec):
     graph_launch_us: float = Field(0.0, ge=0, description="us of host time per CUDA-graph launch")
     graphs: Literal["layer", "step"] = "layer"
     fit: bool = Field(False, description="host_op_us is fitted on whole sources (validation/calibrate_published.py)")
+    prior_us: float | None = Field(None, ge=0, description="fitted entries: the value kept when the rows do not "
+                                                           "identify host_op_us")
+    fit_max: float | str | None = Field(None, description="fitted entries: the top of the fit's range, us or "
+                                                          "'<stack>.<phase>' (that entry's value)")
     source: str = Field(description="where the capture mode and numbers come from")
 
     @model_validator(mode="after")
     def _host(self):
         if isinstance(self.host_op_us, float) and self.host_op_us < 0:
             raise ValueError(f"host_op_us {self.host_op_us}: must be >= 0")
-        if isinstance(self.host_op_us, str):
-            name, _, phase = self.host_op_us.partition(".")
+        if self.fit and (self.prior_us is None or self.fit_max is None or not isinstance(self.host_op_us, float)):
+            raise ValueError("a fitted entry needs a numeric host_op_us, prior_us and fit_max")
+        for ref in (self.host_op_us, self.fit_max):
+            if not isinstance(ref, str):
+                continue
+            name, _, phase = ref.partition(".")
             if name not in STACK_NAMES or name == "auto" or phase not in STACK_PHASES:
-                raise ValueError(f"host_op_us {self.host_op_us!r}: a number or '<stack>.<phase>' "
+                raise ValueError(f"{ref!r}: a number or '<stack>.<phase>' "
                                  f"(stacks: {', '.join(STACK_NAMES[1:])}; phases: {', '.join(STACK_PHASES)})")
         return self
 

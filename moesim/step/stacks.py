@@ -81,6 +81,20 @@ class StackTable:
             out[name] = s.model_copy(update=update)
         return StackTable(out)
 
+    def entry_of(self, stack: str | SoftwareStack, phase: str) -> str | None:
+        """``"<stack>.<phase>"`` whose ``host_op_us`` prices ``stack``'s eager operators in
+        ``phase`` (references followed); None when the phase issues none (captured ``all``)."""
+        name = self.name_of(stack, phase)
+        ph = self.get(name).phase(phase)
+        if ph.captured == "all":
+            return None
+        entry = f"{name}.{phase}"
+        while isinstance(ph.host_op_us, str):
+            entry = ph.host_op_us
+            ref, _, ref_phase = entry.partition(".")
+            ph = self.get(ref).phase(ref_phase)
+        return entry
+
     def value(self, path: str) -> float:
         name, phase = split_param(path)
         return float(self.phase(name, phase).host_op_us)
