@@ -124,6 +124,6 @@ def test_end_to_end_rows_go_through_the_planner():
     # a profile changed in-process cannot reach the planner (it loads by name): refused, not wrong
     from moesim.calibrate import with_params
     with pytest.raises(Exception, match="catalog profile"):
-        predict_serving_case(CaseInputs(E2E, "serving"), with_params(B200, {"compute.host_op_overhead_us": 1.0}))
+        predict_serving_case(CaseInputs(E2E, "serving"), with_params(B200, {"compute.kernel_overhead_us": 1.0}))
     with pytest.raises(Exception, match="latency limits"):
         predict_serving_case({**E2E, "max_load": None}, B200)

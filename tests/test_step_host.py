@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from moesim.calibrate import with_params
 from moesim.catalog import load_model, load_profile
 from moesim.compute.attention import attention_block_s, attention_prefill_time
 from moesim.step.elementwise import gemm_input_elements
@@ -16,6 +15,7 @@ from moesim.step.host import (ATTENTION_EXTRA_OPS, OP_COUNTS, PRE_SYNC_OP_COUNTS
 from moesim.specs import Deployment
 from moesim.step.layer import LayerOps, layer_ops, make_setup, stack_time
 from moesim.step.schedule import serial_time, two_microbatch_time
+from moesim.step.stacks import stack_table
 
 OP_FILE = Path(__file__).resolve().parents[1] / "validation" / "data" / "op-counts.json"
 H100 = load_profile("h100-sxm")
@@ -24,8 +24,14 @@ DSV3 = load_model("deepseek-v3")
 DSV2_LITE = load_model("deepseek-v2-lite")
 
 
-def _hw(host_us: float):
-    return with_params(H100, {"compute.host_op_overhead_us": host_us})
+def _eager(host_us: float):
+    """The ``eager`` stack (every phase eager) at ``host_us`` per operator."""
+    return stack_table().with_values({"megatron.train.host_op_us": host_us}).inline("eager", "train")
+
+
+def _sglang(host_us: float):
+    """The ``sglang`` stack (eager prefill at ``host_us``, CUDA-graph decode)."""
+    return stack_table().with_values({"sglang.prefill.host_op_us": host_us}).inline("sglang", "prefill")
 
 
 def test_op_counts_literal_is_the_measured_file():
@@ -126,19 +132,21 @@ def test_layer_op_count_hand_cases():
     assert layer_op_count(DSV2_LITE, moe=False, backward=False) == 35 + 18
 
 
-def test_decode_pays_no_host_time():
-    # CUDA graphs replay decode: no per-operator host time, whatever the overhead
-    assert layer_host_s(_hw(100.0), DSV3, moe=True, phase="decode") == 0.0
-    assert layer_host_s(_hw(100.0), DSV3, moe=True, phase="prefill") == pytest.approx(111 * 100e-6, rel=1e-12)
+def test_graph_decode_pays_one_launch_per_step():
+    # SGLang replays decode from one CUDA graph per step: 5 us over DeepSeek-V3's 61 layers,
+    # whatever the per-operator cost (moesim/data/stacks.toml); exact arithmetic, rel 1e-12
+    st = _sglang(100.0)
+    assert layer_host_s(H100, DSV3, moe=True, phase="decode", stack=st) == pytest.approx(5e-6 / 61, rel=1e-12)
+    assert layer_host_s(H100, DSV3, moe=True, phase="prefill", stack=st) == pytest.approx(111 * 100e-6, rel=1e-12)
     # MLA's extra operators are all attention, before the sync: 62 + 25 forward, 32 + 43 backward
-    assert layer_host_pre_s(_hw(100.0), DSV3, moe=True, phase="prefill") == pytest.approx(87 * 100e-6, rel=1e-12)
-    assert layer_host_pre_s(_hw(100.0), DSV3, moe=True, phase="train", backward=True) == pytest.approx(
+    assert layer_host_pre_s(H100, DSV3, moe=True, phase="prefill", stack=st) == pytest.approx(87 * 100e-6, rel=1e-12)
+    assert layer_host_pre_s(H100, DSV3, moe=True, phase="train", backward=True, stack=_eager(100.0)) == pytest.approx(
         75 * 100e-6, rel=1e-12)
-    assert layer_host_pre_s(_hw(100.0), DSV3, moe=True, phase="decode") == 0.0
+    assert layer_host_pre_s(H100, DSV3, moe=True, phase="decode", stack=st) == pytest.approx(5e-6 / 61, rel=1e-12)
 
 
-def _mixtral_layer(hw, tokens: float) -> LayerOps:
-    dep = Deployment(hardware=hw, devices=8, devices_per_domain=8, dp=8, ep=8, dtype="bf16")
+def _mixtral_layer(stack, tokens: float) -> LayerOps:
+    dep = Deployment(hardware=H100, devices=8, devices_per_domain=8, dp=8, ep=8, dtype="bf16", stack=stack)
     setup = make_setup(MIXTRAL, dep, "prefill", "balanced")
     return layer_ops(setup, 0, tokens, 512.0)
 
@@ -150,9 +158,9 @@ def test_host_bound_small_layer_gpu_bound_large_layer_crossover():
     # it, then issues X while D runs: time = max(P, hP) + max(D + X, hX) + C. Choose h so the
     # layer's GPU time equals its host time at T = 1024 tokens; GPU time grows with T (host time
     # does not), so T = 128 is host-bound in P and T = 8192 GPU-bound everywhere (time = GPU).
-    gpu_1024 = _mixtral_layer(_hw(0.0), 1024).gpu_s
+    gpu_1024 = _mixtral_layer(_sglang(0.0), 1024).gpu_s
     h_us = gpu_1024 / 80 * 1e6
-    hw = _hw(h_us)
+    hw = _sglang(h_us)
     at = _mixtral_layer(hw, 1024)
     assert at.host_s == pytest.approx(at.gpu_s, rel=1e-9) and at.host_sync
     assert at.host_pre_s == pytest.approx(62 * h_us * 1e-6, rel=1e-12)
@@ -247,9 +255,9 @@ def test_training_critical_stage_counts_backward():
     # critical stage is the last one.
     from moesim.step import Training, estimate
 
-    hw = _hw(0.0)
     work = Training(128, 4096, 1, "balanced")
-    dep = Deployment(hardware=hw, devices=128, devices_per_domain=8, pp=16, dp=8, ep=8, dtype="fp8")
+    dep = Deployment(hardware=H100, devices=128, devices_per_domain=8, pp=16, dp=8, ep=8, dtype="fp8",
+                     stack=_eager(0.0))
     st = estimate(DSV3, dep, work, check_memory=False).breakdown()
     assert st.embedding_head_s == 0.0  # a 4-layer stage paces 1F1B, not the 1-layer head stage
     # 61 one-layer stages: the last carries layer 60 and the head, so it is the slowest
@@ -270,18 +278,18 @@ def test_attention_block_equals_compute_prefill_core_when_compute_bound():
 def test_host_bound_step_names_host_and_components_add_up():
     from moesim.step import Prefill, estimate
 
-    def prefill(hw):
-        dep = Deployment(hardware=hw, devices=8, devices_per_domain=8, dp=8, ep=8, attention_layout="dp",
-                         dtype="bf16")
+    def prefill(stack):
+        dep = Deployment(hardware=H100, devices=8, devices_per_domain=8, dp=8, ep=8, attention_layout="dp",
+                         dtype="bf16", stack=stack)
         return estimate(MIXTRAL, dep, Prefill(128, 1), check_memory=False).breakdown()
 
-    slow = prefill(_hw(1000.0))
+    slow = prefill(_sglang(1000.0))
     # 32 layers x 80 ops x 1 ms of host per 128-token pass: the device waits for the host
     assert slow.bottleneck == "host"
     assert slow.host_issue_s == pytest.approx(32 * 80 * 1e-3, rel=1e-12)
     assert 0 < slow.host_s < slow.host_issue_s
     # overlap none: component times (host = the device's wait for the host) add up to the step
     assert sum(slow.components().values()) == pytest.approx(slow.step_time_s, rel=1e-9)
-    fast = prefill(_hw(0.0))
+    fast = prefill(_sglang(0.0))
     assert fast.host_s == 0.0 and fast.bottleneck != "host"
     assert slow.to_dict()["components_s"]["host_s"] == slow.host_s

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from moesim.calibrate import with_params
 from moesim.catalog import load_model, load_profile
 from moesim.des.layer import simulate_layers
 from moesim.step import two_microbatch_time
@@ -44,9 +43,8 @@ def test_compute_share_sources():
 
 def _setup(comm_sms=None, mode="normal"):
     # host issue time off: the layer DES does not simulate the host (moesim/des/layer.py)
-    hw = with_params(H800, {"compute.host_op_overhead_us": 0.0})
-    dep = Deployment(hardware=hw, devices=16, devices_per_domain=8, dp=16, ep=16, dtype="fp8", a2a_mode=mode,
-                     comm_sms=comm_sms)
+    dep = Deployment(hardware=H800, devices=16, devices_per_domain=8, dp=16, ep=16, dtype="fp8", a2a_mode=mode,
+                     comm_sms=comm_sms, stack="xla")
     return make_setup(DSV3, dep, "prefill", "balanced")
 
 
