@@ -4,7 +4,7 @@ write ``validation/data/op-counts.json`` (``python -m validation.count_ops``).
 Why: an eager framework (PyTorch, Megatron) pays host time for every operator it dispatches
 (Python, autograd bookkeeping, the dispatcher, the kernel launch). When the GPU work per operator
 is small, the host, not the GPU, sets the pace. moesim's step model charges
-``host_op_overhead_us`` per operator; the number of operators per layer is *measured* here, not
+``host_op_us`` per operator (moesim/data/stacks.toml); the number of operators per layer is *measured* here, not
 guessed.
 
 How: every aten operator that reaches the dispatcher is counted with a ``TorchDispatchMode``
