@@ -8,6 +8,7 @@ from moesim.cli import Result, add_json_flag, add_limit_flag, check_work
 from moesim.errors import SpecError
 from moesim.safeio import Outputs
 from moesim.specs import Deployment, RoutingSpec
+from moesim.specs.software_stack import STACK_NAMES
 from moesim.textfmt import kv
 
 ORDER = 30
@@ -41,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--capacity-factor", type=float, help="expert capacity over the mean load (default: dropless)")
     p.add_argument("--overflow", choices=["drop", "reroute", "shared"], default="drop",
                    help="what happens to a token copy whose expert is full")
-    p.add_argument("--stack", choices=["auto", "eager", "cuda_graphs", "xla"], default="auto",
-                   help="software stack issuing the operators (auto: eager train/prefill, CUDA-graph decode)")
+    p.add_argument("--stack", choices=list(STACK_NAMES), default="auto",
+                   help="software stack issuing the operators (moesim/data/stacks.toml; auto: train -> megatron, "
+                        "prefill/decode -> sglang)")
     p.add_argument("--skew", default="uniform", help="uniform | balanced | zipf:S | dirichlet:A | explicit:p,...")
     p.add_argument("--engine", choices=["analytic", "des"], default="analytic")
     p.add_argument("--steps", type=int, default=20, help="des: iterations to simulate")
