@@ -8,6 +8,9 @@ under a soft-L1 loss with a 10% scale by default: a case the model cannot repres
 outlier of a published table) pulls the fit like a 10% error, not like its square. Tile sizes
 and other integers are never fitted.
 A profile fitted on one case file must be judged on another (``moesim validate``).
+
+Training and serving rows fit no profile parameter: they fit the host parameters of the software
+stacks they ran (moesim/data/stacks.toml, ``fit_stacks`` below), over every hardware.
 """
 from __future__ import annotations
 

@@ -58,6 +58,8 @@ def test_deployment_takes_a_stack_name_or_explicit_values():
     explicit = stack_table().inline("megatron-cudagraph", "train")
     assert d.with_(stack=explicit).stack == explicit
     assert d.with_(stack=explicit).content_key != d.content_key
+    again = d.with_(stack=explicit).with_(tp=1)  # dumped and re-validated: the same values
+    assert again.stack == explicit and again.content_key == d.with_(stack=explicit).content_key
     with pytest.raises(ValueError, match="stack"):
         Deployment(hardware=H100, devices=8, dp=8, ep=8, stack="jax")
 
