@@ -40,7 +40,7 @@ from moesim.errors import MoesimError, SpecError
 from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, check_training_flags,
-                                domain_layout, flag_not_modelled, recompute_mode)
+                                domain_layout, flag_not_modelled, recompute_mode, training_sharding)
 from moesim.validate import UnsupportedCase, flag_ignored
 
 TRAINING_FIT_PARAMS: tuple[str, ...] = ("compute.host_op_overhead_us",)
@@ -121,7 +121,7 @@ def predict_training_case(inputs: dict, hw: HardwareProfile) -> float:
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
             "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
-            "comm_sms": _comm_sms(inputs)})
+            "comm_sms": _comm_sms(inputs), "sharding": training_sharding(inputs, dp, cp)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     b = _training_step(model, dep, inputs)
@@ -183,7 +183,8 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
             "devices_per_domain": dpd, "redundant_experts": redundant, "dtype": str(inputs["dtype"]),
-            "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs)})
+            "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs),
+            "attention_dtype": _get(inputs, "attention_dtype", None)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     return _serving_step(model, dep, phase, shape).tokens_per_s_per_device
@@ -218,6 +219,8 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         raise UnsupportedCase("an end-to-end row needs latency limits (tpot_limit_s / ttft_limit_s) or max_load")
     for key in ("batch_per_device", "redundant_experts", "two_batch_overlap", "ep", "devices_per_node"):
         flag_ignored(inputs, key, "the planner chooses it for the deployment (end-to-end row)")
+    if inputs.get("attention_dtype") is not None:
+        flag_ignored(inputs, "attention_dtype", "the planner prices attention at the workload dtype (end-to-end row)")
     scenario = scenario_from_dict({
         "kind": "serving", "name": "validate-end-to-end", "model": model.name, "hardware": [hw.name],
         "max_devices": devices,

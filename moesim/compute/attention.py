@@ -120,18 +120,21 @@ def _core_dtype(hw: HardwareProfile, dtype: str) -> str:
 
 
 def core_s_per_token_key(hw: HardwareProfile, model: ModelSpec, *, phase: str, tp: int, dtype: str = "bf16",
-                         kv_dtype: str = "bf16") -> float:
+                         kv_dtype: str = "bf16", core_dtype: str | None = None) -> float:
     """Seconds of core attention per (query token x attended key) on one device: the slope the
     step model and its vectorized planner path scale by tokens x keys.
 
         per key: max(F_key / tp / (P a_c), [decode] kv bytes per token x share / (B a_m))     [s]
 
     F_key = attention_context_flops_per_key (MLA absorbed in decode); share = 1 for MLA (every
-    rank reads the latent) and 1/tp otherwise. ``phase``: prefill, train or decode.
+    rank reads the latent) and 1/tp otherwise. ``phase``: prefill, train or decode. P is the
+    peak of ``core_dtype`` when given (a deployment's stated ``attention_dtype``: FP8 attention
+    kernels run the score and value matmuls in FP8), else of ``_core_dtype(hw, dtype)``.
     """
     eff = hw.efficiency.compute
     per_key = attention_context_flops_per_key(model, mla_absorbed=phase == "decode") / tp
-    t_flops = per_key / (hw.peak_flops(_core_dtype(hw, dtype)) * eff.attention_compute_fraction)
+    peak = hw.peak_flops(core_dtype) if core_dtype is not None else hw.peak_flops(_core_dtype(hw, dtype))
+    t_flops = per_key / (peak * eff.attention_compute_fraction)
     t_bytes = 0.0
     if phase == "decode":
         kv = model.kv_elements_per_token() * bytes_per_element(kv_dtype)
@@ -149,17 +152,18 @@ def projections_s(hw: HardwareProfile, model: ModelSpec, *, rows: float, tp: int
 
 
 def attention_block_s(hw: HardwareProfile, model: ModelSpec, *, tokens: float, context: float, phase: str,
-                      tp: int, dtype: str, kv_dtype: str = "bf16") -> float:
+                      tp: int, dtype: str, kv_dtype: str = "bf16", core_dtype: str | None = None) -> float:
     """One attention block on one device for ``tokens`` query rows of the TP group (s):
 
         projections + core_s_per_token_key x tokens x context + one kernel overhead
 
     ``context`` = attended keys per query (prefill/train: the causal mean (S + 1) / 2, window-
     capped by the caller; decode: the cached tokens). Equal to attention_prefill_time's core when
-    tokens x context = batch x causal_keys.
+    tokens x context = batch x causal_keys. ``dtype``: the projections' GEMMs; ``core_dtype``:
+    see ``core_s_per_token_key``.
     """
     if tokens <= 0:
         return 0.0
     proj = projections_s(hw, model, rows=tokens, tp=tp, phase=phase, dtype=dtype)
-    slope = core_s_per_token_key(hw, model, phase=phase, tp=tp, dtype=dtype, kv_dtype=kv_dtype)
+    slope = core_s_per_token_key(hw, model, phase=phase, tp=tp, dtype=dtype, kv_dtype=kv_dtype, core_dtype=core_dtype)
     return proj + slope * tokens * context + hw.efficiency.compute.kernel_overhead_us * 1e-6
