@@ -9,6 +9,20 @@ min(L, w) tokens x kv bytes per token per layer once; time = max(FLOPs / (P a_c)
 2 heads (2 kv_lora_rank + rope) per key) and reads only the latent cache. Heads are split over
 tp (MHA/GQA KV heads too; MLA's latent is read by every rank).
 a_c = attention_compute_fraction, a_m = attention_memory_fraction.
+
+Keys a fused kernel computes per query (train/prefill, ``kernel_keys_per_query``): flash
+attention works on ATTENTION_TILE x ATTENTION_TILE (query x key) tiles, skips the tiles wholly
+outside the mask and computes every tile the mask cuts in full (Dao 2023, FlashAttention-2,
+s3.1.1 "causal masking"; the sliding-window bounds of flash-attn's forward kernel,
+csrc/flash_attn/src/flash_fwd_kernel.h ``n_block_min`` / ``n_block_max``). With B = the tile:
+    causal (mean over the sequence):    (S + 1) / 2 + (B - 1) / 2
+    sliding window w (w keys incl. self): B (1 + ceil((w - 1) / B)), at most the causal count
+    chunked c (B divides c):            min((S + 1) / 2, (c + 1) / 2) + (B - 1) / 2
+GPT-OSS (window 128, B 128) thus computes 256 keys per query on its sliding layers, twice the
+128 it uses. Learned attention sinks (GPT-OSS) add one logit per query row (and one reduction
+in the backward): below one key, not priced. These are cuDNN's fused path in Megatron/TE for
+GPT-OSS (sinks need cuDNN >= 9.13, cudnn-frontend 1.14.1 release notes; the unfused path would
+store a 2 x B x H x S^2-byte softmax per layer and cannot fit the published runs).
 """
 from __future__ import annotations
 
@@ -66,6 +80,26 @@ def _check(model, tp, **sizes):
     for name, v in sizes.items():
         if v <= 0:
             raise SpecError(name, v, "must be positive")
+
+
+ATTENTION_TILE = 128  # query and key rows of one flash-attention tile (FA2 fwd, head dims 64-128)
+
+
+def kernel_keys_per_query(model: ModelSpec, layer: int, context: float, phase: str) -> float:
+    """Keys per query the attention kernel computes in ``layer`` (module docstring): decode reads
+    min(context, window) cached keys; train/prefill ``context`` is the causal mean (S + 1) / 2
+    and whole tiles are computed."""
+    a = model.attention
+    windowed = model.layer_is_windowed(layer)
+    if phase == "decode":
+        return min(context, a.window_tokens) if windowed else context
+    pad = (ATTENTION_TILE - 1) / 2
+    if not windowed:
+        return context + pad
+    w = a.window_tokens
+    if a.window_kind == "chunked":
+        return min(context, (w + 1) / 2) + pad
+    return min(context + pad, ATTENTION_TILE * (1 + np.ceil((w - 1) / ATTENTION_TILE)))
 
 
 def causal_keys(seq_len: int, window: int | None) -> float:
