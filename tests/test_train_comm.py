@@ -13,7 +13,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from moesim.catalog import load_model, load_profile
-from moesim.compute.attention import attention_block_s, core_s_per_token_key
+from moesim.compute.attention import attention_block_s, core_s_per_token_key, kernel_keys_per_query
 from moesim.compute.memory import stage_params
 from moesim.specs import Deployment
 from moesim.step import Training, estimate, train_comm
@@ -141,7 +141,9 @@ def test_attention_dtype_prices_projections_and_core_at_their_own_dtype():
     dep = Deployment(hardware=hw, devices=8, dp=8, ep=8, attention_layout="dp", dtype="fp8", attention_dtype="bf16")
     setup = make_setup(model, dep, "prefill")
     ops = layer_ops(setup, 5, 2000.0, 1000.5)
-    want = attention_block_s(hw, model, tokens=2000.0, context=1000.5, phase="prefill", tp=1, dtype="bf16",
+    keys = kernel_keys_per_query(model, 5, 1000.5, "prefill")  # 1000.5 + 63.5: whole 128-key tiles
+    assert keys == 1064.0
+    want = attention_block_s(hw, model, tokens=2000.0, context=keys, phase="prefill", tp=1, dtype="bf16",
                              core_dtype="bf16")
     assert_allclose(ops.attention_s, want, rtol=TIGHT)
     from moesim.compute.counts import attention_context_flops_per_key
@@ -180,3 +182,15 @@ def test_published_serving_rows_read_attention_dtype():
     assert p.status == "ok" and "attention_dtype" not in dict(p.ignored_inputs)
     plain = replace(case, inputs={k: v for k, v in case.inputs.items() if k != "attention_dtype"})
     assert predict_case(plain, hw).predicted > p.predicted
+
+
+def test_kernel_keys_per_query_counts_whole_tiles():
+    """GPT-OSS (window 128, 128-key tiles): 256 keys per query on sliding layers (two tiles),
+    S(S+1)/2 / S + 63.5 on full layers; decode reads min(context, window) keys."""
+    model = load_model("gpt-oss-120b")
+    assert model.layer_is_windowed(0) and not model.layer_is_windowed(1)
+    ctx = (4096 + 1) / 2
+    assert kernel_keys_per_query(model, 0, ctx, "train") == 256.0
+    assert kernel_keys_per_query(model, 1, ctx, "train") == ctx + 63.5
+    assert kernel_keys_per_query(model, 0, 1000.0, "decode") == 128
+    assert kernel_keys_per_query(model, 0, 10.0, "prefill") == 10.0 + 63.5  # shorter than the window
