@@ -194,3 +194,22 @@ def test_kernel_keys_per_query_counts_whole_tiles():
     assert kernel_keys_per_query(model, 1, ctx, "train") == ctx + 63.5
     assert kernel_keys_per_query(model, 0, 1000.0, "decode") == 128
     assert kernel_keys_per_query(model, 0, 10.0, "prefill") == 10.0 + 63.5  # shorter than the window
+
+
+def test_fsdp_micro_batch_closed_form_on_a_tpu_torus():
+    """Mixtral 8x7B FSDP over a v6e-256 2D torus: all-gather / reduce-scatter of the bf16
+    parameters = (n - 1) / n x bytes / (2 x dims x link x eff) + (n - 1) alpha per buffer, and one
+    micro-batch exposes max(0, AG - F) + AG / L + max(0, AG + RS - B) + (AG + RS) / L."""
+    from moesim.step.training import _fsdp_mb
+
+    model = load_model("mixtral-8x7b")
+    hw = load_profile("tpu-v6e")
+    dep = Deployment(hardware=hw, devices=256, dp=256, sharding="fsdp")
+    base, experts = stage_params(model, dep.parallelism)[0]
+    eff = hw.efficiency.comm
+    bw = 2 * hw.ici.torus_dims * hw.ici.link_bandwidth_per_direction_GBps * 1e9 * eff.scale_up_bandwidth_fraction
+    n, alpha = 256, eff.scale_up_latency_us * 1e-6
+    ag = (n - 1) / n * (base + experts) * 2.0 / bw + 2 * (n - 1) * alpha  # dense and expert buffers: 2 rings
+    L, f, b = model.num_layers, 0.5 * ag, 4.0 * ag
+    want = (ag - f) + ag / L + 0.0 + 2 * ag / L  # the backward (4 AG) hides AG + RS = 2 AG
+    assert_allclose(_fsdp_mb(model, dep, f, b, L), want, rtol=1e-9)
