@@ -11,7 +11,11 @@ source did not state (documented, the same for every case):
 - training: cp 1, vpp 1, micro_batch 1, recompute none, devices_per_node 8, distributed
   optimizer with overlapped gradient reduction (Megatron defaults in the benchmark recipes);
   routing ``balanced`` when the case says "force-balanced", else ``uniform``; memory is not
-  checked (the run happened).
+  checked (the run happened). ``fsdp`` > 0 or ``zero_stage`` 3 -> ``sharding = "fsdp"`` over
+  the data-parallel group (moesim/case_inputs.py ``training_sharding``).
+- serving: ``attention_dtype`` (when stated) prices the attention projections and core at that
+  precision (Deployment.attention_dtype); end-to-end rows flag it (the planner prices the
+  workload dtype).
 - serving: phase end_to_end (whole requests, e.g. a maximum-load benchmark) is predicted through
   the planner (planned_serving: the best candidate of exactly the stated deployment);
   prefill tokens per device 16,384 when not stated (the only per-device figure the
