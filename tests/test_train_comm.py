@@ -176,7 +176,8 @@ def test_published_serving_rows_read_attention_dtype():
     from moesim.validate import predict_case
 
     path = Path(__file__).resolve().parents[1] / "validation" / "data" / "published-e2e-serving.json"
-    case = next(c for c in load_cases(path).cases if c.id == "sglang-gb200-part2-prefill-ep8-bf16-attention-fp8-moe-in2000")
+    row = "sglang-gb200-part2-prefill-ep8-bf16-attention-fp8-moe-in2000"
+    case = next(c for c in load_cases(path).cases if c.id == row)
     hw = load_profile(case.hardware)
     p = predict_case(case, hw)
     assert p.status == "ok" and "attention_dtype" not in dict(p.ignored_inputs)

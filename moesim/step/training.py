@@ -28,8 +28,9 @@ one's forward (exposed = what is left), else both are exposed. fsdp: every micro
 all-gathers the stage's weights in forward and backward and reduce-scatters its gradients,
 prefetched one layer ahead (exposed = max(0, comm - compute) + one layer's share), part of t
 and reported in ``dp_comm_s``; no per-step collective.
-Optimizer: Adam over this device's shard (all parameters under ddp), memory-bound: 30 B per parameter (grad read 4,
-fp32 master/m/v read+write 24, bf16 weight write 2) at the achievable HBM bandwidth.
+Optimizer: Adam over this device's shard (all parameters under ddp), memory-bound: 30 B per
+parameter (grad read 4, fp32 master/m/v read+write 24, bf16 weight write 2) at the achievable
+HBM bandwidth.
 Model FLOPs (MFU, model TFLOPS) = 3 x forward FLOPs per token (causal attention), no recompute.
 """
 from __future__ import annotations
@@ -200,7 +201,8 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     flops = np.array([3.0 * sequence_forward_flops_per_token(model, int(s)) for s in w.seq_len.tolist()])
     columns = dict(
         comp, **stage_routing(fk, counts_SK, crit), embedding_head_s=st["head"] * m_N,
-        pipeline_bubble_s=bubble + m_N * st["p2p"], dp_comm_s=dp_exposed + m_N * st["fsdp"], optimizer_s=np.full(crit.size, opt), exposed_comm_s=m_N * st["exposed"] + dp_exposed,
+        pipeline_bubble_s=bubble + m_N * st["p2p"], dp_comm_s=dp_exposed + m_N * st["fsdp"],
+        optimizer_s=np.full(crit.size, opt), exposed_comm_s=m_N * st["exposed"] + dp_exposed,
         host_s=m_N * st["host_exposed"], host_issue_s=m_N * st["host_issue"],
         model_flops_per_step_per_device=flops * tokens_dev, peak_flops=np.full(crit.size, hw.peak_flops(dep.dtype)),
     )
