@@ -46,7 +46,6 @@ TRAINING_NOT_MODELLED: dict[str, str] = {
 }
 SERVING_NOT_MODELLED: dict[str, str] = {
     "mtp": "MTP / speculative decoding is not priced",
-    "attention_dtype": "attention is priced at the case's dtype",
     "nvlink_used": "the scale-up link is always used when the domain has more than one device",
     "dispatcher": "one all-to-all model for every token dispatcher",
     "capacity_factor": "serving is priced dropless",
@@ -89,13 +88,28 @@ def domain_layout(inputs: dict, hw: HardwareProfile, devices: int, ep: int) -> i
     return chosen
 
 
+def training_sharding(inputs: dict, dp: int, cp: int = 1) -> str | None:
+    """``Deployment.sharding`` of a case: ``fsdp`` when the source states an FSDP size > 0 (MaxText
+    ``ici_fsdp_parallelism``, Megatron-Bridge's FSDP column) or ZeRO stage 3; None (the
+    distributed optimizer, ZeRO-1) otherwise. The FSDP group is the whole data-parallel group
+    (dp x cp); a stated size that differs is flagged."""
+    fsdp = int(_get(inputs, "fsdp", 0))
+    if fsdp:
+        if fsdp != dp * cp:
+            flag_ignored(inputs, "fsdp", f"FSDP over {fsdp} ranks is priced over the whole data-parallel group "
+                                         f"(dp x cp = {dp * cp})")
+        return "fsdp"
+    if int(_get(inputs, "zero_stage", 1)) >= 3:
+        return "fsdp"
+    return None
+
+
 def check_training_flags(inputs: dict, dp: int) -> None:
-    """Flag fsdp > 0, ZeRO >= 2, non-dropless runs and an inconsistent grad_accum_steps."""
-    if int(_get(inputs, "fsdp", 0)):
-        flag_ignored(inputs, "fsdp", "FSDP's per-layer weight all-gathers are not priced (DDP with a "
-                                     "distributed optimizer is); memory is not checked")
-    if int(_get(inputs, "zero_stage", 1)) > 1:
-        flag_ignored(inputs, "zero_stage", "ZeRO-2/3 communication is not priced (ZeRO-1 = distributed optimizer is)")
+    """Flag ZeRO-2, non-dropless runs and an inconsistent grad_accum_steps (FSDP and ZeRO-3 are
+    priced: ``training_sharding``)."""
+    if int(_get(inputs, "zero_stage", 1)) == 2:
+        flag_ignored(inputs, "zero_stage", "ZeRO-2 is priced as ZeRO-1 (the distributed optimizer): same "
+                                           "communication, gradients not sharded in memory")
     if inputs.get("dropless") is False:
         flag_ignored(inputs, "dropless", "training is priced dropless")
     ga = inputs.get("grad_accum_steps")

@@ -15,7 +15,11 @@ state (documented, the same for every case):
 - training: cp 1, vpp 1, micro_batch 1, recompute none, devices_per_node 8, distributed
   optimizer with overlapped gradient reduction (Megatron defaults in the benchmark recipes);
   routing ``balanced`` when the case says "force-balanced", else ``uniform``; memory is not
-  checked (the run happened).
+  checked (the run happened). ``fsdp`` > 0 or ``zero_stage`` 3 -> ``sharding = "fsdp"`` over
+  the data-parallel group (moesim/case_inputs.py ``training_sharding``).
+- serving: ``attention_dtype`` (when stated) prices the attention projections and core at that
+  precision (Deployment.attention_dtype); end-to-end rows flag it (the planner prices the
+  workload dtype).
 - serving: phase end_to_end (whole requests, e.g. a maximum-load benchmark) is predicted through
   the planner (planned_serving: the best candidate of exactly the stated deployment);
   prefill tokens per device 16,384 when not stated (the only per-device figure the
@@ -44,7 +48,7 @@ from moesim.errors import MoesimError, SpecError
 from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
-                                domain_layout, flag_not_modelled, recompute_mode)
+                                domain_layout, flag_not_modelled, recompute_mode, training_sharding)
 from moesim.step.stacks import StackTable, stack_table
 from moesim.validate import UnsupportedCase, flag_ignored
 
@@ -133,7 +137,8 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
             "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
-            "comm_sms": _comm_sms(inputs), "stack": case_software_stack(inputs, hw, "train", stacks)})
+            "comm_sms": _comm_sms(inputs), "stack": case_software_stack(inputs, hw, "train", stacks),
+            "sharding": training_sharding(inputs, dp, cp)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     b = _training_step(model, dep, inputs)
@@ -199,7 +204,8 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
             "hardware": hw, "devices": devices, "tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
             "devices_per_domain": dpd, "redundant_experts": redundant, "dtype": str(inputs["dtype"]),
             "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs),
-            "stack": case_software_stack(inputs, hw, phase, stacks)})
+            "stack": case_software_stack(inputs, hw, phase, stacks),
+            "attention_dtype": _get(inputs, "attention_dtype", None)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     return _serving_step(model, dep, phase, shape).tokens_per_s_per_device
@@ -234,6 +240,8 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         raise UnsupportedCase("an end-to-end row needs latency limits (tpot_limit_s / ttft_limit_s) or max_load")
     for key in ("batch_per_device", "redundant_experts", "two_batch_overlap", "ep", "devices_per_node"):
         flag_ignored(inputs, key, "the planner chooses it for the deployment (end-to-end row)")
+    if inputs.get("attention_dtype") is not None:
+        flag_ignored(inputs, "attention_dtype", "the planner prices attention at the workload dtype (end-to-end row)")
     scenario = scenario_from_dict({
         "kind": "serving", "name": "validate-end-to-end", "model": model.name, "hardware": [hw.name],
         "max_devices": devices,

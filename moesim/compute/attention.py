@@ -9,6 +9,20 @@ min(L, w) tokens x kv bytes per token per layer once; time = max(FLOPs / (P a_c)
 2 heads (2 kv_lora_rank + rope) per key) and reads only the latent cache. Heads are split over
 tp (MHA/GQA KV heads too; MLA's latent is read by every rank).
 a_c = attention_compute_fraction, a_m = attention_memory_fraction.
+
+Keys a fused kernel computes per query (train/prefill, ``kernel_keys_per_query``): flash
+attention works on ATTENTION_TILE x ATTENTION_TILE (query x key) tiles, skips the tiles wholly
+outside the mask and computes every tile the mask cuts in full (Dao 2023, FlashAttention-2,
+s3.1.1 "causal masking"; the sliding-window bounds of flash-attn's forward kernel,
+csrc/flash_attn/src/flash_fwd_kernel.h ``n_block_min`` / ``n_block_max``). With B = the tile:
+    causal (mean over the sequence):    (S + 1) / 2 + (B - 1) / 2
+    sliding window w (w keys incl. self): B (1 + ceil((w - 1) / B)), at most the causal count
+    chunked c (B divides c):            min((S + 1) / 2, (c + 1) / 2) + (B - 1) / 2
+GPT-OSS (window 128, B 128) thus computes 256 keys per query on its sliding layers, twice the
+128 it uses. Learned attention sinks (GPT-OSS) add one logit per query row (and one reduction
+in the backward): below one key, not priced. These are cuDNN's fused path in Megatron/TE for
+GPT-OSS (sinks need cuDNN >= 9.13, cudnn-frontend 1.14.1 release notes; the unfused path would
+store a 2 x B x H x S^2-byte softmax per layer and cannot fit the published runs).
 """
 from __future__ import annotations
 
@@ -68,6 +82,26 @@ def _check(model, tp, **sizes):
             raise SpecError(name, v, "must be positive")
 
 
+ATTENTION_TILE = 128  # query and key rows of one flash-attention tile (FA2 fwd, head dims 64-128)
+
+
+def kernel_keys_per_query(model: ModelSpec, layer: int, context: float, phase: str) -> float:
+    """Keys per query the attention kernel computes in ``layer`` (module docstring): decode reads
+    min(context, window) cached keys; train/prefill ``context`` is the causal mean (S + 1) / 2
+    and whole tiles are computed."""
+    a = model.attention
+    windowed = model.layer_is_windowed(layer)
+    if phase == "decode":
+        return min(context, a.window_tokens) if windowed else context
+    pad = (ATTENTION_TILE - 1) / 2
+    if not windowed:
+        return context + pad
+    w = a.window_tokens
+    if a.window_kind == "chunked":
+        return min(context, (w + 1) / 2) + pad
+    return min(context + pad, ATTENTION_TILE * (1 + np.ceil((w - 1) / ATTENTION_TILE)))
+
+
 def causal_keys(seq_len: int, window: int | None) -> float:
     """Query-key pairs of one causal sequence (window-capped)."""
     if window is None or window >= seq_len:
@@ -120,18 +154,21 @@ def _core_dtype(hw: HardwareProfile, dtype: str) -> str:
 
 
 def core_s_per_token_key(hw: HardwareProfile, model: ModelSpec, *, phase: str, tp: int, dtype: str = "bf16",
-                         kv_dtype: str = "bf16") -> float:
+                         kv_dtype: str = "bf16", core_dtype: str | None = None) -> float:
     """Seconds of core attention per (query token x attended key) on one device: the slope the
     step model and its vectorized planner path scale by tokens x keys.
 
         per key: max(F_key / tp / (P a_c), [decode] kv bytes per token x share / (B a_m))     [s]
 
     F_key = attention_context_flops_per_key (MLA absorbed in decode); share = 1 for MLA (every
-    rank reads the latent) and 1/tp otherwise. ``phase``: prefill, train or decode.
+    rank reads the latent) and 1/tp otherwise. ``phase``: prefill, train or decode. P is the
+    peak of ``core_dtype`` when given (a deployment's stated ``attention_dtype``: FP8 attention
+    kernels run the score and value matmuls in FP8), else of ``_core_dtype(hw, dtype)``.
     """
     eff = hw.efficiency.compute
     per_key = attention_context_flops_per_key(model, mla_absorbed=phase == "decode") / tp
-    t_flops = per_key / (hw.peak_flops(_core_dtype(hw, dtype)) * eff.attention_compute_fraction)
+    peak = hw.peak_flops(core_dtype) if core_dtype is not None else hw.peak_flops(_core_dtype(hw, dtype))
+    t_flops = per_key / (peak * eff.attention_compute_fraction)
     t_bytes = 0.0
     if phase == "decode":
         kv = model.kv_elements_per_token() * bytes_per_element(kv_dtype)
@@ -149,17 +186,18 @@ def projections_s(hw: HardwareProfile, model: ModelSpec, *, rows: float, tp: int
 
 
 def attention_block_s(hw: HardwareProfile, model: ModelSpec, *, tokens: float, context: float, phase: str,
-                      tp: int, dtype: str, kv_dtype: str = "bf16") -> float:
+                      tp: int, dtype: str, kv_dtype: str = "bf16", core_dtype: str | None = None) -> float:
     """One attention block on one device for ``tokens`` query rows of the TP group (s):
 
         projections + core_s_per_token_key x tokens x context + one kernel overhead
 
     ``context`` = attended keys per query (prefill/train: the causal mean (S + 1) / 2, window-
     capped by the caller; decode: the cached tokens). Equal to attention_prefill_time's core when
-    tokens x context = batch x causal_keys.
+    tokens x context = batch x causal_keys. ``dtype``: the projections' GEMMs; ``core_dtype``:
+    see ``core_s_per_token_key``.
     """
     if tokens <= 0:
         return 0.0
     proj = projections_s(hw, model, rows=tokens, tp=tp, phase=phase, dtype=dtype)
-    slope = core_s_per_token_key(hw, model, phase=phase, tp=tp, dtype=dtype, kv_dtype=kv_dtype)
+    slope = core_s_per_token_key(hw, model, phase=phase, tp=tp, dtype=dtype, kv_dtype=kv_dtype, core_dtype=core_dtype)
     return proj + slope * tokens * context + hw.efficiency.compute.kernel_overhead_us * 1e-6

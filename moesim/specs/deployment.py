@@ -27,6 +27,14 @@ need to know about *how* a model is run (the model itself and the workload are s
   ``eager`` (host issue in every phase), ``cuda_graphs`` (one graph per step in every phase).
   ``auto`` resolves per phase: train -> ``megatron``, prefill / decode -> ``sglang``
   (moesim/step/stacks.py ``AUTO``).
+- ``sharding`` (training): ``ddp`` replicates everything, ``zero1`` shards the optimizer states
+  (Megatron's distributed optimizer), ``fsdp`` also the weights and gradients (ZeRO-3, PyTorch
+  FSDP, MaxText's fsdp axis) with per-layer all-gathers and reduce-scatters (moesim/step/
+  train_comm.py); None: zero1 when ``distributed_optimizer`` else ddp (the behaviour before the
+  field existed).
+- ``attention_dtype``: the precision of the attention block (projections and core) when it
+  differs from ``dtype`` (SGLang "BF16 attention + FP8 MoE"); None: the projections run at
+  ``dtype`` and the core at bf16 (moesim/compute/attention.py ``_core_dtype``).
 
 Checks that need only the deployment run when it is built (``ValueError`` naming the field);
 ``check(model)`` adds the ones that need the model (heads, experts, layers dividing).
@@ -51,6 +59,7 @@ Overlap = Literal["none", "two_microbatch"]
 A2AMode = Literal["auto", "normal", "low_latency"]
 Overflow = Literal["drop", "reroute", "shared"]
 Stack = StackName  # moesim/specs/software_stack.py STACK_NAMES
+Sharding = Literal["ddp", "zero1", "fsdp"]
 OVERFLOWS: tuple[str, ...] = ("drop", "reroute", "shared")
 # fields that schedule stacks of layers (and training steps) but never enter one layer's operations
 SCHEDULE_FIELDS: tuple[str, ...] = ("overlap", "prefill_overlap", "recompute", "dp_overlap", "distributed_optimizer")
@@ -79,12 +88,35 @@ class Deployment(Parallelism):
     dp_overlap: bool = True
     distributed_optimizer: bool = True
     stack: Stack | SoftwareStack = Field("auto", description="software stack: a table name or explicit values")
+    sharding: Sharding | None = Field(
+        None, description="training: what the data-parallel group shards; None: zero1 with the distributed "
+                          "optimizer, else ddp")
+    attention_dtype: str | None = Field(None, description="attention projections and core; None: dtype")
 
     @field_validator("dtype", "kv_dtype")
     @classmethod
     def _dtype(cls, value: str, info) -> str:
         canonical_dtype(value, info.field_name)
         return value
+
+    @field_validator("attention_dtype")
+    @classmethod
+    def _attention_dtype(cls, value: str | None, info) -> str | None:
+        if value is not None:
+            canonical_dtype(value, info.field_name)
+        return value
+
+    @property
+    def data_sharding(self) -> str:
+        """``sharding`` resolved: zero1 with the distributed optimizer, else ddp, unless stated."""
+        if self.sharding is not None:
+            return self.sharding
+        return "zero1" if self.distributed_optimizer else "ddp"
+
+    @property
+    def attention_dtype_or_default(self) -> str:
+        """The dtype of the attention projections (``attention_dtype``, else ``dtype``)."""
+        return self.attention_dtype or self.dtype
 
     @model_validator(mode="after")
     def _deployable(self):

@@ -199,7 +199,8 @@ def _inference(model, dep: Deployment, w: Decode | Prefill, check_memory: bool, 
     ops_KN = [[layer_ops(setup, layers[0], float(t), float(c)) for t, c in zip(mb_N, layer_ctx_N)] for layers in kinds]
     core_KN = None
     if phase == "decode":
-        slope = core_s_per_token_key(hw, model, phase="decode", tp=atp, dtype=dep.dtype, kv_dtype=dep.kv_dtype)
+        slope = core_s_per_token_key(hw, model, phase="decode", tp=atp, dtype=dep.attention_dtype_or_default,
+                                     kv_dtype=dep.kv_dtype, core_dtype=dep.attention_dtype)
         keys_KN = np.array([np.minimum(context_N, model.attention.window_tokens) if model.layer_is_windowed(ls[0])
                             else context_N for ls in kinds], dtype=float)
         core_KN = slope * mb_N * atp * keys_KN

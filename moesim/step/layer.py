@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 
 from moesim.comm.traffic import Traffic
-from moesim.compute.attention import attention_block_s, core_s_per_token_key
+from moesim.compute.attention import attention_block_s, core_s_per_token_key, kernel_keys_per_query
 from moesim.errors import SpecError
 from moesim.specs import ModelSpec, bytes_per_element, canonical_dtype
 from moesim.step import pricing, stack
@@ -197,17 +197,19 @@ def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) 
     """(attention compute, TP/CP collective, core part of the compute) seconds for ``tokens``
     owned tokens in ``layer``."""
     model, tp, cp = setup.model, setup.attention_tp, setup.cp
-    ctx = min(context, model.attention.window_tokens) if model.layer_is_windowed(layer) else context
+    ctx = kernel_keys_per_query(model, layer, context, setup.phase)  # whole flash tiles (attention.py)
+    dep = setup.deployment  # attention_dtype: projections and core at their own precision
     att = attention_block_s(setup.hw, model, tokens=tokens * tp, context=ctx, phase=setup.phase, tp=tp,
-                            dtype=setup.dtype, kv_dtype=setup.kv_dtype)
+                            dtype=dep.attention_dtype_or_default, kv_dtype=setup.kv_dtype,
+                            core_dtype=dep.attention_dtype)
     comm = 0.0
     if tp > 1:  # sequence parallel: reduce-scatter after attention + all-gather before it
         comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
     if cp > 1:  # context parallel: every rank gathers the K and V of the others
         kv = model.kv_elements_per_token("full") / tp * 2.0
         comm += pricing.collective_s(setup.tp_topology, "all_gather", tokens * tp * cp * kv, cp)
-    core = core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=setup.dtype,
-                                kv_dtype=setup.kv_dtype) * tokens * tp * ctx
+    core = core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=dep.attention_dtype_or_default,
+                                kv_dtype=setup.kv_dtype, core_dtype=dep.attention_dtype) * tokens * tp * ctx
     return att, comm, core
 
 

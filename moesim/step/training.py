@@ -17,14 +17,20 @@ EP over ``ep`` consecutive non-pipeline ranks):
 Pipeline (1F1B, interleaved with ``vpp`` virtual stages):
     compute time = (m + (pp - 1) / vpp) x t_max,  bubble = (pp - 1) / vpp x t_max      [s]
     i.e. bubble fraction (pp - 1) / (vpp x m) of the ideal m x t_max; m = global_batch /
-    (micro_batch x dp) micro-batches. Pipeline send/receive of activations is assumed
-    overlapped (Megatron overlaps P2P in the interleaved schedule).
-DP: gradients reduce-scattered and parameters all-gathered (distributed optimizer; bf16 both)
-over the dp x cp replicas of dense weights and the expert-dp replicas of expert weights;
-``dp_overlap`` hides the reduce-scatter behind the last micro-batch's backward and the
-all-gather behind the first one's forward (exposed = what is left), else both are exposed.
-Optimizer: Adam over this device's shard, memory-bound: 30 B per parameter (grad read 4,
-fp32 master/m/v read+write 24, bf16 weight write 2) at the achievable HBM bandwidth.
+    (micro_batch x dp) micro-batches. Pipeline send/receive of activations (2 x vpp transfers
+    per micro-batch; exposed in full without interleaving, only past one chunk's compute with
+    it: moesim/step/train_comm.py) is part of t and reported in ``pipeline_bubble_s``.
+DP (``Deployment.data_sharding``; groups placed as Megatron orders ranks, train_comm.py):
+zero1/ddp: gradients reduce-scattered and parameters all-gathered (bf16 both) over the dp x cp
+replicas of dense weights and the expert-dp replicas of expert weights; ``dp_overlap`` hides
+the reduce-scatter behind the last micro-batch's backward and the all-gather behind the first
+one's forward (exposed = what is left), else both are exposed. fsdp: every micro-batch
+all-gathers the stage's weights in forward and backward and reduce-scatters its gradients,
+prefetched one layer ahead (exposed = max(0, comm - compute) + one layer's share), part of t
+and reported in ``dp_comm_s``; no per-step collective.
+Optimizer: Adam over this device's shard (all parameters under ddp), memory-bound: 30 B per
+parameter (grad read 4, fp32 master/m/v read+write 24, bf16 weight write 2) at the achievable
+HBM bandwidth.
 Model FLOPs (MFU, model TFLOPS) = 3 x forward FLOPs per token (causal attention), no recompute.
 """
 from __future__ import annotations
@@ -39,7 +45,7 @@ from moesim.compute.memory import stage_params
 from moesim.errors import InfeasibleError, SpecError
 from moesim.specs import ModelSpec
 from moesim.specs.deployment import Deployment
-from moesim.step import pricing
+from moesim.step import pricing, train_comm
 from moesim.step.cache import StepCache
 from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_name, pick, stage_kind_counts,
                                   stage_routing, stage_sums)
@@ -69,23 +75,41 @@ def backward_ops(op: LayerOps) -> LayerOps:
                    host_pre_s=op.host_pre_backward_s, host_sync=False)
 
 
-def _dp_comm(model: ModelSpec, dep: Deployment, dtype_bytes: float = 2.0) -> tuple[float, float]:
-    """(reduce-scatter, all-gather) seconds of one step's gradients / parameters on this device."""
-    par = dep.parallelism
-    base, experts = max(stage_params(model, par), key=sum)
-    topo = pricing.topology(dep.hardware, dep.devices, dep.domain_size)
-    dense_dp = par.dp * par.cp
-    rs = pricing.collective_s(topo, "reduce_scatter", base * dtype_bytes, dense_dp)
-    rs += pricing.collective_s(topo, "reduce_scatter", experts * dtype_bytes, par.expert_dp)
-    ag = pricing.collective_s(topo, "all_gather", base * dtype_bytes, dense_dp)
-    ag += pricing.collective_s(topo, "all_gather", experts * dtype_bytes, par.expert_dp)
-    return rs, ag
+def _dp_comm(model: ModelSpec, dep: Deployment) -> tuple[float, float]:
+    """(reduce-scatter, all-gather) seconds of one step's gradients / parameters on this device,
+    each over its own data-parallel group (moesim/step/train_comm.py: the expert DP group is
+    strided by etp x ep and so crosses domains when EP fills one)."""
+    base, experts = max(stage_params(model, dep.parallelism), key=sum)
+    c = train_comm.dp_collectives(dep, base, experts)
+    return c.reduce_scatter_s, c.all_gather_s
+
+
+def _fsdp_mb(model: ModelSpec, dep: Deployment, forward, backward, layers: int) -> np.ndarray:
+    """Exposed FSDP seconds of one micro-batch: the forward's all-gathers behind the forward,
+    the backward's all-gathers and reduce-scatters behind the backward (train_comm.py)."""
+    base, experts = max(stage_params(model, dep.parallelism), key=sum)
+    c = train_comm.dp_collectives(dep, base, experts)
+    return (train_comm.fsdp_exposed_s(c.all_gather_s, forward, layers)
+            + train_comm.fsdp_exposed_s(c.all_gather_s + c.reduce_scatter_s, backward, layers))
+
+
+def _p2p_mb(model: ModelSpec, dep: Deployment, tokens_N: np.ndarray, forward, backward) -> np.ndarray:
+    """Exposed pipeline send/receive seconds of one micro-batch on the critical rank: 2 x vpp
+    transfers, each hidden behind one chunk's compute when interleaved (train_comm.py)."""
+    if dep.pp <= 1:
+        return 0.0 * np.asarray(forward)
+    t = np.array([train_comm.p2p_transfer_s(dep, float(x), model.hidden) for x in tokens_N])
+    if dep.vpp == 1:  # batch_p2p_comm: blocking send/recv after the forward and the backward
+        return 2.0 * t
+    v = dep.vpp
+    return v * (np.maximum(0.0, t - np.asarray(forward) / v) + np.maximum(0.0, t - np.asarray(backward) / v))
 
 
 def _optimizer_s(model: ModelSpec, dep: Deployment) -> float:
     par, hw = dep.parallelism, dep.hardware
     base, experts = max(stage_params(model, par), key=sum)
-    shard = base / (par.dp * par.cp) + experts / par.expert_dp if dep.distributed_optimizer else base + experts
+    sharded = dep.data_sharding != "ddp"
+    shard = base / (par.dp * par.cp) + experts / par.expert_dp if sharded else base + experts
     bw = hw.hbm_bandwidth_Bps * hw.efficiency.compute.gemm_memory_fraction
     return shard * OPTIMIZER_BYTES_PER_PARAM / bw
 
@@ -109,7 +133,8 @@ def _memory(model, dep: Deployment, w: Training, cache: StepCache):
     for mb, s in zip(w.micro_batch.tolist(), w.seq_len.tolist()):
         out.append(cache.get(cache.key(model, dep, "memory", "train", mb, s), lambda mb=mb, s=s: pricing.memory(
             model, dep.hardware, dep.parallelism, mode="train", weight_dtype="bf16", micro_batch=int(mb),
-            seq_len=int(s), recompute=dep.recompute, distributed_optimizer=dep.distributed_optimizer)))
+            seq_len=int(s), recompute=dep.recompute, distributed_optimizer=dep.distributed_optimizer,
+            sharding=dep.data_sharding)))
     return out
 
 
@@ -135,6 +160,7 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
                                              "bf16")) * halves  # LM head forward + backward, last stage
     stages, counts_SK = stage_kind_counts(model, dep.pp, kinds, kind_L)
     last = len(stages) - 1
+    fsdp_on = dep.data_sharding == "fsdp"
     rows = []
     for i, ks in enumerate(stages):
         f, b = stack_times(fk.stage(ks), overlap), stack_times(bk.stage(ks), overlap)
@@ -142,16 +168,21 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
         r = {"none": 0.0 * f.time_s, "full": f.time_s, "selective": attn}[dep.recompute]
         again = 1.0 if dep.recompute == "full" else 0.0  # full recompute re-issues the forward
         hd = head_N if i == last else 0.0 * head_N
-        rows.append(dict(forward=f.time_s, backward=b.time_s, recompute=r, head=hd,
-                         mb=f.time_s + b.time_s + r + hd, exposed=f.exposed_comm_s + b.exposed_comm_s,
+        p2p = _p2p_mb(model, dep, tokens_N * halves, f.time_s, b.time_s)
+        fsdp = _fsdp_mb(model, dep, f.time_s, b.time_s, len(ks)) if fsdp_on else 0.0 * f.time_s
+        rows.append(dict(forward=f.time_s, backward=b.time_s, recompute=r, head=hd, p2p=p2p, fsdp=fsdp,
+                         mb=f.time_s + b.time_s + r + hd + p2p + fsdp,
+                         exposed=f.exposed_comm_s + b.exposed_comm_s + p2p + fsdp,
                          host_exposed=(1.0 + again) * f.exposed_host_s + b.exposed_host_s,
                          host_issue=(1.0 + again) * f.host_s + b.host_s))
     crit = pick(np.array([r["mb"] for r in rows]))
     cols = np.arange(crit.size)
     st = {k: np.array([r[k] for r in rows])[crit, cols] for k in rows[0]}
     bubble = (dep.pp - 1) / dep.vpp * st["mb"]
-    rs, ag = _dp_comm(model, dep)
-    if dep.dp_overlap:
+    rs, ag = (0.0, 0.0) if fsdp_on else _dp_comm(model, dep)
+    if fsdp_on:  # the per-layer collectives ran inside the micro-batches
+        dp_exposed = np.zeros(crit.size)
+    elif dep.dp_overlap:
         dp_exposed = np.maximum(0.0, rs - st["backward"]) + np.maximum(0.0, ag - st["forward"])
     else:
         dp_exposed = np.full(crit.size, rs + ag)
@@ -169,8 +200,9 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     tokens_dev = w.global_batch * w.seq_len / dep.devices
     flops = np.array([3.0 * sequence_forward_flops_per_token(model, int(s)) for s in w.seq_len.tolist()])
     columns = dict(
-        comp, **stage_routing(fk, counts_SK, crit), embedding_head_s=st["head"] * m_N, pipeline_bubble_s=bubble,
-        dp_comm_s=dp_exposed, optimizer_s=np.full(crit.size, opt), exposed_comm_s=m_N * st["exposed"] + dp_exposed,
+        comp, **stage_routing(fk, counts_SK, crit), embedding_head_s=st["head"] * m_N,
+        pipeline_bubble_s=bubble + m_N * st["p2p"], dp_comm_s=dp_exposed + m_N * st["fsdp"],
+        optimizer_s=np.full(crit.size, opt), exposed_comm_s=m_N * st["exposed"] + dp_exposed,
         host_s=m_N * st["host_exposed"], host_issue_s=m_N * st["host_issue"],
         model_flops_per_step_per_device=flops * tokens_dev, peak_flops=np.full(crit.size, hw.peak_flops(dep.dtype)),
     )
