@@ -34,6 +34,10 @@ BOUNDS = {
     # end-to-end through the planner (maximum-load TensorRT-LLM runs): several times too slow
     # today (docs/accuracy.md); the bound keeps the path honest until the host model changes
     "published-e2e-serving-maxload.json": {"serving": (0.827, 0.927, E, 106)},
+    # further evaluation sets (docs/evidence.md): Megatron-Bridge 26.02/25.11/25.09 and MaxText v5p
+    # training; older TensorRT-LLM maximum-load tables end to end through the planner
+    "published-e2e-training-2.json": {"training": (0.292, 1.598, E, 41)},
+    "published-e2e-serving-2.json": {"serving": (0.762, 0.923, E, 38)},
 }
 
 

@@ -11,13 +11,14 @@ from moesim.cases import REQUIRED_INPUTS, parse_cases
 
 DATA = Path(__file__).resolve().parents[1] / "validation" / "data"
 FILES = ("published-e2e-training.json", "published-e2e-serving.json", "published-e2e-serving-maxload.json")
+FILES_2 = ("published-e2e-training-2.json", "published-e2e-serving-2.json")  # docs/evidence.md
 
 
 def _raw(name):
     return json.loads((DATA / name).read_text())
 
 
-@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("name", FILES + FILES_2)
 def test_well_formed_with_sources_and_published_values(name):
     raw = _raw(name)
     cf = parse_cases(raw, name)
@@ -81,6 +82,6 @@ def test_disjoint_from_calibration():
 
     calib_sigs = {sig(c) for c in calib}
     ids = {c["id"] for c in calib}
-    for name in FILES:
+    for name in FILES + FILES_2:
         for c in _raw(name)["cases"]:
             assert c["id"] not in ids and sig(c) not in calib_sigs, c["id"]
