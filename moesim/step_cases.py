@@ -194,13 +194,34 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile) -> float:
 END_TO_END_BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
+# Software stack of an end-to-end row from its ``framework`` (first match of the lower-cased name):
+# the engine's own stack when ``Deployment.stack`` names it, else the stand-in (graph-captured
+# engines: ``cuda_graphs``, no per-operator host time in any phase; the rest: ``auto``).
+FRAMEWORK_STACKS: tuple[tuple[str, str, str], ...] = (
+    ("tensorrt-llm", "trtllm", "cuda_graphs"), ("trtllm", "trtllm", "cuda_graphs"),
+    ("sglang", "sglang", "auto"), ("vllm", "vllm", "auto"))
+
+
+def case_stack(inputs: dict) -> str:
+    """``Deployment.stack`` of a case from its ``framework`` (``FRAMEWORK_STACKS``; ``auto`` when
+    none is named)."""
+    from moesim.planner.scenario import deployment_stacks
+
+    allowed, framework = deployment_stacks(), str(inputs.get("framework") or "").lower()
+    for name, stack, stand_in in FRAMEWORK_STACKS:
+        if name in framework:
+            return stack if stack in allowed else stand_in
+    return "auto"
+
+
 def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices: int, tp: int,
                     layout: str) -> float:
     """Output tokens/s per device of an end-to-end serving run (prefill and decode of fixed
     ``prompt_len`` / ``output_len`` requests) as the planner predicts it: the best co-located
     candidate of exactly this deployment (hardware, devices, TP, attention layout) over
     ``END_TO_END_BATCHES``, under the source's latency limits (``tpot_limit_s``,
-    ``ttft_limit_s``) or, for a maximum-load run (``max_load``), none that binds."""
+    ``ttft_limit_s``) or, for a maximum-load run (``max_load``), none that binds; under the
+    software stack of the case's ``framework`` (``case_stack``)."""
     from moesim.planner.plan import plan
     from moesim.planner.scenario import scenario_from_dict
 
@@ -227,7 +248,7 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         "slo": {"percentile": 50, "tpot_s": float(tpot or 1e3), "ttft_s": float(ttft or 1e6)},
         "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
                    "tp": [tp], "pp": [1], "attention_layouts": [layout], "overlap": "auto"},
-        "verify": {"top_n": 0},
+        "verify": {"top_n": 0}, "stack": case_stack(inputs),
     }, source="end-to-end case")
     ranked = [r.evaluation for r in plan(scenario, executor="inline").ranked]
     if not ranked:

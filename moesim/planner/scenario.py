@@ -7,11 +7,14 @@ sections reuse the library's specs (:class:`~moesim.specs.ServingWorkload`,
 :class:`~moesim.specs.TrainingWorkload`), so the planner and the serving simulator read the same
 fields. ``[search]`` bounds the search space; ``[prices]`` names the one price basis costs are
 compared on and the user's own prices (:mod:`moesim.prices`); ``[verify]`` sets the serving-DES check of the top candidates.
+``stack`` names the software stack every candidate runs under (``Deployment.stack``: which
+phases pay per-operator host issue time, moesim/step/host.py); ``auto`` is each phase's
+production default. The allowed names are ``Deployment``'s own (``deployment_stacks``).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,6 +29,14 @@ from moesim.specs.serving_features import ServingFeatures
 DEFAULT_SCENARIO_PATH = Path(__file__).with_name("default_scenario.toml")
 
 _POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def deployment_stacks() -> tuple[str, ...]:
+    """The software stacks ``Deployment.stack`` accepts (its ``Literal``; read, not copied, so the
+    scenario follows when the spec gains a stack)."""
+    from moesim.specs import Deployment
+
+    return tuple(get_args(Deployment.model_fields["stack"].annotation))
 
 
 class ServingSearch(Spec):
@@ -131,6 +142,16 @@ class _ScenarioBase(Spec):
                                description="the one price basis costs are compared on (moesim/prices.py)")
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     limits: QualityLimits = Field(default_factory=QualityLimits)
+    stack: str = Field("auto", description="software stack of every candidate (Deployment.stack; auto: each "
+                       "phase's production default)")
+
+    @field_validator("stack")
+    @classmethod
+    def _stack(cls, value: str) -> str:
+        allowed = deployment_stacks()
+        if value not in allowed:
+            raise ValueError(f"stack = {value!r}: allowed stacks are {', '.join(allowed)}")
+        return value
 
     @model_validator(mode="after")
     def _quality_policy(self):
