@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+from statistics import NormalDist
 
 from moesim.planner.costs import PlanCache
 from moesim.planner.scenario import overlap_mode
@@ -52,6 +54,7 @@ from moesim.step.cache import StepCache
 PER_RANK_TOKEN_BUDGET = 8192
 SEQ_HEADROOM = 2
 MAX_DECODE_STEPS_PER_PREFILL = 512
+POISSON_EXACT_MEAN = 50.0  # above this mean, Poisson quantiles start from the normal approximation
 
 
 def attention_ranks(c) -> int:
@@ -201,18 +204,93 @@ class ColocatedEstimate:
     output_tokens_per_s: float
 
 
+def length_cv2(workload) -> float:
+    """Squared coefficient of variation of the prompt length: 0 fixed; ``exp(sigma^2) - 1`` for the
+    lognormal of ``length_sigma`` (moesim/des/serving/arrivals.py: ln L ~ N(mu, sigma^2))."""
+    if workload.length_distribution == "lognormal":
+        return math.expm1(workload.length_sigma ** 2)
+    return 0.0
+
+
+def poisson_quantile(mean: float, q: float) -> int:
+    """Smallest integer k with P(N <= k) >= q for N ~ Poisson(``mean``) (exact): the cumulative
+    sum up to a mean of ``POISSON_EXACT_MEAN``; above it the normal approximation with continuity
+    correction as the start, corrected by the exact CDF P(N <= k) = Q(k + 1, mean) (regularized
+    upper incomplete gamma, ``scipy.special.gammaincc``)."""
+    if mean <= 0 or q <= 0:
+        return 0
+    if mean > POISSON_EXACT_MEAN:
+        from scipy.special import gammaincc
+
+        k = max(0, math.ceil(mean + _z(q) * math.sqrt(mean) - 0.5))
+        while k > 0 and gammaincc(k, mean) >= q - 1e-12:  # P(N <= k - 1) already reaches q
+            k -= 1
+        while gammaincc(k + 1, mean) < q - 1e-12:
+            k += 1
+        return k
+    term = cdf = math.exp(-mean)
+    k = 0
+    while cdf < q - 1e-12:
+        k += 1
+        term *= mean / k
+        cdf += term
+    return k
+
+
+@lru_cache(maxsize=64)
+def _z(q: float) -> float:
+    """Standard normal quantile (0 at the median and outside (0, 1))."""
+    return NormalDist().inv_cdf(q) if 0.0 < q < 1.0 else 0.0
+
+
+def prompt_tokens_quantile(n_mean: float, prompt_len: float, q: float, cv2: float = 0.0) -> float:
+    """q-quantile of the prompt tokens that arrive in one period (tokens).
+
+    Poisson arrivals: the count N ~ Poisson(``n_mean``) at its q-quantile N_q
+    (``poisson_quantile``). Given N_q prompts of mean length P and squared CV ``cv2``, their sum
+    has mean N_q P and standard deviation P sqrt(N_q cv2) (independent lengths), taken at the
+    normal quantile z_q: tokens_q = N_q P + z_q P sqrt(N_q cv2). At least the mean n P (the
+    fluid closed form; the median count of a small Poisson mean is 0)."""
+    if n_mean <= 0:
+        return 0.0
+    n_q = poisson_quantile(n_mean, q)
+    z = _z(q)
+    spread = prompt_len * z * math.sqrt(n_q * cv2) if n_q > 0 and cv2 > 0 and z > 0 else 0.0
+    return max(n_mean * prompt_len, n_q * prompt_len + spread)
+
+
 def estimate(cost, c, scenario, decode_s: float, steps: int) -> ColocatedEstimate:
-    """The module docstring's closed form at K = ``steps``."""
+    """The module docstring's closed form at K = ``steps``, with TTFT at the SLO percentile.
+
+    TPOT and tokens/s use the mean period (n = S K / L prompts of P tokens in its mixed
+    iteration). TTFT_q = (q + m) x period_q + T_mix_q prices the mixed iteration (and so the
+    period) at the q-quantile of the prompt tokens arriving in one period (``prompt_tokens_quantile``:
+    Poisson count, the workload's length spread), the wait for it at the q-quantile of U(0,
+    period_q): each term at its own q-quantile, so the sum is at or above the q-quantile of the
+    TTFT distribution the serving DES samples (the margin a TTFT limit is judged with). One
+    mixed iteration takes at most budget - S prompt tokens (the scheduler's token budget less
+    one token per running sequence); the m = ceil(tokens_q / (budget - S)) - 1 further periods
+    are the wait of the prompts beyond it."""
     w = scenario.workload
     s = planned_seqs(c)
     n = s * steps / w.output_len
     ctx = w.prompt_len + w.output_len / 2
-    mixed = cost.mixed_time_s(max(1, round(n * w.prompt_len)), max(1, round(n)), s, ctx)
-    mixed = max(mixed, decode_s)  # NOTE: a mixed iteration carries the whole decode batch too
+    mixed = max(cost.mixed_time_s(max(1, round(n * w.prompt_len)), max(1, round(n)), s, ctx), decode_s)
+    # NOTE: a mixed iteration carries the whole decode batch too (max with the decode step)
     period = mixed + (steps - 1) * decode_s
     tpot = period / steps
     q = scenario.slo.percentile / 100.0
-    return ColocatedEstimate(steps, mixed, period, tpot, q * period + mixed, s / tpot)
+    tokens_q = prompt_tokens_quantile(n, w.prompt_len, q, length_cv2(w))
+    room = max(1, scheduler(c).token_budget - s)  # prompt tokens one mixed iteration takes
+    first = min(tokens_q, room)
+    if round(first) > max(1, round(n * w.prompt_len)):
+        mixed_q = max(cost.mixed_time_s(round(first), max(1, round(first / w.prompt_len)), s, ctx), decode_s)
+    else:
+        mixed_q = mixed
+    period_q = mixed_q + (steps - 1) * decode_s
+    spill = max(0, math.ceil(tokens_q / room - 1e-9) - 1)  # periods the last prompts wait beyond the budget
+    ttft = (q + spill) * period_q + mixed_q
+    return ColocatedEstimate(steps, mixed, period, tpot, ttft, s / tpot)
 
 
 def max_steps(c, scenario) -> int:
@@ -222,12 +300,11 @@ def max_steps(c, scenario) -> int:
     return int(max(1, min(MAX_DECODE_STEPS_PER_PREFILL, room * w.output_len // max(1, s * w.prompt_len))))
 
 
-def choose(cost, c, scenario, decode_s: float) -> ColocatedEstimate:
-    """Smallest K meeting the TPOT limit (K = 1 without one); the largest allowed K when none
-    does. Fixed-point on K = ceil((T_mix - t_d) / (limit - t_d)), T_mix nearly flat in K."""
-    limit, k_max = scenario.slo.tpot_s, max_steps(c, scenario)
+def _smallest_meeting_tpot(cost, c, scenario, decode_s: float, limit: float, k_max: int) -> ColocatedEstimate:
+    """Smallest K meeting the TPOT ``limit`` (k_max's estimate when none does). Fixed point on
+    K = ceil((T_mix - t_d) / (limit - t_d)), T_mix nearly flat in K."""
     est = estimate(cost, c, scenario, decode_s, 1)
-    if limit is None or est.tpot_s <= limit:
+    if est.tpot_s <= limit:
         return est
     if limit <= decode_s:
         return estimate(cost, c, scenario, decode_s, k_max)
@@ -239,3 +316,75 @@ def choose(cost, c, scenario, decode_s: float) -> ColocatedEstimate:
         if est.tpot_s <= limit or k == k_max:
             break
     return est
+
+
+def _largest_meeting_ttft(cost, c, scenario, decode_s: float, limit: float, lo: int, k_max: int) -> int:
+    """Largest K in [lo, k_max] whose TTFT meets ``limit`` (``lo`` - 1 when none does): bisection,
+    TTFT grows with K (the period does: T_mix never falls with more prompt tokens, t_d > 0)."""
+    if estimate(cost, c, scenario, decode_s, lo).ttft_s > limit:
+        return lo - 1
+    good = lo
+    if estimate(cost, c, scenario, decode_s, k_max).ttft_s <= limit:
+        return k_max
+    bad = k_max
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if estimate(cost, c, scenario, decode_s, mid).ttft_s <= limit:
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def _segment_ends(cost, c, scenario, lo: int, hi: int) -> set[int]:
+    """The K in [lo, hi] where the mixed iteration's prefill tokens n P + S (n = S K / L) cross a
+    node of the cost's geometric prefill grid, and their neighbours: between two such K, T_mix is
+    affine in K (``GridCost``: piecewise linear in tokens) so TPOT = t_d + (T_mix - t_d) / K is
+    monotone there, and its minimum over [lo, hi] is at one of these K, ``lo`` or ``hi``."""
+    w, s = scenario.workload, planned_seqs(c)
+    per_k = s * w.prompt_len / w.output_len  # prompt tokens one more decode step adds to the period
+    out = {lo, hi}
+    ppo = getattr(cost, "points_per_octave", 1)
+    tokens = lo * per_k + s
+    node = grid_bracket_hi(tokens, ppo)
+    while per_k > 0 and node <= hi * per_k + s:
+        k = (node - s) / per_k
+        out.update(x for x in (math.floor(k), math.floor(k) + 1, math.ceil(k) - 1) if lo <= x <= hi)
+        node = grid_bracket_hi(node + 1, ppo)
+    return out
+
+
+def grid_bracket_hi(x: float, per_octave: int) -> int:
+    """The smallest node of the geometric grid round(2^(i / per_octave)) at or above ``x``."""
+    from moesim.des.serving.cost import grid_bracket
+
+    return grid_bracket(max(1.0, x), per_octave)[1]
+
+
+def choose(cost, c, scenario, decode_s: float) -> ColocatedEstimate:
+    """The prefill interval K that maximises the replica's output tokens/s (S / TPOT: the
+    smallest TPOT) among the K in [1, k_max] meeting the TPOT and TTFT limits; ties go to the
+    smaller K (smaller TTFT). TPOT falls with K where the mixed iteration's fixed cost
+    dominates, so the feasible K form [K_tpot, K_ttft] (smallest meeting TPOT, largest meeting
+    TTFT); over it TPOT is monotone between the prefill grid's segment ends
+    (``_segment_ends``), which are all that is priced. When no K meets both: the smallest K
+    meeting TPOT (its TTFT is the smallest of those), or k_max's estimate when none meets TPOT."""
+    slo, k_max = scenario.slo, max_steps(c, scenario)
+    first = _smallest_meeting_tpot(cost, c, scenario, decode_s, slo.tpot_s, k_max) if slo.tpot_s is not None \
+        else estimate(cost, c, scenario, decode_s, 1)
+    if slo.tpot_s is not None and first.tpot_s > slo.tpot_s:
+        return first
+    lo = first.steps
+    hi = k_max if slo.ttft_s is None else _largest_meeting_ttft(cost, c, scenario, decode_s, slo.ttft_s, lo, k_max)
+    if hi < lo:
+        return first
+    best = first
+    for k in sorted(_segment_ends(cost, c, scenario, lo, hi)):
+        est = first if k == lo else estimate(cost, c, scenario, decode_s, k)
+        if slo.tpot_s is not None and est.tpot_s > slo.tpot_s:
+            continue
+        if slo.ttft_s is not None and est.ttft_s > slo.ttft_s:
+            continue
+        if est.tpot_s < best.tpot_s * (1.0 - 1e-12):
+            best = est
+    return best
