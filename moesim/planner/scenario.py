@@ -192,6 +192,10 @@ class ServingScenario(_ScenarioBase):
         ("colocated",), min_length=1, description="serving modes searched side by side")
     features: ServingFeatures = Field(default_factory=ServingFeatures)
     disaggregated: DisaggSearch = Field(default_factory=DisaggSearch)
+    scheduler: Literal["auto", "batched_prefill", "trtllm"] = Field(
+        "auto", description="the co-located replica's scheduler (moesim/planner/serving_policy.py): batched_prefill "
+        "(per-rank token budget, prompts batched every K iterations), trtllm (TensorRT-LLM's trtllm-bench limits); "
+        "auto: trtllm when stack is trtllm, else batched_prefill")
 
     @model_validator(mode="after")
     def _targets(self):
