@@ -150,7 +150,7 @@ class _ScenarioBase(Spec):
     def _stack(cls, value: str) -> str:
         allowed = deployment_stacks()
         if value not in allowed:
-            raise ValueError(f"stack = {value!r}: allowed stacks are {', '.join(allowed)}")
+            raise ValueError(f"allowed stacks are {', '.join(allowed)}")
         return value
 
     @model_validator(mode="after")
