@@ -31,9 +31,11 @@ BOUNDS = {
                            "all_to_all": (0.419, 0.534, K, 6), "moe_layer": (0.074, 0.132, K, 6)},
     "published-e2e-training.json": {"training": (0.228, 2.474, E, 17)},
     "published-e2e-serving.json": {"serving": (0.065, 0.429, E, 3)},
-    # end-to-end through the planner (maximum-load TensorRT-LLM runs): several times too slow
-    # today (docs/accuracy.md); the bound keeps the path honest until the host model changes
-    "published-e2e-serving-maxload.json": {"serving": (0.827, 0.927, E, 106)},
+    # end-to-end through the planner (maximum-load TensorRT-LLM runs) under TensorRT-LLM's
+    # scheduler limits and the host-free cuda_graphs stand-in: too fast (signed +78%; the device
+    # model and the eager mixed iterations, docs/accuracy.md); was 0.827 / 0.927 too slow with
+    # eager host time on every mixed iteration
+    "published-e2e-serving-maxload.json": {"serving": (0.776, 3.392, E, 106)},
 }
 
 
