@@ -22,7 +22,7 @@ from moesim.catalog import build, read_toml, resolve_file_names
 from moesim.errors import MoesimError
 from moesim.prices import PricesSpec
 from moesim.planner.disagg_search import DisaggSearch
-from moesim.specs import SLO, RoutingSpec, ServingWorkload, TrainingWorkload
+from moesim.specs import SLO, Deployment, RoutingSpec, ServingWorkload, TrainingWorkload
 from moesim.specs.common import Spec
 from moesim.specs.serving_features import ServingFeatures
 
@@ -31,12 +31,14 @@ DEFAULT_SCENARIO_PATH = Path(__file__).with_name("default_scenario.toml")
 _POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def deployment_stacks() -> tuple[str, ...]:
-    """The software stacks ``Deployment.stack`` accepts (its ``Literal``; read, not copied, so the
-    scenario follows when the spec gains a stack)."""
-    from moesim.specs import Deployment
+# The software stacks ``Deployment.stack`` accepts: its own ``Literal`` (read, not copied, so the
+# scenario follows when the spec gains a stack).
+DeploymentStack = Deployment.model_fields["stack"].annotation
 
-    return tuple(get_args(Deployment.model_fields["stack"].annotation))
+
+def deployment_stacks() -> tuple[str, ...]:
+    """The names ``DeploymentStack`` allows."""
+    return tuple(get_args(DeploymentStack))
 
 
 class ServingSearch(Spec):
@@ -142,16 +144,8 @@ class _ScenarioBase(Spec):
                                description="the one price basis costs are compared on (moesim/prices.py)")
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     limits: QualityLimits = Field(default_factory=QualityLimits)
-    stack: str = Field("auto", description="software stack of every candidate (Deployment.stack; auto: each "
-                       "phase's production default)")
-
-    @field_validator("stack")
-    @classmethod
-    def _stack(cls, value: str) -> str:
-        allowed = deployment_stacks()
-        if value not in allowed:
-            raise ValueError(f"allowed stacks are {', '.join(allowed)}")
-        return value
+    stack: DeploymentStack = Field("auto", description="software stack of every candidate (Deployment.stack: "
+                                   "which phases pay per-operator host time; auto: each phase's production default)")
 
     @model_validator(mode="after")
     def _quality_policy(self):
