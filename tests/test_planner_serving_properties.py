@@ -207,3 +207,17 @@ def test_stack_without_host_time_never_slows_a_candidate():
     graphs = AnalyticEvaluator().evaluate([c], _scenario(tpot=1.0, ttft=100.0, stack="cuda_graphs"))[0]
     assert graphs.tpot_s <= auto.tpot_s and graphs.tokens_per_s >= auto.tokens_per_s
     assert np.isfinite(graphs.ttft_s)
+
+
+def test_slo_no_mode_meets_names_the_closest_of_each_mode():
+    """Issue 15, bad input: an SLO no mode can meet answers with each mode's closest candidate and
+    what it lacks (exit 2 on the CLI: InfeasibleError)."""
+    from moesim.errors import InfeasibleError
+
+    sc = _scenario(tpot=1e-4, ttft=1e-3, modes=["colocated", "disaggregated"],
+                   disaggregated={"prefill_devices_per_replica": [1], "decode_devices_per_replica": [1, 2],
+                                  "prefill_token_budget_per_rank": [8192], "redundant_slots_per_rank": [0]})
+    r = plan(sc, executor="inline")
+    assert not r.feasible
+    with pytest.raises(InfeasibleError, match=r"co-located: closest is .*, which misses slo .*; disaggregated: "):
+        r.require_feasible()
