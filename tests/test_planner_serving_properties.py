@@ -18,6 +18,7 @@ from scipy.stats import poisson
 from moesim.catalog import load_model
 from moesim.des.serving.cost import GridCost, LinearCost
 from moesim.planner import serving_policy as sp
+from moesim.planner import trtllm_engine as te
 from moesim.planner.evaluation import Candidate
 from moesim.planner.plan import plan
 from moesim.planner.scenario import scenario_from_dict
@@ -136,14 +137,14 @@ def test_prompt_tokens_quantile():
 
 
 def test_trtllm_bench_settings_by_hand():
-    """tensorrt_llm/bench/build/tuning.py finetune_setting worked by hand: 1,591.4 requests of
+    """TensorRT-LLM tensorrt_llm/bench/build/tuning.py finetune_setting worked by hand: 1,591.4 requests of
     1000 + 1000 tokens: raw_bs 1591.4 -> 256 x ceil(6.22) = 1792; raw tokens 3182.8 -> 256 x
     ceil(12.4) = 3328 (>= 2048); no chunking: max(3328, 1000 + 1792) = 3328."""
-    assert sp.trtllm_bench_settings(1591.4, 1000, 1000) == (1792, 3328)
+    assert te.trtllm_bench_settings(1591.4, 1000, 1000) == (1792, 3328)
     # small: at least 64 sequences and 2048 tokens, then ISL + batch when prompts are long
-    assert sp.trtllm_bench_settings(10.0, 8192, 1024) == (64, 8192 + 64)
+    assert te.trtllm_bench_settings(10.0, 8192, 1024) == (64, 8192 + 64)
     # caps: 4096 requests, 32768 tokens
-    assert sp.trtllm_bench_settings(1e6, 1000, 100) == (4096, 32768)
+    assert te.trtllm_bench_settings(1e6, 1000, 100) == (4096, 32768)
 
 
 def test_trtllm_limits_and_rejection():
@@ -154,7 +155,7 @@ def test_trtllm_limits_and_rejection():
 
     m, cache = load_model("qwen3-30b-a3b"), PlanCache()
     c = Candidate("b200", 1, tp=1, dp=1, ep=1, attention_layout="dp", batch=2048)
-    lim = sp.trtllm_limits(c, sc, m, cache)
+    lim = te.trtllm_limits(c, sc, m, cache)
     # KV bound: 0.95 of (HBM - weights) over the KV bytes of whole 2000-token requests
     assert lim.max_seqs == min(lim.max_batch_size, lim.kv_seqs, lim.max_num_tokens * 1000 // 2000)
     assert lim.bound in ("max_batch_size", "kv_cache", "max_num_tokens")
@@ -175,7 +176,7 @@ def test_trtllm_interval_is_one_prompt_per_mixed_iteration():
     c = Candidate("h100-sxm", 1, tp=1, dp=1, ep=1, attention_layout="dp", batch=100)
     sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"output_len": 1000})})
     cost = LinearCost(fixed_s=0.01, per_token_s=1e-6)
-    lim = sp.EngineLimits(512, 4096, 500, 500, "kv_cache")
+    lim = te.EngineLimits(512, 4096, 500, 500, "kv_cache")
     assert sp.choose(cost, c, sc, cost.decode_time_s(100, 1500.0), lim).steps == 10
 
 

@@ -20,11 +20,15 @@ Choices, as a production deployment makes them (units: tokens, seconds):
   the scheduler admits up to ``SEQ_HEADROOM`` x that (Poisson load fluctuates around the mean;
   the KV-cache admission control of the memory model stays the hard bound).
 - prefill batching ``K = decode_steps_per_prefill`` (``SchedulerConfig``): prompts are scheduled
-  at most once every K iterations. Eager prefill pays a host issue time per pass regardless of
-  its tokens (moesim/step/host.py: ~0.5-0.9 s for DeepSeek-V3 on the GPU profiles) while decode
-  replays CUDA graphs; at K = 1 every iteration carrying a new prompt is host-bound and TPOT is
-  that host time. The analytic picks the smallest K that meets the TPOT limit (the smallest K
-  also gives the smallest TTFT), and the DES runs that K.
+  at most once every K iterations. An eager prefill pays a host issue time per pass regardless
+  of its tokens (moesim/step/host.py; the scenario's ``stack`` decides which phases are eager)
+  while decode replays CUDA graphs; at K = 1 every iteration carrying a new prompt pays it. The
+  analytic picks the K of most tokens/s (smallest TPOT) among those meeting the TPOT and TTFT
+  limits, ties to the smaller K (``choose``), and the DES runs that K.
+- TensorRT-LLM (``scenario.scheduler`` ``trtllm``, or ``auto`` with ``stack = "trtllm"``): the
+  engine's own limits instead (moesim/planner/trtllm_engine.py: trtllm-bench's max_batch_size
+  and max_num_tokens, KV for whole requests), no prompt held back (K = L / S_rank), candidates
+  over its sequence limit rejected (``engine_rejection``).
 - prefill overlap: with ``search.overlap = "auto"``, prefill and mixed passes use the faster of
   ``none`` / ``two_microbatch`` at one prompt per device (each micro-batch pays the host time
   again), decode uses the scenario's (two_microbatch for MoE).
@@ -36,8 +40,11 @@ mixed iteration ``cost.mixed_time_s(n P, n, S, C)``)::
     n      = S K / L                     prompts arriving per period (Little's law)
     period = T_mix + (K - 1) t_d         one mixed iteration and K - 1 decode-only ones
     TPOT   = period / K                  every sequence gains one token per iteration
-    TTFT_q = q period + T_mix            Poisson arrivals wait U(0, period) for the next mixed
-                                         iteration (q = SLO percentile / 100), then run it
+    TTFT_q = (q + m) period_q + T_mix_q  Poisson arrivals wait U(0, period) for the next mixed
+                                         iteration (q = SLO percentile / 100), then run it;
+                                         priced at the q-quantile of a period's prompt tokens,
+                                         m periods more when they overflow one iteration's
+                                         budget (``estimate``)
     out tokens/s = S / TPOT
 """
 from __future__ import annotations
@@ -48,17 +55,12 @@ from functools import lru_cache
 from statistics import NormalDist
 
 from moesim.planner.costs import PlanCache
+from moesim.planner.trtllm_engine import EngineLimits, trtllm_limits
 from moesim.planner.scenario import overlap_mode
 from moesim.step.cache import StepCache
 
 PER_RANK_TOKEN_BUDGET = 8192
 SEQ_HEADROOM = 2
-# TensorRT-LLM (PyTorch backend) as ``trtllm-bench throughput`` runs it (``trtllm_limits``):
-TRTLLM_KV_FREE_GPU_MEM_FRACTION = 0.95  # perf-overview.md: "--kv_cache_free_gpu_mem_fraction 0.95" in many cases
-TRTLLM_MAX_BATCH_CAP = 4096  # bench/build/tuning.py finetune_setting: min(kv_cache_max_requests, 4096) / pp
-TRTLLM_MAX_TOKENS_CAP = 32768  # same: min(raw_bs x (1 + ISL / OSL), 32768)
-TRTLLM_MIN_TOKENS = 2048  # same: "Set min to 2048 to ensure Ctx/Gen overlap efficiency"
-TRTLLM_MIN_BATCH = 64  # same: "Set min BS to be 64"
 MAX_DECODE_STEPS_PER_PREFILL = 512
 POISSON_EXACT_MEAN = 50.0  # above this mean, Poisson quantiles start from the normal approximation
 
@@ -73,7 +75,7 @@ def planned_seqs(c) -> int:
     return max(1, c.batch * c.devices // c.pp)
 
 
-def scheduler(c, steps: int = 1, limits: "EngineLimits | None" = None):
+def scheduler(c, steps: int = 1, limits: EngineLimits | None = None):
     """The replica scheduler both stages assume (module docstring); with TensorRT-LLM's
     ``limits`` (``trtllm_limits``) its per-rank token budget and sequence limit times the
     attention ranks, a prompt admitted in every iteration that has room (K = 1)."""
@@ -115,108 +117,6 @@ def engine(scenario) -> str:
     if name != "auto":
         return name
     return "trtllm" if getattr(scenario, "stack", "auto") == "trtllm" else "batched_prefill"
-
-
-@dataclass(frozen=True)
-class EngineLimits:
-    """What one attention-DP rank's scheduler sustains (tokens and sequences per rank).
-
-    ``max_batch_size`` / ``max_num_tokens``: the engine settings; ``kv_seqs``: whole requests
-    (P + L tokens each) its KV cache holds; ``max_seqs``: the steady-state sequences in flight,
-    the smallest of the three bounds, ``bound`` naming it."""
-
-    max_batch_size: int
-    max_num_tokens: int
-    kv_seqs: int
-    max_seqs: int
-    bound: str
-
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-
-        return asdict(self)
-
-
-def trtllm_bench_settings(kv_max_requests: float, isl: int, osl: int, pp: int = 1) -> tuple[int, int]:
-    """(max_batch_size, max_num_tokens) that ``trtllm-bench throughput`` sets when the user gives
-    neither: TensorRT-LLM tensorrt_llm/bench/build/tuning.py ``finetune_setting`` (optimistic
-    tuning), then bench/benchmark/utils/general.py ``get_settings``: without chunked prefill (the
-    default, ``enable_chunked_prefill`` False) ``max_num_tokens`` >= ISL + ``max_batch_size``.
-    raw_bs = min(requests, 4096) / pp; raw_tokens = min(raw_bs (1 + ISL / OSL), 32768); the
-    batch rounds up to 32 (below 256, at least 64), 128 (below 1024) or 256; the tokens to 256
-    (below 4096, at least 2048), 512 (below 8192) or 1024."""
-    raw_bs = min(kv_max_requests, TRTLLM_MAX_BATCH_CAP) / pp
-    raw_token = min(raw_bs * (1 + isl / osl), TRTLLM_MAX_TOKENS_CAP)
-    if raw_bs < 256:
-        max_bs = max(TRTLLM_MIN_BATCH, 32 * math.ceil(raw_bs / 32))
-    elif raw_bs < 1024:
-        max_bs = 128 * math.ceil(raw_bs / 128)
-    else:
-        max_bs = 256 * math.ceil(raw_bs / 256)
-    if raw_token < 4096:
-        max_token = max(TRTLLM_MIN_TOKENS, 256 * math.ceil(raw_token / 256))
-    elif raw_token < 8192:
-        max_token = 512 * math.ceil(raw_token / 512)
-    else:
-        max_token = 1024 * math.ceil(raw_token / 1024)
-    return int(max_bs), int(max(max_token, isl + max_bs))
-
-
-def _heuristic_requests(model, dep, devices: int, isl: int, osl: int) -> float:
-    """trtllm-bench's estimate of the requests the KV cache holds (bench/build/tuning.py
-    ``calc_engine_setting``), from the quantities it reads off the Hugging Face config: engine
-    size = parameters x bytes per element (NVFP4 0.5, FP8 1, else 2), over ``devices`` GPUs of
-    HBM; KV bytes per token = 2 x layers x max(tp, KV heads) x head size x KV bytes (KV heads and
-    head size as the config states them: an MLA config states 128 heads of hidden / heads)."""
-    from moesim.compute.counts import param_counts
-
-    att, hw = model.attention, dep.hardware
-    per_elem = {"fp4": 0.5, "fp8": 1.0}
-    engine_bytes = param_counts(model).total * per_elem.get(dep.dtype, 2.0)
-    heads = getattr(att, "num_kv_heads", None) or att.num_heads
-    head = getattr(att, "head_dim", None) or model.hidden // att.num_heads
-    kv_token = 2 * model.num_layers * max(devices // dep.pp, heads) * head * per_elem.get(dep.kv_dtype, 2.0)
-    cache = (hw.hbm_bytes * devices - engine_bytes) * TRTLLM_KV_FREE_GPU_MEM_FRACTION
-    return max(0.0, cache / (kv_token * (isl + osl)))
-
-
-def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
-    """TensorRT-LLM's scheduler limits per attention-DP rank for candidate ``c`` under
-    ``trtllm-bench throughput`` (sources: TensorRT-LLM docs/source/developer-guide/perf-overview.md,
-    tensorrt_llm/bench/build/tuning.py, bench/benchmark/utils/general.py,
-    _torch/pyexecutor/scheduler.py):
-
-    - settings: ``trtllm_bench_settings`` of the benchmark's own KV estimate
-      (``_heuristic_requests``; ``--tp`` = the replica's devices / pp, as the perf-overview
-      commands pass them, DEP runs included). With attention DP every rank runs its own
-      scheduler with these settings;
-    - KV cache: ``kv_cache_free_gpu_mem_fraction`` 0.95 of the memory the weights leave
-      (``TRTLLM_KV_FREE_GPU_MEM_FRACTION``; the runtime's own buffers are not modelled), and the
-      default capacity policy GUARANTEED_NO_EVICT reserves blocks for a request to complete, so
-      a rank holds kv_seqs = KV tokens / (P + L) whole requests;
-    - token budget: a generation request takes one token of ``max_num_tokens`` per iteration and
-      a context request its whole prompt (no chunking), so at steady state n P + S <=
-      max_num_tokens with n = S / L prompts per iteration: S <= max_num_tokens L / (P + L);
-    - max_seqs = min(max_batch_size, kv_seqs, that)."""
-    from moesim.compute.memory import memory_footprint
-
-    w = scenario.workload
-    dep = cache.deployment(c, scenario, model)
-
-    def make() -> EngineLimits:
-        fp = memory_footprint(model, dep.hardware, dep.parallelism, mode="serve", weight_dtype=dep.dtype,
-                              kv_dtype=dep.kv_dtype, kv_tokens=0)
-        free = max(0.0, fp.capacity_bytes - fp.weight_bytes)
-        kv_tokens = TRTLLM_KV_FREE_GPU_MEM_FRACTION * free / fp.kv_bytes_per_token if fp.kv_bytes_per_token else 0.0
-        kv_seqs = int(kv_tokens // (w.prompt_len + w.output_len))
-        max_bs, max_tok = trtllm_bench_settings(_heuristic_requests(model, dep, c.devices, w.prompt_len, w.output_len),
-                                                w.prompt_len, w.output_len, c.pp)
-        token_seqs = int(max_tok * w.output_len // (w.prompt_len + w.output_len))
-        bounds = {"max_batch_size": max_bs, "kv_cache": kv_seqs, "max_num_tokens": token_seqs}
-        bound = min(bounds, key=bounds.__getitem__)
-        return EngineLimits(max_bs, max_tok, kv_seqs, bounds[bound], bound)
-
-    return cache.get(cache.key(model, dep, "trtllm_limits", w.prompt_len, w.output_len), make)
 
 
 def engine_rejection(c, scenario, model, cache: PlanCache) -> str | None:
@@ -396,7 +296,7 @@ def prompt_tokens_quantile(n_mean: float, prompt_len: float, q: float, cv2: floa
     return max(n_mean * prompt_len, n_q * prompt_len + spread)
 
 
-def estimate(cost, c, scenario, decode_s: float, steps: int, limits: "EngineLimits | None" = None) -> ColocatedEstimate:
+def estimate(cost, c, scenario, decode_s: float, steps: int, limits: EngineLimits | None = None) -> ColocatedEstimate:
     """The module docstring's closed form at K = ``steps``, with TTFT at the SLO percentile.
 
     TPOT and tokens/s use the mean period (n = S K / L prompts of P tokens in its mixed
@@ -498,7 +398,7 @@ def grid_bracket_hi(x: float, per_octave: int) -> int:
     return grid_bracket(max(1.0, x), per_octave)[1]
 
 
-def choose(cost, c, scenario, decode_s: float, limits: "EngineLimits | None" = None) -> ColocatedEstimate:
+def choose(cost, c, scenario, decode_s: float, limits: EngineLimits | None = None) -> ColocatedEstimate:
     """The prefill interval K that maximises the replica's output tokens/s (S / TPOT: the
     smallest TPOT) among the K in [1, k_max] meeting the TPOT and TTFT limits; ties go to the
     smaller K (smaller TTFT). TPOT falls with K where the mixed iteration's fixed cost
