@@ -15,11 +15,12 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
 - prefill and continuous batching (co-located): the serving system of
   :mod:`moesim.planner.serving_policy`, the one the serving DES simulates: a per-rank token
   budget, prompts batched into a mixed iteration once every K iterations (K of most tokens/s
-  within the TPOT and TTFT limits; TensorRT-LLM's scheduler: its trtllm-bench limits, K = 1,
+  within the TPOT and TTFT limits; TensorRT-LLM's scheduler: its trtllm-bench limits, K = L / S_rank,
   more sequences per rank than it sustains rejected as ``exceeds_engine_limits``), mixed
   iterations priced by the DES's own ``GridCost`` (so an eager prefill's host
   time and the decode attention of the co-scheduled sequences are in it); then
-  TPOT = (T_mix + (K - 1) t_dec) / K, TTFT at the SLO percentile q = q x period + T_mix,
+  TPOT = (T_mix + (K - 1) t_dec) / K, TTFT at the SLO percentile q = q x period + T_mix (at the
+  q-quantile of a period's prompt tokens: serving_policy.estimate),
   tokens/s per replica = sequences / TPOT. The serving DES then checks the tails of the best
   candidates.
 - capacity: the candidate's capacity factor and the scenario's overflow policy are part of its
