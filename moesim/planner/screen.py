@@ -192,7 +192,10 @@ def _host_s(model, hw, pp: int, stack: str = "auto") -> float:
 
 
 def _latency_bounds(c: Candidate, scenario, t_lb: float, host: float) -> tuple[float, float]:
-    """(TPOT_lb, TTFT_lb) of the module docstring (seconds)."""
+    """(TPOT_lb, TTFT_lb) of the module docstring (seconds); under the TensorRT-LLM scheduler,
+    whose K is the engine's (not bounded by k_max), the decode-step floor t_lb for both."""
+    if serving_policy.engine(scenario) == "trtllm":
+        return t_lb, t_lb
     k_max = serving_policy.max_steps(c, scenario)
     t_mix = max(host, t_lb)
     tpot = (t_mix + (k_max - 1) * t_lb) / k_max
