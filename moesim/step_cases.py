@@ -216,13 +216,45 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
 END_TO_END_BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
+def case_scheduler(inputs: dict) -> str:
+    """The planner's co-located scheduler for a case (moesim/planner/serving_policy.py): the
+    TensorRT-LLM engine's own limits for rows its stack ran (``case_stack``), else ``auto``."""
+    return "trtllm" if case_stack(inputs, str(inputs.get("hardware") or ""), "decode") == "trtllm" else "auto"
+
+
+def _max_load_batches(scenario, model) -> tuple[int, ...]:
+    """Batches per device at which the scenario's engine runs under maximum load: every request is
+    queued at once, so each layout's scheduler holds its limit (``serving_policy.trtllm_limits``
+    ``max_seqs`` per attention rank; a rank spans tp devices). None for other schedulers."""
+    from moesim.planner import serving_policy
+    from moesim.planner.costs import PlanCache
+    from moesim.planner.space import serving_space
+
+    if serving_policy.engine(scenario) != "trtllm":
+        return ()
+    cache, out = PlanCache(), set()
+    for c in {(c.tp, c.pp, c.ep, c.attention_layout): c for c in serving_space(scenario, model).candidates}.values():
+        try:
+            per_rank = serving_policy.trtllm_limits(c, scenario, model, cache).max_seqs
+        except MoesimError:
+            continue
+        if per_rank >= c.tp:
+            out.add(per_rank // c.tp)
+    return tuple(sorted(out))
+
+
 def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices: int, tp: int,
                     layout: str) -> float:
     """Output tokens/s per device of an end-to-end serving run (prefill and decode of fixed
     ``prompt_len`` / ``output_len`` requests) as the planner predicts it: the best co-located
     candidate of exactly this deployment (hardware, devices, TP, attention layout) over
     ``END_TO_END_BATCHES``, under the source's latency limits (``tpot_limit_s``,
-    ``ttft_limit_s``) or, for a maximum-load run (``max_load``), none that binds."""
+    ``ttft_limit_s``) or, for a maximum-load run (``max_load``), none that binds; under the
+    software stack and scheduler of the case's ``framework`` (``case_stack``,
+    ``case_scheduler``), with two-micro-batch overlap only where the case states
+    ``two_batch_overlap`` (TensorRT-LLM's perf-overview options enable none). A maximum-load run
+    under TensorRT-LLM also tries the batch its scheduler holds when every request is queued
+    (``_max_load_batches``)."""
     from moesim.planner.plan import plan
     from moesim.planner.scenario import scenario_from_dict
 
@@ -238,11 +270,11 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     ttft = inputs.get("ttft_limit_s")
     if tpot is None and ttft is None and not inputs.get("max_load"):
         raise UnsupportedCase("an end-to-end row needs latency limits (tpot_limit_s / ttft_limit_s) or max_load")
-    for key in ("batch_per_device", "redundant_experts", "two_batch_overlap", "ep", "devices_per_node"):
+    for key in ("batch_per_device", "redundant_experts", "ep", "devices_per_node"):
         flag_ignored(inputs, key, "the planner chooses it for the deployment (end-to-end row)")
     if inputs.get("attention_dtype") is not None:
         flag_ignored(inputs, "attention_dtype", "the planner prices attention at the workload dtype (end-to-end row)")
-    scenario = scenario_from_dict({
+    data = {
         "kind": "serving", "name": "validate-end-to-end", "model": model.name, "hardware": [hw.name],
         "max_devices": devices,
         "workload": {"prompt_len": int(inputs["prompt_len"]), "output_len": int(inputs["output_len"]),
@@ -250,9 +282,15 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
                      "kv_dtype": str(inputs.get("kv_dtype") or ("fp8" if dtype in ("fp8", "fp4") else dtype))},
         "slo": {"percentile": 50, "tpot_s": float(tpot or 1e3), "ttft_s": float(ttft or 1e6)},
         "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
-                   "tp": [tp], "pp": [1], "attention_layouts": [layout], "overlap": "auto"},
-        "verify": {"top_n": 0},
-    }, source="end-to-end case")
+                   "tp": [tp], "pp": [1], "attention_layouts": [layout],
+                   "overlap": "two_microbatch" if inputs.get("two_batch_overlap") else "none"},
+        "verify": {"top_n": 0}, "stack": case_stack(inputs, hw.name, "decode"), "scheduler": case_scheduler(inputs),
+    }
+    scenario = scenario_from_dict(data, source="end-to-end case")
+    extra = _max_load_batches(scenario, model) if inputs.get("max_load") else ()
+    if extra:
+        data["search"]["batch_per_device"] = sorted(set(END_TO_END_BATCHES) | set(extra))
+        scenario = scenario_from_dict(data, source="end-to-end case")
     ranked = [r.evaluation for r in plan(scenario, executor="inline").ranked]
     if not ranked:
         raise UnsupportedCase("the planner finds no candidate of this deployment that fits and meets the limits")

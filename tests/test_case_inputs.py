@@ -116,8 +116,8 @@ def test_end_to_end_rows_go_through_the_planner():
                                           "dtype": "fp4", "kv_dtype": "fp8"},
                              "slo": {"percentile": 50, "tpot_s": 1e3, "ttft_s": 1e6},
                              "search": {"devices_per_replica": [1], "batch_per_device": list(END_TO_END_BATCHES),
-                                        "tp": [1], "pp": [1], "attention_layouts": ["tp"], "overlap": "auto"},
-                             "verify": {"top_n": 0}})
+                                        "tp": [1], "pp": [1], "attention_layouts": ["tp"], "overlap": "none"},
+                             "verify": {"top_n": 0}})  # no framework: stack and scheduler auto; overlap as stated
     best = max(r.evaluation.tokens_per_s / r.evaluation.candidate.devices for r in plan(sc, executor="inline").ranked)
     assert value == best
     assert "ep" in inputs.ignored()   # the planner chooses it

@@ -14,10 +14,13 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
   than interpolated;
 - prefill and continuous batching (co-located): the serving system of
   :mod:`moesim.planner.serving_policy`, the one the serving DES simulates: a per-rank token
-  budget, prompts batched into a mixed iteration once every K iterations (K chosen to meet the
-  TPOT limit), mixed iterations priced by the DES's own ``GridCost`` (so an eager prefill's host
+  budget, prompts batched into a mixed iteration once every K iterations (K of most tokens/s
+  within the TPOT and TTFT limits; TensorRT-LLM's scheduler: its trtllm-bench limits, K = L / S_rank,
+  more sequences per rank than it sustains rejected as ``exceeds_engine_limits``), mixed
+  iterations priced by the DES's own ``GridCost`` (so an eager prefill's host
   time and the decode attention of the co-scheduled sequences are in it); then
-  TPOT = (T_mix + (K - 1) t_dec) / K, TTFT at the SLO percentile q = q x period + T_mix,
+  TPOT = (T_mix + (K - 1) t_dec) / K, TTFT at the SLO percentile q = q x period + T_mix (at the
+  q-quantile of a period's prompt tokens: serving_policy.estimate),
   tokens/s per replica = sequences / TPOT. The serving DES then checks the tails of the best
   candidates.
 - capacity: the candidate's capacity factor and the scenario's overflow policy are part of its
@@ -160,8 +163,14 @@ class AnalyticEvaluator:
             if verdicts[c.batch] is not None:  # never ranked (moesim/planner/rank.py): latencies not priced
                 results.append(replace(ev, **routed).rejected(*verdicts[c.batch]))
                 continue
+            over = serving_policy.engine_rejection(c, scenario, model, cache)
+            if over is not None:  # more sequences than the engine's scheduler holds
+                results.append(replace(ev, **routed).rejected("exceeds_engine_limits", over))
+                continue
+            limits = serving_policy.trtllm_limits(c, scenario, model, cache) \
+                if serving_policy.engine(scenario) == "trtllm" else None
             est = serving_policy.choose(grid, c, scenario,
-                                        _featured_decode_s(model, dep, bd, c.batch, context, scenario, cache))
+                                        _featured_decode_s(model, dep, bd, c.batch, context, scenario, cache), limits)
             results.append(Evaluation(
                 candidate=c, tokens_per_s=est.output_tokens_per_s,
                 tpot_s=est.tpot_s, ttft_s=est.ttft_s, memory_headroom_GiB=headroom,

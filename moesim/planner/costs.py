@@ -2,7 +2,7 @@
 
 A ``Candidate`` (moesim/planner/evaluation.py) is a point of the search: hardware name, layout,
 batch and capacity factor. ``deployment_of`` turns it, with the scenario's dtypes, overlap,
-overflow policy and training settings, into the ``Deployment`` every model takes; nothing else
+overflow policy, software stack and training settings, into the ``Deployment`` every model takes; nothing else
 in the planner re-packs a deployment.
 
 ``PlanCache`` is the planner's memo, owned by the evaluator (``AnalyticEvaluator.cache``): the
@@ -28,7 +28,7 @@ def deployment_of(c, scenario, model: ModelSpec, *, hw=None, capacity: bool = Tr
               attention_layout=c.attention_layout, redundant_experts=c.redundant_experts,
               overlap=overlap_mode(scenario, model), dtype=w.dtype,
               capacity_factor=c.capacity_factor if capacity and model.moe is not None else None,
-              overflow=scenario.routing.overflow)
+              overflow=scenario.routing.overflow, stack=scenario.stack)
     if scenario.kind == "serving":
         kw["kv_dtype"] = w.kv_dtype
     else:
@@ -53,7 +53,7 @@ class PlanCache:
         key = (id(hw), c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts,
                c.capacity_factor if capacity else None, model.moe is not None, scenario.kind, w.dtype, getattr(w, "kv_dtype", None),
                getattr(w, "recompute", None), getattr(w, "distributed_optimizer", None), overlap_mode(scenario, model),
-               scenario.routing.overflow, tuple(sorted(changes.items())))
+               scenario.routing.overflow, scenario.stack, tuple(sorted(changes.items())))
         hit = self._deployments.get(key)
         if hit is None or hit.hardware is not hw:  # NOTE: by identity only while the entry holds the objects
             hit = self._deployments[key] = deployment_of(c, scenario, model, hw=hw, capacity=capacity, **changes)

@@ -20,6 +20,8 @@ from moesim.specs import Parallelism
 REASONS: dict[str, str] = {
     "invalid_layout": "parallel sizes do not fit the model (heads, experts or layers do not divide)",
     "does_not_fit": "does not fit in device memory",
+    "exceeds_engine_limits": "more sequences per rank than the serving engine's scheduler sustains (its batch, "
+                             "token and whole-request KV limits: moesim/planner/serving_policy.py)",
     "misses_slo_tpot": "misses the TPOT SLO",
     "misses_slo_ttft": "misses the TTFT SLO",
     "drops_too_many": "drops more tokens than limits.max_drop_fraction",

@@ -7,11 +7,14 @@ sections reuse the library's specs (:class:`~moesim.specs.ServingWorkload`,
 :class:`~moesim.specs.TrainingWorkload`), so the planner and the serving simulator read the same
 fields. ``[search]`` bounds the search space; ``[prices]`` names the one price basis costs are
 compared on and the user's own prices (:mod:`moesim.prices`); ``[verify]`` sets the serving-DES check of the top candidates.
+``stack`` names the software stack every candidate runs under (``Deployment.stack``: which
+phases pay per-operator host issue time, moesim/step/host.py); ``auto`` is each phase's
+production default. The allowed names are ``Deployment``'s own (``deployment_stacks``).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,13 +22,23 @@ from moesim.catalog import build, read_toml, resolve_file_names
 from moesim.errors import MoesimError
 from moesim.prices import PricesSpec
 from moesim.planner.disagg_search import DisaggSearch
-from moesim.specs import SLO, RoutingSpec, ServingWorkload, TrainingWorkload
+from moesim.specs import SLO, Deployment, RoutingSpec, ServingWorkload, TrainingWorkload
 from moesim.specs.common import Spec
 from moesim.specs.serving_features import ServingFeatures
 
 DEFAULT_SCENARIO_PATH = Path(__file__).with_name("default_scenario.toml")
 
 _POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+# The software stacks ``Deployment.stack`` accepts: its own ``Literal`` (read, not copied, so the
+# scenario follows when the spec gains a stack).
+DeploymentStack = Deployment.model_fields["stack"].annotation
+
+
+def deployment_stacks() -> tuple[str, ...]:
+    """The names ``DeploymentStack`` allows."""
+    return tuple(get_args(DeploymentStack))
 
 
 class ServingSearch(Spec):
@@ -131,6 +144,8 @@ class _ScenarioBase(Spec):
                                description="the one price basis costs are compared on (moesim/prices.py)")
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     limits: QualityLimits = Field(default_factory=QualityLimits)
+    stack: DeploymentStack = Field("auto", description="software stack of every candidate (Deployment.stack: "
+                                   "which phases pay per-operator host time; auto: each phase's production default)")
 
     @model_validator(mode="after")
     def _quality_policy(self):
@@ -171,6 +186,10 @@ class ServingScenario(_ScenarioBase):
         ("colocated",), min_length=1, description="serving modes searched side by side")
     features: ServingFeatures = Field(default_factory=ServingFeatures)
     disaggregated: DisaggSearch = Field(default_factory=DisaggSearch)
+    scheduler: Literal["auto", "batched_prefill", "trtllm"] = Field(
+        "auto", description="the co-located replica's scheduler (moesim/planner/serving_policy.py): batched_prefill "
+        "(per-rank token budget, prompts batched every K iterations), trtllm (TensorRT-LLM's trtllm-bench limits); "
+        "auto: trtllm when stack is trtllm, else batched_prefill")
 
     @model_validator(mode="after")
     def _targets(self):

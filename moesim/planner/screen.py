@@ -152,13 +152,13 @@ def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nod
         fitting = sorted({candidates[i].batch for i in idx
                           if base.total_bytes + candidates[i].batch * kv_seq <= base.capacity_bytes})
         picked = decode_nodes(fitting, nodes)
-        if (hw.name, c0.pp) not in hosts:
-            hosts[hw.name, c0.pp] = _host_s(model, hw, c0.pp)
+        if (hw.name, c0.pp, dep.stack) not in hosts:
+            hosts[hw.name, c0.pp, dep.stack] = _host_s(model, hw, c0.pp, dep.stack)
         t_nodes = None
         if picked:
             t_nodes = estimate(model, dep, Decode(picked, context, scenario.routing.skew), check_memory=False,
                                cache=cache.step).step_time_s
-        layouts.append((idx, base, kv_seq, picked, hosts[hw.name, c0.pp], t_nodes))
+        layouts.append((idx, base, kv_seq, picked, hosts[hw.name, c0.pp, dep.stack], t_nodes))
     out: list[Screened | None] = [None] * len(candidates)
     for idx, base, kv_seq, picked, host, t_nodes in layouts:
         per_batch = {}  # decode estimate and bounds of each fitting batch (all at once)
@@ -182,15 +182,20 @@ def _rest(s: Screened) -> tuple:
     return (s.fits, s.headroom_GiB, s.decode_s, s.usd_per_hour_lb, s.reason, s.detail, s.tpot_lb_s, s.ttft_lb_s)
 
 
-def _host_s(model, hw, pp: int) -> float:
-    """H: host issue time of one eager prefill pass of the lightest pipeline stage's share (s)."""
+def _host_s(model, hw, pp: int, stack: str = "auto") -> float:
+    """H: host issue time of one prefill pass of the lightest pipeline stage's share under the
+    deployment's software ``stack`` (s; 0 when the stack replays prefill from a graph)."""
     from moesim.step.host import layer_host_s
 
-    return sum(layer_host_s(hw, model, model.layer_is_moe(i), "prefill") for i in range(model.num_layers)) / pp
+    return sum(layer_host_s(hw, model, model.layer_is_moe(i), "prefill", stack=stack)
+               for i in range(model.num_layers)) / pp
 
 
 def _latency_bounds(c: Candidate, scenario, t_lb: float, host: float) -> tuple[float, float]:
-    """(TPOT_lb, TTFT_lb) of the module docstring (seconds)."""
+    """(TPOT_lb, TTFT_lb) of the module docstring (seconds); under the TensorRT-LLM scheduler,
+    whose K is the engine's (not bounded by k_max), the decode-step floor t_lb for both."""
+    if serving_policy.engine(scenario) == "trtllm":
+        return t_lb, t_lb
     k_max = serving_policy.max_steps(c, scenario)
     t_mix = max(host, t_lb)
     tpot = (t_mix + (k_max - 1) * t_lb) / k_max

@@ -20,11 +20,15 @@ Choices, as a production deployment makes them (units: tokens, seconds):
   the scheduler admits up to ``SEQ_HEADROOM`` x that (Poisson load fluctuates around the mean;
   the KV-cache admission control of the memory model stays the hard bound).
 - prefill batching ``K = decode_steps_per_prefill`` (``SchedulerConfig``): prompts are scheduled
-  at most once every K iterations. Eager prefill pays a host issue time per pass regardless of
-  its tokens (moesim/step/host.py: ~0.5-0.9 s for DeepSeek-V3 on the GPU profiles) while decode
-  replays CUDA graphs; at K = 1 every iteration carrying a new prompt is host-bound and TPOT is
-  that host time. The analytic picks the smallest K that meets the TPOT limit (the smallest K
-  also gives the smallest TTFT), and the DES runs that K.
+  at most once every K iterations. An eager prefill pays a host issue time per pass regardless
+  of its tokens (moesim/step/host.py; the scenario's ``stack`` decides which phases are eager)
+  while decode replays CUDA graphs; at K = 1 every iteration carrying a new prompt pays it. The
+  analytic picks the K of most tokens/s (smallest TPOT) among those meeting the TPOT and TTFT
+  limits, ties to the smaller K (``choose``), and the DES runs that K.
+- TensorRT-LLM (``scenario.scheduler`` ``trtllm``, or ``auto`` with ``stack = "trtllm"``): the
+  engine's own limits instead (moesim/planner/trtllm_engine.py: trtllm-bench's max_batch_size
+  and max_num_tokens, KV for whole requests), no prompt held back (K = L / S_rank), candidates
+  over its sequence limit rejected (``engine_rejection``).
 - prefill overlap: with ``search.overlap = "auto"``, prefill and mixed passes use the faster of
   ``none`` / ``two_microbatch`` at one prompt per device (each micro-batch pays the host time
   again), decode uses the scenario's (two_microbatch for MoE).
@@ -36,22 +40,29 @@ mixed iteration ``cost.mixed_time_s(n P, n, S, C)``)::
     n      = S K / L                     prompts arriving per period (Little's law)
     period = T_mix + (K - 1) t_d         one mixed iteration and K - 1 decode-only ones
     TPOT   = period / K                  every sequence gains one token per iteration
-    TTFT_q = q period + T_mix            Poisson arrivals wait U(0, period) for the next mixed
-                                         iteration (q = SLO percentile / 100), then run it
+    TTFT_q = (q + m) period_q + T_mix_q  Poisson arrivals wait U(0, period) for the next mixed
+                                         iteration (q = SLO percentile / 100), then run it;
+                                         priced at the q-quantile of a period's prompt tokens,
+                                         m periods more when they overflow one iteration's
+                                         budget (``estimate``)
     out tokens/s = S / TPOT
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+from statistics import NormalDist
 
 from moesim.planner.costs import PlanCache
+from moesim.planner.trtllm_engine import EngineLimits, trtllm_limits
 from moesim.planner.scenario import overlap_mode
 from moesim.step.cache import StepCache
 
 PER_RANK_TOKEN_BUDGET = 8192
 SEQ_HEADROOM = 2
 MAX_DECODE_STEPS_PER_PREFILL = 512
+POISSON_EXACT_MEAN = 50.0  # above this mean, Poisson quantiles start from the normal approximation
 
 
 def attention_ranks(c) -> int:
@@ -64,10 +75,16 @@ def planned_seqs(c) -> int:
     return max(1, c.batch * c.devices // c.pp)
 
 
-def scheduler(c, steps: int = 1):
-    """The replica scheduler both stages assume (module docstring)."""
+def scheduler(c, steps: int = 1, limits: EngineLimits | None = None):
+    """The replica scheduler both stages assume (module docstring); with TensorRT-LLM's
+    ``limits`` (``trtllm_limits``) its per-rank token budget and sequence limit times the
+    attention ranks, a prompt admitted in every iteration that has room (K = 1)."""
     from moesim.des.serving.replica import SchedulerConfig
 
+    if limits is not None:
+        ranks = attention_ranks(c)
+        return SchedulerConfig(token_budget=limits.max_num_tokens * ranks, max_seqs=limits.max_seqs * ranks,
+                               decode_steps_per_prefill=1)
     seqs = SEQ_HEADROOM * planned_seqs(c)
     return SchedulerConfig(token_budget=max(PER_RANK_TOKEN_BUDGET * attention_ranks(c), seqs),
                            max_seqs=seqs, decode_steps_per_prefill=max(1, int(steps)))
@@ -91,6 +108,29 @@ def prefill_overlap(c, scenario, model, cache: PlanCache) -> str:
         return min(t, key=t.__getitem__)
 
     return cache.get(cache.key(model, dep, "prefill_overlap", w.prompt_len), faster)
+
+
+def engine(scenario) -> str:
+    """The co-located scheduler of ``scenario``: its ``scheduler``, ``auto`` resolved (``trtllm``
+    when the software stack is TensorRT-LLM's, else ``batched_prefill``)."""
+    name = getattr(scenario, "scheduler", "auto")
+    if name != "auto":
+        return name
+    return "trtllm" if getattr(scenario, "stack", "auto") == "trtllm" else "batched_prefill"
+
+
+def engine_rejection(c, scenario, model, cache: PlanCache) -> str | None:
+    """Why the engine cannot hold candidate ``c``'s planned sequences per rank (None when it can,
+    or when the scheduler sets no such limit)."""
+    if engine(scenario) != "trtllm":
+        return None
+    lim = trtllm_limits(c, scenario, model, cache)
+    per_rank = planned_seqs(c) // attention_ranks(c)
+    if per_rank <= lim.max_seqs:
+        return None
+    return (f"{per_rank} sequences per rank > {lim.max_seqs} that TensorRT-LLM sustains (bound: {lim.bound}; "
+            f"max_batch_size {lim.max_batch_size}, max_num_tokens {lim.max_num_tokens}, KV for {lim.kv_seqs} "
+            f"whole requests)")
 
 
 class _Nodes:
@@ -201,18 +241,93 @@ class ColocatedEstimate:
     output_tokens_per_s: float
 
 
-def estimate(cost, c, scenario, decode_s: float, steps: int) -> ColocatedEstimate:
-    """The module docstring's closed form at K = ``steps``."""
+def length_cv2(workload) -> float:
+    """Squared coefficient of variation of the prompt length: 0 fixed; ``exp(sigma^2) - 1`` for the
+    lognormal of ``length_sigma`` (moesim/des/serving/arrivals.py: ln L ~ N(mu, sigma^2))."""
+    if workload.length_distribution == "lognormal":
+        return math.expm1(workload.length_sigma ** 2)
+    return 0.0
+
+
+def poisson_quantile(mean: float, q: float) -> int:
+    """Smallest integer k with P(N <= k) >= q for N ~ Poisson(``mean``) (exact): the cumulative
+    sum up to a mean of ``POISSON_EXACT_MEAN``; above it the normal approximation with continuity
+    correction as the start, corrected by the exact CDF P(N <= k) = Q(k + 1, mean) (regularized
+    upper incomplete gamma, ``scipy.special.gammaincc``)."""
+    if mean <= 0 or q <= 0:
+        return 0
+    if mean > POISSON_EXACT_MEAN:
+        from scipy.special import gammaincc
+
+        k = max(0, math.ceil(mean + _z(q) * math.sqrt(mean) - 0.5))
+        while k > 0 and gammaincc(k, mean) >= q - 1e-12:  # P(N <= k - 1) already reaches q
+            k -= 1
+        while gammaincc(k + 1, mean) < q - 1e-12:
+            k += 1
+        return k
+    term = cdf = math.exp(-mean)
+    k = 0
+    while cdf < q - 1e-12:
+        k += 1
+        term *= mean / k
+        cdf += term
+    return k
+
+
+@lru_cache(maxsize=64)
+def _z(q: float) -> float:
+    """Standard normal quantile (0 at the median and outside (0, 1))."""
+    return NormalDist().inv_cdf(q) if 0.0 < q < 1.0 else 0.0
+
+
+def prompt_tokens_quantile(n_mean: float, prompt_len: float, q: float, cv2: float = 0.0) -> float:
+    """q-quantile of the prompt tokens that arrive in one period (tokens).
+
+    Poisson arrivals: the count N ~ Poisson(``n_mean``) at its q-quantile N_q
+    (``poisson_quantile``). Given N_q prompts of mean length P and squared CV ``cv2``, their sum
+    has mean N_q P and standard deviation P sqrt(N_q cv2) (independent lengths), taken at the
+    normal quantile z_q: tokens_q = N_q P + z_q P sqrt(N_q cv2). At least the mean n P (the
+    fluid closed form; the median count of a small Poisson mean is 0)."""
+    if n_mean <= 0:
+        return 0.0
+    n_q = poisson_quantile(n_mean, q)
+    z = _z(q)
+    spread = prompt_len * z * math.sqrt(n_q * cv2) if n_q > 0 and cv2 > 0 and z > 0 else 0.0
+    return max(n_mean * prompt_len, n_q * prompt_len + spread)
+
+
+def estimate(cost, c, scenario, decode_s: float, steps: int, limits: EngineLimits | None = None) -> ColocatedEstimate:
+    """The module docstring's closed form at K = ``steps``, with TTFT at the SLO percentile.
+
+    TPOT and tokens/s use the mean period (n = S K / L prompts of P tokens in its mixed
+    iteration). TTFT_q = (q + m) x period_q + T_mix_q prices the mixed iteration (and so the
+    period) at the q-quantile of the prompt tokens arriving in one period (``prompt_tokens_quantile``:
+    Poisson count, the workload's length spread), the wait for it at the q-quantile of U(0,
+    period_q): each term at its own q-quantile, so the sum is at or above the q-quantile of the
+    TTFT distribution the serving DES samples (the margin a TTFT limit is judged with). One
+    mixed iteration takes at most budget - S prompt tokens (the scheduler's token budget less
+    one token per running sequence); the m = ceil(tokens_q / (budget - S)) - 1 further periods
+    are the wait of the prompts beyond it."""
     w = scenario.workload
     s = planned_seqs(c)
     n = s * steps / w.output_len
     ctx = w.prompt_len + w.output_len / 2
-    mixed = cost.mixed_time_s(max(1, round(n * w.prompt_len)), max(1, round(n)), s, ctx)
-    mixed = max(mixed, decode_s)  # NOTE: a mixed iteration carries the whole decode batch too
+    mixed = max(cost.mixed_time_s(max(1, round(n * w.prompt_len)), max(1, round(n)), s, ctx), decode_s)
+    # NOTE: a mixed iteration carries the whole decode batch too (max with the decode step)
     period = mixed + (steps - 1) * decode_s
     tpot = period / steps
     q = scenario.slo.percentile / 100.0
-    return ColocatedEstimate(steps, mixed, period, tpot, q * period + mixed, s / tpot)
+    tokens_q = prompt_tokens_quantile(n, w.prompt_len, q, length_cv2(w))
+    room = max(1, scheduler(c, limits=limits).token_budget - s)  # prompt tokens one mixed iteration takes
+    first = min(tokens_q, room)
+    if round(first) > max(1, round(n * w.prompt_len)):
+        mixed_q = max(cost.mixed_time_s(round(first), max(1, round(first / w.prompt_len)), s, ctx), decode_s)
+    else:
+        mixed_q = mixed
+    period_q = mixed_q + (steps - 1) * decode_s
+    spill = max(0, math.ceil(tokens_q / room - 1e-9) - 1)  # periods the last prompts wait beyond the budget
+    ttft = (q + spill) * period_q + mixed_q
+    return ColocatedEstimate(steps, mixed, period, tpot, ttft, s / tpot)
 
 
 def max_steps(c, scenario) -> int:
@@ -222,12 +337,11 @@ def max_steps(c, scenario) -> int:
     return int(max(1, min(MAX_DECODE_STEPS_PER_PREFILL, room * w.output_len // max(1, s * w.prompt_len))))
 
 
-def choose(cost, c, scenario, decode_s: float) -> ColocatedEstimate:
-    """Smallest K meeting the TPOT limit (K = 1 without one); the largest allowed K when none
-    does. Fixed-point on K = ceil((T_mix - t_d) / (limit - t_d)), T_mix nearly flat in K."""
-    limit, k_max = scenario.slo.tpot_s, max_steps(c, scenario)
+def _smallest_meeting_tpot(cost, c, scenario, decode_s: float, limit: float, k_max: int) -> ColocatedEstimate:
+    """Smallest K meeting the TPOT ``limit`` (k_max's estimate when none does). Fixed point on
+    K = ceil((T_mix - t_d) / (limit - t_d)), T_mix nearly flat in K."""
     est = estimate(cost, c, scenario, decode_s, 1)
-    if limit is None or est.tpot_s <= limit:
+    if est.tpot_s <= limit:
         return est
     if limit <= decode_s:
         return estimate(cost, c, scenario, decode_s, k_max)
@@ -239,3 +353,83 @@ def choose(cost, c, scenario, decode_s: float) -> ColocatedEstimate:
         if est.tpot_s <= limit or k == k_max:
             break
     return est
+
+
+def _largest_meeting_ttft(cost, c, scenario, decode_s: float, limit: float, lo: int, k_max: int) -> int:
+    """Largest K in [lo, k_max] whose TTFT meets ``limit`` (``lo`` - 1 when none does): bisection,
+    TTFT grows with K (the period does: T_mix never falls with more prompt tokens, t_d > 0)."""
+    if estimate(cost, c, scenario, decode_s, lo).ttft_s > limit:
+        return lo - 1
+    good = lo
+    if estimate(cost, c, scenario, decode_s, k_max).ttft_s <= limit:
+        return k_max
+    bad = k_max
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if estimate(cost, c, scenario, decode_s, mid).ttft_s <= limit:
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def _segment_ends(cost, c, scenario, lo: int, hi: int) -> set[int]:
+    """The K in [lo, hi] where the mixed iteration's prefill tokens n P + S (n = S K / L) cross a
+    node of the cost's geometric prefill grid, and their neighbours: between two such K, T_mix is
+    affine in K (``GridCost``: piecewise linear in tokens) so TPOT = t_d + (T_mix - t_d) / K is
+    monotone there, and its minimum over [lo, hi] is at one of these K, ``lo`` or ``hi``."""
+    w, s = scenario.workload, planned_seqs(c)
+    per_k = s * w.prompt_len / w.output_len  # prompt tokens one more decode step adds to the period
+    out = {lo, hi}
+    ppo = getattr(cost, "points_per_octave", 1)
+    tokens = lo * per_k + s
+    node = grid_bracket_hi(tokens, ppo)
+    while per_k > 0 and node <= hi * per_k + s:
+        k = (node - s) / per_k
+        out.update(x for x in (math.floor(k), math.floor(k) + 1, math.ceil(k) - 1) if lo <= x <= hi)
+        node = grid_bracket_hi(node + 1, ppo)
+    return out
+
+
+def grid_bracket_hi(x: float, per_octave: int) -> int:
+    """The smallest node of the geometric grid round(2^(i / per_octave)) at or above ``x``."""
+    from moesim.des.serving.cost import grid_bracket
+
+    return grid_bracket(max(1.0, x), per_octave)[1]
+
+
+def choose(cost, c, scenario, decode_s: float, limits: EngineLimits | None = None) -> ColocatedEstimate:
+    """The prefill interval K that maximises the replica's output tokens/s (S / TPOT: the
+    smallest TPOT) among the K in [1, k_max] meeting the TPOT and TTFT limits; ties go to the
+    smaller K (smaller TTFT). TPOT falls with K where the mixed iteration's fixed cost
+    dominates, so the feasible K form [K_tpot, K_ttft] (smallest meeting TPOT, largest meeting
+    TTFT); over it TPOT is monotone between the prefill grid's segment ends
+    (``_segment_ends``), which are all that is priced. When no K meets both: the smallest K
+    meeting TPOT (its TTFT is the smallest of those), or k_max's estimate when none meets TPOT.
+    Under TensorRT-LLM's ``limits`` K is the engine's: no prompt is held back, so a rank admits
+    a waiting request as soon as one finishes, S_rank / L per iteration: one prompt per mixed
+    iteration every K = L / S_rank iterations when fewer than one finishes per iteration (rounded;
+    the ranks' admissions taken together, as TensorRT-LLM's attention-DP balancing schedules
+    them), else K = 1 with S_rank / L prompts in every iteration."""
+    if limits is not None:
+        per_rank = max(1, planned_seqs(c) // attention_ranks(c))
+        return estimate(cost, c, scenario, decode_s, max(1, round(scenario.workload.output_len / per_rank)), limits)
+    slo, k_max = scenario.slo, max_steps(c, scenario)
+    first = _smallest_meeting_tpot(cost, c, scenario, decode_s, slo.tpot_s, k_max) if slo.tpot_s is not None \
+        else estimate(cost, c, scenario, decode_s, 1)
+    if slo.tpot_s is not None and first.tpot_s > slo.tpot_s:
+        return first
+    lo = first.steps
+    hi = k_max if slo.ttft_s is None else _largest_meeting_ttft(cost, c, scenario, decode_s, slo.ttft_s, lo, k_max)
+    if hi < lo:
+        return first
+    best = first
+    for k in sorted(_segment_ends(cost, c, scenario, lo, hi)):
+        est = first if k == lo else estimate(cost, c, scenario, decode_s, k)
+        if slo.tpot_s is not None and est.tpot_s > slo.tpot_s:
+            continue
+        if slo.ttft_s is not None and est.ttft_s > slo.ttft_s:
+            continue
+        if est.tpot_s < best.tpot_s * (1.0 - 1e-12):
+            best = est
+    return best

@@ -1,0 +1,131 @@
+"""TensorRT-LLM's co-located scheduler limits as ``trtllm-bench throughput`` sets them.
+
+The planner's ``trtllm`` scheduler (moesim/planner/serving_policy.py) holds a replica to what
+TensorRT-LLM's PyTorch backend runs in its benchmark (every constant names its source file in
+NVIDIA/TensorRT-LLM; nothing is fitted):
+
+- ``max_batch_size`` / ``max_num_tokens``: not given by the perf-overview commands, so
+  trtllm-bench sets them from its own KV estimate (``trtllm_bench_settings``,
+  ``_heuristic_requests``);
+- KV cache: ``kv_cache_free_gpu_mem_fraction`` of the memory the weights leave, and the default
+  capacity policy GUARANTEED_NO_EVICT reserves blocks for a request to complete
+  (_torch/pyexecutor/scheduler.py: "Reserve blocks for requests to complete without eviction");
+- the micro-batch scheduler (same file, ``PyMicroBatchScheduler.schedule``) charges each
+  generation request ``beam_width`` tokens of ``max_num_tokens`` and, without chunking, a
+  context request its whole remaining prompt.
+NOTE: the same file's ``ScheduledRequests.can_run_cuda_graph`` is ``not context_requests``: an
+iteration that carries a prompt is not replayed from a CUDA graph. That is a host-time matter of
+the software stack (moesim/step/host.py), not a scheduler limit, and is not priced here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from moesim.planner.costs import PlanCache
+
+TRTLLM_KV_FREE_GPU_MEM_FRACTION = 0.95  # perf-overview.md: "--kv_cache_free_gpu_mem_fraction 0.95" in many cases
+TRTLLM_MAX_BATCH_CAP = 4096  # bench/build/tuning.py finetune_setting: min(kv_cache_max_requests, 4096) / pp
+TRTLLM_MAX_TOKENS_CAP = 32768  # same: min(raw_bs x (1 + ISL / OSL), 32768)
+TRTLLM_MIN_TOKENS = 2048  # same: "Set min to 2048 to ensure Ctx/Gen overlap efficiency"
+TRTLLM_MIN_BATCH = 64  # same: "Set min BS to be 64"
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """What one attention-DP rank's scheduler sustains (tokens and sequences per rank).
+
+    ``max_batch_size`` / ``max_num_tokens``: the engine settings; ``kv_seqs``: whole requests
+    (P + L tokens each) its KV cache holds; ``max_seqs``: the steady-state sequences in flight,
+    the smallest of the three bounds, ``bound`` naming it."""
+
+    max_batch_size: int
+    max_num_tokens: int
+    kv_seqs: int
+    max_seqs: int
+    bound: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def trtllm_bench_settings(kv_max_requests: float, isl: int, osl: int, pp: int = 1) -> tuple[int, int]:
+    """(max_batch_size, max_num_tokens) that ``trtllm-bench throughput`` sets when the user gives
+    neither: TensorRT-LLM tensorrt_llm/bench/build/tuning.py ``finetune_setting`` (optimistic
+    tuning), then bench/benchmark/utils/general.py ``get_settings``: without chunked prefill (the
+    default, ``enable_chunked_prefill`` False) ``max_num_tokens`` >= ISL + ``max_batch_size``.
+    raw_bs = min(requests, 4096) / pp; raw_tokens = min(raw_bs (1 + ISL / OSL), 32768); the
+    batch rounds up to 32 (below 256, at least 64), 128 (below 1024) or 256; the tokens to 256
+    (below 4096, at least 2048), 512 (below 8192) or 1024."""
+    raw_bs = min(kv_max_requests, TRTLLM_MAX_BATCH_CAP) / pp
+    raw_token = min(raw_bs * (1 + isl / osl), TRTLLM_MAX_TOKENS_CAP)
+    if raw_bs < 256:
+        max_bs = max(TRTLLM_MIN_BATCH, 32 * math.ceil(raw_bs / 32))
+    elif raw_bs < 1024:
+        max_bs = 128 * math.ceil(raw_bs / 128)
+    else:
+        max_bs = 256 * math.ceil(raw_bs / 256)
+    if raw_token < 4096:
+        max_token = max(TRTLLM_MIN_TOKENS, 256 * math.ceil(raw_token / 256))
+    elif raw_token < 8192:
+        max_token = 512 * math.ceil(raw_token / 512)
+    else:
+        max_token = 1024 * math.ceil(raw_token / 1024)
+    return int(max_bs), int(max(max_token, isl + max_bs))
+
+
+def _heuristic_requests(model, dep, devices: int, isl: int, osl: int) -> float:
+    """trtllm-bench's estimate of the requests the KV cache holds (bench/build/tuning.py
+    ``calc_engine_setting``), from the quantities it reads off the Hugging Face config: engine
+    size = parameters x bytes per element (NVFP4 0.5, FP8 1, else 2), over ``devices`` GPUs of
+    HBM; KV bytes per token = 2 x layers x max(tp, KV heads) x head size x KV bytes (KV heads and
+    head size as the config states them: an MLA config states 128 heads of hidden / heads)."""
+    from moesim.compute.counts import param_counts
+
+    att, hw = model.attention, dep.hardware
+    per_elem = {"fp4": 0.5, "fp8": 1.0}
+    engine_bytes = param_counts(model).total * per_elem.get(dep.dtype, 2.0)
+    heads = getattr(att, "num_kv_heads", None) or att.num_heads
+    head = getattr(att, "head_dim", None) or model.hidden // att.num_heads
+    kv_token = 2 * model.num_layers * max(devices // dep.pp, heads) * head * per_elem.get(dep.kv_dtype, 2.0)
+    cache = (hw.hbm_bytes * devices - engine_bytes) * TRTLLM_KV_FREE_GPU_MEM_FRACTION
+    return max(0.0, cache / (kv_token * (isl + osl)))
+
+
+def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
+    """TensorRT-LLM's scheduler limits per attention-DP rank for candidate ``c`` under
+    ``trtllm-bench throughput`` (sources: TensorRT-LLM docs/source/developer-guide/perf-overview.md,
+    tensorrt_llm/bench/build/tuning.py, bench/benchmark/utils/general.py,
+    _torch/pyexecutor/scheduler.py):
+
+    - settings: ``trtllm_bench_settings`` of the benchmark's own KV estimate
+      (``_heuristic_requests``; ``--tp`` = the replica's devices / pp, as the perf-overview
+      commands pass them, DEP runs included). With attention DP every rank runs its own
+      scheduler with these settings;
+    - KV cache: ``kv_cache_free_gpu_mem_fraction`` 0.95 of the memory the weights leave
+      (``TRTLLM_KV_FREE_GPU_MEM_FRACTION``; the runtime's own buffers are not modelled), and the
+      default capacity policy GUARANTEED_NO_EVICT reserves blocks for a request to complete, so
+      a rank holds kv_seqs = KV tokens / (P + L) whole requests;
+    - token budget: a generation request takes one token of ``max_num_tokens`` per iteration and
+      a context request its whole prompt (no chunking), so at steady state n P + S <=
+      max_num_tokens with n = S / L prompts per iteration: S <= max_num_tokens L / (P + L);
+    - max_seqs = min(max_batch_size, kv_seqs, that)."""
+    from moesim.compute.memory import memory_footprint
+
+    w = scenario.workload
+    dep = cache.deployment(c, scenario, model)
+
+    def make() -> EngineLimits:
+        fp = memory_footprint(model, dep.hardware, dep.parallelism, mode="serve", weight_dtype=dep.dtype,
+                              kv_dtype=dep.kv_dtype, kv_tokens=0)
+        free = max(0.0, fp.capacity_bytes - fp.weight_bytes)
+        kv_tokens = TRTLLM_KV_FREE_GPU_MEM_FRACTION * free / fp.kv_bytes_per_token if fp.kv_bytes_per_token else 0.0
+        kv_seqs = int(kv_tokens // (w.prompt_len + w.output_len))
+        max_bs, max_tok = trtllm_bench_settings(_heuristic_requests(model, dep, c.devices, w.prompt_len, w.output_len),
+                                                w.prompt_len, w.output_len, c.pp)
+        token_seqs = int(max_tok * w.output_len // (w.prompt_len + w.output_len))
+        bounds = {"max_batch_size": max_bs, "kv_cache": kv_seqs, "max_num_tokens": token_seqs}
+        bound = min(bounds, key=bounds.__getitem__)
+        return EngineLimits(max_bs, max_tok, kv_seqs, bounds[bound], bound)
+
+    return cache.get(cache.key(model, dep, "trtllm_limits", w.prompt_len, w.output_len), make)
