@@ -126,7 +126,9 @@ def op_rates(work, gemm, memory, gemm_share, share, hbm):
     work has rates 1."""
     w = np.asarray(work, dtype=float)
     g, m = np.asarray(gemm, dtype=float), np.asarray(memory, dtype=float)
-    safe = np.where(w > 0, w, 1.0)
-    idle = np.where(w > 0, safe / (g / gemm_share + (w - g)), 1.0)
-    comm = np.where(w > 0, safe / ((w - m) / share + m / (1.0 - np.asarray(hbm, dtype=float))), 1.0)
-    return idle, comm
+    busy = w > 0
+    safe = np.where(busy, w, 1.0)
+    g, m = np.where(busy, g, 0.0), np.where(busy, m, 0.0)
+    idle = safe / (g / gemm_share + (safe - g))
+    comm = safe / ((safe - m) / share + m / (1.0 - np.asarray(hbm, dtype=float)))
+    return np.where(busy, idle, 1.0), np.where(busy, comm, 1.0)
