@@ -15,7 +15,12 @@ Schedules (``overlap``):
   time is the max-plus recurrence of ``two_microbatch_time`` (exact for this order; the DES
   runs the same program and must reproduce it). While a normal-mode dispatch/combine kernel
   runs it holds u of the U SMs, so the compute it overlaps runs at (U - u) / U of full speed
-  (``LayerOps.compute_share``; moesim/step/sharing.py); low-latency kernels hold none.
+  (``LayerOps.compute_share``; moesim/step/sharing.py); low-latency kernels hold none. Also
+  limiting the overlap (sharing.py eqs. 2-5): in an FP8 prefill SGLang gives DeepGEMM U - u SMs
+  for the whole overlapped pass (``gemm_share``, on the compute-bound GEMMs ``pre_gemm_s`` and
+  X), and every comm kernel takes an HBM share (``dispatch_hbm_share``, ``combine_hbm_share``)
+  from the memory-bound kernels (``pre_memory_s``, ``ffn_memory_s``: elementwise ops, decode core
+  attention, GEMMs whose roofline bound is HBM).
 Host: in eager phases (train, prefill) an operation cannot run before the host has issued it
 (``LayerOps.host_pre_s`` for P, ``host_post_s`` for X; moesim/step/host.py), and a normal-mode
 dispatch makes the host wait for P's token counts (``LayerOps.host_sync``), so the host runs
