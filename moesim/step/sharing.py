@@ -63,6 +63,20 @@ kernels), so the op progresses at one rate per state (homogeneous-mixture fluid 
 (fixed-grid GEMMs run at ``gemm_share = share`` in both states; other compute-bound kernels at
 ``share`` only while a comm kernel holds its SMs). With h = 0, m = 0 and gemm_share = 1 this is
 equation (1) exactly.
+
+Checked against (not fitted to): SGLang reports two-batch overlap "achieves a 27% to 35%
+throughput increase compared to the vanilla setup, even when processing the same token count per
+device" in prefill and 25.5% in decode at 256 tokens per device (lmsys.org/blog/2025-05-05-
+large-scale-ep, "Ablation Study: Two-batch Overlap"). Not priced here:
+- uneven DP ranks: every step workload has one prompt length (equal attention work per rank);
+  uneven expert loads are priced at the busiest rank in every micro-batch (the critical device),
+  which the layer DES with sampled per-rank loads reproduces (moesim/des/layer.py);
+- SGLang runs the shared experts after both micro-batches' routed experts, under the combine
+  (operations_strategy.py: ``op_combine_a`` before ``op_shared_experts``); the layer model puts
+  them in X before the combine, slightly pessimistic for the overlap;
+- comm kernels running slower beside compute than alone (the blog: "communication time slower
+  than unit test results, while the latter is achievable when disabling TBO"): no mechanism for
+  it is identified beyond (3).
 """
 from __future__ import annotations
 
