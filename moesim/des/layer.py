@@ -14,8 +14,9 @@ and the LM head.
 
 SM sharing: while a rank's comm stream has a dispatch/combine kernel launched (from its arrival
 at the barrier to the barrier's end: a launched kernel holds its SMs while it waits for the other
-ranks), that rank's compute ops progress at ``LayerOps.compute_share`` of full speed and at full
-speed otherwise (the fluid model of moesim/step/sharing.py, as ``two_microbatch_time``).
+ranks), that rank's compute ops progress at the rate the kernel leaves them (its SMs and its HBM
+share) and otherwise at the idle rate (the GEMMs' fixed grid): the fluid model of
+moesim/step/sharing.py eqs. 1-5, as ``two_microbatch_time``.
 
 NOTE: the host that issues the operators (moesim/step/host.py), and its wait for the token
 counts at a normal-mode dispatch (moesim/step/schedule.py), are not simulated: in eager phases
@@ -37,6 +38,7 @@ from moesim.errors import SpecError
 from moesim.progress import bar
 from moesim.step import pricing
 from moesim.step.layer import OVERLAPS, LayerSetup, expert_layout, layer_ops, sampled_a2a
+from moesim.step.sharing import op_rates
 
 
 @dataclass(frozen=True)
@@ -72,21 +74,28 @@ class _Plan:
     D: list
     C: list
     head: float
-    share: list = field(default_factory=list)  # compute speed while layer l's all-to-all runs
+    mix: list = field(default_factory=list)  # per layer: P's and X's op mixes (step/sharing.py eqs. 4-5)
+    comm: list = field(default_factory=list)  # per layer: (SM share, HBM share of D, of C)
 
 
 class _CommState:
-    """The compute speed one rank's comm stream leaves (1: no comm kernel resident); ``changed``
-    fires whenever it changes."""
+    """The resident comm kernel of one rank as (SM share, HBM share), None when there is none;
+    ``changed`` fires whenever it changes."""
 
     def __init__(self, env: simpy.Environment):
-        self.env, self.rate, self.changed = env, 1.0, env.event()
+        self.env, self.kernel, self.changed = env, None, env.event()
 
-    def set(self, rate: float) -> None:
-        if rate != self.rate:
-            self.rate = rate
+    def set(self, kernel: tuple[float, float] | None) -> None:
+        if kernel != self.kernel:
+            self.kernel = kernel
             old, self.changed = self.changed, self.env.event()
             old.succeed()
+
+    def rate(self, mix: tuple[float, float, float]) -> float:
+        """Speed of an op of mix (fixed-grid GEMM share, memory-bound share, GEMM SM share)."""
+        g, m, gemm = mix
+        idle, comm = op_rates(1.0, g, m, gemm, *(self.kernel or (1.0, 0.0)))
+        return float(idle if self.kernel is None else comm)
 
 
 class _Barrier:
@@ -131,12 +140,16 @@ def _plan(setup: LayerSetup, layers: list[int], tokens: float, context: float, m
           sampler, rng, cache: dict, per_layer: bool) -> _Plan:
     """Draw one step: per layer and micro-batch, expert time per rank and all-to-all times."""
     R = max(setup.ep, 1)
-    P, X, D, C, share = [], [], [], [], []
+    P, X, D, C, mix, comm = [], [], [], [], [], []
     step_draws = None
     for l in layers:
         ops = layer_ops(setup, l, tokens, context)
         P.append(ops.pre_s)
-        share.append(ops.compute_share)
+        p, x = max(ops.pre_s, 1e-300), max(ops.ffn_s, 1e-300)
+        gemm = ops.gemm_share if mbs > 1 else 1.0  # the fixed grid is set by the overlapped program only
+        mix.append(((ops.pre_gemm_s / p, ops.pre_memory_s / p, gemm),
+                    (1.0 - ops.ffn_memory_s / x, ops.ffn_memory_s / x, gemm)))
+        comm.append((ops.compute_share, ops.dispatch_hbm_share, ops.combine_hbm_share))
         fixed = ops.shared_experts_s + ops.dense_ffn_s
         if sampler is None or not setup.model.layer_is_moe(l):
             X.append([np.full(R, fixed + ops.experts_s)] * mbs)
@@ -148,7 +161,7 @@ def _plan(setup: LayerSetup, layers: list[int], tokens: float, context: float, m
         X.append([fixed + x_R for x_R, _, _ in step_draws])
         D.append([d for _, d, _ in step_draws])
         C.append([c for _, _, c in step_draws])
-    return _Plan(P, X, D, C, head, share)
+    return _Plan(P, X, D, C, head, mix, comm)
 
 
 def _run_step(env: simpy.Environment, plan: _Plan, R: int, mbs: int, spans: list | None):
@@ -157,11 +170,12 @@ def _run_step(env: simpy.Environment, plan: _Plan, R: int, mbs: int, spans: list
     disp = [[_Barrier(env, R, plan.D[l][b], f"dispatch L{l} mb{b}", spans) for b in range(mbs)] for l in range(L)]
     comb = [[_Barrier(env, R, plan.C[l][b], f"combine L{l} mb{b}", spans) for b in range(mbs)] for l in range(L)]
 
-    def busy(r, name, dur):
-        """Run ``dur`` seconds of full-speed work at the speed rank r's comm stream leaves."""
+    def busy(r, name, dur, mix=(0.0, 0.0, 1.0)):
+        """Run ``dur`` seconds of full-speed work at the speed rank r's comm stream leaves an op
+        of ``mix`` (moesim/step/sharing.py eqs. 4-5)."""
         start, work, state = env.now, dur, states[r]
         while work > 1e-12 * dur:
-            t0, rate, changed = env.now, state.rate, state.changed
+            t0, rate, changed = env.now, state.rate(mix), state.changed
             done = env.timeout(work / rate)
             if done in (yield done | changed):
                 break
@@ -174,28 +188,29 @@ def _run_step(env: simpy.Environment, plan: _Plan, R: int, mbs: int, spans: list
             for b in range(mbs):
                 if l > 0:
                     yield comb[l - 1][b].done
-                yield from busy(r, f"attention L{l} mb{b}", plan.P[l])
+                yield from busy(r, f"attention L{l} mb{b}", plan.P[l], *plan.mix[l][:1])
                 p_done[l][b].succeed()
             for b in range(mbs):
                 yield disp[l][b].done
-                yield from busy(r, f"experts L{l} mb{b}", plan.X[l][b][r])
+                yield from busy(r, f"experts L{l} mb{b}", plan.X[l][b][r], *plan.mix[l][1:])
                 x_done[l][b].succeed()
         yield comb[L - 1][mbs - 1].done
         yield from busy(r, "lm_head", plan.head)
 
     def comm(r, p_done, x_done):
-        state, share = states[r], plan.share or [1.0] * L
+        state = states[r]
         for l in range(L):
+            share, h_dispatch, h_combine = plan.comm[l]
             for b in range(mbs):
                 yield p_done[l][b]
-                state.set(share[l])
+                state.set((share, h_dispatch))
                 yield disp[l][b].arrive()
-                state.set(1.0)
+                state.set(None)
             for b in range(mbs):
                 yield x_done[l][b]
-                state.set(share[l])
+                state.set((share, h_combine))
                 yield comb[l][b].arrive()
-                state.set(1.0)
+                state.set(None)
 
     states = [_CommState(env) for _ in range(R)]
     ends = []

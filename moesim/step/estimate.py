@@ -24,7 +24,7 @@ tokens/s per device: decode batch / iteration, prefill prompt tokens / iteration
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -143,16 +143,13 @@ class KindOps:
         comp = {n: np.array([[getattr(o, n) for o in row] for row in ops_KN]) for n in LAYER_COMPONENTS}
         comp["attention_s"] = comp["attention_s"] + core
         routing = {n: np.array([[getattr(o, n) for o in row] for row in ops_KN]) for n in ROUTING_FIELDS}
-        if core_KN is not None:
-            arrays = StackArrays(arrays.P_LN + core, *(getattr(arrays, f) for f in
-                                                       ("D_LN", "X_LN", "C_LN", "share_LN", "hP_LN", "hX_LN", "sync_LN")))
+        if core_KN is not None:  # decode core attention streams the KV cache: memory-bound
+            arrays = replace(arrays, P_LN=arrays.P_LN + core, Pm_LN=arrays.Pm_LN + core)
         return cls(ops_KN, arrays, comp, routing, core)
 
     def stage(self, kind_L: np.ndarray) -> StackArrays:
         """The (L, N) arrays of a stack whose layers have kinds ``kind_L``."""
-        a = self.arrays
-        return StackArrays(*(getattr(a, f)[kind_L] for f in
-                             ("P_LN", "D_LN", "X_LN", "C_LN", "share_LN", "hP_LN", "hX_LN", "sync_LN")))
+        return self.arrays.rows(kind_L)
 
 
 def stage_kind_counts(model: ModelSpec, pp: int, kinds, kind_L) -> tuple[list[np.ndarray], np.ndarray]:

@@ -15,7 +15,12 @@ Schedules (``overlap``):
   time is the max-plus recurrence of ``two_microbatch_time`` (exact for this order; the DES
   runs the same program and must reproduce it). While a normal-mode dispatch/combine kernel
   runs it holds u of the U SMs, so the compute it overlaps runs at (U - u) / U of full speed
-  (``LayerOps.compute_share``; moesim/step/sharing.py); low-latency kernels hold none.
+  (``LayerOps.compute_share``; moesim/step/sharing.py); low-latency kernels hold none. Also
+  limiting the overlap (sharing.py eqs. 2-5): in an FP8 prefill SGLang gives DeepGEMM U - u SMs
+  for the whole overlapped pass (``gemm_share``, on the compute-bound GEMMs ``pre_gemm_s`` and
+  X), and every comm kernel takes an HBM share (``dispatch_hbm_share``, ``combine_hbm_share``)
+  from the memory-bound kernels (``pre_memory_s``, ``ffn_memory_s``: elementwise ops, decode core
+  attention, GEMMs whose roofline bound is HBM).
 Host: in eager phases (train, prefill) an operation cannot run before the host has issued it
 (``LayerOps.host_pre_s`` for P, ``host_post_s`` for X; moesim/step/host.py), and a normal-mode
 dispatch makes the host wait for P's token counts (``LayerOps.host_sync``), so the host runs
@@ -33,7 +38,9 @@ from typing import Literal
 import numpy as np
 
 from moesim.comm.traffic import Traffic
-from moesim.compute.attention import attention_block_s, core_s_per_token_key, kernel_keys_per_query
+from moesim.compute.attention import attention_block_s, core_s_per_token_key, kernel_keys_per_query, projection_shapes
+from moesim.compute.gemm import BOUNDS, gemm_time_arrays
+from moesim.compute.grouped import grouped_gemm_time
 from moesim.errors import SpecError
 from moesim.specs import ModelSpec, bytes_per_element, canonical_dtype
 from moesim.step import pricing, stack
@@ -41,7 +48,7 @@ from moesim.step.elementwise import elementwise_bytes, memory_bound_s
 from moesim.step.host import dispatch_syncs_host, layer_host_pre_s, layer_host_s
 from moesim.step.schedule import serial_time, two_microbatch_time  # noqa: F401 (re-exported)
 from moesim.step.setup import LayerSetup, make_setup  # noqa: F401 (re-exported)
-from moesim.step.sharing import compute_share
+from moesim.step.sharing import compute_share, gemm_grid_share, hbm_share
 
 Overlap = Literal["none", "two_microbatch"]
 OVERLAPS: tuple[str, ...] = ("none", "two_microbatch")
@@ -75,6 +82,12 @@ class LayerOps:
     host_pre_backward_s: float = 0.0  # the same split of host_backward_s
     host_sync: bool = False  # the dispatch makes the host wait for P's token counts (step/schedule.py)
     compute_share: float = 1.0  # compute speed while this layer's all-to-all runs (step/sharing.py)
+    gemm_share: float = 1.0  # SM share of the fixed-grid GEMMs under overlap (step/sharing.py eq. 2)
+    dispatch_hbm_share: float = 0.0  # HBM share the dispatch / combine kernels take (sharing.py eq. 3)
+    combine_hbm_share: float = 0.0
+    projection_memory_fraction: float = 0.0  # memory-bound share of the attention projections' time
+    ffn_memory_fraction: float = 0.0  # memory-bound share of X's GEMM time (roofline bound, gemm.py)
+    core_memory_bound: bool = False  # core attention streams the KV cache (decode) rather than computing
 
     @property
     def pre_s(self) -> float:
@@ -90,6 +103,24 @@ class LayerOps:
     def gpu_s(self) -> float:
         """P + D + X + C: the layer's device time when its operations run one after another."""
         return self.pre_s + self.dispatch_s + self.ffn_s + self.combine_s
+
+    @property
+    def pre_memory_s(self) -> float:
+        """The memory-bound part of P (s): elementwise ops, the memory-bound projections (roofline
+        bound of each GEMM) and, in decode, the core attention (it streams the KV cache)."""
+        proj = self.attention_s - self.attention_core_s
+        core = self.attention_core_s if self.core_memory_bound else 0.0
+        return self.elementwise_s + self.projection_memory_fraction * proj + core
+
+    @property
+    def pre_gemm_s(self) -> float:
+        """The compute-bound library GEMMs of P (s): the attention projections not memory-bound."""
+        return (1.0 - self.projection_memory_fraction) * (self.attention_s - self.attention_core_s)
+
+    @property
+    def ffn_memory_s(self) -> float:
+        """The memory-bound part of X (s): expert / shared / dense GEMMs whose roofline bound is HBM."""
+        return self.ffn_memory_fraction * self.ffn_s
 
     @property
     def host_post_s(self) -> float:
@@ -183,6 +214,47 @@ def sampled_a2a(setup: LayerSetup, tokens: float, copies_RR: np.ndarray, dedup_R
     return out[0], out[1]
 
 
+_MEMORY = BOUNDS.index("memory")
+
+
+def _gemm_memory_s(hw, m: float, shapes: list[tuple[int, int]], dtype: str) -> tuple[float, float]:
+    """(time, memory-bound time) of GEMMs of ``m`` rows and (n, k) ``shapes``: a GEMM is memory-
+    bound when its roofline bound is HBM (moesim/compute/gemm.py ``bound``)."""
+    if m <= 0 or not shapes:
+        return 0.0, 0.0
+    n = np.array([sh[0] for sh in shapes])
+    k = np.array([sh[1] for sh in shapes])
+    t, _, bound = gemm_time_arrays(hw, max(round(m), 1), n, k, dtype)
+    return float(t.sum()), float(t[bound == _MEMORY].sum())
+
+
+def _ffn_shapes(model: ModelSpec, width: int) -> list[tuple[int, int]]:
+    """(n, k) of a (Swi)GLU / ReLU FFN of intermediate ``width``: up (+ gate), down (the shapes of
+    pricing.dense_ffn_s and pricing.expert_ffn_s)."""
+    return [((model.ffn_matrices - 1) * width, model.hidden), (model.hidden, width)]
+
+
+def _experts_memory_s(hw, model: ModelSpec, counts_G, dtype: str, layout: str) -> float:
+    """Memory-bound seconds of the routed experts' grouped GEMMs (``pricing.expert_ffn_s``)."""
+    m_G = np.round(np.asarray(counts_G, dtype=float))
+    m_G = m_G[m_G > 0]
+    if m_G.size == 0:
+        return 0.0
+    out = 0.0
+    for n, k in _ffn_shapes(model, model.moe.expert_ffn):
+        est = grouped_gemm_time(hw, m_G, n, k, dtype, layout)
+        out += est.time_s if est.bound == "memory" else 0.0
+    return float(out)
+
+
+def projection_memory_fraction(setup: LayerSetup, tokens: float) -> float:
+    """Share of the attention projections' time (``tokens`` owned tokens) that is memory-bound."""
+    tp = setup.attention_tp
+    phase = "decode" if setup.phase == "decode" else "prefill"
+    t, mem = _gemm_memory_s(setup.hw, tokens * tp, projection_shapes(setup.model, tp, phase), setup.dtype)
+    return mem / t if t > 0 else 0.0
+
+
 def layer_compute_share(setup: LayerSetup, tokens: float) -> float:
     """Compute speed while this layer's dispatch/combine of ``tokens`` per rank runs."""
     return compute_share(setup.hw, _mode(setup, tokens), setup.comm_sms)
@@ -241,22 +313,35 @@ def moe_block(setup: LayerSetup, tokens: float, rank_load: pricing.RankLoad | No
         backup_rows = load.backup_fraction * tokens * m.top_k
         width = m.shared_expert_ffn if m.num_shared_experts else m.expert_ffn
         shared += pricing.dense_ffn_s(hw, model, backup_rows, width, setup.dtype)
-    dispatch = combine = 0.0
+    mem = _experts_memory_s(hw, model, load.busiest_counts_G, setup.dtype, expert_layout(setup, tokens))
+    if m.num_shared_experts:
+        width = m.num_shared_experts * m.shared_expert_ffn // setup.attention_tp
+        mem += _gemm_memory_s(hw, tokens * setup.attention_tp, _ffn_shapes(model, width), setup.dtype)[1]
+    dispatch = combine = h_dispatch = h_combine = 0.0
     if setup.ep > 1:
         sent = 1.0 - load.drop_fraction - load.backup_fraction
         disp = _skewed(expected_traffic(setup, tokens, dispatch_bytes_per_token(model, setup.dtype)), imbalance, sent)
         comb = _skewed(expected_traffic(setup, tokens, combine_bytes_per_token(model)), imbalance, sent)
         dispatch = pricing.a2a_s(setup.ep_topology, disp, mode, "dispatch")
         combine = pricing.a2a_s(setup.ep_topology, comb.reversed(), mode, "combine")
+        # rank 0 is the critical (hot) rank of the skewed traffic: its sends are read from HBM and
+        # its receives written to HBM (the combine moves the same entries back)
+        h_dispatch = hbm_share(hw, disp.bytes_RR[0].sum() + disp.bytes_RR[:, 0].sum(), dispatch)
+        h_combine = hbm_share(hw, comb.bytes_RR[0].sum() + comb.bytes_RR[:, 0].sum(), combine)
+    ffn = experts + shared
     return dict(router_s=router, dispatch_s=dispatch, experts_s=experts, shared_experts_s=shared,
                 combine_s=combine, expert_imbalance=imbalance, drop_fraction=load.drop_fraction,
-                reroute_fraction=load.reroute_fraction, backup_fraction=load.backup_fraction)
+                reroute_fraction=load.reroute_fraction, backup_fraction=load.backup_fraction,
+                ffn_memory_fraction=min(mem / ffn, 1.0) if ffn > 0 else 0.0,
+                dispatch_hbm_share=h_dispatch, combine_hbm_share=h_combine)
 
 
 def dense_block(setup: LayerSetup, tokens: float) -> dict:
     """A dense FFN layer (TP-sharded); its sequence-parallel collective is added by ``layer_ops``."""
     tp, model = setup.attention_tp, setup.model
-    return dict(dense_ffn_s=pricing.dense_ffn_s(setup.hw, model, tokens * tp, model.dense_ffn // tp, setup.dtype))
+    t, mem = _gemm_memory_s(setup.hw, tokens * tp, _ffn_shapes(model, model.dense_ffn // tp), setup.dtype)
+    return dict(dense_ffn_s=pricing.dense_ffn_s(setup.hw, model, tokens * tp, model.dense_ffn // tp, setup.dtype),
+                ffn_memory_fraction=mem / t if t > 0 else 0.0)
 
 
 def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: float) -> dict:
@@ -286,6 +371,10 @@ def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: flo
         host_backward_s=layer_host_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0,
         host_pre_backward_s=layer_host_pre_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0,
         compute_share=layer_compute_share(setup, tokens) if moe and setup.ep > 1 else 1.0,
+        gemm_share=(gemm_grid_share(setup.hw, _mode(setup, tokens), phase, setup.dtype, setup.comm_sms)
+                    if model.is_moe and setup.ep > 1 else 1.0),
+        projection_memory_fraction=projection_memory_fraction(setup, tokens),
+        core_memory_bound=phase == "decode",
         host_sync=dispatch_syncs_host(moe, setup.ep, _mode(setup, tokens), phase, stack=stack),
     )
     setup.shared[key] = out

@@ -43,20 +43,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from moesim.step.sharing import op_rates
 
-def _run(start, work, intervals):
+
+def _run(start, work, intervals, idle=1.0, rates=None):
     """End of a compute op of full-speed duration ``work`` started at ``start`` while the comm
-    intervals ``[(a, b, share), ...]`` (time-ordered, disjoint) run: rate 1 outside them,
-    ``share`` inside (fluid model, moesim/step/sharing.py eq. 1). Element-wise over arrays."""
+    intervals ``[(a, b, ...), ...]`` (time-ordered, disjoint) run: rate ``idle`` outside them and
+    ``rates[i]`` inside interval i (fluid model, moesim/step/sharing.py eqs. 1, 4-5; without
+    ``rates`` each interval's third entry, its compute share). Element-wise over arrays."""
     t, w = start, work
-    for a, b, share in intervals:
-        pre = np.clip(a - t, 0.0, w)  # progress at full speed before the interval opens
-        t, w = t + pre, w - pre
+    for i, iv in enumerate(intervals):
+        a, b = iv[0], iv[1]
+        rate = iv[2] if rates is None else rates[i]
+        pre = np.clip((a - t) * idle, 0.0, w)  # progress at the idle rate before the interval opens
+        t, w = t + pre / idle, w - pre
         begin = np.maximum(t, a)
-        done = np.minimum(w, np.maximum(b - begin, 0.0) * share)
-        t = np.where(w > 0, begin + done / share, t)
+        done = np.minimum(w, np.maximum(b - begin, 0.0) * rate)
+        t = np.where(w > 0, begin + done / rate, t)
         w = w - done
-    return t + w
+    return t + w / idle
 
 
 def _arrays(shape, *arrays):
@@ -71,7 +76,8 @@ def _sync(sync_L, shape):
     return np.broadcast_to(sync, shape)
 
 
-def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, sync_L=False):
+def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, sync_L=False, *,
+                        Pm_L=0.0, Pg_L=0.0, Xm_L=0.0, gemm_share_L=1.0, hbmD_L=0.0, hbmC_L=0.0):
     """Step time of the two-micro-batch program over L layers (max-plus recurrence).
 
     Arguments are per-micro-batch op times, shape (L,) or (L, ...) (then element-wise over the
@@ -79,6 +85,11 @@ def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, syn
     for its micro-batch's previous op. Returns the end of the last combine.
     ``share_L`` (broadcast to P_L): the compute stream's speed while layer l's dispatch/combine
     kernels run (moesim/step/sharing.py); 1 = the comm takes no compute units.
+    What limits the overlap besides (moesim/step/sharing.py eqs. 2-5): ``Pm_L``, ``Xm_L`` the
+    memory-bound seconds of P and X, which run at 1 - ``hbmD_L`` / ``hbmC_L`` (the HBM share of
+    the dispatch / combine kernels) while those run; ``Pg_L`` the fixed-grid GEMM seconds of P
+    (all of X but ``Xm_L`` is GEMMs), which run at ``gemm_share_L`` at all times. Defaults: the
+    SM share alone (eq. 1).
     ``hP_L``, ``hX_L``: host issue time of one micro-batch's P and X ops; ``sync_L``: whether
     layer l's dispatch makes the host wait for the counts (module doc, eqs. 1-2), (L,) or like
     ``P_L``. Host time 0
@@ -89,40 +100,47 @@ def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, syn
     """
     P_L, D_L, X_L, C_L = (np.asarray(a, dtype=float) for a in (P_L, D_L, X_L, C_L))
     share_L, hP_L, hX_L = _arrays(P_L.shape, share_L, hP_L, hX_L)
+    Pm_L, Pg_L, Xm_L, gemm_L, hbmD_L, hbmC_L = _arrays(P_L.shape, Pm_L, Pg_L, Xm_L, gemm_share_L, hbmD_L, hbmC_L)
     sync_L = _sync(sync_L, P_L.shape)
-    shared = bool((share_L < 1.0).any())
+    shared = bool((share_L < 1.0).any() or (gemm_L < 1.0).any() or (hbmD_L > 0).any() or (hbmC_L > 0).any())
     zero = np.zeros(P_L.shape[1:])
     comp = comm = host = zero
     ready = [zero, zero]
-    last = []  # the last two comm intervals (start, end, share)
+    last = []  # the last two comm intervals (start, end, share, hbm share)
 
-    def compute(start, work):
-        return _run(start, work, last) if shared else start + work
+    def compute(start, work, gemm, memory, gemm_share):
+        if not shared:
+            return start + work
+        idle, _ = op_rates(work, gemm, memory, gemm_share, 1.0, 0.0)
+        rates = [op_rates(work, gemm, memory, gemm_share, s, h)[1] for _, _, s, h in last]
+        return _run(start, work, last, idle, rates)
 
-    def issue(after, work, h):
+    def issue(after, op, h):
         """Eq. (1): the op issued from the host clock, then the clock advanced by h."""
         nonlocal host
         a = host
         host = a + h
-        return np.maximum(compute(np.maximum(after, a), work), host)
+        return np.maximum(compute(np.maximum(after, a), *op), host)
 
-    def communicate(after, dur, share):
+    def communicate(after, dur, share, hbm):
         nonlocal comm
         start = np.maximum(comm, after)
         comm = start + dur
-        last[:] = (last + [(start, comm, share)])[-2:]
+        last[:] = (last + [(start, comm, share, hbm)])[-2:]
         return comm
 
     for l in range(P_L.shape[0]):
-        s = share_L[l]
-        d_end, x_end = [], []
+        s, g = share_L[l], gemm_L[l]
+        p_op = (P_L[l], Pg_L[l], Pm_L[l], g)
+        x_op = (X_L[l], X_L[l] - Xm_L[l], Xm_L[l], g)
+        d_end = []
         for b in (0, 1):
-            comp = issue(np.maximum(comp, ready[b]), P_L[l], hP_L[l])
+            comp = issue(np.maximum(comp, ready[b]), p_op, hP_L[l])
             host = np.where(sync_L[l], np.maximum(host, comp), host)  # eq. (2): wait for P_b's counts
-            d_end.append(communicate(comp, D_L[l], s))
+            d_end.append(communicate(comp, D_L[l], s, hbmD_L[l]))
         for b in (0, 1):
-            comp = issue(np.maximum(comp, d_end[b]), X_L[l], hX_L[l])
-            ready[b] = communicate(comp, C_L[l], s)
+            comp = issue(np.maximum(comp, d_end[b]), x_op, hX_L[l])
+            ready[b] = communicate(comp, C_L[l], s, hbmC_L[l])
     out = np.maximum(ready[0], ready[1])
     return float(out) if out.ndim == 0 else out
 
