@@ -31,9 +31,9 @@ DEFAULT_SCENARIO_PATH = Path(__file__).with_name("default_scenario.toml")
 _POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-# The software stacks ``Deployment.stack`` accepts: its own ``Literal`` (read, not copied, so the
-# scenario follows when the spec gains a stack).
-DeploymentStack = Deployment.model_fields["stack"].annotation
+# The software stacks ``Deployment.stack`` accepts by name: its own ``Literal`` (read, not copied, so
+# the scenario follows when the stacks table gains a stack; explicit stack values are for the API).
+from moesim.specs.deployment import Stack as DeploymentStack  # noqa: E402
 
 
 def deployment_stacks() -> tuple[str, ...]:
