@@ -28,10 +28,27 @@ def fmt(value) -> str:
     return str(value)
 
 
+# headline metric -> (table label with its unit, scale from the JSON value); JSON keeps the SI key
+LABELS = {"tpot_s": ("TPOT ms", 1e3), "ttft_s": ("TTFT ms", 1e3), "usd_per_hour": ("$/h", 1.0),
+          "usd_per_million_tokens": ("$/M tok", 1.0), "drop_fraction": ("drop %", 100.0),
+          "imbalance": ("imbalance max/mean", 1.0), "mfu": ("MFU %", 100.0), "total_usd": ("total $", 1.0)}
+
+
+def delta_rows(deltas) -> list[tuple]:
+    """The side-by-side rows: each metric's label states its unit (ms, $/h, %), values scaled to it."""
+    def scaled(x, k):
+        return x * k if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+
+    rows = []
+    for d in deltas:
+        label, k = LABELS.get(d.metric, (d.metric, 1.0))
+        rows.append((label, fmt(scaled(d.base, k)), fmt(scaled(d.changed, k)), fmt(scaled(d.delta, k)),
+                     "-" if d.relative is None else f"{d.relative * 100:+.1f}"))
+    return rows
+
+
 def delta_table(deltas, left: str, right: str) -> str:
-    rows = [(d.metric, fmt(d.base), fmt(d.changed), fmt(d.delta),
-             "-" if d.relative is None else f"{d.relative:+.1%}") for d in deltas]
-    return table(rows, ["metric", left, right, "delta", "delta %"])
+    return table(delta_rows(deltas), ["metric", left, right, "delta", "delta %"])
 
 
 def whatif_cmd(args) -> Result:
@@ -82,9 +99,7 @@ def sides_report(args, title: str, deltas, left: str, right: str, sides) -> tupl
     from moesim.provenance import for_plan
     from moesim.report_html import sides_report as html_sides, step_breakdowns
 
-    rows = [(d.metric, fmt(d.base), fmt(d.changed), fmt(d.delta),
-             "-" if d.relative is None else f"{d.relative:+.1%}") for d in deltas]
-    html = html_sides(title, rows, ["metric", left, right, "delta", "delta %"],
+    html = html_sides(title, delta_rows(deltas), ["metric", left, right, "delta", "delta %"],
                       [(name, r, for_plan(r), step_breakdowns(r)) for name, r in sides])
     return (write_report(html, args.report),)
 
