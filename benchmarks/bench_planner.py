@@ -71,7 +71,7 @@ fitting candidates drop routed copies and are set aside (default limit: no drops
 replica costs are priced, the rest are priced in full. screened vs exact plan on that space:
 10.2 s both (top 10 identical): the screen does not bound drops, so it keeps the dropping layouts.
 
-Usage: PYTHONPATH=. python benchmarks/bench_planner.py [--json] [--skip-default]
+Usage: PYTHONPATH=. python benchmarks/bench_planner.py [--json] [--skip-default] [--baseline OLD_CHECKOUT]
 """
 from __future__ import annotations
 
@@ -253,21 +253,44 @@ def machinery_rate() -> dict:
     return {"configs": r.evaluated, "seconds": round(dt, 3), "configs_per_s": round(r.evaluated / dt, 1)}
 
 
-def default_cli(runs: int = 2) -> list[dict]:
-    """Wall time of ``moesim plan --json`` in fresh processes (interpreter start and imports included)."""
+def default_cli(runs: int = 2, root: Path = ROOT) -> list[dict]:
+    """Wall and CPU time of ``moesim plan --json`` in fresh processes (interpreter start and imports
+    included) with the code of ``root`` (this checkout, or a baseline one: ``--baseline DIR``). On a
+    shared host wall time includes waiting for a core; the child's CPU time is what the run used."""
+    import resource
+
     out = []
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(root))
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "moesim", "plan", "--json"], capture_output=True, text=True,
                            cwd=ROOT, env=env, check=True)
         wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         d = json.loads(p.stdout)
         a = d["answer"]
-        out.append({"wall_s": round(wall, 2), "timings_s": {k: round(v, 3) for k, v in d["timings_s"].items()},
+        out.append({"wall_s": round(wall, 2),
+                    "cpu_s": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2),
+                    "load_1min": round(os.getloadavg()[0], 2),
+                    "timings_s": {k: round(v, 3) for k, v in d["timings_s"].items()},
                     "answer": f"{a['total_devices']} devices (95% {a['devices_ci']}), ${a['usd_per_hour']:.2f}/h, "
-                              f"verified={a['verified']}"})
+                              f"verified={a['verified']}",
+                    "modes": d.get("modes")})
     return out
+
+
+def versus_baseline(baseline: Path, rounds: int = 3) -> dict:
+    """The default CLI plan with the baseline checkout's code and this one's, alternating (the
+    host's load drifts), and whether their answers agree."""
+    runs: dict = {"baseline": [], "this": []}
+    for _ in range(rounds):
+        runs["baseline"] += default_cli(1, baseline)
+        runs["this"] += default_cli(1)
+    best = {k: min(v, key=lambda r: r["cpu_s"]) for k, v in runs.items()}
+    return {"runs": runs, "same_answer": best["baseline"]["answer"] == best["this"]["answer"]
+            and best["baseline"]["modes"] == best["this"]["modes"],
+            "cpu_ratio": round(best["this"]["cpu_s"] / best["baseline"]["cpu_s"], 2)}
 
 
 def default_in_process() -> dict:
@@ -281,6 +304,10 @@ def default_in_process() -> dict:
 
 def main() -> None:
     report = {}
+    if "--baseline" in sys.argv:
+        report["versus_baseline"] = versus_baseline(Path(sys.argv[sys.argv.index("--baseline") + 1]).resolve())
+        print(json.dumps(report, indent=1))
+        return
     if "--skip-default" not in sys.argv:
         report["default_cli"] = default_cli()
         report["default_vs_10s_target"] = [round(10.0 / r["wall_s"], 2) for r in report["default_cli"]]
