@@ -84,7 +84,8 @@ Where it went (cProfile of ``moesim plan --json``, then each fix measured):
 - the disaggregated search and its DES check priced the pools on a fresh cache each, redoing the
   layer setups, prefill-overlap choices and step nodes the co-located sweep had priced for the
   same (dropless, pp 1) deployments: one PoolCosts on the evaluator's content-keyed PlanCache now
-  (disaggregated stage ~8.7 s -> ~4.8 s in one process, same numbers);
+  (the disaggregated search after the co-located sweep, in one process, both orders: 4.4-4.8 ->
+  2.8-3.6 CPU s, same answer);
 - what is left is the layer model itself (moesim/step: ~1 ms per layer kind and token count, and
   the two-micro-batch schedule), ~40% co-located sweep, ~55% the two pool phases, ~3% the DES
   checks (2 seeds x 30 s simulated; their 95% intervals already decide the replica count, so the
