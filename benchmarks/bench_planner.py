@@ -77,7 +77,9 @@ Default plan, both modes, DES checks included (issue 15 target: <= 10 s on this 
 - load 3.9-5.7: old 9.3 / 9.6 / 9.9 CPU s (12.9-15.5 s wall); new 6.9 / 7.9 / 8.1 CPU s (8.2-12.7 s wall);
 - load 2.9-4.4: old 10.1-12.7 CPU s (17-26 s wall); new 8.3-9.3 CPU s (14-18 s wall); the
   co-located DES check (``verify_s``) 1.8-2.3 s -> 0.20-0.26 s; answers and JSON identical (the
-  new CSV/JSON provenance columns aside).
+  new CSV/JSON provenance columns aside);
+- load 4.2-5.7 (final code): old 12.5 / 12.5 / 13.6 CPU s (25.6-27.5 s wall); new 9.9 / 10.0 / 10.1
+  CPU s (20.3-20.6 s wall): CPU ratio 0.79.
 Where it went (cProfile of ``moesim plan --json``, then each fix measured):
 - the serving DES's batch-means interval imported scipy.stats (0.3-1.6 s, once per process) for one
   Student-t quantile: now ``scipy.special.stdtrit`` (bit-identical, tested over df 1-59);
