@@ -9,21 +9,26 @@ from moesim.planner.plan import _facts, default_evaluator
 from moesim.planner.scenario import scenario_from_dict, scenario_model
 
 
-def _scenario():
+def _scenario(hardware=("h200-sxm", "b200"), decode_devices=(8, 16)):
     return scenario_from_dict({
-        "kind": "serving", "name": "split", "model": "deepseek-v3", "hardware": ["h200-sxm", "b200"],
+        "kind": "serving", "name": "split", "model": "deepseek-v3", "hardware": list(hardware),
         "modes": ["disaggregated"],
         "workload": {"prompt_len": 1000, "output_len": 400, "target_output_tokens_per_s": 5000},
         "slo": {"tpot_s": 0.08, "ttft_s": 3.0}, "search": {"tp": [1], "attention_layouts": ["dp"]},
-        "disaggregated": {"decode_devices_per_replica": [8, 16], "prefill_devices_per_replica": [8],
+        "disaggregated": {"decode_devices_per_replica": list(decode_devices), "prefill_devices_per_replica": [8],
                           "prefill_token_budget_per_rank": [8192], "redundant_slots_per_rank": [0],
                           "decode_batch_per_device": [16, 64]},
         "verify": {"top_n": 0}})
 
 
-def test_split_search_equals_inline():
+# h100-sxm: 8 x 80 GB cannot hold DeepSeek-V3's FP8 weights, so it has decode layouts but no decode
+# pool; the split prices prefill against it (no barrier between the phases) and must drop those pairs
+# and misses exactly as the inline search, which never prices them
+@pytest.mark.parametrize("hardware,decode_devices", [(("h200-sxm", "b200"), (8, 16)),
+                                                    (("h100-sxm", "h200-sxm"), (8,))])
+def test_split_search_equals_inline(hardware, decode_devices):
     distributed = pytest.importorskip("dask.distributed")
-    sc = _scenario()
+    sc = _scenario(hardware, decode_devices)
     model = scenario_model(sc)
     facts = _facts(sc, default_evaluator())
     inline = search(sc, model, facts)
@@ -32,6 +37,10 @@ def test_split_search_equals_inline():
     assert [c.key() for c in split.ranked] == [c.key() for c in inline.ranked]
     assert [c.usd_per_hour for c in split.ranked] == [c.usd_per_hour for c in inline.ranked]
     assert split.rejected == inline.rejected and split.configurations == inline.configurations
+    assert split.closest_prefill == inline.closest_prefill and split.closest_decode == inline.closest_decode
+    if "h100-sxm" in hardware:
+        assert inline.ranked and all(c.decode.layout.hardware != "h100-sxm" for c in inline.ranked)
+        assert any(k.startswith("decode:") for k in inline.rejected)
 
 
 def test_published_disaggregated_figures_reproduced():

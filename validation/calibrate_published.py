@@ -109,8 +109,13 @@ def write_stack_fits(fits: dict, date: str, source: str, path: Path | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    path = Path(argv[0]) if argv else DEFAULT_CASES
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m validation.calibrate_published", description=(
+        "Fit the shipped profiles' efficiencies to a published-case file and rewrite the profiles "
+        "(of the installed moesim) in place."))
+    ap.add_argument("cases", nargs="?", default=str(DEFAULT_CASES), help="moesim-cases/1 file (default: %(default)s)")
+    path = Path(ap.parse_args(sys.argv[1:] if argv is None else argv).cases)
     casefile = load_cases(path)
     from moesim.step_cases import JOINT_KINDS
 

@@ -85,8 +85,12 @@ def reproduce_all(path: str | Path = DEFAULT) -> list[Reproduced]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    rows = reproduce_all(argv[0] if argv else DEFAULT)
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m validation.reproduce_disagg", description=(
+        "Reproduce published disaggregated per-node throughput from the models (nothing fitted)."))
+    ap.add_argument("figures", nargs="?", default=str(DEFAULT), help="figures file (default: %(default)s)")
+    rows = reproduce_all(ap.parse_args(sys.argv[1:] if argv is None else argv).figures)
     print(f"{'figure':34s} {'published':>10s} {'predicted':>10s} {'error':>7s}  how")
     for r in rows:
         print(f"{r.id:34s} {r.published:10,.0f} {r.predicted:10,.0f} {r.error:+7.1%}  {r.detail}")

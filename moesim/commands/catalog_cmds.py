@@ -77,7 +77,7 @@ def hw_list(args) -> Result:
             d["name"],
             d["peak_dense_tflops"].get("bf16"),
             d["peak_dense_tflops"].get("fp8"),
-            d["hbm_GB"],
+            f"{d['hbm_GB'] * 1e9 / 2**30:.1f}",  # NOTE: vendors state GB; memory is shown in GiB everywhere
             d["hbm_bandwidth_GBps"],
             d["scale_up_per_direction_GBps"],
             d["scale_up_domain"],
@@ -89,7 +89,7 @@ def hw_list(args) -> Result:
         )
         for d in data
     ]
-    headers = ["name", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GB", "HBM GB/s", "scale-up GB/s/dir", "domain devices",
+    headers = ["name", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GiB", "HBM GB/s", "scale-up GB/s/dir", "domain devices",
                "NIC Gb/s", "$/device-h", "price from", "efficiencies"]
     return Result(data, table(rows, headers) + "\n(dense peaks; prior-only = efficiencies fitted to no "
                   "measurement; `moesim hw show NAME` for sources)")

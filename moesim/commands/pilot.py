@@ -5,8 +5,9 @@ import argparse
 from pathlib import Path
 
 from moesim.cli import Result
-from moesim.commands.plan import add_scenario_args, load
+from moesim.commands.plan import add_csv_flag, add_scenario_args, load
 from moesim.errors import MoesimError, SpecError
+from moesim.safeio import Outputs
 from moesim.textfmt import table
 
 ORDER = 13
@@ -18,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", default="0.01,0.1,0.5,1",
                    help="comma list of traffic shares, increasing, in (0, 1] (default 0.01,0.1,0.5,1)")
     p.add_argument("--checklist", metavar="FILE.md", help="write the runbook checklist (Markdown) here")
+    add_csv_flag(p, "one row per stage (expected values, bands, gates, rollback thresholds)")
     p.set_defaults(handler=pilot_cmd)
 
 
@@ -36,12 +38,19 @@ def _ms(x: float) -> str:
 
 
 def pilot_cmd(args) -> Result:
+    stages = parse_stages(args.stages)
+    with Outputs() as outputs:
+        if args.csv:
+            outputs.check(args.csv, "--csv")
+        return _pilot(args, stages, outputs)
+
+
+def _pilot(args, stages, outputs: Outputs) -> Result:
     from moesim.planner.pilot import staged_pilot
     from moesim.planner.plan import plan
     from moesim.progress import wanted
     from moesim.provenance import for_plan
 
-    stages = parse_stages(args.stages)
     scenario = load(args)
     if scenario.kind != "serving":
         raise SpecError("scenario.kind", scenario.kind, "a pilot needs a serving scenario")
@@ -65,7 +74,10 @@ def pilot_cmd(args) -> Result:
         "p99 TTFT ms (band)", "roll back TTFT ms", "min hours", "$/h"]),
         "(expected values from the serving DES at each stage's own load; bands add the measured forecast error)",
         "", "  " + prov.summary(), "", pp.checklist()])
+    from moesim.commands.plan import with_provenance
+
     data = {**pp.to_dict(), "provenance": prov.to_dict()}
+    data["plan"] = with_provenance(data["plan"], prov)
     files: tuple[str, ...] = ()
     if args.checklist:
         try:
@@ -73,6 +85,11 @@ def pilot_cmd(args) -> Result:
         except OSError as err:
             raise MoesimError(f"--checklist {args.checklist}: {err.strerror}") from None
         files = (args.checklist,)
+    if args.csv:
+        from moesim.planner.report import pilot_rows, write_rows
+
+        write_rows(pilot_rows(pp, prov), outputs.path(args.csv, "--csv"))
+        files += (args.csv,)
     if args.report:
         from moesim.commands.plan import write_report
         from moesim.report_html import pilot_report, step_breakdowns

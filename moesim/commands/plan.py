@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="capacity planner: which hardware, how many, which layout, what cost")
     add_scenario_args(p)
     p.add_argument("--top", type=int, default=10, help="rows of the ranked table")
-    p.add_argument("--csv", metavar="FILE", help="write every ranked candidate to FILE")
+    add_csv_flag(p)
     p.add_argument("--plot", metavar="FILE.png", help="cost vs latency plot with the Pareto frontier")
     p.add_argument("--executor", choices=["local", "inline", "dask"], default="local")
     p.add_argument("--address", help="Dask scheduler address (tcp://HOST:PORT) for --executor dask")
@@ -151,11 +151,20 @@ def plan_cmd(args) -> Result:
 
 
 def with_provenance(data: dict, prov) -> dict:
-    """A plan's JSON with its provenance and each candidate's origin and price provider."""
-    from moesim.provenance import candidate_columns
+    """A plan's JSON with its provenance and each candidate's provenance columns (the CSV's:
+    moesim.planner.report.provenance_columns)."""
+    from moesim.catalog import read_error_bands
+    from moesim.planner.report import provenance_columns
+    from moesim.provenance import Bands
 
-    cands = [{**row, **candidate_columns(prov, row["hardware"])} for row in data.get("candidates", [])]
+    bands = Bands(read_error_bands())
+    cols = {hw: provenance_columns(prov, hw, bands) for hw in {row["hardware"] for row in data.get("candidates", [])}}
+    cands = [{**row, **cols[row["hardware"]]} for row in data.get("candidates", [])]
     return {**data, "candidates": cands, "provenance": prov.to_dict()}
+
+
+def add_csv_flag(p: argparse.ArgumentParser, what: str = "every ranked candidate") -> None:
+    p.add_argument("--csv", metavar="FILE", help=f"write {what} to FILE (with provenance columns)")
 
 
 def write_report(text: str, path: str) -> str:

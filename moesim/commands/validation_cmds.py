@@ -39,13 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.1%}"
+    """A relative error in percent, signed, for a column whose header says ``%``."""
+    return "-" if x is None else f"{x * 100:+.1f}"
 
 
 def _cls(s) -> str:
     if s is None or not s.n:
         return "-"
-    return f"{s.median_abs_rel_error:.1%} / {s.max_abs_rel_error:.1%} ({s.n})"
+    return f"{s.median_abs_rel_error * 100:.1f} / {s.max_abs_rel_error * 100:.1f} ({s.n})"
 
 
 def validate_cmd(args) -> Result:
@@ -69,10 +70,10 @@ def validate_cmd(args) -> Result:
              _fmt(c.rel_error) if c.status == "ok" else f"{c.status}: {c.reason}",
              ", ".join(k for k, _ in c.ignored_inputs) or "-")
             for c in report.cases]
-    text = table(rows, ["id", "kind", "metric", "measured", "predicted", "error", "ignored inputs"])
+    text = table(rows, ["id", "kind", "metric", "measured", "predicted", "error %", "ignored inputs"])
     srows = [(k, s.n, _fmt(s.median_abs_rel_error).lstrip("+"), _fmt(s.max_abs_rel_error).lstrip("+"),
               _fmt(s.signed_median_rel_error), s.unsupported, s.errors) for k, s in report.summary.items()]
-    text += "\n\n" + table(srows, ["kind", "n", "median |err|", "max |err|", "signed median", "unsupported",
+    text += "\n\n" + table(srows, ["kind", "n", "median |err| %", "max |err| %", "signed median %", "unsupported",
                                     "errors"])
     data = report.to_dict()
     if args.logo:
@@ -81,9 +82,9 @@ def validate_cmd(args) -> Result:
         acc = accuracy_table(cases)
         data["accuracy"] = acc.to_dict()
         arows = [(k, *(_cls(v.get(cls)) for cls in CLASSES)) for k, v in acc.summary.items()]
-        text += ("\n\nmedian / max |err| (n) by sample class\n"
-                 + table(arows, ["kind", "in-sample", "leave-one-source-out", "leave-one-hardware-out",
-                                 "out-of-sample"]))
+        text += ("\n\nmedian / max |err| % (n cases) by sample class\n"
+                 + table(arows, ["kind", "in-sample %", "leave-one-source-out %", "leave-one-hardware-out %",
+                                 "out-of-sample %"]))
     errors = tuple(f"case {p.id}: {p.problem}" for p in casefile.problems)
     errors += tuple(f"case {c.id}: {c.reason}" for c in report.cases if c.status == "error")
     exit_code = 2 if casefile.problems else (1 if any(c.status == "error" for c in report.cases) else 0)

@@ -70,11 +70,14 @@ def plan_disaggregated(scenario, model, evaluator, facts: dict):
     from moesim.planner.pool_cost import PoolCosts
 
     facts = facts_for(scenario, evaluator, facts)
-    result = search(scenario, model, facts)
+    # NOTE: one PoolCosts for the search and its DES check, on the evaluator's content-keyed cache:
+    # the pools' layer setups, prefill-overlap choices and step-model nodes the co-located sweep
+    # already priced are reused, and the check reuses the search's iteration costs (same values).
+    costs = PoolCosts(scenario, model, getattr(evaluator, "cache", None))
+    result = search(scenario, model, facts, costs)
     if result.best is None or scenario.verify.top_n < 1:
         return result
     t = time.perf_counter()
-    costs = PoolCosts(scenario, model, getattr(evaluator, "cache", None))
     checks = tuple(verify_disaggregated(c, costs, facts) for c in verify_targets(result.ranked, scenario.verify.top_n))
     met = [v for v in checks if v.met]
     chosen = min(met, key=lambda v: (v.usd_per_hour, v.candidate_key)) if met else checks[0]

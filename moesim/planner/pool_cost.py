@@ -82,10 +82,16 @@ class PoolCosts:
         self._decode: dict = {}
         self._prefill: dict = {}
         self._cap: dict = {}
+        self._deps: dict = {}
 
     def deployment(self, layout: PoolLayout):
-        """The pool replica's ``Deployment``: the scenario's dtypes and decode overlap, dropless."""
-        return self.cache.deployment(layout.candidate(), self.scenario, self.model, capacity=False)
+        """The pool replica's ``Deployment``: the scenario's dtypes and decode overlap, dropless (one
+        per layout for this PoolCosts' life: one plan, one snapshot of the profiles)."""
+        dep = self._deps.get(layout)
+        if dep is None:
+            dep = self._deps[layout] = self.cache.deployment(layout.candidate(), self.scenario, self.model,
+                                                             capacity=False)
+        return dep
 
     def decode_breakdowns(self, layout: PoolLayout, batch_B, context: int) -> list:
         """``estimate``'s decode StepBreakdown at each batch per device (memoized per node)."""
@@ -111,12 +117,11 @@ class PoolCosts:
 
     def decode_info(self, layout: PoolLayout, batch: float, context: int) -> tuple[str, float]:
         """(bottleneck in the planner's words, expert imbalance max/mean) of the plain decode step."""
-        from moesim.catalog import load_profile
         from moesim.planner.analytic import bottleneck_name
 
         bd = self.decode_breakdowns(layout, [batch], context)[0]
         headroom = 1.0 - bd.memory_GiB / bd.memory_capacity_GiB
-        return (bottleneck_name(bd, load_profile(layout.hardware), layout.candidate(int(batch)), headroom),
+        return (bottleneck_name(bd, self.deployment(layout).hardware, layout.candidate(int(batch)), headroom),
                 bd.expert_imbalance)
 
     def _t(self, layout, batch: float, context: int) -> float:

@@ -159,14 +159,45 @@ def render(result: PlanResult, top: int = 10, provenance=None) -> str:
     return "\n".join(lines) + (("\n" + modes) if modes else "")
 
 
-def write_csv(result: PlanResult, path: str | Path, provenance=None) -> str:
-    """Every ranked candidate as one CSV row (the --json ``candidates`` fields; with
-    ``provenance``, each row's efficiency origin and price provider too)."""
-    rows = [_row(r) for r in result.ranked]
-    if provenance is not None:
-        from moesim.provenance import candidate_columns
+def provenance_columns(prov, hardware: str, bands=None) -> dict:
+    """The provenance columns of a row on ``hardware`` (CSV and JSON rows of plan, whatif,
+    compare, pilot): the profile's efficiency origin, its price's provider, quality and date
+    (``moesim.provenance.candidate_columns``), the plan's price basis, and the error band of the
+    plan's forecast kind for that profile (widened when it is prior-only), in percent."""
+    from moesim.catalog import read_error_bands
+    from moesim.provenance import Bands, candidate_columns
 
-        rows = [{**row, **candidate_columns(provenance, row["hardware"])} for row in rows]
+    p = prov.of(hardware)
+    if hardware == prov.answer_hardware:
+        band = prov.answer_band
+    else:
+        band = (bands or Bands(read_error_bands())).band(prov.forecast_kind, prior_only=p.prior_only)
+    return {**candidate_columns(prov, hardware), "price_basis": prov.price_basis.basis,
+            "error_band_kind": prov.forecast_kind,
+            "error_band_typical_pct": None if band is None else band.median_abs_rel_error * 100,
+            "error_band_worst_pct": None if band is None else band.max_abs_rel_error * 100,
+            "error_band_sample": None if band is None else band.sample,
+            "error_band_widened_by": None if band is None else band.widened_by}
+
+
+def candidate_rows(result: PlanResult, provenance=None, top: int | None = None) -> list[dict]:
+    """The ranked candidates as flat rows (the --json ``candidates`` fields; with ``provenance``
+    each row's :func:`provenance_columns` too)."""
+    ranked = result.ranked if top is None else result.ranked[:top]
+    rows = [_row(r) for r in ranked]
+    if provenance is None:
+        return rows
+    from moesim.catalog import read_error_bands
+    from moesim.provenance import Bands
+
+    bands = Bands(read_error_bands())
+    cols = {hw: provenance_columns(provenance, hw, bands) for hw in {row["hardware"] for row in rows}}
+    return [{**row, **cols[row["hardware"]]} for row in rows]
+
+
+def write_rows(rows: list[dict], path: str | Path, flag: str = "--csv") -> str:
+    """``rows`` (dicts with the same keys, in order) as one CSV file; no rows: an empty file.
+    The one CSV writer of the planner commands (plan, whatif, compare, pilot)."""
     try:
         with open(path, "w", newline="") as fh:
             if not rows:
@@ -176,8 +207,48 @@ def write_csv(result: PlanResult, path: str | Path, provenance=None) -> str:
             w.writeheader()
             w.writerows(rows)
     except OSError as err:
-        raise MoesimError(f"--csv {path}: {err.strerror}") from None
+        raise MoesimError(f"{flag} {path}: {err.strerror}") from None
     return str(path)
+
+
+def write_csv(result: PlanResult, path: str | Path, provenance=None) -> str:
+    """Every ranked candidate as one CSV row (:func:`candidate_rows`)."""
+    return write_rows(candidate_rows(result, provenance), path)
+
+
+def sides_rows(sides) -> list[dict]:
+    """Every ranked candidate of each side of a what-if or comparison, ``side`` first:
+    ``sides`` is ``[(name, PlanResult, Provenance), ...]``."""
+    return [{"side": name, **row} for name, result, prov in sides for row in candidate_rows(result, prov)]
+
+
+def pilot_rows(pilot, provenance) -> list[dict]:
+    """One row per pilot stage: its load, size and cost, each watched metric's expected value, band,
+    gate and rollback threshold (unit in the column name), and the answer's provenance columns."""
+    unit = {"s": "_s", "tok/s": "_tok_per_s", "fraction": "", "ratio": ""}
+    prov = provenance_columns(provenance, pilot.hardware)
+    rows = []
+    for i, s in enumerate(pilot.stages, 1):
+        row = {"stage": i, "share_pct": s.share * 100, "hardware": pilot.hardware, "replicas": s.replicas,
+               "devices": s.devices, "request_rate_per_replica_per_s": s.request_rate_per_replica,
+               "offered_output_tokens_per_s": s.offered_output_tokens_per_s, "min_duration_s": s.min_duration_s,
+               "usd_per_hour": s.usd_per_hour}
+        for w in s.watches:
+            name = _slug(w.metric)
+            name += "" if "per_s" in name else unit.get(w.unit, "_" + _slug(w.unit))
+            row.update({f"{name}_expected": w.expected, f"{name}_band_low": w.band_low,
+                        f"{name}_band_high": w.band_high, f"{name}_gate": w.gate_value,
+                        f"{name}_rollback": w.rollback_value})
+        rows.append({**row, **prov})
+    return rows
+
+
+def _slug(text: str) -> str:
+    """``p99 TPOT`` -> ``p99_tpot``; ``drop fraction (quality proxy)`` -> ``drop_fraction``."""
+    import re
+
+    text = text.split("(")[0].strip().lower().replace("/", " per ")
+    return re.sub(r"[^a-z0-9]+", "_", text).strip("_")
 
 
 def plot_pareto(result: PlanResult, path: str | Path) -> str:
