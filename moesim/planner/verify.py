@@ -8,7 +8,8 @@ bisecting a continuous sustainable rate (which costs ~7 simulations per seed):
   assumed (:mod:`moesim.planner.serving_policy`: the same ``GridCost`` iteration costs, token
   budget per attention DP rank, sequence limit, prefill batching K; Poisson arrivals, the
   scenario's length distribution) simulated for
-  ``verify.duration_s`` at lambda(R), metrics over [0.1 d, d];
+  ``verify.duration_s`` at lambda(R), metrics over [0.1 d, d], simulated until every request
+  that could still be on time has finished (``simulated_time_s``);
 - walk: start at the analytic count R0; while met, try R - 1 (down to 1); while missed, try
   R + 1 (at most ``MAX_PROBES`` probes, never past ``max_devices``). The search stops as soon as
   the count is decided: met at R*, missed at R* - 1 (or R* = 1). R* is the point answer.
@@ -107,7 +108,27 @@ def _run(system, scenario, rate: float, seed: int, lengths):
     d = scenario.verify.duration_s
     reqs = synthetic("poisson", rate, d, *lengths, seed)
     return simulate(system, reqs, slo=scenario.slo, warmup_s=0.1 * d, window_end_s=d,
-                    max_time_s=3 * d + 60.0, samples=10)
+                    max_time_s=simulated_time_s(d, scenario.slo, reqs), samples=10)
+
+
+def simulated_time_s(duration_s: float, slo, reqs) -> float:
+    """Simulated time of a probe: long enough that a request still unfinished at the end is late.
+
+    A request of the measured window arrives by ``duration_s``; if it meets the SLO it has its
+    first token within ``ttft_s`` and its last within ``(L - 1) tpot_s`` after that (or within
+    ``e2e_s``), so it is done by ``duration_s + bound(L_max)``. Stopping then (never earlier than
+    3 d + 60 s) makes "unfinished counts as infinitely late" exact instead of penalising long
+    requests that were on time. Without latency limits: 3 d + 60 s."""
+    floor = 3.0 * duration_s + 60.0
+    longest = int(reqs.output_Q.max()) if len(reqs.output_Q) else 1
+    bounds = []
+    if slo.ttft_s is not None and slo.tpot_s is not None:
+        bounds.append(slo.ttft_s + (longest - 1) * slo.tpot_s)
+    if slo.e2e_s is not None:
+        bounds.append(slo.e2e_s)
+    if not bounds:
+        return floor
+    return max(floor, duration_s + min(bounds) + 1.0)
 
 
 def probe(system, scenario, replicas: int, rate: float, lengths) -> Probe:
