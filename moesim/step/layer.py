@@ -39,6 +39,7 @@ from moesim.specs import ModelSpec, bytes_per_element, canonical_dtype
 from moesim.step import pricing, stack
 from moesim.step.elementwise import elementwise_bytes, memory_bound_s
 from moesim.step.host import dispatch_syncs_host, layer_host_pre_s, layer_host_s
+from moesim.step.kernels import kernel_floor_s
 from moesim.step.schedule import serial_time, two_microbatch_time  # noqa: F401 (re-exported)
 from moesim.step.setup import LayerSetup, make_setup  # noqa: F401 (re-exported)
 from moesim.step.sharing import compute_share
@@ -75,6 +76,8 @@ class LayerOps:
     host_pre_backward_s: float = 0.0  # the same split of host_backward_s
     host_sync: bool = False  # the dispatch makes the host wait for P's token counts (step/schedule.py)
     compute_share: float = 1.0  # compute speed while this layer's all-to-all runs (step/sharing.py)
+    kernel_floor_s: float = 0.0  # the part of elementwise_s that is kernel boundaries (step/kernels.py)
+    kernel_floor_backward_s: float = 0.0  # the same floor of the backward pass (training)
 
     @property
     def pre_s(self) -> float:
@@ -277,10 +280,12 @@ def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: flo
             att_comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
     phase, stack = setup.phase, setup.stack
     train = phase == "train"
+    floor = kernel_floor_s(setup.hw, model, moe, phase)  # non-GEMM kernel boundaries (step/kernels.py)
     out.update(
         attention_s=att, attention_comm_s=att_comm, attention_core_s=core,
-        elementwise_s=memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
-                                                                 setup.dtype, phase)),
+        elementwise_s=floor + memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
+                                                                         setup.dtype, phase)),
+        kernel_floor_s=floor, kernel_floor_backward_s=kernel_floor_s(setup.hw, model, moe, phase, backward=True),
         host_s=layer_host_s(setup.hw, model, moe, phase, stack=stack),
         host_pre_s=layer_host_pre_s(setup.hw, model, moe, phase, stack=stack),
         host_backward_s=layer_host_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0,
