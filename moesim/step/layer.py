@@ -262,6 +262,15 @@ def dense_block(setup: LayerSetup, tokens: float) -> dict:
     return dict(dense_ffn_s=pricing.dense_ffn_s(setup.hw, model, tokens * tp, model.dense_ffn // tp, setup.dtype))
 
 
+def sorts_chunks(setup: LayerSetup, moe: bool) -> bool:
+    """Whether the layer's dispatched copies are re-sorted by local expert around the all-to-all
+    (moesim/step/elementwise.py ``sort_chunks``): Megatron-Core's all-to-all dispatcher, i.e. the
+    training phase, with EP > 1 and more than one expert slot per rank."""
+    if not moe or setup.phase != "train" or setup.ep <= 1:
+        return False
+    return (setup.model.moe.num_experts + setup.redundant_experts) // setup.ep > 1
+
+
 def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: float) -> dict:
     """The layer's operations that routing and capacity never change: attention and its
     collectives, elementwise, host issue, compute share, and a dense layer's FFN. Memoized in
@@ -284,7 +293,7 @@ def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: flo
     out.update(
         attention_s=att, attention_comm_s=att_comm, attention_core_s=core,
         elementwise_s=floor + memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
-                                                                         setup.dtype, phase)),
+                                                                         setup.dtype, phase, sorts_chunks(setup, moe))),
         kernel_floor_s=floor, kernel_floor_backward_s=kernel_floor_s(setup.hw, model, moe, phase, backward=True),
         host_s=layer_host_s(setup.hw, model, moe, phase, stack=stack),
         host_pre_s=layer_host_pre_s(setup.hw, model, moe, phase, stack=stack),
