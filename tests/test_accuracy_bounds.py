@@ -22,14 +22,17 @@ K, E = (0.01, 0.02), (0.05, 0.10)  # (median margin, max margin): kernels, end-t
 # file -> kind -> (median measured, max measured, margins, n predicted)
 BOUNDS = {
     "published-calibration.json": {"gemm": (0.027, 0.153, K, 18), "all_to_all": (0.054, 0.343, K, 34),
-                                   "training": (0.100, 0.410, E, 6), "serving": (0.459, 0.507, E, 3)},
+                                   "training": (0.108, 0.357, E, 6), "serving": (0.459, 0.507, E, 3)},
     "published-eval.json": {"gemm": (0.219, 0.407, K, 11), "grouped_gemm": (0.118, 0.255, K, 10),
                             "all_to_all": (0.090, 0.550, K, 12)},
     "cpu-host-calib.json": {"gemm": (0.096, 0.246, K, 8), "grouped_gemm": (0.090, 1.515, K, 4),
                             "all_to_all": (0.108, 0.488, K, 6), "moe_layer": (0.439, 0.617, K, 6)},
     "cpu-host-eval.json": {"gemm": (0.045, 0.062, K, 6), "grouped_gemm": (0.643, 0.657, K, 3),
                            "all_to_all": (0.419, 0.534, K, 6), "moe_layer": (0.074, 0.132, K, 6)},
-    "published-e2e-training.json": {"training": (0.228, 1.098, E, 17)},
+    # training out of sample: +31% too fast (signed median) with the non-GEMM kernel floor and the
+    # expert sort (2026-12-03; was 0.435 / 1.140 on this branch before them): the Megatron-Bridge
+    # GB200/GB300 rows' device model and the GPT-OSS attention (docs/accuracy.md)
+    "published-e2e-training.json": {"training": (0.314, 1.233, E, 17)},
     "published-e2e-serving.json": {"serving": (0.065, 0.237, E, 3)},
     # end-to-end through the planner (maximum-load TensorRT-LLM runs): several times too slow
     # today (docs/accuracy.md); the bound keeps the path honest until the host model changes

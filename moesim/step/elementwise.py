@@ -36,12 +36,16 @@ def gemm_input_elements(model: ModelSpec, moe: bool, tp: int) -> float:
 
 
 def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype: str = "bf16",
-                      phase: str = "prefill") -> float:
+                      phase: str = "prefill", sort_chunks: bool = False) -> float:
     """HBM bytes of one layer's non-GEMM kernels for ``tokens`` owned tokens (forward).
 
     norms + residuals: 10 D; gated activation: read 2F, write F per FFN row (F / tp for dense);
     MoE: permute (read D, write k D) and unpermute (read k D, write D) around the all-to-all,
     and the activation of k routed copies plus the shared experts. All 2-byte activations.
+    ``sort_chunks`` (Megatron-Core's all-to-all token dispatcher with more than one local
+    expert): the received copies are sorted by local expert after the dispatch ("Permutation 2",
+    ``sort_chunks_by_idxs`` in megatron/core/transformer/moe/token_dispatcher.py
+    ``MoEAlltoAllTokenDispatcher``) and back before the combine: read + write k D twice, 4 k D.
     fp8/fp4 GEMMs add one quantization pass over every GEMM input (``gemm_input_elements`` x
     ``QUANT_BYTES[phase]``: bf16 read, fp8 write, + transposed copy in training).
     """
@@ -51,6 +55,8 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype
     if moe:
         m = model.moe
         el += 2.0 * (1 + m.top_k) * d + gate * m.top_k * m.expert_ffn
+        if sort_chunks:
+            el += 4.0 * m.top_k * d
         el += gate * m.num_shared_experts * m.shared_expert_ffn / tp
     else:
         el += gate * model.dense_ffn / tp

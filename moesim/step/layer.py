@@ -46,6 +46,7 @@ from moesim.specs import ModelSpec, bytes_per_element, canonical_dtype
 from moesim.step import pricing, stack
 from moesim.step.elementwise import elementwise_bytes, memory_bound_s
 from moesim.step.host import dispatch_syncs_host, layer_host_pre_s, layer_host_s
+from moesim.step.kernels import kernel_floor_s
 from moesim.step.schedule import serial_time, two_microbatch_time  # noqa: F401 (re-exported)
 from moesim.step.setup import LayerSetup, make_setup  # noqa: F401 (re-exported)
 from moesim.step.sharing import compute_share, gemm_grid_share, hbm_share
@@ -88,6 +89,8 @@ class LayerOps:
     projection_memory_fraction: float = 0.0  # memory-bound share of the attention projections' time
     ffn_memory_fraction: float = 0.0  # memory-bound share of X's GEMM time (roofline bound, gemm.py)
     core_memory_bound: bool = False  # core attention streams the KV cache (decode) rather than computing
+    kernel_floor_s: float = 0.0  # the part of elementwise_s that is kernel boundaries (step/kernels.py)
+    kernel_floor_backward_s: float = 0.0  # the same floor of the backward pass (training)
 
     @property
     def pre_s(self) -> float:
@@ -344,6 +347,15 @@ def dense_block(setup: LayerSetup, tokens: float) -> dict:
                 ffn_memory_fraction=mem / t if t > 0 else 0.0)
 
 
+def sorts_chunks(setup: LayerSetup, moe: bool) -> bool:
+    """Whether the layer's dispatched copies are re-sorted by local expert around the all-to-all
+    (moesim/step/elementwise.py ``sort_chunks``): Megatron-Core's all-to-all dispatcher, i.e. the
+    training phase, with EP > 1 and more than one expert slot per rank."""
+    if not moe or setup.phase != "train" or setup.ep <= 1:
+        return False
+    return (setup.model.moe.num_experts + setup.redundant_experts) // setup.ep > 1
+
+
 def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: float) -> dict:
     """The layer's operations that routing and capacity never change: attention and its
     collectives, elementwise, host issue, compute share, and a dense layer's FFN. Memoized in
@@ -362,10 +374,12 @@ def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: flo
             att_comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
     phase, stack = setup.phase, setup.stack
     train = phase == "train"
+    floor = kernel_floor_s(setup.hw, model, moe, phase)  # non-GEMM kernel boundaries (step/kernels.py)
     out.update(
         attention_s=att, attention_comm_s=att_comm, attention_core_s=core,
-        elementwise_s=memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
-                                                                 setup.dtype, phase)),
+        elementwise_s=floor + memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
+                                                                         setup.dtype, phase, sorts_chunks(setup, moe))),
+        kernel_floor_s=floor, kernel_floor_backward_s=kernel_floor_s(setup.hw, model, moe, phase, backward=True),
         host_s=layer_host_s(setup.hw, model, moe, phase, stack=stack),
         host_pre_s=layer_host_pre_s(setup.hw, model, moe, phase, stack=stack),
         host_backward_s=layer_host_s(setup.hw, model, moe, phase, backward=True, stack=stack) if train else 0.0,

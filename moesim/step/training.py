@@ -71,7 +71,10 @@ def backward_ops(op: LayerOps) -> LayerOps:
     the host runs ahead through the whole pass, so the order only shifts where the device waits."""
     scaled = {f: 2.0 * getattr(op, f) for f in COMPUTE_FIELDS}
     scaled["attention_s"] += 0.5 * op.attention_core_s
+    # the non-GEMM kernel boundaries: the backward pass's own measured count (step/kernels.py)
+    scaled["elementwise_s"] += op.kernel_floor_backward_s - 2.0 * op.kernel_floor_s
     return replace(op, **scaled, attention_core_s=2.5 * op.attention_core_s, host_s=op.host_backward_s,
+                   kernel_floor_s=op.kernel_floor_backward_s,
                    host_pre_s=op.host_pre_backward_s, host_sync=False)
 
 
