@@ -314,7 +314,7 @@ def _grid(param: str, lo: float, hi: float, coarse: bool) -> list[float]:
     the rows are device-bound), a fraction evenly over [lo, hi]."""
     if param.endswith(".host_op_us"):
         return [lo] + list(np.geomspace(hi / 64, hi, 3 if coarse else 4)) if hi > 0 else [lo]
-    return list(np.linspace(lo, hi, 4 if coarse else 5))
+    return list(np.linspace(lo, hi, 5))
 
 
 def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: dict[str, float],
@@ -354,7 +354,7 @@ def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: 
                       for k in range(len(params))]
     res = minimize(lambda u: cost(lo + np.clip(u, 0, 1) * span), u0, method="Nelder-Mead",
                    bounds=[(0.0, 1.0)] * len(params),
-                   options={"initial_simplex": np.array(simplex), "maxfev": 8 if coarse else 16,
+                   options={"initial_simplex": np.array(simplex), "maxfev": 14 if coarse else 16,
                             "xatol": 1e-3, "fatol": 1e-6})
     x = lo + np.clip(res.x, 0, 1) * span if res.fun < cost(best) else best
     out, stuck = {}, []

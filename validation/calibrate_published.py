@@ -70,11 +70,16 @@ def fit_software_stacks(cases, source: str, write: bool = True) -> dict:
     profiles = {h: load_profile(h) for h in {c.hardware for c in rows}}
     fits = fit_stacks(rows, profiles)
     table = stack_table().with_values({p: f.value for p, f in fits.items()})
-    for param, fit in fits.items():
-        fitted = [c for c in rows if c.id in fit.rows]
-        errs = stack_log_errors(fitted, profiles, table) if fitted else []
-        _table(f"{param} = {fit.value:.4g} ({fit.note}; in-sample)", fitted, errs) if fitted else print(
-            f"{param} = {fit.value:.4g} ({fit.note})")
+    by_rows: dict[tuple, list[str]] = {}
+    for param, fit in fits.items():  # one table per stack (its parameters share their rows)
+        by_rows.setdefault(fit.rows, []).append(param)
+    for ids, params in by_rows.items():
+        title = "; ".join(f"{p} = {fits[p].value:.4g} ({fits[p].note})" for p in params)
+        fitted = [c for c in rows if c.id in ids]
+        if fitted:
+            _table(f"{title}; in-sample", fitted, stack_log_errors(fitted, profiles, table))
+        else:
+            print(title)
     if write:
         write_stack_fits(fits, _dt.date.today().isoformat(), source)
     return fits
