@@ -322,13 +322,21 @@ def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: 
     """Fit ``params`` (one stack's parameters) jointly on ``rows``: soft-L1 (scale 0.1, as
     ``calibrate``) on log errors, each within ``bounds``; a coarse grid (coarser when the rows run
     end to end through the planner, ~0.1-0.5 s a row), refined by a bounded Nelder-Mead from its
-    best point. A parameter at a bound that is not its prior, or one the objective does not
-    depend on (flat along its grid line), is not identified: it keeps its prior and the rest are
-    refitted with it there."""
+    best point. A parameter at a bound, or one the objective does not depend on (flat along its
+    grid line), is not identified: it keeps its prior and the rest are refitted with it there.
+    With fewer rows than parameters the host times keep their priors and the fractions are fitted
+    (one row cannot separate host from device time)."""
     from scipy.optimize import minimize
 
     params = list(params)
     ids = tuple(c.id for c in rows)
+    hosts = [p for p in params if p.endswith(".host_op_us")]
+    if len(rows) < len(params) and len(hosts) < len(params):  # one equation per row: the fraction
+        out = {p: StackParamFit(p, priors[p], ids, False, f"fewer rows ({len(rows)}) than parameters: not "
+                                                          f"identified, prior {priors[p]:g} kept") for p in hosts}
+        fixed = table.with_values({p: priors[p] for p in hosts})
+        rest = [p for p in params if p not in hosts]
+        return {**out, **fit_stack_group(rest, rows, profiles, fixed, priors, bounds)}
     coarse = any(_is_e2e(c) for c in rows)
     memo: dict[tuple, float] = {}
 
