@@ -1,8 +1,9 @@
 """Accuracy by sample class: in-sample, leave-one-group-out (by source, by hardware) and
 out-of-sample, per case kind (``moesim validate --logo``).
 
-- in-sample: the cases of calibration files (``"role": "calibration"``), predicted with the
-  shipped profiles, which were fitted on them.
+- in-sample: the calibration cases (``"role": "calibration"``, of the file or of the case: the
+  TensorRT-LLM v0.17 rows of published-e2e-serving-2.json, on which the trtllm stack is fitted),
+  predicted with the shipped profiles and stacks, which were fitted on them.
 - out-of-sample: the cases of evaluation files, predicted with the shipped profiles (never
   fitted on them).
 - leave-one-source-out / leave-one-hardware-out: for each group G (a case's source group,
@@ -11,8 +12,10 @@ out-of-sample, per case kind (``moesim validate --logo``).
   with them. Kernel kinds refit their profile's parameters from the generic prior
   (``moesim.calibrate.calibrate``; with no case left on that profile the prior values are used:
   what a new user gets); training and serving refit the software-stack parameters
-  (moesim/data/stacks.toml ``fit = true``) on the remaining calibration rows that run each
-  (``moesim.calibrate.fit_stacks``; none left or not identified: the entry's prior).
+  (moesim/data/stacks.toml ``fit = true``: host_op_us, ``fit_fraction = true``: device_fraction),
+  each stack's jointly, on the remaining calibration rows that run it
+  (``moesim.calibrate.fit_stacks``, the same fitter as the shipped table; none left or not
+  identified: the entry's prior; identical refits are computed once).
   Parameters of other kinds keep their shipped values (the transfers of
   validation/calibrate_published.py are not replayed).
 """

@@ -18,6 +18,7 @@ import datetime as _dt
 import math
 from dataclasses import dataclass
 from statistics import median
+from typing import Sequence
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -226,9 +227,15 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
 
 
 # ---- software-stack parameters (moesim/step/stacks.py) ----------------------------------------
+# Each stack's fitted parameters (host_op_us: host time per eager operator; device_fraction: the
+# achievable fraction of the kernel models' device throughput in the stack's full step) are fitted
+# JOINTLY on the whole-source rows that run the stack: host time and missing device time trade off
+# on the same rows, so fitting one alone lets it absorb the other.
 # NOTE: a fitted host time per operator at the top of its range (the entry's ``fit_max``,
-# moesim/data/stacks.toml) means the rows want more time than host issue can give: the device
-# model misses it. Such a fit is reported as not identified and the parameter keeps its prior.
+# moesim/data/stacks.toml) means the rows want more time than host issue can give; a fraction at
+# FRACTION_MIN that they want more device time than a sustained-throughput loss explains. Such a
+# parameter is reported as not identified, keeps its prior, and the others are refitted with it
+# there. A fraction at 1 is its prior (the kernel models as calibrated).
 
 
 @dataclass(frozen=True)
@@ -246,20 +253,40 @@ class StackParamFit:
                 "note": self.note}
 
 
-def case_stack_param(case: Case, table) -> str | None:
-    """The fitted parameter (``"<stack>.<phase>.host_op_us"``) a training / prefill / decode row
-    depends on, or None (a graph-captured phase, an unfitted prior, an end-to-end row)."""
+def case_stack_params(case: Case, table) -> tuple[str, ...]:
+    """The fitted stack parameters (``"<stack>.<phase>.<host_op_us|device_fraction>"``) a
+    training / serving row depends on: those of its phase (training: train; a prefill or decode
+    row: that phase; an end-to-end row through the planner: prefill and decode) under the case's
+    stack (``case_stack``; an end-to-end row: the one stack the planner's scenario runs)."""
     from moesim.case_inputs import case_stack
-    from moesim.step.stacks import fit_params
+    from moesim.step.stacks import PARAM_FIELDS, fit_params
 
     if case.kind not in ("training", "serving"):
-        return None
+        return ()
     phase = "train" if case.kind == "training" else case.inputs.get("phase")
-    if phase not in ("train", "prefill", "decode"):
+    if phase == "end_to_end":
+        phases, stack_phase = ("prefill", "decode"), "decode"
+    elif phase in ("train", "prefill", "decode"):
+        phases, stack_phase = (phase,), phase
+    else:
+        return ()
+    fitted, out = set(fit_params(table)), []
+    stack = case_stack(dict(case.inputs), case.hardware, stack_phase)
+    for ph in phases:
+        for fld in PARAM_FIELDS:
+            entry = table.entry_of(stack, ph, fld)
+            param = f"{entry}.{fld}" if entry else None
+            if param in fitted and param not in out:
+                out.append(param)
+    return tuple(out)
+
+
+def case_stack_param(case: Case, table) -> str | None:
+    """The fitted ``host_op_us`` parameter a training / prefill / decode row depends on, or None
+    (a graph-captured phase, an unfitted prior, an end-to-end row)."""
+    if case.kind == "serving" and case.inputs.get("phase") == "end_to_end":
         return None
-    entry = table.entry_of(case_stack(dict(case.inputs), case.hardware, phase), phase)
-    param = f"{entry}.host_op_us" if entry else None
-    return param if param in fit_params(table) else None
+    return next((p for p in case_stack_params(case, table) if p.endswith(".host_op_us")), None)
 
 
 def stack_log_errors(cases, profiles: dict, table) -> np.ndarray:
@@ -268,7 +295,7 @@ def stack_log_errors(cases, profiles: dict, table) -> np.ndarray:
     for c in cases:
         try:
             value = float(predictor_for(c.kind)[0](case_inputs(c), profiles[c.hardware], stacks=table))
-        except UnsupportedCase:  # refused whatever the host value: not a row of the fit
+        except UnsupportedCase:  # refused whatever the parameter values: not a row of the fit
             continue
         out.append(math.log(max(value, 1e-30) / c.measured))
     return np.asarray(out)
@@ -278,55 +305,139 @@ def _soft_l1(r: np.ndarray, scale: float = 0.1) -> float:
     return float(np.sum(2.0 * scale**2 * (np.sqrt(1.0 + (r / scale) ** 2) - 1.0)))
 
 
-def fit_stack_param(param: str, rows, profiles: dict, table, prior: float, hi: float) -> StackParamFit:
-    """Fit one stack parameter on ``rows`` (soft-L1 on log errors, scale 0.1, as ``calibrate``):
-    a log grid over [0, ``hi``] us (the objective is flat where the rows are device-bound),
-    refined by a bounded scalar search; at ``hi`` or flat: not identified, ``prior`` kept."""
-    from scipy.optimize import minimize_scalar
+def _is_e2e(case: Case) -> bool:
+    return case.kind == "serving" and case.inputs.get("phase") == "end_to_end"
 
-    lo = 0.0
 
-    def cost(x: float) -> float:
-        return _soft_l1(stack_log_errors(rows, profiles, table.with_values({param: x})))
+def _grid(param: str, lo: float, hi: float, coarse: bool) -> list[float]:
+    """Coarse grid of one parameter: host time on a log grid from 0 (the objective is flat where
+    the rows are device-bound), a fraction evenly over [lo, hi]."""
+    if param.endswith(".host_op_us"):
+        return [lo] + list(np.geomspace(hi / 64, hi, 3 if coarse else 4)) if hi > 0 else [lo]
+    return list(np.linspace(lo, hi, 5))
 
-    grid = [lo] + list(np.geomspace(min(1.0, hi / 2), hi, 13))
-    costs = [cost(x) for x in grid]
-    i = int(np.argmin(costs))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    best, best_cost = grid[i], costs[i]
-    if b > a:
-        res = minimize_scalar(cost, bounds=(a, b), method="bounded", options={"xatol": 0.05})
-        if res.fun < best_cost:
-            best, best_cost = float(res.x), float(res.fun)
+
+def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: dict[str, float],
+                    bounds: dict[str, tuple[float, float]]) -> dict[str, StackParamFit]:
+    """Fit ``params`` (one stack's parameters) jointly on ``rows``: soft-L1 (scale 0.1, as
+    ``calibrate``) on log errors, each within ``bounds``; a coarse grid (coarser when the rows run
+    end to end through the planner, ~0.1-0.5 s a row), refined by a bounded Nelder-Mead from its
+    best point. A parameter at a bound, or one the objective does not depend on (flat along its
+    grid line), is not identified: it keeps its prior and the rest are refitted with it there.
+    With fewer rows than parameters the host times keep their priors and the fractions are fitted
+    (one row cannot separate host from device time)."""
+    from scipy.optimize import minimize
+
+    params = list(params)
     ids = tuple(c.id for c in rows)
-    if best >= 0.99 * hi:
-        return StackParamFit(param, prior, ids, False, f"the rows want host time at the range's top ({hi:g} us/op): "
-                                                        f"not identified, prior {prior:g} kept")
-    flat = max(costs) - min(costs) < 1e-6 * max(1.0, min(costs))
-    if flat:
-        return StackParamFit(param, prior, ids, False, f"the rows do not depend on it (device-bound): prior {prior:g} kept")
-    return StackParamFit(param, float(best), ids, True, f"fitted on {len(ids)} rows")
+    hosts = [p for p in params if p.endswith(".host_op_us")]
+    if len(rows) < len(params) and len(hosts) < len(params):  # one equation per row: the fraction
+        out = {p: StackParamFit(p, priors[p], ids, False, f"fewer rows ({len(rows)}) than parameters: not "
+                                                          f"identified, prior {priors[p]:g} kept") for p in hosts}
+        fixed = table.with_values({p: priors[p] for p in hosts})
+        rest = [p for p in params if p not in hosts]
+        return {**out, **fit_stack_group(rest, rows, profiles, fixed, priors, bounds)}
+    coarse = any(_is_e2e(c) for c in rows)
+    memo: dict[tuple, float] = {}
+
+    def cost(x) -> float:
+        key = tuple(round(float(v), 6) for v in x)
+        if key not in memo:
+            memo[key] = _soft_l1(stack_log_errors(rows, profiles, table.with_values(dict(zip(params, key)))))
+        return memo[key]
+
+    grids = [_grid(p, *bounds[p], coarse) for p in params]
+    pts = np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(params), -1).T
+    costs = np.array([cost(x) for x in pts])
+    best = pts[int(np.argmin(costs))]
+    flat = {}
+    for k, p in enumerate(params):  # the grid line through the best point along parameter k
+        line = [cost(np.where(np.arange(len(params)) == k, g, best)) for g in grids[k]]
+        flat[p] = max(line) - min(line) < 1e-6 * max(1.0, min(line))
+    lo = np.array([bounds[p][0] for p in params])
+    span = np.array([bounds[p][1] - bounds[p][0] for p in params])
+    span = np.where(span > 0, span, 1.0)
+    u0 = (best - lo) / span
+    simplex = [u0] + [np.clip(u0 + np.where(np.arange(len(params)) == k, 0.15 if u0[k] < 0.5 else -0.15, 0.0), 0, 1)
+                      for k in range(len(params))]
+    res = minimize(lambda u: cost(lo + np.clip(u, 0, 1) * span), u0, method="Nelder-Mead",
+                   bounds=[(0.0, 1.0)] * len(params),
+                   options={"initial_simplex": np.array(simplex), "maxfev": 14 if coarse else 16,
+                            "xatol": 1e-3, "fatol": 1e-6})
+    x = lo + np.clip(res.x, 0, 1) * span if res.fun < cost(best) else best
+    out, stuck = {}, []
+    for k, p in enumerate(params):
+        v, (a, b), prior = float(x[k]), bounds[p], priors[p]
+        at_top, at_bottom = v >= b - 0.01 * (b - a), v <= a + 0.01 * (b - a)
+        if flat[p]:
+            out[p] = StackParamFit(p, prior, ids, False, f"the rows do not depend on it: prior {prior:g} kept")
+        elif p.endswith(".host_op_us") and at_top:
+            out[p] = StackParamFit(p, prior, ids, False, f"the rows want host time at the range's top ({b:g} us/op): "
+                                                         f"not identified, prior {prior:g} kept")
+        elif p.endswith(".device_fraction") and at_bottom:
+            out[p] = StackParamFit(p, prior, ids, False, f"the rows want a device fraction at the range's bottom "
+                                                         f"({a:g}): not identified, prior {prior:g} kept")
+        elif p.endswith(".device_fraction") and at_top:
+            out[p] = StackParamFit(p, prior, ids, False, f"the rows want the full kernel-model throughput (fraction "
+                                                         f"{b:g}, the range's top): prior {prior:g} kept")
+        else:
+            out[p] = StackParamFit(p, v, ids, True, f"fitted on {len(ids)} rows")
+        if not out[p].identified:
+            stuck.append(p)
+    free = [p for p in params if p not in stuck]
+    if stuck and free:  # refit the identified ones with the rest at their priors
+        fixed = table.with_values({p: out[p].value for p in stuck})
+        out.update(fit_stack_group(free, rows, profiles, fixed, priors, bounds))
+    return out
+
+
+_GROUP_FITS: dict = {}  # (params, rows, profiles, bounds, priors, other values) -> fits: LOGO repeats fits
+
+
+def _fingerprint(rows, profiles: dict, table, params, bounds, priors) -> tuple:
+    from moesim.step.stacks import fit_params
+
+    hws = sorted({c.hardware for c in rows})
+    return (tuple(params), tuple((c.id, c.measured, c.hardware) for c in rows),
+            tuple((h, profiles[h].model_dump_json()) for h in hws),
+            tuple(sorted(bounds.items())), tuple(sorted(priors.items())),
+            tuple((p, table.value(p)) for p in fit_params(table) if p not in params))
 
 
 def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | None = None) -> dict[str, StackParamFit]:
-    """Each fitted stack parameter (moesim/step/stacks.py ``fit_params``) fitted on the training /
-    serving rows of ``cases`` that run it (``case_stack_param``), over every hardware, within
-    [0, its ``fit_max``]; a parameter no row runs or identifies keeps its prior (``priors``,
-    default the entry's ``prior_us``)."""
-    from moesim.step.stacks import fit_params, split_param, stack_table
+    """Every fitted stack parameter (moesim/step/stacks.py ``fit_params``), each stack's jointly
+    (``fit_stack_group``), on the training / serving rows of ``cases`` that depend on any of them
+    (``case_stack_params``), over every hardware: ``host_op_us`` within [0, its ``fit_max``],
+    ``device_fraction`` within [FRACTION_MIN, 1]. A parameter no row runs or identifies keeps its
+    prior (``priors``, default the entry's ``prior_us``, 1.0 for a fraction). Stacks are fitted in
+    table order (a ``fit_max`` naming an earlier entry sees its fit); identical fits (the same
+    rows, profiles and fixed values) are reused within the process."""
+    from moesim.specs.software_stack import FRACTION_MIN
+    from moesim.step.stacks import fit_params, param_field, split_param, stack_table
 
     table = table or stack_table()
-    out = {}
-    for param in fit_params(table):  # in table order: a fit_max naming an earlier entry sees its fit
-        name, phase = split_param(param)
-        entry = table.get(name).phase(phase)
-        prior = (priors or {}).get(param, entry.prior_us)
-        hi = entry.fit_max if not isinstance(entry.fit_max, str) else table.value(f"{entry.fit_max}.host_op_us")
-        rows = [c for c in cases if case_stack_param(c, table) == param]
+    groups: dict[str, list[str]] = {}
+    for param in fit_params(table):
+        groups.setdefault(split_param(param)[0], []).append(param)
+    row_params = {c.id: case_stack_params(c, table) for c in cases}
+    out: dict[str, StackParamFit] = {}
+    for name, params in groups.items():
+        prior, bounds = {}, {}
+        for p in params:
+            entry = table.get(name).phase(split_param(p)[1])
+            if param_field(p) == "host_op_us":
+                hi = entry.fit_max if not isinstance(entry.fit_max, str) else table.value(f"{entry.fit_max}.host_op_us")
+                prior[p], bounds[p] = (priors or {}).get(p, entry.prior_us), (0.0, float(hi))
+            else:
+                prior[p], bounds[p] = (priors or {}).get(p, 1.0), (FRACTION_MIN, 1.0)
+        rows = [c for c in cases if set(row_params[c.id]) & set(params)]
         if not rows:
-            fit = StackParamFit(param, prior, (), False, f"no row runs it: prior {prior:g} kept")
+            fits = {p: StackParamFit(p, prior[p], (), False, f"no row runs it: prior {prior[p]:g} kept") for p in params}
         else:
-            fit = fit_stack_param(param, rows, profiles, table, prior, float(hi))
-        out[param] = fit
-        table = table.with_values({param: fit.value})
+            key = _fingerprint(rows, profiles, table, params, bounds, prior)
+            if key not in _GROUP_FITS:
+                _GROUP_FITS[key] = fit_stack_group(params, rows, profiles, table, prior, bounds)
+            fits = _GROUP_FITS[key]
+        out.update(fits)
+        table = table.with_values({p: f.value for p, f in fits.items()})
     return out

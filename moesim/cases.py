@@ -51,7 +51,7 @@ class Case:
     source: str = ""
     notes: str = ""
     group: str = ""  # the source group (leave-one-group-out): the case's "group", else source_group(source)
-    role: str = "evaluation"  # the file's role: calibration (fitted on) or evaluation (never fitted on)
+    role: str = "evaluation"  # calibration (fitted on) or evaluation (never fitted on): the case's "role", else the file's
 
     def input(self, key: str, default: Any = None) -> Any:
         """An input value; ``default`` when absent or null (not stated by the source)."""
@@ -136,6 +136,9 @@ def _check_case(raw: Any, index: int, role: str = "evaluation") -> Case:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"measured.value {value!r} must be a positive number")
     source = str(raw.get("source", ""))
+    role = raw.get("role", role)  # a case may override its file's role (rows a stack was fitted on)
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} unknown; allowed: {', '.join(ROLES)}")
     return Case(
         id=str(raw["id"]),
         kind=kind,

@@ -186,7 +186,7 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
     if phase == "end_to_end":
         for key in ("framework", "cuda_graphs"):
             flag_ignored(inputs, key, "the planner prices its scenario's stack (end-to-end row)")
-        return planned_serving(inputs, model, hw, devices, tp, layout)
+        return planned_serving(inputs, model, hw, devices, tp, layout, stacks)
     if phase == "decode":
         shape = {"batch_per_device": int(inputs["batch_per_device"]), "context": int(inputs["context_len"])}
     elif phase == "prefill":
@@ -244,7 +244,7 @@ def _max_load_batches(scenario, model) -> tuple[int, ...]:
 
 
 def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices: int, tp: int,
-                    layout: str) -> float:
+                    layout: str, stacks: StackTable | None = None) -> float:
     """Output tokens/s per device of an end-to-end serving run (prefill and decode of fixed
     ``prompt_len`` / ``output_len`` requests) as the planner predicts it: the best co-located
     candidate of exactly this deployment (hardware, devices, TP, attention layout) over
@@ -254,7 +254,8 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     ``case_scheduler``), with two-micro-batch overlap only where the case states
     ``two_batch_overlap`` (TensorRT-LLM's perf-overview options enable none). A maximum-load run
     under TensorRT-LLM also tries the batch its scheduler holds when every request is queued
-    (``_max_load_batches``)."""
+    (``_max_load_batches``). ``stacks``: the table to price the stack with (a fit's trial values,
+    passed to the planner as the explicit ``SoftwareStack``); None: the shipped table, by name."""
     from moesim.planner.plan import plan
     from moesim.planner.scenario import scenario_from_dict
 
@@ -284,7 +285,9 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
                    "tp": [tp], "pp": [1], "attention_layouts": [layout],
                    "overlap": "two_microbatch" if inputs.get("two_batch_overlap") else "none"},
-        "verify": {"top_n": 0}, "stack": case_stack(inputs, hw.name, "decode"), "scheduler": case_scheduler(inputs),
+        "verify": {"top_n": 0}, "scheduler": case_scheduler(inputs),
+        "stack": (case_stack(inputs, hw.name, "decode") if stacks is None
+                  else stacks.inline(case_stack(inputs, hw.name, "decode"), "decode")),
     }
     scenario = scenario_from_dict(data, source="end-to-end case")
     extra = _max_load_batches(scenario, model) if inputs.get("max_load") else ()

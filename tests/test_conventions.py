@@ -30,7 +30,7 @@ def test_verbose_logs_and_quiet_silences(capsys, tmp_path):
     sc = tmp_path / "s.toml"
     sc.write_text('kind = "serving"\nmodel = "deepseek-v3"\nhardware = ["h200-sxm"]\n'
                   "[workload]\nprompt_len = 1000\noutput_len = 400\ntarget_output_tokens_per_s = 5000\n"
-                  "[slo]\ntpot_s = 0.08\n[search]\ndevices_per_replica = [8]\nbatch_per_device = [32]\ntp = [1]\n"
+                  "[slo]\ntpot_s = 0.15\n[search]\ndevices_per_replica = [8]\nbatch_per_device = [32]\ntp = [1]\n"
                   'attention_layouts = ["dp"]\n[verify]\ntop_n = 0\n')
     assert run(["-v", "plan", str(sc)]) == 0
     err = capsys.readouterr().err

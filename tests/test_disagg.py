@@ -204,7 +204,7 @@ def _small(**over):
     data = {"kind": "serving", "name": "small", "model": "deepseek-v3", "hardware": ["h200-sxm"],
             "modes": ["colocated", "disaggregated"],
             "workload": {"prompt_len": 1000, "output_len": 400, "target_output_tokens_per_s": 5000},
-            "slo": {"tpot_s": 0.08, "ttft_s": 3.0},
+            "slo": {"tpot_s": 0.13, "ttft_s": 3.0},  # the sglang device fraction (0.635) slows compute
             "search": {"devices_per_replica": [8], "batch_per_device": [16, 64], "tp": [1],
                        "attention_layouts": ["dp"]},
             "disaggregated": {"decode_devices_per_replica": [8], "prefill_devices_per_replica": [8],

@@ -23,7 +23,7 @@ def _scenario(hw_path: str):
     return scenario_from_dict({
         "model": "deepseek-v3", "hardware": [hw_path],
         "workload": {"prompt_len": 1000, "output_len": 400, "target_output_tokens_per_s": 5000},
-        "slo": {"tpot_s": 0.2},
+        "slo": {"tpot_s": 0.4},
         "search": {"devices_per_replica": [8], "batch_per_device": [16], "tp": [1], "attention_layouts": ["dp"]},
         "verify": {"top_n": 0},
     })

@@ -22,7 +22,7 @@ from moesim.routing import write_trace
 SCENARIO = scenario_from_dict({
     "name": "resume", "model": "deepseek-v3", "hardware": ["slow-gpu", "fast-gpu"],
     "workload": {"prompt_len": 1000, "output_len": 500, "target_output_tokens_per_s": 20000},
-    "slo": {"tpot_s": 0.05},
+    "slo": {"tpot_s": 0.08},
     "search": {"devices_per_replica": [8, 16], "batch_per_device": [4, 16]},
 })
 CANDS = serving_space(SCENARIO, scenario_model(SCENARIO)).candidates
@@ -46,7 +46,7 @@ def _plan_dir(tmp_path: Path) -> Path:
         'name = "stale"\nmodel = "deepseek-v3"\nhardware = ["gpu.toml"]\n'
         '[routing]\nskew = "trace:trace.json"\n'
         "[workload]\nprompt_len = 1000\noutput_len = 200\ntarget_output_tokens_per_s = 20000\n"
-        "[slo]\ntpot_s = 0.05\n"
+        "[slo]\ntpot_s = 0.08\n"
         "[search]\ndevices_per_replica = [16, 32]\nbatch_per_device = [16, 64]\ntp = [1]\n"
         "[verify]\ntop_n = 0\n")
     return tmp_path

@@ -147,23 +147,32 @@ def test_old_profile_with_host_field_still_loads():
 
 
 def test_fit_recovers_a_planted_parameter():
-    # synthetic rows: the two host-sensitive calibration training rows with their measurement
-    # replaced by the prediction at a planted megatron host value (40 us/op); the fit must
-    # recover it (rel 2%: the bounded scalar search stops at 0.05 us)
-    cases = [c for c in load_cases(ROOT / "validation/data/published-calibration.json").cases
-             if c.id in ("megatron-bridge-26.02-qwen3-30b-a3b-b200-8gpu-mxfp8", "megatron-core-mixtral8x7b-64xh100-bf16")]
-    profiles = {c.hardware: load_profile(c.hardware) for c in cases}
-    planted = stack_table().with_values({"megatron.train.host_op_us": 40.0})
-    logs = stack_log_errors(cases, profiles, planted)
+    # synthetic rows: three calibration training rows with their measurement replaced by the
+    # prediction at a planted megatron (host 40 us/op, device fraction 0.7); the joint fit must
+    # recover both (host rel 10%, fraction abs 0.03: a coarse grid + bounded Nelder-Mead of at
+    # most 16 evaluations, and host and fraction partly trade off on these rows)
     import math
+
+    ids = ("megatron-bridge-26.02-qwen3-30b-a3b-b200-8gpu-mxfp8", "megatron-core-mixtral8x7b-64xh100-bf16",
+           "megatron-bridge-26.02-qwen3-235b-a22b-h100-256gpu-fp8")
+    cases = [c for c in load_cases(ROOT / "validation/data/published-calibration.json").cases if c.id in ids]
+    profiles = {c.hardware: load_profile(c.hardware) for c in cases}
+    planted = stack_table().with_values({"megatron.train.host_op_us": 40.0, "megatron.train.device_fraction": 0.7})
+    logs = stack_log_errors(cases, profiles, planted)
     synthetic = [dataclasses.replace(c, measured=c.measured * math.exp(e)) for c, e in zip(cases, logs)]
     fits = fit_stacks(synthetic, profiles)
-    got = fits["megatron.train.host_op_us"]
-    assert got.identified and got.value == pytest.approx(40.0, rel=0.02)
-    assert set(got.rows) == {c.id for c in cases}
-    # no row runs sglang prefill: it keeps its prior
-    assert not fits["sglang.prefill.host_op_us"].identified
+    host, frac = fits["megatron.train.host_op_us"], fits["megatron.train.device_fraction"]
+    assert host.identified and frac.identified
+    assert host.value == pytest.approx(40.0, rel=0.10) and frac.value == pytest.approx(0.7, abs=0.03)
+    assert set(host.rows) == set(frac.rows) == {c.id for c in cases}
+    # the planted pair reproduces the rows: in-sample error of the fit below 2%
+    got = stack_table().with_values({p: f.value for p, f in fits.items()})
+    assert max(abs(math.expm1(e)) for e in stack_log_errors(synthetic, profiles, got)) < 0.02
+    # no row runs sglang prefill or trtllm: they keep their priors
+    for p in ("sglang.prefill.host_op_us", "sglang.prefill.device_fraction", "trtllm.prefill.device_fraction"):
+        assert not fits[p].identified and "no row" in fits[p].note
     assert fits["sglang.prefill.host_op_us"].value == stack_table().get("sglang").prefill.prior_us
+    assert fits["trtllm.prefill.device_fraction"].value == 1.0
 
 
 def test_fit_writes_the_table_and_it_loads(tmp_path):
@@ -173,10 +182,14 @@ def test_fit_writes_the_table_and_it_loads(tmp_path):
     path = tmp_path / "stacks.toml"
     path.write_text((ROOT / "moesim/data/stacks.toml").read_text())
     fits = {"megatron.train.host_op_us": StackParamFit("megatron.train.host_op_us", 42.5, ("a", "b"), True, ""),
+            "megatron.train.device_fraction": StackParamFit("megatron.train.device_fraction", 0.625, ("a", "b"), True,
+                                                            ""),
             "sglang.prefill.host_op_us": StackParamFit("sglang.prefill.host_op_us", 5.0, ("c",), False, "prior kept")}
     write_stack_fits(fits, "2026-12-03", "test rows", path)
     t = parse_table(tomllib.loads(path.read_text()))
     assert t.value("megatron.train.host_op_us") == 42.5
+    assert t.value("megatron.train.device_fraction") == 0.625
+    assert t.value("megatron-cudagraph.train.device_fraction") == 0.625  # shares megatron's fraction
     assert "2026-12-03" in t.get("megatron").fitted and "a, b" in t.get("megatron").fitted
     assert "prior kept" in t.get("sglang").fitted
     assert fit_params(t) == fit_params()

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIO = (
     'kind = "serving"\nname = "tradeoff-cli"\nmodel = "deepseek-v3"\nhardware = ["h200-sxm"]\n'
     "[workload]\nprompt_len = 1000\noutput_len = 400\ntarget_output_tokens_per_s = 5000\n"
-    "[slo]\ntpot_s = 0.08\nttft_s = 3.0\n"
+    "[slo]\ntpot_s = 0.13\nttft_s = 3.0\n"
     "[search]\ndevices_per_replica = [8]\nbatch_per_device = [32]\ntp = [1]\nattention_layouts = [\"dp\"]\n"
     "[verify]\ntop_n = 0\n"
 )

@@ -7,12 +7,16 @@ the parameters those cases can identify with ``moesim.calibrate`` and rewrites t
 in-sample; ``moesim validate validation/data/published-eval.json`` is the out-of-sample check.
 
 Training and serving rows (``moesim.step_cases.JOINT_KINDS``) depend on parameters of the
-software stack they ran, not of the GPU: after the per-profile fits, each fitted stack entry
-(moesim/data/stacks.toml ``fit = true``: host time per eagerly issued operator) is fitted on the
-rows that run it, over every hardware (``moesim.calibrate.fit_stacks``: soft-L1 on log errors,
-scale 0.1, within [0, fit_max]; not identified: the prior), and written into the stacks table
-with the date and the rows (``write_stack_fits``). ``moesim validate ... --logo`` refits them per
-left-out source and hardware (moesim/accuracy.py).
+software stack they ran, not of the GPU: after the per-profile fits, each stack's fitted entries
+(moesim/data/stacks.toml ``fit = true``: host time per eagerly issued operator; ``fit_fraction =
+true``: the achievable device fraction of its full step) are fitted jointly on the rows that run
+the stack, over every hardware (``moesim.calibrate.fit_stacks``: soft-L1 on log errors, scale
+0.1, host within [0, fit_max], fraction within [0.3, 1]; not identified: the prior), and written
+into the stacks table with the date and the rows (``write_stack_fits``). The rows: the training /
+serving rows of the calibration file, plus the rows of ``STACK_FIT_FILES`` marked ``"role":
+"calibration"`` (one whole source for a stack without calibration rows: the TensorRT-LLM v0.17
+table for trtllm). ``moesim validate ... --logo`` refits them per left-out source and hardware
+(moesim/accuracy.py).
 
 Fitted efficiencies then transfer, by section, to profiles of the same silicon that have no
 data of their own (``TRANSFER``): H100 and H200 are the same GH100 die, SMs and kernels as the
@@ -37,6 +41,9 @@ from moesim.specs.hardware import Efficiency
 from moesim.validate import predictor_for
 
 DEFAULT_CASES = Path(__file__).parent / "data" / "published-calibration.json"
+# evaluation files with a whole source marked "role": "calibration" for a stack fit: TensorRT-LLM
+# has no calibration row, so its parameters are fitted on the v0.17 perf-overview table alone
+STACK_FIT_FILES: tuple[Path, ...] = (Path(__file__).parent / "data" / "published-e2e-serving-2.json",)
 
 # target profile -> {efficiency section: profile whose fitted section it takes}
 TRANSFER: dict[str, dict[str, str]] = {
@@ -59,34 +66,41 @@ def fit_software_stacks(cases, source: str, write: bool = True) -> dict:
     from moesim.calibrate import fit_stacks, stack_log_errors
     from moesim.step.stacks import stack_table
 
-    rows = [c for c in cases if c.kind in ("training", "serving")]
+    rows = [c for c in cases if c.kind in ("training", "serving") and c.role == "calibration"]
     profiles = {h: load_profile(h) for h in {c.hardware for c in rows}}
     fits = fit_stacks(rows, profiles)
     table = stack_table().with_values({p: f.value for p, f in fits.items()})
-    for param, fit in fits.items():
-        fitted = [c for c in rows if c.id in fit.rows]
-        errs = stack_log_errors(fitted, profiles, table) if fitted else []
-        _table(f"{param} = {fit.value:.4g} ({fit.note}; in-sample)", fitted, errs) if fitted else print(
-            f"{param} = {fit.value:.4g} ({fit.note})")
+    by_rows: dict[tuple, list[str]] = {}
+    for param, fit in fits.items():  # one table per stack (its parameters share their rows)
+        by_rows.setdefault(fit.rows, []).append(param)
+    for ids, params in by_rows.items():
+        title = "; ".join(f"{p} = {fits[p].value:.4g} ({fits[p].note})" for p in params)
+        fitted = [c for c in rows if c.id in ids]
+        if fitted:
+            _table(f"{title}; in-sample", fitted, stack_log_errors(fitted, profiles, table))
+        else:
+            print(title)
     if write:
         write_stack_fits(fits, _dt.date.today().isoformat(), source)
     return fits
 
 
 def write_stack_fits(fits: dict, date: str, source: str, path: Path | None = None) -> None:
-    """Rewrite the fitted ``host_op_us`` numbers and each stack's ``fitted`` line of the stacks
-    table in place (comments and every other line kept); the result must load."""
+    """Rewrite the fitted ``host_op_us`` / ``device_fraction`` numbers and each stack's
+    ``fitted`` line of the stacks table in place (comments and every other line kept); the result
+    must load."""
     import re
 
-    from moesim.step.stacks import parse_table, split_param
+    from moesim.step.stacks import param_field, parse_table, split_param
 
     path = path or Path(__file__).resolve().parents[1] / "moesim" / "data" / "stacks.toml"
     lines = path.read_text(encoding="utf-8").splitlines()
     notes: dict[str, list[str]] = {}
     for param, fit in fits.items():
         name, phase = split_param(param)
-        how = (f"{phase} host_op_us fitted {date} on {len(fit.rows)} rows of {source} ({', '.join(fit.rows)})"
-               if fit.identified else f"{phase} host_op_us: {fit.note} ({date}, {source}; rows: "
+        fld = param_field(param)
+        how = (f"{phase} {fld} fitted {date} on {len(fit.rows)} rows of {source} ({', '.join(fit.rows)})"
+               if fit.identified else f"{phase} {fld}: {fit.note} ({date}, {source}; rows: "
                f"{', '.join(fit.rows) or 'none'})")
         notes.setdefault(name, []).append(how)
     section = None
@@ -97,8 +111,10 @@ def write_stack_fits(fits: dict, date: str, source: str, path: Path | None = Non
             continue
         for param, fit in fits.items():
             name, phase = split_param(param)
+            fld = param_field(param)
             if section == name and line.startswith(f"{phase} = {{"):
-                lines[i] = re.sub(r"host_op_us = [0-9.eE+-]+", f"host_op_us = {float(f'{fit.value:.4g}')!r}", line, count=1)
+                lines[i] = line = re.sub(rf"\b{fld} = [0-9.eE+-]+", f"{fld} = {float(f'{fit.value:.4g}')!r}", line,
+                                         count=1)
         if section in notes and line.startswith("fitted = "):
             lines[i] = "fitted = " + json.dumps("; ".join(notes.pop(section)))
     text = "\n".join(lines) + "\n"
@@ -141,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         merged = eff.model_copy(update={**updates, "origin": f"{eff.origin}; " + "; ".join(notes)})
         replace_efficiency(_profiles_dir() / f"{target}.toml", merged)
         print(f"{target}: " + "; ".join(notes))
-    fit_software_stacks(list(casefile.cases), f"validation/data/{path.name}")
+    extra = [c for f in STACK_FIT_FILES for c in load_cases(f).cases if c.role == "calibration"]
+    names = ", ".join([f"validation/data/{path.name}"] + [f"validation/data/{f.name} (rows marked calibration)"
+                                                           for f in STACK_FIT_FILES])
+    fit_software_stacks(list(casefile.cases) + extra, names)
     return 0
 
 

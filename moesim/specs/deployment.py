@@ -26,7 +26,10 @@ need to know about *how* a model is run (the model itself and the workload are s
   graph decode), ``maxtext`` (= ``xla``: a compiled step, no per-operator host), and
   ``eager`` (host issue in every phase), ``cuda_graphs`` (one graph per step in every phase).
   ``auto`` resolves per phase: train -> ``megatron``, prefill / decode -> ``sglang``
-  (moesim/step/stacks.py ``AUTO``).
+  (moesim/step/stacks.py ``AUTO``). The stack also carries each phase's ``device_fraction``:
+  the achievable fraction of the kernel models' device throughput in its full step, by which
+  every compute operation's time is divided (communication not; moesim/step/layer.py
+  ``at_device_fraction``), fitted per stack with its host time (moesim/data/stacks.toml).
 - ``sharding`` (training): ``ddp`` replicates everything, ``zero1`` shards the optimizer states
   (Megatron's distributed optimizer), ``fsdp`` also the weights and gradients (ZeRO-3, PyTorch
   FSDP, MaxText's fsdp axis) with per-layer all-gathers and reduce-scatters (moesim/step/

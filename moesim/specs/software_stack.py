@@ -13,7 +13,14 @@ A ``SoftwareStack`` says, for each phase (``train``, ``prefill``, ``decode``), h
   issuing the operators it does not capture);
 - ``graph_launch_us``: host microseconds per graph launch (``cudaGraphLaunch``), and
   ``graphs``: one graph per captured part of each ``layer`` (piecewise / scoped graphs), or one
-  per ``step`` (a whole forward captured at once).
+  per ``step`` (a whole forward captured at once);
+- ``device_fraction``: the achievable fraction, in (0, 1], of the kernel models' device
+  throughput in this stack's full step (sustained clocks under the power limit, kernels and gaps
+  the layer model does not list, allocator/cache effects; the kernel models are calibrated on
+  isolated microbenchmarks). Every compute operation of the step (attention, GEMMs, experts,
+  elementwise, the LM head/embedding, the optimizer) takes time / fraction; communication
+  (all-to-all, collectives) does not (validated on its own). Prior 1.0; ``"<stack>.<phase>"``
+  takes that entry's value (the same kernels).
 
 The named stacks and their numbers live in one table, moesim/data/stacks.toml (loaded by
 moesim/step/stacks.py); a ``SoftwareStack`` object on a ``Deployment`` carries explicit values
@@ -34,6 +41,9 @@ StackName = Literal["auto", "eager", "cuda_graphs", "xla", "megatron", "megatron
 STACK_NAMES: tuple[str, ...] = ("auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang",
                                 "vllm", "trtllm", "maxtext")
 STACK_PHASES: tuple[str, ...] = ("train", "prefill", "decode")
+# the lower end of a fitted device_fraction's range (moesim/calibrate.py fit_stacks): below it the
+# rows would be asking for something other than a sustained-throughput loss
+FRACTION_MIN = 0.3
 
 
 class PhaseHost(Spec):
@@ -49,20 +59,31 @@ class PhaseHost(Spec):
                                                            "identify host_op_us")
     fit_max: float | str | None = Field(None, description="fitted entries: the top of the fit's range, us or "
                                                           "'<stack>.<phase>' (that entry's value)")
+    device_fraction: float | str = Field(1.0, description="achievable fraction (0, 1] of the kernel models' "
+                                                          "device throughput in this stack's full step, or "
+                                                          "'<stack>.<phase>' to take that entry's value")
+    fit_fraction: bool = Field(False, description="device_fraction is fitted on whole sources (prior 1.0, range "
+                                                  "[FRACTION_MIN, 1])")
     source: str = Field(description="where the capture mode and numbers come from")
 
     @model_validator(mode="after")
     def _host(self):
         if isinstance(self.host_op_us, float) and self.host_op_us < 0:
             raise ValueError(f"host_op_us {self.host_op_us}: must be >= 0")
+        f = self.device_fraction
+        if isinstance(f, float) and not (0.0 < f <= 1.0):
+            raise ValueError(f"device_fraction {f}: must be in (0, 1]")
+        if self.fit_fraction and not isinstance(f, float):
+            raise ValueError("a fitted device_fraction needs a numeric device_fraction")
         if self.fit and (self.prior_us is None or self.fit_max is None or not isinstance(self.host_op_us, float)):
             raise ValueError("a fitted entry needs a numeric host_op_us, prior_us and fit_max")
-        for ref in (self.host_op_us, self.fit_max):
+        for fld in ("host_op_us", "fit_max", "device_fraction"):
+            ref = getattr(self, fld)
             if not isinstance(ref, str):
                 continue
             name, _, phase = ref.partition(".")
             if name not in STACK_NAMES or name == "auto" or phase not in STACK_PHASES:
-                raise ValueError(f"{ref!r}: a number or '<stack>.<phase>' "
+                raise ValueError(f"{fld} {ref!r}: a number or '<stack>.<phase>' "
                                  f"(stacks: {', '.join(STACK_NAMES[1:])}; phases: {', '.join(STACK_PHASES)})")
         return self
 

@@ -200,10 +200,11 @@ def _inference(model, dep: Deployment, w: Decode | Prefill, check_memory: bool, 
                                      kv_dtype=dep.kv_dtype, core_dtype=dep.attention_dtype)
         keys_KN = np.array([np.minimum(context_N, model.attention.window_tokens) if model.layer_is_windowed(ls[0])
                             else context_N for ls in kinds], dtype=float)
-        core_KN = slope * mb_N * atp * keys_KN
+        core_KN = slope * mb_N * atp * keys_KN / setup.device_fraction  # compute at the stack's fraction
     kops = KindOps.of(ops_KN, core_KN)
     if phase == "decode":
-        head_N = np.asarray(pricing.gemm_s(hw, mb_N * atp, model.vocab_size / atp, model.hidden, "bf16")) * halves
+        head_N = (np.asarray(pricing.gemm_s(hw, mb_N * atp, model.vocab_size / atp, model.hidden, "bf16")) * halves
+                  / setup.device_fraction)
     else:
         head_N = np.zeros_like(mb_N)
     stages, counts_SK = stage_kind_counts(model, dep.pp, kinds, kind_L)

@@ -32,7 +32,7 @@ mean: the slowest rank holds every other rank at the combine barrier.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -403,10 +403,26 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
     if rank_load is None and key in setup._cache:
         return setup._cache[key]
     block = moe_block(setup, tokens, rank_load) if model.layer_is_moe(layer) else {}
-    ops = LayerOps(**_routing_free_ops(setup, layer, tokens, context), **block)
+    ops = at_device_fraction(LayerOps(**_routing_free_ops(setup, layer, tokens, context), **block),
+                             setup.device_fraction)
     if rank_load is None:
         setup._cache[key] = ops
     return ops
+
+
+# LayerOps fields that are device compute (divided by the stack's device fraction); the rest is
+# communication (attention_comm_s, dispatch_s, combine_s), host time, or a share / fraction
+COMPUTE_OP_FIELDS: tuple[str, ...] = ("attention_s", "attention_core_s", "elementwise_s", "router_s", "experts_s",
+                                      "shared_experts_s", "dense_ffn_s")
+
+
+def at_device_fraction(ops: LayerOps, fraction: float) -> LayerOps:
+    """``ops`` with every compute operation's time divided by the stack's achievable device
+    fraction (moesim/specs/software_stack.py ``device_fraction``); communication, host issue and
+    the shares unchanged. Fraction 1 returns ``ops`` itself."""
+    if fraction == 1.0:
+        return ops
+    return replace(ops, **{f: getattr(ops, f) / fraction for f in COMPUTE_OP_FIELDS})
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from moesim.specs import HardwareProfile, ModelSpec
 from moesim.specs.deployment import Deployment
 from moesim.step import pricing
 from moesim.step.sharing import compute_share
+from moesim.step.stacks import device_fraction
 
 PHASES: tuple[str, ...] = ("prefill", "decode", "train")
 
@@ -78,6 +79,11 @@ class LayerSetup:
     @property
     def stack(self) -> str:
         return self.deployment.stack
+
+    @property
+    def device_fraction(self) -> float:
+        """The stack's achievable device fraction in this phase (moesim/step/stacks.py)."""
+        return device_fraction(self.deployment.stack, self.phase)
 
 
 def make_setup(model: ModelSpec, deployment: Deployment, phase: str, skew: str = "uniform",

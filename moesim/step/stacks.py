@@ -4,12 +4,15 @@
 the table, read once from the package (``stack_table``); ``auto`` is the production default of
 each phase: ``train`` -> ``megatron`` (eager Megatron-Core / TE), ``prefill`` and ``decode`` ->
 ``sglang`` (eager prefill, CUDA-graph decode) (``AUTO``; other modules rely on these names).
-A ``host_op_us`` given as ``"<stack>.<phase>"`` is that entry's value (``megatron-cudagraph``
-issues its uncaptured experts at ``megatron.train``'s rate).
+A ``host_op_us`` or ``device_fraction`` given as ``"<stack>.<phase>"`` is that entry's value
+(``megatron-cudagraph`` issues its uncaptured experts at ``megatron.train``'s rate and runs the
+same kernels at its device fraction).
 
-Fit parameters are named ``"<stack>.<phase>.host_op_us"`` (``FIT_PARAMS``: the rows marked
-``fit = true``); ``with_values`` returns a table with some of them set, which the fits of
-moesim/calibrate.py pass to the case predictors.
+Fit parameters are named ``"<stack>.<phase>.host_op_us"`` (the entries marked ``fit = true``) and
+``"<stack>.<phase>.device_fraction"`` (``fit_fraction = true``), listed by ``fit_params``;
+``with_values`` returns a table with some of them set, which the fits of moesim/calibrate.py pass
+to the case predictors. ``device_fraction(stack, phase)`` is the fraction the step model divides
+every compute operation's time by (moesim/step/layer.py ``layer_ops``, training.py, estimate.py).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from importlib import resources
 
 from moesim.errors import SpecError
 from moesim.specs.software_stack import STACK_NAMES, STACK_PHASES, PhaseHost, SoftwareStack
+
+PARAM_FIELDS: tuple[str, ...] = ("host_op_us", "device_fraction")
 
 # phase -> the stack ``auto`` resolves to
 AUTO: dict[str, str] = {"train": "megatron", "prefill": "sglang", "decode": "sglang"}
@@ -49,16 +54,18 @@ class StackTable:
         return self.get(self.name_of(stack, phase))
 
     def phase(self, stack: str | SoftwareStack, phase: str) -> PhaseHost:
-        """The ``PhaseHost`` of ``stack`` in ``phase``, with a referenced ``host_op_us`` resolved."""
+        """The ``PhaseHost`` of ``stack`` in ``phase``, with a referenced ``host_op_us`` and
+        ``device_fraction`` resolved."""
         ph = self.explicit(stack, phase).phase(phase)
-        seen = {f"{self.name_of(stack, phase)}.{phase}"}
-        while isinstance(ph.host_op_us, str):
-            ref = ph.host_op_us
-            if ref in seen:
-                raise SpecError("stack", ref, "host_op_us references form a cycle")
-            seen.add(ref)
-            name, _, ref_phase = ref.partition(".")
-            ph = ph.model_copy(update={"host_op_us": self.get(name).phase(ref_phase).host_op_us})
+        for fld in PARAM_FIELDS:
+            seen = {f"{self.name_of(stack, phase)}.{phase}"}
+            while isinstance(getattr(ph, fld), str):
+                ref = getattr(ph, fld)
+                if ref in seen:
+                    raise SpecError("stack", ref, f"{fld} references form a cycle")
+                seen.add(ref)
+                name, _, ref_phase = ref.partition(".")
+                ph = ph.model_copy(update={fld: getattr(self.get(name).phase(ref_phase), fld)})
         return ph
 
     def inline(self, stack: str | SoftwareStack, phase: str) -> SoftwareStack:
@@ -71,41 +78,55 @@ class StackTable:
                                         else self.phase(stack, p)) for p in STACK_PHASES})
 
     def with_values(self, values: dict[str, float], fitted: str | None = None) -> "StackTable":
-        """A copy with ``"<stack>.<phase>.host_op_us"`` values set (and ``fitted`` noted on them)."""
+        """A copy with ``"<stack>.<phase>.<host_op_us|device_fraction>"`` values set (and
+        ``fitted`` noted on them); a device_fraction outside (0, 1] is a SpecError naming it."""
         out = dict(self.stacks)
         for path, value in values.items():
             name, phase = split_param(path)
+            fld = param_field(path)
+            if fld == "device_fraction" and not 0.0 < float(value) <= 1.0:
+                raise SpecError(path, value, "a device fraction in (0, 1]")
             s = out[name]
-            ph = s.phase(phase).model_copy(update={"host_op_us": float(value)})
+            ph = s.phase(phase).model_copy(update={fld: float(value)})
             update = {phase: ph} if fitted is None else {phase: ph, "fitted": fitted}
             out[name] = s.model_copy(update=update)
         return StackTable(out)
 
-    def entry_of(self, stack: str | SoftwareStack, phase: str) -> str | None:
-        """``"<stack>.<phase>"`` whose ``host_op_us`` prices ``stack``'s eager operators in
-        ``phase`` (references followed); None when the phase issues none (captured ``all``)."""
+    def entry_of(self, stack: str | SoftwareStack, phase: str, fld: str = "host_op_us") -> str | None:
+        """``"<stack>.<phase>"`` whose ``fld`` (``host_op_us``: the rate of ``stack``'s eager
+        operators; ``device_fraction``) applies to ``phase`` (references followed); for
+        host_op_us None when the phase issues none (captured ``all``)."""
         name = self.name_of(stack, phase)
         ph = self.get(name).phase(phase)
-        if ph.captured == "all":
+        if fld == "host_op_us" and ph.captured == "all":
             return None
         entry = f"{name}.{phase}"
-        while isinstance(ph.host_op_us, str):
-            entry = ph.host_op_us
+        while isinstance(getattr(ph, fld), str):
+            entry = getattr(ph, fld)
             ref, _, ref_phase = entry.partition(".")
             ph = self.get(ref).phase(ref_phase)
         return entry
 
     def value(self, path: str) -> float:
         name, phase = split_param(path)
-        return float(self.phase(name, phase).host_op_us)
+        return float(getattr(self.phase(name, phase), param_field(path)))
 
 
 def split_param(path: str) -> tuple[str, str]:
-    """``"<stack>.<phase>.host_op_us"`` -> (stack, phase); SpecError naming the parameter."""
+    """``"<stack>.<phase>.<host_op_us|device_fraction>"`` -> (stack, phase); SpecError naming
+    the parameter."""
     parts = path.rsplit(".", 2)
-    if len(parts) != 3 or parts[2] != "host_op_us" or parts[0] not in STACK_NAMES or parts[1] not in STACK_PHASES:
-        raise SpecError("stack parameter", path, "<stack>.<phase>.host_op_us with a stack of the table")
+    if (len(parts) != 3 or parts[2] not in PARAM_FIELDS or parts[0] not in STACK_NAMES
+            or parts[1] not in STACK_PHASES):
+        raise SpecError("stack parameter", path, "<stack>.<phase>.host_op_us or <stack>.<phase>.device_fraction "
+                                                 "with a stack of the table")
     return parts[0], parts[1]
+
+
+def param_field(path: str) -> str:
+    """The field a stack parameter sets (``host_op_us`` or ``device_fraction``)."""
+    split_param(path)
+    return path.rsplit(".", 1)[1]
 
 
 def parse_table(data: dict) -> StackTable:
@@ -124,11 +145,27 @@ def stack_table() -> StackTable:
 
 
 def fit_params(table: StackTable | None = None) -> tuple[str, ...]:
-    """The fitted parameters of the table: every ``fit = true`` phase, as ``<stack>.<phase>.host_op_us``."""
+    """The fitted parameters of the table, in table order: every ``fit = true`` phase as
+    ``<stack>.<phase>.host_op_us``, every ``fit_fraction = true`` one as
+    ``<stack>.<phase>.device_fraction``."""
     table = table or stack_table()
-    return tuple(f"{n}.{p}.host_op_us" for n, s in table.stacks.items() for p in STACK_PHASES if s.phase(p).fit)
+    out = []
+    for n, s in table.stacks.items():
+        for p in STACK_PHASES:
+            ph = s.phase(p)
+            if ph.fit:
+                out.append(f"{n}.{p}.host_op_us")
+            if ph.fit_fraction:
+                out.append(f"{n}.{p}.device_fraction")
+    return tuple(out)
 
 
 def resolve(stack: str | SoftwareStack, phase: str) -> PhaseHost:
     """The ``PhaseHost`` of a deployment's ``stack`` in ``phase`` (the shipped table for names)."""
     return stack_table().phase(stack, phase)
+
+
+def device_fraction(stack: str | SoftwareStack, phase: str) -> float:
+    """The achievable device fraction of ``stack`` in ``phase`` (moesim/specs/software_stack.py):
+    every compute operation of the step takes its kernel-model time / this (communication not)."""
+    return float(resolve(stack, phase).device_fraction)

@@ -160,7 +160,7 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     f_ops = [[layer_ops(setup, ls[0], float(t), float(c)) for t, c in zip(tokens_N, ctx_N)] for ls in kinds]
     fk, bk = KindOps.of(f_ops), KindOps.of([[backward_ops(o) for o in row] for row in f_ops])
     head_N = 3.0 * np.asarray(pricing.gemm_s(hw, tokens_N * dep.tp, model.vocab_size / dep.tp, model.hidden,
-                                             "bf16")) * halves  # LM head forward + backward, last stage
+                                             "bf16")) * halves / setup.device_fraction  # LM head fwd + bwd, last stage
     stages, counts_SK = stage_kind_counts(model, dep.pp, kinds, kind_L)
     last = len(stages) - 1
     fsdp_on = dep.data_sharding == "fsdp"
@@ -189,7 +189,7 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
         dp_exposed = np.maximum(0.0, rs - st["backward"]) + np.maximum(0.0, ag - st["forward"])
     else:
         dp_exposed = np.full(crit.size, rs + ag)
-    opt = _optimizer_s(model, dep)
+    opt = _optimizer_s(model, dep) / setup.device_fraction  # compute: at the stack's device fraction
     step = m_N * st["mb"] + bubble + dp_exposed + opt
     scale = halves * m_N
     comp = stage_sums(fk, counts_SK, crit, scale)
