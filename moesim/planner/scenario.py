@@ -31,14 +31,17 @@ DEFAULT_SCENARIO_PATH = Path(__file__).with_name("default_scenario.toml")
 _POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-# The software stacks ``Deployment.stack`` accepts by name: its own ``Literal`` (read, not copied, so
-# the scenario follows when the stacks table gains a stack; explicit stack values are for the API).
-from moesim.specs.deployment import Stack as DeploymentStack  # noqa: E402
+# The software stacks ``Deployment.stack`` accepts: its own annotation (read, not copied, so the
+# scenario follows when the stacks table gains a stack): a name of the table, or explicit values
+# (``SoftwareStack``, e.g. a trial table's numbers inlined while fitting).
+from moesim.specs.deployment import Stack as _StackNames  # noqa: E402
+
+DeploymentStack = Deployment.model_fields["stack"].annotation
 
 
 def deployment_stacks() -> tuple[str, ...]:
-    """The names ``DeploymentStack`` allows."""
-    return tuple(get_args(DeploymentStack))
+    """The stack names ``DeploymentStack`` allows."""
+    return tuple(get_args(_StackNames))
 
 
 class ServingSearch(Spec):
