@@ -83,16 +83,18 @@ def _setup(model, ep: int, phase: str = "train"):
 
 
 def test_layer_elementwise_carries_the_floor_and_backward_its_own_count():
-    # elementwise_s = bytes / bandwidth + forward floor; backward: 2 x bytes part + backward floor
+    # elementwise_s = (bytes / bandwidth + forward floor) / f; backward: (2 x bytes part + backward
+    # floor) / f, f the stack's achievable device fraction (moesim/step/layer.py at_device_fraction)
     setup = _setup(QWEN30, ep=8)
+    f = setup.device_fraction
     op = layer_ops(setup, 0, 4096.0, 2048.5)
     us = H100.efficiency.compute.kernel_overhead_us * 1e-6
-    assert op.kernel_floor_s == pytest.approx(63 * us, rel=1e-12)
+    assert op.kernel_floor_s == pytest.approx(63 * us / f, rel=1e-12)
     streamed = memory_bound_s(H100, elementwise_bytes(QWEN30, True, 4096.0, 1, "bf16", "train", sort_chunks=True))
-    assert op.elementwise_s == pytest.approx(streamed + 63 * us, rel=1e-12)
+    assert op.elementwise_s == pytest.approx((streamed + 63 * us) / f, rel=1e-12)
     back = backward_ops(op)
-    assert back.elementwise_s == pytest.approx(2 * streamed + 66 * us, rel=1e-12)
-    assert back.kernel_floor_s == pytest.approx(66 * us, rel=1e-12)
+    assert back.elementwise_s == pytest.approx((2 * streamed + 66 * us) / f, rel=1e-12)
+    assert back.kernel_floor_s == pytest.approx(66 * us / f, rel=1e-12)
 
 
 def test_sort_chunks_adds_four_k_d_per_token():

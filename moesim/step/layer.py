@@ -412,8 +412,10 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
 
 # LayerOps fields that are device compute (divided by the stack's device fraction); the rest is
 # communication (attention_comm_s, dispatch_s, combine_s), host time, or a share / fraction
+# compute times scaled by the device fraction; the kernel floors are parts of elementwise_s and
+# scale with it (so the backward's floor swap in training.backward_ops stays consistent)
 COMPUTE_OP_FIELDS: tuple[str, ...] = ("attention_s", "attention_core_s", "elementwise_s", "router_s", "experts_s",
-                                      "shared_experts_s", "dense_ffn_s")
+                                      "shared_experts_s", "dense_ffn_s", "kernel_floor_s", "kernel_floor_backward_s")
 
 
 def at_device_fraction(ops: LayerOps, fraction: float) -> LayerOps:

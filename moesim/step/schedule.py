@@ -42,6 +42,7 @@ bytes per rank, latency-bound); not added.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from moesim.step.sharing import op_rates
 
@@ -103,46 +104,117 @@ def two_microbatch_time(P_L, D_L, X_L, C_L, share_L=1.0, hP_L=0.0, hX_L=0.0, syn
     Pm_L, Pg_L, Xm_L, gemm_L, hbmD_L, hbmC_L = _arrays(P_L.shape, Pm_L, Pg_L, Xm_L, gemm_share_L, hbmD_L, hbmC_L)
     sync_L = _sync(sync_L, P_L.shape)
     shared = bool((share_L < 1.0).any() or (gemm_L < 1.0).any() or (hbmD_L > 0).any() or (hbmC_L > 0).any())
-    zero = np.zeros(P_L.shape[1:])
-    comp = comm = host = zero
-    ready = [zero, zero]
-    last = []  # the last two comm intervals (start, end, share, hbm share)
-
-    def compute(start, work, gemm, memory, gemm_share):
-        if not shared:
-            return start + work
-        idle, _ = op_rates(work, gemm, memory, gemm_share, 1.0, 0.0)
-        rates = [op_rates(work, gemm, memory, gemm_share, s, h)[1] for _, _, s, h in last]
-        return _run(start, work, last, idle, rates)
-
-    def issue(after, op, h):
-        """Eq. (1): the op issued from the host clock, then the clock advanced by h."""
-        nonlocal host
-        a = host
-        host = a + h
-        return np.maximum(compute(np.maximum(after, a), *op), host)
-
-    def communicate(after, dur, share, hbm):
-        nonlocal comm
-        start = np.maximum(comm, after)
-        comm = start + dur
-        last[:] = (last + [(start, comm, share, hbm)])[-2:]
-        return comm
-
-    for l in range(P_L.shape[0]):
-        s, g = share_L[l], gemm_L[l]
-        p_op = (P_L[l], Pg_L[l], Pm_L[l], g)
-        x_op = (X_L[l], X_L[l] - Xm_L[l], Xm_L[l], g)
-        d_end = []
-        for b in (0, 1):
-            comp = issue(np.maximum(comp, ready[b]), p_op, hP_L[l])
-            host = np.where(sync_L[l], np.maximum(host, comp), host)  # eq. (2): wait for P_b's counts
-            d_end.append(communicate(comp, D_L[l], s, hbmD_L[l]))
-        for b in (0, 1):
-            comp = issue(np.maximum(comp, d_end[b]), x_op, hX_L[l])
-            ready[b] = communicate(comp, C_L[l], s, hbmC_L[l])
-    out = np.maximum(ready[0], ready[1])
+    shape = P_L.shape
+    if shape[0] == 0:
+        out = np.zeros(shape[1:])
+        return float(out) if out.ndim == 0 else out
+    cols = lambda a: np.ascontiguousarray(np.asarray(a, dtype=float).reshape(shape[0], -1))
+    if shared:
+        r = _overlap_rates(P_L, X_L, share_L, Pm_L, Pg_L, Xm_L, gemm_L, hbmD_L, hbmC_L)
+        rates = [cols(r[k]) for k in (("P", "idle"), ("X", "idle"), ("P", "D", 0), ("P", "C", -1), ("X", "D", 0),
+                                     ("X", "C", 0))]
+    else:
+        rates = [cols(np.ones(shape))] * 6
+    out = _tbo_kernel(cols(P_L), cols(D_L), cols(X_L), cols(C_L), cols(hP_L), cols(hX_L),
+                      np.ascontiguousarray(np.asarray(sync_L, dtype=bool).reshape(shape[0], -1)), *rates, shared)
+    out = out.reshape(shape[1:])
     return float(out) if out.ndim == 0 else out
+
+
+def _overlap_rates(P_L, X_L, share_L, Pm_L, Pg_L, Xm_L, gemm_L, hbmD_L, hbmC_L) -> dict:
+    """Every rate the recurrence can need, per layer, in one vectorized pass (sharing.py eqs.
+    4-5): P and X at idle, and under the comm kernels they can overlap in the host order
+    P0 D0 P1 D1 X0 C0 X1 C1: P_l under D_l or C_{l-1}, X_l under D_l or C_l."""
+    x_gemm = X_L - Xm_L
+    prev = lambda a: np.concatenate([a[:1], a[:-1]], axis=0)  # layer l-1's value at l (l = 0: unused)
+    return {
+        ("P", "idle"): op_rates(P_L, Pg_L, Pm_L, gemm_L, 1.0, 0.0)[0],
+        ("X", "idle"): op_rates(X_L, x_gemm, Xm_L, gemm_L, 1.0, 0.0)[0],
+        ("P", "D", 0): op_rates(P_L, Pg_L, Pm_L, gemm_L, share_L, hbmD_L)[1],
+        ("P", "C", -1): op_rates(P_L, Pg_L, Pm_L, gemm_L, prev(share_L), prev(hbmC_L))[1],
+        ("X", "D", 0): op_rates(X_L, x_gemm, Xm_L, gemm_L, share_L, hbmD_L)[1],
+        ("X", "C", 0): op_rates(X_L, x_gemm, Xm_L, gemm_L, share_L, hbmC_L)[1],
+    }
+
+
+
+@njit(cache=True)
+def _run_scalar(start, work, idle, n_last, last_a, last_b, last_rate):
+    """``_run`` on one column: the fluid progress of one compute op through the last comm
+    intervals (same operations in the same order as the array version)."""
+    t, w = start, work
+    for i in range(n_last):
+        a, b, rate = last_a[i], last_b[i], last_rate[i]
+        pre = min(max((a - t) * idle, 0.0), w)
+        t, w = t + pre / idle, w - pre
+        begin = max(t, a)
+        done = min(w, max(b - begin, 0.0) * rate)
+        if w > 0:
+            t = begin + done / rate
+        w = w - done
+    return t + w / idle
+
+
+@njit(cache=True)
+def _tbo_kernel(P, D, X, C, hP, hX, sync, idleP, idleX, rPD, rPC, rXD, rXC, shared):
+    """The two-micro-batch recurrence of ``two_microbatch_time`` compiled, per column: arrays
+    (L, N); rates from ``_overlap_rates`` (P under D_l or C_{l-1}; X under D_l or C_l)."""
+    L, N = P.shape
+    out = np.empty(N)
+    last_s = np.zeros(2)
+    last_e = np.zeros(2)
+    last_kind = np.zeros(2, dtype=np.int64)  # 0: dispatch, 1: combine
+    rate = np.zeros(2)
+    d_end = np.zeros(2)
+    for n in range(N):
+        comp = comm = host = 0.0
+        ready = np.zeros(2)
+        n_last = 0
+        for l in range(L):
+            for b in range(2):
+                after = max(comp, ready[b])
+                a = host
+                host = a + hP[l, n]
+                start = max(after, a)
+                if shared:
+                    for i in range(n_last):
+                        rate[i] = rPD[l, n] if last_kind[i] == 0 else rPC[l, n]
+                    end = _run_scalar(start, P[l, n], idleP[l, n], n_last, last_s, last_e, rate)
+                else:
+                    end = start + P[l, n]
+                comp = max(end, host)
+                if sync[l, n]:
+                    host = max(host, comp)  # eq. (2): wait for P_b's counts
+                st = max(comm, comp)
+                comm = st + D[l, n]
+                if n_last == 2:
+                    last_s[0], last_e[0], last_kind[0] = last_s[1], last_e[1], last_kind[1]
+                    n_last = 1
+                last_s[n_last], last_e[n_last], last_kind[n_last] = st, comm, 0
+                n_last += 1
+                d_end[b] = comm
+            for b in range(2):
+                after = max(comp, d_end[b])
+                a = host
+                host = a + hX[l, n]
+                start = max(after, a)
+                if shared:
+                    for i in range(n_last):
+                        rate[i] = rXD[l, n] if last_kind[i] == 0 else rXC[l, n]
+                    end = _run_scalar(start, X[l, n], idleX[l, n], n_last, last_s, last_e, rate)
+                else:
+                    end = start + X[l, n]
+                comp = max(end, host)
+                st = max(comm, comp)
+                comm = st + C[l, n]
+                if n_last == 2:
+                    last_s[0], last_e[0], last_kind[0] = last_s[1], last_e[1], last_kind[1]
+                    n_last = 1
+                last_s[n_last], last_e[n_last], last_kind[n_last] = st, comm, 1
+                n_last += 1
+                ready[b] = comm
+        out[n] = max(ready[0], ready[1])
+    return out
 
 
 def serial_time(P_L, D_L, X_L, C_L, hP_L=0.0, hX_L=0.0, sync_L=False):
