@@ -313,8 +313,8 @@ def _grid(param: str, lo: float, hi: float, coarse: bool) -> list[float]:
     """Coarse grid of one parameter: host time on a log grid from 0 (the objective is flat where
     the rows are device-bound), a fraction evenly over [lo, hi]."""
     if param.endswith(".host_op_us"):
-        return [lo] + list(np.geomspace(hi / 64, hi, 3 if coarse else 4)) if hi > 0 else [lo]
-    return list(np.linspace(lo, hi, 5))
+        return [lo] + list(np.geomspace(hi / 64, hi, 3 if coarse else 7)) if hi > 0 else [lo]
+    return list(np.linspace(lo, hi, 5 if coarse else 9))
 
 
 def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: dict[str, float],
@@ -322,7 +322,8 @@ def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: 
     """Fit ``params`` (one stack's parameters) jointly on ``rows``: soft-L1 (scale 0.1, as
     ``calibrate``) on log errors, each within ``bounds``; a coarse grid (coarser when the rows run
     end to end through the planner, ~0.1-0.5 s a row), refined by a bounded Nelder-Mead from its
-    best point. A parameter at a bound, or one the objective does not depend on (flat along its
+    best point (up to 120 evaluations on step rows, where one costs ~0.05 s: converged to 1e-4 of
+    the range; 14 on end-to-end rows). A parameter at a bound, or one the objective does not depend on (flat along its
     grid line), is not identified: it keeps its prior and the rest are refitted with it there.
     With fewer rows than parameters the host times keep their priors and the fractions are fitted
     (one row cannot separate host from device time)."""
@@ -362,8 +363,8 @@ def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: 
                       for k in range(len(params))]
     res = minimize(lambda u: cost(lo + np.clip(u, 0, 1) * span), u0, method="Nelder-Mead",
                    bounds=[(0.0, 1.0)] * len(params),
-                   options={"initial_simplex": np.array(simplex), "maxfev": 14 if coarse else 16,
-                            "xatol": 1e-3, "fatol": 1e-6})
+                   options={"initial_simplex": np.array(simplex), "maxfev": 14 if coarse else 120,
+                            "xatol": 1e-4, "fatol": 1e-7})
     x = lo + np.clip(res.x, 0, 1) * span if res.fun < cost(best) else best
     out, stuck = {}, []
     for k, p in enumerate(params):
