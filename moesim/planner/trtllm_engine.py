@@ -59,19 +59,19 @@ def trtllm_bench_settings(kv_max_requests: float, isl: int, osl: int, pp: int = 
     (below 4096, at least 2048), 512 (below 8192) or 1024."""
     raw_bs = min(kv_max_requests, TRTLLM_MAX_BATCH_CAP) / pp
     raw_token = min(raw_bs * (1 + isl / osl), TRTLLM_MAX_TOKENS_CAP)
-    if raw_bs < 256:
-        max_bs = max(TRTLLM_MIN_BATCH, 32 * math.ceil(raw_bs / 32))
-    elif raw_bs < 1024:
-        max_bs = 128 * math.ceil(raw_bs / 128)
-    else:
-        max_bs = 256 * math.ceil(raw_bs / 256)
-    if raw_token < 4096:
-        max_token = max(TRTLLM_MIN_TOKENS, 256 * math.ceil(raw_token / 256))
-    elif raw_token < 8192:
-        max_token = 512 * math.ceil(raw_token / 512)
-    else:
-        max_token = 1024 * math.ceil(raw_token / 1024)
+    max_bs = _round_up(raw_bs, ((256, 32), (1024, 128)), 256, TRTLLM_MIN_BATCH)
+    max_token = _round_up(raw_token, ((4096, 256), (8192, 512)), 1024, TRTLLM_MIN_TOKENS)
     return int(max_bs), int(max(max_token, isl + max_bs))
+
+
+def _round_up(raw: float, tiers: tuple[tuple[int, int], ...], last_step: int, smallest: int) -> int:
+    """trtllm-bench's rounding: up to the step of the first tier ``(below, step)`` that ``raw`` is
+    below (``last_step`` above them all); the first tier's result is at least ``smallest``."""
+    for k, (below, step) in enumerate(tiers):
+        if raw < below:
+            up = step * math.ceil(raw / step)
+            return max(smallest, up) if k == 0 else up
+    return last_step * math.ceil(raw / last_step)
 
 
 def _heuristic_requests(model, dep, devices: int, isl: int, osl: int) -> float:

@@ -96,16 +96,20 @@ def attention_variant(model: ModelSpec) -> str:
     return "mla" if att.q_lora_rank else "mla_no_q_lora"
 
 
+def layer_count(model: ModelSpec, moe: bool, backward: bool, counts: dict, attention_extra: dict) -> int:
+    """One layer pass's count from a measured table shaped like ``OP_COUNTS`` (dense / moe /
+    shared_experts) plus its attention variant's extra (shaped like ``ATTENTION_EXTRA_OPS``); an MoE
+    layer without shared experts drops their share."""
+    key = "backward" if backward else "forward"
+    n = counts["moe" if moe else "dense"][key] + attention_extra[attention_variant(model)][key]
+    if moe and not model.moe.num_shared_experts:
+        n -= counts["shared_experts"][key]
+    return n
+
+
 def layer_op_count(model: ModelSpec, moe: bool, backward: bool) -> int:
     """Operators one layer issues in one pass (forward or backward) per micro-batch."""
-    key = "backward" if backward else "forward"
-    extra = ATTENTION_EXTRA_OPS[attention_variant(model)][key]
-    if not moe:
-        return OP_COUNTS["dense"][key] + extra
-    n = OP_COUNTS["moe"][key] + extra
-    if not model.moe.num_shared_experts:
-        n -= OP_COUNTS["shared_experts"][key]
-    return n
+    return layer_count(model, moe, backward, OP_COUNTS, ATTENTION_EXTRA_OPS)
 
 
 def _pre_count(model: ModelSpec, moe: bool, backward: bool) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from moesim import units
 from moesim.specs import HardwareProfile, ModelSpec
-from moesim.step.host import attention_variant
+from moesim.step.host import layer_count
 
 # validation/data/op-counts.json "detail": launches - mm - _grouped_mm - SDPA math (11 / 9), per
 # layer and pass; "moe" counts the reference layer with one shared expert (moe_grouped_mm),
@@ -50,11 +50,7 @@ SDPA_MATH_LAUNCHES: dict[str, int] = {"forward": 11, "backward": 9}
 
 def non_gemm_kernels(model: ModelSpec, moe: bool, backward: bool) -> int:
     """Non-GEMM kernel launches of one layer pass (module docstring)."""
-    key = "backward" if backward else "forward"
-    n = NON_GEMM_KERNELS["moe" if moe else "dense"][key] + ATTENTION_EXTRA_KERNELS[attention_variant(model)][key]
-    if moe and not model.moe.num_shared_experts:
-        n -= NON_GEMM_KERNELS["shared_experts"][key]
-    return n
+    return layer_count(model, moe, backward, NON_GEMM_KERNELS, ATTENTION_EXTRA_KERNELS)
 
 
 def kernel_floor_s(hw: HardwareProfile, model: ModelSpec, moe: bool, phase: str, backward: bool = False) -> float:

@@ -156,6 +156,34 @@ def _run_scalar(start, work, idle, n_last, last_a, last_b, last_rate):
 
 
 @njit(cache=True)
+def _op_then_comm(comp, comm, host, after, work, h, idle, rate_d, rate_c, comm_dur, comm_kind, sync, shared,
+                  n_last, last_s, last_e, last_kind, rate):
+    """One compute op issued from the host clock (eq. 1), run through the last comm intervals at
+    its rates under a dispatch (``rate_d``) or a combine (``rate_c``), then the host wait of eq.
+    (2) when ``sync``, then its comm op of ``comm_kind`` (0 dispatch, 1 combine) queued on the comm
+    stream and pushed onto the last two intervals. Returns (comp, comm, host, n_last)."""
+    a = host
+    host = a + h
+    start = max(after, a)
+    if shared:
+        for i in range(n_last):
+            rate[i] = rate_d if last_kind[i] == 0 else rate_c
+        end = _run_scalar(start, work, idle, n_last, last_s, last_e, rate)
+    else:
+        end = start + work
+    comp = max(end, host)
+    if sync:
+        host = max(host, comp)  # eq. (2): wait for the op's token counts
+    st = max(comm, comp)
+    comm = st + comm_dur
+    if n_last == 2:
+        last_s[0], last_e[0], last_kind[0] = last_s[1], last_e[1], last_kind[1]
+        n_last = 1
+    last_s[n_last], last_e[n_last], last_kind[n_last] = st, comm, comm_kind
+    return comp, comm, host, n_last + 1
+
+
+@njit(cache=True)
 def _tbo_kernel(P, D, X, C, hP, hX, sync, idleP, idleX, rPD, rPC, rXD, rXC, shared):
     """The two-micro-batch recurrence of ``two_microbatch_time`` compiled, per column: arrays
     (L, N); rates from ``_overlap_rates`` (P under D_l or C_{l-1}; X under D_l or C_l)."""
@@ -172,50 +200,17 @@ def _tbo_kernel(P, D, X, C, hP, hX, sync, idleP, idleX, rPD, rPC, rXD, rXC, shar
         n_last = 0
         for l in range(L):
             for b in range(2):
-                after = max(comp, ready[b])
-                a = host
-                host = a + hP[l, n]
-                start = max(after, a)
-                if shared:
-                    for i in range(n_last):
-                        rate[i] = rPD[l, n] if last_kind[i] == 0 else rPC[l, n]
-                    end = _run_scalar(start, P[l, n], idleP[l, n], n_last, last_s, last_e, rate)
-                else:
-                    end = start + P[l, n]
-                comp = max(end, host)
-                if sync[l, n]:
-                    host = max(host, comp)  # eq. (2): wait for P_b's counts
-                st = max(comm, comp)
-                comm = st + D[l, n]
-                if n_last == 2:
-                    last_s[0], last_e[0], last_kind[0] = last_s[1], last_e[1], last_kind[1]
-                    n_last = 1
-                last_s[n_last], last_e[n_last], last_kind[n_last] = st, comm, 0
-                n_last += 1
+                comp, comm, host, n_last = _op_then_comm(
+                    comp, comm, host, max(comp, ready[b]), P[l, n], hP[l, n], idleP[l, n], rPD[l, n], rPC[l, n],
+                    D[l, n], 0, sync[l, n], shared, n_last, last_s, last_e, last_kind, rate)
                 d_end[b] = comm
             for b in range(2):
-                after = max(comp, d_end[b])
-                a = host
-                host = a + hX[l, n]
-                start = max(after, a)
-                if shared:
-                    for i in range(n_last):
-                        rate[i] = rXD[l, n] if last_kind[i] == 0 else rXC[l, n]
-                    end = _run_scalar(start, X[l, n], idleX[l, n], n_last, last_s, last_e, rate)
-                else:
-                    end = start + X[l, n]
-                comp = max(end, host)
-                st = max(comm, comp)
-                comm = st + C[l, n]
-                if n_last == 2:
-                    last_s[0], last_e[0], last_kind[0] = last_s[1], last_e[1], last_kind[1]
-                    n_last = 1
-                last_s[n_last], last_e[n_last], last_kind[n_last] = st, comm, 1
-                n_last += 1
+                comp, comm, host, n_last = _op_then_comm(
+                    comp, comm, host, max(comp, d_end[b]), X[l, n], hX[l, n], idleX[l, n], rXD[l, n], rXC[l, n],
+                    C[l, n], 1, False, shared, n_last, last_s, last_e, last_kind, rate)
                 ready[b] = comm
         out[n] = max(ready[0], ready[1])
     return out
-
 
 def serial_time(P_L, D_L, X_L, C_L, hP_L=0.0, hX_L=0.0, sync_L=False):
     """Time of the one-micro-batch program (``none``): one stream P D X C per layer, issued by
