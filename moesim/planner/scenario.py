@@ -162,6 +162,14 @@ class _ScenarioBase(Spec):
                                  f"policy the quality model was measured for ({', '.join(policies)})")
         return self
 
+    @field_validator("stack", mode="before")
+    @classmethod
+    def _stack_name(cls, value):
+        """A stack name must be one of the table's (one readable line, not the union's two errors)."""
+        if isinstance(value, str) and value not in deployment_stacks():
+            raise ValueError(f"unknown software stack {value!r}; allowed: {', '.join(map(repr, deployment_stacks()))}")
+        return value
+
     @field_validator("hardware", mode="before")
     @classmethod
     def _one_or_many(cls, value):

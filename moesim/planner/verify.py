@@ -128,7 +128,7 @@ def simulated_time_s(duration_s: float, slo, reqs) -> float:
         bounds.append(slo.e2e_s)
     if not bounds:
         return floor
-    return max(floor, duration_s + min(bounds) + 1.0)
+    return max(floor, duration_s + min(bounds) + 1.0)  # + 1 s: slack for the last iteration in flight
 
 
 def probe(system, scenario, replicas: int, rate: float, lengths) -> Probe:
