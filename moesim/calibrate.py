@@ -312,7 +312,7 @@ def _is_e2e(case: Case) -> bool:
 def _grid(param: str, lo: float, hi: float, coarse: bool) -> list[float]:
     """Coarse grid of one parameter: host time on a log grid from 0 (the objective is flat where
     the rows are device-bound), a fraction evenly over [lo, hi]."""
-    if param.endswith(".host_op_us"):
+    if param.endswith((".host_op_us", ".host_seq_us")):
         return [lo] + list(np.geomspace(hi / 64, hi, 3 if coarse else 7)) if hi > 0 else [lo]
     return list(np.linspace(lo, hi, 5 if coarse else 9))
 
@@ -331,7 +331,7 @@ def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: 
 
     params = list(params)
     ids = tuple(c.id for c in rows)
-    hosts = [p for p in params if p.endswith(".host_op_us")]
+    hosts = [p for p in params if p.endswith((".host_op_us", ".host_seq_us"))]
     if len(rows) < len(params) and len(hosts) < len(params):  # one equation per row: the fraction
         out = {p: StackParamFit(p, priors[p], ids, False, f"fewer rows ({len(rows)}) than parameters: not "
                                                           f"identified, prior {priors[p]:g} kept") for p in hosts}
@@ -372,8 +372,9 @@ def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: 
         at_top, at_bottom = v >= b - 0.01 * (b - a), v <= a + 0.01 * (b - a)
         if flat[p]:
             out[p] = StackParamFit(p, prior, ids, False, f"the rows do not depend on it: prior {prior:g} kept")
-        elif p.endswith(".host_op_us") and at_top:
-            out[p] = StackParamFit(p, prior, ids, False, f"the rows want host time at the range's top ({b:g} us/op): "
+        elif p.endswith((".host_op_us", ".host_seq_us")) and at_top:
+            unit = "us/op" if p.endswith(".host_op_us") else "us per sequence per iteration"
+            out[p] = StackParamFit(p, prior, ids, False, f"the rows want host time at the range's top ({b:g} {unit}): "
                                                          f"not identified, prior {prior:g} kept")
         elif p.endswith(".device_fraction") and at_bottom:
             out[p] = StackParamFit(p, prior, ids, False, f"the rows want a device fraction at the range's bottom "
@@ -409,6 +410,7 @@ def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | Non
     """Every fitted stack parameter (moesim/step/stacks.py ``fit_params``), each stack's jointly
     (``fit_stack_group``), on the training / serving rows of ``cases`` that depend on any of them
     (``case_stack_params``), over every hardware: ``host_op_us`` within [0, its ``fit_max``],
+    ``host_seq_us`` within [0, its ``seq_fit_max``] (prior ``seq_prior_us``),
     ``device_fraction`` within [FRACTION_MIN, 1]. A parameter no row runs or identifies keeps its
     prior (``priors``, default the entry's ``prior_us``, 1.0 for a fraction). Stacks are fitted in
     table order (a ``fit_max`` naming an earlier entry sees its fit); identical fits (the same
@@ -429,6 +431,8 @@ def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | Non
             if param_field(p) == "host_op_us":
                 hi = entry.fit_max if not isinstance(entry.fit_max, str) else table.value(f"{entry.fit_max}.host_op_us")
                 prior[p], bounds[p] = (priors or {}).get(p, entry.prior_us), (0.0, float(hi))
+            elif param_field(p) == "host_seq_us":
+                prior[p], bounds[p] = (priors or {}).get(p, entry.seq_prior_us), (0.0, float(entry.seq_fit_max))
             else:
                 prior[p], bounds[p] = (priors or {}).get(p, 1.0), (FRACTION_MIN, 1.0)
         rows = [c for c in cases if set(row_params[c.id]) & set(params)]

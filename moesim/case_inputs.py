@@ -127,6 +127,10 @@ FRAMEWORK_STACKS: tuple[tuple[str, str], ...] = (
     ("maxtext", "maxtext"), ("jax", "xla"), ("xla", "xla"),
     ("megatron", "megatron"), ("mcore", "megatron"), ("nemo", "megatron"),
     ("sglang", "sglang"), ("vllm", "vllm"),
+    # TensorRT-LLM: its TensorRT engines with the C++ runtime (v0.x; ``trtllm-bench build``,
+    # gptManagerBenchmark) before the generic name, which is the PyTorch backend (the 1.0+ default)
+    ("tensorrt engine", "trtllm-engine"), ("trtllm-engine", "trtllm-engine"), ("trtllm engine", "trtllm-engine"),
+    ("cpp runtime", "trtllm-engine"), ("c++ runtime", "trtllm-engine"), ("gptmanagerbenchmark", "trtllm-engine"),
     ("tensorrt-llm", "trtllm"), ("tensorrt llm", "trtllm"), ("trt-llm", "trtllm"), ("trtllm", "trtllm"),
 )
 # Hardware on which the Megatron-Bridge performance recipes capture attention and router in TE
@@ -139,7 +143,9 @@ MEGATRON_GRAPH_RECIPE_HARDWARE: tuple[str, ...] = ("gb200", "gb300")
 def case_stack(inputs: dict, hardware: str, phase: str) -> str:
     """The software stack (a name of moesim/data/stacks.toml) that ran a case in ``phase``.
 
-    ``framework`` / ``software`` name the engine (``FRAMEWORK_STACKS``); ``cuda_graphs`` true
+    ``framework`` / ``software`` name the engine (``FRAMEWORK_STACKS``; TensorRT-LLM is
+    ``trtllm-engine`` where the text names its TensorRT engines / C++ runtime, else the PyTorch
+    backend ``trtllm``); ``cuda_graphs`` true
     makes Megatron ``megatron-cudagraph`` (other engines capture decode already; an eager
     engine stated without graphs runs ``eager``); Megatron-Bridge recipes on
     ``MEGATRON_GRAPH_RECIPE_HARDWARE`` are ``megatron-cudagraph``. An unknown or unstated
@@ -157,6 +163,6 @@ def case_stack(inputs: dict, hardware: str, phase: str) -> str:
     if stack == "megatron":
         if graphs is True or (graphs is None and "bridge" in text and hardware in MEGATRON_GRAPH_RECIPE_HARDWARE):
             return "megatron-cudagraph"
-    elif graphs is False and stack in ("sglang", "vllm", "trtllm"):
+    elif graphs is False and stack in ("sglang", "vllm", "trtllm", "trtllm-engine"):
         return "eager"
     return stack

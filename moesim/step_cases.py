@@ -219,7 +219,9 @@ END_TO_END_BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 10
 def case_scheduler(inputs: dict) -> str:
     """The planner's co-located scheduler for a case (moesim/planner/serving_policy.py): the
     TensorRT-LLM engine's own limits for rows its stack ran (``case_stack``), else ``auto``."""
-    return "trtllm" if case_stack(inputs, str(inputs.get("hardware") or ""), "decode") == "trtllm" else "auto"
+    from moesim.step.stacks import is_trtllm
+
+    return "trtllm" if is_trtllm(case_stack(inputs, str(inputs.get("hardware") or ""), "decode")) else "auto"
 
 
 def _max_load_batches(scenario, model) -> tuple[int, ...]:

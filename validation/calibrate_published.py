@@ -14,8 +14,9 @@ the stack, over every hardware (``moesim.calibrate.fit_stacks``: soft-L1 on log 
 0.1, host within [0, fit_max], fraction within [0.3, 1]; not identified: the prior), and written
 into the stacks table with the date and the rows (``write_stack_fits``). The rows: the training /
 serving rows of the calibration file, plus the rows of ``STACK_FIT_FILES`` marked ``"role":
-"calibration"`` (one whole source for a stack without calibration rows: the TensorRT-LLM v0.17
-table for trtllm). ``moesim validate ... --logo`` refits them per left-out source and hardware
+"calibration"`` (one whole source per stack without calibration rows: the TensorRT-LLM v0.17
+table for trtllm-engine, the v1.0-era PyTorch-backend table for trtllm; each row fits the stack
+``case_stack`` maps it to). ``moesim validate ... --logo`` refits them per left-out source and hardware
 (moesim/accuracy.py).
 
 Fitted efficiencies then transfer, by section, to profiles of the same silicon that have no
@@ -42,7 +43,9 @@ from moesim.validate import predictor_for
 
 DEFAULT_CASES = Path(__file__).parent / "data" / "published-calibration.json"
 # evaluation files with a whole source marked "role": "calibration" for a stack fit: TensorRT-LLM
-# has no calibration row, so its parameters are fitted on the v0.17 perf-overview table alone
+# has no calibration row, so trtllm-engine is fitted on the v0.17 perf-overview table (TensorRT
+# engines) alone and trtllm on the v1.0-era one (PyTorch backend) alone; the later perf-overview
+# revision (published-e2e-serving-maxload.json) stays out of every fit
 STACK_FIT_FILES: tuple[Path, ...] = (Path(__file__).parent / "data" / "published-e2e-serving-2.json",)
 
 # target profile -> {efficiency section: profile whose fitted section it takes}

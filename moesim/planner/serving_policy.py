@@ -112,11 +112,14 @@ def prefill_overlap(c, scenario, model, cache: PlanCache) -> str:
 
 def engine(scenario) -> str:
     """The co-located scheduler of ``scenario``: its ``scheduler``, ``auto`` resolved (``trtllm``
-    when the software stack is TensorRT-LLM's, else ``batched_prefill``)."""
+    when the software stack is TensorRT-LLM's: ``trtllm`` or ``trtllm-engine``, ``is_trtllm``;
+    else ``batched_prefill``)."""
     name = getattr(scenario, "scheduler", "auto")
     if name != "auto":
         return name
-    return "trtllm" if getattr(scenario, "stack", "auto") == "trtllm" else "batched_prefill"
+    from moesim.step.stacks import is_trtllm
+
+    return "trtllm" if is_trtllm(getattr(scenario, "stack", "auto")) else "batched_prefill"
 
 
 def engine_rejection(c, scenario, model, cache: PlanCache) -> str | None:

@@ -20,7 +20,14 @@ A ``SoftwareStack`` says, for each phase (``train``, ``prefill``, ``decode``), h
   isolated microbenchmarks). Every compute operation of the step (attention, GEMMs, experts,
   elementwise, the LM head/embedding, the optimizer) takes time / fraction; communication
   (all-to-all, collectives) does not (validated on its own). Prior 1.0; ``"<stack>.<phase>"``
-  takes that entry's value (the same kernels).
+  takes that entry's value (the same kernels);
+- ``host_seq_us``: host microseconds per running sequence per iteration, outside the model's
+  operators: the serving executor's per-request Python work (scheduling, sampling bookkeeping,
+  response handling: TensorRT-LLM's PyTorch-backend ``PyExecutor`` loop), and ``loop``: how that
+  host time meets the device's, ``overlapped`` (the host prepares iteration n+1 and handles
+  iteration n-1's results while the device runs iteration n: iteration = max(host, device)) or
+  ``synchronous`` (iteration = host + device). Prior 0 (a C++ runtime, or a loop this model does
+  not price); ``"<stack>.<phase>"`` takes that entry's value (moesim/step/host.py ``loop_time_s``).
 
 The named stacks and their numbers live in one table, moesim/data/stacks.toml (loaded by
 moesim/step/stacks.py); a ``SoftwareStack`` object on a ``Deployment`` carries explicit values
@@ -36,14 +43,20 @@ from pydantic import Field, model_validator
 from moesim.specs.common import Spec
 
 Capture = Literal["none", "pre", "all"]
+Loop = Literal["overlapped", "synchronous"]
 StackName = Literal["auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang", "vllm",
-                    "trtllm", "maxtext"]
+                    "trtllm", "trtllm-engine", "maxtext"]
 STACK_NAMES: tuple[str, ...] = ("auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang",
-                                "vllm", "trtllm", "maxtext")
+                                "vllm", "trtllm", "trtllm-engine", "maxtext")
+# the stacks that run TensorRT-LLM (its scheduler and trtllm-bench limits: moesim/planner/serving_policy.py)
+TRTLLM_STACKS: tuple[str, ...] = ("trtllm", "trtllm-engine")
 STACK_PHASES: tuple[str, ...] = ("train", "prefill", "decode")
 # the lower end of a fitted device_fraction's range (moesim/calibrate.py fit_stacks): below it the
 # rows would be asking for something other than a sustained-throughput loss
 FRACTION_MIN = 0.3
+# the top of a host_seq_us value, us per sequence per iteration: a millisecond of Python per request
+# per iteration would make a 1,000-sequence batch a second an iteration; beyond it is a unit error
+MAX_HOST_SEQ_US = 1000.0
 
 
 class PhaseHost(Spec):
@@ -64,12 +77,28 @@ class PhaseHost(Spec):
                                                           "'<stack>.<phase>' to take that entry's value")
     fit_fraction: bool = Field(False, description="device_fraction is fitted on whole sources (prior 1.0, range "
                                                   "[FRACTION_MIN, 1])")
+    host_seq_us: float | str = Field(0.0, description="us of host time per running sequence per iteration "
+                                                      "(the executor loop's per-request work), or "
+                                                      "'<stack>.<phase>' to take that entry's value")
+    loop: Loop = Field("synchronous", description="how host_seq_us meets the device time: overlapped "
+                                                  "(max) or synchronous (sum)")
+    fit_seq: bool = Field(False, description="host_seq_us is fitted on whole sources (range [0, seq_fit_max])")
+    seq_prior_us: float | None = Field(None, description="fitted host_seq_us: the value kept when the rows do not "
+                                                         "identify it")
+    seq_fit_max: float | None = Field(None, description="fitted host_seq_us: the top of the fit's range, us")
     source: str = Field(description="where the capture mode and numbers come from")
 
     @model_validator(mode="after")
     def _host(self):
         if isinstance(self.host_op_us, float) and self.host_op_us < 0:
             raise ValueError(f"host_op_us {self.host_op_us}: must be >= 0")
+        for fld in ("host_seq_us", "seq_prior_us", "seq_fit_max"):
+            v = getattr(self, fld)
+            if isinstance(v, float) and not (0.0 <= v <= MAX_HOST_SEQ_US):
+                raise ValueError(f"{fld} {v}: must be in [0, {MAX_HOST_SEQ_US:g}] us per sequence per iteration")
+        if self.fit_seq and (self.seq_prior_us is None or self.seq_fit_max is None
+                             or not isinstance(self.host_seq_us, float)):
+            raise ValueError("a fitted host_seq_us (fit_seq) needs a numeric host_seq_us, seq_prior_us and seq_fit_max")
         f = self.device_fraction
         if isinstance(f, float) and not (0.0 < f <= 1.0):
             raise ValueError(f"device_fraction {f}: must be in (0, 1]")
@@ -77,7 +106,7 @@ class PhaseHost(Spec):
             raise ValueError("a fitted device_fraction needs a numeric device_fraction")
         if self.fit and (self.prior_us is None or self.fit_max is None or not isinstance(self.host_op_us, float)):
             raise ValueError("a fitted entry needs a numeric host_op_us, prior_us and fit_max")
-        for fld in ("host_op_us", "fit_max", "device_fraction"):
+        for fld in ("host_op_us", "fit_max", "device_fraction", "host_seq_us"):
             ref = getattr(self, fld)
             if not isinstance(ref, str):
                 continue

@@ -5,7 +5,8 @@ Component times are seconds per step on the critical device, summed over the lay
 add up to more than ``step_time_s``; ``exposed_comm_s`` is the communication time not hidden
 behind compute. ``host_s`` is the time the device waits for the host to issue its operators
 (eager phases; moesim/step/host.py), ``host_issue_s`` the host's whole issue time (which overlaps
-the device's work). Under ``none`` the components add up to ``step_time_s`` exactly.
+the device's work); ``host_loop_s`` the serving executor loop's per-sequence host time of the
+iteration (moesim/step/host.py eq. 4; its exposed part is in ``host_s``). Under ``none`` the components add up to ``step_time_s`` exactly.
 ``bottleneck`` names the largest contributor to the step time: a host-bound step names ``host``.
 Capacity (``capacity_factor``, ``overflow``; ``dropless`` without a limit): ``drop_fraction``,
 ``reroute_fraction`` and ``backup_fraction`` are shares of the routed token copies of the
@@ -63,6 +64,7 @@ class StepBreakdown:
     optimizer_s: float = 0.0
     host_s: float = 0.0
     host_issue_s: float = 0.0
+    host_loop_s: float = 0.0
     exposed_comm_s: float = 0.0
     model_flops_per_step_per_device: float = 0.0
     peak_flops: float = 0.0

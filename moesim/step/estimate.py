@@ -14,7 +14,9 @@ Layer -> stage -> step, for every point at once:
    deployment's schedule of the phase (moesim/step/stack.py), element-wise over N; the critical
    stage is the slowest (the last also runs the LM head);
 3. decode / prefill: iteration = critical stage x pp (a token crosses pp stage times); no LM
-   head in prefill (only the last token of each prompt needs logits). Training: moesim/step/
+   head in prefill (only the last token of each prompt needs logits); a stack with an executor
+   loop's per-sequence host time (``host_seq_us``: TensorRT-LLM's PyTorch backend) then meets it
+   overlapped (max) or synchronously (sum), moesim/step/host.py eqs. 4-6. Training: moesim/step/
    training.py (forward, backward, recompute, pipeline bubble, DP collectives, optimizer).
 Memory: the footprint at zero KV tokens plus KV tokens x KV bytes per token (linear,
 moesim/compute/memory.py); decode holds batch x tp x pp x context KV tokens per device, prefill
@@ -37,6 +39,7 @@ from moesim.specs.deployment import Deployment
 from moesim.step import pricing
 from moesim.step.breakdown import StepBreakdown
 from moesim.step.cache import StepCache
+from moesim.step.host import loop_host_s, loop_sequences, loop_time_s
 from moesim.step.layer import layer_ops
 from moesim.step.stack import StackArrays, stack_times
 from moesim.step.workload import Decode, Prefill, Training
@@ -228,14 +231,20 @@ def _inference(model, dep: Deployment, w: Decode | Prefill, check_memory: bool, 
         fp = pricing.memory(model, hw, dep.parallelism, mode="serve", weight_dtype=dep.dtype,
                             kv_dtype=dep.kv_dtype, kv_tokens=int(kv_N[i]))
         raise InfeasibleError(fp.reason or "does not fit in device memory")
+    # the executor loop's per-sequence host time (moesim/step/host.py eqs. 4-6; 0 for most stacks)
+    dev_N = t_SN[crit, cols] * dep.pp
+    loop_N = loop_host_s(loop_sequences(tokens_N, dep.tp, dep.pp, phase, getattr(w, "prompt_len", 1.0)), phase,
+                         dep.stack) * np.ones_like(dev_N)
+    step_N = loop_time_s(dev_N, chosen("host_s") * dep.pp, loop_N, phase, dep.stack)
     columns = dict(
         comp, **stage_routing(kops, counts_SK, crit),
         embedding_head_s=np.where(crit == last, head_N, 0.0), exposed_comm_s=chosen("exposed_comm_s"),
-        host_s=chosen("exposed_host_s"), host_issue_s=chosen("host_s"),
+        host_s=chosen("exposed_host_s") + (step_N - dev_N) / dep.pp, host_issue_s=chosen("host_s"),
+        host_loop_s=loop_N,
         model_flops_per_step_per_device=flops_N * tokens_N,
         peak_flops=np.full(crit.size, hw.peak_flops(dep.dtype)),
     )
-    return StepEstimate(phase, overlap, dep.capacity_factor, overflow_name(dep), t_SN[crit, cols] * dep.pp, tokens_N,
+    return StepEstimate(phase, overlap, dep.capacity_factor, overflow_name(dep), step_N, tokens_N,
                         total_N / units.GiB, fp0.capacity_bytes / units.GiB, columns)
 
 

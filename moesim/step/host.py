@@ -48,6 +48,30 @@ reference MLA layer (validation.count_ops.MLALayer, DeepSeek-V2 paper eqs. 37-47
 the dense and the MoE layer and all issued before the token-count sync (count_ops checks both),
 so they add to ``OP_COUNTS`` and ``PRE_SYNC_OP_COUNTS`` alike. Without query compression
 (``q_lora_rank`` 0, DeepSeek-V2-Lite) the q projection is one GEMM with no norm.
+Per-sequence loop host time (serving): a serving executor also does per-request host work every
+iteration outside the model's operators. TensorRT-LLM's PyTorch backend runs its executor loop in
+Python (tensorrt_llm/_torch/pyexecutor/py_executor.py, ``PyExecutor._executor_loop_overlap``):
+each iteration schedules (``_prepare_and_schedule_batch``, scheduler.py), prepares resources,
+launches the forward (``_forward_step``), updates the previous iteration's requests from its
+sampled tokens (``_update_requests``, sampler.py), samples asynchronously (``_sample_async``) and
+handles the previous iteration's responses (``_process_previous_batch`` -> ``_handle_responses``),
+each a loop over the batch's requests. With the overlap scheduler (on by default:
+tensorrt_llm/llmapi/llm_args.py ``disable_overlap_scheduler`` default False) the forward of
+iteration n is launched before iteration n-1's requests are updated, so that work runs while the
+device computes; without it (``_executor_loop``) forward, sampling and responses run in sequence.
+Per iteration, with n sequences in flight on the executor's rank and the stack's
+``host_seq_us`` (h) and ``loop``:
+
+    H_loop = n x h                                                                   [s]  (4)
+    overlapped:   T = max(T_dev, H_issue + H_loop)                                          (5)
+    synchronous:  T = T_dev + H_loop                                                        (6)
+
+T_dev the iteration from the per-operator schedule (which already holds the host's operator
+issue H_issue: one graph launch in a CUDA-graph decode, every operator in an eager context or mixed
+iteration; the same Python thread issues them and runs the loop). n counts the sequences an
+executor rank handles: a TP group's ranks all see its whole batch (batch per device x tp x pp);
+with attention DP each rank its own requests (``loop_sequences``).
+
 NOTE: the reference layers apply no RoPE under GQA/MHA (their counts omit RoPE's 5 forward
 operators per rotated tensor) and count MHA as GQA (its 2 repeat_interleave copies); RoPE is
 counted under MLA, where it is applied to separate rope parts of the heads.
@@ -167,3 +191,27 @@ def dispatch_syncs_host(moe: bool, ep: int, mode: str, phase: str, backward: boo
     ``before_ep_alltoall``. Low-latency kernels use fixed-size buffers (no sync); the backward
     reuses the forward's sizes (the autograd all-to-all keeps its splits, DeepEP its handle)."""
     return moe and ep > 1 and mode == "normal" and is_eager(phase, stack) and not backward
+
+
+def loop_sequences(tokens_per_device, tp: int, pp: int, phase: str, prompt_len: float = 1.0):
+    """Sequences one executor rank handles per iteration (eq. 4's n): decode ``tokens_per_device``
+    (one per sequence) x tp x pp; prefill the prompts (``tokens_per_device / prompt_len``) x tp x pp."""
+    per = tokens_per_device if phase == "decode" else tokens_per_device / prompt_len
+    return per * tp * pp
+
+
+def loop_host_s(sequences, phase: str, stack: str | SoftwareStack = "auto"):
+    """Host time (s) of the executor loop's per-sequence work in one iteration (eq. 4):
+    ``sequences`` x the stack's ``host_seq_us`` in ``phase`` (0 for stacks that price none)."""
+    return sequences * float(resolve(stack, phase).host_seq_us) * units.us
+
+
+def loop_time_s(device_s, issue_s, loop_s, phase: str, stack: str | SoftwareStack = "auto"):
+    """The iteration time with the loop's host time ``loop_s`` (eqs. 5-6): ``overlapped`` (the
+    overlap scheduler) max(device, operator issue + loop), ``synchronous`` device + loop.
+    ``device_s`` already holds the operator issue ``issue_s`` (the per-operator schedule)."""
+    import numpy as np
+
+    if resolve(stack, phase).loop == "overlapped":
+        return np.maximum(device_s, issue_s + loop_s)
+    return device_s + loop_s

@@ -8,8 +8,9 @@ A ``host_op_us`` or ``device_fraction`` given as ``"<stack>.<phase>"`` is that e
 (``megatron-cudagraph`` issues its uncaptured experts at ``megatron.train``'s rate and runs the
 same kernels at its device fraction).
 
-Fit parameters are named ``"<stack>.<phase>.host_op_us"`` (the entries marked ``fit = true``) and
-``"<stack>.<phase>.device_fraction"`` (``fit_fraction = true``), listed by ``fit_params``;
+Fit parameters are named ``"<stack>.<phase>.host_op_us"`` (the entries marked ``fit = true``),
+``"<stack>.<phase>.device_fraction"`` (``fit_fraction = true``) and ``"<stack>.<phase>.host_seq_us"``
+(``fit_seq = true``), listed by ``fit_params``;
 ``with_values`` returns a table with some of them set, which the fits of moesim/calibrate.py pass
 to the case predictors. ``device_fraction(stack, phase)`` is the fraction the step model divides
 every compute operation's time by (moesim/step/layer.py ``layer_ops``, training.py, estimate.py).
@@ -22,9 +23,10 @@ from functools import cache
 from importlib import resources
 
 from moesim.errors import SpecError
-from moesim.specs.software_stack import STACK_NAMES, STACK_PHASES, PhaseHost, SoftwareStack
+from moesim.specs.software_stack import (MAX_HOST_SEQ_US, STACK_NAMES, STACK_PHASES, TRTLLM_STACKS, PhaseHost,
+                                         SoftwareStack)
 
-PARAM_FIELDS: tuple[str, ...] = ("host_op_us", "device_fraction")
+PARAM_FIELDS: tuple[str, ...] = ("host_op_us", "device_fraction", "host_seq_us")
 
 # phase -> the stack ``auto`` resolves to
 AUTO: dict[str, str] = {"train": "megatron", "prefill": "sglang", "decode": "sglang"}
@@ -86,6 +88,8 @@ class StackTable:
             fld = param_field(path)
             if fld == "device_fraction" and not 0.0 < float(value) <= 1.0:
                 raise SpecError(path, value, "a device fraction in (0, 1]")
+            if fld == "host_seq_us" and not 0.0 <= float(value) <= MAX_HOST_SEQ_US:
+                raise SpecError(path, value, f"host us per sequence per iteration in [0, {MAX_HOST_SEQ_US:g}]")
             s = out[name]
             ph = s.phase(phase).model_copy(update={fld: float(value)})
             update = {phase: ph} if fitted is None else {phase: ph, "fitted": fitted}
@@ -118,19 +122,25 @@ def split_param(path: str) -> tuple[str, str]:
     parts = path.rsplit(".", 2)
     if (len(parts) != 3 or parts[2] not in PARAM_FIELDS or parts[0] not in STACK_NAMES
             or parts[1] not in STACK_PHASES):
-        raise SpecError("stack parameter", path, "<stack>.<phase>.host_op_us or <stack>.<phase>.device_fraction "
-                                                 "with a stack of the table")
+        raise SpecError("stack parameter", path, "<stack>.<phase>.host_op_us, <stack>.<phase>.device_fraction or "
+                                                 "<stack>.<phase>.host_seq_us with a stack of the table")
     return parts[0], parts[1]
 
 
 def param_field(path: str) -> str:
-    """The field a stack parameter sets (``host_op_us`` or ``device_fraction``)."""
+    """The field a stack parameter sets (``host_op_us``, ``device_fraction`` or ``host_seq_us``)."""
     split_param(path)
     return path.rsplit(".", 1)[1]
 
 
 def parse_table(data: dict) -> StackTable:
-    """A ``StackTable`` from the TOML's mapping; every name of ``STACK_NAMES`` but auto present."""
+    """A ``StackTable`` from the TOML's mapping; every name of ``STACK_NAMES`` but auto present.
+
+    Compatibility: a table written before the TensorRT-LLM split (one ``trtllm`` row, fitted on
+    the v0.17 TensorRT-engine rows) gets that row as ``trtllm-engine`` too; rows without the
+    per-sequence keys (``host_seq_us``, ``loop``) load with their defaults (0 us, synchronous)."""
+    if "trtllm" in data and "trtllm-engine" not in data:
+        data = {**data, "trtllm-engine": data["trtllm"]}
     missing = set(STACK_NAMES) - {"auto"} - set(data)
     if missing:
         raise SpecError("stacks table", sorted(missing), "every stack name needs a row")
@@ -147,7 +157,8 @@ def stack_table() -> StackTable:
 def fit_params(table: StackTable | None = None) -> tuple[str, ...]:
     """The fitted parameters of the table, in table order: every ``fit = true`` phase as
     ``<stack>.<phase>.host_op_us``, every ``fit_fraction = true`` one as
-    ``<stack>.<phase>.device_fraction``."""
+    ``<stack>.<phase>.device_fraction``, every ``fit_seq = true`` one as
+    ``<stack>.<phase>.host_seq_us``."""
     table = table or stack_table()
     out = []
     for n, s in table.stacks.items():
@@ -157,6 +168,8 @@ def fit_params(table: StackTable | None = None) -> tuple[str, ...]:
                 out.append(f"{n}.{p}.host_op_us")
             if ph.fit_fraction:
                 out.append(f"{n}.{p}.device_fraction")
+            if ph.fit_seq:
+                out.append(f"{n}.{p}.host_seq_us")
     return tuple(out)
 
 
@@ -169,3 +182,12 @@ def device_fraction(stack: str | SoftwareStack, phase: str) -> float:
     """The achievable device fraction of ``stack`` in ``phase`` (moesim/specs/software_stack.py):
     every compute operation of the step takes its kernel-model time / this (communication not)."""
     return float(resolve(stack, phase).device_fraction)
+
+
+def is_trtllm(stack: str | SoftwareStack | None) -> bool:
+    """Whether ``stack`` (a name or an explicit ``SoftwareStack``) runs TensorRT-LLM: either of
+    ``TRTLLM_STACKS`` (the PyTorch backend ``trtllm`` or the TensorRT engines ``trtllm-engine``),
+    whose scheduler and trtllm-bench limits the planner applies (moesim/planner/serving_policy.py
+    ``engine``)."""
+    name = stack.name if isinstance(stack, SoftwareStack) else stack
+    return name in TRTLLM_STACKS
