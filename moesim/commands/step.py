@@ -150,6 +150,14 @@ def _step(args, outputs: Outputs) -> Result:
              ("bottleneck", b.bottleneck),
              ("exposed comm", f"{b.exposed_comm_s * 1e3:.3f} ms"),
              ("memory", f"{b.memory_GiB:.1f} / {b.memory_capacity_GiB:.1f} GiB")]
+    if b.phase != "train":
+        from moesim.step.stacks import resolve
+
+        ph = resolve(dep.stack, b.phase)
+        if float(ph.host_seq_us) > 0 or ph.loop == "overlapped":  # a stack with an executor loop (step/host.py eq. 4)
+            pairs.append(("host", f"operator issue {b.host_issue_s * 1e3:.3f} ms; executor loop {b.host_loop_s * 1e3:.3f} "
+                                  f"ms ({float(ph.host_seq_us):g} us/sequence, {ph.loop}); exposed "
+                                  f"{b.host_s * 1e3:.3f} ms"))
     if b.capacity_factor is not None:
         pairs.append(("capacity", f"factor {b.capacity_factor:g}, overflow {b.overflow}: dropped {b.drop_fraction:.2%}, "
                                   f"rerouted {b.reroute_fraction:.2%}, backup {b.backup_fraction:.2%}"))
