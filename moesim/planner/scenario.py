@@ -200,7 +200,8 @@ class ServingScenario(_ScenarioBase):
     scheduler: Literal["auto", "batched_prefill", "trtllm"] = Field(
         "auto", description="the co-located replica's scheduler (moesim/planner/serving_policy.py): batched_prefill "
         "(per-rank token budget, prompts batched every K iterations), trtllm (TensorRT-LLM's trtllm-bench limits); "
-        "auto: trtllm when stack is trtllm, else batched_prefill")
+        "auto: trtllm when stack is a TensorRT-LLM stack (trtllm: PyTorch backend, trtllm-engine: TensorRT "
+        "engines), else batched_prefill")
 
     @model_validator(mode="after")
     def _targets(self):
