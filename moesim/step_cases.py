@@ -35,6 +35,10 @@ state (documented, the same for every case):
   largest ``d`` <= the domain size that divides the devices and is a multiple of EP when one
   exists (256 on NVL72 -> 4 domains of 64: every EP group stays inside one NVLink domain, as
   a rack-aligned launcher places it); the case reports this under ``assumptions``.
+- training: ``dropless`` false (a token-drop run) -> ``Deployment.capacity_factor`` = the stated
+  ``capacity_factor``, else 1.0 with inputs padded to capacity (Megatron-Bridge / NeMo
+  ``apply_moe_token_drop`` defaults; an assumption): the routing engine drops the copies over
+  capacity and the padded dispatch has no host sync (moesim/step/training.py ``padded_dispatch``).
 - recompute as the source writes it (moesim/case_inputs.py ``RECOMPUTE_SPELLINGS``); an
   unknown spelling is an error naming the case and the value.
 Every other stated input the step model cannot honour is listed per case in ``ignored_inputs``
@@ -48,7 +52,8 @@ from moesim.errors import MoesimError, SpecError
 from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
-                                domain_layout, flag_not_modelled, recompute_mode, training_sharding)
+                                domain_layout, flag_not_modelled, recompute_mode, training_capacity_factor,
+                                training_sharding)
 from moesim.step.stacks import StackTable, stack_table
 from moesim.validate import UnsupportedCase, flag_ignored
 
@@ -138,7 +143,7 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
             "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
             "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
             "comm_sms": _comm_sms(inputs), "stack": case_software_stack(inputs, hw, "train", stacks),
-            "sharding": training_sharding(inputs, dp, cp)})
+            "sharding": training_sharding(inputs, dp, cp), "capacity_factor": training_capacity_factor(inputs)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     b = _training_step(model, dep, inputs)

@@ -78,6 +78,19 @@ def backward_ops(op: LayerOps) -> LayerOps:
                    host_pre_s=op.host_pre_backward_s, host_sync=False)
 
 
+def padded_dispatch(op: LayerOps, dep: Deployment) -> LayerOps:
+    """The forward ops of a layer under a capacity factor: Megatron-Core's drop-and-pad dispatch
+    (``moe_expert_capacity_factor`` with ``moe_pad_expert_input_to_capacity``, what the
+    Megatron-Bridge / NeMo token-drop recipes set: ``apply_moe_token_drop`` capacity 1.0, pad
+    True) has static per-expert shapes, so the dispatcher never waits for the token counts on
+    the host (megatron/core/transformer/moe/token_dispatcher.py ``preprocess``: the
+    ``drop_and_pad`` branch returns before any ``cuda_sync_point``; dropless syncs
+    ``before_ep_alltoall``). Dropless (``capacity_factor`` None): unchanged."""
+    if dep.capacity_factor is None or not op.host_sync:
+        return op
+    return replace(op, host_sync=False)
+
+
 def _dp_comm(model: ModelSpec, dep: Deployment) -> tuple[float, float]:
     """(reduce-scatter, all-gather) seconds of one step's gradients / parameters on this device,
     each over its own data-parallel group (moesim/step/train_comm.py: the expert DP group is
@@ -157,7 +170,8 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     tokens_N = w.micro_batch * w.seq_len / (dep.tp * dep.cp) / halves
     ctx_N = (w.seq_len + 1) / 2
     kinds, kind_L = layer_kinds(model)
-    f_ops = [[layer_ops(setup, ls[0], float(t), float(c)) for t, c in zip(tokens_N, ctx_N)] for ls in kinds]
+    f_ops = [[padded_dispatch(layer_ops(setup, ls[0], float(t), float(c)), dep) for t, c in zip(tokens_N, ctx_N)]
+             for ls in kinds]
     fk, bk = KindOps.of(f_ops), KindOps.of([[backward_ops(o) for o in row] for row in f_ops])
     head_N = 3.0 * np.asarray(pricing.gemm_s(hw, tokens_N * dep.tp, model.vocab_size / dep.tp, model.hidden,
                                              "bf16")) * halves / setup.device_fraction  # LM head fwd + bwd, last stage
