@@ -138,12 +138,14 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
     check_training_flags(inputs, dp)
     recompute = recompute_mode(inputs)
     dpd = domain_layout(inputs, hw, devices, ep)
+    capacity = training_capacity_factor(inputs)
+    stack = padded_layer_graphs(case_software_stack(inputs, hw, "train", stacks), inputs, capacity)
     try:
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
             "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
-            "comm_sms": _comm_sms(inputs), "stack": case_software_stack(inputs, hw, "train", stacks),
-            "sharding": training_sharding(inputs, dp, cp), "capacity_factor": training_capacity_factor(inputs)})
+            "comm_sms": _comm_sms(inputs), "stack": stack,
+            "sharding": training_sharding(inputs, dp, cp), "capacity_factor": capacity})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     b = _training_step(model, dep, inputs)
@@ -155,6 +157,21 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
         return b.tokens_per_s_per_device * per_token / 1e12
     return {"tokens_per_s_per_device": b.tokens_per_s_per_device, "step_time_s": b.step_time_s,
             "mfu": b.mfu}[metric]
+
+
+def padded_layer_graphs(stack, inputs: dict, capacity: float | None):
+    """The training stack of a token-drop Megatron run that states ``cuda_graphs`` true: whole
+    layers captured (train ``captured = "all"``, one graph per layer), every other number the
+    stack's own. Megatron-Core's layer graphs (``enable_cuda_graph``, Megatron-Bridge 25.09
+    ``set_cuda_graph_overrides(cuda_graphs=True)``) capture the MoE layer only when its shapes
+    are static: "when --moe-expert-capacity-factor and --moe-pad-expert-input-to-capacity are
+    not set, the resulting dynamic shapes make MoE layers uncapturable"
+    (megatron/core/transformer/moe/README.md, CUDA Graph Support); padded token drop sets both
+    (case_inputs.py ``TOKEN_DROP_CAPACITY_FACTOR``). A dropless run, or one that does not state
+    graphs, keeps its stack (``megatron-cudagraph``: attention and router only)."""
+    if capacity is None or inputs.get("cuda_graphs") is not True or stack.name != "megatron-cudagraph":
+        return stack
+    return stack.model_copy(update={"train": stack.train.model_copy(update={"captured": "all", "graphs": "layer"})})
 
 
 def _training_step(model, dep: Deployment, inputs: dict):

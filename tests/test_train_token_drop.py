@@ -83,3 +83,38 @@ def test_case_rows_carry_the_capacity(monkeypatch, dropless, cf, want):
     assert predict_training_case(ci, B200) > 0
     assert seen["cf"] == want
     assert ("capacity_factor" in ci.assumed) == (dropless is False and cf is None)
+
+
+def test_padded_layer_graphs_capture_whole_layers_only_for_padded_graph_runs():
+    from moesim.step.stacks import stack_table
+    from moesim.step_cases import padded_layer_graphs
+
+    table = stack_table()
+    graphs = table.inline("megatron-cudagraph", "train")
+    eager = table.inline("megatron", "train")
+    got = padded_layer_graphs(graphs, {"cuda_graphs": True}, 1.0)
+    assert got.train.captured == "all" and got.train.graphs == "layer"
+    # every number the stack's own: the same device fraction and launch cost
+    assert got.train.device_fraction == graphs.train.device_fraction
+    assert got.train.graph_launch_us == graphs.train.graph_launch_us
+    assert got.prefill == graphs.prefill and got.decode == graphs.decode
+    assert padded_layer_graphs(graphs, {"cuda_graphs": True}, None) is graphs   # dropless: uncapturable MoE
+    assert padded_layer_graphs(graphs, {}, 1.0) is graphs                       # graphs not stated
+    assert padded_layer_graphs(eager, {"cuda_graphs": True}, 1.0) is eager      # not the graph stack
+
+
+def test_padded_graph_row_is_the_step_of_a_fully_captured_stack():
+    # the case path against an independently built deployment: token drop 1.0 + whole-layer graphs
+    from moesim.step.stacks import stack_table
+
+    graphs = stack_table().inline("megatron-cudagraph", "train")
+    full = graphs.model_copy(update={"train": graphs.train.model_copy(update={"captured": "all"})})
+    dep = Deployment(hardware=B200, devices=8, devices_per_domain=8, dp=8, ep=8, dtype="fp8", stack=full,
+                     capacity_factor=1.0)
+    want = estimate(QWEN, dep, Training(512, 4096, 1, "uniform"), check_memory=False).breakdown()
+    inputs = {"metric": "tokens_per_s_per_device", "model": "qwen3-30b-a3b", "devices": 8, "devices_per_node": 8,
+              "tp": 1, "pp": 1, "ep": 8, "global_batch": 512, "seq_len": 4096, "micro_batch": 1, "dtype": "fp8",
+              "framework": "Megatron-Bridge", "dropless": False, "cuda_graphs": True}
+    assert_allclose(predict_training_case(CaseInputs(inputs, "training"), B200), want.tokens_per_s_per_device,
+                    rtol=1e-12)
+    assert want.host_s == 0.0                                # nothing issued eagerly: the host never waits
