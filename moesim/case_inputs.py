@@ -36,7 +36,6 @@ RECOMPUTE_SPELLINGS: dict[str, tuple[str, str]] = {
 
 # Stated training inputs the step model does not honour (or honours only at one value).
 TRAINING_NOT_MODELLED: dict[str, str] = {
-    "dualpipe": "DualPipe's bidirectional schedule is not modelled; the (interleaved) 1F1B pipeline is priced",
     "mtp_depth": "MTP modules are not priced",
     "mtp": "MTP modules are not priced",
     "dispatcher": "one all-to-all model for every token dispatcher",
@@ -126,6 +125,17 @@ def training_capacity_factor(inputs: dict) -> float | None:
     if not value > 0:
         raise SpecError("capacity_factor", stated, "a capacity factor > 0 (or null with dropless false)")
     return value
+
+
+def training_schedule(inputs: dict) -> str:
+    """The pipeline schedule of a training case (moesim/step/training.py ``SCHEDULES``):
+    ``dualpipe`` when the case states ``dualpipe`` true, else ``1f1b`` (interleaved with vpp)."""
+    value = inputs.get("dualpipe")
+    if value is None or value is False:
+        return "1f1b"
+    if value is not True:
+        raise SpecError("dualpipe", value, "true or false")
+    return "dualpipe"
 
 
 def check_training_flags(inputs: dict, dp: int) -> None:

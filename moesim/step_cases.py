@@ -39,6 +39,8 @@ state (documented, the same for every case):
   ``capacity_factor``, else 1.0 with inputs padded to capacity (Megatron-Bridge / NeMo
   ``apply_moe_token_drop`` defaults; an assumption): the routing engine drops the copies over
   capacity and the padded dispatch has no host sync (moesim/step/training.py ``padded_dispatch``).
+- training: ``dualpipe`` true -> DeepSeek-V3's DualPipe schedule (moesim/step/training.py
+  ``dualpipe_pair`` / ``dualpipe_bubble``); otherwise (interleaved) 1F1B.
 - recompute as the source writes it (moesim/case_inputs.py ``RECOMPUTE_SPELLINGS``); an
   unknown spelling is an error naming the case and the value.
 Every other stated input the step model cannot honour is listed per case in ``ignored_inputs``
@@ -53,7 +55,7 @@ from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
                                 domain_layout, flag_not_modelled, recompute_mode, training_capacity_factor,
-                                training_sharding)
+                                training_schedule, training_sharding)
 from moesim.step.stacks import StackTable, stack_table
 from moesim.validate import UnsupportedCase, flag_ignored
 
@@ -175,14 +177,18 @@ def padded_layer_graphs(stack, inputs: dict, capacity: float | None):
 
 
 def _training_step(model, dep: Deployment, inputs: dict):
-    """The one call into the step model for training rows: ``estimate`` of a ``Training``
-    workload on the case's ``Deployment`` (dtype, recompute and comm SMs in it)."""
-    from moesim.step import Training, estimate
+    """The one call into the step model for training rows: the training estimate of a
+    ``Training`` workload on the case's ``Deployment`` (dtype, recompute and comm SMs in it)
+    under the case's pipeline schedule (``training_schedule``: DualPipe when stated)."""
+    from moesim.step import Training
+    from moesim.step.cache import StepCache
+    from moesim.step.training import training_estimate
 
     try:
         work = Training(int(inputs["global_batch"]), int(inputs["seq_len"]), int(_get(inputs, "micro_batch", 1)),
                         _skew(inputs))
-        return estimate(model, dep, work, check_memory=False).breakdown(0)
+        return training_estimate(model, dep, work, check_memory=False, cache=StepCache(),
+                                 schedule=training_schedule(inputs)).breakdown(0)
     except UnsupportedCase:
         raise
     except MoesimError as err:

@@ -29,11 +29,11 @@ def _file(inputs: dict, kind="training", hardware="b200", metric="tokens_per_s_p
 
 def test_unused_and_unmodelled_inputs_are_listed():
     inputs = {k: v for k, v in TRAIN.items() if k != "metric"}
-    rep = validate(_file({**inputs, "colour": "blue", "fsdp": 1, "dualpipe": True, "fsdp_note": None}))
+    rep = validate(_file({**inputs, "colour": "blue", "fsdp": 1, "mtp_depth": 1, "fsdp_note": None}))
     (c,) = rep.cases
     assert c.status == "ok"
     ignored = dict(c.ignored_inputs)
-    assert set(ignored) == {"colour", "fsdp", "dualpipe"}   # null and descriptive keys are not listed
+    assert set(ignored) == {"colour", "fsdp", "mtp_depth"}  # null and descriptive keys are not listed
     assert "not used" in ignored["colour"] and "FSDP" in ignored["fsdp"]
     # DDP (fsdp 0) is what the step model prices: read, honoured, not listed
     (c0,) = validate(_file({**inputs, "fsdp": 0})).cases

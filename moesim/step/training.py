@@ -20,6 +20,11 @@ Pipeline (1F1B, interleaved with ``vpp`` virtual stages):
     (micro_batch x dp) micro-batches. Pipeline send/receive of activations (2 x vpp transfers
     per micro-batch; exposed in full without interleaving, only past one chunk's compute with
     it: moesim/step/train_comm.py) is part of t and reported in ``pipeline_bubble_s``.
+DualPipe (``schedule = "dualpipe"``; DeepSeek-V3 report, arXiv 2412.19437, s3.2.1 and Table 2):
+the forward chunk of one micro-batch and the backward chunk of another run as a pair, each one's
+all-to-all and P2P behind the other's compute, the compute slowed by the SMs the all-to-all
+kernels hold (``dualpipe_pair``); step = m x pair + (PP/2 - 1)(F&B + B - 3W) with W the weight-
+gradient GEMMs (one forward's compute) (``dualpipe_bubble``). Even pp, even m, vpp 1.
 DP (``Deployment.data_sharding``; groups placed as Megatron orders ranks, train_comm.py):
 zero1/ddp: gradients reduce-scattered and parameters all-gathered (bf16 both) over the dp x cp
 replicas of dense weights and the expert-dp replicas of expert weights; ``dp_overlap`` hides
@@ -50,6 +55,7 @@ from moesim.step.cache import StepCache
 from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_name, pick, stage_kind_counts,
                                   stage_routing, stage_sums)
 from moesim.step.layer import LayerOps, layer_ops
+from moesim.step.sharing import compute_share
 from moesim.step.stack import stack_times
 from moesim.step.workload import Training
 
@@ -154,10 +160,58 @@ def _memory(model, dep: Deployment, w: Training, cache: StepCache):
     return out
 
 
+SCHEDULES: tuple[str, ...] = ("1f1b", "dualpipe")
+
+
+def check_dualpipe(dep: Deployment, m_N: np.ndarray) -> None:
+    """DualPipe's requirements (DeepSeek-V3 report s3.2.1: "DualPipe only requires that the
+    pipeline stages and micro-batches be divisible by 2"; it replaces interleaving): SpecError
+    naming the field otherwise."""
+    if dep.pp < 2 or dep.pp % 2:
+        raise SpecError("pp", dep.pp, "DualPipe needs an even pipeline size >= 2")
+    if dep.vpp != 1:
+        raise SpecError("vpp", dep.vpp, "DualPipe is not interleaved: vpp 1")
+    for m in m_N.tolist():
+        if m % 2:
+            raise SpecError("global_batch", int(m), "DualPipe needs an even number of micro-batches per pipeline")
+
+
+def dualpipe_pair(forward, backward, forward_comm, backward_comm, compute_extra, comm_extra, share: float = 1.0):
+    """Seconds of one DualPipe forward-backward pair on a rank and its exposed communication:
+    the forward chunk of one micro-batch and the backward chunk of another run together, each
+    one's all-to-all and pipeline sends behind the other's compute (DeepSeek-V3 report s3.2.1,
+    Figure 4). With C the compute and M the communication of the pair,
+        C = (F - F_comm) + (B - B_comm) + extra compute (recompute, LM head, FSDP)
+        M = F_comm + B_comm + extra comm (pipeline P2P)
+    and the compute running at ``share`` of its speed while the all-to-all kernels hold their SMs
+    (moesim/step/sharing.py ``compute_share``; DeepSeek-V3 gives 20 of 132 SMs to communication):
+        pair = max(M, C + (1 - share) M),   exposed = pair - C                            [s]
+    (share 1: max(C, M))."""
+    comp = (np.asarray(forward) - forward_comm) + (np.asarray(backward) - backward_comm) + compute_extra
+    comm = np.asarray(forward_comm) + backward_comm + comm_extra
+    pair = np.maximum(comm, comp + (1.0 - share) * comm)
+    return pair, pair - comp
+
+
+def dualpipe_bubble(pp: int, pair, backward, weight_grad):
+    """DualPipe's pipeline bubble (DeepSeek-V3 report Table 2): (PP/2 - 1)(F&B + B - 3W), F&B the
+    pair (``dualpipe_pair``), B the full backward chunk, W its weight-gradient part (s)."""
+    return (pp / 2 - 1) * (np.asarray(pair) + backward - 3.0 * np.asarray(weight_grad))
+
+
 def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_memory: bool,
-                      cache: StepCache) -> StepEstimate:
-    """Training steps at every point of ``w`` (module docstring); ``moesim.step.estimate``."""
+                      cache: StepCache, schedule: str = "1f1b") -> StepEstimate:
+    """Training steps at every point of ``w`` (module docstring); ``moesim.step.estimate``.
+    ``schedule``: ``1f1b`` (interleaved with ``vpp`` > 1) or ``dualpipe`` (DeepSeek-V3's
+    bidirectional pipeline: ``dualpipe_pair``, ``dualpipe_bubble``; overlap ``none`` only)."""
+    if schedule not in SCHEDULES:
+        raise SpecError("schedule", schedule, f"one of {', '.join(SCHEDULES)}")
     m_N = microbatches(w, dep)
+    dual = schedule == "dualpipe"
+    if dual:
+        check_dualpipe(dep, m_N)
+        if dep.overlap != "none":
+            raise SpecError("overlap", dep.overlap, "DualPipe overlaps micro-batches itself: overlap none")
     fps = _memory(model, dep, w, cache)
     if check_memory:
         for fp in fps:
@@ -177,6 +231,7 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
                                              "bf16")) * halves / setup.device_fraction  # LM head fwd + bwd, last stage
     stages, counts_SK = stage_kind_counts(model, dep.pp, kinds, kind_L)
     last = len(stages) - 1
+    share = compute_share(hw, "normal", dep.comm_sms) if dual and model.is_moe and dep.ep > 1 else 1.0
     fsdp_on = dep.data_sharding == "fsdp"
     rows = []
     for i, ks in enumerate(stages):
@@ -187,15 +242,20 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
         hd = head_N if i == last else 0.0 * head_N
         p2p = _p2p_mb(model, dep, tokens_N * halves, f.time_s, b.time_s)
         fsdp = _fsdp_mb(model, dep, f.time_s, b.time_s, len(ks)) if fsdp_on else 0.0 * f.time_s
+        mb, exposed = f.time_s + b.time_s + r + hd + p2p + fsdp, f.exposed_comm_s + b.exposed_comm_s + p2p + fsdp
+        if dual:  # one forward-backward pair per micro-batch
+            mb, exposed = dualpipe_pair(f.time_s, b.time_s, f.exposed_comm_s, b.exposed_comm_s, r + hd + fsdp, p2p,
+                                        share)
         rows.append(dict(forward=f.time_s, backward=b.time_s, recompute=r, head=hd, p2p=p2p, fsdp=fsdp,
-                         mb=f.time_s + b.time_s + r + hd + p2p + fsdp,
-                         exposed=f.exposed_comm_s + b.exposed_comm_s + p2p + fsdp,
+                         wgrad=f.time_s - f.exposed_comm_s, mb=mb, exposed=exposed,
                          host_exposed=(1.0 + again) * f.exposed_host_s + b.exposed_host_s,
                          host_issue=(1.0 + again) * f.host_s + b.host_s))
     crit = pick(np.array([r["mb"] for r in rows]))
     cols = np.arange(crit.size)
     st = {k: np.array([r[k] for r in rows])[crit, cols] for k in rows[0]}
     bubble = (dep.pp - 1) / dep.vpp * st["mb"]
+    if dual:  # W: the weight-gradient GEMMs cost one forward's compute (backward_ops)
+        bubble = dualpipe_bubble(dep.pp, st["mb"], st["backward"], st["wgrad"])
     rs, ag = (0.0, 0.0) if fsdp_on else _dp_comm(model, dep)
     if fsdp_on:  # the per-layer collectives ran inside the micro-batches
         dp_exposed = np.zeros(crit.size)
@@ -218,7 +278,7 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     flops = np.array([3.0 * sequence_forward_flops_per_token(model, int(s)) for s in w.seq_len.tolist()])
     columns = dict(
         comp, **stage_routing(fk, counts_SK, crit), embedding_head_s=st["head"] * m_N,
-        pipeline_bubble_s=bubble + m_N * st["p2p"], dp_comm_s=dp_exposed + m_N * st["fsdp"],
+        pipeline_bubble_s=bubble + (0.0 if dual else m_N * st["p2p"]), dp_comm_s=dp_exposed + m_N * st["fsdp"],
         optimizer_s=np.full(crit.size, opt), exposed_comm_s=m_N * st["exposed"] + dp_exposed,
         host_s=m_N * st["host_exposed"], host_issue_s=m_N * st["host_issue"],
         model_flops_per_step_per_device=flops * tokens_dev, peak_flops=np.full(crit.size, hw.peak_flops(dep.dtype)),
