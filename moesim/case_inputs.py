@@ -36,13 +36,11 @@ RECOMPUTE_SPELLINGS: dict[str, tuple[str, str]] = {
 
 # Stated training inputs the step model does not honour (or honours only at one value).
 TRAINING_NOT_MODELLED: dict[str, str] = {
-    "dualpipe": "DualPipe's bidirectional schedule is not modelled; the (interleaved) 1F1B pipeline is priced",
     "mtp_depth": "MTP modules are not priced",
     "mtp": "MTP modules are not priced",
     "dispatcher": "one all-to-all model for every token dispatcher",
     "node_limited_routing_nodes": "node-limited routing is not applied to training traffic",
     "nvlink_used": "the scale-up link is always used when the domain has more than one device",
-    "capacity_factor": "training is priced dropless (the capacity factor does not reach step time)",
 }
 SERVING_NOT_MODELLED: dict[str, str] = {
     "mtp": "MTP / speculative decoding is not priced",
@@ -104,14 +102,48 @@ def training_sharding(inputs: dict, dp: int, cp: int = 1) -> str | None:
     return None
 
 
+# Megatron-Bridge / NeMo token-drop recipes (megatron.bridge.training.utils.moe_token_drop
+# ``apply_moe_token_drop``; nemo.lightning.pytorch.callbacks.moe_token_drop
+# ``MegatronTokenDropCallback``): capacity factor 1.0, inputs padded to capacity.
+TOKEN_DROP_CAPACITY_FACTOR = 1.0
+
+
+def training_capacity_factor(inputs: dict) -> float | None:
+    """``Deployment.capacity_factor`` of a training case: None (dropless) unless the case states
+    ``dropless`` false; then the stated ``capacity_factor``, else the token-drop recipes' 1.0
+    (recorded under ``assumptions``). A stated factor must be > 0."""
+    if inputs.get("dropless") is not False:
+        return None
+    stated = inputs.get("capacity_factor")
+    if stated is None:
+        if hasattr(inputs, "assume"):
+            inputs.assume("capacity_factor", f"token-drop run without a stated capacity factor: "
+                                             f"{TOKEN_DROP_CAPACITY_FACTOR} padded to capacity (Megatron-Bridge "
+                                             f"apply_moe_token_drop defaults)")
+        return TOKEN_DROP_CAPACITY_FACTOR
+    value = float(stated)
+    if not value > 0:
+        raise SpecError("capacity_factor", stated, "a capacity factor > 0 (or null with dropless false)")
+    return value
+
+
+def training_schedule(inputs: dict) -> str:
+    """The pipeline schedule of a training case (moesim/step/training.py ``SCHEDULES``):
+    ``dualpipe`` when the case states ``dualpipe`` true, else ``1f1b`` (interleaved with vpp)."""
+    value = inputs.get("dualpipe")
+    if value is None or value is False:
+        return "1f1b"
+    if value is not True:
+        raise SpecError("dualpipe", value, "true or false")
+    return "dualpipe"
+
+
 def check_training_flags(inputs: dict, dp: int) -> None:
-    """Flag ZeRO-2, non-dropless runs and an inconsistent grad_accum_steps (FSDP and ZeRO-3 are
-    priced: ``training_sharding``)."""
+    """Flag ZeRO-2 and an inconsistent grad_accum_steps (FSDP and ZeRO-3 are priced:
+    ``training_sharding``; token-drop runs: ``training_capacity_factor``)."""
     if int(_get(inputs, "zero_stage", 1)) == 2:
         flag_ignored(inputs, "zero_stage", "ZeRO-2 is priced as ZeRO-1 (the distributed optimizer): same "
                                            "communication, gradients not sharded in memory")
-    if inputs.get("dropless") is False:
-        flag_ignored(inputs, "dropless", "training is priced dropless")
     ga = inputs.get("grad_accum_steps")
     mb = inputs.get("micro_batch")
     if ga is not None and mb is not None:

@@ -35,6 +35,12 @@ state (documented, the same for every case):
   largest ``d`` <= the domain size that divides the devices and is a multiple of EP when one
   exists (256 on NVL72 -> 4 domains of 64: every EP group stays inside one NVLink domain, as
   a rack-aligned launcher places it); the case reports this under ``assumptions``.
+- training: ``dropless`` false (a token-drop run) -> ``Deployment.capacity_factor`` = the stated
+  ``capacity_factor``, else 1.0 with inputs padded to capacity (Megatron-Bridge / NeMo
+  ``apply_moe_token_drop`` defaults; an assumption): the routing engine drops the copies over
+  capacity and the padded dispatch has no host sync (moesim/step/training.py ``padded_dispatch``).
+- training: ``dualpipe`` true -> DeepSeek-V3's DualPipe schedule (moesim/step/training.py
+  ``dualpipe_pair`` / ``dualpipe_bubble``); otherwise (interleaved) 1F1B.
 - recompute as the source writes it (moesim/case_inputs.py ``RECOMPUTE_SPELLINGS``); an
   unknown spelling is an error naming the case and the value.
 Every other stated input the step model cannot honour is listed per case in ``ignored_inputs``
@@ -48,7 +54,8 @@ from moesim.errors import MoesimError, SpecError
 from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
-                                domain_layout, flag_not_modelled, recompute_mode, training_sharding)
+                                domain_layout, flag_not_modelled, recompute_mode, training_capacity_factor,
+                                training_schedule, training_sharding)
 from moesim.step.stacks import StackTable, stack_table
 from moesim.validate import UnsupportedCase, flag_ignored
 
@@ -133,12 +140,14 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
     check_training_flags(inputs, dp)
     recompute = recompute_mode(inputs)
     dpd = domain_layout(inputs, hw, devices, ep)
+    capacity = training_capacity_factor(inputs)
+    stack = padded_layer_graphs(case_software_stack(inputs, hw, "train", stacks), inputs, capacity)
     try:
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
             "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
-            "comm_sms": _comm_sms(inputs), "stack": case_software_stack(inputs, hw, "train", stacks),
-            "sharding": training_sharding(inputs, dp, cp)})
+            "comm_sms": _comm_sms(inputs), "stack": stack,
+            "sharding": training_sharding(inputs, dp, cp), "capacity_factor": capacity})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     b = _training_step(model, dep, inputs)
@@ -152,15 +161,34 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
             "mfu": b.mfu}[metric]
 
 
+def padded_layer_graphs(stack, inputs: dict, capacity: float | None):
+    """The training stack of a token-drop Megatron run that states ``cuda_graphs`` true: whole
+    layers captured (train ``captured = "all"``, one graph per layer), every other number the
+    stack's own. Megatron-Core's layer graphs (``enable_cuda_graph``, Megatron-Bridge 25.09
+    ``set_cuda_graph_overrides(cuda_graphs=True)``) capture the MoE layer only when its shapes
+    are static: "when --moe-expert-capacity-factor and --moe-pad-expert-input-to-capacity are
+    not set, the resulting dynamic shapes make MoE layers uncapturable"
+    (megatron/core/transformer/moe/README.md, CUDA Graph Support); padded token drop sets both
+    (case_inputs.py ``TOKEN_DROP_CAPACITY_FACTOR``). A dropless run, or one that does not state
+    graphs, keeps its stack (``megatron-cudagraph``: attention and router only)."""
+    if capacity is None or inputs.get("cuda_graphs") is not True or stack.name != "megatron-cudagraph":
+        return stack
+    return stack.model_copy(update={"train": stack.train.model_copy(update={"captured": "all", "graphs": "layer"})})
+
+
 def _training_step(model, dep: Deployment, inputs: dict):
-    """The one call into the step model for training rows: ``estimate`` of a ``Training``
-    workload on the case's ``Deployment`` (dtype, recompute and comm SMs in it)."""
-    from moesim.step import Training, estimate
+    """The one call into the step model for training rows: the training estimate of a
+    ``Training`` workload on the case's ``Deployment`` (dtype, recompute and comm SMs in it)
+    under the case's pipeline schedule (``training_schedule``: DualPipe when stated)."""
+    from moesim.step import Training
+    from moesim.step.cache import StepCache
+    from moesim.step.training import training_estimate
 
     try:
         work = Training(int(inputs["global_batch"]), int(inputs["seq_len"]), int(_get(inputs, "micro_batch", 1)),
                         _skew(inputs))
-        return estimate(model, dep, work, check_memory=False).breakdown(0)
+        return training_estimate(model, dep, work, check_memory=False, cache=StepCache(),
+                                 schedule=training_schedule(inputs)).breakdown(0)
     except UnsupportedCase:
         raise
     except MoesimError as err:

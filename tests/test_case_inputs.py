@@ -29,11 +29,11 @@ def _file(inputs: dict, kind="training", hardware="b200", metric="tokens_per_s_p
 
 def test_unused_and_unmodelled_inputs_are_listed():
     inputs = {k: v for k, v in TRAIN.items() if k != "metric"}
-    rep = validate(_file({**inputs, "colour": "blue", "fsdp": 1, "dualpipe": True, "fsdp_note": None}))
+    rep = validate(_file({**inputs, "colour": "blue", "fsdp": 1, "mtp_depth": 1, "fsdp_note": None}))
     (c,) = rep.cases
     assert c.status == "ok"
     ignored = dict(c.ignored_inputs)
-    assert set(ignored) == {"colour", "fsdp", "dualpipe"}   # null and descriptive keys are not listed
+    assert set(ignored) == {"colour", "fsdp", "mtp_depth"}  # null and descriptive keys are not listed
     assert "not used" in ignored["colour"] and "FSDP" in ignored["fsdp"]
     # DDP (fsdp 0) is what the step model prices: read, honoured, not listed
     (c0,) = validate(_file({**inputs, "fsdp": 0})).cases
@@ -92,7 +92,19 @@ def test_a_feature_stated_off_is_honoured_and_a_flagged_false_is_listed():
     (c,) = validate(_file({**inputs, "mtp": False, "dropless": False})).cases
     ignored = dict(c.ignored_inputs)
     assert "mtp" not in ignored                      # MTP off: what the step model prices
-    assert "dropless" in ignored                     # a dropping run: the step prices dropless
+    assert "dropless" not in ignored                 # a token-drop run is priced (capacity factor)
+    assert "capacity_factor" in dict(c.assumptions)  # 1.0 padded, the token-drop recipes' default
+
+
+def test_token_drop_capacity_factor_is_read_and_checked():
+    from moesim.case_inputs import TOKEN_DROP_CAPACITY_FACTOR, training_capacity_factor
+
+    assert training_capacity_factor({"dropless": True}) is None
+    assert training_capacity_factor({}) is None
+    assert training_capacity_factor({"dropless": False}) == TOKEN_DROP_CAPACITY_FACTOR == 1.0
+    assert training_capacity_factor({"dropless": False, "capacity_factor": 1.25}) == 1.25
+    with pytest.raises(SpecError, match="capacity_factor"):
+        training_capacity_factor({"dropless": False, "capacity_factor": 0})
 
 
 E2E = {"metric": "tokens_per_s_per_device", "model": "qwen3-30b-a3b", "phase": "end_to_end", "devices": 1,

@@ -20,6 +20,11 @@ Pipeline (1F1B, interleaved with ``vpp`` virtual stages):
     (micro_batch x dp) micro-batches. Pipeline send/receive of activations (2 x vpp transfers
     per micro-batch; exposed in full without interleaving, only past one chunk's compute with
     it: moesim/step/train_comm.py) is part of t and reported in ``pipeline_bubble_s``.
+DualPipe (``schedule = "dualpipe"``; DeepSeek-V3 report, arXiv 2412.19437, s3.2.1 and Table 2):
+the forward chunk of one micro-batch and the backward chunk of another run as a pair, each one's
+all-to-all and P2P behind the other's compute, the compute slowed by the SMs the all-to-all
+kernels hold (``dualpipe_pair``); step = m x pair + (PP/2 - 1)(F&B + B - 3W) with W the weight-
+gradient GEMMs (one forward's compute) (``dualpipe_bubble``). Even pp, even m, vpp 1.
 DP (``Deployment.data_sharding``; groups placed as Megatron orders ranks, train_comm.py):
 zero1/ddp: gradients reduce-scattered and parameters all-gathered (bf16 both) over the dp x cp
 replicas of dense weights and the expert-dp replicas of expert weights; ``dp_overlap`` hides
@@ -50,6 +55,7 @@ from moesim.step.cache import StepCache
 from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_name, pick, stage_kind_counts,
                                   stage_routing, stage_sums)
 from moesim.step.layer import LayerOps, layer_ops
+from moesim.step.sharing import compute_share
 from moesim.step.stack import stack_times
 from moesim.step.workload import Training
 
@@ -76,6 +82,19 @@ def backward_ops(op: LayerOps) -> LayerOps:
     return replace(op, **scaled, attention_core_s=2.5 * op.attention_core_s, host_s=op.host_backward_s,
                    kernel_floor_s=op.kernel_floor_backward_s,
                    host_pre_s=op.host_pre_backward_s, host_sync=False)
+
+
+def padded_dispatch(op: LayerOps, dep: Deployment) -> LayerOps:
+    """The forward ops of a layer under a capacity factor: Megatron-Core's drop-and-pad dispatch
+    (``moe_expert_capacity_factor`` with ``moe_pad_expert_input_to_capacity``, what the
+    Megatron-Bridge / NeMo token-drop recipes set: ``apply_moe_token_drop`` capacity 1.0, pad
+    True) has static per-expert shapes, so the dispatcher never waits for the token counts on
+    the host (megatron/core/transformer/moe/token_dispatcher.py ``preprocess``: the
+    ``drop_and_pad`` branch returns before any ``cuda_sync_point``; dropless syncs
+    ``before_ep_alltoall``). Dropless (``capacity_factor`` None): unchanged."""
+    if dep.capacity_factor is None or not op.host_sync:
+        return op
+    return replace(op, host_sync=False)
 
 
 def _dp_comm(model: ModelSpec, dep: Deployment) -> tuple[float, float]:
@@ -141,10 +160,58 @@ def _memory(model, dep: Deployment, w: Training, cache: StepCache):
     return out
 
 
+SCHEDULES: tuple[str, ...] = ("1f1b", "dualpipe")
+
+
+def check_dualpipe(dep: Deployment, m_N: np.ndarray) -> None:
+    """DualPipe's requirements (DeepSeek-V3 report s3.2.1: "DualPipe only requires that the
+    pipeline stages and micro-batches be divisible by 2"; it replaces interleaving): SpecError
+    naming the field otherwise."""
+    if dep.pp < 2 or dep.pp % 2:
+        raise SpecError("pp", dep.pp, "DualPipe needs an even pipeline size >= 2")
+    if dep.vpp != 1:
+        raise SpecError("vpp", dep.vpp, "DualPipe is not interleaved: vpp 1")
+    for m in m_N.tolist():
+        if m % 2:
+            raise SpecError("global_batch", int(m), "DualPipe needs an even number of micro-batches per pipeline")
+
+
+def dualpipe_pair(forward, backward, forward_comm, backward_comm, compute_extra, comm_extra, share: float = 1.0):
+    """Seconds of one DualPipe forward-backward pair on a rank and its exposed communication:
+    the forward chunk of one micro-batch and the backward chunk of another run together, each
+    one's all-to-all and pipeline sends behind the other's compute (DeepSeek-V3 report s3.2.1,
+    Figure 4). With C the compute and M the communication of the pair,
+        C = (F - F_comm) + (B - B_comm) + extra compute (recompute, LM head, FSDP)
+        M = F_comm + B_comm + extra comm (pipeline P2P)
+    and the compute running at ``share`` of its speed while the all-to-all kernels hold their SMs
+    (moesim/step/sharing.py ``compute_share``; DeepSeek-V3 gives 20 of 132 SMs to communication):
+        pair = max(M, C + (1 - share) M),   exposed = pair - C                            [s]
+    (share 1: max(C, M))."""
+    comp = (np.asarray(forward) - forward_comm) + (np.asarray(backward) - backward_comm) + compute_extra
+    comm = np.asarray(forward_comm) + backward_comm + comm_extra
+    pair = np.maximum(comm, comp + (1.0 - share) * comm)
+    return pair, pair - comp
+
+
+def dualpipe_bubble(pp: int, pair, backward, weight_grad):
+    """DualPipe's pipeline bubble (DeepSeek-V3 report Table 2): (PP/2 - 1)(F&B + B - 3W), F&B the
+    pair (``dualpipe_pair``), B the full backward chunk, W its weight-gradient part (s)."""
+    return (pp / 2 - 1) * (np.asarray(pair) + backward - 3.0 * np.asarray(weight_grad))
+
+
 def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_memory: bool,
-                      cache: StepCache) -> StepEstimate:
-    """Training steps at every point of ``w`` (module docstring); ``moesim.step.estimate``."""
+                      cache: StepCache, schedule: str = "1f1b") -> StepEstimate:
+    """Training steps at every point of ``w`` (module docstring); ``moesim.step.estimate``.
+    ``schedule``: ``1f1b`` (interleaved with ``vpp`` > 1) or ``dualpipe`` (DeepSeek-V3's
+    bidirectional pipeline: ``dualpipe_pair``, ``dualpipe_bubble``; overlap ``none`` only)."""
+    if schedule not in SCHEDULES:
+        raise SpecError("schedule", schedule, f"one of {', '.join(SCHEDULES)}")
     m_N = microbatches(w, dep)
+    dual = schedule == "dualpipe"
+    if dual:
+        check_dualpipe(dep, m_N)
+        if dep.overlap != "none":
+            raise SpecError("overlap", dep.overlap, "DualPipe overlaps micro-batches itself: overlap none")
     fps = _memory(model, dep, w, cache)
     if check_memory:
         for fp in fps:
@@ -157,12 +224,14 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     tokens_N = w.micro_batch * w.seq_len / (dep.tp * dep.cp) / halves
     ctx_N = (w.seq_len + 1) / 2
     kinds, kind_L = layer_kinds(model)
-    f_ops = [[layer_ops(setup, ls[0], float(t), float(c)) for t, c in zip(tokens_N, ctx_N)] for ls in kinds]
+    f_ops = [[padded_dispatch(layer_ops(setup, ls[0], float(t), float(c)), dep) for t, c in zip(tokens_N, ctx_N)]
+             for ls in kinds]
     fk, bk = KindOps.of(f_ops), KindOps.of([[backward_ops(o) for o in row] for row in f_ops])
     head_N = 3.0 * np.asarray(pricing.gemm_s(hw, tokens_N * dep.tp, model.vocab_size / dep.tp, model.hidden,
                                              "bf16")) * halves / setup.device_fraction  # LM head fwd + bwd, last stage
     stages, counts_SK = stage_kind_counts(model, dep.pp, kinds, kind_L)
     last = len(stages) - 1
+    share = compute_share(hw, "normal", dep.comm_sms) if dual and model.is_moe and dep.ep > 1 else 1.0
     fsdp_on = dep.data_sharding == "fsdp"
     rows = []
     for i, ks in enumerate(stages):
@@ -173,15 +242,20 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
         hd = head_N if i == last else 0.0 * head_N
         p2p = _p2p_mb(model, dep, tokens_N * halves, f.time_s, b.time_s)
         fsdp = _fsdp_mb(model, dep, f.time_s, b.time_s, len(ks)) if fsdp_on else 0.0 * f.time_s
+        mb, exposed = f.time_s + b.time_s + r + hd + p2p + fsdp, f.exposed_comm_s + b.exposed_comm_s + p2p + fsdp
+        if dual:  # one forward-backward pair per micro-batch
+            mb, exposed = dualpipe_pair(f.time_s, b.time_s, f.exposed_comm_s, b.exposed_comm_s, r + hd + fsdp, p2p,
+                                        share)
         rows.append(dict(forward=f.time_s, backward=b.time_s, recompute=r, head=hd, p2p=p2p, fsdp=fsdp,
-                         mb=f.time_s + b.time_s + r + hd + p2p + fsdp,
-                         exposed=f.exposed_comm_s + b.exposed_comm_s + p2p + fsdp,
+                         wgrad=f.time_s - f.exposed_comm_s, mb=mb, exposed=exposed,
                          host_exposed=(1.0 + again) * f.exposed_host_s + b.exposed_host_s,
                          host_issue=(1.0 + again) * f.host_s + b.host_s))
     crit = pick(np.array([r["mb"] for r in rows]))
     cols = np.arange(crit.size)
     st = {k: np.array([r[k] for r in rows])[crit, cols] for k in rows[0]}
     bubble = (dep.pp - 1) / dep.vpp * st["mb"]
+    if dual:  # W: the weight-gradient GEMMs cost one forward's compute (backward_ops)
+        bubble = dualpipe_bubble(dep.pp, st["mb"], st["backward"], st["wgrad"])
     rs, ag = (0.0, 0.0) if fsdp_on else _dp_comm(model, dep)
     if fsdp_on:  # the per-layer collectives ran inside the micro-batches
         dp_exposed = np.zeros(crit.size)
@@ -204,7 +278,7 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     flops = np.array([3.0 * sequence_forward_flops_per_token(model, int(s)) for s in w.seq_len.tolist()])
     columns = dict(
         comp, **stage_routing(fk, counts_SK, crit), embedding_head_s=st["head"] * m_N,
-        pipeline_bubble_s=bubble + m_N * st["p2p"], dp_comm_s=dp_exposed + m_N * st["fsdp"],
+        pipeline_bubble_s=bubble + (0.0 if dual else m_N * st["p2p"]), dp_comm_s=dp_exposed + m_N * st["fsdp"],
         optimizer_s=np.full(crit.size, opt), exposed_comm_s=m_N * st["exposed"] + dp_exposed,
         host_s=m_N * st["host_exposed"], host_issue_s=m_N * st["host_issue"],
         model_flops_per_step_per_device=flops * tokens_dev, peak_flops=np.full(crit.size, hw.peak_flops(dep.dtype)),
