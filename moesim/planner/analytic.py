@@ -167,8 +167,7 @@ class AnalyticEvaluator:
             if over is not None:  # more sequences than the engine's scheduler holds
                 results.append(replace(ev, **routed).rejected("exceeds_engine_limits", over))
                 continue
-            limits = serving_policy.trtllm_limits(c, scenario, model, cache) \
-                if serving_policy.engine(scenario) == "trtllm" else None
+            limits = serving_policy.engine_limits(c, scenario, model, cache)
             est = serving_policy.choose(grid, c, scenario,
                                         _featured_decode_s(model, dep, bd, c.batch, context, scenario, cache), limits)
             results.append(Evaluation(

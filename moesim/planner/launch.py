@@ -176,8 +176,12 @@ def roles(result) -> tuple[str, tuple[Role, ...]]:
     a = result.answer
     if a is None:
         raise MoesimError("--emit: the plan has no answer to emit")
+    from moesim.planner.costs import PlanCache
+    from moesim.planner.scenario import scenario_model
+
     c = a.ranked.candidate
-    sched = serving_policy.scheduler(c, a.ranked.evaluation.decode_steps_per_prefill or 1)
+    sched = serving_policy.des_scheduler(c, sc, scenario_model(sc), PlanCache(),
+                                         a.ranked.evaluation.decode_steps_per_prefill or 1)
     ranks = serving_policy.attention_ranks(c)
     return winner, (Role("colocated", c.hardware, a.replicas, c.devices, c.tp, c.ep, c.redundant_experts,
                          sched.token_budget // ranks, max(1, sched.max_seqs // ranks),

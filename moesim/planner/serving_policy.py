@@ -90,6 +90,19 @@ def scheduler(c, steps: int = 1, limits: EngineLimits | None = None):
                            max_seqs=seqs, decode_steps_per_prefill=max(1, int(steps)))
 
 
+def engine_limits(c, scenario, model, cache: PlanCache) -> EngineLimits | None:
+    """The engine limits the scheduler of ``scenario`` sets on candidate ``c``: TensorRT-LLM's
+    (``trtllm_limits``) under the ``trtllm`` scheduler, else None (the per-rank budget)."""
+    return trtllm_limits(c, scenario, model, cache) if engine(scenario) == "trtllm" else None
+
+
+def des_scheduler(c, scenario, model, cache: PlanCache, steps: int = 1):
+    """The ``SchedulerConfig`` a serving-DES check of ``c`` runs: ``scheduler`` at the analytic's
+    K with the engine limits the analytic priced (``engine_limits``), so the DES admits no more
+    sequences per rank than the engine does."""
+    return scheduler(c, steps, engine_limits(c, scenario, model, cache))
+
+
 def prefill_overlap(c, scenario, model, cache: PlanCache) -> str:
     """Overlap of prefill/mixed passes: the scenario's, or with ``auto`` the faster of the two
     at one prompt per device (module docstring), chosen on the layout's dropless deployment (one
