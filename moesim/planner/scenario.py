@@ -60,7 +60,9 @@ class ServingSearch(Spec):
         None, description="capacity factors tried; None = only routing.capacity_factor"
     )
     overlap: Literal["auto", "none", "two_microbatch"] = Field(
-        "auto", description="step overlap mode; auto = two_microbatch for MoE (hides the all-to-all), none for dense"
+        "auto", description="step overlap mode; auto (serving, MoE) = per candidate the faster of none / "
+        "two_microbatch for the decode step (at its batch) and for prefill (at one prompt per device); auto "
+        "(training, MoE) = two_microbatch; none for dense"
     )
 
     @model_validator(mode="before")
