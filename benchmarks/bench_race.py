@@ -7,8 +7,10 @@ k = 8, 4 of 8 groups, Zipf(1.2), EP 32 on 4 nodes; every group subset's universe
 labellings the analytic engine asks for (expert, rank, node: moesim/routing/analytic.py
 ``_token_counts``). Both kernels are warmed (Numba cache loaded) before timing; the answers are
 checked equal. Prints seconds per pass of each and the reference / fast ratio (median of 3).
-Measured here (2 shared cores): 2.58 s vs 1.12 s, ratio 2.3x; the whole command 5.3 s -> 3.2 s
-warm (a cold Numba cache adds ~11 s of compilation once per install, either way).
+Measured here (2 shared cores, runs vary ~20%): 2.25 s vs 1.03 s, ratio 1.9-2.3x; the whole
+command 5.3 s -> 2.2-3.2 s with a warm Numba cache. A cold cache (the first run after an install
+or a source change) adds ~11 s of compilation once, either way: that, not the kernel, is most of
+a first run's 17-21 s.
 Run: ``python benchmarks/bench_race.py``.
 """
 from __future__ import annotations
