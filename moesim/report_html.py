@@ -204,11 +204,12 @@ def step_breakdowns(result, top: int = 10) -> dict[str, dict]:
     """Each of the ``top`` ranked candidates' step breakdown (candidate key -> StepBreakdown dict),
     priced by moesim.step's public ``estimate`` on the candidate's own ``Deployment``
     (moesim/planner/costs.py ``deployment_of``: its capacity factor and overflow priced, as the
-    planner's) at its batch (the output edge: the planner's own estimate is not re-derived here,
+    planner's; serving: under the decode overlap the plan chose, named in the evaluation) at its batch (the output edge: the planner's own estimate is not re-derived here,
     only shown beside it)."""
     from moesim.errors import MoesimError
     from moesim.planner.costs import deployment_of
     from moesim.planner.scenario import scenario_model
+    from moesim.planner.serving_policy import overlaps_of
     from moesim.specs.serving_features import inflight_context_tokens
     from moesim.step import Decode, Training, estimate
 
@@ -222,6 +223,8 @@ def step_breakdowns(result, top: int = 10) -> dict[str, dict]:
         try:
             dep = deployment_of(c, s, model)
             if s.kind == "serving":
+                mode = overlaps_of(r.evaluation.detail).get("decode")  # the decode overlap the plan chose
+                dep = dep if mode in (None, dep.overlap) else dep.with_(overlap=mode)
                 work = Decode(c.batch, inflight_context_tokens(w), skew)
             else:
                 work = Training(w.global_batch, w.seq_len, c.batch, skew)

@@ -18,8 +18,8 @@ state (documented, the same for every case):
   checked (the run happened). ``fsdp`` > 0 or ``zero_stage`` 3 -> ``sharding = "fsdp"`` over
   the data-parallel group (moesim/case_inputs.py ``training_sharding``).
 - serving: ``attention_dtype`` (when stated) prices the attention projections and core at that
-  precision (Deployment.attention_dtype); end-to-end rows flag it (the planner prices the
-  workload dtype).
+  precision (Deployment.attention_dtype); end-to-end rows pass it to the planner
+  (``search.attention_dtype``).
 - serving: phase end_to_end (whole requests, e.g. a maximum-load benchmark) is predicted through
   the planner (planned_serving: the best candidate of exactly the stated deployment);
   prefill tokens per device 16,384 when not stated (the only per-device figure the
@@ -303,8 +303,6 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         raise UnsupportedCase("an end-to-end row needs latency limits (tpot_limit_s / ttft_limit_s) or max_load")
     for key in ("batch_per_device", "redundant_experts", "ep", "devices_per_node"):
         flag_ignored(inputs, key, "the planner chooses it for the deployment (end-to-end row)")
-    if inputs.get("attention_dtype") is not None:
-        flag_ignored(inputs, "attention_dtype", "the planner prices attention at the workload dtype (end-to-end row)")
     data = {
         "kind": "serving", "name": "validate-end-to-end", "model": model.name, "hardware": [hw.name],
         "max_devices": devices,
@@ -314,7 +312,8 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         "slo": {"percentile": 50, "tpot_s": float(tpot or 1e3), "ttft_s": float(ttft or 1e6)},
         "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
                    "tp": [tp], "pp": [1], "attention_layouts": [layout],
-                   "overlap": "two_microbatch" if inputs.get("two_batch_overlap") else "none"},
+                   "overlap": "two_microbatch" if inputs.get("two_batch_overlap") else "none",
+                   "attention_dtype": inputs.get("attention_dtype")},
         "verify": {"top_n": 0}, "scheduler": case_scheduler(inputs),
         "stack": (case_stack(inputs, hw.name, "decode") if stacks is None
                   else stacks.inline(case_stack(inputs, hw.name, "decode"), "decode")),

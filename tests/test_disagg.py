@@ -35,8 +35,11 @@ class LinearPoolCosts:
     def __init__(self, scenario, model):
         self.scenario, self.model, self.spec = scenario, model, scenario.features.speculative
 
-    def decode_step_s(self, layout, batch, context):
+    def decode_step_s(self, layout, batch, context, overlap=None):
         return speculative_step_s(self.spec, self.model, lambda b, c: A_S + C_S * b, batch, context)
+
+    def decode_overlap(self, layout, batch, context):
+        return "none"
 
     def tokens_per_step(self):
         return 1.0 if self.spec is None else self.spec.tokens_per_step
@@ -232,8 +235,13 @@ def test_seam_equals_the_step_model():
     # the reference deployment written out by hand (dropless, the scenario's dtypes, MoE decode overlap)
     dep = Deployment(hardware=load_profile("h200-sxm"), devices=8, dp=8, ep=8, attention_layout="dp",
                      dtype=w.dtype, kv_dtype=w.kv_dtype, overlap="two_microbatch")
-    ref = estimate(model, dep, Decode(16, 1200, sc.routing.skew), check_memory=False).step_time_s[0]
-    assert_allclose(costs.decode_step_s(lay, 16, 1200), ref, rtol=1e-9)  # one array call == one point
+    refs = {o: estimate(model, dep.with_(overlap=o), Decode(16, 1200, sc.routing.skew), check_memory=False
+                        ).step_time_s[0] for o in ("two_microbatch", "none")}
+    for o, ref in refs.items():  # one array call == one point, under each mode
+        assert_allclose(costs.decode_step_s(lay, 16, 1200, o), ref, rtol=1e-9)
+    # search.overlap = auto: the pool's decode step is the faster mode's (serving_policy.faster_overlap)
+    assert costs.decode_overlap(lay, 16, 1200) == min(refs, key=refs.get)
+    assert_allclose(costs.decode_step_s(lay, 16, 1200), min(refs.values()), rtol=1e-9)
     mode = prefill_overlap(lay.candidate(), sc, model, PlanCache())
     ref = estimate(model, dep.with_(prefill_overlap=mode), Prefill(1000, 2.0), check_memory=False).step_time_s[0]
     assert_allclose(costs.prefill_s(lay, 2000.0, (1000 + 1) / 2), ref, rtol=1e-9)

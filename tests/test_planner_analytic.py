@@ -31,8 +31,13 @@ def test_serving_evaluation_matches_step_and_memory_models():
     dep = deployment_of(c, SC, m)
     assert (dep.dtype, dep.kv_dtype, dep.overlap, dep.capacity_factor) == ("fp8", "bf16", "two_microbatch", None)
     ctx = 1000 + 400 // 2
-    dec = estimate(m, dep, Decode(16, ctx), check_memory=False).breakdown()
-    pf = estimate(m, dep, Prefill(1000, 1), check_memory=False).breakdown()
+    # search.overlap = auto: the decode step under the faster of the two modes at this batch
+    # (serving_policy.decode_steps), which the evaluation names in its detail
+    modes = sp.overlaps_of(ev.detail)
+    by_mode = {o: estimate(m, dep.with_(overlap=o), Decode(16, ctx), check_memory=False).breakdown()
+               for o in ("none", "two_microbatch")}
+    assert modes["decode"] == min(by_mode, key=lambda o: by_mode[o].step_time_s)
+    dec = by_mode[modes["decode"]]
     # second path: the memory model asked directly for the KV tokens of 16 sequences of ctx tokens
     fp = memory_footprint(m, hw, par, mode="serve", weight_dtype="fp8", kv_dtype="bf16", kv_tokens=16 * ctx)
     assert ev.ok and fp.fits
@@ -60,8 +65,9 @@ def test_serving_evaluation_matches_step_and_memory_models():
     spill = math.ceil(tq / room - 1e-9) - 1
     assert_allclose(ev.ttft_s, (0.99 + spill) * (mixed_q + (k - 1) * dec.step_time_s) + mixed_q, rtol=1e-12)
     assert_allclose(ev.tokens_per_s, S / (period / k), rtol=1e-12)
-    # the mixed iteration is at least a prefill of its prompts (same step model, eager host time)
-    pf_none = estimate(m, dep.with_(prefill_overlap="none"), Prefill(1000, 1), check_memory=False).breakdown()
+    # the mixed iteration is at least a prefill of its n prompts (same step model, eager host time)
+    pf, pf_none = (estimate(m, dep.with_(prefill_overlap=o), Prefill(1000, n / 8), check_memory=False).breakdown()
+                   for o in ("two_microbatch", "none"))
     assert mixed >= min(pf.step_time_s, pf_none.step_time_s) * 0.5
     assert_allclose(ev.memory_headroom_GiB * 2**30, fp.capacity_bytes - fp.total_bytes, rtol=1e-9)
 
@@ -99,8 +105,9 @@ def test_grouped_memoized_evaluation_equals_scalar_step_model():
     again = AnalyticEvaluator().evaluate(_CANDS[::-1], SC)[::-1]  # memo hits, another grouping order
     m = load_model("deepseek-v3")
     for c, ev, ev2 in zip(_CANDS, evs, again):
-        dec = estimate(m, deployment_of(c, SC, m), Decode(c.batch, 1200), check_memory=False).breakdown()
         assert ev.ok, ev.detail
+        mode = sp.overlaps_of(ev.detail)["decode"]  # the decode overlap chosen at this batch (auto)
+        dec = estimate(m, deployment_of(c, SC, m, overlap=mode), Decode(c.batch, 1200), check_memory=False).breakdown()
         # rtol 1e-9: the same step-model calls, composed by serving_policy's closed form at the K
         # the evaluation chose (the DES's GridCost for the mixed iteration)
         est = sp.estimate(sp.replica_cost(c, SC, m, PlanCache()), c, SC, dec.step_time_s, ev.decode_steps_per_prefill)

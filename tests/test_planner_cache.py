@@ -10,6 +10,7 @@ from numpy.testing import assert_allclose
 from moesim.calibrate import with_params
 from moesim.catalog import load_model, load_profile, replace_efficiency
 from moesim.planner.analytic import AnalyticEvaluator
+from moesim.planner import serving_policy as sp
 from moesim.planner.costs import deployment_of
 from moesim.planner.plan import plan
 from moesim.planner.scenario import load_scenario, scenario_from_dict
@@ -43,8 +44,10 @@ def test_recalibrated_profile_changes_the_next_plan(tmp_path):
     after = plan(sc, evaluator, executor="inline").ranked[0].evaluation.step_time_s
     # second path: the step model asked directly with the recalibrated profile
     m = load_model("deepseek-v3")
-    c = plan(sc, evaluator, executor="inline").ranked[0].candidate
-    direct = estimate(m, deployment_of(c, sc, m), Decode(16, 1200, "uniform"), check_memory=False).step_time_s[0]
+    top = plan(sc, evaluator, executor="inline").ranked[0]
+    c, mode = top.candidate, sp.overlaps_of(top.evaluation.detail)["decode"]  # decode overlap chosen (auto)
+    direct = estimate(m, deployment_of(c, sc, m, overlap=mode), Decode(16, 1200, "uniform"),
+                      check_memory=False).step_time_s[0]
     assert after > 1.5 * before
     assert_allclose(after, direct, rtol=1e-12)
     evaluator.cache.clear()

@@ -116,7 +116,8 @@ def test_replica_cost_equals_from_deployment():
     cache = PlanCache()
     sp.prefetch([c], SC, M, cache)
     fast = sp.replica_cost(c, SC, M, cache)
-    dep = deployment_of(c, SC, M, prefill_overlap=sp.prefill_overlap(c, SC, M, cache))
+    dep = deployment_of(c, SC, M, overlap=sp.decode_overlap(c, SC, M, cache),
+                        prefill_overlap=sp.prefill_overlap(c, SC, M, cache))
     ref = from_deployment(M, dep, prompt_len_hint=1000)
     assert fast.kv_capacity_tokens == ref.kv_capacity_tokens and fast.kv_bytes_per_token == ref.kv_bytes_per_token
     cases = [(1000, 1, 128, 1200.0), (5000, 5, 128, 1200.0), (0, 0, 100, 900.0), (3000, 3, 0, 0.0)]
@@ -142,7 +143,7 @@ def test_planner_evaluations_equal_the_composition():
     evs = AnalyticEvaluator().evaluate(cands, sc)
     cache = PlanCache()
     for c, ev in zip(cands, evs):
-        dep = deployment_of(c, sc, M)
+        dep = deployment_of(c, sc, M, overlap=sp.overlaps_of(ev.detail)["decode"])  # the decode overlap chosen (auto)
         dec = estimate(M, dep, Decode(c.batch, 950), check_memory=False).breakdown()
         ref_cost = from_deployment(M, dep.with_(prefill_overlap=sp.prefill_overlap(c, sc, M, cache)),
                                    prompt_len_hint=800)

@@ -105,7 +105,8 @@ def test_step_at_capacity_is_the_estimator_on_the_capped_deployment(scenario_fil
     for cf, policy in ((None, "drop"), (1.0, "drop"), (0.75, "reroute"), (1.0, "shared")):
         s = step_time_at_capacity(model, hw, c, scenario, cf, policy)
         dep = deployment_of(c, scenario, model, hw=hw, capacity_factor=cf, overflow=policy)
-        bd = estimate(model, dep, work, check_memory=False).breakdown(0)
+        bd = min((estimate(model, dep.with_(overlap=o), work, check_memory=False).breakdown(0)
+                  for o in ("none", "two_microbatch")), key=lambda b: b.step_time_s)  # auto: the faster decode
         assert s.step_time_s == bd.step_time_s and s.drop_fraction == bd.drop_fraction  # exact: same call
         assert s.backup_fraction == bd.backup_fraction and s.reroute_fraction == bd.reroute_fraction
     capped = step_time_at_capacity(model, hw, c, scenario, 1.0, "drop")

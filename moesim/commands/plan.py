@@ -137,8 +137,8 @@ def plan_cmd(args) -> Result:
             html = plan_report(result, prov, step_breakdowns(result, args.top), args.top)
             outputs.path(args.report, "--report", (".html", ".htm")).write_text(html)
             files.append(args.report)
-        text = render(result, top=args.top, provenance=prov)  # rendered before the outputs are committed
-        data = with_provenance(result.to_dict(), prov)
+        text = with_overlap_line(render(result, top=args.top, provenance=prov), result)  # before the outputs commit
+        data = with_overlaps(with_provenance(result.to_dict(), prov), result)
         if args.emit:
             from moesim.planner.launch import launch_settings
 
@@ -161,6 +161,44 @@ def with_provenance(data: dict, prov) -> dict:
     cols = {hw: provenance_columns(prov, hw, bands) for hw in {row["hardware"] for row in data.get("candidates", [])}}
     cands = [{**row, **cols[row["hardware"]]} for row in data.get("candidates", [])]
     return {**data, "candidates": cands, "provenance": prov.to_dict()}
+
+
+def _overlaps(result) -> dict:
+    """``{candidate key: {"decode": mode, "prefill": mode}}`` of the ranked serving candidates
+    (the modes the evaluation chose: moesim/planner/serving_policy.py ``overlaps_of``)."""
+    from moesim.planner.serving_policy import overlaps_of
+
+    if result.scenario.kind != "serving":
+        return {}
+    return {r.candidate.key(): overlaps_of(r.evaluation.detail) for r in result.ranked}
+
+
+def with_overlaps(data: dict, result) -> dict:
+    """A plan's JSON with each serving candidate's ``decode_overlap`` / ``prefill_overlap``."""
+    modes = _overlaps(result)
+    if not modes:
+        return data
+    cands = [{**row, "decode_overlap": modes.get(row["rank_key"], {}).get("decode"),
+              "prefill_overlap": modes.get(row["rank_key"], {}).get("prefill")} for row in data.get("candidates", [])]
+    return {**data, "candidates": cands}
+
+
+def with_overlap_line(text: str, result) -> str:
+    """The text report with the co-located answer's overlap modes under its answer line."""
+    a = result.answer
+    if a is None or result.scenario.kind != "serving":
+        return text
+    modes = _overlaps(result).get(a.ranked.candidate.key())
+    if not modes:
+        return text
+    how = ("the faster of none / two_microbatch per phase" if result.scenario.search.overlap == "auto"
+           else f"search.overlap = {result.scenario.search.overlap}")
+    line = f"  overlap: decode {modes['decode']}, prefill {modes['prefill']} ({how})"
+    lines = text.split("\n")
+    for i, ln in enumerate(lines):
+        if ln.startswith(("co-located answer:", "answer:")):
+            return "\n".join(lines[:i + 1] + [line] + lines[i + 1:])
+    return text
 
 
 def add_csv_flag(p: argparse.ArgumentParser, what: str = "every ranked candidate") -> None:

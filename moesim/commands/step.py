@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import get_args
 
 from moesim.catalog import build, load_model, load_profile
 from moesim.cli import Result, add_json_flag, add_limit_flag, check_work
 from moesim.errors import SpecError
 from moesim.safeio import Outputs
 from moesim.specs import Deployment, RoutingSpec
+from moesim.specs.deployment import Sharding
 from moesim.specs.software_stack import STACK_NAMES
 from moesim.textfmt import kv
 
@@ -34,8 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=4096, help="train: tokens per sequence")
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
+    p.add_argument("--sharding", choices=list(get_args(Sharding)), default=None,
+                   help="train: what the data-parallel group shards (ddp, zero1 = distributed optimizer, fsdp = "
+                        "weights and gradients too); default: zero1 (Deployment.sharding)")
     p.add_argument("--dtype", default="bf16", help="GEMM dtype")
     p.add_argument("--kv-dtype", default="bf16")
+    p.add_argument("--attention-dtype", default=None,
+                   help="attention projections and core precision when it differs from --dtype (e.g. bf16 "
+                        "attention with fp8 MoE); default: --dtype for the projections, bf16 for the core")
     p.add_argument("--overlap", choices=["none", "two_microbatch"], default="none")
     p.add_argument("--a2a-mode", choices=["auto", "normal", "low_latency"], default="auto")
     p.add_argument("--comm-sms", type=int, help="SMs of the normal all-to-all kernels (default: DeepEP's)")
@@ -63,6 +71,13 @@ def _specs(args, hw):
 
     if args.devices <= 0:
         raise SpecError("--devices", args.devices, "must be positive")
+    if args.sharding is not None and args.phase != "train":
+        raise SpecError("--sharding", args.sharding, "applies to --phase train only (data-parallel sharding of "
+                        f"training state; allowed: {', '.join(get_args(Sharding))})")
+    if args.attention_dtype is not None:
+        from moesim.specs.common import canonical_dtype
+
+        canonical_dtype(args.attention_dtype, "--attention-dtype")
     inner = args.tp * args.cp * args.pp
     if inner <= 0 or args.devices % inner:
         raise SpecError("--devices", args.devices, f"must be a multiple of tp x cp x pp = {inner}")
@@ -72,7 +87,7 @@ def _specs(args, hw):
         redundant_experts=args.redundant_experts, attention_layout=args.attention, overlap=args.overlap,
         a2a_mode=args.a2a_mode, comm_sms=args.comm_sms, dtype=args.dtype, kv_dtype=args.kv_dtype,
         capacity_factor=args.capacity_factor, overflow=args.overflow, recompute=args.recompute,
-        stack=args.stack), "deployment")
+        stack=args.stack, sharding=args.sharding, attention_dtype=args.attention_dtype), "deployment")
     skew = build(RoutingSpec, {"skew": args.skew}, "routing").skew
     if args.phase == "train":
         work = Training(args.global_batch, args.seq_len, args.micro_batch, skew)

@@ -8,7 +8,10 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
 - decode: the step model (``moesim.step.estimate``) at context ``C = prompt_len + output_len / 2``
   (the mean KV length over a request's decode), all batches of one deployment in one call (the
   layer model once per layer kind and batch, the schedule on arrays), through the evaluator's
-  content-keyed ``PlanCache`` (moesim/planner/costs.py). The layer model itself (routing
+  content-keyed ``PlanCache`` (moesim/planner/costs.py), under the overlap the serving policy picks
+  per batch (``serving_policy.decode_steps``: with ``search.overlap = "auto"`` the faster of none
+  and two micro-batches; the evaluation's ``detail`` names the decode and prefill modes, and the
+  replica cost the DES runs uses the same). The layer model itself (routing
   max-load, GEMM and all-to-all models) is not affine in the batch (tile quantization,
   low-latency vs normal all-to-all, the max over ranks), so it is called at every batch rather
   than interpolated;
@@ -117,7 +120,6 @@ class AnalyticEvaluator:
     # ---- serving ----------------------------------------------------------------------------
     def _serving_group(self, cands: list[Candidate], scenario, model, trained_k) -> list[Evaluation]:
         from moesim.compute.memory import memory_footprint
-        from moesim.step import Decode, estimate
 
         cache = self.cache
         hw = load_profile(cands[0].hardware)
@@ -129,13 +131,9 @@ class AnalyticEvaluator:
         context = inflight_context_tokens(w)  # P + L // 2 for fixed lengths
         kv_seq = dep.tp * dep.pp * context * base.kv_bytes_per_token
         fitting = [c for c in cands if base.total_bytes + c.batch * kv_seq <= base.capacity_bytes]
-        batches = sorted({c.batch for c in fitting})
-        steps = {}
-        if batches:
-            skew = scenario.routing.skew
-            steps = cache.get(cache.key(model, dep, "decode", tuple(batches), context, skew), lambda: dict(zip(
-                batches, estimate(model, dep, Decode(batches, context, skew), check_memory=False,
-                                  cache=cache.step).breakdowns())))
+        # decode step per batch under its overlap (serving_policy.decode_steps: the faster mode with auto)
+        chosen = serving_policy.decode_steps(fitting, scenario, model, cache) if fitting else {}
+        steps = {b: bd for b, (_mode, bd) in chosen.items()}
         quality = {b: self.quality.loss_increase(bd, model, trained_k) for b, bd in steps.items()}
         verdicts = {b: _quality_verdict(bd, quality[b], scenario) for b, bd in steps.items()}
         priced = [c for c in fitting if verdicts[c.batch] is None]
@@ -143,7 +141,6 @@ class AnalyticEvaluator:
             serving_policy.prefetch(priced, scenario, model, cache)
         except MoesimError:  # no KV room at the serving memory fraction: reported per candidate below
             pass
-        grid = None
         results = []
         for c in cands:
             total = base.total_bytes + c.batch * kv_seq
@@ -155,8 +152,8 @@ class AnalyticEvaluator:
                 continue
             bd = steps[c.batch]
             routed = dict(step_time_s=bd.step_time_s, **_routing_fields(bd, quality[c.batch]))
-            try:
-                grid = grid or serving_policy.replica_cost(c, scenario, model, cache)
+            try:  # memoized per deployment content and decode overlap
+                grid = serving_policy.replica_cost(c, scenario, model, cache)
             except MoesimError as err:  # no KV room at the serving memory fraction
                 results.append(ev.rejected("does_not_fit", str(err)))
                 continue
@@ -167,15 +164,16 @@ class AnalyticEvaluator:
             if over is not None:  # more sequences than the engine's scheduler holds
                 results.append(replace(ev, **routed).rejected("exceeds_engine_limits", over))
                 continue
-            limits = serving_policy.trtllm_limits(c, scenario, model, cache) \
-                if serving_policy.engine(scenario) == "trtllm" else None
-            est = serving_policy.choose(grid, c, scenario,
-                                        _featured_decode_s(model, dep, bd, c.batch, context, scenario, cache), limits)
+            limits = serving_policy.engine_limits(c, scenario, model, cache)
+            mode = chosen[c.batch][0]
+            est = serving_policy.choose(grid, c, scenario, _featured_decode_s(
+                model, dep, mode, bd, c.batch, context, scenario, cache), limits)
             results.append(Evaluation(
                 candidate=c, tokens_per_s=est.output_tokens_per_s,
                 tpot_s=est.tpot_s, ttft_s=est.ttft_s, memory_headroom_GiB=headroom,
                 bottleneck=bottleneck_name(bd, hw, c, headroom * units.GiB / base.capacity_bytes),
                 **routed, decode_steps_per_prefill=est.steps,
+                detail=serving_policy.overlap_detail(mode, serving_policy.prefill_overlap(c, scenario, model, cache)),
             ))
         return results
 
@@ -233,9 +231,10 @@ def _quality_verdict(bd, loss: LossIncrease | None, scenario) -> tuple[str, str]
     return None if bad is None else (bad.evaluation.reason, bad.evaluation.detail)
 
 
-def _featured_decode_s(model, dep, bd, batch: int, context: int, scenario, cache: PlanCache) -> float:
+def _featured_decode_s(model, dep, overlap: str, bd, batch: int, context: int, scenario, cache: PlanCache) -> float:
     """The decode iteration per emitted token under speculative decoding (moesim/planner/pool_cost.py
-    ``featured``) on the candidate's own deployment (its capacity priced); the plain step without it."""
+    ``featured``) on the candidate's own deployment (its capacity priced) under the decode
+    ``overlap`` chosen at its batch; the plain step without it."""
     spec = scenario.features.speculative
     if spec is None:
         return bd.step_time_s
@@ -243,6 +242,7 @@ def _featured_decode_s(model, dep, bd, batch: int, context: int, scenario, cache
     from moesim.step import Decode, estimate
 
     skew = scenario.routing.skew
+    dep = dep if overlap == dep.overlap else dep.with_(overlap=overlap)
 
     def step(b, ctx) -> float:
         ctx = int(ctx)

@@ -30,7 +30,7 @@ def deployment_of(c, scenario, model: ModelSpec, *, hw=None, capacity: bool = Tr
               capacity_factor=c.capacity_factor if capacity and model.moe is not None else None,
               overflow=scenario.routing.overflow, stack=scenario.stack)
     if scenario.kind == "serving":
-        kw["kv_dtype"] = w.kv_dtype
+        kw.update(kv_dtype=w.kv_dtype, attention_dtype=getattr(scenario.search, "attention_dtype", None))
     else:
         kw.update(recompute=w.recompute, distributed_optimizer=w.distributed_optimizer)
     kw.update(changes)
@@ -53,7 +53,8 @@ class PlanCache:
         key = (id(hw), c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts,
                c.capacity_factor if capacity else None, model.moe is not None, scenario.kind, w.dtype, getattr(w, "kv_dtype", None),
                getattr(w, "recompute", None), getattr(w, "distributed_optimizer", None), overlap_mode(scenario, model),
-               scenario.routing.overflow, scenario.stack, tuple(sorted(changes.items())))
+               scenario.routing.overflow, scenario.stack, getattr(scenario.search, "attention_dtype", None),
+               tuple(sorted(changes.items())))
         hit = self._deployments.get(key)
         if hit is None or hit.hardware is not hw:  # NOTE: by identity only while the entry holds the objects
             hit = self._deployments[key] = deployment_of(c, scenario, model, hw=hw, capacity=capacity, **changes)

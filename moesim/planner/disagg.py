@@ -7,8 +7,9 @@ expected accepted + 1: moesim/specs/serving_features.py). Iteration times come f
 :mod:`moesim.planner.pool_cost`.
 
 Decode pool (layout of n devices, b sequences per device, context C = the in-flight mean
-``inflight_context``): step t = ``decode_step_s(b, C)``; TPOT = t / E; one replica emits
-b n E / t tokens/s; it fits when b n C <= the replica's KV capacity (serving memory fraction);
+``inflight_context``): step t = ``decode_step_s(b, C)`` under the overlap chosen at (b, C)
+(``PoolCosts.decode_overlap``, the co-located rule; ``PoolChoice.overlap``, which the DES runs);
+TPOT = t / E; one replica emits b n E / t tokens/s; it fits when b n C <= the replica's KV capacity (serving memory fraction);
 R_d = ceil(target / (b n E / t)).
 
 Prefill pool (layout of n devices with ``ranks`` attention ranks; token budget B_r new tokens per
@@ -65,6 +66,7 @@ class PoolChoice:
     utilization: float | None = None
     bottleneck: str = ""
     imbalance: float = 1.0
+    overlap: str = ""  # decode: the decode overlap chosen at this batch (PoolCosts.decode_overlap)
 
     @property
     def devices(self) -> int:
@@ -240,7 +242,7 @@ def decode_options(costs: PoolCosts, layout: PoolLayout, batches, price: float, 
             continue
         neck, imb = costs.decode_info(layout, b, ctx)
         out.append(PoolChoice("decode", layout, b, reps, reps * layout.devices * price, t, rate, tpot_s=tpot,
-                              bottleneck=neck, imbalance=imb))
+                              bottleneck=neck, imbalance=imb, overlap=costs.decode_overlap(layout, b, ctx)))
     return out
 
 
@@ -280,8 +282,10 @@ def transfer_links(prefill: PoolLayout, decode_hardware: str) -> Transfer:
     return Transfer(bw, tr.latency_s, tr.links)
 
 
-def prefill_grid(costs: PoolCosts, layout: PoolLayout):
-    """The prefill replica's GridCost over prompt tokens (cached tokens are not recomputed)."""
+def prefill_grid(costs: PoolCosts, layout: PoolLayout, decode_overlap: str | None = None):
+    """The replica's GridCost over prompt tokens (cached tokens are not recomputed); its decode
+    nodes under ``decode_overlap`` (a decode pool's, chosen at its planned batch; None: the mode
+    ``PoolCosts.decode_overlap`` chooses at each node's batch)."""
     from moesim.compute.memory import kv_bytes_per_token
     from moesim.des.serving.cost import GridCost
     from moesim.specs import Parallelism
@@ -295,7 +299,8 @@ def prefill_grid(costs: PoolCosts, layout: PoolLayout):
         return costs.prefill_s(layout, tokens * share / layout.devices, ctx)
 
     def decode_fn(batch: int, context: float) -> float:
-        return costs.decode_step_s(layout, batch / layout.devices, math.ceil(context)) / costs.tokens_per_step()
+        return costs.decode_step_s(layout, batch / layout.devices, math.ceil(context),
+                                   decode_overlap) / costs.tokens_per_step()
 
     return GridCost(prefill_fn=prefill_fn, decode_fn=decode_fn, kv_capacity_tokens=costs.kv_capacity(layout),
                     kv_bytes_per_token=kv_bytes_per_token(costs.model, Parallelism(), w.kv_dtype),

@@ -35,7 +35,7 @@ def render_modes(result, top: int = 5) -> str:
                               "TTFT ms", "KV xfer ms", "TPOT ms", "$/h", "$/M tok", "decode bottleneck"]))
     b, v = d.answer, d.verification
     lines.append(f"disaggregated answer: {b.describe()}, {b.total_devices} devices, ${b.usd_per_hour:,.2f}/h "
-                 "(analytic)")
+                 "(analytic)" + (f"; decode overlap {b.decode.overlap}" if b.decode.overlap else ""))
     if v is not None:
         if v.met:
             ci = (f" (95% interval {v.tpot_p99_ci[0] * 1e3:.1f}-{v.tpot_p99_ci[1] * 1e3:.1f} ms)"

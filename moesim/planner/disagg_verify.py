@@ -4,7 +4,8 @@ and the KV links) simulated at the scenario's request rate.
 The system is the one the analytic stage priced (:mod:`moesim.planner.disagg`): each pool's
 ``GridCost`` of the same seam (``prefill_grid``: prompt tokens, cached ones not recomputed;
 decode steps of the speculative-decoding step time / E tokens, so a DES token step lasts what
-one emitted token costs on average), the prefill token budget in prompt tokens
+one emitted token costs on average; the decode pool's steps under the overlap chosen at its
+planned batch, ``PoolChoice.overlap``), the prefill token budget in prompt tokens
 (``B_r x ranks / (P_new / P)``), the decode sequence limit ``SEQ_HEADROOM x b x n``, and the KV
 transfer links of the prefill replica (``moesim.des.serving.system.KVTransfer``).
 
@@ -68,7 +69,7 @@ def fleet(cand: DisaggCandidate, costs: PoolCosts, prefill_replicas: int, decode
     return ServingSystem(
         prefill=Pool(prefill_grid(costs, p.layout), prefill_replicas, SchedulerConfig(token_budget=budget,
                                                                                       max_seqs=budget)),
-        decode=Pool(prefill_grid(costs, d.layout), decode_replicas, SchedulerConfig(token_budget=d_budget,
+        decode=Pool(prefill_grid(costs, d.layout, d.overlap or None), decode_replicas, SchedulerConfig(token_budget=d_budget,
                                                                                     max_seqs=seqs)),
         transfer=KVTransfer(bandwidth_Bps=links.bandwidth_Bps, latency_s=links.latency_s, links=links.links),
     )

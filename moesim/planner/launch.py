@@ -18,7 +18,8 @@ Written against these engine versions (flag names checked in their sources, not 
   engine, ``--gpu-memory-utilization``, ``--speculative-config`` with ``deepseek_mtp``,
   ``--kv-transfer-config`` with the ``NixlConnector``).
 Values come from the plan (layout, budgets, sequence limits, prefill batching K, speculative
-depth, memory fraction 0.9 = the KV capacity the plan assumed); hosts are assumed to carry
+depth, two-batch overlap where the plan's decode step (prefill pools: prefill pass) runs two
+micro-batches, memory fraction 0.9 = the KV capacity the plan assumed); hosts are assumed to carry
 min(scale-up domain, 8) GPUs (``nnodes``). ``$MODEL_PATH``, ``$HEAD`` and ``$PREFILL``/``$DECODE``
 addresses are left for the user. GPU answers only: a TPU answer is refused (one line).
 """
@@ -167,21 +168,40 @@ def roles(result) -> tuple[str, tuple[Role, ...]]:
         v = d.verification
         rp, rd = (v.prefill_replicas, v.decode_replicas) if v is not None and v.met else (p.replicas, q.replicas)
         seqs = serving_policy.SEQ_HEADROOM * q.batch
+        from moesim.planner.costs import PlanCache
+        from moesim.planner.scenario import scenario_model
+
+        p_mode = serving_policy.prefill_overlap(p.layout.candidate(), sc, scenario_model(sc), PlanCache())
         pre = Role("prefill", p.layout.hardware, rp, p.layout.devices, p.layout.tp, p.layout.ep,
-                   p.layout.redundant_experts, p.batch, max(1, p.batch // max(1, sc.workload.prompt_len)) + 1)
+                   p.layout.redundant_experts, p.batch, max(1, p.batch // max(1, sc.workload.prompt_len)) + 1,
+                   two_batch_overlap=p_mode == "two_microbatch")
         dec = Role("decode", q.layout.hardware, rd, q.layout.devices, q.layout.tp, q.layout.ep,
                    q.layout.redundant_experts, max(seqs * q.layout.tp, serving_policy.PER_RANK_TOKEN_BUDGET),
-                   seqs * q.layout.tp)
+                   seqs * q.layout.tp, two_batch_overlap=(q.overlap or "two_microbatch") == "two_microbatch")
         return winner, (pre, dec)
     a = result.answer
     if a is None:
         raise MoesimError("--emit: the plan has no answer to emit")
+    from moesim.planner.costs import PlanCache
+    from moesim.planner.scenario import scenario_model
+
     c = a.ranked.candidate
-    sched = serving_policy.scheduler(c, a.ranked.evaluation.decode_steps_per_prefill or 1)
+    sched = serving_policy.des_scheduler(c, sc, scenario_model(sc), PlanCache(),
+                                         a.ranked.evaluation.decode_steps_per_prefill or 1)
     ranks = serving_policy.attention_ranks(c)
+    modes = serving_policy.overlaps_of(a.ranked.evaluation.detail)
     return winner, (Role("colocated", c.hardware, a.replicas, c.devices, c.tp, c.ep, c.redundant_experts,
                          sched.token_budget // ranks, max(1, sched.max_seqs // ranks),
-                         sched.decode_steps_per_prefill),)
+                         sched.decode_steps_per_prefill, two_batch_overlap=_tbo(modes, sc)),)
+
+
+def _tbo(modes: dict, scenario) -> bool:
+    """SGLang's one ``--enable-two-batch-overlap`` switch for a co-located replica whose plan chose
+    ``modes`` (decode / prefill overlap: serving_policy): on when the decode step runs two
+    micro-batches (the phase that sets TPOT), else off; without modes, the scenario's setting."""
+    if "decode" in modes:
+        return modes["decode"] == "two_microbatch"
+    return getattr(scenario.search, "overlap", "auto") != "none"
 
 
 def launch_settings(result, engine: str) -> LaunchSettings:

@@ -9,6 +9,10 @@ so a new estimator is switched in by changing this module alone:
 - ``decode_breakdowns(layout, batch_B, context)``: ``estimate``'s StepBreakdown of a ``Decode``
   at each batch per device (one context, the scenario's routing skew), one array call per
   context;
+- ``decode_overlap(layout, batch, context)``: the decode overlap of a pool replica planned at
+  ``batch`` per device, by the co-located planner's rule (``serving_policy.faster_overlap``: with
+  ``search.overlap = "auto"`` the faster of none / two micro-batches on the plain step); every
+  decode time below is under the mode chosen at the pool's planned batch unless one is given;
 - ``decode_step_s(layout, batch, context)``: the time of one decode step of ``batch`` sequences
   per device, with speculative decoding when the features ask for it
   (moesim/specs/serving_features.py): a verify pass of ``b (1 + d)`` query tokens per device
@@ -83,53 +87,79 @@ class PoolCosts:
         self._prefill: dict = {}
         self._cap: dict = {}
         self._deps: dict = {}
+        self._overlap: dict = {}
 
-    def deployment(self, layout: PoolLayout):
-        """The pool replica's ``Deployment``: the scenario's dtypes and decode overlap, dropless (one
-        per layout for this PoolCosts' life: one plan, one snapshot of the profiles)."""
+    def deployment(self, layout: PoolLayout, overlap: str | None = None):
+        """The pool replica's ``Deployment``: the scenario's dtypes and decode overlap (or
+        ``overlap``), dropless (one per layout and mode for this PoolCosts' life: one plan, one
+        snapshot of the profiles)."""
         dep = self._deps.get(layout)
         if dep is None:
             dep = self._deps[layout] = self.cache.deployment(layout.candidate(), self.scenario, self.model,
                                                              capacity=False)
-        return dep
+        if overlap is None or overlap == dep.overlap:
+            return dep
+        other = self._deps.get((layout, overlap))
+        if other is None:
+            other = self._deps[(layout, overlap)] = dep.with_(overlap=overlap)
+        return other
 
-    def decode_breakdowns(self, layout: PoolLayout, batch_B, context: int) -> list:
-        """``estimate``'s decode StepBreakdown at each batch per device (memoized per node)."""
+    def decode_breakdowns(self, layout: PoolLayout, batch_B, context: int, overlap: str | None = None) -> list:
+        """``estimate``'s decode StepBreakdown at each batch per device under ``overlap`` (None: the
+        scenario's mode), memoized per node."""
         from moesim.step import Decode, estimate
 
-        todo = sorted({float(b) for b in batch_B if (layout, float(b), int(context)) not in self._decode})
+        dep = self.deployment(layout, overlap)
+        mode = dep.overlap
+        todo = sorted({float(b) for b in batch_B if (layout, mode, float(b), int(context)) not in self._decode})
         if todo:
-            est = estimate(self.model, self.deployment(layout), Decode(todo, int(context), self.skew),
-                           check_memory=False, cache=self.cache.step)
+            est = estimate(self.model, dep, Decode(todo, int(context), self.skew), check_memory=False,
+                           cache=self.cache.step)
             for b, bd in zip(todo, est.breakdowns()):
-                self._decode[(layout, b, int(context))] = bd
-        return [self._decode[(layout, float(b), int(context))] for b in batch_B]
+                self._decode[(layout, mode, b, int(context))] = bd
+        return [self._decode[(layout, mode, float(b), int(context))] for b in batch_B]
 
     def prefetch_decode(self, layout: PoolLayout, batch_B, context: int) -> None:
         """Price every decode node ``decode_step_s`` will ask for at these batches in one vectorized
-        call per context (the plain step, and the verify pass's nodes with speculative decoding)."""
+        call per context and overlap mode (the plain step, and the verify pass's nodes with
+        speculative decoding)."""
         if not batch_B:
             return
-        self.decode_breakdowns(layout, batch_B, context)
-        if self.spec is not None:
-            d = self.spec.draft_tokens
-            self.decode_breakdowns(layout, list(batch_B) + [b * (1 + d) for b in batch_B], 1)
+        from moesim.planner.serving_policy import overlap_choices
+
+        for mode in overlap_choices(self.scenario, self.model):
+            self.decode_breakdowns(layout, batch_B, context, mode)
+            if self.spec is not None:
+                d = self.spec.draft_tokens
+                self.decode_breakdowns(layout, list(batch_B) + [b * (1 + d) for b in batch_B], 1, mode)
+
+    def decode_overlap(self, layout: PoolLayout, batch: float, context: int) -> str:
+        """The decode overlap of a replica planned at ``batch`` per device and ``context``
+        (``serving_policy.faster_overlap`` on the plain step; module docstring)."""
+        key = (layout, float(batch), int(context))
+        if key not in self._overlap:
+            self._overlap[key] = serving_policy.faster_overlap(
+                self.scenario, self.model, lambda m: self.decode_breakdowns(layout, [batch], context, m)[0].step_time_s)
+        return self._overlap[key]
 
     def decode_info(self, layout: PoolLayout, batch: float, context: int) -> tuple[str, float]:
-        """(bottleneck in the planner's words, expert imbalance max/mean) of the plain decode step."""
+        """(bottleneck in the planner's words, expert imbalance max/mean) of the plain decode step
+        under the overlap chosen at ``batch``."""
         from moesim.planner.analytic import bottleneck_name
 
-        bd = self.decode_breakdowns(layout, [batch], context)[0]
+        bd = self.decode_breakdowns(layout, [batch], context, self.decode_overlap(layout, batch, context))[0]
         headroom = 1.0 - bd.memory_GiB / bd.memory_capacity_GiB
         return (bottleneck_name(bd, self.deployment(layout).hardware, layout.candidate(int(batch)), headroom),
                 bd.expert_imbalance)
 
-    def _t(self, layout, batch: float, context: int) -> float:
-        return self.decode_breakdowns(layout, [batch], context)[0].step_time_s
+    def _t(self, layout, batch: float, context: int, overlap: str) -> float:
+        return self.decode_breakdowns(layout, [batch], context, overlap)[0].step_time_s
 
-    def decode_step_s(self, layout: PoolLayout, batch: float, context: int) -> float:
-        """One (verify) decode step of ``batch`` sequences per device (module docstring)."""
-        return speculative_step_s(self.spec, self.model, lambda b, c: self._t(layout, b, c), batch, context)
+    def decode_step_s(self, layout: PoolLayout, batch: float, context: int, overlap: str | None = None) -> float:
+        """One (verify) decode step of ``batch`` sequences per device (module docstring) under
+        ``overlap``; None: the mode ``decode_overlap`` chooses at this batch and context."""
+        mode = self.decode_overlap(layout, batch, context) if overlap is None else overlap
+        return speculative_step_s(self.spec, self.model, lambda b, c: self._t(layout, b, c, mode), batch, context)
 
     def tokens_per_step(self) -> float:
         return 1.0 if self.spec is None else self.spec.tokens_per_step

@@ -60,8 +60,14 @@ class ServingSearch(Spec):
         None, description="capacity factors tried; None = only routing.capacity_factor"
     )
     overlap: Literal["auto", "none", "two_microbatch"] = Field(
-        "auto", description="step overlap mode; auto = two_microbatch for MoE (hides the all-to-all), none for dense"
+        "auto", description="step overlap mode; auto (serving, MoE) = per candidate the faster of none / "
+        "two_microbatch for the decode step (at its batch) and for prefill (at one prompt per device); auto "
+        "(training, MoE) = two_microbatch; none for dense"
     )
+    attention_dtype: str | None = Field(
+        None, description="precision of the attention projections and core when it differs from workload.dtype "
+        "(Deployment.attention_dtype, e.g. bf16 attention with fp8 MoE); None: workload.dtype for the projections, "
+        "bf16 for the core")
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +82,15 @@ class ServingSearch(Spec):
         if not value or any(v <= 0 for v in value):
             raise ValueError(f"{info.field_name} needs positive integers, got {value!r}")
         return tuple(sorted(set(value)))
+
+    @field_validator("attention_dtype")
+    @classmethod
+    def _attention_dtype(cls, value):
+        from moesim.specs.common import canonical_dtype
+
+        if value is not None:
+            canonical_dtype(value, "attention_dtype")
+        return value
 
     @field_validator("capacity_factors")
     @classmethod

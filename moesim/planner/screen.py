@@ -8,7 +8,9 @@ sequences per replica, q = SLO percentile / 100:
 - memory: the analytic stage's own rule (exact): weights + b x tp x pp x C x KV bytes per token
   within HBM, C = prompt_len + output_len // 2;
 - decode step t_d(b): the exact step model (``moesim.step.estimate`` of the candidate's
-  deployment, capacity factor included: one layer-model call per layer kind and node) at a few
+  deployment, capacity factor included: one layer-model call per layer kind and node, under
+  the overlap the exact path picks per batch, ``serving_policy.decode_steps``; the min of two
+  steps growing with the batch grows with it too, so the bounds below still hold) at a few
   fitting batches, the nodes
   (``decode_nodes``: the largest, then the smallest, then log-evenly spaced ones). Bounds, not
   interpolation: the step grows with the batch, so t_d(b) >= t_d(node <= b) (``node_bound``;
@@ -132,8 +134,9 @@ def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nod
     """Screen serving ``candidates`` (module docstring) with ``nodes`` decode nodes per layout
     (default ``NODES``); results in candidate order. ``cache``: the evaluator's ``PlanCache``."""
     from moesim.compute.memory import memory_footprint
+    from dataclasses import replace
+
     from moesim.planner.costs import PlanCache
-    from moesim.step import Decode, estimate
 
     cache = PlanCache() if cache is None else cache
     w = scenario.workload
@@ -155,9 +158,9 @@ def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nod
         if (hw.name, c0.pp, dep.stack) not in hosts:
             hosts[hw.name, c0.pp, dep.stack] = _host_s(model, hw, c0.pp, dep.stack)
         t_nodes = None
-        if picked:
-            t_nodes = estimate(model, dep, Decode(picked, context, scenario.routing.skew), check_memory=False,
-                               cache=cache.step).step_time_s
+        if picked:  # the exact path's decode steps (serving_policy.decode_steps: each batch's overlap)
+            chosen = serving_policy.decode_steps([replace(c0, batch=b) for b in picked], scenario, model, cache)
+            t_nodes = np.array([chosen[b][1].step_time_s for b in picked])
         layouts.append((idx, base, kv_seq, picked, hosts[hw.name, c0.pp, dep.stack], t_nodes))
     out: list[Screened | None] = [None] * len(candidates)
     for idx, base, kv_seq, picked, host, t_nodes in layouts:

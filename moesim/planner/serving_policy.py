@@ -29,9 +29,18 @@ Choices, as a production deployment makes them (units: tokens, seconds):
   engine's own limits instead (moesim/planner/trtllm_engine.py: trtllm-bench's max_batch_size
   and max_num_tokens, KV for whole requests), no prompt held back (K = L / S_rank), candidates
   over its sequence limit rejected (``engine_rejection``).
-- prefill overlap: with ``search.overlap = "auto"``, prefill and mixed passes use the faster of
+- overlap: with ``search.overlap = "auto"`` (MoE), prefill and mixed passes use the faster of
   ``none`` / ``two_microbatch`` at one prompt per device (each micro-batch pays the host time
-  again), decode uses the scenario's (two_microbatch for MoE).
+  again: ``prefill_overlap``), and the decode step the faster of the two at the candidate's own
+  batch per device and in-flight context (``decode_overlap``; the rule ``faster_overlap``, the same
+  for the disaggregated decode pools: moesim/planner/pool_cost.py). Two micro-batches hide the
+  all-to-all behind the other half's compute but pay every fixed per-pass cost twice (weight
+  reads, kernel launch and host time), which at small decode batches costs more than it hides
+  (DeepSeek-V3 on 4 x B200, batch 64 per device: 35.8 ms with two micro-batches, 21.3 ms
+  without). SGLang enables two-batch overlap per deployment (``--enable-two-batch-overlap``,
+  python/sglang/srt/server_args.py), so the choice is a schedule choice made once per
+  (deployment, batch), and the replica's every decode node (its ``GridCost``, which the serving
+  DES runs) uses it. A fixed ``search.overlap`` applies to every phase.
 
 Closed form (co-located, per replica, steady state at the planned occupancy S sequences; L
 output tokens, P prompt tokens, C = P + L / 2 mean context, t_d the decode step at S, T_mix the
@@ -90,24 +99,109 @@ def scheduler(c, steps: int = 1, limits: EngineLimits | None = None):
                            max_seqs=seqs, decode_steps_per_prefill=max(1, int(steps)))
 
 
+def engine_limits(c, scenario, model, cache: PlanCache) -> EngineLimits | None:
+    """The engine limits the scheduler of ``scenario`` sets on candidate ``c``: TensorRT-LLM's
+    (``trtllm_limits``) under the ``trtllm`` scheduler, else None (the per-rank budget)."""
+    return trtllm_limits(c, scenario, model, cache) if engine(scenario) == "trtllm" else None
+
+
+def des_scheduler(c, scenario, model, cache: PlanCache, steps: int = 1):
+    """The ``SchedulerConfig`` a serving-DES check of ``c`` runs: ``scheduler`` at the analytic's
+    K with the engine limits the analytic priced (``engine_limits``), so the DES admits no more
+    sequences per rank than the engine does."""
+    return scheduler(c, steps, engine_limits(c, scenario, model, cache))
+
+
 def prefill_overlap(c, scenario, model, cache: PlanCache) -> str:
     """Overlap of prefill/mixed passes: the scenario's, or with ``auto`` the faster of the two
     at one prompt per device (module docstring), chosen on the layout's dropless deployment (one
     choice for every capacity factor of a layout: a schedule choice, not a price)."""
     from moesim.step import Prefill, estimate
 
-    mode = overlap_mode(scenario, model)
-    if getattr(scenario.search, "overlap", "none") != "auto" or mode == "none":
-        return mode
+    choices = overlap_choices(scenario, model)
+    if len(choices) == 1:
+        return choices[0]
     w = scenario.workload
     dep = cache.deployment(c, scenario, model, capacity=False)
 
     def faster():
-        t = {m: float(estimate(model, dep.with_(prefill_overlap=m), Prefill(w.prompt_len, 1.0), check_memory=False,
-                               cache=cache.step).step_time_s[0]) for m in ("none", mode)}
-        return min(t, key=t.__getitem__)
+        return faster_overlap(scenario, model, lambda m: float(estimate(
+            model, dep.with_(prefill_overlap=m), Prefill(w.prompt_len, 1.0), check_memory=False,
+            cache=cache.step).step_time_s[0]))
 
     return cache.get(cache.key(model, dep, "prefill_overlap", w.prompt_len), faster)
+
+
+def faster_overlap(scenario, model, step_s) -> str:
+    """The overlap mode of one pass (``step_s(mode)`` its seconds under ``mode``): the scenario's
+    resolved mode, or with ``search.overlap = "auto"`` for a model whose mode is two_microbatch the
+    faster of ``none`` and it (ties to ``none``). The one rule of ``prefill_overlap``,
+    ``decode_overlap`` and the disaggregated pools' decode steps (module docstring)."""
+    mode = overlap_mode(scenario, model)
+    if getattr(scenario.search, "overlap", "none") != "auto" or mode == "none":
+        return mode
+    t = {m: float(step_s(m)) for m in ("none", mode)}
+    return min(t, key=t.__getitem__)
+
+
+def overlap_choices(scenario, model) -> tuple[str, ...]:
+    """Every overlap mode ``faster_overlap`` may pick for ``scenario`` (the scenario's mode first)."""
+    mode = overlap_mode(scenario, model)
+    if getattr(scenario.search, "overlap", "none") != "auto" or mode == "none":
+        return (mode,)
+    return (mode, "none")
+
+
+def decode_steps(cands, scenario, model, cache: PlanCache) -> dict:
+    """``{batch: (overlap, StepBreakdown)}``: the decode step of each batch of ``cands`` (one
+    deployment, capacity factor included) at the in-flight context under the overlap
+    ``faster_overlap`` picks for that batch (module docstring). One vectorized step-model call per
+    mode, memoized in ``cache`` (with each batch's choice, which ``decode_overlap`` reads)."""
+    from moesim.specs.serving_features import inflight_context_tokens
+    from moesim.step import Decode, estimate
+
+    w, skew = scenario.workload, scenario.routing.skew
+    dep = cache.deployment(cands[0], scenario, model)
+    context = inflight_context_tokens(w)
+    batches = tuple(sorted({c.batch for c in cands}))
+
+    def under(mode: str) -> dict:
+        d = dep if mode == dep.overlap else dep.with_(overlap=mode)
+        return cache.get(cache.key(model, d, "decode", batches, context, skew), lambda: dict(zip(
+            batches, estimate(model, d, Decode(batches, context, skew), check_memory=False,
+                              cache=cache.step).breakdowns())))
+
+    by_mode = {m: under(m) for m in overlap_choices(scenario, model)}
+    out = {}
+    for b in batches:
+        mode = faster_overlap(scenario, model, lambda m: by_mode[m][b].step_time_s)
+        out[b] = (cache.get(cache.key(model, dep, "decode overlap", b, context, skew), lambda: mode),
+                  by_mode[mode][b])
+    return out
+
+
+def decode_overlap(c, scenario, model, cache: PlanCache) -> str:
+    """The overlap of candidate ``c``'s decode steps (``decode_steps``' choice at its batch)."""
+    from moesim.specs.serving_features import inflight_context_tokens
+
+    if len(overlap_choices(scenario, model)) == 1:
+        return overlap_choices(scenario, model)[0]
+    dep = cache.deployment(c, scenario, model)
+    key = cache.key(model, dep, "decode overlap", c.batch, inflight_context_tokens(scenario.workload),
+                    scenario.routing.skew)
+    return cache.get(key, lambda: decode_steps([c], scenario, model, cache)[c.batch][0])
+
+
+def overlap_detail(decode: str, prefill: str) -> str:
+    """The overlap modes of an evaluation, as its ``detail`` states them (``overlaps_of`` reads it)."""
+    return f"overlap: decode={decode} prefill={prefill}"
+
+
+def overlaps_of(detail: str) -> dict[str, str]:
+    """``{"decode": mode, "prefill": mode}`` from an ok evaluation's ``detail`` (empty when absent)."""
+    if not detail.startswith("overlap: "):
+        return {}
+    return dict(part.split("=", 1) for part in detail[len("overlap: "):].split())
 
 
 def engine(scenario) -> str:
@@ -178,7 +272,8 @@ class _Nodes:
 
 def _replica(c, scenario, model, cache: PlanCache):
     """(GridCost, _Nodes) of the replica of ``c``: ``from_deployment``'s KV capacity and iteration
-    definitions, keyed by the deployment's content, the scenario's overlap search and prompt."""
+    definitions, keyed by the deployment's content, the scenario's overlap search, the decode
+    overlap chosen at ``c``'s batch (``decode_overlap``) and the prompt."""
     from moesim.compute.memory import kv_bytes_per_token
     from moesim.des.serving.cost import GridCost
     from moesim.des.serving.deployment import kv_capacity_tokens
@@ -186,12 +281,13 @@ def _replica(c, scenario, model, cache: PlanCache):
 
     w = scenario.workload
     dep = cache.deployment(c, scenario, model)
+    decode = decode_overlap(c, scenario, model, cache)
 
     def make():
         from moesim.planner.pool_cost import featured  # prefix-cache hits, speculative decoding
 
         cap = kv_capacity_tokens(model, dep)
-        full = dep.with_(prefill_overlap=prefill_overlap(c, scenario, model, cache))
+        full = dep.with_(overlap=decode, prefill_overlap=prefill_overlap(c, scenario, model, cache))
         nodes = _Nodes(model, full, c.devices, w.prompt_len, cache.step)
         prefill_fn, decode_fn = featured(nodes.prefill_fn, nodes.decode_fn, scenario, model)
         cost = GridCost(prefill_fn=prefill_fn, decode_fn=decode_fn, kv_capacity_tokens=cap,
@@ -200,8 +296,8 @@ def _replica(c, scenario, model, cache: PlanCache):
         return cost, nodes
 
     features = scenario.features.model_dump_json() if hasattr(scenario, "features") else ""
-    return cache.get(cache.key(model, dep, "replica", getattr(scenario.search, "overlap", "none"), w.prompt_len,
-                               features), make)
+    return cache.get(cache.key(model, dep, "replica", getattr(scenario.search, "overlap", "none"), decode,
+                               w.prompt_len, features), make)
 
 
 def replica_cost(c, scenario, model, cache: PlanCache):
@@ -211,25 +307,27 @@ def replica_cost(c, scenario, model, cache: PlanCache):
 
 
 def prefetch(cands, scenario, model, cache: PlanCache) -> None:
-    """Price at once the grid nodes the closed form will ask of the layout's GridCost for
-    ``cands`` (one deployment): decode at the brackets of each replica batch S and the slope
+    """Price at once the grid nodes the closed form will ask of the layout's GridCosts (one per
+    decode overlap chosen) for ``cands`` (one deployment): decode at the brackets of each replica batch S and the slope
     nodes; prefill at the brackets of n P + S for K = 1 and K = max_steps (other K: on demand)."""
     from moesim.des.serving.cost import grid_bracket
 
-    if not cands:
-        return
-    grid, nodes = _replica(cands[0], scenario, model, cache)
-    w = scenario.workload
-    c1, c2 = grid.context_nodes
-    dec = [(grid.slope_batch, c1), (grid.slope_batch, c2)]
-    pre = []
+    by_mode: dict[str, list] = {}  # one replica cost per decode overlap chosen (decode_overlap)
     for c in cands:
-        s = planned_seqs(c)
-        dec += [(b, c1) for b in grid_bracket(s, grid.points_per_octave)]
-        for k in {1, max_steps(c, scenario)}:
-            n = s * k / w.output_len
-            pre += grid_bracket(max(1, round(n * w.prompt_len)) + s, grid.points_per_octave)
-    nodes.prefetch(dec, pre)
+        by_mode.setdefault(decode_overlap(c, scenario, model, cache), []).append(c)
+    w = scenario.workload
+    for group in by_mode.values():
+        grid, nodes = _replica(group[0], scenario, model, cache)
+        c1, c2 = grid.context_nodes
+        dec = [(grid.slope_batch, c1), (grid.slope_batch, c2)]
+        pre = []
+        for c in group:
+            s = planned_seqs(c)
+            dec += [(b, c1) for b in grid_bracket(s, grid.points_per_octave)]
+            for k in {1, max_steps(c, scenario)}:
+                n = s * k / w.output_len
+                pre += grid_bracket(max(1, round(n * w.prompt_len)) + s, grid.points_per_octave)
+        nodes.prefetch(dec, pre)
 
 
 @dataclass(frozen=True)

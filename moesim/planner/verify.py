@@ -52,11 +52,12 @@ def _lengths(workload):
 
 def _system(ev: Evaluation, scenario, model, cache):
     """One co-located replica as the analytic stage priced it (``serving_policy``: same GridCost,
-    per-rank token budget, sequence limit and prefill batching K)."""
+    per-rank token budget, sequence limit and prefill batching K; TensorRT-LLM's engine limits
+    under its scheduler: ``des_scheduler``)."""
     from moesim.des.serving.system import Pool, ServingSystem
 
     c = ev.candidate
-    sched = serving_policy.scheduler(c, ev.decode_steps_per_prefill or 1)
+    sched = serving_policy.des_scheduler(c, scenario, model, cache, ev.decode_steps_per_prefill or 1)
     return ServingSystem(colocated=Pool(cost=serving_policy.replica_cost(c, scenario, model, cache), replicas=1,
                                         sched=sched))
 

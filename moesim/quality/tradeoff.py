@@ -113,6 +113,13 @@ def step_time_at_capacity(model, hw, candidate, scenario, capacity_factor: float
     from moesim.step import Decode, estimate
 
     dep = deployment_of(candidate, scenario, model, hw=hw, capacity_factor=capacity_factor, overflow=overflow)
+    if dep.overlap != "none" and getattr(scenario.search, "overlap", "none") == "auto":
+        # the planner's decode overlap at this batch (moesim/planner/serving_policy.py decode_steps):
+        # the faster of none / two micro-batches
+        ctx = inflight_context_tokens(scenario.workload)
+        t = {m: estimate(model, dep.with_(overlap=m), Decode(candidate.batch, ctx, scenario.routing.skew),
+                         check_memory=False, cache=cache).step_time_s[0] for m in ("none", dep.overlap)}
+        dep = dep.with_(overlap=min(t, key=t.__getitem__))
     bd = estimate(model, dep, Decode(candidate.batch, inflight_context_tokens(scenario.workload), scenario.routing.skew),
                   check_memory=False, cache=cache).breakdown(0)
     return StepAtCapacity(step_time_s=bd.step_time_s, drop_fraction=bd.drop_fraction,
