@@ -21,7 +21,11 @@ state (documented, the same for every case):
   precision (Deployment.attention_dtype); end-to-end rows flag it (the planner prices the
   workload dtype).
 - serving: phase end_to_end (whole requests, e.g. a maximum-load benchmark) is predicted through
-  the planner (planned_serving: the best candidate of exactly the stated deployment);
+  the planner (planned_serving: the best candidate of exactly the stated deployment); a
+  maximum-load row under TensorRT-LLM that states ``num_requests`` (trtllm-bench's finite
+  dataset, queued at once) is the replay of that dataset on the candidate's replica
+  (moesim/planner/bench_replay.py), not the steady-state closed form; ``kv_dtype`` when stated
+  (else fp8 for fp8/fp4 rows, the workload dtype otherwise);
   prefill tokens per device 16,384 when not stated (the only per-device figure the
   SGLang large-EP blog gives); ``two_batch_overlap`` -> overlap ``two_microbatch``;
   ``deepep_mode`` low_latency -> low-latency all-to-all; EP sizes that do not divide the
@@ -256,7 +260,8 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     ``case_scheduler``), with two-micro-batch overlap only where the case states
     ``two_batch_overlap`` (TensorRT-LLM's perf-overview options enable none). A maximum-load run
     under TensorRT-LLM also tries the batch its scheduler holds when every request is queued
-    (``_max_load_batches``). ``stacks``: the table to price the stack with (a fit's trial values,
+    (``_max_load_batches``); with ``num_requests`` stated it is the replay of that finite
+    dataset on each such candidate (``bench_requests``, ``_replayed``). ``stacks``: the table to price the stack with (a fit's trial values,
     passed to the planner as the explicit ``SoftwareStack``); None: the shipped table, by name."""
     from moesim.planner.plan import plan
     from moesim.planner.scenario import scenario_from_dict
