@@ -21,7 +21,11 @@ state (documented, the same for every case):
   precision (Deployment.attention_dtype); end-to-end rows pass it to the planner
   (``search.attention_dtype``).
 - serving: phase end_to_end (whole requests, e.g. a maximum-load benchmark) is predicted through
-  the planner (planned_serving: the best candidate of exactly the stated deployment);
+  the planner (planned_serving: the best candidate of exactly the stated deployment); a
+  maximum-load row under TensorRT-LLM that states ``num_requests`` (trtllm-bench's finite
+  dataset, queued at once) is the replay of that dataset on the candidate's replica
+  (moesim/planner/bench_replay.py), not the steady-state closed form; ``kv_dtype`` when stated
+  (else fp8 for fp8/fp4 rows, the workload dtype otherwise);
   prefill tokens per device 16,384 when not stated (the only per-device figure the
   SGLang large-EP blog gives); ``two_batch_overlap`` -> overlap ``two_microbatch``;
   ``deepep_mode`` low_latency -> low-latency all-to-all; EP sizes that do not divide the
@@ -47,6 +51,8 @@ Every other stated input the step model cannot honour is listed per case in ``ig
 (moesim/case_inputs.py ``TRAINING_NOT_MODELLED``, ``SERVING_NOT_MODELLED``).
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from moesim.catalog import build, load_model
 from moesim.compute.counts import forward_flops_per_token
@@ -284,7 +290,8 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     ``case_scheduler``), with two-micro-batch overlap only where the case states
     ``two_batch_overlap`` (TensorRT-LLM's perf-overview options enable none). A maximum-load run
     under TensorRT-LLM also tries the batch its scheduler holds when every request is queued
-    (``_max_load_batches``). ``stacks``: the table to price the stack with (a fit's trial values,
+    (``_max_load_batches``); with ``num_requests`` stated it is the replay of that finite
+    dataset on each such candidate (``bench_requests``, ``_replayed``). ``stacks``: the table to price the stack with (a fit's trial values,
     passed to the planner as the explicit ``SoftwareStack``); None: the shipped table, by name."""
     from moesim.planner.plan import plan
     from moesim.planner.scenario import scenario_from_dict
@@ -320,6 +327,9 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     }
     scenario = scenario_from_dict(data, source="end-to-end case")
     extra = _max_load_batches(scenario, model) if inputs.get("max_load") else ()
+    requests = bench_requests(inputs, scenario)
+    if requests is not None:
+        return _replayed(data, scenario, model, extra, requests)
     if extra:
         data["search"]["batch_per_device"] = sorted(set(END_TO_END_BATCHES) | set(extra))
         scenario = scenario_from_dict(data, source="end-to-end case")
@@ -327,6 +337,56 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     if not ranked:
         raise UnsupportedCase("the planner finds no candidate of this deployment that fits and meets the limits")
     return max(e.tokens_per_s / e.candidate.devices for e in ranked)
+
+
+def bench_requests(inputs: dict, scenario) -> int | None:
+    """The finite dataset of a maximum-load row that TensorRT-LLM's scheduler ran: its stated
+    ``num_requests`` (trtllm-bench's ``--num-requests`` of prepare_dataset.py, from the source's
+    table), else None (the steady-state closed form prices the row). Stated on a row the
+    planner does not run under the ``trtllm`` scheduler, or without ``max_load``, it is flagged
+    as ignored. Below 1 or not an integer: an error naming the field."""
+    from moesim.planner import serving_policy
+
+    n = inputs.get("num_requests")
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) or n < 1:
+        raise SpecError("num_requests", n, "an integer >= 1 (requests in the benchmark's dataset)")
+    if not inputs.get("max_load") or serving_policy.engine(scenario) != "trtllm":
+        flag_ignored(inputs, "num_requests", "only a maximum-load row under TensorRT-LLM's scheduler is "
+                                             "replayed as a finite dataset")
+        return None
+    return int(n)
+
+
+def _replayed(data: dict, scenario, model, engine_batches: tuple[int, ...], requests: int) -> float:
+    """Output tokens/s per device of the finite benchmark (moesim/planner/bench_replay.py): the
+    planner's candidates of the case's layout at the batch the engine holds (``engine_batches``;
+    the replay's batch is set by the engine limits, not by the candidate's), each replayed with
+    ``requests`` requests queued at t = 0; the best replay."""
+    from moesim.planner.bench_replay import replay_candidate
+    from moesim.planner.costs import PlanCache
+    from moesim.planner.plan import plan
+    from moesim.planner.scenario import scenario_from_dict
+
+    if engine_batches:
+        data["search"]["batch_per_device"] = sorted(engine_batches)
+        scenario = scenario_from_dict(data, source="end-to-end case")
+    ranked = [r.evaluation for r in plan(scenario, executor="inline").ranked]
+    if not ranked and engine_batches:
+        data["search"]["batch_per_device"] = sorted(set(END_TO_END_BATCHES) | set(engine_batches))
+        scenario = scenario_from_dict(data, source="end-to-end case")
+        ranked = [r.evaluation for r in plan(scenario, executor="inline").ranked]
+    if not ranked:
+        raise UnsupportedCase("the planner finds no candidate of this deployment that fits and meets the limits")
+    cache = PlanCache()
+    best = 0.0
+    for c in {replace(e.candidate, batch=1) for e in ranked}:
+        try:
+            best = max(best, replay_candidate(c, scenario, model, cache, requests).output_tokens_per_s_per_device)
+        except MoesimError as err:
+            raise UnsupportedCase(f"cannot replay the benchmark on {c.layout()}: {err}") from None
+    return best
 
 
 def _serving_step(model, dep: Deployment, phase: str, shape: dict):
