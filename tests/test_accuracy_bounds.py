@@ -39,6 +39,10 @@ BOUNDS = {
     # v0.17 rows are the trtllm stack's fit set, in-sample; the 18 v1.0-era rows out of sample)
     "published-e2e-training-2.json": {"training": (0.126, 0.766, E, 41)},
     "published-e2e-serving-2.json": {"serving": (0.219, 1.132, E, 38)},
+    # third evaluation set (docs/evidence.md 'Third set'): dstack DeepSeek-R1 offline runs on 8 x MI300X
+    # and 8 x H200 (vLLM, SGLang, TP8) and GPUStack vLLM v0.11 runs on H200 / H100, never fitted;
+    # every row over-predicted (max: a 22 s run of 1000 128/4-token requests)
+    "published-e2e-serving-3.json": {"serving": (1.628, 9.592, E, 23)},
 }
 
 
