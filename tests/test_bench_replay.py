@@ -193,3 +193,87 @@ def test_case_num_requests_checked_and_flagged():
     other = CaseInputs({"num_requests": 3000, "max_load": True})
     assert bench_requests(other, SimpleNamespace(scheduler="auto", stack="sglang")) is None
     assert "num_requests" in other.ignored()
+
+
+# ---- CUDA-graph padding of generation-only iterations (PyTorch backend) ------------------------
+def test_padded_batch_is_the_smallest_listed_graph_that_holds_the_batch():
+    from moesim.planner.bench_replay import padded_batch
+    from moesim.planner.trtllm_engine import TRTLLM_GRAPH_BATCHES
+
+    assert padded_batch(1100, TRTLLM_GRAPH_BATCHES) == 2048
+    assert padded_batch(257, TRTLLM_GRAPH_BATCHES) == 384
+    assert padded_batch(384, TRTLLM_GRAPH_BATCHES) == 384
+    assert padded_batch(3, TRTLLM_GRAPH_BATCHES) == 4
+    assert padded_batch(9000, TRTLLM_GRAPH_BATCHES) == 9000  # above the list: eager, unpadded
+    assert padded_batch(1100, ()) == 1100  # no graphs listed: no padding
+
+
+def padded_brute_force(cost: LinearCost, n, P, L, max_bs, budget, ranks, graphs):
+    """Per-request loop (every rank holds n / ranks requests, KV ample) whose generation-only
+    iterations run every rank at the graph size G of the largest rank batch: the GEMM term sees
+    ranks x G rows, the attention the real requests' KV plus one token per dummy request."""
+    per = n // ranks
+    queue, running = per, []  # one rank's view; ranks run identical schedules
+    t, it = 0.0, 0
+    while True:
+        running = [x for x in running if x < L]
+        if not queue and not running:
+            break
+        g = len(running)
+        ctx_sum = sum(P + x for x in running)
+        new = min(queue, max_bs - g, (budget - g) // P)
+        running = [x + 1 for x in running]
+        if new > 0:
+            queue -= new
+            t += cost.mixed_time_s(ranks * new * P, ranks * new, ranks * g, ctx_sum / g if g else float(P))
+            running += [1] * new
+        else:
+            G = min([b for b in graphs if b >= g] or [g])
+            t += (cost.fixed_s + cost.per_token_s * ranks * G
+                  + cost.per_context_token_s * ranks * (ctx_sum + (G - g)))
+        it += 1
+    return t, it
+
+
+@pytest.mark.parametrize("n,P,L,max_bs,budget,ranks", [
+    (300, 40, 30, 100, 40 * 3 + 100, 1),  # ramp of 3 prompts per iteration, batches padded to 128
+    (120, 64, 17, 48, 64 + 48, 4),        # one prompt per iteration per rank, 4 lock-step ranks
+    (3, 10, 9, 3, 100, 1),                # all at once: 3 requests replay the graph of 4
+])
+def test_padded_replay_matches_the_per_request_loop(n, P, L, max_bs, budget, ranks):
+    # LinearCost is affine in context: the padded replay equals the loop to rounding (1e-9)
+    from moesim.planner.trtllm_engine import TRTLLM_GRAPH_BATCHES
+
+    cost = LinearCost(fixed_s=2e-3, per_token_s=3e-6, per_context_token_s=1e-8)
+    r = replay(cost, num_requests=n, prompt_len=P, output_len=L, max_batch_size=max_bs, max_num_tokens=budget,
+               kv_seqs=10**6, ranks=ranks, graph_batches=TRTLLM_GRAPH_BATCHES)
+    t, it = padded_brute_force(cost, n, P, L, max_bs, budget, ranks, TRTLLM_GRAPH_BATCHES)
+    assert r.total_time_s == pytest.approx(t, rel=1e-9) and r.iterations == it
+    plain = replay(cost, num_requests=n, prompt_len=P, output_len=L, max_batch_size=max_bs,
+                   max_num_tokens=budget, kv_seqs=10**6, ranks=ranks)
+    assert plain.total_time_s <= r.total_time_s  # padding only adds rows
+
+
+def test_three_requests_pad_to_four_by_hand():
+    # 3 requests at once (P = 10, L = 9): one mixed iteration, then 8 decode iterations of 3 real
+    # requests replayed in the graph of 4: a + 4 b + c (3 (P + k) + 1) for k = 1..8.
+    from moesim.planner.trtllm_engine import TRTLLM_GRAPH_BATCHES
+
+    a, b, c = 2e-3, 3e-6, 1e-8
+    cost = LinearCost(fixed_s=a, per_token_s=b, per_context_token_s=c)
+    r = replay(cost, num_requests=3, prompt_len=10, output_len=9, max_batch_size=3, max_num_tokens=100,
+               kv_seqs=100, graph_batches=TRTLLM_GRAPH_BATCHES)
+    mixed = a + b * 30
+    by_hand = mixed + sum(a + 4 * b + c * (3 * (10 + k) + 1) for k in range(1, 9))
+    assert r.total_time_s == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_graph_padding_only_under_the_pytorch_backend():
+    from moesim.planner.bench_replay import trtllm_graph_batches
+    from moesim.planner.trtllm_engine import TRTLLM_GRAPH_BATCHES
+    from moesim.step.stacks import stack_table
+
+    assert trtllm_graph_batches(SimpleNamespace(stack="trtllm")) == TRTLLM_GRAPH_BATCHES
+    assert trtllm_graph_batches(SimpleNamespace(stack=stack_table().inline("trtllm", "decode"))) == TRTLLM_GRAPH_BATCHES
+    assert trtllm_graph_batches(SimpleNamespace(stack="trtllm-engine")) == ()
+    assert trtllm_graph_batches(SimpleNamespace(stack="sglang")) == ()

@@ -28,6 +28,18 @@ times one rank's counts: ``cost.mixed_time_s(R n P, R n, R gen, context)`` with 
 ``cost.decode_time_s(R gen, context)`` without (the planner's GridCost:
 serving_policy.replica_cost, so the same iteration prices as the steady-state closed form).
 
+CUDA-graph padding (``graph_batches``, the PyTorch backend only): a generation-only iteration
+replays the captured graph of the smallest listed batch that holds its requests
+(``cuda_graph_config: enable_padding: true, batch_sizes: [1, 2, 4, ..., 256, 384, 512, 1024, 2048,
+4096, 8192]`` in the perf-overview's llm_options; tensorrt_llm/_torch/pyexecutor/
+cuda_graph_runner.py pads the batch with dummy generation requests up to that size). The padded
+rows run every GEMM, the MoE and the LM head; a dummy request holds one token of KV, so the
+attention reads stay those of the real requests: a rank of g real requests at mean context c
+prices as ``cost.decode_time_s(R G, 1 + (c - 1) g / G)`` with G the padded size (the GridCost
+decode node is affine in context with a slope proportional to the KV tokens read). Iterations
+that carry a prompt run eagerly at their own size (no graph: ``can_run_cuda_graph`` is ``not
+context_requests``). A batch above the largest listed size runs eagerly, unpadded.
+
 Speed: requests admitted in one iteration form a cohort (uniform lengths: they finish together).
 Between two events (an admission, a completion) the iterations are decode-only at a constant
 batch whose mean context grows by one token per iteration, and a GridCost decode iteration is
@@ -82,14 +94,32 @@ def _check(name: str, value, lowest: int) -> int:
     return int(value)
 
 
+def padded_batch(batch: int, graph_batches: tuple[int, ...] = ()) -> int:
+    """The CUDA-graph batch a generation-only iteration of ``batch`` requests per rank replays:
+    the smallest of ``graph_batches`` >= ``batch``; ``batch`` itself when none is (eager) or the
+    list is empty (no padding)."""
+    fits = [g for g in graph_batches if g >= batch]
+    return min(fits) if fits else batch
+
+
+def _decode_s(cost, ranks: int, gen: int, ctx: float, graph_batches: tuple[int, ...]) -> float:
+    """One generation-only iteration of ``gen`` requests per rank at mean context ``ctx``, padded
+    to its CUDA graph (module docstring: the attention reads stay the real requests')."""
+    g = padded_batch(gen, graph_batches)
+    return cost.decode_time_s(ranks * g, 1.0 + (ctx - 1.0) * gen / g)
+
+
 def replay(cost, *, num_requests: int, prompt_len: int, output_len: int, max_batch_size: int,
-           max_num_tokens: int, kv_seqs: int, ranks: int = 1, devices: int | None = None) -> ReplayResult:
+           max_num_tokens: int, kv_seqs: int, ranks: int = 1, devices: int | None = None,
+           graph_batches: tuple[int, ...] = ()) -> ReplayResult:
     """Replay ``num_requests`` requests of ``prompt_len`` / ``output_len`` tokens queued at t = 0
     on one replica of ``ranks`` attention-DP ranks (each with ``max_batch_size``,
     ``max_num_tokens`` and KV for ``kv_seqs`` whole requests), every iteration priced by
     ``cost`` (a ReplicaCost: ``mixed_time_s`` / ``decode_time_s`` at replica totals). See the
     module docstring. Errors name the field: counts below 1, a prompt longer than the token
-    budget (no iteration could ever take it whole: chunking is off)."""
+    budget (no iteration could ever take it whole: chunking is off). ``graph_batches``: the
+    per-rank CUDA-graph batch sizes generation-only iterations are padded to (module docstring;
+    empty: no padding)."""
     n_total = _check("num_requests", num_requests, 1)
     p = _check("prompt_len", prompt_len, 1)
     out_len = _check("output_len", output_len, 1)
@@ -137,8 +167,8 @@ def replay(cost, *, num_requests: int, prompt_len: int, output_len: int, max_bat
             break
         # decode-only until the oldest cohort finishes: nothing can be admitted before a slot frees
         steps = cohorts[0][0] + out_len - it
-        t0 = cost.decode_time_s(r * gen, ctx)
-        slope = cost.decode_time_s(r * gen, ctx + 1.0) - t0
+        t0 = _decode_s(cost, r, gen, ctx, graph_batches)
+        slope = _decode_s(cost, r, gen, ctx + 1.0, graph_batches) - t0
         t += steps * t0 + slope * steps * (steps - 1) / 2.0
         batch_iters += gen * steps
         it += steps
@@ -153,10 +183,23 @@ def replay(cost, *, num_requests: int, prompt_len: int, output_len: int, max_bat
         drain_s=drain)
 
 
+def trtllm_graph_batches(scenario) -> tuple[int, ...]:
+    """The CUDA-graph batch sizes a replay pads generation iterations to: the perf-overview's
+    llm_options list (moesim/planner/trtllm_engine.py ``TRTLLM_GRAPH_BATCHES``) under the PyTorch
+    backend stack ``trtllm``; none under ``trtllm-engine`` (TensorRT engines, whose C++ runtime
+    the v0.17 page runs without that option) or any other stack."""
+    from moesim.planner.trtllm_engine import TRTLLM_GRAPH_BATCHES
+
+    stack = scenario.stack
+    name = stack if isinstance(stack, str) else getattr(stack, "name", "")
+    return TRTLLM_GRAPH_BATCHES if name == "trtllm" else ()
+
+
 def replay_candidate(c, scenario, model, cache, num_requests: int) -> ReplayResult:
     """``replay`` of candidate ``c``'s replica under TensorRT-LLM's limits for ``scenario``'s
     workload (moesim/planner/trtllm_engine.py ``trtllm_limits``: max_batch_size, max_num_tokens,
-    whole-request KV per rank) priced with the planner's GridCost (serving_policy.replica_cost)."""
+    whole-request KV per rank) priced with the planner's GridCost (serving_policy.replica_cost),
+    generation iterations padded to ``trtllm_graph_batches``."""
     from moesim.planner import serving_policy
 
     lim = serving_policy.trtllm_limits(c, scenario, model, cache)
@@ -167,4 +210,5 @@ def replay_candidate(c, scenario, model, cache, num_requests: int) -> ReplayResu
     return replay(serving_policy.replica_cost(c, scenario, model, cache), num_requests=num_requests,
                   prompt_len=w.prompt_len, output_len=w.output_len, max_batch_size=lim.max_batch_size,
                   max_num_tokens=lim.max_num_tokens, kv_seqs=lim.kv_seqs,
-                  ranks=serving_policy.attention_ranks(c), devices=c.devices)
+                  ranks=serving_policy.attention_ranks(c), devices=c.devices,
+                  graph_batches=trtllm_graph_batches(scenario))

@@ -6,7 +6,11 @@ NVIDIA/TensorRT-LLM; nothing is fitted):
 
 - ``max_batch_size`` / ``max_num_tokens``: not given by the perf-overview commands, so
   trtllm-bench sets them from its own KV estimate (``trtllm_bench_settings``,
-  ``_heuristic_requests``);
+  ``_heuristic_requests``) for the quantizations it tunes, and to the ``BuildConfig`` defaults
+  for every other one (``untuned_checkpoint``: GPT-OSS's MXFP4 experts);
+- weights in memory: a checkpoint that stores its experts in another format than the rest
+  (``ModelSpec.expert_weight_dtype``: GPT-OSS's released MXFP4 experts, BF16 elsewhere) is
+  loaded as stored (``stored_weight_bytes``);
 - KV cache: ``kv_cache_free_gpu_mem_fraction`` of the memory the weights leave, and the default
   capacity policy GUARANTEED_NO_EVICT reserves blocks for a request to complete
   (_torch/pyexecutor/scheduler.py: "Reserve blocks for requests to complete without eviction");
@@ -29,6 +33,15 @@ TRTLLM_MAX_BATCH_CAP = 4096  # bench/build/tuning.py finetune_setting: min(kv_ca
 TRTLLM_MAX_TOKENS_CAP = 32768  # same: min(raw_bs x (1 + ISL / OSL), 32768)
 TRTLLM_MIN_TOKENS = 2048  # same: "Set min to 2048 to ensure Ctx/Gen overlap efficiency"
 TRTLLM_MIN_BATCH = 64  # same: "Set min BS to be 64"
+# tensorrt_llm/builder.py ``BuildConfig``: max_batch_size = 2048, max_num_tokens = 8192, what
+# bench/build/build.py ``get_benchmark_engine_settings`` returns for a quant_algo outside
+# TUNED_QUANTS = {NVFP4, FP8, FP8_BLOCK_SCALES, NO_QUANT, None} ("Using default settings because
+# quant_algo not supported").
+# perf-overview.md llm_options of every model (03e27c7d and the v1.0 revision 00f37686):
+# cuda_graph_config: enable_padding: true, batch_sizes: [1, 2, 4, ..., 8192] (per rank)
+TRTLLM_GRAPH_BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 1024, 2048, 4096, 8192)
+TRTLLM_DEFAULT_MAX_BATCH = 2048
+TRTLLM_DEFAULT_MAX_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,33 @@ def trtllm_bench_settings(kv_max_requests: float, isl: int, osl: int, pp: int = 
     max_bs = _round_up(raw_bs, ((256, 32), (1024, 128)), 256, TRTLLM_MIN_BATCH)
     max_token = _round_up(raw_token, ((4096, 256), (8192, 512)), 1024, TRTLLM_MIN_TOKENS)
     return int(max_bs), int(max(max_token, isl + max_bs))
+
+
+def untuned_checkpoint(model) -> bool:
+    """Whether trtllm-bench has no tuning heuristic for ``model``'s checkpoint, so it runs the
+    ``BuildConfig`` defaults (``TRTLLM_DEFAULT_MAX_BATCH`` / ``TRTLLM_DEFAULT_MAX_TOKENS``):
+    experts stored as MXFP4 (``expert_weight_dtype``; GPT-OSS as released) load as TensorRT-LLM's
+    W4A16_MXFP4 / W4A8_MXFP4_FP8 / W4A8_MXFP4_MXFP8 quant_algo (tensorrt_llm/quantization/mode.py),
+    none of them in bench/build/build.py ``TUNED_QUANTS``. The ModelOpt NVFP4 / FP8 checkpoints
+    of the perf-overview's FP4 / FP8 model lists are tuned."""
+    return str(getattr(model, "expert_weight_dtype", None) or "").lower() == "mxfp4"
+
+
+def stored_weight_bytes(model, fp, dtype: str) -> float:
+    """Weight bytes per device as the checkpoint stores them: ``fp`` (a MemoryFootprint priced at
+    ``dtype``) unchanged unless the model states ``expert_weight_dtype`` (a released checkpoint
+    with its own mixed formats, which TensorRT-LLM loads as is: GPT-OSS's MXFP4 experts, 4.25 bits
+    per parameter with the block scales, and BF16 attention, embeddings and router; the
+    perf-overview's ModelOpt FP4 / FP8 lists hold no GPT-OSS checkpoint), then the experts at that
+    format and the rest at ``model.weight_dtype``."""
+    from moesim.specs import bytes_per_element
+
+    if not getattr(model, "expert_weight_dtype", None):
+        return fp.weight_bytes
+    per = bytes_per_element(dtype)
+    rest = fp.weight_bytes - fp.expert_weight_bytes
+    return (rest * bytes_per_element(model.weight_dtype) + fp.expert_weight_bytes
+            * bytes_per_element(model.expert_weight_dtype)) / per
 
 
 def _round_up(raw: float, tiers: tuple[tuple[int, int], ...], last_step: int, smallest: int) -> int:
@@ -100,10 +140,12 @@ def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
 
     - settings: ``trtllm_bench_settings`` of the benchmark's own KV estimate
       (``_heuristic_requests``; ``--tp`` = the replica's devices / pp, as the perf-overview
-      commands pass them, DEP runs included). With attention DP every rank runs its own
-      scheduler with these settings;
-    - KV cache: ``kv_cache_free_gpu_mem_fraction`` 0.95 of the memory the weights leave
-      (``TRTLLM_KV_FREE_GPU_MEM_FRACTION``; the runtime's own buffers are not modelled), and the
+      commands pass them, DEP runs included), or the ``BuildConfig`` defaults for an untuned
+      checkpoint (``untuned_checkpoint``), max_num_tokens at least ISL + max_batch_size (no
+      chunked prefill). With attention DP every rank runs its own scheduler with these settings;
+    - KV cache: ``kv_cache_free_gpu_mem_fraction`` 0.95 of the memory the weights leave (as the
+      checkpoint stores them: ``stored_weight_bytes``; ``TRTLLM_KV_FREE_GPU_MEM_FRACTION``; the
+      runtime's own buffers are not modelled), and the
       default capacity policy GUARANTEED_NO_EVICT reserves blocks for a request to complete, so
       a rank holds kv_seqs = KV tokens / (P + L) whole requests;
     - token budget: a generation request takes one token of ``max_num_tokens`` per iteration and
@@ -118,11 +160,16 @@ def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
     def make() -> EngineLimits:
         fp = memory_footprint(model, dep.hardware, dep.parallelism, mode="serve", weight_dtype=dep.dtype,
                               kv_dtype=dep.kv_dtype, kv_tokens=0)
-        free = max(0.0, fp.capacity_bytes - fp.weight_bytes)
+        free = max(0.0, fp.capacity_bytes - stored_weight_bytes(model, fp, dep.dtype))
         kv_tokens = TRTLLM_KV_FREE_GPU_MEM_FRACTION * free / fp.kv_bytes_per_token if fp.kv_bytes_per_token else 0.0
         kv_seqs = int(kv_tokens // (w.prompt_len + w.output_len))
-        max_bs, max_tok = trtllm_bench_settings(_heuristic_requests(model, dep, c.devices, w.prompt_len, w.output_len),
-                                                w.prompt_len, w.output_len, c.pp)
+        if untuned_checkpoint(model):
+            max_bs = TRTLLM_DEFAULT_MAX_BATCH
+            max_tok = max(TRTLLM_DEFAULT_MAX_TOKENS, w.prompt_len + max_bs)  # general.py get_settings
+        else:
+            max_bs, max_tok = trtllm_bench_settings(
+                _heuristic_requests(model, dep, c.devices, w.prompt_len, w.output_len), w.prompt_len,
+                w.output_len, c.pp)
         token_seqs = int(max_tok * w.output_len // (w.prompt_len + w.output_len))
         bounds = {"max_batch_size": max_bs, "kv_cache": kv_seqs, "max_num_tokens": token_seqs}
         bound = min(bounds, key=bounds.__getitem__)
