@@ -39,6 +39,42 @@ def _conv_trunc(a, na, b, nb, out):
 
 
 @njit(cache=True)
+def _tails(pmf_K, rest, K, a_K, b_K1):
+    """A part's ``P(A <= j)`` (j < K, from its truncated count pmf) into ``a_K`` and the rest's
+    ``P(B >= m)`` (m = 0..K, from the rest's pmf) into ``b_K1``."""
+    c = 0.0
+    for j in range(K):
+        c += pmf_K[j]
+        a_K[j] = c
+    c = 0.0
+    b_K1[0] = 1.0
+    for m in range(1, K + 1):
+        c += rest[m - 1]
+        b_K1[m] = 1.0 - c
+
+
+@njit(cache=True)
+def _tails_at_infinity(size_G, n_all, K, a_now, b_now):
+    """The tails once every clock has rung: a part holds all its experts, the rest all others."""
+    for g in range(size_G.size):
+        for j in range(K):
+            a_now[g, j] = 1.0 if size_G[g] <= j else 0.0
+        for m in range(K + 1):
+            b_now[g, m] = 1.0 if n_all - size_G[g] >= m else 0.0
+
+
+@njit(cache=True)
+def _stieltjes_step(le_GK, a_now, a_prev, b_now, b_prev, K):
+    """One trapezoid term of (1) per part and j, then the current tails become the previous."""
+    for g in range(le_GK.shape[0]):
+        for j in range(K):
+            db = b_now[g, K - j] - b_prev[g, K - j]
+            le_GK[g, j] += db * 0.5 * (a_now[g, j] + a_prev[g, j])
+    a_prev[:, :] = a_now
+    b_prev[:, :] = b_now
+
+
+@njit(cache=True)
 def _race_kernel(p_U, label_U, n_parts, K, t_X):
     """(1) for every part, on the parts that hold some of the universe's experts only.
 
@@ -111,28 +147,10 @@ def _race_kernel(p_U, label_U, n_parts, K, t_X):
                 _conv_trunc(suf[g + 1], len_suf[g + 1], pmf_GK[g], len_G[g], suf[g])
             for g in range(n):
                 _conv_trunc(pre[g], len_pre[g], suf[g + 1], len_suf[g + 1], rest)
-                c = 0.0
-                for j in range(K):
-                    c += pmf_GK[g, j]
-                    a_now[g, j] = c
-                c = 0.0
-                b_now[g, 0] = 1.0
-                for m in range(1, K + 1):
-                    c += rest[m - 1]
-                    b_now[g, m] = 1.0 - c
+                _tails(pmf_GK[g], rest, K, a_now[g], b_now[g])
         else:  # t = infinity: every clock has rung
-            n_all = p_U.size
-            for g in range(n):
-                for j in range(K):
-                    a_now[g, j] = 1.0 if size_G[g] <= j else 0.0
-                for m in range(K + 1):
-                    b_now[g, m] = 1.0 if n_all - size_G[g] >= m else 0.0
-        for g in range(n):
-            for j in range(K):
-                db = b_now[g, K - j] - b_prev[g, K - j]
-                le_GK[g, j] += db * 0.5 * (a_now[g, j] + a_prev[g, j])
-        a_prev[:, :] = a_now
-        b_prev[:, :] = b_now
+            _tails_at_infinity(size_G, p_U.size, K, a_now, b_now)
+        _stieltjes_step(le_GK, a_now, a_prev, b_now, b_prev, K)
     out = np.zeros((n_parts, K))
     for j in range(K):  # an absent part: the telescoped sum P(B(inf) >= K - j), B = the whole universe
         out[:, j] = 1.0 if p_U.size >= K - j else 0.0
@@ -190,28 +208,10 @@ def _race_kernel_reference(p_U, label_U, n_parts, K, t_X):
                 _conv_trunc_reference(suf[g + 1], pmf_GK[g], suf[g])
             for g in range(n_parts):
                 _conv_trunc_reference(pre[g], suf[g + 1], rest)
-                c = 0.0
-                for j in range(K):
-                    c += pmf_GK[g, j]
-                    a_now[g, j] = c
-                c = 0.0
-                b_now[g, 0] = 1.0
-                for m in range(1, K + 1):
-                    c += rest[m - 1]
-                    b_now[g, m] = 1.0 - c
+                _tails(pmf_GK[g], rest, K, a_now[g], b_now[g])
         else:  # t = infinity: every clock has rung
-            n_all = p_U.size
-            for g in range(n_parts):
-                for j in range(K):
-                    a_now[g, j] = 1.0 if size_G[g] <= j else 0.0
-                for m in range(K + 1):
-                    b_now[g, m] = 1.0 if n_all - size_G[g] >= m else 0.0
-        for g in range(n_parts):
-            for j in range(K):
-                db = b_now[g, K - j] - b_prev[g, K - j]
-                le_GK[g, j] += db * 0.5 * (a_now[g, j] + a_prev[g, j])
-        a_prev[:, :] = a_now
-        b_prev[:, :] = b_now
+            _tails_at_infinity(size_G, p_U.size, K, a_now, b_now)
+        _stieltjes_step(le_GK, a_now, a_prev, b_now, b_prev, K)
     return le_GK
 
 
