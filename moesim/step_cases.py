@@ -217,9 +217,7 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
         flag_ignored(inputs, "eplb", "routing is priced uniform (balanced) whether or not EPLB runs")
     inputs.get("pd_disaggregation")  # honoured: each phase is priced alone, as a disaggregated pool runs it
     phase = inputs["phase"]
-    if phase == "end_to_end":
-        for key in ("framework", "cuda_graphs"):
-            flag_ignored(inputs, key, "the planner prices its scenario's stack (end-to-end row)")
+    if phase == "end_to_end":  # framework / cuda_graphs choose the scenario's stack (case_stack)
         return planned_serving(inputs, model, hw, devices, tp, layout, stacks)
     if phase == "decode":
         shape = {"batch_per_device": int(inputs["batch_per_device"]), "context": int(inputs["context_len"])}
