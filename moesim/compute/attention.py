@@ -154,7 +154,8 @@ def _core_dtype(hw: HardwareProfile, dtype: str) -> str:
 
 
 def core_s_per_token_key(hw: HardwareProfile, model: ModelSpec, *, phase: str, tp: int, dtype: str = "bf16",
-                         kv_dtype: str = "bf16", core_dtype: str | None = None) -> float:
+                         kv_dtype: str = "bf16", core_dtype: str | None = None,
+                         device_fraction: float = 1.0) -> float:
     """Seconds of core attention per (query token x attended key) on one device: the slope the
     step model and its vectorized planner path scale by tokens x keys.
 
@@ -164,7 +165,20 @@ def core_s_per_token_key(hw: HardwareProfile, model: ModelSpec, *, phase: str, t
     rank reads the latent) and 1/tp otherwise. ``phase``: prefill, train or decode. P is the
     peak of ``core_dtype`` when given (a deployment's stated ``attention_dtype``: FP8 attention
     kernels run the score and value matmuls in FP8), else of ``_core_dtype(hw, dtype)``.
+
+    ``device_fraction`` f (the software stack's, moesim/specs/software_stack.py): the caller
+    divides every compute operation by f (moesim/step/layer.py ``at_device_fraction``); the KV
+    stream of decode already runs at the bandwidth fraction decode attention kernels sustain
+    (``attention_memory_fraction``, prior 0.80; deepseek-ai/FlashMLA's README reports "up to
+    3000 GB/s in memory-bound configuration" on H800 SXM5, 0.90 of its 3.35 TB/s: docs/accuracy.md
+    "Device fraction and memory-bound kernels"), which core clocks under the power limit and
+    launch gaps do not lower. Its term
+    is therefore pre-scaled by f here, so that after the division the slope is
+    ``max(F_key / tp / (P a_c f), bytes / (B a_m))``: only the compute-bound branch at the
+    stack's fraction.
     """
+    if not 0.0 < device_fraction <= 1.0:
+        raise ValueError(f"device_fraction {device_fraction}: must be in (0, 1]")
     eff = hw.efficiency.compute
     per_key = attention_context_flops_per_key(model, mla_absorbed=phase == "decode") / tp
     peak = hw.peak_flops(core_dtype) if core_dtype is not None else hw.peak_flops(_core_dtype(hw, dtype))
@@ -173,7 +187,7 @@ def core_s_per_token_key(hw: HardwareProfile, model: ModelSpec, *, phase: str, t
     if phase == "decode":
         kv = model.kv_elements_per_token() * bytes_per_element(kv_dtype)
         share = 1 if model.attention.kind == "mla" else 1 / tp
-        t_bytes = kv * share / (hw.hbm_bandwidth_Bps * eff.attention_memory_fraction)
+        t_bytes = kv * share / (hw.hbm_bandwidth_Bps * eff.attention_memory_fraction) * device_fraction
     return max(t_flops, t_bytes)
 
 
@@ -186,7 +200,8 @@ def projections_s(hw: HardwareProfile, model: ModelSpec, *, rows: float, tp: int
 
 
 def attention_block_s(hw: HardwareProfile, model: ModelSpec, *, tokens: float, context: float, phase: str,
-                      tp: int, dtype: str, kv_dtype: str = "bf16", core_dtype: str | None = None) -> float:
+                      tp: int, dtype: str, kv_dtype: str = "bf16", core_dtype: str | None = None,
+                      device_fraction: float = 1.0) -> float:
     """One attention block on one device for ``tokens`` query rows of the TP group (s):
 
         projections + core_s_per_token_key x tokens x context + one kernel overhead
@@ -194,10 +209,11 @@ def attention_block_s(hw: HardwareProfile, model: ModelSpec, *, tokens: float, c
     ``context`` = attended keys per query (prefill/train: the causal mean (S + 1) / 2, window-
     capped by the caller; decode: the cached tokens). Equal to attention_prefill_time's core when
     tokens x context = batch x causal_keys. ``dtype``: the projections' GEMMs; ``core_dtype``:
-    see ``core_s_per_token_key``.
+    see ``core_s_per_token_key`` (and for ``device_fraction``).
     """
     if tokens <= 0:
         return 0.0
     proj = projections_s(hw, model, rows=tokens, tp=tp, phase=phase, dtype=dtype)
-    slope = core_s_per_token_key(hw, model, phase=phase, tp=tp, dtype=dtype, kv_dtype=kv_dtype, core_dtype=core_dtype)
+    slope = core_s_per_token_key(hw, model, phase=phase, tp=tp, dtype=dtype, kv_dtype=kv_dtype, core_dtype=core_dtype,
+                                 device_fraction=device_fraction)
     return proj + slope * tokens * context + hw.efficiency.compute.kernel_overhead_us * 1e-6

@@ -19,7 +19,9 @@ A ``SoftwareStack`` says, for each phase (``train``, ``prefill``, ``decode``), h
   the layer model does not list, allocator/cache effects; the kernel models are calibrated on
   isolated microbenchmarks). Every compute operation of the step (attention, GEMMs, experts,
   elementwise, the LM head/embedding, the optimizer) takes time / fraction; communication
-  (all-to-all, collectives) does not (validated on its own). Prior 1.0; ``"<stack>.<phase>"``
+  (all-to-all, collectives) does not (validated on its own), nor does the KV-cache stream of
+  decode attention, which runs at the profile's measured decode-attention bandwidth fraction
+  (moesim/compute/attention.py ``core_s_per_token_key``: only its compute-bound branch). Prior 1.0; ``"<stack>.<phase>"``
   takes that entry's value (the same kernels);
 - ``host_seq_us``: host microseconds per running sequence per iteration, outside the model's
   operators: the serving executor's per-request Python work (scheduling, sampling bookkeeping,

@@ -200,10 +200,11 @@ def _inference(model, dep: Deployment, w: Decode | Prefill, check_memory: bool, 
     core_KN = None
     if phase == "decode":
         slope = core_s_per_token_key(hw, model, phase="decode", tp=atp, dtype=dep.attention_dtype_or_default,
-                                     kv_dtype=dep.kv_dtype, core_dtype=dep.attention_dtype)
+                                     kv_dtype=dep.kv_dtype, core_dtype=dep.attention_dtype,
+                                     device_fraction=setup.device_fraction)
         keys_KN = np.array([np.minimum(context_N, model.attention.window_tokens) if model.layer_is_windowed(ls[0])
                             else context_N for ls in kinds], dtype=float)
-        core_KN = slope * mb_N * atp * keys_KN / setup.device_fraction  # compute at the stack's fraction
+        core_KN = slope * mb_N * atp * keys_KN / setup.device_fraction  # compute at the stack's fraction, KV stream not
     kops = KindOps.of(ops_KN, core_KN)
     if phase == "decode":
         head_N = (np.asarray(pricing.gemm_s(hw, mb_N * atp, model.vocab_size / atp, model.hidden, "bf16")) * halves

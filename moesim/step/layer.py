@@ -276,7 +276,7 @@ def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) 
     dep = setup.deployment  # attention_dtype: projections and core at their own precision
     att = attention_block_s(setup.hw, model, tokens=tokens * tp, context=ctx, phase=setup.phase, tp=tp,
                             dtype=dep.attention_dtype_or_default, kv_dtype=setup.kv_dtype,
-                            core_dtype=dep.attention_dtype)
+                            core_dtype=dep.attention_dtype, device_fraction=setup.device_fraction)
     comm = 0.0
     if tp > 1:  # sequence parallel: reduce-scatter after attention + all-gather before it
         comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
@@ -284,7 +284,8 @@ def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) 
         kv = model.kv_elements_per_token("full") / tp * 2.0
         comm += pricing.collective_s(setup.tp_topology, "all_gather", tokens * tp * cp * kv, cp)
     core = core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=dep.attention_dtype_or_default,
-                                kv_dtype=setup.kv_dtype, core_dtype=dep.attention_dtype) * tokens * tp * ctx
+                                kv_dtype=setup.kv_dtype, core_dtype=dep.attention_dtype,
+                                device_fraction=setup.device_fraction) * tokens * tp * ctx
     return att, comm, core
 
 

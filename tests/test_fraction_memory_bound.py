@@ -1,0 +1,78 @@
+"""The stack's device fraction slows compute-bound kernels only: the KV-cache stream of decode
+attention runs at the profile's decode-attention bandwidth fraction whatever the stack
+(moesim/compute/attention.py ``core_s_per_token_key``, docs/accuracy.md "Device fraction and
+memory-bound kernels"). Closed forms; tolerances are float rounding (rel 1e-12)."""
+import math
+
+import pytest
+
+from moesim.catalog import load_model, load_profile
+from moesim.compute.attention import attention_context_flops_per_key, core_s_per_token_key
+from moesim.specs.common import bytes_per_element
+
+F = 0.5
+
+
+def _parts(hw, model, tp, kv_dtype="bf16"):
+    eff = hw.efficiency.compute
+    t_flops = attention_context_flops_per_key(model, mla_absorbed=True) / tp / (
+        hw.peak_flops("bf16") * eff.attention_compute_fraction)
+    share = 1 if model.attention.kind == "mla" else 1 / tp
+    t_bytes = model.kv_elements_per_token() * bytes_per_element(kv_dtype) * share / (
+        hw.hbm_bandwidth_Bps * eff.attention_memory_fraction)
+    return t_flops, t_bytes
+
+
+@pytest.mark.parametrize("model_name,hw_name,tp", [("qwen3-30b-a3b", "b200", 1), ("deepseek-v3", "h200-sxm", 8),
+                                                   ("mixtral-8x7b", "h100-sxm", 2)])
+def test_decode_core_after_the_fraction_is_max_of_compute_over_f_and_bytes(model_name, hw_name, tp):
+    hw, model = load_profile(hw_name), load_model(model_name)
+    t_flops, t_bytes = _parts(hw, model, tp)
+    got = core_s_per_token_key(hw, model, phase="decode", tp=tp, dtype="bf16", kv_dtype="bf16",
+                               device_fraction=F) / F  # the caller's division (layer.at_device_fraction)
+    assert math.isclose(got, max(t_flops / F, t_bytes), rel_tol=1e-12)
+    # at fraction 1 the slope is the plain roofline
+    assert math.isclose(core_s_per_token_key(hw, model, phase="decode", tp=tp, dtype="bf16", kv_dtype="bf16"),
+                        max(t_flops, t_bytes), rel_tol=1e-12)
+
+
+def test_memory_bound_gqa_decode_core_does_not_move_with_the_fraction():
+    hw, model = load_profile("b200"), load_model("qwen3-30b-a3b")  # GQA: ~4 flops per KV byte, memory-bound
+    t_flops, t_bytes = _parts(hw, model, 1)
+    assert t_bytes > t_flops / F
+    slow = core_s_per_token_key(hw, model, phase="decode", tp=1, device_fraction=F) / F
+    assert math.isclose(slow, t_bytes, rel_tol=1e-12)
+
+
+def test_prefill_core_is_divided_by_the_fraction():
+    hw, model = load_profile("h100-sxm"), load_model("mixtral-8x7b")
+    one = core_s_per_token_key(hw, model, phase="prefill", tp=1)
+    assert math.isclose(core_s_per_token_key(hw, model, phase="prefill", tp=1, device_fraction=F) / F, one / F,
+                        rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+def test_fraction_out_of_range_is_an_error_naming_it(bad):
+    with pytest.raises(ValueError, match="device_fraction"):
+        core_s_per_token_key(load_profile("b200"), load_model("qwen3-30b-a3b"), phase="decode", tp=1,
+                             device_fraction=bad)
+
+
+def test_long_context_decode_step_attention_is_not_slowed_by_the_stack():
+    """A KV-bound decode step (qwen3-30b-a3b, 1 x B200, 94 sequences) under the trtllm stack
+    (fraction < 1): going from 1,000 to 17,000 cached tokens adds exactly the bandwidth-bound
+    KV stream of the extra 16,000 keys per sequence and layer, not that divided by the fraction."""
+    from moesim.specs.deployment import Deployment
+    from moesim.step import Decode, estimate
+    from moesim.step.stacks import device_fraction
+
+    hw, model = load_profile("b200"), load_model("qwen3-30b-a3b")
+    assert device_fraction("trtllm", "decode") < 1.0
+    dep = Deployment(hardware=hw, devices=1, tp=1, ep=1, dp=1, dtype="fp8", kv_dtype="fp8", stack="trtllm")
+
+    def attention(ctx):
+        return estimate(model, dep, Decode(batch_per_device=94, context=ctx), check_memory=False).breakdown(0).attention_s
+
+    _, t_bytes = _parts(hw, model, 1, kv_dtype="fp8")
+    closed = t_bytes * 94 * 16000 * model.num_layers
+    assert math.isclose(attention(17000) - attention(1000), closed, rel_tol=1e-9)
