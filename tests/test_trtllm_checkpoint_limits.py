@@ -89,3 +89,19 @@ def test_stored_weights_raise_the_kv_capacity():
     free = fp.capacity_bytes - te.stored_weight_bytes(m, fp, "fp8")
     assert lim.kv_seqs == int(0.95 * free / fp.kv_bytes_per_token // 2000)
     assert lim.kv_seqs > 3 * int(0.95 * (fp.capacity_bytes - fp.weight_bytes) / fp.kv_bytes_per_token // 2000)
+
+
+def test_nvfp4_checkpoint_param_count_counts_packed_ffn_elements():
+    """trtllm-bench sums the safetensors element counts: an NVFP4 FFN weight is half an element
+    per parameter (two FP4 values per uint8) plus one E4M3 scale per 16 (closed form)."""
+    from moesim.catalog import load_model
+    from moesim.compute.counts import param_counts
+    from moesim.planner.trtllm_engine import checkpoint_param_count
+
+    model = load_model("deepseek-v3")
+    pc = param_counts(model)
+    ffn = pc.routed_experts + pc.shared_experts + pc.dense_ffn
+    assert checkpoint_param_count(model, "fp4") == pytest.approx(pc.total - ffn * (1 - 0.5 - 1 / 16), rel=1e-12)
+    assert checkpoint_param_count(model, "fp8") == pc.total  # FP8 stores one element per parameter
+    # DeepSeek-V3's FFNs are ~97% of its 671B parameters: the count the benchmark sees is ~57% of it
+    assert 0.55 < checkpoint_param_count(model, "fp4") / pc.total < 0.60

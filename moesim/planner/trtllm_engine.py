@@ -114,17 +114,41 @@ def _round_up(raw: float, tiers: tuple[tuple[int, int], ...], last_step: int, sm
     return last_step * math.ceil(raw / last_step)
 
 
+# An NVFP4 ModelOpt checkpoint stores each quantized linear as uint8 pairs of FP4 values (half
+# an element per parameter) plus one E4M3 scale per 16-element block (moesim/specs/common.py
+# _SCALE_BYTES["nvfp4"]). Counted packed: the FFN linears (routed and shared experts, dense
+# FFNs: 97-99% of an MoE model's parameters); attention is counted unpacked, as the DeepSeek
+# FP4 checkpoints keep it (nvidia/DeepSeek-R1-FP4-v2 model card: "Compared to
+# nvidia/DeepSeek-R1-FP4, this checkpoint additionally quantizes the wo module in attention
+# layers"); router gate, norms, embedding and head stay unquantized.
+NVFP4_STORED_ELEMENTS_PER_PARAM = 0.5 + 1 / 16
+
+
+def checkpoint_param_count(model, dtype: str) -> float:
+    """The parameter count trtllm-bench reads for ``model``'s checkpoint at ``dtype``:
+    ``ModelConfig.get_param_count`` sums the safetensors metadata's ``parameter_count`` (stored
+    elements per dtype, bench/build/dataclasses.py), which for an NVFP4 checkpoint counts each
+    packed FFN linear at ``NVFP4_STORED_ELEMENTS_PER_PARAM``; FP8 / BF16 weights are one
+    element per parameter (their per-block scales are below 0.1% and left out)."""
+    from moesim.compute.counts import param_counts
+
+    pc = param_counts(model)
+    if dtype != "fp4":
+        return float(pc.total)
+    linears = pc.dense_ffn + pc.routed_experts + pc.shared_experts
+    return pc.total - linears * (1.0 - NVFP4_STORED_ELEMENTS_PER_PARAM)
+
+
 def _heuristic_requests(model, dep, devices: int, isl: int, osl: int) -> float:
     """trtllm-bench's estimate of the requests the KV cache holds (bench/build/tuning.py
     ``calc_engine_setting``), from the quantities it reads off the Hugging Face config: engine
-    size = parameters x bytes per element (NVFP4 0.5, FP8 1, else 2), over ``devices`` GPUs of
-    HBM; KV bytes per token = 2 x layers x max(tp, KV heads) x head size x KV bytes (KV heads and
-    head size as the config states them: an MLA config states 128 heads of hidden / heads)."""
-    from moesim.compute.counts import param_counts
-
+    size = the checkpoint's stored parameter count (``checkpoint_param_count``) x bytes per
+    element (NVFP4 0.5, FP8 1, else 2), over ``devices`` GPUs of HBM; KV bytes per token = 2 x
+    layers x max(tp, KV heads) x head size x KV bytes (KV heads and head size as the config
+    states them: an MLA config states 128 heads of hidden / heads)."""
     att, hw = model.attention, dep.hardware
     per_elem = {"fp4": 0.5, "fp8": 1.0}
-    engine_bytes = param_counts(model).total * per_elem.get(dep.dtype, 2.0)
+    engine_bytes = checkpoint_param_count(model, dep.dtype) * per_elem.get(dep.dtype, 2.0)
     heads = getattr(att, "num_kv_heads", None) or att.num_heads
     head = getattr(att, "head_dim", None) or model.hidden // att.num_heads
     kv_token = 2 * model.num_layers * max(devices // dep.pp, heads) * head * per_elem.get(dep.kv_dtype, 2.0)
