@@ -76,3 +76,48 @@ def test_long_context_decode_step_attention_is_not_slowed_by_the_stack():
     _, t_bytes = _parts(hw, model, 1, kv_dtype="fp8")
     closed = t_bytes * 94 * 16000 * model.num_layers
     assert math.isclose(attention(17000) - attention(1000), closed, rel_tol=1e-9)
+
+
+def _step(stack, workload):
+    from moesim.specs.deployment import Deployment
+    from moesim.step import estimate
+
+    hw, model = load_profile("b200"), load_model("qwen3-30b-a3b")
+    dep = Deployment(hardware=hw, devices=1, tp=1, ep=1, dp=1, dtype="fp8", kv_dtype="fp8", stack=stack)
+    return estimate(model, dep, workload, check_memory=False).breakdown(0)
+
+
+def test_decode_step_splits_at_the_rule_kv_stream_not_divided_the_rest_divided():
+    """One decode step (qwen3-30b-a3b, 1 x B200, 94 sequences at 17,000 cached tokens) under the
+    trtllm stack (fraction f < 1) against a stack at fraction 1 (vllm decode; graph-captured like
+    trtllm decode, so host terms do not enter these device columns). Closed form of the rule:
+    attention = (attention_at_1 - KV stream) / f + KV stream, the KV stream being
+    layers x sequences x keys x KV bytes per key / (HBM x attention_memory_fraction); the experts'
+    grouped GEMMs and the router divided by f, although the experts here stream their weights
+    (~6 rows per expert, roofline share 1): the evidence keeps them in the fraction
+    (docs/accuracy.md "Device fraction and memory-bound kernels"). rel 1e-9: float sums."""
+    from moesim.step import Decode
+    from moesim.step.stacks import device_fraction
+
+    f = device_fraction("trtllm", "decode")
+    assert f < 1.0 and device_fraction("vllm", "decode") == 1.0
+    hw, model = load_profile("b200"), load_model("qwen3-30b-a3b")
+    _, t_bytes = _parts(hw, model, 1, kv_dtype="fp8")
+    kv = t_bytes * 94 * 17000 * model.num_layers
+    one, slow = (_step(s, Decode(batch_per_device=94, context=17000)) for s in ("vllm", "trtllm"))
+    assert kv < one.attention_s  # the projections and launch are the rest
+    assert math.isclose(slow.attention_s, (one.attention_s - kv) / f + kv, rel_tol=1e-9)
+    assert math.isclose(slow.experts_s, one.experts_s / f, rel_tol=1e-9)
+    assert math.isclose(slow.router_s, one.router_s / f, rel_tol=1e-9)
+
+
+def test_prefill_step_gemms_and_attention_are_divided_by_the_fraction():
+    """A compute-bound prefill step (8,192 tokens): attention and the experts' GEMMs are both
+    divided by the fraction (rel 1e-9)."""
+    from moesim.step import Prefill
+    from moesim.step.stacks import device_fraction
+
+    f = device_fraction("trtllm", "prefill")
+    one, slow = (_step(s, Prefill(prompt_len=8192, prompts_per_device=1)) for s in ("vllm", "trtllm"))
+    assert math.isclose(slow.experts_s, one.experts_s / f, rel_tol=1e-9)
+    assert math.isclose(slow.attention_s, one.attention_s / f, rel_tol=1e-9)
