@@ -182,7 +182,8 @@ def case_stack(inputs: dict, hardware: str, phase: str) -> str:
     engine stated without graphs runs ``eager``); Megatron-Bridge recipes on
     ``MEGATRON_GRAPH_RECIPE_HARDWARE`` are ``megatron-cudagraph``. An unknown or unstated
     framework is the ``auto`` stack (train -> megatron, prefill/decode -> sglang), recorded under
-    ``assumptions``."""
+    ``assumptions``. vLLM on an AMD profile (profile ``vendor``) is ``vllm-rocm``
+    (``VENDOR_STACKS``)."""
     text = " ".join(str(inputs.get(k) or "") for k in ("framework", "software")).lower()
     graphs = inputs.get("cuda_graphs")
     stack = next((name for key, name in FRAMEWORK_STACKS if key in text), None)
@@ -197,4 +198,24 @@ def case_stack(inputs: dict, hardware: str, phase: str) -> str:
             return "megatron-cudagraph"
     elif graphs is False and stack in ("sglang", "vllm", "trtllm", "trtllm-engine"):
         return "eager"
+    elif stack in VENDOR_STACKS and _vendor(hardware) in VENDOR_STACKS[stack]:
+        return VENDOR_STACKS[stack][_vendor(hardware)]
     return stack
+
+
+# Engines whose builds for another vendor's devices run other kernels: (stack, profile vendor)
+# -> the stack fitted on that vendor's rows. vLLM on ROCm ran the ROCm kernels of its builds
+# (moesim/data/stacks.toml [vllm-rocm]; AMD ROCm blog 2025-03-21 'Supercharge DeepSeek-R1
+# Inference on AMD Instinct MI300X': AITER +2x GEMM, +3x MoE, +17x MLA decode over the earlier
+# kernels). SGLang on ROCm has no calibration source yet: it keeps the sglang stack.
+VENDOR_STACKS: dict[str, dict[str, str]] = {"vllm": {"amd": "vllm-rocm"}}
+
+
+def _vendor(hardware: str) -> str | None:
+    """The ``vendor`` of hardware profile ``hardware`` (None for a name that is not a profile)."""
+    from moesim.catalog import load_profile
+
+    try:
+        return load_profile(hardware).vendor
+    except Exception:  # an unknown name: no vendor-specific stack
+        return None

@@ -46,7 +46,9 @@ DEFAULT_CASES = Path(__file__).parent / "data" / "published-calibration.json"
 # has no calibration row, so trtllm-engine is fitted on the v0.17 perf-overview table (TensorRT
 # engines) alone and trtllm on the v1.0-era one (PyTorch backend) alone; the later perf-overview
 # revision (published-e2e-serving-maxload.json) stays out of every fit
-STACK_FIT_FILES: tuple[Path, ...] = (Path(__file__).parent / "data" / "published-e2e-serving-2.json",)
+STACK_FIT_FILES: tuple[Path, ...] = (Path(__file__).parent / "data" / "published-e2e-serving-2.json",
+                                     # AMD's ROCm vLLM 0.7.3 table: the vllm-rocm stack (docs/evidence.md)
+                                     Path(__file__).parent / "data" / "published-calibration-serving.json")
 
 # target profile -> {efficiency section: profile whose fitted section it takes}
 TRANSFER: dict[str, dict[str, str]] = {

@@ -47,9 +47,9 @@ from moesim.specs.common import Spec
 Capture = Literal["none", "pre", "all"]
 Loop = Literal["overlapped", "synchronous"]
 StackName = Literal["auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang", "vllm",
-                    "trtllm", "trtllm-engine", "maxtext"]
+                    "vllm-rocm", "trtllm", "trtllm-engine", "maxtext"]
 STACK_NAMES: tuple[str, ...] = ("auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang",
-                                "vllm", "trtllm", "trtllm-engine", "maxtext")
+                                "vllm", "vllm-rocm", "trtllm", "trtllm-engine", "maxtext")
 # the stacks that run TensorRT-LLM (its scheduler and trtllm-bench limits: moesim/planner/serving_policy.py)
 TRTLLM_STACKS: tuple[str, ...] = ("trtllm", "trtllm-engine")
 STACK_PHASES: tuple[str, ...] = ("train", "prefill", "decode")
