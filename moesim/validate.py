@@ -93,7 +93,7 @@ class CaseInputs(dict):
 # function (cases, profile) -> tuple naming only those the given cases can identify).
 # Resolved lazily so that ``moesim validate`` works while a layer is being built.
 PREDICTORS: dict[str, tuple[str, str, str]] = {
-    "gemm": ("moesim.compute.cases", "predict_gemm_case", "GEMM_FIT_PARAMS"),
+    "gemm": ("moesim.compute.cases", "predict_gemm_case", "gemm_fit_params"),
     "grouped_gemm": ("moesim.compute.cases", "predict_grouped_gemm_case", "GROUPED_GEMM_FIT_PARAMS"),
     "all_to_all": ("moesim.comm.cases", "predict_all_to_all_case", "a2a_fit_params"),
     "moe_layer": ("moesim.step_cases", "predict_moe_layer_case", "MOE_LAYER_FIT_PARAMS"),

@@ -112,7 +112,7 @@ def test_calibration_on_deepgemm_h800():
     from moesim.cases import load_cases
     from moesim.compute.cases import GEMM_FIT_PARAMS
 
-    cases = load_cases(CASES).of_kind("gemm")
+    cases = tuple(c for c in load_cases(CASES).of_kind("gemm") if c.hardware == "h800-sxm")
     assert len(cases) == 18
     start = with_params(H800, dict(zip(GEMM_FIT_PARAMS, [0.8, 0.85, 2.0, 100.0, 50.0])))
     res = calibrate(cases, start, GEMM_FIT_PARAMS, source=CASES)
@@ -124,8 +124,9 @@ def test_shipped_h800_profile_meets_the_bounds():
     from moesim.cases import load_cases
     from moesim.validate import validate
 
+    # 18 DeepGEMM H800 rows and the 6 AMD max-achievable-FLOPs rows (tests/test_amd_maf_gemm.py)
     summary = validate(load_cases(CASES)).summary["gemm"]
-    assert summary.n == 18 and summary.unsupported == 0
+    assert summary.n == 24 and summary.unsupported == 0
     assert summary.median_abs_rel_error <= 0.08 and summary.max_abs_rel_error <= 0.20
 
 

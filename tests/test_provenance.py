@@ -84,7 +84,8 @@ def test_shipped_profiles_carry_provider_quality_and_origins():
     assert {"h100-sxm", "h200-sxm", "b200"} <= runpod and "mi300x" not in runpod
     for e in (e for es in tables.values() for e in es):
         assert e.source and e.as_of, e
-    assert profile_provenance(load_profile("mi300x")).prior_only
+    assert profile_provenance(load_profile("a100-sxm-80gb")).prior_only
+    assert profile_provenance(load_profile("mi300x")).label() == "compute calibrated, comm prior"
     assert profile_provenance(load_profile("h800-sxm")).label() == "calibrated"
     assert profile_provenance(load_profile("h100-sxm")).label() == "compute transferred, comm calibrated"
 

@@ -22,6 +22,23 @@ GEMM_FIT_PARAMS: tuple[str, ...] = (
 GROUPED_GEMM_FIT_PARAMS: tuple[str, ...] = GEMM_FIT_PARAMS
 
 
+def gemm_fit_params(cases, profile: HardwareProfile) -> tuple[str, ...]:
+    """The GEMM parameters ``cases`` can identify on ``profile``: all five when some row is not
+    compute-bound at the profile's current values; only ``gemm_compute_fraction`` when every row
+    is (large square-ish GEMMs such as AMD's max-achievable-FLOPs shapes: their time is the math
+    rate alone, and the HBM fraction, launch overhead, per-SM load and k-step terms would be fitted
+    to noise). A row the predictor refuses counts as neither."""
+    bounds = set()
+    for c in cases:
+        try:
+            _metric(c.inputs)
+            bounds.add(str(gemm_time(profile, c.inputs["m"], c.inputs["n"], c.inputs["k"], c.inputs["dtype"],
+                                     c.inputs.get("out_dtype")).bound))
+        except (UnsupportedCase, KeyError):
+            continue
+    return GEMM_FIT_PARAMS[:1] if bounds == {"compute"} else GEMM_FIT_PARAMS
+
+
 def _metric(inputs: dict) -> None:
     metric = inputs.get("metric", "time_s")
     if metric != "time_s":
