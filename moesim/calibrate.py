@@ -411,11 +411,10 @@ def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | Non
     (``fit_stack_group``), on the training / serving rows of ``cases`` that depend on any of them
     (``case_stack_params``), over every hardware: ``host_op_us`` within [0, its ``fit_max``],
     ``host_seq_us`` within [0, its ``seq_fit_max``] (prior ``seq_prior_us``),
-    ``device_fraction`` within [FRACTION_MIN, 1]. A parameter no row runs or identifies keeps its
+    ``device_fraction`` within [its ``fraction_min``, 1] (FRACTION_MIN unless the entry states one). A parameter no row runs or identifies keeps its
     prior (``priors``, default the entry's ``prior_us``, 1.0 for a fraction). Stacks are fitted in
     table order (a ``fit_max`` naming an earlier entry sees its fit); identical fits (the same
     rows, profiles and fixed values) are reused within the process."""
-    from moesim.specs.software_stack import FRACTION_MIN
     from moesim.step.stacks import fit_params, param_field, split_param, stack_table
 
     table = table or stack_table()
@@ -434,7 +433,7 @@ def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | Non
             elif param_field(p) == "host_seq_us":
                 prior[p], bounds[p] = (priors or {}).get(p, entry.seq_prior_us), (0.0, float(entry.seq_fit_max))
             else:
-                prior[p], bounds[p] = (priors or {}).get(p, 1.0), (FRACTION_MIN, 1.0)
+                prior[p], bounds[p] = (priors or {}).get(p, 1.0), (entry.fraction_min, 1.0)
         rows = [c for c in cases if set(row_params[c.id]) & set(params)]
         if not rows:
             fits = {p: StackParamFit(p, prior[p], (), False, f"no row runs it: prior {prior[p]:g} kept") for p in params}

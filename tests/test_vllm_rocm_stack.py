@@ -106,3 +106,16 @@ def test_fit_reproduces_the_shipped_value():
     fits = fit_stacks(rows, {"mi300x": load_profile("mi300x")})
     fit = fits["vllm-rocm.prefill.device_fraction"]
     assert round(fit.value, 4) == pytest.approx(t.value("vllm-rocm.prefill.device_fraction"), abs=1e-4)
+
+
+def test_fraction_min_is_the_fit_floor_and_cannot_rise_above_the_generic_one():
+    from moesim.specs.software_stack import FRACTION_MIN, PhaseHost
+
+    t = stack_table()
+    pre = t.phase("vllm-rocm", "prefill")
+    assert pre.fraction_min == 0.1 and "AITER" in pre.source  # the lower floor names its source
+    assert t.phase("sglang", "prefill").fraction_min == FRACTION_MIN  # every other entry: the generic floor
+    # the fitted value is identified below the generic floor, within the entry's own range
+    assert 0.1 < t.value("vllm-rocm.prefill.device_fraction") < 1.0
+    with pytest.raises(Exception, match="fraction_min"):
+        PhaseHost(captured="none", fit_fraction=True, fraction_min=0.5, source="x")

@@ -78,7 +78,10 @@ class PhaseHost(Spec):
                                                           "device throughput in this stack's full step, or "
                                                           "'<stack>.<phase>' to take that entry's value")
     fit_fraction: bool = Field(False, description="device_fraction is fitted on whole sources (prior 1.0, range "
-                                                  "[FRACTION_MIN, 1])")
+                                                  "[fraction_min, 1])")
+    fraction_min: float = Field(FRACTION_MIN, gt=0, le=FRACTION_MIN,
+                                description="a fitted device_fraction's lower bound: FRACTION_MIN unless the entry's "
+                                            "source documents a larger kernel loss (it names that source)")
     host_seq_us: float | str = Field(0.0, description="us of host time per running sequence per iteration "
                                                       "(the executor loop's per-request work), or "
                                                       "'<stack>.<phase>' to take that entry's value")
