@@ -411,7 +411,8 @@ def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | Non
     (``fit_stack_group``), on the training / serving rows of ``cases`` that depend on any of them
     (``case_stack_params``), over every hardware: ``host_op_us`` within [0, its ``fit_max``],
     ``host_seq_us`` within [0, its ``seq_fit_max``] (prior ``seq_prior_us``),
-    ``device_fraction`` within [its ``fraction_min``, 1] (FRACTION_MIN unless the entry states one). A parameter no row runs or identifies keeps its
+    ``device_fraction`` within [its entry's ``fraction_min``, 1] (FRACTION_MIN unless the entry
+    states one). A parameter no row runs or identifies keeps its
     prior (``priors``, default the entry's ``prior_us``, 1.0 for a fraction). Stacks are fitted in
     table order (a ``fit_max`` naming an earlier entry sees its fit); identical fits (the same
     rows, profiles and fixed values) are reused within the process."""

@@ -214,8 +214,9 @@ VENDOR_STACKS: dict[str, dict[str, str]] = {"vllm": {"amd": "vllm-rocm"}}
 def _vendor(hardware: str) -> str | None:
     """The ``vendor`` of hardware profile ``hardware`` (None for a name that is not a profile)."""
     from moesim.catalog import load_profile
+    from moesim.errors import MoesimError
 
     try:
         return load_profile(hardware).vendor
-    except Exception:  # an unknown name: no vendor-specific stack
+    except MoesimError:  # an unknown or unreadable profile name: no vendor-specific stack
         return None

@@ -31,9 +31,7 @@ def gemm_fit_params(cases, profile: HardwareProfile) -> tuple[str, ...]:
     bounds = set()
     for c in cases:
         try:
-            _metric(c.inputs)
-            bounds.add(str(gemm_time(profile, c.inputs["m"], c.inputs["n"], c.inputs["k"], c.inputs["dtype"],
-                                     c.inputs.get("out_dtype")).bound))
+            bounds.add(str(_gemm_estimate(c.inputs, profile).bound))
         except (UnsupportedCase, KeyError):
             continue
     return GEMM_FIT_PARAMS[:1] if bounds == {"compute"} else GEMM_FIT_PARAMS
@@ -45,11 +43,15 @@ def _metric(inputs: dict) -> None:
         raise UnsupportedCase(f"metric {metric!r} not modelled for GEMMs (only time_s)")
 
 
+def _gemm_estimate(inputs: dict, hw: HardwareProfile):
+    """The GemmEstimate of a ``gemm`` case's inputs (the predictor and the fit-parameter rule)."""
+    _metric(inputs)
+    return gemm_time(hw, inputs["m"], inputs["n"], inputs["k"], inputs["dtype"], inputs.get("out_dtype"))
+
+
 def predict_gemm_case(inputs: dict, hw: HardwareProfile) -> float:
     """Predicted kernel time (s) of a ``gemm`` case: inputs m, n, k, dtype (out_dtype optional)."""
-    _metric(inputs)
-    est = gemm_time(hw, inputs["m"], inputs["n"], inputs["k"], inputs["dtype"], inputs.get("out_dtype"))
-    return est.time_s
+    return _gemm_estimate(inputs, hw).time_s
 
 
 def predict_grouped_gemm_case(inputs: dict, hw: HardwareProfile) -> float:
