@@ -52,9 +52,9 @@ def validation_message(err: ValidationError, source: str = "", show_values: bool
     """One line: ``source: field.path = value: what is allowed; ...`` (the first few problems).
     ``show_values=False`` (a file loaded by path) names each key but never quotes its value."""
     lines = []
-    problems = err.errors()
+    problems = _union_branches_dropped(err.errors())
     for e in problems[:MAX_PROBLEMS]:
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        path = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p)) or "(top level)"
         value = e.get("input")
         shown_value = "" if isinstance(value, dict) or not show_values else f" = {safeio.shown(repr(value))}"
         msg = e["msg"].removeprefix("Value error, ")
@@ -64,6 +64,27 @@ def validation_message(err: ValidationError, source: str = "", show_values: bool
     if len(problems) > MAX_PROBLEMS:
         lines.append(f"and {len(problems) - MAX_PROBLEMS} more problems")
     return (f"{source}: " if source else "") + "; ".join(lines)
+
+
+def _is_union_tag(part) -> bool:
+    """pydantic names the member of a union it tried as a path element (``literal['a','b']``,
+    ``function-after[f(), Model]``): not a field a user wrote."""
+    return isinstance(part, str) and "[" in part and part.endswith("]")
+
+
+def _union_branches_dropped(problems: list) -> list:
+    """``problems`` without the errors of a union's literal member when another member of the same
+    union also failed: a table written where a name is allowed failed as the table, and the list
+    of names it is not is noise."""
+    def prefix(e):
+        loc = e["loc"]
+        k = next((i for i, p in enumerate(loc) if _is_union_tag(p)), None)
+        return None if k is None else (loc[:k], str(loc[k]).startswith("literal["))
+
+    tags = [prefix(e) for e in problems]
+    tables = {t[0] for t in tags if t is not None and not t[1]}
+    kept = [e for e, t in zip(problems, tags) if not (t is not None and t[1] and t[0] in tables)]
+    return kept or problems
 
 
 def _without_values(e: dict) -> str:

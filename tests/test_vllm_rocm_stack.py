@@ -119,3 +119,22 @@ def test_fraction_min_is_the_fit_floor_and_cannot_rise_above_the_generic_one():
     assert 0.1 < t.value("vllm-rocm.prefill.device_fraction") < 1.0
     with pytest.raises(Exception, match="fraction_min"):
         PhaseHost(captured="none", fit_fraction=True, fraction_min=0.5, source="x")
+
+
+def test_a_bad_stack_table_names_the_field_without_union_noise():
+    # a table written for `stack` fails as a table: the error names stack.prefill.fraction_min and
+    # its range, not pydantic's union members or the list of stack names it is not
+    from moesim.errors import MoesimError
+    from moesim.planner.scenario import scenario_from_dict
+
+    base = {"kind": "serving", "name": "t", "model": "mixtral-8x7b", "hardware": ["mi300x"], "max_devices": 8,
+            "workload": {"prompt_len": 1000, "output_len": 1000, "target_output_tokens_per_s": 1.0, "dtype": "fp8"},
+            "slo": {"tpot_s": 1.0, "ttft_s": 100.0}}
+    table = {"name": "mine", "train": {"captured": "none", "source": "x"},
+             "prefill": {"captured": "none", "fit_fraction": True, "fraction_min": 0.5, "source": "x"},
+             "decode": {"captured": "all", "source": "x"}}
+    with pytest.raises(MoesimError) as err:
+        scenario_from_dict({**base, "stack": table}, source="test")
+    msg = str(err.value)
+    assert "stack.prefill.fraction_min = 0.5" in msg and "less than or equal to 0.3" in msg
+    assert "[" not in msg.split("fraction_min")[0] and "'sglang'" not in msg
