@@ -274,3 +274,50 @@ def test_measure_host_script_runs_small():
     assert result["summary"]["memory_bandwidth_GBps"] == pytest.approx(
         2 * result["summary"]["copy_rate_GBps"]
     )  # STREAM convention counts read + write, the copy rate counts bytes moved once
+
+
+# ---- usable memory: the driver's total, where a source gives it ------------------------------
+DRIVER_MIB = {"h100-sxm": 81559, "h800-sxm": 81559, "a100-sxm-80gb": 81920, "h200-sxm": 143771,
+              "b200": 183359, "mi300x": 196592, "mi325x": 262144}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PROFILES))
+def test_usable_memory_is_the_driver_total_else_the_printed_capacity(name):
+    """hardware-specs.md s2a: nvidia-smi / rocm-smi totals are 6.8-7.4% above the printed decimal GB
+    on every part that has one (the GB vs GiB convention plus reserved stacks); the rest keep the
+    printed figure."""
+    p = profile(name)
+    if name in DRIVER_MIB:
+        assert p.memory.runtime_MiB == DRIVER_MIB[name]
+        assert p.hbm_bytes == DRIVER_MIB[name] * 2**20
+        assert 1.06 < p.hbm_bytes / (p.memory.hbm_GB * 1e9) < 1.08
+    else:
+        assert p.memory.runtime_MiB is None
+        assert p.hbm_bytes == p.memory.hbm_GB * 1e9
+
+
+def test_memory_model_allocates_from_the_driver_total():
+    from moesim.compute.memory import memory_footprint
+    from moesim.catalog import load_model
+    from moesim.specs import Parallelism
+
+    model, hw = load_model("deepseek-v3"), profile("h200-sxm")
+    fp = memory_footprint(model, hw, Parallelism(tp=1, dp=8, ep=8, attention_layout="dp"), mode="serve",
+                          weight_dtype="fp8", kv_dtype="fp8", kv_tokens=0)
+    assert fp.capacity_bytes == pytest.approx(143771 * 2**20)
+
+
+def test_loader_rejects_a_driver_total_without_a_source():
+    data = h100_data()
+    del data["memory"]["sources"]["runtime_MiB"]
+    with pytest.raises(MoesimError, match=r"memory.*runtime_MiB.*no source"):
+        catalog.build(HardwareProfile, data)
+
+
+@pytest.mark.parametrize("mib", [40960, 120000])
+def test_loader_rejects_a_driver_total_of_another_part(mib):
+    """A40 GB total on an 80 GB profile (0.54x) or 1.57x: another part's figure, named with the range."""
+    data = h100_data()
+    data["memory"]["runtime_MiB"] = mib
+    with pytest.raises(MoesimError, match=r"runtime_MiB = \d+ is [\d.]+ x hbm_GB; allowed 0.9 to 1.15"):
+        catalog.build(HardwareProfile, data)

@@ -75,7 +75,8 @@ def test_gpt_oss_weights_as_stored_by_hand():
 
 
 def test_stored_weights_raise_the_kv_capacity():
-    # H200 TP1 gpt-oss-120b: KV for 0.95 x (141 GB - 65 GB) instead of 0.95 x (141 GB - 117 GB)
+    # H200 TP1 gpt-oss-120b: KV for 0.95 x (150.8 GB - 65 GB) instead of 0.95 x (150.8 GB - 117 GB)
+    # (150.8 GB: the driver's 143,771 MiB, hardware-specs.md s2a): 2.5x the sequences
     m = load_model("gpt-oss-120b")
     sc = _scenario("gpt-oss-120b", "h200-sxm", "fp8", "bf16")
     c = Candidate("h200-sxm", 1, tp=1, dp=1, ep=1, batch=64)
@@ -88,7 +89,7 @@ def test_stored_weights_raise_the_kv_capacity():
                           kv_tokens=0)
     free = fp.capacity_bytes - te.stored_weight_bytes(m, fp, "fp8")
     assert lim.kv_seqs == int(0.95 * free / fp.kv_bytes_per_token // 2000)
-    assert lim.kv_seqs > 3 * int(0.95 * (fp.capacity_bytes - fp.weight_bytes) / fp.kv_bytes_per_token // 2000)
+    assert lim.kv_seqs > 2.4 * int(0.95 * (fp.capacity_bytes - fp.weight_bytes) / fp.kv_bytes_per_token // 2000)
 
 
 def test_nvfp4_checkpoint_param_count_counts_packed_ffn_elements():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from moesim import units
 from moesim.catalog import SCHEMAS, json_schema, list_models, list_profiles, load_model, load_profile
 from moesim.cli import Result, add_json_flag
 from moesim.compute.counts import forward_flops_per_token, param_counts
@@ -55,6 +56,8 @@ def _hw_summary(p: HardwareProfile) -> dict:
         "kind": p.kind,
         "peak_dense_tflops": dict(p.compute.peak_dense_tflops),
         "hbm_GB": p.memory.hbm_GB,
+        "runtime_MiB": p.memory.runtime_MiB,
+        "memory_GiB": p.hbm_bytes / units.GiB,
         "hbm_bandwidth_GBps": p.memory.hbm_bandwidth_GBps,
         "scale_up_per_direction_GBps": p.scale_up.bandwidth_per_direction_GBps,
         "scale_up_domain": p.scale_up.domain_size,
@@ -77,7 +80,7 @@ def hw_list(args) -> Result:
             d["name"],
             d["peak_dense_tflops"].get("bf16"),
             d["peak_dense_tflops"].get("fp8"),
-            f"{d['hbm_GB'] * 1e9 / 2**30:.1f}",  # NOTE: vendors state GB; memory is shown in GiB everywhere
+            f"{d['memory_GiB']:.1f}" + ("" if d["runtime_MiB"] else "*"),
             d["hbm_bandwidth_GBps"],
             d["scale_up_per_direction_GBps"],
             d["scale_up_domain"],
@@ -89,10 +92,11 @@ def hw_list(args) -> Result:
         )
         for d in data
     ]
-    headers = ["name", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GiB", "HBM GB/s", "scale-up GB/s/dir", "domain devices",
+    headers = ["name", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM GB/s", "scale-up GB/s/dir", "domain devices",
                "NIC Gb/s", "$/device-h", "price from", "efficiencies"]
     return Result(data, table(rows, headers) + "\n(dense peaks; prior-only = efficiencies fitted to no "
-                  "measurement; `moesim hw show NAME` for sources)")
+                  "measurement; memory GiB = the total the driver reports; * = the printed capacity, no driver total sourced; "
+                  "`moesim hw show NAME` for sources)")
 
 
 def _origin(d: dict) -> str:
@@ -111,6 +115,8 @@ def hw_show(args) -> Result:
         ("dense peak TFLOP/s", peaks),
         ("compute units", f"{p.compute.compute_units} {p.compute.compute_unit_kind}" if p.compute.compute_units else "unconfirmed"),
         ("HBM", f"{p.memory.hbm_GB:g} GB at {p.memory.hbm_bandwidth_GBps:g} GB/s"),
+        ("usable memory", f"{p.memory.runtime_MiB:g} MiB reported by the driver ({p.hbm_bytes / units.GiB:.1f} GiB)"
+                          if p.memory.runtime_MiB else f"{p.hbm_bytes / units.GiB:.1f} GiB (the printed capacity; no driver-reported total sourced)"),
         ("scale-up", f"{p.scale_up.fabric} {p.scale_up.topology}, {p.scale_up.bandwidth_per_direction_GBps:g} GB/s per direction, domain {p.scale_up.domain_size} (max {p.scale_up.max_domain_size})"),
         ("scale-out", f"{p.scale_out.nic_Gbps_per_device:g} Gb/s per device" if p.scale_out else "not stated"),
         ("price", f"${p.price.usd_per_device_hour:.2f}/device-hour, {p.price.provider} "

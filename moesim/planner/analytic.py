@@ -96,7 +96,7 @@ class AnalyticEvaluator:
         from moesim.prices import entry_from_profile
 
         return HardwareFacts(p.name, p.price.usd_per_device_hour, p.scale_up.domain_size,
-                             p.memory.hbm_GB * units.GB / units.GiB, price=entry_from_profile(p))
+                             p.hbm_bytes / units.GiB, price=entry_from_profile(p))
 
     @staticmethod
     def chunk_key(c: Candidate) -> int:

@@ -70,12 +70,42 @@ class ComputeSpec(Sourced):
         return out
 
 
+RUNTIME_TO_PRINTED_RANGE = (0.9, 1.15)
+
+
 class MemorySpec(Sourced):
     """On-package memory (HBM) and on-chip cache."""
 
     hbm_GB: float = Field(gt=0, description="HBM capacity in decimal GB as the vendor prints it")
+    runtime_MiB: float | None = Field(
+        None, gt=0,
+        description="device memory the driver reports (nvidia-smi / NVML memory.total, rocm-smi "
+        "VRAM total) in MiB; serving engines size their KV cache from it. Unset: hbm_GB is used",
+    )
     hbm_bandwidth_GBps: float = Field(gt=0, description="HBM bandwidth in decimal GB/s")
     l2_MB: float | None = Field(None, gt=0, description="L2 / on-chip SRAM in MB")
+
+    @model_validator(mode="after")
+    def _runtime_close_to_printed(self):
+        # The driver's total differs from the printed capacity by the GB/GiB convention and
+        # by reserved or extra stacks (H100 81,559 MiB = 1.07 x 80 GB; H200 1.07 x 141 GB):
+        # outside 0.9-1.15 the two numbers describe different parts.
+        if self.runtime_MiB is not None:
+            ratio = self.runtime_MiB * units.MiB / (self.hbm_GB * units.GB)
+            if not RUNTIME_TO_PRINTED_RANGE[0] <= ratio <= RUNTIME_TO_PRINTED_RANGE[1]:
+                lo, hi = RUNTIME_TO_PRINTED_RANGE
+                raise ValueError(
+                    f"memory.runtime_MiB = {self.runtime_MiB:g} is {ratio:.3f} x hbm_GB; "
+                    f"allowed {lo} to {hi} x (a different part's figure?)"
+                )
+        return self
+
+    @property
+    def capacity_bytes(self) -> float:
+        """What software can allocate from: the driver's total when known, else the printed GB."""
+        if self.runtime_MiB is not None:
+            return self.runtime_MiB * units.MiB
+        return self.hbm_GB * units.GB
 
 
 class ScaleUpSpec(Sourced):
@@ -266,8 +296,8 @@ class HardwareProfile(Spec):
 
     @property
     def hbm_bytes(self) -> float:
-        """HBM capacity in bytes."""
-        return self.memory.hbm_GB * units.GB
+        """Usable device memory in bytes: the driver-reported total when the profile has it."""
+        return self.memory.capacity_bytes
 
     @property
     def hbm_bandwidth_Bps(self) -> float:
