@@ -54,12 +54,18 @@ def validation_message(err: ValidationError, source: str = "", show_values: bool
     lines = []
     problems = _union_branches_dropped(err.errors())
     for e in problems[:MAX_PROBLEMS]:
-        path = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p)) or "(top level)"
+        path = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p))
         value = e.get("input")
         shown_value = "" if isinstance(value, dict) or not show_values else f" = {safeio.shown(repr(value))}"
         msg = e["msg"].removeprefix("Value error, ")
-        if not show_values and e.get("type") not in ("missing", "extra_forbidden"):
+        cause = _spec_error(e)
+        if cause is not None:  # a validator named the field: the path ends at it, never twice
+            path = _joined(path, cause.field)
+            shown_value = f" = {safeio.shown(repr(cause.value))}" if show_values and cause.value is not None else ""
+            msg = cause.allowed
+        elif not show_values and e.get("type") not in ("missing", "extra_forbidden"):
             msg = _without_values(e)
+        path = path or "(top level)"
         lines.append(f"{path}{shown_value}: {msg}")
     if len(problems) > MAX_PROBLEMS:
         lines.append(f"and {len(problems) - MAX_PROBLEMS} more problems")
@@ -87,13 +93,28 @@ def _union_branches_dropped(problems: list) -> list:
     return kept or problems
 
 
+def _spec_error(e: dict) -> SpecError | None:
+    """The SpecError a validator raised for error ``e`` (it names the field and what is allowed)."""
+    cause = (e.get("ctx") or {}).get("error") if e.get("type") == "value_error" else None
+    return cause if isinstance(cause, SpecError) else None
+
+
+def _joined(path: str, field: str) -> str:
+    """``path`` extended by the dotted ``field`` a validator named, without repeating the part of
+    it ``path`` already ends with (``compute.peak_dense_tflops`` + ``peak_dense_tflops.fp8``)."""
+    if not path:
+        return field
+    parts, names = path.split("."), field.split(".")
+    for k in range(min(len(parts), len(names)), 0, -1):
+        if parts[-k:] == names[:k]:
+            return ".".join(parts + names[k:])
+    return f"{path}.{field}"
+
+
 def _without_values(e: dict) -> str:
     """pydantic's message for error ``e`` when it may quote the input (custom validators do):
     the generic message of its type instead, which names what is allowed."""
     if e.get("type") == "value_error":
-        cause = (e.get("ctx") or {}).get("error")
-        if isinstance(cause, SpecError):
-            return cause.allowed
         return "invalid value (not shown: it comes from a file that failed to load)"
     return e["msg"]
 

@@ -23,7 +23,8 @@ class SpecError(MoesimError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field}: {_shown(value)} is invalid; {allowed}")
+        # value None: the field is missing or the rule is about a combination (nothing to quote)
+        super().__init__(f"{field}: {allowed}" if value is None else f"{field}: {_shown(value)} is invalid; {allowed}")
 
 
 class UnknownNameError(MoesimError):

@@ -53,10 +53,15 @@ class PricesSpec(Spec):
     @field_validator("usd_per_device_hour")
     @classmethod
     def _positive(cls, value):
-        for name, price in value.items():
-            if isinstance(price, bool) or not price > 0:
-                raise ValueError(f"usd_per_device_hour.{name} must be > 0, got {price!r}")
-        return value
+        return positive_prices(value)
+
+
+def positive_prices(value: dict) -> dict:
+    """``value`` (hardware name -> USD per device-hour) when every price is a number above 0."""
+    for name, price in value.items():
+        if isinstance(price, bool) or not price > 0:
+            raise SpecError(name, price, "allowed: a price above 0 in USD per device-hour")
+    return value
 
 
 @dataclass(frozen=True)

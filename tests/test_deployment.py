@@ -18,7 +18,7 @@ def _dep(**kw) -> Deployment:
 
 
 @pytest.mark.parametrize("kw,field", [
-    (dict(dp=8, ep=8), "must equal devices"),
+    (dict(dp=8, ep=8), "devices.*must equal tp x cp x dp x pp"),
     (dict(devices=12, dp=12, ep=12, devices_per_domain=8), "multiple of the domain size"),
     (dict(tp=2, dp=8), "DP attention"),
     (dict(ep=32), "ep x etp"),
@@ -54,7 +54,7 @@ def test_frozen_derived_views_and_copies():
     assert d.cluster.devices == 16 and d.domain_size == 8
     assert d.expert_placement == "contiguous" and _dep(redundant_experts=16).expert_placement == "load_aware"
     assert d.overlap_of("prefill") == "none" and d.with_(prefill_overlap="two_microbatch").overlap_of("prefill") == "two_microbatch"
-    with pytest.raises(ValueError, match="must equal devices"):
+    with pytest.raises(ValueError, match="devices.*must equal tp x cp x dp x pp"):
         d.with_(devices=32)  # copies are validated
 
 

@@ -122,7 +122,7 @@ def test_whatif_rejects_bad_model_change():
 def test_scenario_rejects_unknown_fields_and_missing_slo():
     with pytest.raises(MoesimError, match="workload.bogus_field = 1: Extra inputs"):
         apply_changes(serving(), {"workload.bogus_field": 1})
-    with pytest.raises(MoesimError, match="slo needs"):
+    with pytest.raises(MoesimError, match="slo: needs ttft_s or tpot_s"):
         apply_changes(serving(), {"slo.tpot_s": None, "slo.ttft_s": None})
 
 

@@ -92,7 +92,7 @@ def test_tpus_and_only_tpus_have_ici(name):
 def test_loader_rejects_a_number_without_a_source():
     data = h100_data()
     del data["memory"]["sources"]["hbm_GB"]
-    with pytest.raises(MoesimError, match=r"memory.*hbm_GB.*no source"):
+    with pytest.raises(MoesimError, match=r"memory.hbm_GB = 80.0: every number needs a source"):
         catalog.build(HardwareProfile, data)
 
 
@@ -111,7 +111,7 @@ def test_loader_rejects_a_negative_bandwidth(section, field):
 def test_loader_rejects_an_unknown_dtype():
     data = h100_data()
     data["compute"]["peak_dense_tflops"]["fp7"] = 100.0
-    with pytest.raises(MoesimError, match=r"peak_dense_tflops.*'fp7' is invalid"):
+    with pytest.raises(MoesimError, match=r"compute.peak_dense_tflops = 'fp7': allowed dtypes"):
         catalog.build(HardwareProfile, data)
 
 
@@ -310,7 +310,7 @@ def test_memory_model_allocates_from_the_driver_total():
 def test_loader_rejects_a_driver_total_without_a_source():
     data = h100_data()
     del data["memory"]["sources"]["runtime_MiB"]
-    with pytest.raises(MoesimError, match=r"memory.*runtime_MiB.*no source"):
+    with pytest.raises(MoesimError, match=r"memory.runtime_MiB = 81559.0: every number needs a source"):
         catalog.build(HardwareProfile, data)
 
 
@@ -319,5 +319,24 @@ def test_loader_rejects_a_driver_total_of_another_part(mib):
     """A40 GB total on an 80 GB profile (0.54x) or 1.57x: another part's figure, named with the range."""
     data = h100_data()
     data["memory"]["runtime_MiB"] = mib
-    with pytest.raises(MoesimError, match=r"runtime_MiB = \d+ is [\d.]+ x hbm_GB; allowed 0.9 to 1.15"):
+    with pytest.raises(MoesimError, match=r"memory.runtime_MiB = \d+\.0: allowed: 0.9 to 1.15 x the printed hbm_GB"):
         catalog.build(HardwareProfile, data)
+
+
+@pytest.mark.parametrize("section, key, bad, expected", [
+    ("memory", "runtime_MiB", 50000, r"memory\.runtime_MiB: allowed: 0\.9 to 1\.15 x the printed hbm_GB"),
+    ("scale_up", "domain_size", 800, r"scale_up\.domain_size: allowed: at most max_domain_size"),
+    ("compute", "peak_dense_tflops", {"bf16": -3.0}, r"compute\.peak_dense_tflops\.bf16: allowed: a positive number"),
+])
+def test_a_profile_file_names_the_field_and_the_range_without_quoting_it(tmp_path, section, key, bad, expected):
+    """A file loaded by path: the error names the field and what is allowed (the validator's
+    rule, not pydantic's 'invalid value'), and never quotes the file's value."""
+    data = h100_data()
+    data[section][key] = bad
+    path = tmp_path / "mine.toml"
+    catalog.write_toml(data, path)
+    with pytest.raises(MoesimError, match=expected) as err:
+        catalog.load_profile(str(path))
+    text = str(err.value)
+    assert "not shown" not in text and "\n" not in text
+    assert str(bad if not isinstance(bad, dict) else "-3") not in text

@@ -125,7 +125,7 @@ def test_infeasible_raises():
     with pytest.raises(InfeasibleError, match="short by"):
         estimate(DSV3, Deployment(hardware=h100, devices=8, dp=8, ep=8, attention_layout="dp", dtype="fp8"),
                  Decode(64, 2048))
-    with pytest.raises(ValueError, match="must equal devices"):
+    with pytest.raises(ValueError, match="devices.*must equal tp x cp x dp x pp"):
         Deployment(hardware=H800, devices=16, dp=8, ep=8, attention_layout="dp")
 
 

@@ -19,7 +19,7 @@ from typing import Literal, Union, get_args
 from pydantic import Field, field_validator, model_validator
 
 from moesim.catalog import build, read_toml, resolve_file_names
-from moesim.errors import MoesimError
+from moesim.errors import MoesimError, SpecError
 from moesim.prices import PricesSpec
 from moesim.planner.disagg_search import DisaggSearch
 from moesim.specs import SLO, Deployment, RoutingSpec, ServingWorkload, TrainingWorkload
@@ -73,15 +73,13 @@ class ServingSearch(Spec):
     @classmethod
     def _moved(cls, data):
         if isinstance(data, dict) and "max_drop_fraction" in data:
-            raise ValueError("search.max_drop_fraction moved to the [limits] table: limits.max_drop_fraction")
+            raise SpecError("max_drop_fraction", None, "moved to the [limits] table: limits.max_drop_fraction")
         return data
 
     @field_validator("devices_per_replica", "batch_per_device", "tp", "pp")
     @classmethod
     def _positive(cls, value, info):
-        if not value or any(v <= 0 for v in value):
-            raise ValueError(f"{info.field_name} needs positive integers, got {value!r}")
-        return tuple(sorted(set(value)))
+        return _positive_ints(value, info.field_name)
 
     @field_validator("attention_dtype")
     @classmethod
@@ -96,8 +94,15 @@ class ServingSearch(Spec):
     @classmethod
     def _cf(cls, value):
         if value is not None and (not value or any(v <= 0 for v in value)):
-            raise ValueError(f"capacity_factors need positive values, got {value!r}")
+            raise SpecError("capacity_factors", value, "allowed: one or more positive numbers")
         return value
+
+
+def _positive_ints(value, field: str) -> tuple[int, ...]:
+    """A search axis: at least one value, all positive; sorted without repeats."""
+    if not value or any(v <= 0 for v in value):
+        raise SpecError(field, value, "allowed: one or more positive integers")
+    return tuple(sorted(set(value)))
 
 
 class TrainingSearch(Spec):
@@ -115,9 +120,7 @@ class TrainingSearch(Spec):
     @field_validator("devices", "tp", "pp", "ep", "micro_batch")
     @classmethod
     def _positive(cls, value, info):
-        if not value or any(v <= 0 for v in value):
-            raise ValueError(f"{info.field_name} needs positive integers, got {value!r}")
-        return tuple(sorted(set(value)))
+        return _positive_ints(value, info.field_name)
 
 
 class QualityLimits(Spec):
@@ -173,8 +176,8 @@ class _ScenarioBase(Spec):
 
             policies = measured_policies()
             if self.routing.overflow not in policies:
-                raise ValueError(f"routing.overflow = {self.routing.overflow!r}: limits.max_loss_increase needs a "
-                                 f"policy the quality model was measured for ({', '.join(policies)})")
+                raise SpecError("routing.overflow", self.routing.overflow, "limits.max_loss_increase needs a policy "
+                                f"the quality model was measured for: {', '.join(policies)}")
         return self
 
     @field_validator("stack", mode="before")
@@ -182,7 +185,7 @@ class _ScenarioBase(Spec):
     def _stack_name(cls, value):
         """A stack name must be one of the table's (one readable line, not the union's two errors)."""
         if isinstance(value, str) and value not in deployment_stacks():
-            raise ValueError(f"unknown software stack {value!r}; allowed: {', '.join(map(repr, deployment_stacks()))}")
+            raise SpecError("stack", value, f"allowed: {', '.join(deployment_stacks())}")
         return value
 
     @field_validator("hardware", mode="before")
@@ -193,10 +196,9 @@ class _ScenarioBase(Spec):
     @field_validator("prices_usd_per_device_hour")
     @classmethod
     def _prices(cls, value):
-        for name, price in value.items():
-            if not price > 0:
-                raise ValueError(f"price for {name} must be > 0, got {price!r}")
-        return value
+        from moesim.prices import positive_prices
+
+        return positive_prices(value)
 
 
 class ServingScenario(_ScenarioBase):
@@ -221,7 +223,7 @@ class ServingScenario(_ScenarioBase):
     @model_validator(mode="after")
     def _targets(self):
         if self.slo.ttft_s is None and self.slo.tpot_s is None:
-            raise ValueError("slo needs ttft_s or tpot_s (a serving plan without a latency limit is unbounded)")
+            raise SpecError("slo", None, "needs ttft_s or tpot_s (a serving plan without a latency limit is unbounded)")
         return self
 
     @property
@@ -249,7 +251,7 @@ class TrainingScenario(_ScenarioBase):
     @model_validator(mode="after")
     def _targets(self):
         if self.workload.tokens_to_train is None or self.workload.deadline_days is None:
-            raise ValueError("a training scenario needs workload.tokens_to_train and workload.deadline_days")
+            raise SpecError("workload", None, "a training scenario needs workload.tokens_to_train and workload.deadline_days")
         return self
 
     @property

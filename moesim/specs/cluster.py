@@ -24,10 +24,8 @@ class Cluster(Spec):
     def _divides(self):
         dpd = self.devices_per_domain
         if dpd is not None and self.devices > dpd and self.devices % dpd:
-            raise ValueError(
-                f"devices {self.devices} must be a multiple of devices_per_domain {dpd} "
-                f"(or at most one domain)"
-            )
+            raise SpecError("devices", self.devices, f"allowed: a multiple of devices_per_domain = {dpd} "
+                            "(or at most one domain)")
         return self
 
     def domain_size(self, profile: HardwareProfile) -> int:

@@ -126,19 +126,19 @@ class Deployment(Parallelism):
         hw = self.hardware
         dpd = self.devices_per_domain or hw.scale_up.domain_size
         if dpd > hw.scale_up.max_domain_size:
-            raise ValueError(f"devices_per_domain {dpd}: {hw.name} supports scale-up domains of at most "
-                             f"{hw.scale_up.max_domain_size} devices")
+            raise SpecError("devices_per_domain", dpd, f"allowed: at most {hw.scale_up.max_domain_size} "
+                            f"(the largest scale-up domain of {hw.name})")
         if self.devices > dpd and self.devices % dpd:
-            raise ValueError(f"devices {self.devices} must be a multiple of the domain size {dpd} (or at most one domain)")
+            raise SpecError("devices", self.devices, f"allowed: a multiple of the domain size {dpd} (or at most one domain)")
         world = self.world
         if world != self.devices:
-            raise ValueError(f"tp x cp x dp x pp = {self.tp} x {self.cp} x {self.dp} x {self.pp} = {world} "
-                             f"must equal devices = {self.devices}")
+            raise SpecError("devices", self.devices, f"must equal tp x cp x dp x pp = {self.tp} x {self.cp} x "
+                            f"{self.dp} x {self.pp} = {world}")
         if self.attention_layout == "dp" and self.tp > 1:
-            raise ValueError(f"tp {self.tp}: DP attention (attention_layout dp) needs tp = 1")
+            raise SpecError("tp", self.tp, "DP attention (attention_layout dp) needs tp = 1")
         units = hw.compute.compute_units
         if self.comm_sms is not None and units is not None and self.comm_sms >= units:
-            raise ValueError(f"comm_sms {self.comm_sms}: must be below the {units} SMs of {hw.name}")
+            raise SpecError("comm_sms", self.comm_sms, f"allowed: below the {units} SMs of {hw.name}")
         return self
 
     # ---- derived ---------------------------------------------------------------------------

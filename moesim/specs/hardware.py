@@ -36,9 +36,7 @@ class Sourced(Spec):
             value = getattr(self, name)
             numeric = isinstance(value, (int, float, dict, list)) and not isinstance(value, bool)
             if numeric and value not in ({}, []) and name not in self.sources:
-                raise ValueError(
-                    f"{name} = {value!r} has no source; add sources.{name} naming where it came from"
-                )
+                raise SpecError(name, value, f"every number needs a source: add sources.{name} naming where it came from")
         return self
 
 
@@ -63,10 +61,10 @@ class ComputeSpec(Sourced):
         for key, tflops in value.items():
             key = canonical_dtype(key, field="compute.peak_dense_tflops")
             if not isinstance(tflops, (int, float)) or isinstance(tflops, bool) or tflops <= 0:
-                raise ValueError(f"peak_dense_tflops.{key} must be a positive number, got {tflops!r}")
+                raise SpecError(f"peak_dense_tflops.{key}", tflops, "allowed: a positive number of TFLOP/s")
             out[key] = float(tflops)
         if not out:
-            raise ValueError("peak_dense_tflops needs at least one dtype")
+            raise SpecError("peak_dense_tflops", value, f"allowed: at least one dtype of {', '.join(DTYPES)}")
         return out
 
 
@@ -94,10 +92,8 @@ class MemorySpec(Sourced):
             ratio = self.runtime_MiB * units.MiB / (self.hbm_GB * units.GB)
             if not RUNTIME_TO_PRINTED_RANGE[0] <= ratio <= RUNTIME_TO_PRINTED_RANGE[1]:
                 lo, hi = RUNTIME_TO_PRINTED_RANGE
-                raise ValueError(
-                    f"memory.runtime_MiB = {self.runtime_MiB:g} is {ratio:.3f} x hbm_GB; "
-                    f"allowed {lo} to {hi} x (a different part's figure?)"
-                )
+                raise SpecError("runtime_MiB", self.runtime_MiB,
+                                f"allowed: {lo} to {hi} x the printed hbm_GB (a different part's figure?)")
         return self
 
     @property
@@ -125,11 +121,10 @@ class ScaleUpSpec(Sourced):
     @model_validator(mode="after")
     def _consistent(self):
         if self.domain_size > self.max_domain_size:
-            raise ValueError(
-                f"domain_size {self.domain_size} exceeds max_domain_size {self.max_domain_size}"
-            )
+            raise SpecError("domain_size", self.domain_size, "allowed: at most max_domain_size")
         if self.bandwidth_per_direction_GBps > self.bandwidth_bidirectional_GBps:
-            raise ValueError("bandwidth_per_direction_GBps cannot exceed bandwidth_bidirectional_GBps")
+            raise SpecError("bandwidth_per_direction_GBps", self.bandwidth_per_direction_GBps,
+                            "allowed: at most bandwidth_bidirectional_GBps")
         return self
 
     @property
@@ -281,7 +276,7 @@ class HardwareProfile(Spec):
     @model_validator(mode="after")
     def _tpu_has_ici(self):
         if self.kind == "tpu" and self.ici is None:
-            raise ValueError("a tpu profile needs an [ici] section (torus shape and link bandwidth)")
+            raise SpecError("ici", None, "a tpu profile needs an [ici] section (torus shape and link bandwidth)")
         return self
 
     # ---- SI accessors -------------------------------------------------------------------

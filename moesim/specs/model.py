@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from moesim.errors import SpecError
 from moesim.specs.common import Spec, canonical_dtype
 from moesim.specs.hardware import Sourced
 
@@ -56,16 +57,16 @@ class AttentionSpec(Sourced):
                 if getattr(self, f) is None
             ]
             if missing:
-                raise ValueError(f"kind 'mla' needs {', '.join(missing)}")
+                raise SpecError(missing[0], None, f"kind 'mla' needs {', '.join(missing)}")
         else:
             if self.num_kv_heads is None or self.head_dim is None:
-                raise ValueError(f"kind {self.kind!r} needs num_kv_heads and head_dim")
+                missing = "num_kv_heads" if self.num_kv_heads is None else "head_dim"
+                raise SpecError(missing, None, f"kind {self.kind} needs num_kv_heads and head_dim")
             if self.num_heads % self.num_kv_heads:
-                raise ValueError(
-                    f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
-                )
+                raise SpecError("num_heads", self.num_heads, "allowed: a multiple of num_kv_heads")
             if self.kind == "mha" and self.num_kv_heads != self.num_heads:
-                raise ValueError("kind 'mha' needs num_kv_heads == num_heads (use 'gqa' otherwise)")
+                raise SpecError("num_kv_heads", self.num_kv_heads,
+                                "kind 'mha' needs num_kv_heads == num_heads (use 'gqa' otherwise)")
         return self
 
     @property
@@ -110,19 +111,18 @@ class MoESpec(Sourced):
     @model_validator(mode="after")
     def _consistent(self):
         if self.top_k > self.num_experts:
-            raise ValueError(f"top_k {self.top_k} exceeds num_experts {self.num_experts}")
+            raise SpecError("top_k", self.top_k, "allowed: at most num_experts")
         if self.num_experts % self.n_groups:
-            raise ValueError(f"n_groups {self.n_groups} must divide num_experts {self.num_experts}")
+            raise SpecError("n_groups", self.n_groups, "allowed: a divisor of num_experts")
         if self.topk_groups > self.n_groups:
-            raise ValueError(f"topk_groups {self.topk_groups} exceeds n_groups {self.n_groups}")
+            raise SpecError("topk_groups", self.topk_groups, "allowed: at most n_groups")
         per_group = self.num_experts // self.n_groups
         if self.top_k > self.topk_groups * per_group:
-            raise ValueError(
-                f"top_k {self.top_k} exceeds the {self.topk_groups * per_group} experts "
-                f"in topk_groups={self.topk_groups} groups"
-            )
+            raise SpecError("top_k", self.top_k,
+                            "allowed: at most topk_groups x num_experts / n_groups (the experts of the chosen groups)")
         if (self.num_shared_experts > 0) != (self.shared_expert_ffn > 0):
-            raise ValueError("num_shared_experts and shared_expert_ffn must both be zero or both positive")
+            raise SpecError("num_shared_experts", self.num_shared_experts,
+                            "num_shared_experts and shared_expert_ffn must both be zero or both positive")
         return self
 
 
@@ -170,15 +170,14 @@ class ModelSpec(Sourced):
     @model_validator(mode="after")
     def _consistent(self):
         if self.moe is None and self.dense_ffn is None:
-            raise ValueError("a dense model needs dense_ffn")
+            raise SpecError("dense_ffn", None, "a dense model (no [moe] table) needs dense_ffn")
         if self.moe is not None:
             if self.moe.first_k_dense >= self.num_layers:
-                raise ValueError(
-                    f"moe.first_k_dense {self.moe.first_k_dense} must be below num_layers {self.num_layers}"
-                )
+                raise SpecError("moe.first_k_dense", self.moe.first_k_dense, "allowed: below num_layers")
             needs_dense = self.moe.first_k_dense > 0 or self.moe.moe_layer_step > 1
             if (needs_dense or self.moe.parallel_dense_ffn) and self.dense_ffn is None:
-                raise ValueError("dense layers (first_k_dense, moe_layer_step or parallel_dense_ffn) need dense_ffn")
+                raise SpecError("dense_ffn", None,
+                                "dense layers (first_k_dense, moe_layer_step or parallel_dense_ffn) need dense_ffn")
         return self
 
     # ---- layout -------------------------------------------------------------------------

@@ -37,11 +37,10 @@ class Parallelism(Spec):
     @model_validator(mode="after")
     def _consistent(self):
         if self.vpp > 1 and self.pp == 1:
-            raise ValueError("vpp > 1 needs pp > 1")
+            raise SpecError("vpp", self.vpp, "vpp > 1 needs pp > 1")
         if (self.tp * self.cp * self.dp) % (self.ep * self.etp):
-            raise ValueError(
-                f"ep x etp = {self.ep * self.etp} must divide tp x cp x dp = {self.tp * self.cp * self.dp}"
-            )
+            raise SpecError("ep", self.ep, f"allowed: ep x etp (here {self.ep * self.etp}) must divide "
+                            f"tp x cp x dp = {self.tp * self.cp * self.dp}")
         return self
 
     @property

@@ -29,6 +29,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from moesim.errors import SpecError
 from moesim.specs.common import Spec
 
 
@@ -48,7 +49,7 @@ class SpeculativeDecoding(Spec):
     @model_validator(mode="after")
     def _cost(self):
         if self.method == "draft_model" and self.draft_cost_fraction is None:
-            raise ValueError("speculative.draft_cost_fraction is required with method draft_model")
+            raise SpecError("draft_cost_fraction", None, "required with method draft_model (0 to 1)")
         return self
 
     @property
@@ -64,8 +65,8 @@ class SpeculativeDecoding(Spec):
         if self.draft_cost_fraction is not None:
             return self.draft_cost_fraction
         if model.mtp_layers < 1:
-            raise ValueError(f"speculative.method mtp: model {model.name} has no MTP layers "
-                             "(set method = draft_model with draft_cost_fraction)")
+            raise SpecError("speculative.method", "mtp", f"model {model.name} has no MTP layers "
+                            "(set method = draft_model with draft_cost_fraction)")
         return model.mtp_layers / model.num_layers
 
 

@@ -42,6 +42,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from moesim.errors import SpecError
 from moesim.specs.common import Spec
 
 Capture = Literal["none", "pre", "all"]
@@ -96,29 +97,29 @@ class PhaseHost(Spec):
     @model_validator(mode="after")
     def _host(self):
         if isinstance(self.host_op_us, float) and self.host_op_us < 0:
-            raise ValueError(f"host_op_us {self.host_op_us}: must be >= 0")
+            raise SpecError("host_op_us", self.host_op_us, "allowed: >= 0 us")
         for fld in ("host_seq_us", "seq_prior_us", "seq_fit_max"):
             v = getattr(self, fld)
             if isinstance(v, float) and not (0.0 <= v <= MAX_HOST_SEQ_US):
-                raise ValueError(f"{fld} {v}: must be in [0, {MAX_HOST_SEQ_US:g}] us per sequence per iteration")
+                raise SpecError(fld, v, f"allowed: 0 to {MAX_HOST_SEQ_US:g} us per sequence per iteration")
         if self.fit_seq and (self.seq_prior_us is None or self.seq_fit_max is None
                              or not isinstance(self.host_seq_us, float)):
-            raise ValueError("a fitted host_seq_us (fit_seq) needs a numeric host_seq_us, seq_prior_us and seq_fit_max")
+            raise SpecError("fit_seq", True, "a fitted host_seq_us needs a numeric host_seq_us, seq_prior_us and seq_fit_max")
         f = self.device_fraction
         if isinstance(f, float) and not (0.0 < f <= 1.0):
-            raise ValueError(f"device_fraction {f}: must be in (0, 1]")
+            raise SpecError("device_fraction", f, "allowed: above 0, at most 1")
         if self.fit_fraction and not isinstance(f, float):
-            raise ValueError("a fitted device_fraction needs a numeric device_fraction")
+            raise SpecError("fit_fraction", True, "a fitted device_fraction needs a numeric device_fraction")
         if self.fit and (self.prior_us is None or self.fit_max is None or not isinstance(self.host_op_us, float)):
-            raise ValueError("a fitted entry needs a numeric host_op_us, prior_us and fit_max")
+            raise SpecError("fit", True, "a fitted entry needs a numeric host_op_us, prior_us and fit_max")
         for fld in ("host_op_us", "fit_max", "device_fraction", "host_seq_us"):
             ref = getattr(self, fld)
             if not isinstance(ref, str):
                 continue
             name, _, phase = ref.partition(".")
             if name not in STACK_NAMES or name == "auto" or phase not in STACK_PHASES:
-                raise ValueError(f"{fld} {ref!r}: a number or '<stack>.<phase>' "
-                                 f"(stacks: {', '.join(STACK_NAMES[1:])}; phases: {', '.join(STACK_PHASES)})")
+                raise SpecError(fld, ref, f"allowed: a number or '<stack>.<phase>' "
+                                f"(stacks: {', '.join(STACK_NAMES[1:])}; phases: {', '.join(STACK_PHASES)})")
         return self
 
 
@@ -135,5 +136,5 @@ class SoftwareStack(Spec):
     def phase(self, phase: str) -> PhaseHost:
         """The ``PhaseHost`` of ``phase`` (train / prefill / decode)."""
         if phase not in STACK_PHASES:
-            raise ValueError(f"phase {phase!r}: one of {', '.join(STACK_PHASES)}")
+            raise SpecError("phase", phase, f"allowed: {', '.join(STACK_PHASES)}")
         return getattr(self, phase)

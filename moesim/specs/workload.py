@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from moesim.errors import SpecError
 from moesim.specs.common import Spec, canonical_dtype
 
 _SKEW = re.compile(
@@ -19,28 +20,26 @@ def parse_skew(text: str) -> tuple[str, float | str | tuple[float, ...] | None]:
     ``trace:FILE`` or ``explicit:p1,p2,...``. Returns ``(kind, parameter)``; raises ValueError."""
     m = _SKEW.match(str(text).strip())
     if not m:
-        raise ValueError(
-            f"skew {text!r} not understood; use uniform, balanced, zipf:S (S >= 0), "
-            "dirichlet:ALPHA (ALPHA > 0), trace:FILE or explicit:p1,p2,..."
-        )
+        raise SpecError("skew", text, "allowed: uniform, balanced, zipf:S (S >= 0), "
+                        "dirichlet:ALPHA (ALPHA > 0), trace:FILE or explicit:p1,p2,...")
     kind = m.group(1).split(":")[0]
     if kind in ("uniform", "balanced"):
         return kind, None
     if kind == "zipf":
         s = float(m.group("s"))
         if not s >= 0:
-            raise ValueError(f"zipf exponent must be >= 0, got {s}")
+            raise SpecError("skew", text, "allowed: zipf:S with the exponent S >= 0")
         return kind, s
     if kind == "dirichlet":
         a = float(m.group("a"))
         if not a > 0:
-            raise ValueError(f"dirichlet alpha must be > 0, got {a}")
+            raise SpecError("skew", text, "allowed: dirichlet:ALPHA with ALPHA > 0")
         return kind, a
     if kind == "trace":
         return kind, m.group("f")
     probs = tuple(float(x) for x in m.group("v").split(","))
     if any(p < 0 for p in probs) or sum(probs) <= 0:
-        raise ValueError("explicit probabilities must be >= 0 with a positive sum")
+        raise SpecError("skew", text, "allowed: explicit:p1,p2,... with every p >= 0 and a positive sum")
     return kind, probs
 
 
@@ -91,9 +90,7 @@ class TrainingWorkload(Spec):
     @model_validator(mode="after")
     def _batch(self):
         if self.global_batch % self.micro_batch:
-            raise ValueError(
-                f"global_batch {self.global_batch} must be a multiple of micro_batch {self.micro_batch}"
-            )
+            raise SpecError("global_batch", self.global_batch, "allowed: a multiple of micro_batch")
         return self
 
     @property
@@ -122,7 +119,7 @@ class ServingWorkload(Spec):
     @model_validator(mode="after")
     def _load(self):
         if self.request_rate is None and self.target_output_tokens_per_s is None:
-            raise ValueError("give request_rate or target_output_tokens_per_s")
+            raise SpecError("request_rate", None, "give request_rate or target_output_tokens_per_s")
         return self
 
     @property

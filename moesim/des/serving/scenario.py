@@ -54,7 +54,7 @@ from moesim.des.serving.deployment import from_deployment, kv_transfer
 from moesim.des.serving.metrics import ServingResult
 from moesim.des.serving.replica import SchedulerConfig
 from moesim.des.serving.system import Pool, ServingSystem, simulate
-from moesim.errors import MoesimError
+from moesim.errors import MoesimError, SpecError
 from moesim.specs import SLO, Deployment, Spec, canonical_dtype
 
 
@@ -71,13 +71,13 @@ class LengthSpec(Spec):
     @model_validator(mode="after")
     def _complete(self):
         if self.kind in ("fixed", "lognormal") and self.mean_tokens is None:
-            raise ValueError(f"kind {self.kind!r} needs mean_tokens")
+            raise SpecError("mean_tokens", None, f"kind {self.kind} needs mean_tokens")
         if self.kind == "empirical":
             if not self.values_tokens or min(self.values_tokens) < 1:
-                raise ValueError("kind 'empirical' needs values_tokens, all >= 1")
+                raise SpecError("values_tokens", self.values_tokens, "kind 'empirical' needs values_tokens, all >= 1")
             if self.weights is not None and (len(self.weights) != len(self.values_tokens)
                                              or min(self.weights) < 0 or sum(self.weights) <= 0):
-                raise ValueError("weights: one value >= 0 per entry of values_tokens, positive sum")
+                raise SpecError("weights", self.weights, "allowed: one value >= 0 per entry of values_tokens, positive sum")
         return self
 
     def dist(self) -> LengthDist:
@@ -103,9 +103,9 @@ class ArrivalSpec(Spec):
     @model_validator(mode="after")
     def _complete(self):
         if self.kind == "trace" and not self.trace_path:
-            raise ValueError("kind 'trace' needs trace_path")
+            raise SpecError("trace_path", None, "kind 'trace' needs trace_path")
         if self.kind != "trace" and self.rate_per_s is None:
-            raise ValueError(f"kind {self.kind!r} needs rate_per_s")
+            raise SpecError("rate_per_s", None, f"kind {self.kind} needs rate_per_s")
         return self
 
 
@@ -126,11 +126,11 @@ class PoolSpec(Spec):
     @model_validator(mode="after")
     def _consistent(self):
         if self.attention == "dp" and self.tp != 1:
-            raise ValueError("attention 'dp' needs tp = 1")
+            raise SpecError("tp", self.tp, "attention 'dp' needs tp = 1")
         if self.devices_per_replica % self.tp:
-            raise ValueError(f"tp {self.tp} must divide devices_per_replica {self.devices_per_replica}")
+            raise SpecError("tp", self.tp, "allowed: a divisor of devices_per_replica")
         if self.token_budget_tokens < self.max_seqs:
-            raise ValueError(f"token_budget_tokens {self.token_budget_tokens} must be >= max_seqs {self.max_seqs}")
+            raise SpecError("token_budget_tokens", self.token_budget_tokens, "allowed: at least max_seqs")
         return self
 
     def deployment(self, hw, scn: "ServeScenario") -> Deployment:
@@ -172,11 +172,11 @@ class ServeScenario(Spec):
         canonical_dtype(self.dtype, "dtype")
         canonical_dtype(self.kv_dtype, "kv_dtype")
         if self.warmup_s >= self.duration_s:
-            raise ValueError(f"warmup_s {self.warmup_s} must be below duration_s {self.duration_s}")
+            raise SpecError("warmup_s", self.warmup_s, "allowed: below duration_s")
         if self.mode == "colocated" and (self.replica is None or self.prefill or self.decode):
-            raise ValueError("mode 'colocated' needs a [replica] table (and no [prefill]/[decode])")
+            raise SpecError("mode", self.mode, "mode 'colocated' needs a [replica] table (and no [prefill]/[decode])")
         if self.mode == "disaggregated" and (self.prefill is None or self.decode is None or self.replica):
-            raise ValueError("mode 'disaggregated' needs [prefill] and [decode] tables (and no [replica])")
+            raise SpecError("mode", self.mode, "mode 'disaggregated' needs [prefill] and [decode] tables (and no [replica])")
         return self
 
 
