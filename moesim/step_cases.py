@@ -234,6 +234,7 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
     try:
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
+            "etp": devices if ep == 1 and devices > 1 and model.moe is not None else 1,
             "devices_per_domain": dpd, "redundant_experts": redundant, "dtype": str(inputs["dtype"]),
             "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs),
             "stack": case_software_stack(inputs, hw, phase, stacks),
@@ -267,7 +268,7 @@ def _max_load_batches(scenario, model) -> tuple[int, ...]:
     if serving_policy.engine(scenario) != "trtllm":
         return ()
     cache, out = PlanCache(), set()
-    for c in {(c.tp, c.pp, c.ep, c.attention_layout): c for c in serving_space(scenario, model).candidates}.values():
+    for c in {(c.tp, c.pp, c.ep, c.etp, c.attention_layout): c for c in serving_space(scenario, model).candidates}.values():
         try:
             per_rank = serving_policy.trtllm_limits(c, scenario, model, cache).max_seqs
         except MoesimError:
@@ -306,8 +307,9 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     ttft = inputs.get("ttft_limit_s")
     if tpot is None and ttft is None and not inputs.get("max_load"):
         raise UnsupportedCase("an end-to-end row needs latency limits (tpot_limit_s / ttft_limit_s) or max_load")
-    for key in ("batch_per_device", "redundant_experts", "ep", "devices_per_node"):
+    for key in ("batch_per_device", "redundant_experts", "devices_per_node"):
         flag_ignored(inputs, key, "the planner chooses it for the deployment (end-to-end row)")
+    moe_layout = _moe_layout(inputs, model, devices)
     data = {
         "kind": "serving", "name": "validate-end-to-end", "model": model.name, "hardware": [hw.name],
         "max_devices": devices,
@@ -316,7 +318,7 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
                      "kv_dtype": str(inputs.get("kv_dtype") or ("fp8" if dtype in ("fp8", "fp4") else dtype))},
         "slo": {"percentile": 50, "tpot_s": float(tpot or 1e3), "ttft_s": float(ttft or 1e6)},
         "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
-                   "tp": [tp], "pp": [1], "attention_layouts": [layout],
+                   "tp": [tp], "pp": [1], "attention_layouts": [layout], "moe_layouts": [moe_layout],
                    "overlap": "two_microbatch" if inputs.get("two_batch_overlap") else "none",
                    "attention_dtype": inputs.get("attention_dtype")},
         "verify": {"top_n": 0}, "scheduler": case_scheduler(inputs),
@@ -335,6 +337,20 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     if not ranked:
         raise UnsupportedCase("the planner finds no candidate of this deployment that fits and meets the limits")
     return max(e.tokens_per_s / e.candidate.devices for e in ranked)
+
+
+def _moe_layout(inputs: dict, model, devices: int) -> str:
+    """The planner's MoE layout for an end-to-end row: ``tp`` (every expert sharded over the
+    replica, etp = devices) when the row ran without expert parallelism (ep = 1 on several devices,
+    vLLM's and SGLang's default), else ``ep`` (experts spread over the replica)."""
+    ep = inputs.get("ep")
+    if model.moe is None or ep is None or devices == 1:
+        return "ep"
+    if int(ep) == 1:
+        return "tp"
+    if int(ep) != devices:
+        flag_ignored(inputs, "ep", f"the planner spreads the experts over all {devices} devices (ep = devices)")
+    return "ep"
 
 
 def bench_requests(inputs: dict, scenario) -> int | None:

@@ -132,7 +132,7 @@ def test_end_to_end_rows_go_through_the_planner():
                              "verify": {"top_n": 0}})  # no framework: stack and scheduler auto; overlap as stated
     best = max(r.evaluation.tokens_per_s / r.evaluation.candidate.devices for r in plan(sc, executor="inline").ranked)
     assert value == best
-    assert "ep" in inputs.ignored()   # the planner chooses it
+    assert "ep" not in inputs.ignored()  # honoured: the MoE layout follows it (one device: ep = 1)
     # a profile changed in-process cannot reach the planner (it loads by name): refused, not wrong
     from moesim.calibrate import with_params
     with pytest.raises(Exception, match="catalog profile"):

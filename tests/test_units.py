@@ -66,7 +66,7 @@ DIMENSIONLESS = {  # ratios, factors, and columns whose unit each row states
 # CSV keys: the unit is the key's suffix (or an infix such as usd_per_hour, tokens_per_s)
 CSV_UNIT = re.compile(r"(_s|_GiB|_pct|_per_s|_nats)(_|$)|usd|tokens_per_s|_per_s_|_tok_per_s")
 CSV_PLAIN = {  # names, counts, flags, dimensionless ratios and dates
-    "side", "stage", "rank_key", "hardware", "devices_per_replica", "replicas", "devices", "nodes", "tp", "ep",
+    "side", "stage", "rank_key", "hardware", "devices_per_replica", "replicas", "devices", "nodes", "tp", "ep", "etp",
     "pp", "dp", "attention_layout", "batch", "capacity_factor", "redundant_experts", "bottleneck",
     "drop_fraction", "reroute_fraction", "backup_fraction", "loss_increase", "loss_increase_low",
     "loss_increase_high", "imbalance", "mfu", "decode_steps_per_prefill", "days", "efficiency_origin",

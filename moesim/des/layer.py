@@ -124,16 +124,16 @@ class _Barrier:
 def _draw(setup: LayerSetup, tokens: float, sampler, rng, cache: dict) -> tuple[np.ndarray, float, float]:
     """One routing draw: (routed-expert seconds per rank, dispatch s, combine s)."""
     R = max(setup.ep, 1)
-    layout = expert_layout(setup, tokens)
+    layout = expert_layout(setup, setup.moe_tokens(tokens))
     sample = sampler.sample(rng)
     x_R = np.empty(R)
     for r, counts in enumerate(sample.rank_expert_counts_RL):
         key = np.sort(counts).tobytes()  # NOTE: a grouped GEMM's time does not depend on group order
         if key not in cache:
-            cache[key] = pricing.expert_ffn_s(setup.hw, setup.model, counts, setup.dtype,
+            cache[key] = pricing.expert_ffn_s(setup.hw, setup.model, counts, setup.dtype, setup.expert_ffn,
                                               layout=layout) / setup.device_fraction
         x_R[r] = cache[key]
-    d, c = sampled_a2a(setup, tokens, sample.traffic_RR, sample.dedup_RN) if R > 1 else (0.0, 0.0)
+    d, c = sampled_a2a(setup, setup.moe_tokens(tokens), sample.traffic_RR, sample.dedup_RN) if R > 1 else (0.0, 0.0)
     return x_R, d, c
 
 
@@ -245,7 +245,8 @@ def simulate_layers(setup: LayerSetup, *, layers: list[int], tokens: float, cont
     rng = np.random.default_rng(seed)
     sampler = None
     if setup.model.is_moe and setup.skew != "balanced":
-        sampler = pricing.step_sampler(setup.model, setup.deployment, setup.skew, mb_tokens * R, seed=seed)
+        sampler = pricing.step_sampler(setup.model, setup.deployment, setup.skew, setup.moe_tokens(mb_tokens) * R,
+                                       seed=seed)
     env = simpy.Environment()
     spans: list | None = [] if record else None
     times = np.empty(steps)

@@ -62,7 +62,7 @@ _COMM = {"all_to_all", "tp_cp_comm", "dp_comm"}
 
 def _group_key(c: Candidate) -> tuple:
     """What a candidate shares with the other batches of its deployment (capacity factor included)."""
-    return (c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts, c.capacity_factor)
+    return (c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.etp, c.attention_layout, c.redundant_experts, c.capacity_factor)
 
 
 def bottleneck_name(bd, hw, c: Candidate, headroom_frac: float) -> str:

@@ -24,7 +24,7 @@ def deployment_of(c, scenario, model: ModelSpec, *, hw=None, capacity: bool = Tr
     """The ``Deployment`` of candidate ``c`` under ``scenario`` (``capacity`` False: dropless)."""
     hw = load_profile(c.hardware) if hw is None else hw
     w = scenario.workload
-    kw = dict(hardware=hw, devices=c.devices, tp=c.tp, pp=c.pp, dp=c.dp, ep=c.ep,
+    kw = dict(hardware=hw, devices=c.devices, tp=c.tp, pp=c.pp, dp=c.dp, ep=c.ep, etp=c.etp,
               attention_layout=c.attention_layout, redundant_experts=c.redundant_experts,
               overlap=overlap_mode(scenario, model), dtype=w.dtype,
               capacity_factor=c.capacity_factor if capacity and model.moe is not None else None,
@@ -50,7 +50,7 @@ class PlanCache:
         that its content key is computed once."""
         hw = load_profile(c.hardware)
         w = scenario.workload
-        key = (id(hw), c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts,
+        key = (id(hw), c.devices, c.tp, c.pp, c.dp, c.ep, c.etp, c.attention_layout, c.redundant_experts,
                c.capacity_factor if capacity else None, model.moe is not None, scenario.kind, w.dtype, getattr(w, "kv_dtype", None),
                getattr(w, "recompute", None), getattr(w, "distributed_optimizer", None), overlap_mode(scenario, model),
                scenario.routing.overflow, scenario.stack, getattr(scenario.search, "attention_dtype", None),

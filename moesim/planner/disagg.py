@@ -191,7 +191,7 @@ def pool_layouts(scenario, model, devices: tuple[int, ...], hardware: tuple[str,
         for n in devices:
             if n > scenario.max_devices:
                 continue
-            for tp, _pp, _dp, ep, att in serving_layouts(model, n, grid):
+            for tp, _pp, _dp, ep, att, _etp in serving_layouts(model, n, grid):  # pools: experts over EP
                 slots = (0,) if model.moe is None or ep == 1 else ds.redundant_slots_per_rank
                 for extra in slots:
                     r = (smallest_redundancy(model.moe.num_experts, ep) + extra * ep) if model.moe and ep > 1 else 0

@@ -49,24 +49,27 @@ class Candidate:
     batch: int = 1
     capacity_factor: float | None = None
     redundant_experts: int = 0
+    etp: int = 1  # expert TP: experts sharded over the attention TP group (moesim/planner/space.py)
 
     def key(self) -> str:
-        """A stable identity (used to resume sweeps and to join results)."""
+        """A stable identity (used to resume sweeps and to join results; etp only when > 1)."""
         cf = "none" if self.capacity_factor is None else f"{self.capacity_factor:g}"
+        etp = f"|etp{self.etp}" if self.etp > 1 else ""
         return (
             f"{self.hardware}|n{self.devices}|tp{self.tp}|pp{self.pp}|dp{self.dp}|ep{self.ep}"
-            f"|{self.attention_layout}|b{self.batch}|cf{cf}|r{self.redundant_experts}"
+            f"|{self.attention_layout}|b{self.batch}|cf{cf}|r{self.redundant_experts}{etp}"
         )
 
     def parallelism(self) -> Parallelism:
         return Parallelism(
-            tp=self.tp, pp=self.pp, dp=self.dp, ep=self.ep,
+            tp=self.tp, pp=self.pp, dp=self.dp, ep=self.ep, etp=self.etp,
             attention_layout=self.attention_layout, redundant_experts=self.redundant_experts,
         )
 
     def layout(self) -> str:
         """Short human form, e.g. ``TP4 EP32 PP1 DP8 attn=tp``."""
-        return f"TP{self.tp} EP{self.ep} PP{self.pp} DP{self.dp} attn={self.attention_layout}"
+        etp = f" ETP{self.etp}" if self.etp > 1 else ""
+        return f"TP{self.tp} EP{self.ep}{etp} PP{self.pp} DP{self.dp} attn={self.attention_layout}"
 
     def to_dict(self) -> dict:
         return asdict(self)

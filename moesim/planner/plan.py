@@ -138,7 +138,7 @@ def _row(r: Ranked) -> dict:
     return {
         "rank_key": c.key(), "hardware": c.hardware, "devices_per_replica": c.devices,
         "replicas": r.replicas, "devices": r.total_devices, "nodes": r.nodes,
-        "tp": c.tp, "ep": c.ep, "pp": c.pp, "dp": c.dp, "attention_layout": c.attention_layout,
+        "tp": c.tp, "ep": c.ep, "etp": c.etp, "pp": c.pp, "dp": c.dp, "attention_layout": c.attention_layout,
         "batch": c.batch, "capacity_factor": c.capacity_factor, "redundant_experts": c.redundant_experts,
         "tokens_per_s": ev.tokens_per_s, "tokens_per_s_per_device": ev.tokens_per_s / c.devices,
         "tpot_s": ev.tpot_s, "ttft_s": ev.ttft_s, "step_time_s": ev.step_time_s,

@@ -56,6 +56,10 @@ class ServingSearch(Spec):
     tp: tuple[int, ...] = Field((1, 2, 4, 8), description="tensor-parallel sizes tried (attention)")
     pp: tuple[int, ...] = Field((1,), description="pipeline sizes tried")
     attention_layouts: tuple[Literal["tp", "dp"], ...] = ("tp", "dp")
+    moe_layouts: tuple[Literal["ep", "tp"], ...] = Field(
+        ("ep",), min_length=1, description="how MoE layers use the non-pipeline ranks: ep = experts spread over "
+        "them (ep = tp x dp); tp = every expert sharded over them (etp = tp x dp, ep = 1), vLLM's and SGLang's "
+        "layout without expert parallelism enabled")
     capacity_factors: tuple[float, ...] | None = Field(
         None, description="capacity factors tried; None = only routing.capacity_factor"
     )

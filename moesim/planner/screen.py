@@ -86,7 +86,7 @@ class Screened:
 
 def _layout_key(c: Candidate) -> tuple:
     """A deployment of the screen: layout and capacity factor (capacity changes the step)."""
-    return (c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.attention_layout, c.redundant_experts, c.capacity_factor)
+    return (c.hardware, c.devices, c.tp, c.pp, c.dp, c.ep, c.etp, c.attention_layout, c.redundant_experts, c.capacity_factor)
 
 
 def decode_nodes(batches: list[int], n: int | None = None) -> list[int]:

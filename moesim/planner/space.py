@@ -4,7 +4,10 @@ Serving (one replica of ``n`` devices): for each pipeline size ``pp`` dividing `
 - attention layout ``dp`` (DP attention): ``tp = 1``, ``dp = ep = n / pp``;
 - attention layout ``tp``: ``tp`` in the scenario's list, ``dp = n / (pp x tp)``, ``ep = tp x dp``
   (experts spread over every non-pipeline rank, as serving engines do); ``tp = 1`` is the same
-  deployment as the ``dp`` layout and is skipped when both layouts are searched.
+  deployment as the ``dp`` layout and is skipped when both layouts are searched;
+- ``moe_layouts`` says how the MoE layers use those ranks: "ep" spreads the experts over them
+  (``ep = n / pp``, as above); "tp" shards every expert over all of them (``etp = n / pp``,
+  ``ep = 1``), as vLLM and SGLang run MoE layers without expert parallelism enabled.
 Dense models get ``ep = 1``. EP sizes that do not divide the routed experts get the fewest
 redundant expert slots that make them divide (EPLB-style), never a refusal.
 Training: ``devices = tp x pp x dp`` and ``ep`` dividing ``tp x dp``, ``global_batch`` divisible by
@@ -49,20 +52,25 @@ def _redundancy(model: ModelSpec, ep: int) -> int:
     return smallest_redundancy(model.moe.num_experts, ep) if model.moe is not None and ep > 1 else 0
 
 
-def serving_layouts(model: ModelSpec, n: int, search) -> Iterable[tuple[int, int, int, int, str]]:
-    """``(tp, pp, dp, ep, attention_layout)`` for one replica of ``n`` devices."""
+def serving_layouts(model: ModelSpec, n: int, search) -> Iterable[tuple[int, int, int, int, str, int]]:
+    """``(tp, pp, dp, ep, attention_layout, etp)`` for one replica of ``n`` devices."""
     moe = model.moe is not None
+    moe_layouts = getattr(search, "moe_layouts", ("ep",)) if moe else ("ep",)  # pools: EP only
     for pp in search.pp:
         if n % pp:
             continue
         ranks = n // pp
+        attention = []  # (tp, layout) of the attention
         if "dp" in search.attention_layouts:
-            yield 1, pp, ranks, ranks if moe else 1, "dp"
+            attention.append((1, "dp"))
         if "tp" in search.attention_layouts:
-            for tp in search.tp:
-                if ranks % tp or (tp == 1 and "dp" in search.attention_layouts):
-                    continue
-                yield tp, pp, ranks // tp, ranks if moe else 1, "tp"
+            attention += [(tp, "tp") for tp in search.tp
+                          if not ranks % tp and not (tp == 1 and "dp" in search.attention_layouts)]
+        for tp, att in attention:
+            if "ep" in moe_layouts:
+                yield tp, pp, ranks // tp, ranks if moe else 1, att, 1
+            if "tp" in moe_layouts and ranks > 1:
+                yield tp, pp, ranks // tp, 1, att, ranks
 
 
 @dataclass
@@ -77,12 +85,13 @@ class _Collect:
         return Space(tuple(self.cands), dict(self.invalid), self.examples)
 
 
-def _add_layout(out: _Collect, model: ModelSpec, hw: str, n: int, layout: tuple[int, int, int, int, str],
+def _add_layout(out: _Collect, model: ModelSpec, hw: str, n: int, layout: tuple[int, ...],
                 batches, cfs) -> None:
-    """Candidates of one (tp, pp, dp, ep, attention_layout) on ``n`` devices of ``hw``, or the
-    reason it is set aside."""
-    tp, pp, dp, ep, att = layout
-    par = Parallelism(tp=tp, pp=pp, dp=dp, ep=ep, attention_layout=att, redundant_experts=_redundancy(model, ep))
+    """Candidates of one (tp, pp, dp, ep, attention_layout[, etp]) on ``n`` devices of ``hw``, or
+    the reason it is set aside."""
+    tp, pp, dp, ep, att, etp = (*layout, 1)[:6]
+    par = Parallelism(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, attention_layout=att,
+                      redundant_experts=_redundancy(model, ep))
     err = _layout_error(model, par)
     if err:
         out.invalid["invalid_layout"] += len(batches) * len(cfs)
@@ -90,7 +99,7 @@ def _add_layout(out: _Collect, model: ModelSpec, hw: str, n: int, layout: tuple[
         return
     for b in batches:
         for cf in cfs:
-            out.cands.append(Candidate(hw, n, tp, pp, dp, ep, att, b, cf, par.redundant_experts))
+            out.cands.append(Candidate(hw, n, tp, pp, dp, ep, att, b, cf, par.redundant_experts, etp))
 
 
 def serving_space(scenario, model: ModelSpec) -> Space:

@@ -237,14 +237,14 @@ def _ffn_shapes(model: ModelSpec, width: int) -> list[tuple[int, int]]:
     return [((model.ffn_matrices - 1) * width, model.hidden), (model.hidden, width)]
 
 
-def _experts_memory_s(hw, model: ModelSpec, counts_G, dtype: str, layout: str) -> float:
+def _experts_memory_s(hw, model: ModelSpec, counts_G, dtype: str, layout: str, width: int) -> float:
     """Memory-bound seconds of the routed experts' grouped GEMMs (``pricing.expert_ffn_s``)."""
     m_G = np.round(np.asarray(counts_G, dtype=float))
     m_G = m_G[m_G > 0]
     if m_G.size == 0:
         return 0.0
     out = 0.0
-    for n, k in _ffn_shapes(model, model.moe.expert_ffn):
+    for n, k in _ffn_shapes(model, width):
         est = grouped_gemm_time(hw, m_G, n, k, dtype, layout)
         out += est.time_s if est.bound == "memory" else 0.0
     return float(out)
@@ -301,26 +301,29 @@ def moe_block(setup: LayerSetup, tokens: float, rank_load: pricing.RankLoad | No
     expected traffic x (1 - drop - backup fractions).
     """
     model, hw, m = setup.model, setup.hw, setup.model.moe
+    owned, tokens = tokens, setup.moe_tokens(tokens)  # expert TP: the experts see the group's tokens
     load = rank_load or pricing.rank_load(model, setup.deployment, setup.skew, tokens * setup.ep)
     imbalance = load.max_rank_copies / load.mean_rank_copies if load.mean_rank_copies > 0 else 1.0
-    router = pricing.gemm_s(hw, tokens, m.num_experts, model.hidden, "bf16")
+    router = pricing.gemm_s(hw, owned, m.num_experts, model.hidden, "bf16")
     mode = _mode(setup, tokens)
-    experts = pricing.expert_ffn_s(hw, model, load.busiest_counts_G, setup.dtype, layout=expert_layout(setup, tokens))
+    experts = pricing.expert_ffn_s(hw, model, load.busiest_counts_G, setup.dtype, setup.expert_ffn,
+                                   layout=expert_layout(setup, tokens))
     shared = 0.0
     if m.num_shared_experts:
         width = m.num_shared_experts * m.shared_expert_ffn // setup.attention_tp
-        shared = pricing.dense_ffn_s(hw, model, tokens * setup.attention_tp, width, setup.dtype)
+        shared = pricing.dense_ffn_s(hw, model, owned * setup.attention_tp, width, setup.dtype)
     if m.parallel_dense_ffn:
-        shared += pricing.dense_ffn_s(hw, model, tokens * setup.attention_tp, model.dense_ffn // setup.attention_tp,
+        shared += pricing.dense_ffn_s(hw, model, owned * setup.attention_tp, model.dense_ffn // setup.attention_tp,
                                       setup.dtype)
     if load.backup_fraction > 0:
-        backup_rows = load.backup_fraction * tokens * m.top_k
+        backup_rows = load.backup_fraction * owned * m.top_k
         width = m.shared_expert_ffn if m.num_shared_experts else m.expert_ffn
         shared += pricing.dense_ffn_s(hw, model, backup_rows, width, setup.dtype)
-    mem = _experts_memory_s(hw, model, load.busiest_counts_G, setup.dtype, expert_layout(setup, tokens))
+    mem = _experts_memory_s(hw, model, load.busiest_counts_G, setup.dtype, expert_layout(setup, tokens),
+                            setup.expert_ffn)
     if m.num_shared_experts:
         width = m.num_shared_experts * m.shared_expert_ffn // setup.attention_tp
-        mem += _gemm_memory_s(hw, tokens * setup.attention_tp, _ffn_shapes(model, width), setup.dtype)[1]
+        mem += _gemm_memory_s(hw, owned * setup.attention_tp, _ffn_shapes(model, width), setup.dtype)[1]
     dispatch = combine = h_dispatch = h_combine = 0.0
     if setup.ep > 1:
         sent = 1.0 - load.drop_fraction - load.backup_fraction
@@ -373,6 +376,9 @@ def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: flo
         if setup.attention_tp > 1:  # the dense FFN's reduce-scatter + all-gather (sequence parallel)
             tp = setup.attention_tp
             att_comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
+    elif setup.etp > 1:  # expert TP: the group's tokens gathered before the experts and reduced after
+        etp = setup.etp
+        att_comm += pricing.collective_s(setup.etp_topology, "all_reduce", tokens * etp * model.hidden * 2.0, etp)
     phase, stack = setup.phase, setup.stack
     train = phase == "train"
     floor = kernel_floor_s(setup.hw, model, moe, phase)  # non-GEMM kernel boundaries (step/kernels.py)

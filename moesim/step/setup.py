@@ -24,6 +24,10 @@ class LayerSetup:
 
     ``tokens`` passed to the layer functions are the tokens one device owns when entering the
     MoE block; attention is shared by ``attention_tp`` = tp devices (1 under DP attention).
+    Expert TP (``etp``): the ``etp`` ranks of an expert-TP group hold every expert slot of their
+    EP rank at ``expert_ffn / etp`` width and all work on the tokens of the group (gathered before
+    the experts, reduced after: the all-reduce of ``layer._routing_free_ops``), as vLLM and SGLang
+    run MoE layers under TP without expert parallelism.
     """
 
     model: ModelSpec
@@ -32,6 +36,7 @@ class LayerSetup:
     skew: str = "uniform"
     ep_topology: Topology | None = None
     tp_topology: Topology | None = None
+    etp_topology: Topology | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
     shared: dict = field(default_factory=dict, compare=False, repr=False)  # routing-free ops, see layer_ops
 
@@ -58,6 +63,19 @@ class LayerSetup:
     @property
     def ep(self) -> int:
         return self.deployment.ep
+
+    @property
+    def etp(self) -> int:
+        return self.deployment.etp
+
+    @property
+    def expert_ffn(self) -> int:
+        """One rank's slice of a routed expert's intermediate width (``expert_ffn / etp``)."""
+        return self.model.moe.expert_ffn // self.deployment.etp
+
+    def moe_tokens(self, tokens: float) -> float:
+        """Tokens one EP rank's experts see when each device owns ``tokens``: those of its expert-TP group."""
+        return tokens * self.deployment.etp
 
     @property
     def redundant_experts(self) -> int:
@@ -101,6 +119,9 @@ def make_setup(model: ModelSpec, deployment: Deployment, phase: str, skew: str =
     ep_topo = pricing.topology(hw, ep, domain) if ep > 1 else None
     group = deployment.tp * deployment.cp
     tp_topo = pricing.topology(hw, group, domain) if group > 1 else None
-    return LayerSetup(model, deployment, phase, skew, ep_topo, tp_topo, shared={} if shared is None else shared)
+    etp = deployment.etp
+    etp_topo = pricing.topology(hw, etp, domain) if etp > 1 else None
+    return LayerSetup(model, deployment, phase, skew, ep_topo, tp_topo, etp_topo,
+                      shared={} if shared is None else shared)
 
 

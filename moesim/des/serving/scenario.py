@@ -30,7 +30,8 @@ Schema (every table rejects unknown keys; units are in the key names)::
     devices_per_replica = 16         # one TP/EP group; devices_per_node = profile's domain by default
     attention = "dp"                 # dp (DP attention, tp = 1) | tp (heads over tp devices)
     tp = 1
-    ep = 16                          # default: devices_per_replica
+    ep = 16                          # default: devices_per_replica / etp
+    etp = 1                          # expert TP: each expert over etp ranks (etp = 16, ep = 1: no EP)
     redundant_experts = 0
     token_budget_tokens = 8192       # tokens per iteration (prefill chunks + decoding sequences)
     max_seqs = 256                   # sequences in flight per replica
@@ -117,7 +118,9 @@ class PoolSpec(Spec):
     devices_per_node: int | None = Field(None, ge=1)
     attention: Literal["dp", "tp"] = "dp"
     tp: int = Field(1, ge=1)
-    ep: int | None = Field(None, ge=1, description="default: devices_per_replica")
+    ep: int | None = Field(None, ge=1, description="default: devices_per_replica / etp")
+    etp: int = Field(1, ge=1, description="expert TP: each expert sharded over etp ranks (devices_per_replica "
+                                          "with ep = 1: MoE layers without expert parallelism)")
     redundant_experts: int = Field(0, ge=0)
     token_budget_tokens: int = Field(8192, ge=1)
     max_seqs: int = Field(256, ge=1)
@@ -137,7 +140,7 @@ class PoolSpec(Spec):
         """The replica's ``Deployment`` on profile ``hw`` with the scenario's dtypes and overlap."""
         return build(Deployment, dict(
             hardware=hw, devices=self.devices_per_replica, devices_per_domain=self.devices_per_node, tp=self.tp,
-            dp=self.devices_per_replica // self.tp, ep=self.ep or self.devices_per_replica,
+            dp=self.devices_per_replica // self.tp, ep=self.ep or max(1, self.devices_per_replica // self.etp), etp=self.etp,
             attention_layout=self.attention, redundant_experts=self.redundant_experts, dtype=scn.dtype,
             kv_dtype=scn.kv_dtype, overlap=scn.overlap), "deployment")
 
