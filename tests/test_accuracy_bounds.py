@@ -33,16 +33,16 @@ BOUNDS = {
     "published-e2e-serving.json": {"serving": (0.103, 0.174, E, 5)},
     # end-to-end through the planner (maximum-load TensorRT-LLM runs, out of sample: the trtllm
     # stack is fitted on the v0.17 rows of published-e2e-serving-2.json only; docs/accuracy.md)
-    "published-e2e-serving-maxload.json": {"serving": (0.230, 0.573, E, 106)},
+    "published-e2e-serving-maxload.json": {"serving": (0.237, 0.589, E, 106)},
     # further evaluation sets (docs/evidence.md): Megatron-Bridge 26.02/25.11/25.09 and MaxText v5p
     # training; older TensorRT-LLM maximum-load tables end to end through the planner (its 20
     # v0.17 rows are the trtllm stack's fit set, in-sample; the 18 v1.0-era rows out of sample)
     "published-e2e-training-2.json": {"training": (0.122, 0.766, E, 41)},
-    "published-e2e-serving-2.json": {"serving": (0.112, 0.634, E, 38)},
+    "published-e2e-serving-2.json": {"serving": (0.091, 0.673, E, 38)},
     # third evaluation set (docs/evidence.md 'Third set'): dstack DeepSeek-R1 offline runs on 8 x MI300X
     # and 8 x H200 (vLLM, SGLang, TP8) and GPUStack vLLM v0.11 runs on H200 / H100, never fitted;
     # every row over-predicted (max: a 22 s run of 1000 128/4-token requests)
-    "published-e2e-serving-3.json": {"serving": (1.141, 7.329, E, 23)},
+    "published-e2e-serving-3.json": {"serving": (0.721, 5.492, E, 23)},
 }
 
 

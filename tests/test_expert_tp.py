@@ -123,3 +123,15 @@ def test_an_expert_tp_answer_launches_without_expert_parallel_flags(tmp_path, ca
     out = capsys.readouterr().out
     assert "TP8 EP1 ETP8" in out
     assert "--tensor-parallel-size 8" in out and "--enable-expert-parallel" not in out
+
+
+def test_expert_tp_permutes_the_group_tokens_and_activates_one_slice():
+    """Elementwise bytes per owned token under ETP e: the permute / unpermute terms 2 (1 + k) D
+    grow e-fold (every rank moves the group's tokens), the gated activation 3 k F does not (each
+    rank activates F / e of e x the tokens): the difference is exactly 2 (1 + k) D (e - 1) x 2 B."""
+    from moesim.step.elementwise import ACT_BYTES, elementwise_bytes
+
+    m, d = QWEN.moe, QWEN.hidden
+    plain = elementwise_bytes(QWEN, True, 1.0, 8, "bf16", "decode")
+    sliced = elementwise_bytes(QWEN, True, 1.0, 8, "bf16", "decode", etp=8)
+    assert sliced - plain == pytest.approx(2.0 * (1 + m.top_k) * d * 7 * ACT_BYTES, rel=1e-12)

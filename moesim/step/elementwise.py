@@ -19,15 +19,17 @@ ACT_BYTES = 2.0
 QUANT_BYTES = {"train": 4.0, "prefill": 3.0, "decode": 3.0}
 
 
-def gemm_input_elements(model: ModelSpec, moe: bool, tp: int) -> float:
-    """Activation elements per token that enter a GEMM of one layer (each is quantized once when
-    the GEMMs run in fp8): qkv input D, o-projection input heads x v_dim / tp; MoE: k D (experts'
-    gate/up) + k F (down) + the shared experts' D + F_s / tp; dense: D + F / tp."""
+def gemm_input_elements(model: ModelSpec, moe: bool, tp: int, etp: int = 1) -> float:
+    """Activation elements per owned token that enter a GEMM of one layer (each is quantized once
+    when the GEMMs run in fp8): qkv input D, o-projection input heads x v_dim / tp; MoE: k D
+    (experts' gate/up) + k F (down) + the shared experts' D + F_s / tp; dense: D + F / tp. Expert
+    TP: an etp group's ranks each quantize every group token's k D inputs (etp k D per owned
+    token) and their own F / etp slice of the down input (k F in all)."""
     d, a = model.hidden, model.attention
     el = d + a.num_heads * a.v_dim / tp
     if moe:
         m = model.moe
-        el += m.top_k * (d + m.expert_ffn)
+        el += m.top_k * (d * etp + m.expert_ffn)
         if m.num_shared_experts:
             el += d + m.num_shared_experts * m.shared_expert_ffn / tp
     else:
@@ -36,7 +38,7 @@ def gemm_input_elements(model: ModelSpec, moe: bool, tp: int) -> float:
 
 
 def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype: str = "bf16",
-                      phase: str = "prefill", sort_chunks: bool = False) -> float:
+                      phase: str = "prefill", sort_chunks: bool = False, etp: int = 1) -> float:
     """HBM bytes of one layer's non-GEMM kernels for ``tokens`` owned tokens (forward).
 
     norms + residuals: 10 D; gated activation: read 2F, write F per FFN row (F / tp for dense);
@@ -48,21 +50,23 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype
     ``MoEAlltoAllTokenDispatcher``) and back before the combine: read + write k D twice, 4 k D.
     fp8/fp4 GEMMs add one quantization pass over every GEMM input (``gemm_input_elements`` x
     ``QUANT_BYTES[phase]``: bf16 read, fp8 write, + transposed copy in training).
+    Expert TP (``etp``): every rank of the group permutes and unpermutes all the group's tokens
+    (etp x per owned token) while the activation of its F / etp slice stays k F per owned token.
     """
     d = model.hidden
     gate = 3.0 if model.ffn_activation != "relu" else 2.0
     el = NORM_RESIDUAL_ELEMENTS_PER_D * d
     if moe:
         m = model.moe
-        el += 2.0 * (1 + m.top_k) * d + gate * m.top_k * m.expert_ffn
+        el += 2.0 * (1 + m.top_k) * d * etp + gate * m.top_k * m.expert_ffn
         if sort_chunks:
-            el += 4.0 * m.top_k * d
+            el += 4.0 * m.top_k * d * etp
         el += gate * m.num_shared_experts * m.shared_expert_ffn / tp
     else:
         el += gate * model.dense_ffn / tp
     byts = el * ACT_BYTES
     if canonical_dtype(dtype) in ("fp8", "fp4"):
-        byts += gemm_input_elements(model, moe, tp) * QUANT_BYTES[phase]
+        byts += gemm_input_elements(model, moe, tp, etp if moe else 1) * QUANT_BYTES[phase]
     return tokens * byts
 
 

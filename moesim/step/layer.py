@@ -385,7 +385,8 @@ def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: flo
     out.update(
         attention_s=att, attention_comm_s=att_comm, attention_core_s=core,
         elementwise_s=floor + memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
-                                                                         setup.dtype, phase, sorts_chunks(setup, moe))),
+                                                                         setup.dtype, phase, sorts_chunks(setup, moe),
+                                                                         setup.etp)),
         kernel_floor_s=floor, kernel_floor_backward_s=kernel_floor_s(setup.hw, model, moe, phase, backward=True),
         host_s=layer_host_s(setup.hw, model, moe, phase, stack=stack),
         host_pre_s=layer_host_pre_s(setup.hw, model, moe, phase, stack=stack),
