@@ -135,3 +135,26 @@ def test_expert_tp_permutes_the_group_tokens_and_activates_one_slice():
     plain = elementwise_bytes(QWEN, True, 1.0, 8, "bf16", "decode")
     sliced = elementwise_bytes(QWEN, True, 1.0, 8, "bf16", "decode", etp=8)
     assert sliced - plain == pytest.approx(2.0 * (1 + m.top_k) * d * 7 * ACT_BYTES, rel=1e-12)
+
+
+def test_disaggregated_pools_follow_the_moe_layouts_of_the_search():
+    """Prefill and decode pools take the search's MoE layouts: with ["tp"] every pool layout is
+    ETP over its replica (ep = 1, no redundant slots), and its Deployment carries the etp."""
+    from collections import Counter
+
+    from moesim.planner.disagg import pool_layouts
+    from moesim.planner.scenario import scenario_from_dict
+
+    def layouts(moe):
+        sc = scenario_from_dict({
+            "kind": "serving", "name": "pools", "model": "qwen3-30b-a3b", "hardware": ["h100-sxm"],
+            "max_devices": 16, "modes": ["disaggregated"],
+            "workload": {"prompt_len": 1000, "output_len": 500, "target_output_tokens_per_s": 1.0},
+            "slo": {"tpot_s": 0.1, "ttft_s": 2.0},
+            "search": {"tp": [8], "attention_layouts": ["tp"], "moe_layouts": moe}}, source="test")
+        return pool_layouts(sc, QWEN, (8,), ("h100-sxm",), Counter())
+
+    etp = layouts(["tp"])
+    assert etp and all((lay.ep, lay.etp, lay.redundant_experts) == (1, 8, 0) for lay in etp)
+    assert etp[0].candidate().parallelism().etp == 8 and "ETP8" in etp[0].describe()
+    assert all(lay.etp == 1 and lay.ep == 8 for lay in layouts(["ep"]))

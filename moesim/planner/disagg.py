@@ -178,24 +178,25 @@ def _miss_dict(m: PoolMiss | None) -> dict | None:
 
 # ---- the space ----------------------------------------------------------------------------------
 def pool_layouts(scenario, model, devices: tuple[int, ...], hardware: tuple[str, ...], invalid: Counter):
-    """Every (hardware, devices, attention layout, redundant slots) layout of one pool (pp 1)."""
+    """Every (hardware, devices, attention layout, MoE layout, redundant slots) layout of one pool (pp 1)."""
     from moesim.catalog import load_profile
     from moesim.comm.topology import build_topology
     from moesim.planner.space import serving_layouts
     from moesim.specs import Cluster, check_cluster
 
     s, ds = scenario.search, scenario.disaggregated
-    grid = type("Grid", (), {"pp": (1,), "attention_layouts": s.attention_layouts, "tp": s.tp})
+    grid = type("Grid", (), {"pp": (1,), "attention_layouts": s.attention_layouts, "tp": s.tp,
+                             "moe_layouts": s.moe_layouts})
     out = []
     for hw in hardware:
         for n in devices:
             if n > scenario.max_devices:
                 continue
-            for tp, _pp, _dp, ep, att, _etp in serving_layouts(model, n, grid):  # pools: experts over EP
+            for tp, _pp, _dp, ep, att, etp in serving_layouts(model, n, grid):
                 slots = (0,) if model.moe is None or ep == 1 else ds.redundant_slots_per_rank
                 for extra in slots:
                     r = (smallest_redundancy(model.moe.num_experts, ep) + extra * ep) if model.moe and ep > 1 else 0
-                    layout = PoolLayout(hw, n, tp, ep, att, r)
+                    layout = PoolLayout(hw, n, tp, ep, att, r, etp)
                     try:
                         check_parallelism(model, layout.candidate().parallelism())
                         prof = load_profile(hw)
@@ -268,7 +269,7 @@ def transfer_links(prefill: PoolLayout, decode_hardware: str) -> Transfer:
 
     hw = load_profile(prefill.hardware)
     tr = kv_transfer(Deployment(hardware=hw, devices=prefill.devices, tp=prefill.tp, dp=prefill.devices // prefill.tp,
-                                ep=prefill.ep, attention_layout=prefill.attention_layout,
+                                ep=prefill.ep, etp=prefill.etp, attention_layout=prefill.attention_layout,
                                 redundant_experts=prefill.redundant_experts))
     bw = tr.bandwidth_Bps
     if decode_hardware != prefill.hardware:

@@ -47,7 +47,8 @@ from moesim.planner.evaluation import Candidate
 
 @dataclass(frozen=True)
 class PoolLayout:
-    """One replica of a pool: hardware, devices, attention TP, EP, attention layout, redundant slots."""
+    """One replica of a pool: hardware, devices, attention TP, EP, attention layout, redundant
+    slots, expert TP (``etp`` = devices with ep = 1: every expert sharded over the replica)."""
 
     hardware: str
     devices: int
@@ -55,6 +56,7 @@ class PoolLayout:
     ep: int
     attention_layout: str
     redundant_experts: int = 0
+    etp: int = 1
 
     @property
     def attention_ranks(self) -> int:
@@ -63,14 +65,17 @@ class PoolLayout:
 
     def candidate(self, batch: int = 1) -> Candidate:
         return Candidate(self.hardware, self.devices, self.tp, 1, self.devices // self.tp, self.ep,
-                         self.attention_layout, batch, None, self.redundant_experts)
+                         self.attention_layout, batch, None, self.redundant_experts, self.etp)
 
     def describe(self) -> str:
         r = f" +{self.redundant_experts} redundant" if self.redundant_experts else ""
-        return f"{self.hardware} x{self.devices} TP{self.tp} EP{self.ep} attn={self.attention_layout}{r}"
+        etp = f" ETP{self.etp}" if self.etp > 1 else ""
+        return f"{self.hardware} x{self.devices} TP{self.tp} EP{self.ep}{etp} attn={self.attention_layout}{r}"
 
     def key(self) -> str:
-        return f"{self.hardware}|n{self.devices}|tp{self.tp}|ep{self.ep}|{self.attention_layout}|r{self.redundant_experts}"
+        etp = f"|etp{self.etp}" if self.etp > 1 else ""
+        return (f"{self.hardware}|n{self.devices}|tp{self.tp}|ep{self.ep}|{self.attention_layout}"
+                f"|r{self.redundant_experts}{etp}")
 
 
 class PoolCosts:

@@ -55,7 +55,7 @@ def _redundancy(model: ModelSpec, ep: int) -> int:
 def serving_layouts(model: ModelSpec, n: int, search) -> Iterable[tuple[int, int, int, int, str, int]]:
     """``(tp, pp, dp, ep, attention_layout, etp)`` for one replica of ``n`` devices."""
     moe = model.moe is not None
-    moe_layouts = getattr(search, "moe_layouts", ("ep",)) if moe else ("ep",)  # pools: EP only
+    moe_layouts = getattr(search, "moe_layouts", ("ep",)) if moe else ("ep",)
     for pp in search.pp:
         if n % pp:
             continue
