@@ -234,7 +234,7 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
     try:
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "dp": devices // tp, "ep": ep, "attention_layout": layout,
-            "etp": devices if ep == 1 and devices > 1 and model.moe is not None else 1,
+            "etp": devices if _without_ep(ep, devices, model) else 1,
             "devices_per_domain": dpd, "redundant_experts": redundant, "dtype": str(inputs["dtype"]),
             "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs),
             "stack": case_software_stack(inputs, hw, phase, stacks),
@@ -339,14 +339,20 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     return max(e.tokens_per_s / e.candidate.devices for e in ranked)
 
 
+def _without_ep(ep: int, devices: int, model) -> bool:
+    """A MoE row that ran without expert parallelism (ep = 1 on several devices): its experts are
+    sharded over the devices (expert TP, etp = devices), as vLLM and SGLang do by default."""
+    return model.moe is not None and ep == 1 and devices > 1
+
+
 def _moe_layout(inputs: dict, model, devices: int) -> str:
     """The planner's MoE layout for an end-to-end row: ``tp`` (every expert sharded over the
     replica, etp = devices) when the row ran without expert parallelism (ep = 1 on several devices,
     vLLM's and SGLang's default), else ``ep`` (experts spread over the replica)."""
     ep = inputs.get("ep")
-    if model.moe is None or ep is None or devices == 1:
+    if ep is None or model.moe is None or devices == 1:
         return "ep"
-    if int(ep) == 1:
+    if _without_ep(int(ep), devices, model):
         return "tp"
     if int(ep) != devices:
         flag_ignored(inputs, "ep", f"the planner spreads the experts over all {devices} devices (ep = devices)")

@@ -158,3 +158,18 @@ def test_disaggregated_pools_follow_the_moe_layouts_of_the_search():
     assert etp and all((lay.ep, lay.etp, lay.redundant_experts) == (1, 8, 0) for lay in etp)
     assert etp[0].candidate().parallelism().etp == 8 and "ETP8" in etp[0].describe()
     assert all(lay.etp == 1 and lay.ep == 8 for lay in layouts(["ep"]))
+
+
+def test_bad_moe_layouts_and_etp_name_the_field_that_is_wrong():
+    from moesim.errors import MoesimError
+    from moesim.planner.scenario import scenario_from_dict
+
+    base = {"kind": "serving", "name": "bad", "model": "qwen3-30b-a3b", "hardware": ["h100-sxm"],
+            "workload": {"prompt_len": 100, "output_len": 100, "target_output_tokens_per_s": 1.0},
+            "slo": {"tpot_s": 0.1}}
+    with pytest.raises(MoesimError, match=r"search\.moe_layouts\.0 = 'xp': Input should be 'ep' or 'tp'$"):
+        scenario_from_dict({**base, "search": {"moe_layouts": ["xp"]}}, source="s")
+    with pytest.raises(MoesimError, match=r"search\.moe_layouts = \(\): allowed: one or more of ep, tp"):
+        scenario_from_dict({**base, "search": {"moe_layouts": []}}, source="s")
+    with pytest.raises(ValueError, match=r"etp: 3 is invalid; allowed: ep x etp \(here 3\) must divide"):
+        _dep(ep=1, etp=3)

@@ -57,7 +57,7 @@ class ServingSearch(Spec):
     pp: tuple[int, ...] = Field((1,), description="pipeline sizes tried")
     attention_layouts: tuple[Literal["tp", "dp"], ...] = ("tp", "dp")
     moe_layouts: tuple[Literal["ep", "tp"], ...] = Field(
-        ("ep",), min_length=1, description="how MoE layers use the non-pipeline ranks: ep = experts spread over "
+        ("ep",), description="how MoE layers use the non-pipeline ranks: ep = experts spread over "
         "them (ep = tp x dp); tp = every expert sharded over them (etp = tp x dp, ep = 1), vLLM's and SGLang's "
         "layout without expert parallelism enabled")
     capacity_factors: tuple[float, ...] | None = Field(
@@ -84,6 +84,14 @@ class ServingSearch(Spec):
     @classmethod
     def _positive(cls, value, info):
         return _positive_ints(value, info.field_name)
+
+    @field_validator("moe_layouts")
+    @classmethod
+    def _moe_layouts(cls, value):
+        # here rather than min_length: pydantic adds a length error to every bad entry's error
+        if not value:
+            raise SpecError("moe_layouts", value, "allowed: one or more of ep, tp")
+        return value
 
     @field_validator("attention_dtype")
     @classmethod

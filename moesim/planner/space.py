@@ -85,11 +85,11 @@ class _Collect:
         return Space(tuple(self.cands), dict(self.invalid), self.examples)
 
 
-def _add_layout(out: _Collect, model: ModelSpec, hw: str, n: int, layout: tuple[int, ...],
+def _add_layout(out: _Collect, model: ModelSpec, hw: str, n: int, layout: tuple[int, int, int, int, str, int],
                 batches, cfs) -> None:
-    """Candidates of one (tp, pp, dp, ep, attention_layout[, etp]) on ``n`` devices of ``hw``, or
+    """Candidates of one (tp, pp, dp, ep, attention_layout, etp) on ``n`` devices of ``hw``, or
     the reason it is set aside."""
-    tp, pp, dp, ep, att, etp = (*layout, 1)[:6]
+    tp, pp, dp, ep, att, etp = layout
     par = Parallelism(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, attention_layout=att,
                       redundant_experts=_redundancy(model, ep))
     err = _layout_error(model, par)
@@ -135,5 +135,5 @@ def training_space(scenario, model: ModelSpec) -> Space:
                     for ep in eps:
                         if (tp * dp) % ep or not mbs:
                             continue
-                        _add_layout(out, model, hw, n, (tp, pp, dp, ep, "tp"), mbs, cfs)
+                        _add_layout(out, model, hw, n, (tp, pp, dp, ep, "tp", 1), mbs, cfs)
     return out.space()

@@ -39,7 +39,8 @@ class Parallelism(Spec):
         if self.vpp > 1 and self.pp == 1:
             raise SpecError("vpp", self.vpp, "vpp > 1 needs pp > 1")
         if (self.tp * self.cp * self.dp) % (self.ep * self.etp):
-            raise SpecError("ep", self.ep, f"allowed: ep x etp (here {self.ep * self.etp}) must divide "
+            field, value = ("etp", self.etp) if self.etp > 1 else ("ep", self.ep)  # the one the user set
+            raise SpecError(field, value, f"allowed: ep x etp (here {self.ep * self.etp}) must divide "
                             f"tp x cp x dp = {self.tp * self.cp * self.dp}")
         return self
 
