@@ -52,8 +52,8 @@ def test_tuned_checkpoint_keeps_the_heuristic():
 
 
 def test_gpt_oss_weights_as_stored_by_hand():
-    # gpt-oss-120b on one H200 priced at fp8: the footprint counts 1 byte per parameter; as the
-    # released checkpoint stores it: experts MXFP4 (0.5 + 1/32 byte), the rest BF16 (2 bytes).
+    # gpt-oss-120b on one H200 served at fp8: the footprint counts the released checkpoint as it
+    # stores it, experts MXFP4 (0.5 + 1/32 byte), the rest BF16 (2 bytes), not 1 byte per parameter.
     from moesim.catalog import load_profile
     from moesim.compute.memory import memory_footprint
     from moesim.specs import Parallelism
@@ -63,15 +63,19 @@ def test_gpt_oss_weights_as_stored_by_hand():
     fp = memory_footprint(m, load_profile("h200-sxm"), Parallelism(), mode="serve", weight_dtype="fp8",
                           kv_dtype="bf16", kv_tokens=0)
     experts = pc.routed_experts
-    rest = fp.weight_bytes - experts  # 1 byte per parameter at fp8
+    one_byte = memory_footprint(m, load_profile("h200-sxm"), Parallelism(), mode="train", weight_dtype="fp8",
+                                kv_dtype="bf16", micro_batch=1, seq_len=1).weight_bytes  # training: no stored format
+    rest = one_byte - experts  # 1 byte per parameter at fp8
     want = experts * (0.5 + 1 / 32) + rest * 2.0
-    assert te.stored_weight_bytes(m, fp, "fp8") == pytest.approx(want, rel=1e-12)
+    assert fp.weight_bytes == pytest.approx(want, rel=1e-12)
+    assert fp.expert_weight_bytes == pytest.approx(experts * (0.5 + 1 / 32), rel=1e-12)
     assert 60e9 < want < 70e9  # ~65 GB: 4.25-bit experts of 117B parameters plus ~2B BF16 ones
     # a model without its own expert format keeps the footprint's bytes
     q = load_model("qwen3-30b-a3b")
     fq = memory_footprint(q, load_profile("h200-sxm"), Parallelism(), mode="serve", weight_dtype="fp8",
                           kv_dtype="fp8", kv_tokens=0)
-    assert te.stored_weight_bytes(q, fq, "fp8") == fq.weight_bytes
+    assert fq.weight_bytes == memory_footprint(q, load_profile("h200-sxm"), Parallelism(), mode="train",
+                                               weight_dtype="fp8", micro_batch=1, seq_len=1).weight_bytes
 
 
 def test_stored_weights_raise_the_kv_capacity():
@@ -87,9 +91,10 @@ def test_stored_weights_raise_the_kv_capacity():
     dep = cache.deployment(c, sc, m)
     fp = memory_footprint(m, dep.hardware, dep.parallelism, mode="serve", weight_dtype="fp8", kv_dtype="bf16",
                           kv_tokens=0)
-    free = fp.capacity_bytes - te.stored_weight_bytes(m, fp, "fp8")
+    free = fp.capacity_bytes - fp.weight_bytes
     assert lim.kv_seqs == int(0.95 * free / fp.kv_bytes_per_token // 2000)
-    assert lim.kv_seqs > 2.4 * int(0.95 * (fp.capacity_bytes - fp.weight_bytes) / fp.kv_bytes_per_token // 2000)
+    one_byte = param_counts(m).total  # the weights at 1 byte per parameter, had fp8 been applied to all
+    assert lim.kv_seqs > 2.4 * int(0.95 * (fp.capacity_bytes - one_byte) / fp.kv_bytes_per_token // 2000)
 
 
 def test_nvfp4_checkpoint_param_count_counts_packed_ffn_elements():

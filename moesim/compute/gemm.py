@@ -9,7 +9,7 @@ the profile's ``[efficiency.compute]``), the time is
     waves   = ceil(tiles / U)                                 [waves]
     steps   = ceil(k / tk)                                    [main-loop k-steps per tile]
     t_step  = max(2 tm tn tk / (P/U c),                       [s: the unit's math at fraction c]
-                  (min(m, tm) + tn) tk e_in / s_u)            [s: operand loads at s_u B/s per unit]
+                  (min(m, tm) e_in + tn e_w) tk / s_u)        [s: operand loads at s_u B/s per unit]
               + t_k                                           [s: per-step pipeline overhead]
     t_epi   = min(m, tm) tn e_out / min(s_u, B b / min(tiles, U))   [s: writing the tile]
     t_units = waves (steps t_step + t_epi)
@@ -29,7 +29,15 @@ bound: neighbouring waves may still hit in L2). Finally
 P: dense peak of the dtype (FLOP/s), B: HBM bandwidth (B/s), c = gemm_compute_fraction,
 b = gemm_memory_fraction, s_u = gemm_sm_load_GBps, t_k = gemm_kstep_overhead_ns, tk = gemm_tile_k.
 Since c <= 1, b <= 1 and padding only adds work, no prediction beats the roofline
-max(2mnk / P, (mk + kn) e_in + mn e_out) / B).
+max(2mnk / P, (mk e_in + kn e_w + mn e_out) / B).
+
+**Mixed precision.** e_in is the bytes per element of the math dtype (A, the activations) and
+e_w those of B, the weights: the same unless the weights are stored in another format
+(``weight_dtype``: MXFP4 weights under MXFP8 or BF16 activations, as GPT-OSS's released
+checkpoint runs). P stays the math dtype's peak: the MMA consumes both operands at the wider
+one's rate (TensorRT-LLM examples/models/core/gpt_oss/README.md, MoE support matrix: MXFP4
+weights x MXFP8 activations on Blackwell run UTCQMMA, the FP8-class tensor-core MMA; x BF16 on
+Hopper run HGMMA after the weights are dequantized, "simulated mxfp4").
 
 **TPU (systolic MXU cores).** A TPU TensorCore has a few large MXUs (2 of 256 x 256 on v6e,
 4 of 128 x 128 per core on v4/v5e/v5p; docs/reference/hardware.md), fed from VMEM by the
@@ -94,16 +102,26 @@ class GemmParams:
     tile_m: int
     tile_n: int
     tile_k: int
-    in_bytes: float
+    in_bytes: float  # bytes per element of A (the activations, at the math dtype)
     out_bytes: float
     l2_bytes: float
     peak: float  # FLOP/s
     hbm: float  # B/s
     systolic: bool = False  # TPU MXU cores (module docstring)
+    w_bytes: float = 0.0  # bytes per element of B (the weights); 0: in_bytes (one dtype)
+
+    @property
+    def b_bytes(self) -> float:
+        """Bytes per element of B: the stored weight format when it differs from the math dtype."""
+        return self.w_bytes or self.in_bytes
 
 
-def gemm_params(hw: HardwareProfile, dtype: str, out_dtype: str | None = None) -> GemmParams:
-    """Collect the GEMM inputs of ``hw`` for ``dtype``; SpecError on an unknown dtype or no peak."""
+def gemm_params(hw: HardwareProfile, dtype: str, out_dtype: str | None = None,
+                weight_dtype: str | None = None) -> GemmParams:
+    """Collect the GEMM inputs of ``hw`` for ``dtype``; SpecError on an unknown dtype or no peak.
+    ``weight_dtype``: B (the weights) stored in another format than the math runs in (a
+    mixed-precision GEMM, e.g. MXFP4 weights with MXFP8 or BF16 activations: the MMA runs at
+    ``dtype``'s peak, the weights stream at their own bytes); None: B is ``dtype`` too."""
     key = canonical_dtype(dtype)
     peak = hw.peak_flops(dtype)
     out = canonical_dtype(out_dtype, field="out_dtype") if out_dtype else _OUT_DTYPE[key]
@@ -131,6 +149,7 @@ def gemm_params(hw: HardwareProfile, dtype: str, out_dtype: str | None = None) -
         peak=peak,
         hbm=hw.hbm_bandwidth_Bps,
         systolic=hw.kind == "tpu",
+        w_bytes=bytes_per_element(weight_dtype) if weight_dtype else 0.0,
     )
 
 
@@ -140,10 +159,10 @@ def _cdiv(a, b):
 
 
 @numba.njit(cache=True)
-def _hbm_bytes(m, n, k, p_units, tile_m, tile_n, e_in, e_out, l2_bytes):
-    """HBM bytes of one GEMM with operand reuse (module docstring)."""
+def _hbm_bytes(m, n, k, p_units, tile_m, tile_n, e_in, e_b, e_out, l2_bytes):
+    """HBM bytes of one GEMM with operand reuse (module docstring); A at e_in, B at e_b bytes."""
     a = m * k * e_in
-    b = k * n * e_in
+    b = k * n * e_b
     c = m * n * e_out
     if a + b <= l2_bytes:
         return a + b + c
@@ -155,14 +174,14 @@ def _hbm_bytes(m, n, k, p_units, tile_m, tile_n, e_in, e_out, l2_bytes):
 
 
 @numba.njit(cache=True)
-def _unit_time(m, n, k, tm, tn, units_, peak_u, frac, bw, load, kstep, tk, e_in, e_out):
+def _unit_time(m, n, k, tm, tn, units_, peak_u, frac, bw, load, kstep, tk, e_in, e_b, e_out):
     """(t_units, math-bound?) of tile shape tm x tn (module docstring)."""
     tiles = _cdiv(m, tm) * _cdiv(n, tn)
     waves = _cdiv(tiles, units_)
     steps = _cdiv(k, tk)
     rows = min(m, tm)
     t_math = 2.0 * tm * tn * tk / (peak_u * frac)
-    t_load = (rows + tn) * tk * e_in / load
+    t_load = (rows * e_in + tn * e_b) * tk / load
     t_step = max(t_math, t_load) + kstep
     store = min(load, bw / min(tiles, units_))
     t_epi = rows * tn * e_out / store
@@ -171,7 +190,7 @@ def _unit_time(m, n, k, tm, tn, units_, peak_u, frac, bw, load, kstep, tk, e_in,
 
 @numba.njit(cache=True)
 def _gemm_kernel(m_S, n_S, k_S, units_, peak_u, frac, bw, load, kstep, overhead, tile_m, tile_n,
-                 tk, e_in, e_out, l2_bytes, time_S, bytes_S, bound_S):
+                 tk, e_in, e_b, e_out, l2_bytes, time_S, bytes_S, bound_S):
     """Fill time_S, bytes_S (HBM traffic) and bound_S (index into BOUNDS) for every shape."""
     tms = (tile_m, max(1, tile_m // 2))
     tns = (tile_n, max(1, tile_n // 2), max(1, tile_n // 4), max(1, tile_n // 8))
@@ -181,10 +200,10 @@ def _gemm_kernel(m_S, n_S, k_S, units_, peak_u, frac, bw, load, kstep, overhead,
         for tm in tms:
             for tn in tns:
                 t, is_math = _unit_time(m, n, k, tm, tn, units_, peak_u, frac, bw, load, kstep, tk,
-                                        e_in, e_out)
+                                        e_in, e_b, e_out)
                 if t < best:
                     best, best_math = t, is_math
-        hbm = _hbm_bytes(m, n, k, units_, tile_m, tile_n, e_in, e_out, l2_bytes)
+        hbm = _hbm_bytes(m, n, k, units_, tile_m, tile_n, e_in, e_b, e_out, l2_bytes)
         t_hbm = hbm / bw
         body = max(best, t_hbm)
         time_S[i] = overhead + body
@@ -199,7 +218,7 @@ def _gemm_kernel(m_S, n_S, k_S, units_, peak_u, frac, bw, load, kstep, overhead,
 
 @numba.njit(cache=True)
 def _systolic_kernel(m_S, n_S, k_S, units_, peak, frac, bw, kstep, overhead, tile_m, tile_n, d,
-                     e_in, e_out, time_S, bytes_S, bound_S):
+                     e_in, e_b, e_out, time_S, bytes_S, bound_S):
     """The MXU model of the module docstring for every shape (TPU profiles)."""
     for i in range(m_S.shape[0]):
         m, n, k = m_S[i], n_S[i], k_S[i]
@@ -210,7 +229,7 @@ def _systolic_kernel(m_S, n_S, k_S, units_, peak, frac, bw, kstep, overhead, til
         bn = min(tile_n, n_d)
         steps = _cdiv(m, bm) * _cdiv(n, bn) * _cdiv(k, d) / units_
         t_mxu = 2.0 * m8 * n_d * k_d / (peak * frac) + steps * kstep
-        hbm = m * k * e_in * _cdiv(n, bn) + k * n * e_in * _cdiv(m, bm) + m * n * e_out
+        hbm = m * k * e_in * _cdiv(n, bn) + k * n * e_b * _cdiv(m, bm) + m * n * e_out
         t_hbm = hbm / bw
         body = max(t_mxu, t_hbm)
         time_S[i] = overhead + body
@@ -243,10 +262,12 @@ def _shapes(**sizes: Any) -> tuple[tuple[int, ...], list[np.ndarray]]:
     return shaped[0].shape, [np.ascontiguousarray(a).ravel() for a in shaped]
 
 
-def gemm_time_arrays(hw: HardwareProfile, m, n, k, dtype: str, out_dtype: str | None = None):
-    """(time_s, hbm_bytes, bound index) arrays for broadcast shapes: the planner's fast path."""
+def gemm_time_arrays(hw: HardwareProfile, m, n, k, dtype: str, out_dtype: str | None = None,
+                     weight_dtype: str | None = None):
+    """(time_s, hbm_bytes, bound index) arrays for broadcast shapes: the planner's fast path.
+    ``weight_dtype``: see ``gemm_params``."""
     shape, (m_S, n_S, k_S) = _shapes(m=m, n=n, k=k)
-    p = gemm_params(hw, dtype, out_dtype)
+    p = gemm_params(hw, dtype, out_dtype, weight_dtype)
     return _run(p, m_S, n_S, k_S, shape)
 
 
@@ -257,11 +278,11 @@ def _run(p: GemmParams, m_S, n_S, k_S, shape):
     if p.systolic:
         _systolic_kernel(m_S, n_S, k_S, float(p.units), p.peak, p.compute_fraction, p.bandwidth,
                          p.kstep_s, p.overhead_s, float(TPU_VMEM_BLOCK), float(TPU_VMEM_BLOCK), float(p.tile_k),
-                         p.in_bytes, p.out_bytes, time_S, bytes_S, bound_S)
+                         p.in_bytes, p.b_bytes, p.out_bytes, time_S, bytes_S, bound_S)
         return time_S.reshape(shape), bytes_S.reshape(shape), bound_S.reshape(shape)
     _gemm_kernel(m_S, n_S, k_S, float(p.units), p.peak_per_unit, p.compute_fraction, p.bandwidth,
                  p.unit_load, p.kstep_s, p.overhead_s, float(p.tile_m), float(p.tile_n),
-                 float(p.tile_k), p.in_bytes, p.out_bytes, p.l2_bytes, time_S, bytes_S, bound_S)
+                 float(p.tile_k), p.in_bytes, p.b_bytes, p.out_bytes, p.l2_bytes, time_S, bytes_S, bound_S)
     return time_S.reshape(shape), bytes_S.reshape(shape), bound_S.reshape(shape)
 
 
@@ -317,10 +338,11 @@ def gemm_time(hw: HardwareProfile, m, n, k, dtype: str, out_dtype: str | None = 
     return GemmEstimate(time_, flops, bytes_, bound, eff, canonical_dtype(dtype))
 
 
-def roofline_time(hw: HardwareProfile, m, n, k, dtype: str, out_dtype: str | None = None):
+def roofline_time(hw: HardwareProfile, m, n, k, dtype: str, out_dtype: str | None = None,
+                  weight_dtype: str | None = None):
     """The physical floor max(2mnk / P, minimal bytes / B) in seconds (no efficiency, no overhead)."""
     shape, (m_S, n_S, k_S) = _shapes(m=m, n=n, k=k)
-    p = gemm_params(hw, dtype, out_dtype)
+    p = gemm_params(hw, dtype, out_dtype, weight_dtype)
     flops = 2.0 * m_S * n_S * k_S
-    byts = (m_S * k_S + k_S * n_S) * p.in_bytes + m_S * n_S * p.out_bytes
+    byts = m_S * k_S * p.in_bytes + k_S * n_S * p.b_bytes + m_S * n_S * p.out_bytes
     return np.maximum(flops / p.peak, byts / p.hbm).reshape(shape)

@@ -93,22 +93,24 @@ def _check(m_per_group, n, k, layout, capacity) -> tuple[np.ndarray, int, int]:
 
 def grouped_gemm_time(hw: HardwareProfile, m_per_group, n: int, k: int, dtype: str,
                       layout: Layout = "contiguous", capacity: int | None = None,
-                      out_dtype: str | None = None) -> GroupedGemmEstimate:
-    """Time of a grouped GEMM with ``m_per_group[g]`` rows in group g (shape G, ints >= 0)."""
+                      out_dtype: str | None = None, weight_dtype: str | None = None) -> GroupedGemmEstimate:
+    """Time of a grouped GEMM with ``m_per_group[g]`` rows in group g (shape G, ints >= 0).
+    ``weight_dtype``: the groups' weights stored in another format than the math dtype
+    (moesim/compute/gemm.py ``gemm_params``)."""
     m_G, n, k = _check(m_per_group, n, k, layout, capacity)
-    p = gemm_params(hw, dtype, out_dtype)
+    p = gemm_params(hw, dtype, out_dtype, weight_dtype)
     rows = float(m_G.sum())
     nonempty = int((m_G > 0).sum())
     align = float(p.tile_m)
     padded_G = np.ceil(m_G / align) * align if layout == "contiguous" else m_G
     stored_rows = float(padded_G.sum())
-    hbm = (stored_rows * k + nonempty * k * n) * p.in_bytes + stored_rows * n * p.out_bytes
+    hbm = stored_rows * k * p.in_bytes + nonempty * k * n * p.b_bytes + stored_rows * n * p.out_bytes
     t_hbm = hbm / p.bandwidth
     flops = 2.0 * rows * n * k
     if rows == 0:
         return GroupedGemmEstimate(p.overhead_s, 0.0, 0.0, "latency", 0.0, layout, m_G.size, 0, 0, 0)
     if p.systolic:
-        return _systolic_grouped(hw, m_G, n, k, dtype, out_dtype, layout, p)
+        return _systolic_grouped(hw, m_G, n, k, dtype, out_dtype, layout, p, weight_dtype)
     best, best_math, best_padded = np.inf, False, stored_rows
     steps = -(-k // p.tile_k)
     for tm in (p.tile_m, max(1, p.tile_m // 2)):
@@ -118,7 +120,7 @@ def grouped_gemm_time(hw: HardwareProfile, m_per_group, n: int, k: int, dtype: s
             waves = -(-tiles // p.units)
             r = min(float(tm), stored_rows / m_tiles)  # mean rows loaded per tile
             t_math = 2.0 * tm * tn * p.tile_k / (p.peak_per_unit * p.compute_fraction)
-            t_load = (r + tn) * p.tile_k * p.in_bytes / p.unit_load
+            t_load = (r * p.in_bytes + tn * p.b_bytes) * p.tile_k / p.unit_load
             t_epi = r * tn * p.out_bytes / min(p.unit_load, p.bandwidth / min(tiles, p.units))
             t = waves * (steps * (max(t_math, t_load) + p.kstep_s) + t_epi)
             if t < best:
@@ -133,12 +135,12 @@ def grouped_gemm_time(hw: HardwareProfile, m_per_group, n: int, k: int, dtype: s
     )
 
 
-def _systolic_grouped(hw, m_G, n, k, dtype, out_dtype, layout, p) -> GroupedGemmEstimate:
+def _systolic_grouped(hw, m_G, n, k, dtype, out_dtype, layout, p, weight_dtype=None) -> GroupedGemmEstimate:
     """Grouped GEMM on TPU MXU cores: the non-empty groups' GEMMs back to back (module docstring)."""
     from moesim.compute.gemm import gemm_time_arrays
 
     used_G = m_G[m_G > 0]
-    t_G, bytes_G, bound_G = gemm_time_arrays(hw, used_G, n, k, dtype, out_dtype)
+    t_G, bytes_G, bound_G = gemm_time_arrays(hw, used_G, n, k, dtype, out_dtype, weight_dtype)
     body_G = t_G - p.overhead_s
     time = p.overhead_s + float(body_G.sum())
     memory_s = float(body_G[bound_G == 1].sum())

@@ -6,7 +6,11 @@ holds the input embedding, the last stage the LM head) and an EP rank with
 
 - weights: attention, dense FFN, shared experts, embedding and LM head are split over TP;
   routed experts over EP (and ETP inside an expert); router and norms are replicated.
-  Bytes per weight = ``bytes_per_element(weight_dtype)`` (model.weight_dtype by default).
+  Bytes per weight = ``bytes_per_element(weight_dtype)`` (model.weight_dtype by default). A
+  checkpoint that ships its experts in their own format (``ModelSpec.expert_weight_dtype``:
+  GPT-OSS's MXFP4 experts, BF16 elsewhere) is served as stored: in ``serve`` mode its experts
+  count at that format and the rest at ``model.weight_dtype``, whatever ``weight_dtype`` the run
+  states (the engines load it as is: moesim/step/setup.py ``expert_gemm_dtypes``).
 - KV cache per token: sum over the stage's layers of ``ModelSpec.kv_elements_per_token()`` x
   kv bytes; GQA heads split over TP (at least one head per rank); MLA's latent is replicated over
   TP (every rank needs it). Windowed layers are counted in full (conservative for fit).
@@ -177,8 +181,11 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
     s = max(range(len(stages)), key=lambda i: sum(stages[i]))
     base, experts = stages[s]
     layers = _stage_layers(model, par.pp)[s]
-    weights = (base + experts) * w_bytes
-    expert_w = experts * w_bytes
+    e_bytes = w_bytes
+    if mode == "serve" and model.expert_weight_dtype:  # served as stored (module docstring)
+        w_bytes, e_bytes = bytes_per_element(model.weight_dtype), bytes_per_element(model.expert_weight_dtype)
+    weights = base * w_bytes + experts * e_bytes
+    expert_w = experts * e_bytes
     kv_tok = kv_bytes_per_token(model, par, kv_dt, layers)
     reserve = reserve_GiB * units.GiB
     grads = opt = acts = kv_cache = 0.0

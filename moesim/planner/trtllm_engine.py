@@ -10,7 +10,7 @@ NVIDIA/TensorRT-LLM; nothing is fitted):
   for every other one (``untuned_checkpoint``: GPT-OSS's MXFP4 experts);
 - weights in memory: a checkpoint that stores its experts in another format than the rest
   (``ModelSpec.expert_weight_dtype``: GPT-OSS's released MXFP4 experts, BF16 elsewhere) is
-  loaded as stored (``stored_weight_bytes``);
+  loaded as stored (moesim/compute/memory.py counts it so in serve mode);
 - KV cache: ``kv_cache_free_gpu_mem_fraction`` of the memory the weights leave, and the default
   capacity policy GUARANTEED_NO_EVICT reserves blocks for a request to complete
   (_torch/pyexecutor/scheduler.py: "Reserve blocks for requests to complete without eviction");
@@ -87,23 +87,6 @@ def untuned_checkpoint(model) -> bool:
     return str(getattr(model, "expert_weight_dtype", None) or "").lower() == "mxfp4"
 
 
-def stored_weight_bytes(model, fp, dtype: str) -> float:
-    """Weight bytes per device as the checkpoint stores them: ``fp`` (a MemoryFootprint priced at
-    ``dtype``) unchanged unless the model states ``expert_weight_dtype`` (a released checkpoint
-    with its own mixed formats, which TensorRT-LLM loads as is: GPT-OSS's MXFP4 experts, 4.25 bits
-    per parameter with the block scales, and BF16 attention, embeddings and router; the
-    perf-overview's ModelOpt FP4 / FP8 lists hold no GPT-OSS checkpoint), then the experts at that
-    format and the rest at ``model.weight_dtype``."""
-    from moesim.specs import bytes_per_element
-
-    if not getattr(model, "expert_weight_dtype", None):
-        return fp.weight_bytes
-    per = bytes_per_element(dtype)
-    rest = fp.weight_bytes - fp.expert_weight_bytes
-    return (rest * bytes_per_element(model.weight_dtype) + fp.expert_weight_bytes
-            * bytes_per_element(model.expert_weight_dtype)) / per
-
-
 def _round_up(raw: float, tiers: tuple[tuple[int, int], ...], last_step: int, smallest: int) -> int:
     """trtllm-bench's rounding: up to the step of the first tier ``(below, step)`` that ``raw`` is
     below (``last_step`` above them all); the first tier's result is at least ``smallest``."""
@@ -168,7 +151,7 @@ def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
       checkpoint (``untuned_checkpoint``), max_num_tokens at least ISL + max_batch_size (no
       chunked prefill). With attention DP every rank runs its own scheduler with these settings;
     - KV cache: ``kv_cache_free_gpu_mem_fraction`` 0.95 of the memory the weights leave (as the
-      checkpoint stores them: ``stored_weight_bytes``; ``TRTLLM_KV_FREE_GPU_MEM_FRACTION``; the
+      checkpoint stores them, moesim/compute/memory.py; ``TRTLLM_KV_FREE_GPU_MEM_FRACTION``; the
       runtime's own buffers are not modelled), and the
       default capacity policy GUARANTEED_NO_EVICT reserves blocks for a request to complete, so
       a rank holds kv_seqs = KV tokens / (P + L) whole requests;
@@ -184,7 +167,7 @@ def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
     def make() -> EngineLimits:
         fp = memory_footprint(model, dep.hardware, dep.parallelism, mode="serve", weight_dtype=dep.dtype,
                               kv_dtype=dep.kv_dtype, kv_tokens=0)
-        free = max(0.0, fp.capacity_bytes - stored_weight_bytes(model, fp, dep.dtype))
+        free = max(0.0, fp.capacity_bytes - fp.weight_bytes)
         kv_tokens = TRTLLM_KV_FREE_GPU_MEM_FRACTION * free / fp.kv_bytes_per_token if fp.kv_bytes_per_token else 0.0
         kv_seqs = int(kv_tokens // (w.prompt_len + w.output_len))
         if untuned_checkpoint(model):

@@ -37,7 +37,9 @@ need to know about *how* a model is run (the model itself and the workload are s
   field existed).
 - ``attention_dtype``: the precision of the attention block (projections and core) when it
   differs from ``dtype`` (SGLang "BF16 attention + FP8 MoE"); None: the projections run at
-  ``dtype`` and the core at bf16 (moesim/compute/attention.py ``_core_dtype``).
+  ``dtype`` (a served checkpoint that ships only its experts quantized, GPT-OSS, at its released
+  ``weight_dtype``: moesim/step/setup.py ``projection_dtype``) and the core at bf16
+  (moesim/compute/attention.py ``_core_dtype``).
 
 Checks that need only the deployment run when it is built (``ValueError`` naming the field);
 ``check(model)`` adds the ones that need the model (heads, experts, layers dividing).
@@ -115,11 +117,6 @@ class Deployment(Parallelism):
         if self.sharding is not None:
             return self.sharding
         return "zero1" if self.distributed_optimizer else "ddp"
-
-    @property
-    def attention_dtype_or_default(self) -> str:
-        """The dtype of the attention projections (``attention_dtype``, else ``dtype``)."""
-        return self.attention_dtype or self.dtype
 
     @model_validator(mode="after")
     def _deployable(self):

@@ -19,26 +19,38 @@ ACT_BYTES = 2.0
 QUANT_BYTES = {"train": 4.0, "prefill": 3.0, "decode": 3.0}
 
 
-def gemm_input_elements(model: ModelSpec, moe: bool, tp: int, etp: int = 1) -> float:
+def gemm_input_parts(model: ModelSpec, moe: bool, tp: int, etp: int = 1) -> tuple[float, float, float]:
     """Activation elements per owned token that enter a GEMM of one layer (each is quantized once
-    when the GEMMs run in fp8): qkv input D, o-projection input heads x v_dim / tp; MoE: k D
-    (experts' gate/up) + k F (down) + the shared experts' D + F_s / tp; dense: D + F / tp. Expert
-    TP: an etp group's ranks each quantize every group token's k D inputs (etp k D per owned
-    token) and their own F / etp slice of the down input (k F in all)."""
+    when its GEMM runs in fp8 / fp4), as (attention, routed experts, the rest): qkv input D and
+    o-projection input heads x v_dim / tp; MoE: k D (experts' gate/up) + k F (down), and the
+    shared experts' D + F_s / tp; dense: D + F / tp. Expert TP: an etp group's ranks each
+    quantize every group token's k D inputs (etp k D per owned token) and their own F / etp slice
+    of the down input (k F in all)."""
     d, a = model.hidden, model.attention
-    el = d + a.num_heads * a.v_dim / tp
+    attention = d + a.num_heads * a.v_dim / tp
+    experts = rest = 0.0
     if moe:
         m = model.moe
-        el += m.top_k * (d * etp + m.expert_ffn)
+        experts = m.top_k * (d * etp + m.expert_ffn)
         if m.num_shared_experts:
-            el += d + m.num_shared_experts * m.shared_expert_ffn / tp
+            rest = d + m.num_shared_experts * m.shared_expert_ffn / tp
     else:
-        el += d + model.dense_ffn / tp
-    return el
+        rest = d + model.dense_ffn / tp
+    return attention, experts, rest
+
+
+def gemm_input_elements(model: ModelSpec, moe: bool, tp: int, etp: int = 1) -> float:
+    """All of ``gemm_input_parts``: the elements quantized when every GEMM of the layer runs low-precision."""
+    return sum(gemm_input_parts(model, moe, tp, etp))
+
+
+def _quantized(dtype: str) -> bool:
+    return canonical_dtype(dtype) in ("fp8", "fp4")
 
 
 def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype: str = "bf16",
-                      phase: str = "prefill", sort_chunks: bool = False, etp: int = 1) -> float:
+                      phase: str = "prefill", sort_chunks: bool = False, etp: int = 1,
+                      projection_dtype: str | None = None, expert_dtype: str | None = None) -> float:
     """HBM bytes of one layer's non-GEMM kernels for ``tokens`` owned tokens (forward).
 
     norms + residuals: 10 D; gated activation: read 2F, write F per FFN row (F / tp for dense);
@@ -48,10 +60,13 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype
     expert): the received copies are sorted by local expert after the dispatch ("Permutation 2",
     ``sort_chunks_by_idxs`` in megatron/core/transformer/moe/token_dispatcher.py
     ``MoEAlltoAllTokenDispatcher``) and back before the combine: read + write k D twice, 4 k D.
-    fp8/fp4 GEMMs add one quantization pass over every GEMM input (``gemm_input_elements`` x
-    ``QUANT_BYTES[phase]``: bf16 read, fp8 write, + transposed copy in training).
-    Expert TP (``etp``): every rank of the group permutes and unpermutes all the group's tokens
-    (etp x per owned token) while the activation of its F / etp slice stays k F per owned token.
+    fp8/fp4 GEMMs add one quantization pass over their inputs (``gemm_input_parts`` x
+    ``QUANT_BYTES[phase]``: bf16 read, fp8 write, + transposed copy in training): the attention
+    projections' at ``projection_dtype``, the routed experts' at ``expert_dtype`` (each ``dtype``
+    when not given; moesim/step/setup.py ``projection_dtype`` / ``expert_gemm_dtypes``), the rest
+    at ``dtype``. Expert TP (``etp``): every rank of the group permutes and unpermutes all the
+    group's tokens (etp x per owned token) while the activation of its F / etp slice stays k F
+    per owned token.
     """
     d = model.hidden
     gate = 3.0 if model.ffn_activation != "relu" else 2.0
@@ -65,9 +80,10 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype
     else:
         el += gate * model.dense_ffn / tp
     byts = el * ACT_BYTES
-    if canonical_dtype(dtype) in ("fp8", "fp4"):
-        byts += gemm_input_elements(model, moe, tp, etp if moe else 1) * QUANT_BYTES[phase]
-    return tokens * byts
+    attention, experts, rest = gemm_input_parts(model, moe, tp, etp if moe else 1)
+    quantized = (attention * _quantized(projection_dtype or dtype) + experts * _quantized(expert_dtype or dtype)
+                 + rest * _quantized(dtype))
+    return tokens * (byts + quantized * QUANT_BYTES[phase])
 
 
 def memory_bound_s(hw: HardwareProfile, nbytes: float) -> float:

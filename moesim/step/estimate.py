@@ -199,7 +199,7 @@ def _inference(model, dep: Deployment, w: Decode | Prefill, check_memory: bool, 
     ops_KN = [[layer_ops(setup, layers[0], float(t), float(c)) for t, c in zip(mb_N, layer_ctx_N)] for layers in kinds]
     core_KN = None
     if phase == "decode":
-        slope = core_s_per_token_key(hw, model, phase="decode", tp=atp, dtype=dep.attention_dtype_or_default,
+        slope = core_s_per_token_key(hw, model, phase="decode", tp=atp, dtype=setup.projection_dtype,
                                      kv_dtype=dep.kv_dtype, core_dtype=dep.attention_dtype,
                                      device_fraction=setup.device_fraction)
         keys_KN = np.array([np.minimum(context_N, model.attention.window_tokens) if model.layer_is_windowed(ls[0])

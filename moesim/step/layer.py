@@ -203,7 +203,7 @@ def sampled_a2a(setup: LayerSetup, tokens: float, copies_RR: np.ndarray, dedup_R
     mode = _mode(setup, tokens)
     exp_copies = tokens * m.top_k / setup.ep
     out = []
-    for bpt, op in ((dispatch_bytes_per_token(setup.model, setup.dtype), "dispatch"),
+    for bpt, op in ((dispatch_bytes_per_token(setup.model, setup.expert_dtype), "dispatch"),
                     (combine_bytes_per_token(setup.model), "combine")):
         base = expected_traffic(setup, tokens, bpt)
         b_RR = base.bytes_RR * (np.asarray(copies_RR, dtype=float) / exp_copies)
@@ -237,7 +237,8 @@ def _ffn_shapes(model: ModelSpec, width: int) -> list[tuple[int, int]]:
     return [((model.ffn_matrices - 1) * width, model.hidden), (model.hidden, width)]
 
 
-def _experts_memory_s(hw, model: ModelSpec, counts_G, dtype: str, layout: str, width: int) -> float:
+def _experts_memory_s(hw, model: ModelSpec, counts_G, dtype: str, layout: str, width: int,
+                      weight_dtype: str | None = None) -> float:
     """Memory-bound seconds of the routed experts' grouped GEMMs (``pricing.expert_ffn_s``)."""
     m_G = np.round(np.asarray(counts_G, dtype=float))
     m_G = m_G[m_G > 0]
@@ -245,7 +246,7 @@ def _experts_memory_s(hw, model: ModelSpec, counts_G, dtype: str, layout: str, w
         return 0.0
     out = 0.0
     for n, k in _ffn_shapes(model, width):
-        est = grouped_gemm_time(hw, m_G, n, k, dtype, layout)
+        est = grouped_gemm_time(hw, m_G, n, k, dtype, layout, weight_dtype=weight_dtype)
         out += est.time_s if est.bound == "memory" else 0.0
     return float(out)
 
@@ -254,7 +255,7 @@ def projection_memory_fraction(setup: LayerSetup, tokens: float) -> float:
     """Share of the attention projections' time (``tokens`` owned tokens) that is memory-bound."""
     tp = setup.attention_tp
     phase = "decode" if setup.phase == "decode" else "prefill"
-    t, mem = _gemm_memory_s(setup.hw, tokens * tp, projection_shapes(setup.model, tp, phase), setup.dtype)
+    t, mem = _gemm_memory_s(setup.hw, tokens * tp, projection_shapes(setup.model, tp, phase), setup.projection_dtype)
     return mem / t if t > 0 else 0.0
 
 
@@ -275,7 +276,7 @@ def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) 
     ctx = kernel_keys_per_query(model, layer, context, setup.phase)  # whole flash tiles (attention.py)
     dep = setup.deployment  # attention_dtype: projections and core at their own precision
     att = attention_block_s(setup.hw, model, tokens=tokens * tp, context=ctx, phase=setup.phase, tp=tp,
-                            dtype=dep.attention_dtype_or_default, kv_dtype=setup.kv_dtype,
+                            dtype=setup.projection_dtype, kv_dtype=setup.kv_dtype,
                             core_dtype=dep.attention_dtype, device_fraction=setup.device_fraction)
     comm = 0.0
     if tp > 1:  # sequence parallel: reduce-scatter after attention + all-gather before it
@@ -283,7 +284,7 @@ def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) 
     if cp > 1:  # context parallel: every rank gathers the K and V of the others
         kv = model.kv_elements_per_token("full") / tp * 2.0
         comm += pricing.collective_s(setup.tp_topology, "all_gather", tokens * tp * cp * kv, cp)
-    core = core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=dep.attention_dtype_or_default,
+    core = core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=setup.projection_dtype,
                                 kv_dtype=setup.kv_dtype, core_dtype=dep.attention_dtype,
                                 device_fraction=setup.device_fraction) * tokens * tp * ctx
     return att, comm, core
@@ -306,8 +307,8 @@ def moe_block(setup: LayerSetup, tokens: float, rank_load: pricing.RankLoad | No
     imbalance = load.max_rank_copies / load.mean_rank_copies if load.mean_rank_copies > 0 else 1.0
     router = pricing.gemm_s(hw, owned, m.num_experts, model.hidden, "bf16")
     mode = _mode(setup, tokens)
-    experts = pricing.expert_ffn_s(hw, model, load.busiest_counts_G, setup.dtype, setup.expert_ffn,
-                                   layout=expert_layout(setup, tokens))
+    experts = pricing.expert_ffn_s(hw, model, load.busiest_counts_G, setup.expert_dtype, setup.expert_ffn,
+                                   layout=expert_layout(setup, tokens), weight_dtype=setup.expert_weight_dtype)
     shared = 0.0
     if m.num_shared_experts:
         width = m.num_shared_experts * m.shared_expert_ffn // setup.attention_tp
@@ -319,15 +320,15 @@ def moe_block(setup: LayerSetup, tokens: float, rank_load: pricing.RankLoad | No
         backup_rows = load.backup_fraction * owned * m.top_k
         width = m.shared_expert_ffn if m.num_shared_experts else m.expert_ffn
         shared += pricing.dense_ffn_s(hw, model, backup_rows, width, setup.dtype)
-    mem = _experts_memory_s(hw, model, load.busiest_counts_G, setup.dtype, expert_layout(setup, tokens),
-                            setup.expert_ffn)
+    mem = _experts_memory_s(hw, model, load.busiest_counts_G, setup.expert_dtype, expert_layout(setup, tokens),
+                            setup.expert_ffn, setup.expert_weight_dtype)
     if m.num_shared_experts:
         width = m.num_shared_experts * m.shared_expert_ffn // setup.attention_tp
         mem += _gemm_memory_s(hw, owned * setup.attention_tp, _ffn_shapes(model, width), setup.dtype)[1]
     dispatch = combine = h_dispatch = h_combine = 0.0
     if setup.ep > 1:
         sent = 1.0 - load.drop_fraction - load.backup_fraction
-        disp = _skewed(expected_traffic(setup, tokens, dispatch_bytes_per_token(model, setup.dtype)), imbalance, sent)
+        disp = _skewed(expected_traffic(setup, tokens, dispatch_bytes_per_token(model, setup.expert_dtype)), imbalance, sent)
         comb = _skewed(expected_traffic(setup, tokens, combine_bytes_per_token(model)), imbalance, sent)
         dispatch = pricing.a2a_s(setup.ep_topology, disp, mode, "dispatch")
         combine = pricing.a2a_s(setup.ep_topology, comb.reversed(), mode, "combine")
@@ -384,9 +385,9 @@ def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: flo
     floor = kernel_floor_s(setup.hw, model, moe, phase)  # non-GEMM kernel boundaries (step/kernels.py)
     out.update(
         attention_s=att, attention_comm_s=att_comm, attention_core_s=core,
-        elementwise_s=floor + memory_bound_s(setup.hw, elementwise_bytes(model, moe, tokens, setup.attention_tp,
-                                                                         setup.dtype, phase, sorts_chunks(setup, moe),
-                                                                         setup.etp)),
+        elementwise_s=floor + memory_bound_s(setup.hw, elementwise_bytes(
+            model, moe, tokens, setup.attention_tp, setup.dtype, phase, sorts_chunks(setup, moe), setup.etp,
+            projection_dtype=setup.projection_dtype, expert_dtype=setup.expert_dtype)),
         kernel_floor_s=floor, kernel_floor_backward_s=kernel_floor_s(setup.hw, model, moe, phase, backward=True),
         host_s=layer_host_s(setup.hw, model, moe, phase, stack=stack),
         host_pre_s=layer_host_pre_s(setup.hw, model, moe, phase, stack=stack),

@@ -31,23 +31,25 @@ def gemm_s(hw: HardwareProfile, m, n, k, dtype: str):
 
 
 def grouped_gemm_s(hw: HardwareProfile, m_per_group_G, n: int, k: int, dtype: str,
-                   layout: str = "contiguous") -> float:
-    """Grouped GEMM time (s) over per-group rows ``m_per_group_G`` (empty groups skipped)."""
+                   layout: str = "contiguous", weight_dtype: str | None = None) -> float:
+    """Grouped GEMM time (s) over per-group rows ``m_per_group_G`` (empty groups skipped);
+    ``weight_dtype``: weights stored in another format than the math ``dtype``."""
     m_G = np.asarray(m_per_group_G, dtype=float)
     m_G = np.round(m_G[m_G > 0])  # NOTE: expected counts are fractional; kernels see whole rows
     if m_G.size == 0:
         return 0.0
-    return float(grouped_gemm_time(hw, m_G, n, k, dtype, layout).time_s)
+    return float(grouped_gemm_time(hw, m_G, n, k, dtype, layout, weight_dtype=weight_dtype).time_s)
 
 
 def expert_ffn_s(hw: HardwareProfile, model: ModelSpec, counts_G, dtype: str, ffn: int | None = None,
-                 layout: str = "contiguous") -> float:
+                 layout: str = "contiguous", weight_dtype: str | None = None) -> float:
     """SwiGLU (or ReLU) expert FFN on one rank from per-local-expert token counts ``counts_G``:
-    gate+up GEMM (n = 2F or F, k = D), then down (n = D, k = F), as grouped GEMMs."""
+    gate+up GEMM (n = 2F or F, k = D), then down (n = D, k = F), as grouped GEMMs; math at
+    ``dtype``, weights at ``weight_dtype`` when given (moesim/step/setup.py ``expert_gemm_dtypes``)."""
     f = ffn or model.moe.expert_ffn
     up_n = (model.ffn_matrices - 1) * f
-    return (grouped_gemm_s(hw, counts_G, up_n, model.hidden, dtype, layout)
-            + grouped_gemm_s(hw, counts_G, model.hidden, f, dtype, layout))
+    return (grouped_gemm_s(hw, counts_G, up_n, model.hidden, dtype, layout, weight_dtype)
+            + grouped_gemm_s(hw, counts_G, model.hidden, f, dtype, layout, weight_dtype))
 
 
 def dense_ffn_s(hw: HardwareProfile, model: ModelSpec, tokens: float, width: int, dtype: str) -> float:

@@ -7,13 +7,49 @@ from dataclasses import dataclass, field
 
 from moesim.comm.topology import Topology
 from moesim.errors import SpecError
-from moesim.specs import HardwareProfile, ModelSpec
+from moesim.specs import HardwareProfile, ModelSpec, canonical_dtype
 from moesim.specs.deployment import Deployment
 from moesim.step import pricing
 from moesim.step.sharing import compute_share
 from moesim.step.stacks import device_fraction
 
 PHASES: tuple[str, ...] = ("prefill", "decode", "train")
+
+
+def expert_gemm_dtypes(model: ModelSpec, hw: HardwareProfile, dtype: str,
+                       phase: str = "decode") -> tuple[str, str | None]:
+    """(math dtype, stored weight dtype or None) of the routed experts' grouped GEMMs in a run at
+    ``dtype`` (moesim/compute/gemm.py, "Mixed precision").
+
+    A checkpoint that ships its experts in their own format (``ModelSpec.expert_weight_dtype``)
+    is served as stored (prefill, decode): its expert weights stream at that format's bytes; a
+    training run trains its own weights at ``dtype`` (``phase`` "train": (dtype, None)). The math runs at the
+    run's dtype, except for 4-bit experts (MXFP4: GPT-OSS as released) in a quantized (fp8 / fp4)
+    run, whose activations the kernels keep at the precision the hardware's MMA pairs with 4-bit
+    weights (TensorRT-LLM examples/models/core/gpt_oss/README.md, "MoE Support Matrix",
+    recommended configurations): MXFP8 on hardware with a native FP4 tensor-core path (an fp4
+    peak in the profile: Blackwell, MMA "UTCQMMA", the FP8 rate) and BF16 elsewhere (Hopper:
+    "simulated mxfp4, HGMMA", the weights dequantized in registers). Without a stored format:
+    (dtype, None), one dtype for both operands."""
+    stored = model.expert_weight_dtype
+    if not stored or phase == "train":
+        return dtype, None
+    if canonical_dtype(stored) != "fp4" or canonical_dtype(dtype) not in ("fp8", "fp4"):
+        return dtype, stored
+    return ("fp8" if "fp4" in hw.compute.peak_dense_tflops else "bf16"), stored
+
+
+def projection_dtype(model: ModelSpec, deployment: Deployment, phase: str = "decode") -> str:
+    """The attention projections' dtype: the deployment's ``attention_dtype`` when stated; else,
+    served (prefill, decode), a checkpoint that ships only its experts quantized
+    (``ModelSpec.expert_weight_dtype``: GPT-OSS, "MoE weights quantized with mxfp4. All the
+    other weights are in bf16", TensorRT-LLM examples/models/core/gpt_oss/README.md) runs them
+    at the released ``weight_dtype``, unquantized; else the run's ``dtype``."""
+    if deployment.attention_dtype:
+        return deployment.attention_dtype
+    if model.expert_weight_dtype and phase != "train":
+        return model.weight_dtype
+    return deployment.dtype
 
 
 @dataclass(frozen=True)
@@ -51,6 +87,21 @@ class LayerSetup:
     @property
     def kv_dtype(self) -> str:
         return self.deployment.kv_dtype
+
+    @property
+    def projection_dtype(self) -> str:
+        """The attention projections' dtype (``projection_dtype``)."""
+        return projection_dtype(self.model, self.deployment, self.phase)
+
+    @property
+    def expert_dtype(self) -> str:
+        """The routed experts' GEMM math dtype (``expert_gemm_dtypes``); also the dispatch payload's."""
+        return expert_gemm_dtypes(self.model, self.hw, self.dtype, self.phase)[0]
+
+    @property
+    def expert_weight_dtype(self) -> str | None:
+        """The routed experts' stored weight format when it differs from the math (``expert_gemm_dtypes``)."""
+        return expert_gemm_dtypes(self.model, self.hw, self.dtype, self.phase)[1]
 
     @property
     def attention_tp(self) -> int:
