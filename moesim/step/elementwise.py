@@ -8,7 +8,7 @@ the operations in ``elementwise_bytes``.
 """
 from __future__ import annotations
 
-from moesim.specs import HardwareProfile, ModelSpec, canonical_dtype
+from moesim.specs import HardwareProfile, ModelSpec, bytes_per_element, canonical_dtype
 
 # Bytes per token (in activation elements of 2 B) that a layer's memory-bound kernels move:
 # two RMSNorms (read + write D each) and two residual adds (read 2D, write D): 10 D.
@@ -50,7 +50,8 @@ def _quantized(dtype: str) -> bool:
 
 def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype: str = "bf16",
                       phase: str = "prefill", sort_chunks: bool = False, etp: int = 1,
-                      projection_dtype: str | None = None, expert_dtype: str | None = None) -> float:
+                      projection_dtype: str | None = None, expert_dtype: str | None = None,
+                      fused_moe_quant: bool = False) -> float:
     """HBM bytes of one layer's non-GEMM kernels for ``tokens`` owned tokens (forward).
 
     norms + residuals: 10 D; gated activation: read 2F, write F per FFN row (F / tp for dense);
@@ -67,21 +68,34 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype
     at ``dtype``. Expert TP (``etp``): every rank of the group permutes and unpermutes all the
     group's tokens (etp x per owned token) while the activation of its F / etp slice stays k F
     per owned token.
+    ``fused_moe_quant`` (TensorRT-LLM's CUTLASS fused MoE, moesim/step/layer.py
+    ``fuses_moe_quant``): with low-precision experts the permute writes its k D copies already
+    quantized and the gated activation writes the down projection's input quantized, so the
+    routed experts take no quantization pass of their own and those two writes move the expert
+    dtype's bytes instead of 2.
     """
     d = model.hidden
     gate = 3.0 if model.ffn_activation != "relu" else 2.0
     el = NORM_RESIDUAL_ELEMENTS_PER_D * d
+    attention, experts, rest = gemm_input_parts(model, moe, tp, etp if moe else 1)
+    experts_quantized = _quantized(expert_dtype or dtype)
+    fused = fused_moe_quant and moe and experts_quantized
+    written = 0.0  # bytes of the fused kernels' quantized writes (permuted copies, down input)
     if moe:
         m = model.moe
-        el += 2.0 * (1 + m.top_k) * d * etp + gate * m.top_k * m.expert_ffn
+        copies, down_in = m.top_k * d * etp, m.top_k * m.expert_ffn
+        el += 2.0 * d * etp + copies + (gate - 1.0) * down_in  # all but the permute's and activation's writes:
+        if fused:
+            written = (copies + down_in) * bytes_per_element(expert_dtype or dtype)
+        else:
+            el += copies + down_in
         if sort_chunks:
-            el += 4.0 * m.top_k * d * etp
+            el += 4.0 * copies
         el += gate * m.num_shared_experts * m.shared_expert_ffn / tp
     else:
         el += gate * model.dense_ffn / tp
-    byts = el * ACT_BYTES
-    attention, experts, rest = gemm_input_parts(model, moe, tp, etp if moe else 1)
-    quantized = (attention * _quantized(projection_dtype or dtype) + experts * _quantized(expert_dtype or dtype)
+    byts = el * ACT_BYTES + written
+    quantized = (attention * _quantized(projection_dtype or dtype) + experts * (experts_quantized and not fused)
                  + rest * _quantized(dtype))
     return tokens * (byts + quantized * QUANT_BYTES[phase])
 

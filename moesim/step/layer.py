@@ -50,6 +50,7 @@ from moesim.step.kernels import kernel_floor_s
 from moesim.step.schedule import serial_time, two_microbatch_time  # noqa: F401 (re-exported)
 from moesim.step.setup import LayerSetup, make_setup  # noqa: F401 (re-exported)
 from moesim.step.sharing import compute_share, gemm_grid_share, hbm_share
+from moesim.step.stacks import is_trtllm
 
 Overlap = Literal["none", "two_microbatch"]
 OVERLAPS: tuple[str, ...] = ("none", "two_microbatch")
@@ -352,6 +353,16 @@ def dense_block(setup: LayerSetup, tokens: float) -> dict:
                 ffn_memory_fraction=mem / t if t > 0 else 0.0)
 
 
+def fuses_moe_quant(setup: LayerSetup, moe: bool) -> bool:
+    """Whether the layer's MoE runs TensorRT-LLM's CUTLASS fused-MoE chain (moesim/step/
+    elementwise.py ``fused_moe_quant``): its serving phases under a TensorRT-LLM stack
+    (``is_trtllm``). In that chain the permute kernel (``expandInputRowsKernel``, cpp/tensorrt_llm/
+    kernels/cutlass_kernels/moe_gemm/moe_kernels.cu) writes the k copies of each token already in
+    the GEMM's input format and the activation kernel (``doActivationKernel``) writes the down
+    projection's input requantized, so no separate quantization kernel runs for the experts."""
+    return moe and setup.phase != "train" and is_trtllm(setup.stack)
+
+
 def sorts_chunks(setup: LayerSetup, moe: bool) -> bool:
     """Whether the layer's dispatched copies are re-sorted by local expert around the all-to-all
     (moesim/step/elementwise.py ``sort_chunks``): Megatron-Core's all-to-all dispatcher, i.e. the
@@ -387,7 +398,8 @@ def _routing_free_ops(setup: LayerSetup, layer: int, tokens: float, context: flo
         attention_s=att, attention_comm_s=att_comm, attention_core_s=core,
         elementwise_s=floor + memory_bound_s(setup.hw, elementwise_bytes(
             model, moe, tokens, setup.attention_tp, setup.dtype, phase, sorts_chunks(setup, moe), setup.etp,
-            projection_dtype=setup.projection_dtype, expert_dtype=setup.expert_dtype)),
+            projection_dtype=setup.projection_dtype, expert_dtype=setup.expert_dtype,
+            fused_moe_quant=fuses_moe_quant(setup, moe))),
         kernel_floor_s=floor, kernel_floor_backward_s=kernel_floor_s(setup.hw, model, moe, phase, backward=True),
         host_s=layer_host_s(setup.hw, model, moe, phase, stack=stack),
         host_pre_s=layer_host_pre_s(setup.hw, model, moe, phase, stack=stack),
