@@ -39,6 +39,33 @@ def test_all_gather_and_reduce_scatter_closed_form():
     assert_allclose(reduce_scatter_time(topo, b).time_s, expect, rtol=1e-12)
 
 
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_direct_all_reduce_closed_form(n):
+    """One switched domain: reduce-scatter + all-gather, one exchange each (2 alpha), the ring's
+    bandwidth term; all-gather / reduce-scatter one stage."""
+    topo = build_topology(HW, 8, 8)
+    b = 1e6
+    res = all_reduce_time(topo, b, ranks=n, algorithm="direct")
+    assert_allclose(res.time_s, 2 * (n - 1) / n * b / UP_BPS + 2 * UP_A, rtol=1e-12)
+    assert_allclose(all_gather_time(topo, b, ranks=n, algorithm="direct").time_s,
+                    (n - 1) / n * b / UP_BPS + UP_A, rtol=1e-12)
+
+
+def test_auto_is_the_fastest_of_ring_and_direct_on_a_switch_and_the_ring_on_a_torus():
+    topo = build_topology(HW, 8, 8)
+    for b in (1e3, 1e6, 1e9):
+        times = [all_reduce_time(topo, b, algorithm=a).time_s for a in ("ring", "direct")]
+        assert_allclose(all_reduce_time(topo, b, algorithm="auto").time_s, min(times), rtol=1e-12)
+    # 8 ranks at 1 MB: the direct exchange saves 2 (n - 1) - 2 = 12 latency steps
+    saved = all_reduce_time(topo, 1e6, algorithm="ring").time_s - all_reduce_time(topo, 1e6, algorithm="auto").time_s
+    assert_allclose(saved, 12 * UP_A, rtol=1e-9)
+    tpu = load_profile("tpu-v5p")
+    torus = build_topology(tpu, 64, 64)
+    assert all_reduce_time(torus, 1e6, algorithm="auto").time_s == all_reduce_time(torus, 1e6).time_s
+    with pytest.raises(SpecError, match="algorithm"):
+        all_reduce_time(torus, 1e6, algorithm="direct")
+
+
 def test_hierarchical_all_reduce_is_sum_of_stages():
     # 4 nodes x 8: reduce-scatter (8, NVLink) + all-reduce of b/8 over 4 NICs + all-gather (8)
     b = 1e9

@@ -42,13 +42,14 @@ def test_expert_dp_group_of_ep8_on_8gpu_nodes_runs_over_the_nics():
 
 def test_dense_dp_group_of_stride_one_is_the_hierarchical_ring():
     """Stride 1 (tp = 1): 8 members per 8-GPU node, the hierarchical collective of the
-    consecutive-rank topology (the behaviour before groups were placed)."""
+    consecutive-rank topology (the behaviour before groups were placed), at the algorithm the
+    step model prices every collective with (``auto``)."""
     from moesim.comm.collectives import collective_time
     from moesim.comm.topology import build_topology
 
     hw = load_profile("h100-sxm")
     dep = Deployment(hardware=hw, devices=64, dp=64, ep=8)
-    want = collective_time(build_topology(hw, 64, 8), "all_gather", 2e9, 64).time_s
+    want = collective_time(build_topology(hw, 64, 8), "all_gather", 2e9, 64, algorithm="auto").time_s
     assert_allclose(train_comm.group_collective_s(dep, "all_gather", 2e9, 64, 1), want, rtol=TIGHT)
 
 

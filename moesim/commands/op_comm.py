@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from moesim.comm.collectives import ALGORITHMS
 from moesim.catalog import load_profile
 from moesim.cli import Result, add_json_flag
 from moesim.commands._op import op_group
@@ -42,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--ranks", type=int, required=True)
         p.add_argument("--ranks-per-node", type=int, help="ranks per scale-up domain (default: the profile's)")
         p.add_argument("--bytes", type=float, required=True, help="full buffer size in bytes")
-        p.add_argument("--algorithm", default="ring", help="ring or tree")
+        p.add_argument("--algorithm", default="auto", choices=ALGORITHMS,
+                       help="ring, tree, direct (one switched domain) or auto (the fastest of ring and "
+                            "direct, as the step model prices collectives)")
         add_json_flag(p)
         p.set_defaults(handler=op_collective, collective=kind)
 

@@ -81,11 +81,12 @@ def expected_traffic(ranks: int, ranks_per_node: int, tokens_per_rank: float, sl
 
 
 def collective_s(topo: Topology, kind: str, nbytes: float, ranks: int) -> float:
-    """Ring all-reduce / all-gather / reduce-scatter of a ``nbytes`` buffer over ``ranks``
-    consecutive ranks (hierarchical across domains): moesim.comm.collectives."""
+    """All-reduce / all-gather / reduce-scatter of a ``nbytes`` buffer over ``ranks`` consecutive
+    ranks (hierarchical across domains), at the fastest of ring and direct per stage
+    (moesim.comm.collectives ``auto``: the libraries' tuners)."""
     if ranks <= 1 or nbytes <= 0:
         return 0.0
-    return float(collective_time(topo, kind, nbytes, ranks).time_s)
+    return float(collective_time(topo, kind, nbytes, ranks, algorithm="auto").time_s)
 
 
 # ---- routing ---------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def group_collective_s(dep: Deployment, kind: str, nbytes: float, size: int, str
     while size % per_domain:  # a domain holds whole sub-rings only
         per_domain -= 1
     topo = build_topology(dep.hardware, size, per_domain)
-    return float(collective_time(topo, kind, nbytes, size).time_s)
+    return float(collective_time(topo, kind, nbytes, size, algorithm="auto").time_s)
 
 
 def dp_collectives(dep: Deployment, dense_params: float, expert_params: float) -> GroupCollectives:
