@@ -339,4 +339,5 @@ def test_a_profile_file_names_the_field_and_the_range_without_quoting_it(tmp_pat
         catalog.load_profile(str(path))
     text = str(err.value)
     assert "not shown" not in text and "\n" not in text
-    assert str(bad if not isinstance(bad, dict) else "-3") not in text
+    message = text.replace(str(path), "")  # the temporary path may hold any digits
+    assert str(bad if not isinstance(bad, dict) else "-3") not in message

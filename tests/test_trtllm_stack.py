@@ -137,7 +137,7 @@ def test_cli_step_shows_the_loop_term():
 # ---- the split ---------------------------------------------------------------------------------
 def test_every_published_trtllm_row_maps_to_its_stack():
     rows = load_cases(SERVING_2).cases + load_cases(MAXLOAD).cases
-    assert len(rows) == 38 + 106
+    assert len(rows) == 230 + 106  # v0.17 20 + v1.0-era 210; maxload 106
     for c in rows:
         want = "trtllm-engine" if c.id.startswith("trtllm-v017-") else "trtllm"
         assert case_stack(dict(c.inputs), c.hardware, "decode") == want, c.id
@@ -182,7 +182,7 @@ def test_fit_parameters_per_stack():
     v017 = case_stack_params(rows["trtllm-v017-mixtral-8x7b-h200-sxm-tp1-fp8-isl1000-osl1000"], t)
     v10 = case_stack_params(rows["trtllm-v10-llama4-scout-b200-tp1-fp4-isl1000-osl1000"], t)
     assert set(v017) == {"trtllm-engine.prefill.host_op_us", "trtllm-engine.prefill.device_fraction"}
-    assert set(v10) == {"trtllm.prefill.device_fraction", "trtllm.decode.host_seq_us"}
+    assert set(v10) == {"trtllm.prefill.device_fraction", "trtllm.prefill.host_op_us", "trtllm.decode.host_seq_us"}
     # one whole source per stack: every row of serving-2 is calibration, no maxload row is
     assert all(c.role == "calibration" for c in rows.values())
     assert not any(c.role == "calibration" for c in load_cases(MAXLOAD).cases)
