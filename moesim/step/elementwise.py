@@ -84,7 +84,8 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype
     if moe:
         m = model.moe
         copies, down_in = m.top_k * d * etp, m.top_k * m.expert_ffn
-        el += 2.0 * d * etp + copies + (gate - 1.0) * down_in  # all but the permute's and activation's writes:
+        # permute read (D), unpermute read (k D) and write (D), activation reads; the two writes below
+        el += 2.0 * d * etp + copies + (gate - 1.0) * down_in
         if fused:
             written = (copies + down_in) * bytes_per_element(expert_dtype or dtype)
         else:

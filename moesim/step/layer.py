@@ -329,7 +329,8 @@ def moe_block(setup: LayerSetup, tokens: float, rank_load: pricing.RankLoad | No
     dispatch = combine = h_dispatch = h_combine = 0.0
     if setup.ep > 1:
         sent = 1.0 - load.drop_fraction - load.backup_fraction
-        disp = _skewed(expected_traffic(setup, tokens, dispatch_bytes_per_token(model, setup.expert_dtype)), imbalance, sent)
+        payload = dispatch_bytes_per_token(model, setup.expert_dtype)
+        disp = _skewed(expected_traffic(setup, tokens, payload), imbalance, sent)
         comb = _skewed(expected_traffic(setup, tokens, combine_bytes_per_token(model)), imbalance, sent)
         dispatch = pricing.a2a_s(setup.ep_topology, disp, mode, "dispatch")
         combine = pricing.a2a_s(setup.ep_topology, comb.reversed(), mode, "combine")

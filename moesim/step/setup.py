@@ -23,8 +23,8 @@ def expert_gemm_dtypes(model: ModelSpec, hw: HardwareProfile, dtype: str,
 
     A checkpoint that ships its experts in their own format (``ModelSpec.expert_weight_dtype``)
     is served as stored (prefill, decode): its expert weights stream at that format's bytes; a
-    training run trains its own weights at ``dtype`` (``phase`` "train": (dtype, None)). The math runs at the
-    run's dtype, except for 4-bit experts (MXFP4: GPT-OSS as released) in a quantized (fp8 / fp4)
+    training run trains its own weights at ``dtype`` (``phase`` "train": (dtype, None)). The math
+    runs at the run's dtype, except for 4-bit experts (MXFP4: GPT-OSS as released) in a quantized (fp8 / fp4)
     run, whose activations the kernels keep at the precision the hardware's MMA pairs with 4-bit
     weights (TensorRT-LLM examples/models/core/gpt_oss/README.md, "MoE Support Matrix",
     recommended configurations): MXFP8 on hardware with a native FP4 tensor-core path (an fp4
