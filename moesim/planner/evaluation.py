@@ -35,6 +35,14 @@ REASONS: dict[str, str] = {
 BOTTLENECKS = ("compute", "HBM", "scale-up", "scale-out", "memory capacity", "imbalance", "latency")
 
 
+def etp_suffix(etp: int, key: bool = False) -> str:
+    """What expert TP adds to a layout's label (`` ETP8``) or key (``|etp8``): nothing at etp 1,
+    so layouts without expert TP keep the labels and keys they had before it existed."""
+    if etp <= 1:
+        return ""
+    return f"|etp{etp}" if key else f" ETP{etp}"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One deployment to evaluate (one replica when serving, the whole cluster when training)."""
@@ -54,10 +62,9 @@ class Candidate:
     def key(self) -> str:
         """A stable identity (used to resume sweeps and to join results; etp only when > 1)."""
         cf = "none" if self.capacity_factor is None else f"{self.capacity_factor:g}"
-        etp = f"|etp{self.etp}" if self.etp > 1 else ""
         return (
             f"{self.hardware}|n{self.devices}|tp{self.tp}|pp{self.pp}|dp{self.dp}|ep{self.ep}"
-            f"|{self.attention_layout}|b{self.batch}|cf{cf}|r{self.redundant_experts}{etp}"
+            f"|{self.attention_layout}|b{self.batch}|cf{cf}|r{self.redundant_experts}{etp_suffix(self.etp, True)}"
         )
 
     def parallelism(self) -> Parallelism:
@@ -68,8 +75,7 @@ class Candidate:
 
     def layout(self) -> str:
         """Short human form, e.g. ``TP4 EP32 PP1 DP8 attn=tp``."""
-        etp = f" ETP{self.etp}" if self.etp > 1 else ""
-        return f"TP{self.tp} EP{self.ep}{etp} PP{self.pp} DP{self.dp} attn={self.attention_layout}"
+        return f"TP{self.tp} EP{self.ep}{etp_suffix(self.etp)} PP{self.pp} DP{self.dp} attn={self.attention_layout}"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from moesim.errors import MoesimError
 from moesim.planner import serving_policy
-from moesim.planner.evaluation import Candidate
+from moesim.planner.evaluation import Candidate, etp_suffix
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,12 @@ class PoolLayout:
 
     def describe(self) -> str:
         r = f" +{self.redundant_experts} redundant" if self.redundant_experts else ""
-        etp = f" ETP{self.etp}" if self.etp > 1 else ""
-        return f"{self.hardware} x{self.devices} TP{self.tp} EP{self.ep}{etp} attn={self.attention_layout}{r}"
+        return (f"{self.hardware} x{self.devices} TP{self.tp} EP{self.ep}{etp_suffix(self.etp)} "
+                f"attn={self.attention_layout}{r}")
 
     def key(self) -> str:
-        etp = f"|etp{self.etp}" if self.etp > 1 else ""
         return (f"{self.hardware}|n{self.devices}|tp{self.tp}|ep{self.ep}|{self.attention_layout}"
-                f"|r{self.redundant_experts}{etp}")
+                f"|r{self.redundant_experts}{etp_suffix(self.etp, True)}")
 
 
 class PoolCosts:
