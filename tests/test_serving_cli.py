@@ -52,6 +52,8 @@ def test_example_scenario_runs_with_trace_and_csv(capsys, tmp_path):
     ('[arrivals]\nrate_per_s = -1\n', "arrivals.rate_per_s"),
     ('[arrivals]\nrate_per_s = 1\n[replica]\ndevices_per_replica = 8\nbogus = 1\n', "replica.bogus"),
     ('[arrivals]\nrate_per_s = 1\n[replica]\ndevices_per_replica = 8\nep = 7\n', "ep"),
+    # a deployment check names the pool's table and the field once (no "replica: deployment:")
+    ('[arrivals]\nrate_per_s = 1\n[replica]\ndevices_per_replica = 8\netp = 3\n', "replica: etp = 3: allowed"),
 ])
 def test_bad_scenario_names_the_field(tmp_path, capsys, toml, field):
     base = 'model = "deepseek-v3"\nhardware = "h100-sxm"\n[prompt]\nmean_tokens = 10\n[output]\nmean_tokens = 2\n'

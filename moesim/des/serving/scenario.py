@@ -136,13 +136,14 @@ class PoolSpec(Spec):
             raise SpecError("token_budget_tokens", self.token_budget_tokens, "allowed: at least max_seqs")
         return self
 
-    def deployment(self, hw, scn: "ServeScenario") -> Deployment:
-        """The replica's ``Deployment`` on profile ``hw`` with the scenario's dtypes and overlap."""
+    def deployment(self, hw, scn: "ServeScenario", source: str = "deployment") -> Deployment:
+        """The replica's ``Deployment`` on profile ``hw`` with the scenario's dtypes and overlap;
+        an error names ``source`` (the pool's table) and the field."""
         return build(Deployment, dict(
             hardware=hw, devices=self.devices_per_replica, devices_per_domain=self.devices_per_node, tp=self.tp,
             dp=self.devices_per_replica // self.tp, ep=self.ep or max(1, self.devices_per_replica // self.etp), etp=self.etp,
             attention_layout=self.attention, redundant_experts=self.redundant_experts, dtype=scn.dtype,
-            kv_dtype=scn.kv_dtype, overlap=scn.overlap), "deployment")
+            kv_dtype=scn.kv_dtype, overlap=scn.overlap), source)
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(self.token_budget_tokens, self.max_seqs, self.chunked_prefill)
@@ -184,8 +185,9 @@ class ServeScenario(Spec):
 
 
 def _pool(scn: ServeScenario, spec: PoolSpec, name: str, model, hw) -> Pool:
+    dep = spec.deployment(hw, scn, source=name)  # an error reads "<table>: <field> = ...: allowed ..."
     try:
-        cost = from_deployment(model, spec.deployment(hw, scn), prompt_len_hint=max(1, int(scn.prompt.mean)),
+        cost = from_deployment(model, dep, prompt_len_hint=max(1, int(scn.prompt.mean)),
                                memory_fraction=scn.memory_fraction)
     except MoesimError as err:
         raise MoesimError(f"{name}: {err}") from None
