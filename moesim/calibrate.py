@@ -397,13 +397,15 @@ _GROUP_FITS: dict = {}  # (params, rows, profiles, bounds, priors, other values)
 
 
 def _fingerprint(rows, profiles: dict, table, params, bounds, priors) -> tuple:
-    from moesim.step.stacks import fit_params
-
+    """What a stack group's fit depends on: its rows, their hardware's profiles, the bounds and
+    priors, and the values of the other fitted parameters those rows run (``case_stack_params``;
+    a parameter no row runs cannot change the fit, so a refit elsewhere reuses this one)."""
     hws = sorted({c.hardware for c in rows})
+    used = sorted({p for c in rows for p in case_stack_params(c, table)} - set(params))
     return (tuple(params), tuple((c.id, c.measured, c.hardware) for c in rows),
             tuple((h, profiles[h].model_dump_json()) for h in hws),
             tuple(sorted(bounds.items())), tuple(sorted(priors.items())),
-            tuple((p, table.value(p)) for p in fit_params(table) if p not in params))
+            tuple((p, table.value(p)) for p in used))
 
 
 def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | None = None) -> dict[str, StackParamFit]:

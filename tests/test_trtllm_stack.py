@@ -224,3 +224,24 @@ def test_old_table_without_the_split_still_loads():
     assert eng.host_seq_us == 0.0 and eng.loop == "synchronous"
     assert t.value("trtllm-engine.prefill.device_fraction") == t.value("trtllm.prefill.device_fraction")
     assert t.value("trtllm-engine.decode.device_fraction") == t.value("trtllm.prefill.device_fraction")
+
+
+def test_a_stack_fit_is_reused_when_only_parameters_its_rows_do_not_run_change():
+    """LOGO refits every stack per left-out group; a trtllm fit (210 end-to-end rows, minutes)
+    depends on its rows, their profiles, bounds, priors and the other values its rows run, not on
+    megatron's or sglang's values (moesim/calibrate.py ``_fingerprint``)."""
+    from moesim.calibrate import _fingerprint
+
+    rows = [c for c in load_cases(SERVING_2).cases if c.id.startswith("trtllm-v10-")][:3]
+    table = stack_table()
+    profiles = {c.hardware: load_profile(c.hardware) for c in rows}
+    params = ["trtllm.prefill.device_fraction"]
+    bounds, priors = {params[0]: (0.3, 1.0)}, {params[0]: 1.0}
+    base = _fingerprint(rows, profiles, table, params, bounds, priors)
+    assert _fingerprint(rows, profiles, table.with_values({"megatron.train.host_op_us": 99.0}), params, bounds,
+                        priors) == base
+    assert _fingerprint(rows, profiles, table.with_values({"sglang.prefill.device_fraction": 0.9}), params, bounds,
+                        priors) == base
+    # a value the rows run (the per-sequence host time of trtllm decode) is part of the key
+    assert _fingerprint(rows, profiles, table.with_values({"trtllm.decode.host_seq_us": 9.0}), params, bounds,
+                        priors) != base
