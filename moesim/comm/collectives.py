@@ -60,16 +60,16 @@ class CollectiveResult:
         return asdict(self)
 
 
-def _ring_terms(kind: str, n: int, nbytes: float, bw: float, alpha: float, algorithm: str,
+def _flat_terms(kind: str, n: int, nbytes: float, bw: float, alpha: float, algorithm: str,
                 switched: bool = False):
     """(bandwidth seconds, latency seconds) of one flat collective over n ranks; ``switched``:
     the ranks share one switched domain (``direct`` is possible; ``auto`` considers it)."""
     if n == 1:
         return 0.0, 0.0
     if algorithm == "auto":
-        options = [_ring_terms(kind, n, nbytes, bw, alpha, "ring")]
+        options = [_flat_terms(kind, n, nbytes, bw, alpha, "ring")]
         if switched:
-            options.append(_ring_terms(kind, n, nbytes, bw, alpha, "direct", True))
+            options.append(_flat_terms(kind, n, nbytes, bw, alpha, "direct", True))
         return min(options, key=sum)
     frac = (n - 1) / n
     stages = 2 if kind == "all_reduce" else 1
@@ -104,16 +104,16 @@ def collective_time(topology: Topology, collective: Collective, nbytes: float, r
     if algorithm == "direct" and not switched:
         raise SpecError("algorithm", algorithm, "ring, tree or auto on a torus (direct needs a switched domain)")
     if n <= m:
-        bw_t, lat_t = _ring_terms(collective, n, nbytes, up_bw, up_a, algorithm, switched)
+        bw_t, lat_t = _flat_terms(collective, n, nbytes, up_bw, up_a, algorithm, switched)
         return _result(collective, algorithm, n, nbytes, False, (bw_t, lat_t, "scale_up"))
     if n % m:
         raise SpecError("ranks", n, f"a collective across domains needs a multiple of {m} ranks")
     d = n // m
     out_bw, out_a = topology.scale_out_Bps, topology.scale_out_latency_s
     half = "reduce_scatter" if collective in ("all_reduce", "reduce_scatter") else "all_gather"
-    b1, l1 = _ring_terms(half, m, nbytes, up_bw, up_a, algorithm, switched)
+    b1, l1 = _flat_terms(half, m, nbytes, up_bw, up_a, algorithm, switched)
     out_alg = "ring" if algorithm == "direct" else algorithm  # across domains: no single switch
-    b2, l2 = _ring_terms(collective, d, nbytes / m, out_bw, out_a, out_alg)
+    b2, l2 = _flat_terms(collective, d, nbytes / m, out_bw, out_a, out_alg)
     stages_up = 2 if collective == "all_reduce" else 1
     up_b, up_l = stages_up * b1, stages_up * l1
     where = "scale_out" if b2 >= up_b else "scale_up"

@@ -44,7 +44,8 @@ def gemm_input_elements(model: ModelSpec, moe: bool, tp: int, etp: int = 1) -> f
     return sum(gemm_input_parts(model, moe, tp, etp))
 
 
-def _quantized(dtype: str) -> bool:
+def is_low_precision(dtype: str) -> bool:
+    """Whether ``dtype`` is a quantized GEMM format (fp8 / fp4 and their MX / NV aliases)."""
     return canonical_dtype(dtype) in ("fp8", "fp4")
 
 
@@ -78,7 +79,7 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype
     gate = 3.0 if model.ffn_activation != "relu" else 2.0
     el = NORM_RESIDUAL_ELEMENTS_PER_D * d
     attention, experts, rest = gemm_input_parts(model, moe, tp, etp if moe else 1)
-    experts_quantized = _quantized(expert_dtype or dtype)
+    experts_quantized = is_low_precision(expert_dtype or dtype)
     fused = fused_moe_quant and moe and experts_quantized
     written = 0.0  # bytes of the fused kernels' quantized writes (permuted copies, down input)
     if moe:
@@ -96,8 +97,8 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype
     else:
         el += gate * model.dense_ffn / tp
     byts = el * ACT_BYTES + written
-    quantized = (attention * _quantized(projection_dtype or dtype) + experts * (experts_quantized and not fused)
-                 + rest * _quantized(dtype))
+    quantized = (attention * is_low_precision(projection_dtype or dtype) + experts * (experts_quantized and not fused)
+                 + rest * is_low_precision(dtype))
     return tokens * (byts + quantized * QUANT_BYTES[phase])
 
 

@@ -10,6 +10,7 @@ from moesim.errors import SpecError
 from moesim.specs import HardwareProfile, ModelSpec, canonical_dtype
 from moesim.specs.deployment import Deployment
 from moesim.step import pricing
+from moesim.step.elementwise import is_low_precision
 from moesim.step.sharing import compute_share
 from moesim.step.stacks import device_fraction
 
@@ -34,7 +35,7 @@ def expert_gemm_dtypes(model: ModelSpec, hw: HardwareProfile, dtype: str,
     stored = model.expert_weight_dtype
     if not stored or phase == "train":
         return dtype, None
-    if canonical_dtype(stored) != "fp4" or canonical_dtype(dtype) not in ("fp8", "fp4"):
+    if canonical_dtype(stored) != "fp4" or not is_low_precision(dtype):
         return dtype, stored
     return ("fp8" if "fp4" in hw.compute.peak_dense_tflops else "bf16"), stored
 
