@@ -247,10 +247,11 @@ class StackParamFit:
     rows: tuple[str, ...]
     identified: bool
     note: str
+    pooled: bool = False  # set from other stacks' fits (``pool_fractions``), not fitted on ``rows``
 
     def to_dict(self) -> dict:
         return {"param": self.param, "value": self.value, "rows": list(self.rows), "identified": self.identified,
-                "note": self.note}
+                "note": self.note, "pooled": self.pooled}
 
 
 def case_stack_params(case: Case, table) -> tuple[str, ...]:
@@ -447,4 +448,32 @@ def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | Non
             fits = _GROUP_FITS[key]
         out.update(fits)
         table = table.with_values({p: f.value for p, f in fits.items()})
+    out.update(pool_fractions(out, table))
+    return out
+
+
+# the phases whose identified device fractions pool into an unfitted engine's (serving engines)
+POOL_PHASES: tuple[str, ...] = ("prefill", "decode")
+
+
+def pool_fractions(fits: dict[str, StackParamFit], table) -> dict[str, StackParamFit]:
+    """The pooled device fractions (moesim/step/stacks.py ``pooled_params``): each the median of
+    the serving-phase (``POOL_PHASES``) device fractions that ``fits`` identified, on the union of
+    their rows; with none identified the prior 1.0 is kept. A pooled engine's own rows are never
+    among them (its fraction is not fitted), so they stay out of sample; a left-out source's
+    fraction drops out of the pool with its fit (moesim/accuracy.py)."""
+    from moesim.step.stacks import pooled_params, split_param
+
+    donors = {p: f for p, f in sorted(fits.items())
+              if f.identified and p.endswith(".device_fraction") and split_param(p)[1] in POOL_PHASES}
+    rows = tuple(sorted({r for f in donors.values() for r in f.rows}))
+    out = {}
+    for p in pooled_params(table):
+        if not donors:
+            out[p] = StackParamFit(p, 1.0, (), False, "no serving fraction identified to pool: prior 1 kept", pooled=True)
+            continue
+        value = float(median(f.value for f in donors.values()))
+        what = ", ".join(f"{q} {f.value:.4g}" for q, f in donors.items())
+        out[p] = StackParamFit(p, value, rows, True, f"pooled: the median of the identified serving fractions ({what})",
+                               pooled=True)
     return out

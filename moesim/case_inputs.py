@@ -182,8 +182,8 @@ def case_stack(inputs: dict, hardware: str, phase: str) -> str:
     engine stated without graphs runs ``eager``); Megatron-Bridge recipes on
     ``MEGATRON_GRAPH_RECIPE_HARDWARE`` are ``megatron-cudagraph``. An unknown or unstated
     framework is the ``auto`` stack (train -> megatron, prefill/decode -> sglang), recorded under
-    ``assumptions``. vLLM on an AMD profile (profile ``vendor``) is ``vllm-rocm``
-    (``VENDOR_STACKS``)."""
+    ``assumptions``. vLLM and SGLang on an AMD profile (profile ``vendor``) are ``vllm-rocm`` and
+    ``sglang-rocm`` (``VENDOR_STACKS``)."""
     text = " ".join(str(inputs.get(k) or "") for k in ("framework", "software")).lower()
     graphs = inputs.get("cuda_graphs")
     stack = next((name for key, name in FRAMEWORK_STACKS if key in text), None)
@@ -207,8 +207,9 @@ def case_stack(inputs: dict, hardware: str, phase: str) -> str:
 # -> the stack fitted on that vendor's rows. vLLM on ROCm ran the ROCm kernels of its builds
 # (moesim/data/stacks.toml [vllm-rocm]; AMD ROCm blog 2025-03-21 'Supercharge DeepSeek-R1
 # Inference on AMD Instinct MI300X': AITER +2x GEMM, +3x MoE, +17x MLA decode over the earlier
-# kernels). SGLang on ROCm has no calibration source yet: it keeps the sglang stack.
-VENDOR_STACKS: dict[str, dict[str, str]] = {"vllm": {"amd": "vllm-rocm"}}
+# kernels). SGLang on ROCm ran the same ROCm kernel libraries (the blog's AITER gains are SGLang's
+# own): ``sglang-rocm``, SGLang's host structure at vllm-rocm's fitted fraction.
+VENDOR_STACKS: dict[str, dict[str, str]] = {"vllm": {"amd": "vllm-rocm"}, "sglang": {"amd": "sglang-rocm"}}
 
 
 def _vendor(hardware: str) -> str | None:

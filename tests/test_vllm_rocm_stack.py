@@ -25,21 +25,22 @@ SOURCE = "https://github.com/ROCm/vllm/blob/b309ea79418c6fc9058a6b2dec312375d3c7
 
 
 def test_every_serving_3_row_maps_to_its_stack():
-    # vLLM on the AMD profile -> vllm-rocm; vLLM on NVIDIA -> vllm; SGLang keeps sglang on both
-    # (no ROCm SGLang calibration source yet)
+    # each engine on the AMD profile -> its -rocm stack (the early-2025 ROCm kernels); on NVIDIA -> itself
     rows = load_cases(SERVING_3).cases
     assert len(rows) == 23
     for c in rows:
         engine = "vllm" if "-vllm-" in c.id else "sglang"
-        want = "vllm-rocm" if (engine, c.hardware) == ("vllm", "mi300x") else engine
+        want = f"{engine}-rocm" if c.hardware == "mi300x" else engine
         assert case_stack(dict(c.inputs), c.hardware, "decode") == want, c.id
     assert sum(case_stack(dict(c.inputs), c.hardware, "decode") == "vllm-rocm" for c in rows) == 3
+    assert sum(case_stack(dict(c.inputs), c.hardware, "decode") == "sglang-rocm" for c in rows) == 3
 
 
 @pytest.mark.parametrize("framework, hardware, want", [
     ("vLLM 0.7.3", "mi300x", "vllm-rocm"), ("vLLM 0.7.3", "mi325x", "vllm-rocm"),
     ("vLLM v0.11.0", "h200-sxm", "vllm"), ("vLLM", "not-a-profile", "vllm"),
-    ("SGLang 0.4.2", "mi300x", "sglang"), ("TensorRT-LLM", "mi300x", "trtllm"),
+    ("SGLang 0.4.2", "mi300x", "sglang-rocm"), ("SGLang 0.4.3", "h200-sxm", "sglang"),
+    ("TensorRT-LLM", "mi300x", "trtllm"),
 ])
 def test_vendor_mapping(framework, hardware, want):
     assert case_stack({"framework": framework}, hardware, "decode") == want

@@ -77,6 +77,9 @@ def fit_software_stacks(cases, source: str, write: bool = True) -> dict:
     table = stack_table().with_values({p: f.value for p, f in fits.items()})
     by_rows: dict[tuple, list[str]] = {}
     for param, fit in fits.items():  # one table per stack (its parameters share their rows)
+        if fit.pooled:  # set from the others' fits: its rows are theirs
+            print(f"{param} = {fit.value:.4g} ({fit.note})")
+            continue
         by_rows.setdefault(fit.rows, []).append(param)
     for ids, params in by_rows.items():
         title = "; ".join(f"{p} = {fits[p].value:.4g} ({fits[p].note})" for p in params)
@@ -104,7 +107,8 @@ def write_stack_fits(fits: dict, date: str, source: str, path: Path | None = Non
     for param, fit in fits.items():
         name, phase = split_param(param)
         fld = param_field(param)
-        how = (f"{phase} {fld} fitted {date} on {len(fit.rows)} rows of {source} ({', '.join(fit.rows)})"
+        how = (f"{phase} {fld} {fit.note} ({date}, from the fits on {source})" if fit.pooled else
+               f"{phase} {fld} fitted {date} on {len(fit.rows)} rows of {source} ({', '.join(fit.rows)})"
                if fit.identified else f"{phase} {fld}: {fit.note} ({date}, {source}; rows: "
                f"{', '.join(fit.rows) or 'none'})")
         notes.setdefault(name, []).append(how)

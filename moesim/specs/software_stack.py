@@ -22,7 +22,9 @@ A ``SoftwareStack`` says, for each phase (``train``, ``prefill``, ``decode``), h
   (all-to-all, collectives) does not (validated on its own), nor does the KV-cache stream of
   decode attention, which runs at the profile's measured decode-attention bandwidth fraction
   (moesim/compute/attention.py ``core_s_per_token_key``: only its compute-bound branch). Prior 1.0; ``"<stack>.<phase>"``
-  takes that entry's value (the same kernels);
+  takes that entry's value (the same kernels); ``pool_fraction`` marks a serving engine with no
+  calibration source of its own, whose fraction is the median of the other stacks' identified
+  serving fits (the full-step loss is common to the engines: each fitted one lands at 0.28-0.69);
 - ``host_seq_us``: host microseconds per running sequence per iteration, outside the model's
   operators: the serving executor's per-request Python work (scheduling, sampling bookkeeping,
   response handling: TensorRT-LLM's PyTorch-backend ``PyExecutor`` loop), and ``loop``: how that
@@ -47,10 +49,10 @@ from moesim.specs.common import Spec
 
 Capture = Literal["none", "pre", "all"]
 Loop = Literal["overlapped", "synchronous"]
-StackName = Literal["auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang", "vllm",
-                    "vllm-rocm", "trtllm", "trtllm-engine", "maxtext"]
+StackName = Literal["auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang", "sglang-rocm",
+                    "vllm", "vllm-rocm", "trtllm", "trtllm-engine", "maxtext"]
 STACK_NAMES: tuple[str, ...] = ("auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang",
-                                "vllm", "vllm-rocm", "trtllm", "trtllm-engine", "maxtext")
+                                "sglang-rocm", "vllm", "vllm-rocm", "trtllm", "trtllm-engine", "maxtext")
 # the stacks that run TensorRT-LLM (its scheduler and trtllm-bench limits: moesim/planner/serving_policy.py)
 TRTLLM_STACKS: tuple[str, ...] = ("trtllm", "trtllm-engine")
 STACK_PHASES: tuple[str, ...] = ("train", "prefill", "decode")
@@ -80,6 +82,10 @@ class PhaseHost(Spec):
                                                           "'<stack>.<phase>' to take that entry's value")
     fit_fraction: bool = Field(False, description="device_fraction is fitted on whole sources (prior 1.0, range "
                                                   "[fraction_min, 1])")
+    pool_fraction: bool = Field(False, description="device_fraction is pooled, not fitted: the median of the "
+                                                   "identified serving-phase fractions of the other stacks "
+                                                   "(moesim/calibrate.py pool_fractions), for an engine without "
+                                                   "a calibration source of its own")
     fraction_min: float = Field(FRACTION_MIN, gt=0, le=FRACTION_MIN,
                                 description="a fitted device_fraction's lower bound: FRACTION_MIN unless the entry's "
                                             "source documents a larger kernel loss (it names that source)")
@@ -110,6 +116,9 @@ class PhaseHost(Spec):
             raise SpecError("device_fraction", f, "allowed: above 0, at most 1")
         if self.fit_fraction and not isinstance(f, float):
             raise SpecError("fit_fraction", True, "a fitted device_fraction needs a numeric device_fraction")
+        if self.pool_fraction and (self.fit_fraction or not isinstance(f, float)):
+            raise SpecError("pool_fraction", True, "a pooled device_fraction needs a numeric device_fraction and "
+                                                   "no fit_fraction (it is either fitted or pooled)")
         if self.fit and (self.prior_us is None or self.fit_max is None or not isinstance(self.host_op_us, float)):
             raise SpecError("fit", True, "a fitted entry needs a numeric host_op_us, prior_us and fit_max")
         for fld in ("host_op_us", "fit_max", "device_fraction", "host_seq_us"):

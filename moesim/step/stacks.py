@@ -173,6 +173,15 @@ def fit_params(table: StackTable | None = None) -> tuple[str, ...]:
     return tuple(out)
 
 
+def pooled_params(table: StackTable | None = None) -> tuple[str, ...]:
+    """The pooled device fractions of the table (``pool_fraction = true``), as
+    ``<stack>.<phase>.device_fraction``: set by moesim/calibrate.py ``pool_fractions`` from the
+    fitted ones, never fitted on rows of their own."""
+    table = table or stack_table()
+    return tuple(f"{n}.{p}.device_fraction" for n, s in table.stacks.items() for p in STACK_PHASES
+                 if s.phase(p).pool_fraction)
+
+
 def resolve(stack: str | SoftwareStack, phase: str) -> PhaseHost:
     """The ``PhaseHost`` of a deployment's ``stack`` in ``phase`` (the shipped table for names)."""
     return stack_table().phase(stack, phase)

@@ -1,0 +1,85 @@
+"""Pooled device fractions (moesim/data/stacks.toml ``pool_fraction``; moesim/calibrate.py
+``pool_fractions``) and the ROCm SGLang stack.
+
+An engine with no calibration source of its own (vLLM on CUDA) takes the median of the identified
+serving-phase fractions of the other stacks, recomputed by every fit: its own rows are never fitted
+on, and a fold that leaves a source out drops that source's fit from the pool. The shipped value
+must be that median of the shipped fitted fractions."""
+from __future__ import annotations
+
+from statistics import median
+
+import pytest
+
+from moesim.calibrate import StackParamFit, fit_stacks, pool_fractions
+from moesim.case_inputs import case_stack
+from moesim.specs.software_stack import PhaseHost
+from moesim.step.stacks import fit_params, pooled_params, stack_table
+
+DONORS = ("sglang.prefill.device_fraction", "trtllm.prefill.device_fraction",
+          "trtllm-engine.prefill.device_fraction", "vllm-rocm.prefill.device_fraction")
+
+
+def _fit(param: str, value: float, identified: bool = True, rows=("r",)) -> StackParamFit:
+    return StackParamFit(param, value, tuple(rows), identified, "test")
+
+
+def test_vllm_is_the_pooled_engine_and_never_a_fit_parameter():
+    t = stack_table()
+    assert pooled_params(t) == ("vllm.prefill.device_fraction",)
+    assert not set(pooled_params(t)) & set(fit_params(t))
+    assert t.value("vllm.decode.device_fraction") == t.value("vllm.prefill.device_fraction")
+
+
+def test_shipped_pool_is_the_median_of_the_shipped_serving_fits():
+    # every serving-phase fraction the table fits (the donors) and nothing else: megatron's train
+    # fraction is a training stack's and stays out
+    t = stack_table()
+    fitted = {p for p in fit_params(t) if p.endswith(".device_fraction") and ".train." not in p}
+    assert fitted == set(DONORS)
+    want = median(t.value(p) for p in DONORS)
+    assert t.value("vllm.prefill.device_fraction") == pytest.approx(want, abs=5e-5)  # written to 4 digits
+
+
+def test_pool_uses_only_identified_serving_fractions():
+    t = stack_table()
+    fits = {"sglang.prefill.device_fraction": _fit("sglang.prefill.device_fraction", 0.6, rows=("a",)),
+            "trtllm.prefill.device_fraction": _fit("trtllm.prefill.device_fraction", 0.7, rows=("b", "c")),
+            "trtllm-engine.prefill.device_fraction": _fit("trtllm-engine.prefill.device_fraction", 1.0, False),
+            "megatron.train.device_fraction": _fit("megatron.train.device_fraction", 0.1),
+            "trtllm.prefill.host_op_us": _fit("trtllm.prefill.host_op_us", 15.0)}
+    out = pool_fractions(fits, t)["vllm.prefill.device_fraction"]
+    assert out.pooled and out.identified
+    assert out.value == pytest.approx(0.65)  # median of 0.6 and 0.7: the unidentified 1.0 and train 0.1 left out
+    assert out.rows == ("a", "b", "c")
+    assert "sglang.prefill.device_fraction 0.6" in out.note and "megatron" not in out.note
+
+
+def test_nothing_identified_keeps_the_prior():
+    out = pool_fractions({"sglang.prefill.device_fraction": _fit("sglang.prefill.device_fraction", 1.0, False)},
+                         stack_table())["vllm.prefill.device_fraction"]
+    assert out.value == 1.0 and not out.identified and out.pooled
+
+
+def test_fit_stacks_returns_the_pool_and_its_own_rows_stay_out():
+    # no row at all: every fraction keeps its prior, so the pool has no donor
+    fits = fit_stacks([], {})
+    assert fits["vllm.prefill.device_fraction"].value == 1.0 and not fits["vllm.prefill.device_fraction"].identified
+
+
+def test_a_pooled_entry_is_either_pooled_or_fitted():
+    with pytest.raises(ValueError, match="pool_fraction"):  # pydantic wraps the SpecError
+        PhaseHost(captured="all", device_fraction=0.5, pool_fraction=True, fit_fraction=True, source="x")
+    with pytest.raises(ValueError, match="pool_fraction"):  # pydantic wraps the SpecError
+        PhaseHost(captured="all", device_fraction="sglang.prefill", pool_fraction=True, source="x")
+
+
+def test_sglang_rocm_runs_sglang_host_at_the_rocm_fraction():
+    t = stack_table()
+    for phase in ("prefill", "decode"):
+        assert t.value(f"sglang-rocm.{phase}.device_fraction") == t.value("vllm-rocm.prefill.device_fraction")
+        assert t.phase("sglang-rocm", phase).captured == t.phase("sglang", phase).captured
+    assert t.value("sglang-rocm.prefill.host_op_us") == t.value("sglang.prefill.host_op_us")
+    assert "AITER" in t.phase("sglang-rocm", "prefill").source
+    assert case_stack({"framework": "SGLang 0.4.2.post4 (ROCm)"}, "mi325x", "prefill") == "sglang-rocm"
+    assert case_stack({"framework": "SGLang"}, "h100-sxm", "prefill") == "sglang"
