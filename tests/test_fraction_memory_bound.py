@@ -89,7 +89,7 @@ def _step(stack, workload):
 
 def test_decode_step_splits_at_the_rule_kv_stream_not_divided_the_rest_divided():
     """One decode step (qwen3-30b-a3b, 1 x B200, 94 sequences at 17,000 cached tokens) under the
-    trtllm stack (fraction f < 1) against a stack at fraction 1 (vllm decode; graph-captured like
+    trtllm stack (fraction f < 1) against a stack at fraction 1 (cuda_graphs; graph-captured like
     trtllm decode, so host terms do not enter these device columns). Closed form of the rule:
     attention = (attention_at_1 - KV stream) / f + KV stream, the KV stream being
     layers x sequences x keys x KV bytes per key / (HBM x attention_memory_fraction); the experts'
@@ -100,11 +100,11 @@ def test_decode_step_splits_at_the_rule_kv_stream_not_divided_the_rest_divided()
     from moesim.step.stacks import device_fraction
 
     f = device_fraction("trtllm", "decode")
-    assert f < 1.0 and device_fraction("vllm", "decode") == 1.0
+    assert f < 1.0 and device_fraction("cuda_graphs", "decode") == 1.0
     hw, model = load_profile("b200"), load_model("qwen3-30b-a3b")
     _, t_bytes = _parts(hw, model, 1, kv_dtype="fp8")
     kv = t_bytes * 94 * 17000 * model.num_layers
-    one, slow = (_step(s, Decode(batch_per_device=94, context=17000)) for s in ("vllm", "trtllm"))
+    one, slow = (_step(s, Decode(batch_per_device=94, context=17000)) for s in ("cuda_graphs", "trtllm"))
     assert kv < one.attention_s  # the projections and launch are the rest
     assert math.isclose(slow.attention_s, (one.attention_s - kv) / f + kv, rel_tol=1e-9)
     assert math.isclose(slow.experts_s, one.experts_s / f, rel_tol=1e-9)
@@ -118,6 +118,7 @@ def test_prefill_step_gemms_and_attention_are_divided_by_the_fraction():
     from moesim.step.stacks import device_fraction
 
     f = device_fraction("trtllm", "prefill")
-    one, slow = (_step(s, Prefill(prompt_len=8192, prompts_per_device=1)) for s in ("vllm", "trtllm"))
+    assert device_fraction("cuda_graphs", "prefill") == 1.0
+    one, slow = (_step(s, Prefill(prompt_len=8192, prompts_per_device=1)) for s in ("cuda_graphs", "trtllm"))
     assert math.isclose(slow.experts_s, one.experts_s / f, rel_tol=1e-9)
     assert math.isclose(slow.attention_s, one.attention_s / f, rel_tol=1e-9)
