@@ -92,3 +92,24 @@ def test_sglang_rocm_runs_sglang_host_at_the_rocm_fraction():
     assert "AITER" in t.phase("sglang-rocm", "prefill").source
     assert case_stack({"framework": "SGLang 0.4.2.post4 (ROCm)"}, "mi325x", "prefill") == "sglang-rocm"
     assert case_stack({"framework": "SGLang"}, "h100-sxm", "prefill") == "sglang"
+
+
+@pytest.mark.parametrize("stack, line, origin", [
+    ("vllm", "vllm: device fraction 0.6559 (pooled, as vllm.prefill)", "pooled"),
+    ("sglang-rocm", "sglang-rocm: device fraction 0.2807 (fitted, as vllm-rocm.prefill)", "fitted"),
+    ("cuda_graphs", "cuda_graphs: device fraction 1 (prior)", "prior"),
+])
+def test_step_says_where_the_fraction_comes_from(capsys, stack, line, origin):
+    # the text line and the JSON keys of `moesim step` (the shipped table's values, 4 digits)
+    import json
+
+    from moesim.cli import run as main
+
+    args = ["step", "--model", "qwen3-30b-a3b", "--hw", "h100-sxm", "--devices", "1", "--phase", "decode",
+            "--batch-per-device", "8", "--context", "512", "--dtype", "fp8", "--stack", stack]
+    assert main(args) == 0
+    assert line in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["stack"] == stack and data["device_fraction_origin"] == origin
+    assert data["device_fraction"] == pytest.approx(stack_table().value(f"{stack}.decode.device_fraction"))

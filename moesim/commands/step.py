@@ -150,6 +150,29 @@ def step_cmd(args) -> Result:
         return _step(args, outputs)
 
 
+def _stack_line(stack, phase: str, data: dict) -> str:
+    """The software stack the step ran and where its device fraction comes from (fitted on whole
+    sources, pooled from the fitted engines, or the prior; moesim/data/stacks.toml; ``stated``
+    for an explicit stack), also set on ``data`` (``stack``, ``device_fraction``,
+    ``device_fraction_origin``)."""
+    from moesim.step.stacks import stack_table
+
+    t = stack_table()
+    name = t.name_of(stack, phase)
+    fraction = float(t.phase(stack, phase).device_fraction)
+    via = ""
+    if isinstance(stack, str):
+        entry = t.entry_of(stack, phase, "device_fraction")
+        ref, ref_phase = entry.split(".", 1)
+        ph = t.get(ref).phase(ref_phase)
+        origin = "fitted" if ph.fit_fraction else "pooled" if ph.pool_fraction else "prior"
+        via = f", as {entry}" if entry != f"{name}.{phase}" else ""
+    else:
+        origin = "stated"
+    data.update(stack=name, device_fraction=fraction, device_fraction_origin=origin)
+    return f"{name}: device fraction {fraction:.4g} ({origin}{via})"
+
+
 def _step(args, outputs: Outputs) -> Result:
     from moesim.step import estimate
 
@@ -165,6 +188,7 @@ def _step(args, outputs: Outputs) -> Result:
              ("bottleneck", b.bottleneck),
              ("exposed comm", f"{b.exposed_comm_s * 1e3:.3f} ms"),
              ("memory", f"{b.memory_GiB:.1f} / {b.memory_capacity_GiB:.1f} GiB")]
+    pairs.append(("stack", _stack_line(dep.stack, b.phase, data)))
     if b.phase != "train":
         from moesim.step.stacks import resolve
 
