@@ -197,6 +197,9 @@ class Provenance:
     answer_band: ErrorBand | None
     bands: tuple[ErrorBand, ...]  # every kind in the bands file, unwidened (for the report)
     answer_usd_per_hour: float | None = None
+    # the software stack's device fraction per phase the plan prices (moesim/step/stacks.py
+    # FractionOrigin: fitted, pooled, prior or stated)
+    stack_fractions: tuple = ()
 
     def cost_range(self) -> tuple[float, float]:
         """The answer's cost if per-device throughput is off by +-median error: devices scale as
@@ -230,6 +233,15 @@ class Provenance:
                                f"${lo:,.2f}-{hi:,.2f}/h (answer ${self.answer_usd_per_hour:,.2f}/h)")
             else:
                 out.append(f"error band: no {self.forecast_kind} measurements in the bands file")
+        if self.stack_fractions:
+            first = self.stack_fractions[0]
+            phases = " and ".join(fo.phase for fo in self.stack_fractions)
+            if all((fo.stack, fo.fraction, fo.origin) == (first.stack, first.fraction, first.origin)
+                   for fo in self.stack_fractions):
+                out.append(f"software stack {first.stack}: device fraction {first.fraction:.4g} ({first.origin}) "
+                           f"in {phases}")
+            else:
+                out.append("software stack: " + "; ".join(f"{fo.phase} {fo.text()}" for fo in self.stack_fractions))
         out.append("profiles: " + "; ".join(f"{p.hardware} {p.label()}, {p.price.label()}" for p in self.profiles))
         if self.prior_only:
             out.append(f"! = prior-only profile ({', '.join(self.prior_only)}): efficiencies not fitted "
@@ -253,6 +265,7 @@ class Provenance:
                                              and self.answer_usd_per_hour is not None
                                              and self.answer_band.median_abs_rel_error < 1 else None),
                 "prior_only": list(self.prior_only),
+                "stack_fractions": [asdict(fo) for fo in self.stack_fractions],
                 "profiles": [p.to_dict() for p in self.profiles], "bands": [b.to_dict() for b in self.bands]}
 
 
@@ -266,8 +279,13 @@ def plan_provenance(scenario, profiles: Mapping, basis: PriceBasis, bands: Bands
         prior = next(p for p in provs if p.hardware == answer_hardware).prior_only
         band = bands.band(kind, prior_only=prior)
     kinds = sorted({e["kind"] for e in bands.data.get("entries", [])})
+    from moesim.step.stacks import fraction_origin
+
+    phases = ("train",) if scenario.kind == "training" else ("prefill", "decode")
+    fractions = tuple(fraction_origin(getattr(scenario, "stack", "auto"), ph) for ph in phases)
     return Provenance(provs, basis, kind, answer_hardware, band,
-                      tuple(b for b in (bands.band(k) for k in kinds) if b is not None), answer_usd_per_hour)
+                      tuple(b for b in (bands.band(k) for k in kinds) if b is not None), answer_usd_per_hour,
+                      fractions)
 
 
 def for_plan(result) -> Provenance:

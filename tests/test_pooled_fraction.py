@@ -113,3 +113,39 @@ def test_step_says_where_the_fraction_comes_from(capsys, stack, line, origin):
     data = json.loads(capsys.readouterr().out)
     assert data["stack"] == stack and data["device_fraction_origin"] == origin
     assert data["device_fraction"] == pytest.approx(stack_table().value(f"{stack}.decode.device_fraction"))
+
+
+def test_fraction_origin_of_names_and_an_explicit_stack():
+    from moesim.step.stacks import fraction_origin
+
+    t = stack_table()
+    assert fraction_origin("auto", "decode") == fraction_origin("sglang", "decode")
+    fo = fraction_origin("vllm", "decode")
+    assert (fo.stack, fo.origin, fo.entry) == ("vllm", "pooled", "vllm.prefill")
+    assert fo.fraction == t.value("vllm.prefill.device_fraction")
+    assert fraction_origin("megatron-cudagraph", "train").origin == "fitted"
+    stated = fraction_origin(t.inline("trtllm", "decode"), "decode")
+    assert stated.origin == "stated" and stated.entry is None and stated.fraction == t.value("trtllm.prefill.device_fraction")
+
+
+def test_plan_provenance_names_the_stack_fraction():
+    # the default scenario (stack auto -> sglang in serving) and the same scenario under vllm
+    from moesim.planner.scenario import default_scenario
+    from moesim.provenance import for_plan
+
+    s = default_scenario()
+
+    class _Result:  # the two attributes for_plan reads of a PlanResult
+        scenario, answer = s, None
+
+    prov = for_plan(_Result())
+    line = next(x for x in prov.lines() if x.startswith("software stack"))
+    f = stack_table().value("sglang.prefill.device_fraction")
+    assert line == f"software stack sglang: device fraction {f:.4g} (fitted) in prefill and decode"
+    assert [d["phase"] for d in prov.to_dict()["stack_fractions"]] == ["prefill", "decode"]
+
+    class _Vllm:
+        scenario, answer = s.model_copy(update={"stack": "vllm"}), None
+
+    line = next(x for x in for_plan(_Vllm()).lines() if x.startswith("software stack"))
+    assert line.startswith("software stack vllm: device fraction 0.6559 (pooled)")

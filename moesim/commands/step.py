@@ -151,26 +151,14 @@ def step_cmd(args) -> Result:
 
 
 def _stack_line(stack, phase: str, data: dict) -> str:
-    """The software stack the step ran and where its device fraction comes from (fitted on whole
-    sources, pooled from the fitted engines, or the prior; moesim/data/stacks.toml; ``stated``
-    for an explicit stack), also set on ``data`` (``stack``, ``device_fraction``,
-    ``device_fraction_origin``)."""
-    from moesim.step.stacks import stack_table
+    """The software stack the step ran and where its device fraction comes from
+    (moesim/step/stacks.py ``fraction_origin``), also set on ``data`` (``stack``,
+    ``device_fraction``, ``device_fraction_origin``)."""
+    from moesim.step.stacks import fraction_origin
 
-    t = stack_table()
-    name = t.name_of(stack, phase)
-    fraction = float(t.phase(stack, phase).device_fraction)
-    via = ""
-    if isinstance(stack, str):
-        entry = t.entry_of(stack, phase, "device_fraction")
-        ref, ref_phase = entry.split(".", 1)
-        ph = t.get(ref).phase(ref_phase)
-        origin = "fitted" if ph.fit_fraction else "pooled" if ph.pool_fraction else "prior"
-        via = f", as {entry}" if entry != f"{name}.{phase}" else ""
-    else:
-        origin = "stated"
-    data.update(stack=name, device_fraction=fraction, device_fraction_origin=origin)
-    return f"{name}: device fraction {fraction:.4g} ({origin}{via})"
+    fo = fraction_origin(stack, phase)
+    data.update(stack=fo.stack, device_fraction=fo.fraction, device_fraction_origin=fo.origin)
+    return fo.text()
 
 
 def _step(args, outputs: Outputs) -> Result:

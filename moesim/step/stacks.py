@@ -182,6 +182,38 @@ def pooled_params(table: StackTable | None = None) -> tuple[str, ...]:
                  if s.phase(p).pool_fraction)
 
 
+@dataclass(frozen=True)
+class FractionOrigin:
+    """Where a stack's device fraction in one phase comes from: ``origin`` ``fitted`` (on whole
+    sources), ``pooled`` (the fitted engines' median), ``prior`` (1.0 unless the entry states
+    another), or ``stated`` (an explicit ``SoftwareStack``); ``entry``: the table entry whose number
+    it is (``"<stack>.<phase>"``; None for a stated stack)."""
+
+    stack: str
+    phase: str
+    fraction: float
+    origin: str
+    entry: str | None
+
+    def text(self) -> str:
+        via = f", as {self.entry}" if self.entry and self.entry != f"{self.stack}.{self.phase}" else ""
+        return f"{self.stack}: device fraction {self.fraction:.4g} ({self.origin}{via})"
+
+
+def fraction_origin(stack: str | SoftwareStack, phase: str, table: StackTable | None = None) -> FractionOrigin:
+    """The ``FractionOrigin`` of ``stack`` (a name, ``auto`` resolved, or an explicit stack) in
+    ``phase``, from ``table`` (default: the shipped one)."""
+    t = table or stack_table()
+    name, fraction = t.name_of(stack, phase), float(t.phase(stack, phase).device_fraction)
+    if not isinstance(stack, str):
+        return FractionOrigin(name, phase, fraction, "stated", None)
+    entry = t.entry_of(stack, phase, "device_fraction")
+    ref, ref_phase = entry.split(".", 1)
+    ph = t.get(ref).phase(ref_phase)
+    origin = "fitted" if ph.fit_fraction else "pooled" if ph.pool_fraction else "prior"
+    return FractionOrigin(name, phase, fraction, origin, entry)
+
+
 def resolve(stack: str | SoftwareStack, phase: str) -> PhaseHost:
     """The ``PhaseHost`` of a deployment's ``stack`` in ``phase`` (the shipped table for names)."""
     return stack_table().phase(stack, phase)
