@@ -24,6 +24,7 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}
 th{background:#f3f3f3}td.num{text-align:right}.prior{color:#b00;font-weight:bold}
 .answer{background:#f6f9ff;border-left:4px solid #1f77b4;padding:0.6em 1em}
+.answer pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
 .warn{background:#fff4f4;border-left:4px solid #b00;padding:0.4em 1em}code{font-size:12px}"""
 
 
