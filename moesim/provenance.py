@@ -238,8 +238,7 @@ class Provenance:
             phases = " and ".join(fo.phase for fo in self.stack_fractions)
             if all((fo.stack, fo.fraction, fo.origin) == (first.stack, first.fraction, first.origin)
                    for fo in self.stack_fractions):
-                out.append(f"software stack {first.stack}: device fraction {first.fraction:.4g} ({first.origin}) "
-                           f"in {phases}")
+                out.append(f"software stack {first.text(entry=False)} in {phases}")
             else:
                 out.append("software stack: " + "; ".join(f"{fo.phase} {fo.text()}" for fo in self.stack_fractions))
         out.append("profiles: " + "; ".join(f"{p.hardware} {p.label()}, {p.price.label()}" for p in self.profiles))

@@ -195,8 +195,10 @@ class FractionOrigin:
     origin: str
     entry: str | None
 
-    def text(self) -> str:
-        via = f", as {self.entry}" if self.entry and self.entry != f"{self.stack}.{self.phase}" else ""
+    def text(self, entry: bool = True) -> str:
+        """``<stack>: device fraction F (origin[, as <entry>])``; ``entry`` False: without the entry."""
+        via = (f", as {self.entry}" if entry and self.entry and self.entry != f"{self.stack}.{self.phase}"
+               else "")
         return f"{self.stack}: device fraction {self.fraction:.4g} ({self.origin}{via})"
 
 
