@@ -30,19 +30,19 @@ BOUNDS = {
     "cpu-host-eval.json": {"gemm": (0.045, 0.063, K, 6), "grouped_gemm": (0.643, 0.657, K, 3),
                            "all_to_all": (0.419, 0.534, K, 6), "moe_layer": (0.075, 0.132, K, 6)},
     "published-e2e-training.json": {"training": (0.198, 0.817, E, 19)},
-    "published-e2e-serving.json": {"serving": (0.111, 0.263, E, 5)},
+    "published-e2e-serving.json": {"serving": (0.111, 0.341, E, 5)},
     # end-to-end through the planner (maximum-load TensorRT-LLM runs, out of sample: the TensorRT-LLM
     # stacks are fitted on the v0.17 and v1.0-era tables of published-e2e-serving-2.json; docs/accuracy.md)
-    "published-e2e-serving-maxload.json": {"serving": (0.196, 1.066, E, 106)},
+    "published-e2e-serving-maxload.json": {"serving": (0.192, 0.742, E, 106)},
     # further evaluation sets (docs/evidence.md): Megatron-Bridge 26.02/25.11/25.09 and MaxText v5p
     # training; older TensorRT-LLM maximum-load tables end to end through the planner (in-sample: its
     # 20 v0.17 rows fit trtllm-engine, its 210 v1.0-era rows fit trtllm)
     "published-e2e-training-2.json": {"training": (0.122, 0.766, E, 41)},
-    "published-e2e-serving-2.json": {"serving": (0.151, 1.694, E, 230)},
+    "published-e2e-serving-2.json": {"serving": (0.182, 1.042, E, 230)},
     # third evaluation set (docs/evidence.md 'Third set'): dstack DeepSeek-R1 offline runs on 8 x MI300X
     # and 8 x H200 (vLLM, SGLang, TP8) and GPUStack vLLM v0.11 runs on H200 / H100, never fitted;
     # every row over-predicted (max: a 22 s run of 1000 128/4-token requests)
-    "published-e2e-serving-3.json": {"serving": (0.364, 3.861, E, 23)},
+    "published-e2e-serving-3.json": {"serving": (0.299, 3.461, E, 23)},
 }
 
 
