@@ -456,19 +456,34 @@ def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | Non
 POOL_PHASES: tuple[str, ...] = ("prefill", "decode")
 
 
+def orphaned_fractions(fits: dict[str, StackParamFit]) -> tuple[str, ...]:
+    """The fitted serving-phase (``POOL_PHASES``) device fractions that no row of the fit runs
+    (``fit_stacks``: "no row runs it"), in ``fits`` order. With every source present there are
+    none (each fitted fraction has its calibration rows); a leave-one-group-out fold that holds out
+    a stack's only source leaves its fraction here."""
+    from moesim.step.stacks import split_param
+
+    return tuple(p for p, f in fits.items() if p.endswith(".device_fraction") and not f.rows
+                 and not f.pooled and split_param(p)[1] in POOL_PHASES)
+
+
 def pool_fractions(fits: dict[str, StackParamFit], table) -> dict[str, StackParamFit]:
-    """The pooled device fractions (moesim/step/stacks.py ``pooled_params``): each the median of
-    the serving-phase (``POOL_PHASES``) device fractions that ``fits`` identified, on the union of
-    their rows; with none identified the prior 1.0 is kept. A pooled engine's own rows are never
-    among them (its fraction is not fitted), so they stay out of sample; a left-out source's
-    fraction drops out of the pool with its fit (moesim/accuracy.py)."""
+    """The pooled device fractions: each the median of the serving-phase (``POOL_PHASES``) device
+    fractions that ``fits`` identified, on the union of their rows; with none identified the prior
+    1.0 is kept. Pooled are the engines without a calibration source (moesim/step/stacks.py
+    ``pooled_params``) and every fitted serving-phase fraction that no row of ``fits`` runs
+    (``orphaned_fractions``: its whole source left out by a leave-one-group-out fold,
+    moesim/accuracy.py), so an engine whose source is held out is predicted as one that never had
+    one, not at the kernel models' full rate. A pooled engine's own rows are never among the donors
+    (its fraction is not fitted), so they stay out of sample; a left-out source's fraction drops
+    out of the pool with its fit."""
     from moesim.step.stacks import pooled_params, split_param
 
     donors = {p: f for p, f in sorted(fits.items())
               if f.identified and p.endswith(".device_fraction") and split_param(p)[1] in POOL_PHASES}
     rows = tuple(sorted({r for f in donors.values() for r in f.rows}))
     out = {}
-    for p in pooled_params(table):
+    for p in (*pooled_params(table), *orphaned_fractions(fits)):
         if not donors:
             out[p] = StackParamFit(p, 1.0, (), False, "no serving fraction identified to pool: prior 1 kept", pooled=True)
             continue

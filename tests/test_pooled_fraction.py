@@ -55,6 +55,26 @@ def test_pool_uses_only_identified_serving_fractions():
     assert "sglang.prefill.device_fraction 0.6" in out.note and "megatron" not in out.note
 
 
+def test_a_held_out_engine_takes_the_pool_not_the_full_kernel_rate():
+    # a leave-one-group-out fold that drops trtllm's only source: its serving fraction has no row
+    # (fit_stacks' "no row runs it") and is pooled like an engine that never had a source; one
+    # with rows that did not identify it keeps the fit's answer, and training fractions never pool
+    t = stack_table()
+    fits = {"sglang.prefill.device_fraction": _fit("sglang.prefill.device_fraction", 0.6, rows=("a",)),
+            "vllm-rocm.prefill.device_fraction": _fit("vllm-rocm.prefill.device_fraction", 0.3, rows=("b",)),
+            "trtllm.prefill.device_fraction": _fit("trtllm.prefill.device_fraction", 1.0, False, rows=()),
+            "trtllm-engine.prefill.device_fraction": _fit("trtllm-engine.prefill.device_fraction", 1.0, False),
+            "megatron.train.device_fraction": _fit("megatron.train.device_fraction", 1.0, False, rows=()),
+            "trtllm.prefill.host_op_us": _fit("trtllm.prefill.host_op_us", 5.0, False, rows=())}
+    out = pool_fractions(fits, t)
+    held = out["trtllm.prefill.device_fraction"]
+    assert held.pooled and held.identified and held.value == pytest.approx(0.45)  # median of 0.6 and 0.3
+    assert held.rows == ("a", "b")
+    assert out["vllm.prefill.device_fraction"].value == pytest.approx(0.45)
+    assert "trtllm-engine.prefill.device_fraction" not in out  # it has rows: its own fit stands
+    assert "megatron.train.device_fraction" not in out and "trtllm.prefill.host_op_us" not in out
+
+
 def test_nothing_identified_keeps_the_prior():
     out = pool_fractions({"sglang.prefill.device_fraction": _fit("sglang.prefill.device_fraction", 1.0, False)},
                          stack_table())["vllm.prefill.device_fraction"]
