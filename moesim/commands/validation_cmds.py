@@ -86,7 +86,8 @@ def validate_cmd(args) -> Result:
                  + table(arows, ["kind", "in-sample %", "leave-one-source-out %", "leave-one-hardware-out %",
                                  "out-of-sample %"]))
     errors = tuple(f"case {p.id}: {p.problem}" for p in casefile.problems)
-    errors += tuple(f"case {c.id}: {c.reason}" for c in report.cases if c.status == "error")
+    # an error's reason already names its case (moesim/validate.py run_predictor's PredictorError)
+    errors += tuple(c.reason for c in report.cases if c.status == "error")
     exit_code = 2 if casefile.problems else (1 if any(c.status == "error" for c in report.cases) else 0)
     out_files = ()
     if args.write_bands:
