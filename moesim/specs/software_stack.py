@@ -31,7 +31,13 @@ A ``SoftwareStack`` says, for each phase (``train``, ``prefill``, ``decode``), h
   host time meets the device's, ``overlapped`` (the host prepares iteration n+1 and handles
   iteration n-1's results while the device runs iteration n: iteration = max(host, device)) or
   ``synchronous`` (iteration = host + device). Prior 0 (a C++ runtime, or a loop this model does
-  not price); ``"<stack>.<phase>"`` takes that entry's value (moesim/step/host.py ``loop_time_s``).
+  not price); ``"<stack>.<phase>"`` takes that entry's value (moesim/step/host.py ``loop_time_s``);
+- ``fp8_kv_core``: the attention kinds whose core attention this phase computes in FP8 when the
+  KV cache is FP8 (the query quantized to FP8 too), on hardware with a native FP4 tensor-core
+  path (Blackwell; moesim/step/setup.py ``LayerSetup.core_dtype``): ``"mla"`` for TensorRT-LLM's
+  generation kernels (its DeepSeek-R1 throughput blog: "In the generation phase, both Q and KV
+  are quantized to FP8, and FP8 Multi-Query Attention (MQA) is used"); ``"none"`` (the default)
+  keeps the core at the projections' precision, as FlashAttention/FlashMLA run an FP8 cache.
 
 The named stacks and their numbers live in one table, moesim/data/stacks.toml (loaded by
 moesim/step/stacks.py); a ``SoftwareStack`` object on a ``Deployment`` carries explicit values
@@ -98,6 +104,9 @@ class PhaseHost(Spec):
     seq_prior_us: float | None = Field(None, description="fitted host_seq_us: the value kept when the rows do not "
                                                          "identify it")
     seq_fit_max: float | None = Field(None, description="fitted host_seq_us: the top of the fit's range, us")
+    fp8_kv_core: Literal["none", "mla"] = Field("none", description="attention kinds whose core attention runs in FP8 "
+                                                                "under an FP8 KV cache on hardware with native FP4 "
+                                                                "tensor cores (module docstring)")
     source: str = Field(description="where the capture mode and numbers come from")
 
     @model_validator(mode="after")

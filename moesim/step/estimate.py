@@ -200,7 +200,7 @@ def _inference(model, dep: Deployment, w: Decode | Prefill, check_memory: bool, 
     core_KN = None
     if phase == "decode":
         slope = core_s_per_token_key(hw, model, phase="decode", tp=atp, dtype=setup.projection_dtype,
-                                     kv_dtype=dep.kv_dtype, core_dtype=dep.attention_dtype,
+                                     kv_dtype=dep.kv_dtype, core_dtype=setup.core_dtype,
                                      device_fraction=setup.device_fraction)
         keys_KN = np.array([np.minimum(context_N, model.attention.window_tokens) if model.layer_is_windowed(ls[0])
                             else context_N for ls in kinds], dtype=float)

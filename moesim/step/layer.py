@@ -275,10 +275,9 @@ def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) 
     owned tokens in ``layer``."""
     model, tp, cp = setup.model, setup.attention_tp, setup.cp
     ctx = kernel_keys_per_query(model, layer, context, setup.phase)  # whole flash tiles (attention.py)
-    dep = setup.deployment  # attention_dtype: projections and core at their own precision
     att = attention_block_s(setup.hw, model, tokens=tokens * tp, context=ctx, phase=setup.phase, tp=tp,
                             dtype=setup.projection_dtype, kv_dtype=setup.kv_dtype,
-                            core_dtype=dep.attention_dtype, device_fraction=setup.device_fraction)
+                            core_dtype=setup.core_dtype, device_fraction=setup.device_fraction)
     comm = 0.0
     if tp > 1:  # sequence parallel: reduce-scatter after attention + all-gather before it
         comm += pricing.collective_s(setup.tp_topology, "all_reduce", tokens * tp * model.hidden * 2.0, tp)
@@ -286,7 +285,7 @@ def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) 
         kv = model.kv_elements_per_token("full") / tp * 2.0
         comm += pricing.collective_s(setup.tp_topology, "all_gather", tokens * tp * cp * kv, cp)
     core = core_s_per_token_key(setup.hw, model, phase=setup.phase, tp=tp, dtype=setup.projection_dtype,
-                                kv_dtype=setup.kv_dtype, core_dtype=dep.attention_dtype,
+                                kv_dtype=setup.kv_dtype, core_dtype=setup.core_dtype,
                                 device_fraction=setup.device_fraction) * tokens * tp * ctx
     return att, comm, core
 

@@ -12,9 +12,14 @@ from moesim.specs.deployment import Deployment
 from moesim.step import pricing
 from moesim.step.elementwise import is_low_precision
 from moesim.step.sharing import compute_share
-from moesim.step.stacks import device_fraction
+from moesim.step.stacks import device_fraction, resolve
 
 PHASES: tuple[str, ...] = ("prefill", "decode", "train")
+
+
+def native_fp4(hw: HardwareProfile) -> bool:
+    """Whether ``hw`` has a native FP4 tensor-core path (an fp4 peak in the profile: Blackwell)."""
+    return "fp4" in hw.compute.peak_dense_tflops
 
 
 def expert_gemm_dtypes(model: ModelSpec, hw: HardwareProfile, dtype: str,
@@ -37,7 +42,7 @@ def expert_gemm_dtypes(model: ModelSpec, hw: HardwareProfile, dtype: str,
         return dtype, None
     if canonical_dtype(stored) != "fp4" or not is_low_precision(dtype):
         return dtype, stored
-    return ("fp8" if "fp4" in hw.compute.peak_dense_tflops else "bf16"), stored
+    return ("fp8" if native_fp4(hw) else "bf16"), stored
 
 
 def projection_dtype(model: ModelSpec, deployment: Deployment, phase: str = "decode") -> str:
@@ -154,6 +159,23 @@ class LayerSetup:
     def device_fraction(self) -> float:
         """The stack's achievable device fraction in this phase (moesim/step/stacks.py)."""
         return device_fraction(self.deployment.stack, self.phase)
+
+    @property
+    def core_dtype(self) -> str | None:
+        """The precision of the core attention (scores and values; moesim/compute/attention.py
+        ``core_s_per_token_key``): the deployment's ``attention_dtype`` when stated; FP8 where the
+        stack's phase lists the model's attention kind in ``fp8_kv_core`` and the KV cache is FP8
+        on hardware with native FP4 tensor cores (TensorRT-LLM's generation MLA kernels quantize
+        the query to FP8 and run FP8 MQA: moesim/specs/software_stack.py); else None (the
+        projections' precision rule of ``_core_dtype``)."""
+        dep = self.deployment
+        if dep.attention_dtype:
+            return dep.attention_dtype
+        kind = self.model.attention.kind
+        if (resolve(dep.stack, self.phase).fp8_kv_core == kind and canonical_dtype(dep.kv_dtype) == "fp8"
+                and native_fp4(dep.hardware)):
+            return "fp8"
+        return None
 
 
 def make_setup(model: ModelSpec, deployment: Deployment, phase: str, skew: str = "uniform",
