@@ -208,7 +208,10 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
     model = _model(inputs)
     devices, ep = int(inputs["devices"]), int(inputs["ep"])
     layout = _get(inputs, "attention_layout", "tp")
-    tp = 1 if layout == "dp" else int(_get(inputs, "tp", devices))
+    tp = int(_get(inputs, "tp", 1 if layout == "dp" else devices))
+    if layout == "dp" and tp != 1:  # TensorRT-LLM's DEPn passes --tp n: its attention is still one per device
+        flag_ignored(inputs, "tp", f"attention data-parallel runs one attention per device (tp = 1), not tp = {tp}")
+        tp = 1
     redundant = _redundant_slots(inputs, model, ep)
     overlap = "two_microbatch" if inputs.get("two_batch_overlap") else "none"
     a2a = "low_latency" if inputs.get("deepep_mode") == "low_latency" else "auto"
@@ -278,6 +281,12 @@ def _max_load_batches(scenario, model) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+# trtllm-bench options a run states that replace the engine's own choice (moesim/planner/
+# scenario.py EngineSettings; honoured under the trtllm scheduler)
+ENGINE_INPUTS: tuple[str, ...] = ("max_batch_size", "max_num_tokens", "kv_cache_free_gpu_mem_fraction", "concurrency",
+                                  "cuda_graph_batch_sizes")
+
+
 def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices: int, tp: int,
                     layout: str, stacks: StackTable | None = None) -> float:
     """Output tokens/s per device of an end-to-end serving run (prefill and decode of fixed
@@ -290,8 +299,14 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     ``two_batch_overlap`` (TensorRT-LLM's perf-overview options enable none). A maximum-load run
     under TensorRT-LLM also tries the batch its scheduler holds when every request is queued
     (``_max_load_batches``); with ``num_requests`` stated it is the replay of that finite
-    dataset on each such candidate (``bench_requests``, ``_replayed``). ``stacks``: the table to price the stack with (a fit's trial values,
-    passed to the planner as the explicit ``SoftwareStack``); None: the shipped table, by name."""
+    dataset on each such candidate (``bench_requests``, ``_replayed``). The engine limits a run
+    states (``ENGINE_INPUTS``: trtllm-bench's --max_batch_size, --max_num_tokens,
+    --kv_cache_free_gpu_mem_fraction, --concurrency and the llm options' CUDA-graph batch sizes)
+    become the scenario's ``engine`` settings,
+    honoured under the trtllm scheduler and flagged as ignored under any other. ``stacks``: the
+    table to price the stack with (a fit's trial values, passed to the planner as the explicit
+    ``SoftwareStack``); None: the shipped table, by name."""
+    from moesim.planner import serving_policy
     from moesim.planner.plan import plan
     from moesim.planner.scenario import scenario_from_dict
 
@@ -325,7 +340,13 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         "stack": (case_stack(inputs, hw.name, "decode") if stacks is None
                   else stacks.inline(case_stack(inputs, hw.name, "decode"), "decode")),
     }
+    engine = {k: inputs.get(k) for k in ENGINE_INPUTS if inputs.get(k) is not None}
+    if engine:
+        data["engine"] = engine
     scenario = scenario_from_dict(data, source="end-to-end case")
+    if engine and serving_policy.engine(scenario) != "trtllm":
+        for key in engine:
+            flag_ignored(inputs, key, "only TensorRT-LLM's scheduler is given the engine's own limits")
     extra = _max_load_batches(scenario, model) if inputs.get("max_load") else ()
     requests = bench_requests(inputs, scenario)
     if requests is not None:

@@ -43,6 +43,9 @@ BOUNDS = {
     # and 8 x H200 (vLLM, SGLang, TP8) and GPUStack vLLM v0.11 runs on H200 / H100, never fitted;
     # every row over-predicted (max: a 22 s run of 1000 128/4-token requests)
     "published-e2e-serving-3.json": {"serving": (0.299, 3.461, E, 23)},
+    # fourth evaluation set (docs/evidence.md 'Fourth set'): TensorRT-LLM's DeepSeek-R1 best-performance
+    # guide, trtllm-bench runs with their stated engine limits on 8 x B200 and 8 x H200, never fitted
+    "published-e2e-serving-4.json": {"serving": (0.248, 0.545, E, 3)},
 }
 
 

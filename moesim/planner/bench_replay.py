@@ -184,15 +184,19 @@ def replay(cost, *, num_requests: int, prompt_len: int, output_len: int, max_bat
 
 
 def trtllm_graph_batches(scenario) -> tuple[int, ...]:
-    """The CUDA-graph batch sizes a replay pads generation iterations to: the perf-overview's
-    llm_options list (moesim/planner/trtllm_engine.py ``TRTLLM_GRAPH_BATCHES``) under the PyTorch
-    backend stack ``trtllm``; none under ``trtllm-engine`` (TensorRT engines, whose C++ runtime
-    the v0.17 page runs without that option) or any other stack."""
+    """The CUDA-graph batch sizes a replay pads generation iterations to: under the PyTorch
+    backend stack ``trtllm``, the run's stated ``engine.cuda_graph_batch_sizes``, else the
+    perf-overview's llm_options list (moesim/planner/trtllm_engine.py ``TRTLLM_GRAPH_BATCHES``);
+    none under ``trtllm-engine`` (TensorRT engines, whose C++ runtime the v0.17 page runs without
+    that option) or any other stack."""
     from moesim.planner.trtllm_engine import TRTLLM_GRAPH_BATCHES
 
     stack = scenario.stack
     name = stack if isinstance(stack, str) else getattr(stack, "name", "")
-    return TRTLLM_GRAPH_BATCHES if name == "trtllm" else ()
+    if name != "trtllm":
+        return ()
+    stated = getattr(getattr(scenario, "engine", None), "cuda_graph_batch_sizes", None)
+    return tuple(stated) if stated else TRTLLM_GRAPH_BATCHES
 
 
 def replay_candidate(c, scenario, model, cache, num_requests: int) -> ReplayResult:
@@ -208,7 +212,7 @@ def replay_candidate(c, scenario, model, cache, num_requests: int) -> ReplayResu
         raise SpecError("kv_seqs", lim.kv_seqs, f">= 1: the KV cache left by the weights holds no whole "
                                                 f"{w.prompt_len + w.output_len}-token request on {c.layout()}")
     return replay(serving_policy.replica_cost(c, scenario, model, cache), num_requests=num_requests,
-                  prompt_len=w.prompt_len, output_len=w.output_len, max_batch_size=lim.max_batch_size,
+                  prompt_len=w.prompt_len, output_len=w.output_len, max_batch_size=lim.admitted_seqs,
                   max_num_tokens=lim.max_num_tokens, kv_seqs=lim.kv_seqs,
                   ranks=serving_policy.attention_ranks(c), devices=c.devices,
                   graph_batches=trtllm_graph_batches(scenario))

@@ -213,6 +213,32 @@ class _ScenarioBase(Spec):
         return positive_prices(value)
 
 
+class EngineSettings(Spec):
+    """The serving engine's own limits as the run sets them (honoured under the ``trtllm``
+    scheduler: trtllm-bench's options of the same names, moesim/planner/trtllm_engine.py); None
+    keeps what the engine chooses itself (trtllm-bench's heuristic, its 0.95 KV fraction, no
+    concurrency cap). Per attention-DP rank, as TensorRT-LLM reads them ("--max_batch_size: Max
+    batch size in each rank"), except ``concurrency``, the requests the benchmark client keeps in
+    flight over the whole replica."""
+
+    max_batch_size: int | None = Field(None, ge=1, description="sequences one rank's scheduler holds")
+    max_num_tokens: int | None = Field(None, ge=1, description="tokens one rank's iteration carries (a whole "
+                                                                "prompt plus one per generating sequence)")
+    kv_cache_free_gpu_mem_fraction: float | None = Field(
+        None, gt=0, le=1, description="share of the memory the weights leave that becomes KV cache")
+    concurrency: int | None = Field(None, ge=1, description="requests in flight over the replica (client cap)")
+    cuda_graph_batch_sizes: tuple[int, ...] | None = Field(
+        None, min_length=1, description="per-rank batches captured in CUDA graphs, generation iterations padded to "
+                                        "the next one (cuda_graph_config batch_sizes); None: the perf-overview's list")
+
+    @field_validator("cuda_graph_batch_sizes")
+    @classmethod
+    def _graph_batches(cls, value):
+        if value is not None and min(value) < 1:
+            raise SpecError("engine.cuda_graph_batch_sizes", list(value), "allowed: batch sizes >= 1")
+        return None if value is None else tuple(sorted(set(value)))
+
+
 class ServingScenario(_ScenarioBase):
     """Serve ``model`` at ``workload``'s rate within ``slo``: which hardware, layout, how many."""
 
@@ -226,6 +252,8 @@ class ServingScenario(_ScenarioBase):
         ("colocated",), min_length=1, description="serving modes searched side by side")
     features: ServingFeatures = Field(default_factory=ServingFeatures)
     disaggregated: DisaggSearch = Field(default_factory=DisaggSearch)
+    engine: EngineSettings = Field(default_factory=EngineSettings,
+                                   description="the engine's stated limits (honoured under the trtllm scheduler)")
     scheduler: Literal["auto", "batched_prefill", "trtllm"] = Field(
         "auto", description="the co-located replica's scheduler (moesim/planner/serving_policy.py): batched_prefill "
         "(per-rank token budget, prompts batched every K iterations), trtllm (TensorRT-LLM's trtllm-bench limits); "

@@ -49,14 +49,23 @@ class EngineLimits:
     """What one attention-DP rank's scheduler sustains (tokens and sequences per rank).
 
     ``max_batch_size`` / ``max_num_tokens``: the engine settings; ``kv_seqs``: whole requests
-    (P + L tokens each) its KV cache holds; ``max_seqs``: the steady-state sequences in flight,
-    the smallest of the three bounds, ``bound`` naming it."""
+    (P + L tokens each) its KV cache holds; ``concurrency_seqs``: the rank's share of a stated
+    client concurrency (None: no cap); ``max_seqs``: the steady-state sequences in flight, the
+    smallest of the bounds, ``bound`` naming it."""
 
     max_batch_size: int
     max_num_tokens: int
     kv_seqs: int
     max_seqs: int
     bound: str
+    concurrency_seqs: int | None = None
+
+    @property
+    def admitted_seqs(self) -> int:
+        """The most requests one rank holds at once: max_batch_size and the concurrency share
+        (the KV bound is the replay's own, per request)."""
+        cap = self.concurrency_seqs
+        return self.max_batch_size if cap is None else min(self.max_batch_size, cap)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,20 +131,22 @@ def checkpoint_param_count(model, dtype: str) -> float:
     return pc.total - linears * (1.0 - NVFP4_STORED_ELEMENTS_PER_PARAM)
 
 
-def _heuristic_requests(model, dep, devices: int, isl: int, osl: int) -> float:
+def _heuristic_requests(model, dep, devices: int, isl: int, osl: int,
+                        kv_fraction: float = TRTLLM_KV_FREE_GPU_MEM_FRACTION) -> float:
     """trtllm-bench's estimate of the requests the KV cache holds (bench/build/tuning.py
     ``calc_engine_setting``), from the quantities it reads off the Hugging Face config: engine
     size = the checkpoint's stored parameter count (``checkpoint_param_count``) x bytes per
     element (NVFP4 0.5, FP8 1, else 2), over ``devices`` GPUs of HBM; KV bytes per token = 2 x
     layers x max(tp, KV heads) x head size x KV bytes (KV heads and head size as the config
-    states them: an MLA config states 128 heads of hidden / heads)."""
+    states them: an MLA config states 128 heads of hidden / heads); ``kv_fraction``: the run's
+    kv_cache_free_gpu_mem_fraction (trtllm-bench passes it to calc_engine_setting)."""
     att, hw = model.attention, dep.hardware
     per_elem = {"fp4": 0.5, "fp8": 1.0}
     engine_bytes = checkpoint_param_count(model, dep.dtype) * per_elem.get(dep.dtype, 2.0)
     heads = getattr(att, "num_kv_heads", None) or att.num_heads
     head = getattr(att, "head_dim", None) or model.hidden // att.num_heads
     kv_token = 2 * model.num_layers * max(devices // dep.pp, heads) * head * per_elem.get(dep.kv_dtype, 2.0)
-    cache = (hw.hbm_bytes * devices - engine_bytes) * TRTLLM_KV_FREE_GPU_MEM_FRACTION
+    cache = (hw.hbm_bytes * devices - engine_bytes) * kv_fraction
     return max(0.0, cache / (kv_token * (isl + osl)))
 
 
@@ -158,28 +169,46 @@ def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
     - token budget: a generation request takes one token of ``max_num_tokens`` per iteration and
       a context request its whole prompt (no chunking), so at steady state n P + S <=
       max_num_tokens with n = S / L prompts per iteration: S <= max_num_tokens L / (P + L);
-    - max_seqs = min(max_batch_size, kv_seqs, that)."""
+    - max_seqs = min(max_batch_size, kv_seqs, that, the concurrency share).
+
+    The run's stated settings (``scenario.engine``: ``EngineSettings``) replace the benchmark's
+    own: ``max_batch_size`` and ``max_num_tokens`` each replace their heuristic value (taken as
+    given, as trtllm-bench takes user-provided ones: no ISL + max_batch_size floor),
+    ``kv_cache_free_gpu_mem_fraction`` the 0.95 in both the KV cache and the heuristic, and
+    ``concurrency`` (requests the client keeps in flight over the replica) caps a rank at
+    ceil(concurrency / ranks), the busiest rank's share."""
     from moesim.compute.memory import memory_footprint
+    from moesim.planner.serving_policy import attention_ranks
 
     w = scenario.workload
     dep = cache.deployment(c, scenario, model)
+    eng = getattr(scenario, "engine", None)
+    stated = eng.model_dump() if eng is not None else {}
+    frac = stated.get("kv_cache_free_gpu_mem_fraction") or TRTLLM_KV_FREE_GPU_MEM_FRACTION
 
     def make() -> EngineLimits:
         fp = memory_footprint(model, dep.hardware, dep.parallelism, mode="serve", weight_dtype=dep.dtype,
                               kv_dtype=dep.kv_dtype, kv_tokens=0)
         free = max(0.0, fp.capacity_bytes - fp.weight_bytes)
-        kv_tokens = TRTLLM_KV_FREE_GPU_MEM_FRACTION * free / fp.kv_bytes_per_token if fp.kv_bytes_per_token else 0.0
+        kv_tokens = frac * free / fp.kv_bytes_per_token if fp.kv_bytes_per_token else 0.0
         kv_seqs = int(kv_tokens // (w.prompt_len + w.output_len))
         if untuned_checkpoint(model):
             max_bs = TRTLLM_DEFAULT_MAX_BATCH
             max_tok = max(TRTLLM_DEFAULT_MAX_TOKENS, w.prompt_len + max_bs)  # general.py get_settings
         else:
             max_bs, max_tok = trtllm_bench_settings(
-                _heuristic_requests(model, dep, c.devices, w.prompt_len, w.output_len), w.prompt_len,
+                _heuristic_requests(model, dep, c.devices, w.prompt_len, w.output_len, frac), w.prompt_len,
                 w.output_len, c.pp)
+        max_bs = stated.get("max_batch_size") or max_bs
+        max_tok = stated.get("max_num_tokens") or max_tok
         token_seqs = int(max_tok * w.output_len // (w.prompt_len + w.output_len))
         bounds = {"max_batch_size": max_bs, "kv_cache": kv_seqs, "max_num_tokens": token_seqs}
+        conc = stated.get("concurrency")
+        share = None if conc is None else -(-int(conc) // attention_ranks(c))
+        if share is not None:
+            bounds["concurrency"] = share
         bound = min(bounds, key=bounds.__getitem__)
-        return EngineLimits(max_bs, max_tok, kv_seqs, bounds[bound], bound)
+        return EngineLimits(max_bs, max_tok, kv_seqs, bounds[bound], bound, share)
 
-    return cache.get(cache.key(model, dep, "trtllm_limits", w.prompt_len, w.output_len), make)
+    key = cache.key(model, dep, "trtllm_limits", w.prompt_len, w.output_len, tuple(sorted(stated.items())))
+    return cache.get(key, make)
