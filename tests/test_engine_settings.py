@@ -104,3 +104,14 @@ def test_a_case_under_another_scheduler_lists_them_as_ignored():
     assert p.status == "ok", p.reason
     ignored = dict(p.ignored_inputs)
     assert "TensorRT-LLM" in ignored["max_batch_size"] and "TensorRT-LLM" in ignored["concurrency"]
+
+
+def test_the_plan_line_says_which_limits_are_stated():
+    from moesim.planner.serving_policy import engine_summary
+
+    line = engine_summary(DEP8, _scenario({"max_batch_size": 896, "concurrency": 1001}), DSV3, PlanCache())
+    assert "max_batch_size 896 (stated)" in line and "(trtllm-bench's choice)" in line
+    assert "concurrency 1001 (126 per rank, stated)" in line and line.endswith("bound: concurrency")
+    other = engine_summary(DEP8, _scenario({"max_batch_size": 896}, stack="sglang"), DSV3, PlanCache())
+    assert other.startswith("engine settings not used: max_batch_size") and "batched_prefill" in other
+    assert engine_summary(DEP8, _scenario(stack="sglang"), DSV3, PlanCache()) is None

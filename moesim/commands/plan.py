@@ -184,7 +184,8 @@ def with_overlaps(data: dict, result) -> dict:
 
 
 def with_overlap_line(text: str, result) -> str:
-    """The text report with the co-located answer's overlap modes under its answer line."""
+    """The text report with the co-located answer's overlap modes (and, under TensorRT-LLM's
+    scheduler, its engine limits) under its answer line."""
     a = result.answer
     if a is None or result.scenario.kind != "serving":
         return text
@@ -193,12 +194,26 @@ def with_overlap_line(text: str, result) -> str:
         return text
     how = ("the faster of none / two_microbatch per phase" if result.scenario.search.overlap == "auto"
            else f"search.overlap = {result.scenario.search.overlap}")
-    line = f"  overlap: decode {modes['decode']}, prefill {modes['prefill']} ({how})"
+    extra = [f"  overlap: decode {modes['decode']}, prefill {modes['prefill']} ({how})"]
+    eng = _engine_line(result)
+    if eng:
+        extra.append(f"  {eng}")
     lines = text.split("\n")
     for i, ln in enumerate(lines):
         if ln.startswith(("co-located answer:", "answer:")):
-            return "\n".join(lines[:i + 1] + [line] + lines[i + 1:])
+            return "\n".join(lines[:i + 1] + extra + lines[i + 1:])
     return text
+
+
+def _engine_line(result) -> str | None:
+    """The co-located answer's TensorRT-LLM engine limits (moesim/planner/serving_policy.py
+    ``engine_summary``), None under any other scheduler."""
+    from moesim.planner.costs import PlanCache
+    from moesim.planner.scenario import scenario_model
+    from moesim.planner.serving_policy import engine_summary
+
+    sc = result.scenario
+    return engine_summary(result.answer.ranked.candidate, sc, scenario_model(sc), PlanCache())
 
 
 def add_csv_flag(p: argparse.ArgumentParser, what: str = "every ranked candidate") -> None:

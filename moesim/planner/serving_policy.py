@@ -64,7 +64,7 @@ from functools import lru_cache
 from statistics import NormalDist
 
 from moesim.planner.costs import PlanCache
-from moesim.planner.trtllm_engine import EngineLimits, trtllm_limits
+from moesim.planner.trtllm_engine import TRTLLM_KV_FREE_GPU_MEM_FRACTION, EngineLimits, trtllm_limits
 from moesim.planner.scenario import overlap_mode
 from moesim.step.cache import StepCache
 
@@ -214,6 +214,31 @@ def engine(scenario) -> str:
     from moesim.step.stacks import is_trtllm
 
     return "trtllm" if is_trtllm(getattr(scenario, "stack", "auto")) else "batched_prefill"
+
+
+def engine_summary(c, scenario, model, cache: PlanCache) -> str | None:
+    """One line of the engine limits candidate ``c`` runs under the scenario's TensorRT-LLM
+    scheduler: each setting with where it comes from (stated in the scenario's ``engine`` table,
+    or trtllm-bench's own choice), the KV cache's whole requests per rank and the bound that sets
+    the steady-state batch. Under any other scheduler: None, or the line saying that the stated
+    settings are not used."""
+    stated = scenario.engine.model_dump(exclude_none=True)
+    if engine(scenario) != "trtllm":
+        return (f"engine settings not used: {', '.join(sorted(stated))} are TensorRT-LLM's limits and this scenario "
+                f"runs the {engine(scenario)} scheduler") if stated else None
+    lim = trtllm_limits(c, scenario, model, cache)
+
+    def src(key: str) -> str:
+        return "stated" if key in stated else "trtllm-bench's choice"
+
+    parts = [f"max_batch_size {lim.max_batch_size} ({src('max_batch_size')})",
+             f"max_num_tokens {lim.max_num_tokens} ({src('max_num_tokens')})",
+             f"KV for {lim.kv_seqs} requests at kv_cache_free_gpu_mem_fraction "
+             f"{stated.get('kv_cache_free_gpu_mem_fraction', TRTLLM_KV_FREE_GPU_MEM_FRACTION):g} "
+             f"({src('kv_cache_free_gpu_mem_fraction')})"]
+    if lim.concurrency_seqs is not None:
+        parts.append(f"concurrency {stated['concurrency']} ({lim.concurrency_seqs} per rank, stated)")
+    return f"engine (TensorRT-LLM scheduler, per attention rank): {', '.join(parts)}; bound: {lim.bound}"
 
 
 def engine_rejection(c, scenario, model, cache: PlanCache) -> str | None:
