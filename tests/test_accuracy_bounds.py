@@ -33,7 +33,7 @@ BOUNDS = {
     "published-e2e-serving.json": {"serving": (0.111, 0.341, E, 5)},
     # end-to-end through the planner (maximum-load TensorRT-LLM runs, out of sample: the TensorRT-LLM
     # stacks are fitted on the v0.17 and v1.0-era tables of published-e2e-serving-2.json; docs/accuracy.md)
-    "published-e2e-serving-maxload.json": {"serving": (0.192, 0.742, E, 106)},
+    "published-e2e-serving-maxload.json": {"serving": (0.177, 0.742, E, 106)},
     # further evaluation sets (docs/evidence.md): Megatron-Bridge 26.02/25.11/25.09 and MaxText v5p
     # training; older TensorRT-LLM maximum-load tables end to end through the planner (in-sample: its
     # 20 v0.17 rows fit trtllm-engine, its 210 v1.0-era rows fit trtllm)
@@ -45,7 +45,7 @@ BOUNDS = {
     "published-e2e-serving-3.json": {"serving": (0.299, 3.461, E, 23)},
     # fourth evaluation set (docs/evidence.md 'Fourth set'): TensorRT-LLM's DeepSeek-R1 best-performance
     # guide, trtllm-bench runs with their stated engine limits on 8 x B200 and 8 x H200, never fitted
-    "published-e2e-serving-4.json": {"serving": (0.248, 0.545, E, 3)},
+    "published-e2e-serving-4.json": {"serving": (0.248, 0.546, E, 3)},
 }
 
 
