@@ -5,6 +5,8 @@ stated inputs the model does not honour (flagged so that ``moesim validate`` lis
 ``ignored_inputs``)."""
 from __future__ import annotations
 
+import re
+
 from moesim.errors import SpecError
 from moesim.specs import HardwareProfile
 from moesim.validate import flag_ignored
@@ -183,7 +185,8 @@ def case_stack(inputs: dict, hardware: str, phase: str) -> str:
     ``MEGATRON_GRAPH_RECIPE_HARDWARE`` are ``megatron-cudagraph``. An unknown or unstated
     framework is the ``auto`` stack (train -> megatron, prefill/decode -> sglang), recorded under
     ``assumptions``. vLLM and SGLang on an AMD profile (profile ``vendor``) are ``vllm-rocm`` and
-    ``sglang-rocm`` (``VENDOR_STACKS``)."""
+    ``sglang-rocm`` (``VENDOR_STACKS``); vLLM before 0.8 elsewhere is ``vllm-v0`` (its V0 engine:
+    ``_vllm_v0``)."""
     text = " ".join(str(inputs.get(k) or "") for k in ("framework", "software")).lower()
     graphs = inputs.get("cuda_graphs")
     stack = next((name for key, name in FRAMEWORK_STACKS if key in text), None)
@@ -200,7 +203,18 @@ def case_stack(inputs: dict, hardware: str, phase: str) -> str:
         return "eager"
     elif stack in VENDOR_STACKS and _vendor(hardware) in VENDOR_STACKS[stack]:
         return VENDOR_STACKS[stack][_vendor(hardware)]
+    elif stack == "vllm" and _vllm_v0(text):
+        return "vllm-v0"
     return stack
+
+
+def _vllm_v0(text: str) -> bool:
+    """Whether a framework text names a vLLM release before 0.8, whose default engine was V0 (the
+    V1 engine became the default in v0.8.0): ``vllm 0.7.4.dev181``, ``vLLM v0.6.3``."""
+    import re
+
+    m = re.search(r"vllm\s*v?(\d+)\.(\d+)", text)
+    return m is not None and (int(m.group(1)), int(m.group(2))) < (0, 8)
 
 
 # Engines whose builds for another vendor's devices run other kernels: (stack, profile vendor)

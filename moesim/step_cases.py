@@ -262,29 +262,38 @@ def case_scheduler(inputs: dict) -> str:
 
 def _max_load_batches(scenario, model) -> tuple[int, ...]:
     """Batches per device at which the scenario's engine runs under maximum load: every request is
-    queued at once, so each layout's scheduler holds its limit (``serving_policy.trtllm_limits``
-    ``max_seqs`` per attention rank; a rank spans tp devices). None for other schedulers."""
+    queued at once, so each layout's scheduler holds its limit. TensorRT-LLM: its limits
+    (``serving_policy.trtllm_limits`` ``max_seqs`` per attention rank; a rank spans tp devices).
+    Any other engine admits requests while its KV cache has room, so it runs at the most
+    sequences its share of device memory holds at the mean in-flight context
+    (``serving_policy.serving_memory`` ``max_batch``: vLLM's gpu_memory_utilization, SGLang's
+    mem_fraction_static) and its scheduler's cap allows (``serving_policy.max_load_batch``:
+    vLLM's max_num_seqs per attention rank); the power-of-two batch grid would round that down
+    by up to half."""
     from moesim.planner import serving_policy
     from moesim.planner.costs import PlanCache
     from moesim.planner.space import serving_space
 
-    if serving_policy.engine(scenario) != "trtllm":
-        return ()
+    trtllm = serving_policy.engine(scenario) == "trtllm"
     cache, out = PlanCache(), set()
     for c in {(c.tp, c.pp, c.ep, c.etp, c.attention_layout): c for c in serving_space(scenario, model).candidates}.values():
         try:
+            if not trtllm:
+                out.add(serving_policy.max_load_batch(c, scenario, model, cache))
+                continue
             per_rank = serving_policy.trtllm_limits(c, scenario, model, cache).max_seqs
         except MoesimError:
             continue
         if per_rank >= c.tp:
             out.add(per_rank // c.tp)
-    return tuple(sorted(out))
+    return tuple(sorted(b for b in out if b >= 1))
 
 
-# trtllm-bench options a run states that replace the engine's own choice (moesim/planner/
-# scenario.py EngineSettings; honoured under the trtllm scheduler)
+# engine options a run states that replace the engine's own choice (moesim/planner/scenario.py
+# EngineSettings): trtllm-bench's, honoured under the trtllm scheduler, and vLLM's --max-num-seqs,
+# honoured under batched_prefill (serving_policy.unused_engine_keys says which scheduler reads which)
 ENGINE_INPUTS: tuple[str, ...] = ("max_batch_size", "max_num_tokens", "kv_cache_free_gpu_mem_fraction", "concurrency",
-                                  "cuda_graph_batch_sizes")
+                                  "cuda_graph_batch_sizes", "max_num_seqs")
 
 
 def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices: int, tp: int,
@@ -297,13 +306,13 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     software stack and scheduler of the case's ``framework`` (``case_stack``,
     ``case_scheduler``), with two-micro-batch overlap only where the case states
     ``two_batch_overlap`` (TensorRT-LLM's perf-overview options enable none). A maximum-load run
-    under TensorRT-LLM also tries the batch its scheduler holds when every request is queued
+    also tries the batch its engine holds when every request is queued
     (``_max_load_batches``); with ``num_requests`` stated it is the replay of that finite
     dataset on each such candidate (``bench_requests``, ``_replayed``). The engine limits a run
     states (``ENGINE_INPUTS``: trtllm-bench's --max_batch_size, --max_num_tokens,
-    --kv_cache_free_gpu_mem_fraction, --concurrency and the llm options' CUDA-graph batch sizes)
-    become the scenario's ``engine`` settings,
-    honoured under the trtllm scheduler and flagged as ignored under any other. ``stacks``: the
+    --kv_cache_free_gpu_mem_fraction, --concurrency and the llm options' CUDA-graph batch sizes;
+    vLLM's --max-num-seqs) become the scenario's ``engine`` settings, each honoured by the
+    scheduler that reads it and flagged as ignored under the other. ``stacks``: the
     table to price the stack with (a fit's trial values, passed to the planner as the explicit
     ``SoftwareStack``); None: the shipped table, by name."""
     from moesim.planner import serving_policy
@@ -344,9 +353,9 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     if engine:
         data["engine"] = engine
     scenario = scenario_from_dict(data, source="end-to-end case")
-    if engine and serving_policy.engine(scenario) != "trtllm":
-        for key in engine:
-            flag_ignored(inputs, key, "only TensorRT-LLM's scheduler is given the engine's own limits")
+    for key in serving_policy.unused_engine_keys(scenario):
+        flag_ignored(inputs, key, f"{serving_policy.unused_engine_reason(key)} (this case runs the "
+                                  f"{serving_policy.engine(scenario)} scheduler)")
     extra = _max_load_batches(scenario, model) if inputs.get("max_load") else ()
     requests = bench_requests(inputs, scenario)
     if requests is not None:

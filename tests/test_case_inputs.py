@@ -122,14 +122,28 @@ def test_end_to_end_rows_go_through_the_planner():
     from moesim.planner.scenario import scenario_from_dict
     from moesim.step_cases import END_TO_END_BATCHES
 
-    sc = scenario_from_dict({"kind": "serving", "name": "t", "model": "qwen3-30b-a3b", "hardware": ["b200"],
-                             "max_devices": 1,
-                             "workload": {"prompt_len": 1000, "output_len": 1000, "target_output_tokens_per_s": 1.0,
-                                          "dtype": "fp4", "kv_dtype": "fp8"},
-                             "slo": {"percentile": 50, "tpot_s": 1e3, "ttft_s": 1e6},
-                             "search": {"devices_per_replica": [1], "batch_per_device": list(END_TO_END_BATCHES),
-                                        "tp": [1], "pp": [1], "attention_layouts": ["tp"], "overlap": "none"},
-                             "verify": {"top_n": 0}})  # no framework: stack and scheduler auto; overlap as stated
+    from moesim.catalog import load_model
+    from moesim.planner import serving_policy
+    from moesim.planner.costs import PlanCache
+    from moesim.planner.evaluation import Candidate
+
+    def scenario(batches):
+        return scenario_from_dict({"kind": "serving", "name": "t", "model": "qwen3-30b-a3b", "hardware": ["b200"],
+                                   "max_devices": 1,
+                                   "workload": {"prompt_len": 1000, "output_len": 1000,
+                                                "target_output_tokens_per_s": 1.0, "dtype": "fp4", "kv_dtype": "fp8"},
+                                   "slo": {"percentile": 50, "tpot_s": 1e3, "ttft_s": 1e6},
+                                   "search": {"devices_per_replica": [1], "batch_per_device": batches,
+                                              "tp": [1], "pp": [1], "attention_layouts": ["tp"], "overlap": "none"},
+                                   "verify": {"top_n": 0}})  # no framework: stack and scheduler auto; overlap as stated
+
+    # a maximum-load row also runs the batch the engine fills: its KV share (SGLang, one device:
+    # 0.88) at the mean context, in closed form; auto = sglang states no running-sequence cap
+    one = Candidate("b200", 1, tp=1, dp=1, ep=1, batch=1)
+    mem = serving_policy.serving_memory(one, scenario([1]), load_model("qwen3-30b-a3b"), PlanCache())
+    fill = int((0.88 * mem.capacity_bytes - mem.fixed_bytes) // mem.kv_bytes_per_seq)
+    assert mem.fraction == 0.88 and mem.max_batch() == fill
+    sc = scenario(sorted(set(END_TO_END_BATCHES) | {fill}))
     best = max(r.evaluation.tokens_per_s / r.evaluation.candidate.devices for r in plan(sc, executor="inline").ranked)
     assert value == best
     assert "ep" not in inputs.ignored()  # honoured: the MoE layout follows it (one device: ep = 1)

@@ -69,7 +69,8 @@ def test_serving_evaluation_matches_step_and_memory_models():
     pf, pf_none = (estimate(m, dep.with_(prefill_overlap=o), Prefill(1000, n / 8), check_memory=False).breakdown()
                    for o in ("two_microbatch", "none"))
     assert mixed >= min(pf.step_time_s, pf_none.step_time_s) * 0.5
-    assert_allclose(ev.memory_headroom_GiB * 2**30, fp.capacity_bytes - fp.total_bytes, rtol=1e-9)
+    # headroom within the engine's share of HBM: the auto stack serves as SGLang, 0.81 at 8 devices
+    assert_allclose(ev.memory_headroom_GiB * 2**30, 0.81 * fp.capacity_bytes - fp.total_bytes, rtol=1e-9)
 
 
 def test_does_not_fit_agrees_with_memory_model():
@@ -80,7 +81,11 @@ def test_does_not_fit_agrees_with_memory_model():
                           Parallelism(tp=1, dp=8, ep=8, attention_layout="dp"), mode="serve",
                           weight_dtype="fp8", kv_tokens=1200)
     assert ev.reason == "does_not_fit" and not fp.fits
-    assert ev.memory_headroom_GiB == pytest.approx(-fp.shortfall_GiB, rel=1e-9)
+    # short of the engine's share (SGLang's 0.81 at 8 devices): the memory model's shortfall of the
+    # whole device plus the 19% the engine leaves
+    gib = fp.capacity_bytes / 2**30
+    assert ev.memory_headroom_GiB == pytest.approx(-fp.shortfall_GiB - 0.19 * gib, rel=1e-9)
+    assert "0.81 share" in ev.detail
 
 
 def test_unknown_hardware_is_a_user_error():

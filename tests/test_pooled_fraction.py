@@ -85,14 +85,15 @@ def test_fit_stacks_returns_the_pool_and_its_own_rows_stay_out():
     # no row at all: every fraction keeps its prior, so the pool has no donor
     fits = fit_stacks([], {})
     assert fits["vllm.prefill.device_fraction"].value == 1.0 and not fits["vllm.prefill.device_fraction"].identified
-    # a vLLM (CUDA) row runs no fitted parameter: it is never a row of any fit, so it stays out of sample
+    # a vLLM (CUDA) row, V1 or V0 engine, runs no fitted parameter: it is never a row of any fit, so it
+    # stays out of sample
     from pathlib import Path
 
     from moesim.calibrate import case_stack_params
     from moesim.cases import load_cases
 
     rows = [c for c in load_cases(Path(__file__).resolve().parents[1] / "validation/data/published-e2e-serving-3.json").cases
-            if case_stack(dict(c.inputs), c.hardware, "decode") == "vllm"]
+            if case_stack(dict(c.inputs), c.hardware, "decode") in ("vllm", "vllm-v0")]
     assert len(rows) == 14 and all(case_stack_params(c, stack_table()) == () for c in rows)
 
 

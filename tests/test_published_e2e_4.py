@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moesim.cases import parse_cases
-from moesim.step_cases import ENGINE_INPUTS
+from moesim.planner.serving_policy import TRTLLM_ENGINE_KEYS
 
 DATA = Path(__file__).resolve().parents[1] / "validation" / "data"
 NAME = "published-e2e-serving-4.json"
@@ -33,7 +33,7 @@ def test_loads_as_an_evaluation_file_with_the_pinned_source():
         i = c["inputs"]
         assert i["phase"] == "end_to_end" and i["max_load"] is True and i["attention_layout"] == "dp", c["id"]
         assert i["devices"] == i["ep"] == 8 and i["tp"] == 1, c["id"]
-        assert all(i.get(k) is not None for k in ENGINE_INPUTS), c["id"]  # the command states every limit
+        assert all(i.get(k) is not None for k in TRTLLM_ENGINE_KEYS), c["id"]  # the command states every limit
         assert i["concurrency"] == 8 * i["max_batch_size"], c["id"]  # the guide's concurrency = ranks x batch
         assert i["max_num_tokens"] >= i["prompt_len"], c["id"]  # a whole prompt fits (no chunking)
         for key in i.get("assumed", ()):

@@ -25,12 +25,15 @@ SOURCE = "https://github.com/ROCm/vllm/blob/b309ea79418c6fc9058a6b2dec312375d3c7
 
 
 def test_every_serving_3_row_maps_to_its_stack():
-    # each engine on the AMD profile -> its -rocm stack (the early-2025 ROCm kernels); on NVIDIA -> itself
+    # each engine on the AMD profile -> its -rocm stack (the early-2025 ROCm kernels); on NVIDIA ->
+    # itself, but vLLM 0.7.4.dev (dstack's H200 rows) ran the V0 engine -> vllm-v0
     rows = load_cases(SERVING_3).cases
     assert len(rows) == 23
     for c in rows:
         engine = "vllm" if "-vllm-" in c.id else "sglang"
         want = f"{engine}-rocm" if c.hardware == "mi300x" else engine
+        if want == "vllm" and "0.7.4" in c.inputs["framework"]:
+            want = "vllm-v0"
         assert case_stack(dict(c.inputs), c.hardware, "decode") == want, c.id
     assert sum(case_stack(dict(c.inputs), c.hardware, "decode") == "vllm-rocm" for c in rows) == 3
     assert sum(case_stack(dict(c.inputs), c.hardware, "decode") == "sglang-rocm" for c in rows) == 3
@@ -39,6 +42,8 @@ def test_every_serving_3_row_maps_to_its_stack():
 @pytest.mark.parametrize("framework, hardware, want", [
     ("vLLM 0.7.3", "mi300x", "vllm-rocm"), ("vLLM 0.7.3", "mi325x", "vllm-rocm"),
     ("vLLM v0.11.0", "h200-sxm", "vllm"), ("vLLM", "not-a-profile", "vllm"),
+    ("vLLM 0.7.4.dev181+gf35f8e22", "h200-sxm", "vllm-v0"), ("vLLM v0.6.3", "a100-sxm-80gb", "vllm-v0"),
+    ("vLLM 0.8.0", "h100-sxm", "vllm"), ("vLLM 1.0", "h100-sxm", "vllm"),
     ("SGLang 0.4.2", "mi300x", "sglang-rocm"), ("SGLang 0.4.3", "h200-sxm", "sglang"),
     ("TensorRT-LLM", "mi300x", "trtllm"),
 ])

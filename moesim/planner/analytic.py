@@ -4,7 +4,8 @@ Nothing here re-derives a time or a byte count; it composes the models' outputs:
 - memory: ``memory_footprint(kv_tokens=0)`` gives the weights and the KV bytes per token of the
   most loaded device; a batch of ``b`` sequences per device at context ``C`` adds
   ``b x tp x pp x C`` KV tokens (the footprint is linear in ``kv_tokens``), and fits when the total
-  is within HBM (the memory model's own rule);
+  is within the engine's share of HBM (``serving_policy.serving_memory``: the stack's
+  ``memory_fraction``, e.g. vLLM 0.9, SGLang 0.81 at 8 devices; the whole device when it states none);
 - decode: the step model (``moesim.step.estimate``) at context ``C = prompt_len + output_len / 2``
   (the mean KV length over a request's decode), all batches of one deployment in one call (the
   layer model once per layer kind and batch, the schedule on arrays), through the evaluator's
@@ -119,18 +120,13 @@ class AnalyticEvaluator:
 
     # ---- serving ----------------------------------------------------------------------------
     def _serving_group(self, cands: list[Candidate], scenario, model, trained_k) -> list[Evaluation]:
-        from moesim.compute.memory import memory_footprint
-
         cache = self.cache
         hw = load_profile(cands[0].hardware)
         w = scenario.workload
         dep = cache.deployment(cands[0], scenario, model)
-        base = cache.get(cache.key(model, dep, "memory", "serve"),
-                         lambda: memory_footprint(model, hw, dep.parallelism, mode="serve", weight_dtype=dep.dtype,
-                                                  kv_dtype=dep.kv_dtype, kv_tokens=0))
+        mem = serving_policy.serving_memory(cands[0], scenario, model, cache)  # the engine's share of HBM
         context = inflight_context_tokens(w)  # P + L // 2 for fixed lengths
-        kv_seq = dep.tp * dep.pp * context * base.kv_bytes_per_token
-        fitting = [c for c in cands if base.total_bytes + c.batch * kv_seq <= base.capacity_bytes]
+        fitting = [c for c in cands if mem.fits(c.batch)]
         # decode step per batch under its overlap (serving_policy.decode_steps: the faster mode with auto)
         chosen = serving_policy.decode_steps(fitting, scenario, model, cache) if fitting else {}
         steps = {b: bd for b, (_mode, bd) in chosen.items()}
@@ -143,12 +139,10 @@ class AnalyticEvaluator:
             pass
         results = []
         for c in cands:
-            total = base.total_bytes + c.batch * kv_seq
-            headroom = (base.capacity_bytes - total) / units.GiB
+            headroom = (mem.budget_bytes - mem.used_bytes(c.batch)) / units.GiB
             ev = Evaluation(candidate=c, memory_headroom_GiB=headroom)
-            if total > base.capacity_bytes:
-                results.append(ev.rejected("does_not_fit", f"short of memory by {-headroom:.1f} GiB per device "
-                                           f"(weights {base.weight_bytes / units.GiB:.1f} GiB + KV of batch {c.batch})"))
+            if not mem.fits(c.batch):
+                results.append(ev.rejected("does_not_fit", mem.shortfall_reason(c.batch)))
                 continue
             bd = steps[c.batch]
             routed = dict(step_time_s=bd.step_time_s, **_routing_fields(bd, quality[c.batch]))
@@ -171,7 +165,7 @@ class AnalyticEvaluator:
             results.append(Evaluation(
                 candidate=c, tokens_per_s=est.output_tokens_per_s,
                 tpot_s=est.tpot_s, ttft_s=est.ttft_s, memory_headroom_GiB=headroom,
-                bottleneck=bottleneck_name(bd, hw, c, headroom * units.GiB / base.capacity_bytes),
+                bottleneck=bottleneck_name(bd, hw, c, headroom * units.GiB / mem.capacity_bytes),
                 **routed, decode_steps_per_prefill=est.steps,
                 detail=serving_policy.overlap_detail(mode, serving_policy.prefill_overlap(c, scenario, model, cache)),
             ))

@@ -19,7 +19,9 @@ Written against these engine versions (flag names checked in their sources, not 
   ``--kv-transfer-config`` with the ``NixlConnector``).
 Values come from the plan (layout, budgets, sequence limits, prefill batching K, speculative
 depth, two-batch overlap where the plan's decode step (prefill pools: prefill pass) runs two
-micro-batches, memory fraction 0.9 = the KV capacity the plan assumed); hosts are assumed to carry
+micro-batches, memory fraction = the engine share of device memory the plan sized the KV cache
+with: the scenario stack's, by engine size, ``moesim/step/stacks.py`` ``serving_memory_fraction``,
+0.9 where the stack states none); hosts are assumed to carry
 min(scale-up domain, 8) GPUs (``nnodes``). ``$MODEL_PATH``, ``$HEAD`` and ``$PREFILL``/``$DECODE``
 addresses are left for the user. GPU answers only: a TPU answer is refused (one line).
 """
@@ -32,7 +34,6 @@ from dataclasses import dataclass
 from moesim.errors import MoesimError
 
 ENGINES = {"sglang": "SGLang 0.5", "vllm": "vLLM 0.12"}
-MEMORY_FRACTION = 0.9  # the KV capacity the plan sized (moesim/des/serving/deployment.py)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,16 @@ def _hosts(role: Role) -> tuple[int, int]:
     return math.ceil(role.devices / per), per
 
 
+def memory_fraction(role: Role, scenario) -> float:
+    """The share of device memory the plan sized this role's KV cache with (moesim/des/serving/
+    deployment.py ``kv_capacity_tokens``): the scenario stack's engine share over the role's
+    devices, ``DEFAULT_MEMORY_FRACTION`` where the stack states none."""
+    from moesim.des.serving.deployment import DEFAULT_MEMORY_FRACTION
+    from moesim.step.stacks import serving_memory_fraction
+
+    return serving_memory_fraction(getattr(scenario, "stack", "auto"), role.devices) or DEFAULT_MEMORY_FRACTION
+
+
 def sglang(role: Role, scenario) -> str:
     nodes, _ = _hosts(role)
     a = ["python -m sglang.launch_server --model-path $MODEL_PATH --trust-remote-code", f"--tp-size {role.devices}"]
@@ -106,7 +117,7 @@ def sglang(role: Role, scenario) -> str:
         if role.redundant_experts:
             a.append(f"--ep-num-redundant-experts {role.redundant_experts}")
     a += [f"--chunked-prefill-size {role.token_budget_per_rank * role.dp}",
-          f"--max-running-requests {role.max_seqs_per_rank * role.dp}", f"--mem-fraction-static {MEMORY_FRACTION}"]
+          f"--max-running-requests {role.max_seqs_per_rank * role.dp}", f"--mem-fraction-static {memory_fraction(role, scenario):g}"]
     if role.decode_steps_per_prefill > 1:
         a.append(f"--num-continuous-decode-steps {role.decode_steps_per_prefill}")
     if role.two_batch_overlap and role.ep > 1 and _nvidia(role):
@@ -138,7 +149,7 @@ def vllm(role: Role, scenario) -> str:
         if role.redundant_experts:
             a += ["--enable-eplb", "--eplb-config '" + json.dumps({"num_redundant_experts": role.redundant_experts}) + "'"]
     a += [f"--max-num-batched-tokens {role.token_budget_per_rank}", f"--max-num-seqs {role.max_seqs_per_rank}",
-          f"--gpu-memory-utilization {MEMORY_FRACTION}"]
+          f"--gpu-memory-utilization {memory_fraction(role, scenario):g}"]
     if scenario.workload.kv_dtype == "fp8":
         a.append("--kv-cache-dtype fp8")
     spec = scenario.features.speculative

@@ -214,12 +214,13 @@ class _ScenarioBase(Spec):
 
 
 class EngineSettings(Spec):
-    """The serving engine's own limits as the run sets them (honoured under the ``trtllm``
-    scheduler: trtllm-bench's options of the same names, moesim/planner/trtllm_engine.py); None
-    keeps what the engine chooses itself (trtllm-bench's heuristic, its 0.95 KV fraction, no
-    concurrency cap). Per attention-DP rank, as TensorRT-LLM reads them ("--max_batch_size: Max
-    batch size in each rank"), except ``concurrency``, the requests the benchmark client keeps in
-    flight over the whole replica."""
+    """The serving engine's own limits as the run sets them; None keeps what the engine chooses
+    itself. Under the ``trtllm`` scheduler: trtllm-bench's options of the same names
+    (moesim/planner/trtllm_engine.py; its heuristic, its 0.95 KV fraction, no concurrency cap
+    otherwise), per attention-DP rank as TensorRT-LLM reads them ("--max_batch_size: Max batch
+    size in each rank"), except ``concurrency``, the requests the benchmark client keeps in flight
+    over the whole replica. Under ``batched_prefill`` (vLLM, SGLang): ``max_num_seqs``, the
+    sequences one rank's scheduler runs (the stack's ``max_running_seqs`` when not stated)."""
 
     max_batch_size: int | None = Field(None, ge=1, description="sequences one rank's scheduler holds")
     max_num_tokens: int | None = Field(None, ge=1, description="tokens one rank's iteration carries (a whole "
@@ -230,6 +231,9 @@ class EngineSettings(Spec):
     cuda_graph_batch_sizes: tuple[int, ...] | None = Field(
         None, min_length=1, description="per-rank batches captured in CUDA graphs, generation iterations padded to "
                                         "the next one (cuda_graph_config batch_sizes); None: the perf-overview's list")
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="vLLM --max-num-seqs / SGLang --max-running-requests: sequences one rank's scheduler "
+                                "runs (honoured under the batched_prefill scheduler); None: the stack's default")
 
     @field_validator("cuda_graph_batch_sizes")
     @classmethod

@@ -56,7 +56,6 @@ from moesim import units
 from moesim.catalog import load_profile
 from moesim.planner import serving_policy
 from moesim.planner.evaluation import Candidate, Evaluation
-from moesim.specs.serving_features import inflight_context_tokens
 
 NODES = 3  # decode nodes per layout when a layout is re-screened (plan.SCREEN_NODES for the first pass)
 MARGIN = 0.03  # 2 x the measured largest shortfall of the node bound (module docstring; benchmark)
@@ -133,14 +132,11 @@ def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nod
            cache=None) -> list[Screened]:
     """Screen serving ``candidates`` (module docstring) with ``nodes`` decode nodes per layout
     (default ``NODES``); results in candidate order. ``cache``: the evaluator's ``PlanCache``."""
-    from moesim.compute.memory import memory_footprint
     from dataclasses import replace
 
     from moesim.planner.costs import PlanCache
 
     cache = PlanCache() if cache is None else cache
-    w = scenario.workload
-    context = inflight_context_tokens(w)  # P + L // 2 for fixed lengths
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(candidates):
         groups.setdefault(_layout_key(c), []).append(i)
@@ -149,11 +145,8 @@ def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nod
         c0 = candidates[idx[0]]
         hw = load_profile(c0.hardware)
         dep = cache.deployment(c0, scenario, model)
-        base = cache.get(cache.key(model, dep, "memory", "serve"), lambda: memory_footprint(
-            model, hw, dep.parallelism, mode="serve", weight_dtype=w.dtype, kv_dtype=w.kv_dtype, kv_tokens=0))
-        kv_seq = c0.tp * c0.pp * context * base.kv_bytes_per_token
-        fitting = sorted({candidates[i].batch for i in idx
-                          if base.total_bytes + candidates[i].batch * kv_seq <= base.capacity_bytes})
+        mem = serving_policy.serving_memory(c0, scenario, model, cache)  # the engine's share, as the evaluator
+        fitting = sorted({candidates[i].batch for i in idx if mem.fits(candidates[i].batch)})
         picked = decode_nodes(fitting, nodes)
         if (hw.name, c0.pp, dep.stack) not in hosts:
             hosts[hw.name, c0.pp, dep.stack] = _host_s(model, hw, c0.pp, dep.stack)
@@ -161,9 +154,9 @@ def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nod
         if picked:  # the exact path's decode steps (serving_policy.decode_steps: each batch's overlap)
             chosen = serving_policy.decode_steps([replace(c0, batch=b) for b in picked], scenario, model, cache)
             t_nodes = np.array([chosen[b][1].step_time_s for b in picked])
-        layouts.append((idx, base, kv_seq, picked, hosts[hw.name, c0.pp, dep.stack], t_nodes))
+        layouts.append((idx, mem, picked, hosts[hw.name, c0.pp, dep.stack], t_nodes))
     out: list[Screened | None] = [None] * len(candidates)
-    for idx, base, kv_seq, picked, host, t_nodes in layouts:
+    for idx, mem, picked, host, t_nodes in layouts:
         per_batch = {}  # decode estimate and bounds of each fitting batch (all at once)
         if picked:
             b_B = sorted({candidates[i].batch for i in idx})
@@ -175,7 +168,7 @@ def screen(candidates, scenario, model, facts: dict, margin: float = MARGIN, nod
             c = candidates[i]
             hit = by_batch.get(c.batch)
             if hit is None:
-                hit = by_batch[c.batch] = _judge(c, scenario, facts, base, kv_seq, per_batch.get(c.batch), host)
+                hit = by_batch[c.batch] = _judge(c, scenario, facts, mem, per_batch.get(c.batch), host)
             out[i] = hit if hit.candidate is c else Screened(c, *_rest(hit))
     return out
 
@@ -212,14 +205,12 @@ def _latency_bounds(c: Candidate, scenario, t_lb: float, host: float) -> tuple[f
     return tpot, q * (t_mix + (k - 1) * t_lb) + t_mix
 
 
-def _judge(c: Candidate, scenario, facts, base, kv_seq, decode, host: float) -> Screened:
-    """One candidate's verdict; ``decode``: (interpolated t_d, t_lb, rate_ub) of its batch."""
-    total = base.total_bytes + c.batch * kv_seq
-    headroom = (base.capacity_bytes - total) / units.GiB
-    if total > base.capacity_bytes:
-        return Screened(c, False, headroom, None, math.inf, "does_not_fit",
-                        f"short of memory by {-headroom:.1f} GiB per device "
-                        f"(weights {base.weight_bytes / units.GiB:.1f} GiB + KV of batch {c.batch})")
+def _judge(c: Candidate, scenario, facts, mem, decode, host: float) -> Screened:
+    """One candidate's verdict; ``mem``: its layout's ``serving_policy.ServingMemory``; ``decode``:
+    (interpolated t_d, t_lb, rate_ub) of its batch."""
+    headroom = (mem.budget_bytes - mem.used_bytes(c.batch)) / units.GiB
+    if not mem.fits(c.batch):
+        return Screened(c, False, headroom, None, math.inf, "does_not_fit", mem.shortfall_reason(c.batch))
     t_d, t_lb, rate_ub = (float(x) for x in decode)
     tpot_lb, ttft_lb = _latency_bounds(c, scenario, t_lb, host)
     slo, lat = scenario.slo, dict(tpot_lb_s=tpot_lb, ttft_lb_s=ttft_lb)

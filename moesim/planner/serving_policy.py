@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from statistics import NormalDist
 
+from moesim import units
 from moesim.planner.costs import PlanCache
 from moesim.planner.trtllm_engine import TRTLLM_KV_FREE_GPU_MEM_FRACTION, EngineLimits, trtllm_limits
 from moesim.planner.scenario import overlap_mode
@@ -216,6 +217,51 @@ def engine(scenario) -> str:
     return "trtllm" if is_trtllm(getattr(scenario, "stack", "auto")) else "batched_prefill"
 
 
+# the engine-table keys each co-located scheduler reads (moesim/planner/scenario.py EngineSettings)
+TRTLLM_ENGINE_KEYS: tuple[str, ...] = ("max_batch_size", "max_num_tokens", "kv_cache_free_gpu_mem_fraction",
+                                       "concurrency", "cuda_graph_batch_sizes")
+BATCHED_ENGINE_KEYS: tuple[str, ...] = ("max_num_seqs",)
+
+
+def unused_engine_keys(scenario) -> tuple[str, ...]:
+    """The stated engine settings the scenario's scheduler does not read."""
+    stated = scenario.engine.model_dump(exclude_none=True)
+    reads = TRTLLM_ENGINE_KEYS if engine(scenario) == "trtllm" else BATCHED_ENGINE_KEYS
+    return tuple(sorted(k for k in stated if k not in reads))
+
+
+def unused_engine_reason(key: str) -> str:
+    """Why a stated engine setting ``key`` is not read: whose limit it is and which scheduler reads it."""
+    if key in TRTLLM_ENGINE_KEYS:
+        return "a TensorRT-LLM limit, read by the trtllm scheduler only"
+    return "a vLLM/SGLang limit, read by the batched_prefill scheduler only"
+
+
+def running_seqs_cap(c, scenario) -> int | None:
+    """Sequences one attention rank's scheduler runs under ``batched_prefill``: the stated
+    ``engine.max_num_seqs``, else the stack's default ``max_running_seqs`` (vLLM's max_num_seqs;
+    None: only the KV cache bounds it)."""
+    from moesim.step.stacks import stack_table
+
+    stated = scenario.engine.max_num_seqs
+    if stated is not None:
+        return int(stated)
+    stack = getattr(scenario, "stack", "auto")
+    s = stack if not isinstance(stack, str) else stack_table().explicit(stack, "decode")
+    return s.max_running_seqs
+
+
+def max_load_batch(c, scenario, model, cache: PlanCache) -> int:
+    """Sequences per device a ``batched_prefill`` engine (vLLM, SGLang) runs under maximum load:
+    every request is queued at once and the engine admits them while its KV cache has room
+    (``serving_memory`` ``max_batch``: its memory share at the mean in-flight context) and its
+    scheduler's cap allows (``running_seqs_cap`` per attention rank, which spans tp devices of
+    one batch). 0 when nothing fits."""
+    fill = serving_memory(c, scenario, model, cache).max_batch()
+    cap = running_seqs_cap(c, scenario)
+    return fill if cap is None else min(fill, cap // c.tp)
+
+
 def engine_summary(c, scenario, model, cache: PlanCache) -> str | None:
     """One line of the engine limits candidate ``c`` runs under the scenario's TensorRT-LLM
     scheduler: each setting with where it comes from (stated in the scenario's ``engine`` table,
@@ -223,9 +269,15 @@ def engine_summary(c, scenario, model, cache: PlanCache) -> str | None:
     the steady-state batch. Under any other scheduler: None, or the line saying that the stated
     settings are not used."""
     stated = scenario.engine.model_dump(exclude_none=True)
+    unused = unused_engine_keys(scenario)
+    note = (f"; not used: {', '.join(unused)} (the {engine(scenario)} scheduler does not read "
+            f"{'it' if len(unused) == 1 else 'them'}: {'; '.join(f'{k} is {unused_engine_reason(k)}' for k in unused)})"
+            if unused else "")
     if engine(scenario) != "trtllm":
-        return (f"engine settings not used: {', '.join(sorted(stated))} are TensorRT-LLM's limits and this scenario "
-                f"runs the {engine(scenario)} scheduler") if stated else None
+        cap = running_seqs_cap(c, scenario)
+        if "max_num_seqs" in stated:
+            return f"engine ({engine(scenario)} scheduler, per attention rank): max_num_seqs {cap} (stated){note}"
+        return f"engine settings{note[1:]}" if unused else None
     lim = trtllm_limits(c, scenario, model, cache)
 
     def src(key: str) -> str:
@@ -238,16 +290,19 @@ def engine_summary(c, scenario, model, cache: PlanCache) -> str | None:
              f"({src('kv_cache_free_gpu_mem_fraction')})"]
     if lim.concurrency_seqs is not None:
         parts.append(f"concurrency {stated['concurrency']} ({lim.concurrency_seqs} per rank, stated)")
-    return f"engine (TensorRT-LLM scheduler, per attention rank): {', '.join(parts)}; bound: {lim.bound}"
+    return f"engine (TensorRT-LLM scheduler, per attention rank): {', '.join(parts)}; bound: {lim.bound}{note}"
 
 
 def engine_rejection(c, scenario, model, cache: PlanCache) -> str | None:
     """Why the engine cannot hold candidate ``c``'s planned sequences per rank (None when it can,
     or when the scheduler sets no such limit)."""
-    if engine(scenario) != "trtllm":
-        return None
-    lim = trtllm_limits(c, scenario, model, cache)
     per_rank = planned_seqs(c) // attention_ranks(c)
+    if engine(scenario) != "trtllm":
+        cap = scenario.engine.max_num_seqs  # stated only: a plan sets its own (moesim/planner/launch.py)
+        if cap is None or per_rank <= cap:
+            return None
+        return f"{per_rank} sequences per rank > the stated max_num_seqs {cap}"
+    lim = trtllm_limits(c, scenario, model, cache)
     if per_rank <= lim.max_seqs:
         return None
     return (f"{per_rank} sequences per rank > {lim.max_seqs} that TensorRT-LLM sustains (bound: {lim.bound}; "
@@ -295,6 +350,62 @@ class _Nodes:
         return self.prefill_memo[tokens]
 
 
+@dataclass(frozen=True)
+class ServingMemory:
+    """Per-device memory of a co-located candidate's layout: ``fixed_bytes`` (weights and the
+    memory model's serve-mode activations), ``kv_bytes_per_seq`` (one sequence's KV at the mean
+    in-flight context C = P + L / 2, times the tp x pp devices that each hold a share of it), and
+    ``budget_bytes``: what the engine may fill, its ``fraction`` of the device's memory (None:
+    the whole device, for stacks that state none; TensorRT-LLM sizes its cache itself,
+    moesim/planner/trtllm_engine.py)."""
+
+    fixed_bytes: float
+    weight_bytes: float
+    kv_bytes_per_seq: float
+    budget_bytes: float
+    capacity_bytes: float
+    fraction: float | None
+
+    def used_bytes(self, batch: int) -> float:
+        return self.fixed_bytes + batch * self.kv_bytes_per_seq
+
+    def fits(self, batch: int) -> bool:
+        return self.used_bytes(batch) <= self.budget_bytes
+
+    def shortfall_reason(self, batch: int) -> str:
+        """Why ``batch`` sequences per device do not fit (the rejection's detail)."""
+        short = (self.used_bytes(batch) - self.budget_bytes) / units.GiB
+        share = "" if self.fraction is None else f" of the engine's {self.fraction:g} share of device memory"
+        return (f"short of memory by {short:.1f} GiB per device{share} "
+                f"(weights {self.weight_bytes / units.GiB:.1f} GiB + KV of batch {batch})")
+
+    def max_batch(self) -> int:
+        """The most sequences per device the budget holds at the mean context (0: none)."""
+        if self.kv_bytes_per_seq <= 0:
+            return 0
+        return max(0, int((self.budget_bytes - self.fixed_bytes) // self.kv_bytes_per_seq))
+
+
+def serving_memory(c, scenario, model, cache: PlanCache) -> ServingMemory:
+    """``ServingMemory`` of ``c``'s layout (the batch is not read), memoized per deployment
+    content: the memory model's serve-mode footprint at no KV and its KV bytes per token; the
+    budget is the engine's memory fraction of the device (``stacks.serving_memory_fraction`` of
+    the deployment's stack over the replica's devices), the whole device when it states none."""
+    from moesim.compute.memory import memory_footprint
+    from moesim.specs.serving_features import inflight_context_tokens
+    from moesim.step.stacks import serving_memory_fraction
+
+    dep = cache.deployment(c, scenario, model)
+    base = cache.get(cache.key(model, dep, "memory", "serve"),
+                     lambda: memory_footprint(model, dep.hardware, dep.parallelism, mode="serve",
+                                              weight_dtype=dep.dtype, kv_dtype=dep.kv_dtype, kv_tokens=0))
+    frac = serving_memory_fraction(dep.stack, c.devices)
+    kv_seq = dep.tp * dep.pp * inflight_context_tokens(scenario.workload) * base.kv_bytes_per_token
+    budget = base.capacity_bytes * (1.0 if frac is None else frac)
+    return ServingMemory(fixed_bytes=base.total_bytes, weight_bytes=base.weight_bytes, kv_bytes_per_seq=kv_seq, budget_bytes=budget,
+                         capacity_bytes=base.capacity_bytes, fraction=frac)
+
+
 def _replica(c, scenario, model, cache: PlanCache):
     """(GridCost, _Nodes) of the replica of ``c``: ``from_deployment``'s KV capacity and iteration
     definitions, keyed by the deployment's content, the scenario's overlap search, the decode
@@ -311,7 +422,7 @@ def _replica(c, scenario, model, cache: PlanCache):
     def make():
         from moesim.planner.pool_cost import featured  # prefix-cache hits, speculative decoding
 
-        cap = kv_capacity_tokens(model, dep)
+        cap = kv_capacity_tokens(model, dep)  # at the stack's memory share (0.9 when it states none)
         full = dep.with_(overlap=decode, prefill_overlap=prefill_overlap(c, scenario, model, cache))
         nodes = _Nodes(model, full, c.devices, w.prompt_len, cache.step)
         prefill_fn, decode_fn = featured(nodes.prefill_fn, nodes.decode_fn, scenario, model)

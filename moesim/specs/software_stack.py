@@ -56,9 +56,9 @@ from moesim.specs.common import Spec
 Capture = Literal["none", "pre", "all"]
 Loop = Literal["overlapped", "synchronous"]
 StackName = Literal["auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang", "sglang-rocm",
-                    "vllm", "vllm-rocm", "trtllm", "trtllm-engine", "maxtext"]
+                    "vllm", "vllm-rocm", "vllm-v0", "trtllm", "trtllm-engine", "maxtext"]
 STACK_NAMES: tuple[str, ...] = ("auto", "eager", "cuda_graphs", "xla", "megatron", "megatron-cudagraph", "sglang",
-                                "sglang-rocm", "vllm", "vllm-rocm", "trtllm", "trtllm-engine", "maxtext")
+                                "sglang-rocm", "vllm", "vllm-rocm", "vllm-v0", "trtllm", "trtllm-engine", "maxtext")
 # the stacks that run TensorRT-LLM (its scheduler and trtllm-bench limits: moesim/planner/serving_policy.py)
 TRTLLM_STACKS: tuple[str, ...] = ("trtllm", "trtllm-engine")
 STACK_PHASES: tuple[str, ...] = ("train", "prefill", "decode")
@@ -150,6 +150,34 @@ class SoftwareStack(Spec):
     decode: PhaseHost
     description: str = ""
     fitted: str = Field("", description="how the fitted numbers were obtained (date, rows); empty: priors only")
+    memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="serving engines: the share of each device's memory the engine takes for "
+                                      "weights and KV cache (vLLM gpu_memory_utilization); None: not stated")
+    memory_fraction_tiers: tuple[tuple[int, float], ...] = Field(
+        (), description="serving engines whose share depends on the engine's size: (at least this many devices, "
+                        "share) pairs, the largest that applies wins (SGLang mem_fraction_static by tp_size)")
+    max_running_seqs: int | None = Field(
+        None, gt=0, description="serving engines: the most sequences one scheduler runs at once by default (vLLM "
+                                "max_num_seqs), one scheduler per attention data-parallel rank; None: bounded by "
+                                "the KV cache only")
+    engine_source: str = Field("", description="where memory_fraction / memory_fraction_tiers / max_running_seqs "
+                                               "come from")
+
+    @model_validator(mode="after")
+    def _check_tiers(self):
+        for n, share in self.memory_fraction_tiers:
+            if n < 1 or not 0 < share <= 1:
+                raise SpecError(f"{self.name}.memory_fraction_tiers", [n, share],
+                                "pairs of (devices >= 1, share in (0, 1])")
+        return self
+
+    def serving_memory_fraction(self, devices: int) -> float | None:
+        """The share of device memory this engine takes for weights + KV cache on a replica of
+        ``devices`` devices (tiers first, then ``memory_fraction``); None when the stack states none."""
+        tiers = [share for n, share in sorted(self.memory_fraction_tiers) if devices >= n]
+        if tiers:
+            return float(tiers[-1])
+        return self.memory_fraction
 
     def phase(self, phase: str) -> PhaseHost:
         """The ``PhaseHost`` of ``phase`` (train / prefill / decode)."""

@@ -227,6 +227,15 @@ def device_fraction(stack: str | SoftwareStack, phase: str) -> float:
     return float(resolve(stack, phase).device_fraction)
 
 
+def serving_memory_fraction(stack: str | SoftwareStack, devices: int) -> float | None:
+    """The share of each device's memory a serving engine of ``stack`` takes for weights and KV
+    cache on a replica of ``devices`` devices (``SoftwareStack.serving_memory_fraction``: vLLM's
+    gpu_memory_utilization, SGLang's mem_fraction_static by engine size); None when the stack
+    states none (``auto`` resolves as its decode phase: sglang)."""
+    s = stack if isinstance(stack, SoftwareStack) else stack_table().explicit(stack, "decode")
+    return s.serving_memory_fraction(devices)
+
+
 def is_trtllm(stack: str | SoftwareStack | None) -> bool:
     """Whether ``stack`` (a name or an explicit ``SoftwareStack``) runs TensorRT-LLM: either of
     ``TRTLLM_STACKS`` (the PyTorch backend ``trtllm`` or the TensorRT engines ``trtllm-engine``),

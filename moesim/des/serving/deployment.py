@@ -10,8 +10,10 @@ the KV cache with the memory model (``moesim.compute.memory``):
   deployment's prefill overlap);
 - KV capacity (tokens) = ``kv_tokens_fit`` of one device (HBM x ``memory_fraction`` minus the
   weights of the most loaded stage, over KV bytes per token) x the attention groups holding
-  distinct sequences (devices / (tp x pp)); ``memory_fraction`` 0.9 is vLLM's default
-  ``gpu_memory_utilization`` (the rest: activations, CUDA graphs, fragmentation);
+  distinct sequences (devices / (tp x pp)); ``memory_fraction`` is the engine's share (the
+  deployment stack's: vLLM's default ``gpu_memory_utilization`` 0.9, SGLang's
+  ``mem_fraction_static`` by engine size, moesim/data/stacks.toml; 0.9 where the stack states
+  none); the rest holds activations, CUDA graphs and fragmentation;
 - KV bytes per token for the transfer: all layers at ``kv_dtype`` (``kv_bytes_per_token`` with
   tp = 1: the whole cache of a sequence).
 
@@ -34,8 +36,20 @@ from moesim.errors import InfeasibleError, SpecError
 from moesim.specs import Deployment, ModelSpec, Parallelism
 
 
-def kv_capacity_tokens(model: ModelSpec, deployment: Deployment, *, memory_fraction: float = 0.9) -> int:
-    """Tokens of KV cache a replica holds; InfeasibleError when the weights leave no room."""
+# the share of device memory a replica's engine takes when its stack states none (vLLM's
+# gpu_memory_utilization default)
+DEFAULT_MEMORY_FRACTION = 0.9
+
+
+def kv_capacity_tokens(model: ModelSpec, deployment: Deployment, *, memory_fraction: float | None = None) -> int:
+    """Tokens of KV cache a replica holds; InfeasibleError when the weights leave no room.
+    ``memory_fraction`` None: the deployment's stack's engine share over its devices
+    (moesim/step/stacks.py ``serving_memory_fraction``: vLLM 0.9, SGLang by engine size), else
+    ``DEFAULT_MEMORY_FRACTION``."""
+    if memory_fraction is None:
+        from moesim.step.stacks import serving_memory_fraction
+
+        memory_fraction = serving_memory_fraction(deployment.stack, deployment.devices) or DEFAULT_MEMORY_FRACTION
     if not 0 < memory_fraction <= 1:
         raise SpecError("memory_fraction", memory_fraction, "must be in (0, 1]")
     hw, par = deployment.hardware, deployment.parallelism
@@ -57,7 +71,7 @@ def _layout(par: Parallelism) -> str:
 
 
 def from_deployment(model: ModelSpec, deployment: Deployment, *, skew: str = "uniform", prompt_len_hint: int = 2048,
-                    memory_fraction: float = 0.9, points_per_octave: int = 1, cache=None) -> GridCost:
+                    memory_fraction: float | None = None, points_per_octave: int = 1, cache=None) -> GridCost:
     """A ``GridCost`` for one replica of ``model`` run as ``deployment`` (module docstring).
 
     ``deployment.prefill_overlap`` (default: its ``overlap``) is the schedule of prefill and
