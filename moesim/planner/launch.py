@@ -100,11 +100,10 @@ def _hosts(role: Role) -> tuple[int, int]:
 def memory_fraction(role: Role, scenario) -> float:
     """The share of device memory the plan sized this role's KV cache with (moesim/des/serving/
     deployment.py ``kv_capacity_tokens``): the scenario stack's engine share over the role's
-    devices, ``DEFAULT_MEMORY_FRACTION`` where the stack states none."""
-    from moesim.des.serving.deployment import DEFAULT_MEMORY_FRACTION
-    from moesim.step.stacks import serving_memory_fraction
+    devices, 0.9 where the stack states none (``engine_memory_fraction``)."""
+    from moesim.des.serving.deployment import engine_memory_fraction
 
-    return serving_memory_fraction(getattr(scenario, "stack", "auto"), role.devices) or DEFAULT_MEMORY_FRACTION
+    return engine_memory_fraction(getattr(scenario, "stack", "auto"), role.devices)
 
 
 def sglang(role: Role, scenario) -> str:

@@ -237,18 +237,14 @@ def unused_engine_reason(key: str) -> str:
     return "a vLLM/SGLang limit, read by the batched_prefill scheduler only"
 
 
-def running_seqs_cap(c, scenario) -> int | None:
+def running_seqs_cap(scenario) -> int | None:
     """Sequences one attention rank's scheduler runs under ``batched_prefill``: the stated
     ``engine.max_num_seqs``, else the stack's default ``max_running_seqs`` (vLLM's max_num_seqs;
     None: only the KV cache bounds it)."""
-    from moesim.step.stacks import stack_table
+    from moesim.step.stacks import serving_stack
 
     stated = scenario.engine.max_num_seqs
-    if stated is not None:
-        return int(stated)
-    stack = getattr(scenario, "stack", "auto")
-    s = stack if not isinstance(stack, str) else stack_table().explicit(stack, "decode")
-    return s.max_running_seqs
+    return int(stated) if stated is not None else serving_stack(getattr(scenario, "stack", "auto")).max_running_seqs
 
 
 def max_load_batch(c, scenario, model, cache: PlanCache) -> int:
@@ -258,7 +254,7 @@ def max_load_batch(c, scenario, model, cache: PlanCache) -> int:
     scheduler's cap allows (``running_seqs_cap`` per attention rank, which spans tp devices of
     one batch). 0 when nothing fits."""
     fill = serving_memory(c, scenario, model, cache).max_batch()
-    cap = running_seqs_cap(c, scenario)
+    cap = running_seqs_cap(scenario)
     return fill if cap is None else min(fill, cap // c.tp)
 
 
@@ -274,7 +270,7 @@ def engine_summary(c, scenario, model, cache: PlanCache) -> str | None:
             f"{'it' if len(unused) == 1 else 'them'}: {'; '.join(f'{k} is {unused_engine_reason(k)}' for k in unused)})"
             if unused else "")
     if engine(scenario) != "trtllm":
-        cap = running_seqs_cap(c, scenario)
+        cap = running_seqs_cap(scenario)
         if "max_num_seqs" in stated:
             return f"engine ({engine(scenario)} scheduler, per attention rank): max_num_seqs {cap} (stated){note}"
         return f"engine settings{note[1:]}" if unused else None
@@ -387,8 +383,8 @@ class ServingMemory:
 
 
 def serving_memory(c, scenario, model, cache: PlanCache) -> ServingMemory:
-    """``ServingMemory`` of ``c``'s layout (the batch is not read), memoized per deployment
-    content: the memory model's serve-mode footprint at no KV and its KV bytes per token; the
+    """``ServingMemory`` of ``c``'s layout (the batch is not read): the memory model's serve-mode
+    footprint at no KV and its KV bytes per token (memoized per deployment content); the
     budget is the engine's memory fraction of the device (``stacks.serving_memory_fraction`` of
     the deployment's stack over the replica's devices), the whole device when it states none."""
     from moesim.compute.memory import memory_footprint

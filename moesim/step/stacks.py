@@ -227,13 +227,18 @@ def device_fraction(stack: str | SoftwareStack, phase: str) -> float:
     return float(resolve(stack, phase).device_fraction)
 
 
+def serving_stack(stack: str | SoftwareStack) -> SoftwareStack:
+    """The ``SoftwareStack`` whose engine settings a serving replica of ``stack`` runs under (a
+    name resolves as its decode phase: ``auto`` -> sglang)."""
+    return stack if isinstance(stack, SoftwareStack) else stack_table().explicit(stack, "decode")
+
+
 def serving_memory_fraction(stack: str | SoftwareStack, devices: int) -> float | None:
     """The share of each device's memory a serving engine of ``stack`` takes for weights and KV
     cache on a replica of ``devices`` devices (``SoftwareStack.serving_memory_fraction``: vLLM's
     gpu_memory_utilization, SGLang's mem_fraction_static by engine size); None when the stack
-    states none (``auto`` resolves as its decode phase: sglang)."""
-    s = stack if isinstance(stack, SoftwareStack) else stack_table().explicit(stack, "decode")
-    return s.serving_memory_fraction(devices)
+    states none."""
+    return serving_stack(stack).serving_memory_fraction(devices)
 
 
 def is_trtllm(stack: str | SoftwareStack | None) -> bool:

@@ -41,15 +41,22 @@ from moesim.specs import Deployment, ModelSpec, Parallelism
 DEFAULT_MEMORY_FRACTION = 0.9
 
 
+def engine_memory_fraction(stack, devices: int) -> float:
+    """The share of device memory a replica of ``devices`` devices running ``stack`` (a name or a
+    ``SoftwareStack``) sizes its KV cache with: the stack's engine share
+    (moesim/step/stacks.py ``serving_memory_fraction``), ``DEFAULT_MEMORY_FRACTION`` where it
+    states none."""
+    from moesim.step.stacks import serving_memory_fraction
+
+    return serving_memory_fraction(stack, devices) or DEFAULT_MEMORY_FRACTION
+
+
 def kv_capacity_tokens(model: ModelSpec, deployment: Deployment, *, memory_fraction: float | None = None) -> int:
     """Tokens of KV cache a replica holds; InfeasibleError when the weights leave no room.
-    ``memory_fraction`` None: the deployment's stack's engine share over its devices
-    (moesim/step/stacks.py ``serving_memory_fraction``: vLLM 0.9, SGLang by engine size), else
-    ``DEFAULT_MEMORY_FRACTION``."""
+    ``memory_fraction`` None: ``engine_memory_fraction`` of the deployment's stack over its
+    devices (vLLM 0.9, SGLang by engine size, else ``DEFAULT_MEMORY_FRACTION``)."""
     if memory_fraction is None:
-        from moesim.step.stacks import serving_memory_fraction
-
-        memory_fraction = serving_memory_fraction(deployment.stack, deployment.devices) or DEFAULT_MEMORY_FRACTION
+        memory_fraction = engine_memory_fraction(deployment.stack, deployment.devices)
     if not 0 < memory_fraction <= 1:
         raise SpecError("memory_fraction", memory_fraction, "must be in (0, 1]")
     hw, par = deployment.hardware, deployment.parallelism
