@@ -50,7 +50,7 @@ TP2 = Candidate("h100-sxm", 2, tp=2, dp=1, ep=1, batch=64)
     ("sglang", 1, 0.88), ("sglang", 2, 0.87), ("sglang", 3, 0.87), ("sglang", 4, 0.85), ("sglang", 8, 0.81),
     ("sglang", 12, 0.81), ("sglang", 16, 0.79), ("sglang", 64, 0.79), ("sglang-rocm", 8, 0.81),
     ("auto", 8, 0.81),  # auto serves as sglang
-    ("trtllm", 8, None), ("megatron", 8, None),  # TensorRT-LLM sizes its cache itself; megatron serves nothing
+    ("trtllm", 8, None), ("megatron", 8, None),  # TensorRT-LLM fills a share of what the weights leave (kv_free_fraction)
 ])
 def test_share_by_stack_and_engine_size(stack, devices, want):
     assert serving_memory_fraction(stack, devices) == want
@@ -98,12 +98,54 @@ def test_analytic_and_des_size_the_same_cache(stack):
     assert abs(tokens / context - 2 * mem.max_batch()) <= 2.0
 
 
-def test_des_default_share_where_the_stack_states_none():
-    sc = _scenario("trtllm")
-    dep = PlanCache().deployment(TP2, sc, MIXTRAL)
+def test_des_and_analytic_default_share_where_the_stack_states_none():
+    # an engine stack that states no share (eager PyTorch serving): both paths take 0.9 of the device
+    sc = _scenario("eager")
+    cache = PlanCache()
+    dep = cache.deployment(TP2, sc, MIXTRAL)
     assert kv_capacity_tokens(MIXTRAL, dep) == kv_capacity_tokens(MIXTRAL, dep, memory_fraction=DEFAULT_MEMORY_FRACTION)
+    mem = serving_policy.serving_memory(TP2, sc, MIXTRAL, cache)
+    assert mem.fraction == DEFAULT_MEMORY_FRACTION
+    assert abs(kv_capacity_tokens(MIXTRAL, dep) / inflight_context_tokens(sc.workload) - 2 * mem.max_batch()) <= 2.0
     with pytest.raises(MoesimError, match="memory_fraction"):
         kv_capacity_tokens(MIXTRAL, dep, memory_fraction=1.5)
+    with pytest.raises(MoesimError, match="kv_free_fraction"):
+        kv_capacity_tokens(MIXTRAL, dep, kv_free_fraction=0.0)
+
+
+@pytest.mark.parametrize("stated", [None, 0.8])
+def test_trtllm_sizes_one_cache_in_the_screen_the_engine_limits_and_the_des(stated):
+    """TensorRT-LLM fills kv_cache_free_gpu_mem_fraction of what the weights leave (the stack's
+    0.95, or the stated setting): the analytic budget, trtllm-bench's whole-request KV bound and
+    the DES replica's cache are that one share, in closed form."""
+    from moesim.planner.trtllm_engine import trtllm_limits
+
+    sc = _scenario("trtllm", engine=None if stated is None else {"kv_cache_free_gpu_mem_fraction": stated})
+    f = 0.95 if stated is None else stated
+    assert serving_policy.kv_free_fraction(sc) == f
+    cache = PlanCache()
+    mem = serving_policy.serving_memory(TP2, sc, MIXTRAL, cache)
+    assert mem.fraction is None and mem.free_fraction == f
+    room = f * (mem.capacity_bytes - mem.weight_bytes)
+    assert mem.budget_bytes - mem.fixed_bytes == pytest.approx(room, rel=1e-12)
+    assert mem.max_batch() == int(room // mem.kv_bytes_per_seq)
+    dep = cache.deployment(TP2, sc, MIXTRAL)
+    per_token = mem.kv_bytes_per_seq / (2 * inflight_context_tokens(sc.workload))  # bytes per token per device
+    des = kv_capacity_tokens(MIXTRAL, dep, kv_free_fraction=f)
+    assert des == int(room // per_token)  # one attention group of tp=2: the device's tokens are the group's
+    assert serving_policy.replica_cost(TP2, sc, MIXTRAL, cache).kv_capacity_tokens == des  # the planner's DES cost
+    assert trtllm_limits(TP2, sc, MIXTRAL, cache).kv_seqs == int(room / per_token // 2000)  # whole P + L requests
+    # the analytic batch at the mean in-flight context and the DES cache agree to one sequence per device
+    assert abs(des / inflight_context_tokens(sc.workload) - 2 * mem.max_batch()) <= 2.0
+    assert "of the memory the weights leave" in mem.shortfall_reason(mem.max_batch() + 1)
+
+
+def test_a_stack_states_one_kind_of_share():
+    base = stack_table().explicit("vllm", "decode").model_dump()
+    with pytest.raises(Exception, match="kv_free_fraction"):
+        SoftwareStack.model_validate({**base, "kv_free_fraction": 0.9})
+    assert stack_table().explicit("trtllm", "decode").kv_free_fraction == 0.95
+    assert stack_table().explicit("trtllm-engine", "decode").kv_free_fraction == 0.95
 
 
 def test_max_load_fills_the_cache_up_to_the_cap():

@@ -47,7 +47,7 @@ def test_tuned_checkpoint_keeps_the_heuristic():
     c = Candidate("b200", 1, tp=1, dp=1, ep=1, batch=64)
     lim = te.trtllm_limits(c, sc, m, PlanCache())
     dep = PlanCache().deployment(c, sc, m)
-    want = te.trtllm_bench_settings(te._heuristic_requests(m, dep, 1, 1000, 1000), 1000, 1000)
+    want = te.trtllm_bench_settings(te._heuristic_requests(m, dep, 1, 1000, 1000, 0.95), 1000, 1000)  # the stack's share
     assert (lim.max_batch_size, lim.max_num_tokens) == want
 
 

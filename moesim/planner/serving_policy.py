@@ -65,7 +65,7 @@ from statistics import NormalDist
 
 from moesim import units
 from moesim.planner.costs import PlanCache
-from moesim.planner.trtllm_engine import TRTLLM_KV_FREE_GPU_MEM_FRACTION, EngineLimits, trtllm_limits
+from moesim.planner.trtllm_engine import EngineLimits, trtllm_limits
 from moesim.planner.scenario import overlap_mode
 from moesim.step.cache import StepCache
 
@@ -247,6 +247,21 @@ def running_seqs_cap(scenario) -> int | None:
     return int(stated) if stated is not None else serving_stack(getattr(scenario, "stack", "auto")).max_running_seqs
 
 
+def kv_free_fraction(scenario) -> float | None:
+    """The share of the memory the loaded weights leave that the scenario's engine fills with KV
+    cache, for engines that size their cache so (TensorRT-LLM's
+    kv_cache_free_gpu_mem_fraction): under the ``trtllm`` scheduler the stated
+    ``engine.kv_cache_free_gpu_mem_fraction``, else the stack's ``kv_free_fraction``, else the
+    ``trtllm`` stack's (the scheduler's engine); under any other scheduler the stack's (None
+    for engines whose budget is a share of the whole device: vLLM, SGLang)."""
+    from moesim.step.stacks import serving_stack
+
+    own = serving_stack(getattr(scenario, "stack", "auto")).kv_free_fraction
+    if engine(scenario) != "trtllm":
+        return own
+    return scenario.engine.kv_cache_free_gpu_mem_fraction or own or serving_stack("trtllm").kv_free_fraction
+
+
 def max_load_batch(c, scenario, model, cache: PlanCache) -> int:
     """Sequences per device a ``batched_prefill`` engine (vLLM, SGLang) runs under maximum load:
     every request is queued at once and the engine admits them while its KV cache has room
@@ -282,8 +297,8 @@ def engine_summary(c, scenario, model, cache: PlanCache) -> str | None:
     parts = [f"max_batch_size {lim.max_batch_size} ({src('max_batch_size')})",
              f"max_num_tokens {lim.max_num_tokens} ({src('max_num_tokens')})",
              f"KV for {lim.kv_seqs} requests at kv_cache_free_gpu_mem_fraction "
-             f"{stated.get('kv_cache_free_gpu_mem_fraction', TRTLLM_KV_FREE_GPU_MEM_FRACTION):g} "
-             f"({src('kv_cache_free_gpu_mem_fraction')})"]
+             f"{kv_free_fraction(scenario):g} "
+             f"({'stated' if 'kv_cache_free_gpu_mem_fraction' in stated else 'the stack default'})"]
     if lim.concurrency_seqs is not None:
         parts.append(f"concurrency {stated['concurrency']} ({lim.concurrency_seqs} per rank, stated)")
     return f"engine (TensorRT-LLM scheduler, per attention rank): {', '.join(parts)}; bound: {lim.bound}{note}"
@@ -351,9 +366,9 @@ class ServingMemory:
     """Per-device memory of a co-located candidate's layout: ``fixed_bytes`` (weights and the
     memory model's serve-mode activations), ``kv_bytes_per_seq`` (one sequence's KV at the mean
     in-flight context C = P + L / 2, times the tp x pp devices that each hold a share of it), and
-    ``budget_bytes``: what the engine may fill, its ``fraction`` of the device's memory (None:
-    the whole device, for stacks that state none; TensorRT-LLM sizes its cache itself,
-    moesim/planner/trtllm_engine.py)."""
+    ``budget_bytes``: what the engine may fill: its ``fraction`` of the device's memory, or
+    (``free_fraction``, TensorRT-LLM; ``fraction`` None) the weights plus that share of the
+    memory they leave."""
 
     fixed_bytes: float
     weight_bytes: float
@@ -361,6 +376,7 @@ class ServingMemory:
     budget_bytes: float
     capacity_bytes: float
     fraction: float | None
+    free_fraction: float | None = None
 
     def used_bytes(self, batch: int) -> float:
         return self.fixed_bytes + batch * self.kv_bytes_per_seq
@@ -371,7 +387,9 @@ class ServingMemory:
     def shortfall_reason(self, batch: int) -> str:
         """Why ``batch`` sequences per device do not fit (the rejection's detail)."""
         short = (self.used_bytes(batch) - self.budget_bytes) / units.GiB
-        share = "" if self.fraction is None else f" of the engine's {self.fraction:g} share of device memory"
+        share = (f" of the engine's {self.fraction:g} share of device memory" if self.fraction is not None else
+                 f" of the engine's {self.free_fraction:g} share of the memory the weights leave"
+                 if self.free_fraction is not None else "")
         return (f"short of memory by {short:.1f} GiB per device{share} "
                 f"(weights {self.weight_bytes / units.GiB:.1f} GiB + KV of batch {batch})")
 
@@ -385,21 +403,30 @@ class ServingMemory:
 def serving_memory(c, scenario, model, cache: PlanCache) -> ServingMemory:
     """``ServingMemory`` of ``c``'s layout (the batch is not read): the memory model's serve-mode
     footprint at no KV and its KV bytes per token (memoized per deployment content); the
-    budget is the engine's memory fraction of the device (``stacks.serving_memory_fraction`` of
-    the deployment's stack over the replica's devices), the whole device when it states none."""
+    budget is what the DES replica sizes its cache with (moesim/des/serving/deployment.py
+    ``kv_capacity_tokens``): for an engine that fills a share of the memory the weights leave
+    (``kv_free_fraction``: TensorRT-LLM), the weights plus that share of the rest; else the
+    engine's share of the device (``deployment.engine_memory_fraction``: vLLM's
+    gpu_memory_utilization, SGLang's mem_fraction_static by engine size, 0.9 where the stack
+    states none)."""
     from moesim.compute.memory import memory_footprint
+    from moesim.des.serving.deployment import engine_memory_fraction
     from moesim.specs.serving_features import inflight_context_tokens
-    from moesim.step.stacks import serving_memory_fraction
 
     dep = cache.deployment(c, scenario, model)
     base = cache.get(cache.key(model, dep, "memory", "serve"),
                      lambda: memory_footprint(model, dep.hardware, dep.parallelism, mode="serve",
                                               weight_dtype=dep.dtype, kv_dtype=dep.kv_dtype, kv_tokens=0))
-    frac = serving_memory_fraction(dep.stack, c.devices)
     kv_seq = dep.tp * dep.pp * inflight_context_tokens(scenario.workload) * base.kv_bytes_per_token
-    budget = base.capacity_bytes * (1.0 if frac is None else frac)
-    return ServingMemory(fixed_bytes=base.total_bytes, weight_bytes=base.weight_bytes, kv_bytes_per_seq=kv_seq, budget_bytes=budget,
-                         capacity_bytes=base.capacity_bytes, fraction=frac)
+    free = kv_free_fraction(scenario)
+    if free is not None:
+        frac = None
+        budget = base.total_bytes + free * max(0.0, base.capacity_bytes - base.weight_bytes)
+    else:
+        frac = engine_memory_fraction(dep.stack, c.devices)
+        budget = base.capacity_bytes * frac
+    return ServingMemory(fixed_bytes=base.total_bytes, weight_bytes=base.weight_bytes, kv_bytes_per_seq=kv_seq,
+                         budget_bytes=budget, capacity_bytes=base.capacity_bytes, fraction=frac, free_fraction=free)
 
 
 def _replica(c, scenario, model, cache: PlanCache):
@@ -418,7 +445,7 @@ def _replica(c, scenario, model, cache: PlanCache):
     def make():
         from moesim.planner.pool_cost import featured  # prefix-cache hits, speculative decoding
 
-        cap = kv_capacity_tokens(model, dep)  # at the stack's memory share (0.9 when it states none)
+        cap = kv_capacity_tokens(model, dep, kv_free_fraction=kv_free_fraction(scenario))  # as serving_memory
         full = dep.with_(overlap=decode, prefill_overlap=prefill_overlap(c, scenario, model, cache))
         nodes = _Nodes(model, full, c.devices, w.prompt_len, cache.step)
         prefill_fn, decode_fn = featured(nodes.prefill_fn, nodes.decode_fn, scenario, model)

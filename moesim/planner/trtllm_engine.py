@@ -11,7 +11,9 @@ NVIDIA/TensorRT-LLM; nothing is fitted):
 - weights in memory: a checkpoint that stores its experts in another format than the rest
   (``ModelSpec.expert_weight_dtype``: GPT-OSS's released MXFP4 experts, BF16 elsewhere) is
   loaded as stored (moesim/compute/memory.py counts it so in serve mode);
-- KV cache: ``kv_cache_free_gpu_mem_fraction`` of the memory the weights leave, and the default
+- KV cache: ``kv_cache_free_gpu_mem_fraction`` of the memory the weights leave (the stack's
+  ``kv_free_fraction``, moesim/data/stacks.toml: the perf-overview's 0.95; the analytic budget and
+  the DES replica size their caches with the same share, serving_policy.kv_free_fraction), and the default
   capacity policy GUARANTEED_NO_EVICT reserves blocks for a request to complete
   (_torch/pyexecutor/scheduler.py: "Reserve blocks for requests to complete without eviction");
 - the micro-batch scheduler (same file, ``PyMicroBatchScheduler.schedule``) charges each
@@ -28,7 +30,6 @@ from dataclasses import asdict, dataclass
 
 from moesim.planner.costs import PlanCache
 
-TRTLLM_KV_FREE_GPU_MEM_FRACTION = 0.95  # perf-overview.md: "--kv_cache_free_gpu_mem_fraction 0.95" in many cases
 TRTLLM_MAX_BATCH_CAP = 4096  # bench/build/tuning.py finetune_setting: min(kv_cache_max_requests, 4096) / pp
 TRTLLM_MAX_TOKENS_CAP = 32768  # same: min(raw_bs x (1 + ISL / OSL), 32768)
 TRTLLM_MIN_TOKENS = 2048  # same: "Set min to 2048 to ensure Ctx/Gen overlap efficiency"
@@ -131,8 +132,7 @@ def checkpoint_param_count(model, dtype: str) -> float:
     return pc.total - linears * (1.0 - NVFP4_STORED_ELEMENTS_PER_PARAM)
 
 
-def _heuristic_requests(model, dep, devices: int, isl: int, osl: int,
-                        kv_fraction: float = TRTLLM_KV_FREE_GPU_MEM_FRACTION) -> float:
+def _heuristic_requests(model, dep, devices: int, isl: int, osl: int, kv_fraction: float) -> float:
     """trtllm-bench's estimate of the requests the KV cache holds (bench/build/tuning.py
     ``calc_engine_setting``), from the quantities it reads off the Hugging Face config: engine
     size = the checkpoint's stored parameter count (``checkpoint_param_count``) x bytes per
@@ -161,9 +161,9 @@ def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
       commands pass them, DEP runs included), or the ``BuildConfig`` defaults for an untuned
       checkpoint (``untuned_checkpoint``), max_num_tokens at least ISL + max_batch_size (no
       chunked prefill). With attention DP every rank runs its own scheduler with these settings;
-    - KV cache: ``kv_cache_free_gpu_mem_fraction`` 0.95 of the memory the weights leave (as the
-      checkpoint stores them, moesim/compute/memory.py; ``TRTLLM_KV_FREE_GPU_MEM_FRACTION``; the
-      runtime's own buffers are not modelled), and the
+    - KV cache: ``kv_cache_free_gpu_mem_fraction`` of the memory the weights leave (as the
+      checkpoint stores them, moesim/compute/memory.py; ``serving_policy.kv_free_fraction``: the
+      stated setting, else the stack's 0.95; the runtime's own buffers are not modelled), and the
       default capacity policy GUARANTEED_NO_EVICT reserves blocks for a request to complete, so
       a rank holds kv_seqs = KV tokens / (P + L) whole requests;
     - token budget: a generation request takes one token of ``max_num_tokens`` per iteration and
@@ -174,17 +174,17 @@ def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
     The run's stated settings (``scenario.engine``: ``EngineSettings``) replace the benchmark's
     own: ``max_batch_size`` and ``max_num_tokens`` each replace their heuristic value (taken as
     given, as trtllm-bench takes user-provided ones: no ISL + max_batch_size floor),
-    ``kv_cache_free_gpu_mem_fraction`` the 0.95 in both the KV cache and the heuristic, and
+    ``kv_cache_free_gpu_mem_fraction`` the stack's share in both the KV cache and the heuristic, and
     ``concurrency`` (requests the client keeps in flight over the replica) caps a rank at
     ceil(concurrency / ranks), the busiest rank's share."""
     from moesim.compute.memory import memory_footprint
-    from moesim.planner.serving_policy import attention_ranks
+    from moesim.planner.serving_policy import attention_ranks, kv_free_fraction
 
     w = scenario.workload
     dep = cache.deployment(c, scenario, model)
     eng = getattr(scenario, "engine", None)
     stated = eng.model_dump() if eng is not None else {}
-    frac = stated.get("kv_cache_free_gpu_mem_fraction") or TRTLLM_KV_FREE_GPU_MEM_FRACTION
+    frac = kv_free_fraction(scenario)
 
     def make() -> EngineLimits:
         fp = memory_footprint(model, dep.hardware, dep.parallelism, mode="serve", weight_dtype=dep.dtype,
@@ -210,5 +210,5 @@ def trtllm_limits(c, scenario, model, cache: PlanCache) -> EngineLimits:
         bound = min(bounds, key=bounds.__getitem__)
         return EngineLimits(max_bs, max_tok, kv_seqs, bounds[bound], bound, share)
 
-    key = cache.key(model, dep, "trtllm_limits", w.prompt_len, w.output_len, tuple(sorted(stated.items())))
+    key = cache.key(model, dep, "trtllm_limits", w.prompt_len, w.output_len, frac, tuple(sorted(stated.items())))
     return cache.get(key, make)

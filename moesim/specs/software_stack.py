@@ -160,8 +160,12 @@ class SoftwareStack(Spec):
         None, gt=0, description="serving engines: the most sequences one scheduler runs at once by default (vLLM "
                                 "max_num_seqs), one scheduler per attention data-parallel rank; None: bounded by "
                                 "the KV cache only")
-    engine_source: str = Field("", description="where memory_fraction / memory_fraction_tiers / max_running_seqs "
-                                               "come from")
+    kv_free_fraction: float | None = Field(
+        None, gt=0, le=1, description="serving engines that size the KV cache from the memory the loaded weights "
+                                      "leave (TensorRT-LLM kv_cache_free_gpu_mem_fraction): that share of it; None: "
+                                      "not stated (the engine takes a share of the whole device, memory_fraction)")
+    engine_source: str = Field("", description="where memory_fraction / memory_fraction_tiers / kv_free_fraction / "
+                                               "max_running_seqs come from")
 
     @model_validator(mode="after")
     def _check_tiers(self):
@@ -169,6 +173,10 @@ class SoftwareStack(Spec):
             if n < 1 or not 0 < share <= 1:
                 raise SpecError(f"{self.name}.memory_fraction_tiers", [n, share],
                                 "pairs of (devices >= 1, share in (0, 1])")
+        if self.kv_free_fraction is not None and (self.memory_fraction is not None or self.memory_fraction_tiers):
+            raise SpecError(f"{self.name}.kv_free_fraction", self.kv_free_fraction,
+                            "either a share of the memory the weights leave (kv_free_fraction) or a share of the "
+                            "device (memory_fraction / memory_fraction_tiers), not both")
         return self
 
     def serving_memory_fraction(self, devices: int) -> float | None:

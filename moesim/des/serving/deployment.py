@@ -13,7 +13,9 @@ the KV cache with the memory model (``moesim.compute.memory``):
   distinct sequences (devices / (tp x pp)); ``memory_fraction`` is the engine's share (the
   deployment stack's: vLLM's default ``gpu_memory_utilization`` 0.9, SGLang's
   ``mem_fraction_static`` by engine size, moesim/data/stacks.toml; 0.9 where the stack states
-  none); the rest holds activations, CUDA graphs and fragmentation;
+  none); the rest holds activations, CUDA graphs and fragmentation. An engine that sizes its
+  cache from what the weights leave (the stack's ``kv_free_fraction``: TensorRT-LLM's
+  kv_cache_free_gpu_mem_fraction) holds that share of HBM minus the weights instead;
 - KV bytes per token for the transfer: all layers at ``kv_dtype`` (``kv_bytes_per_token`` with
   tp = 1: the whole cache of a sequence).
 
@@ -51,25 +53,46 @@ def engine_memory_fraction(stack, devices: int) -> float:
     return serving_memory_fraction(stack, devices) or DEFAULT_MEMORY_FRACTION
 
 
-def kv_capacity_tokens(model: ModelSpec, deployment: Deployment, *, memory_fraction: float | None = None) -> int:
+def kv_capacity_tokens(model: ModelSpec, deployment: Deployment, *, memory_fraction: float | None = None,
+                       kv_free_fraction: float | None = None) -> int:
     """Tokens of KV cache a replica holds; InfeasibleError when the weights leave no room.
-    ``memory_fraction`` None: ``engine_memory_fraction`` of the deployment's stack over its
-    devices (vLLM 0.9, SGLang by engine size, else ``DEFAULT_MEMORY_FRACTION``)."""
-    if memory_fraction is None:
-        memory_fraction = engine_memory_fraction(deployment.stack, deployment.devices)
-    if not 0 < memory_fraction <= 1:
-        raise SpecError("memory_fraction", memory_fraction, "must be in (0, 1]")
+
+    Two ways an engine sizes its cache: a share of each device's memory for weights and KV
+    (``memory_fraction``: vLLM's gpu_memory_utilization, SGLang's mem_fraction_static), or a
+    share of the memory the loaded weights leave (``kv_free_fraction``: TensorRT-LLM's
+    kv_cache_free_gpu_mem_fraction). Neither given: the deployment stack's own, its
+    ``kv_free_fraction`` where it states one, else ``engine_memory_fraction`` (vLLM 0.9, SGLang
+    by engine size, else ``DEFAULT_MEMORY_FRACTION``). A stated ``memory_fraction`` wins."""
+    from moesim.step.stacks import serving_stack
+
+    if memory_fraction is None and kv_free_fraction is None:
+        kv_free_fraction = serving_stack(deployment.stack).kv_free_fraction
     hw, par = deployment.hardware, deployment.parallelism
-    reserve_GiB = (1 - memory_fraction) * hw.hbm_bytes / units.GiB
-    fp = memory_footprint(model, hw, par, mode="serve", weight_dtype=deployment.dtype, kv_dtype=deployment.kv_dtype,
-                          reserve_GiB=reserve_GiB)
+    if memory_fraction is None and kv_free_fraction is not None:
+        if not 0 < kv_free_fraction <= 1:
+            raise SpecError("kv_free_fraction", kv_free_fraction, "must be in (0, 1]")
+        fp = memory_footprint(model, hw, par, mode="serve", weight_dtype=deployment.dtype,
+                              kv_dtype=deployment.kv_dtype)
+        share = f"kv_free_fraction {kv_free_fraction}"
+        per_device = (int(kv_free_fraction * max(0.0, fp.capacity_bytes - fp.weight_bytes) // fp.kv_bytes_per_token)
+                      if fp.kv_bytes_per_token > 0 else 0)
+    else:
+        if memory_fraction is None:
+            memory_fraction = engine_memory_fraction(deployment.stack, deployment.devices)
+        if not 0 < memory_fraction <= 1:
+            raise SpecError("memory_fraction", memory_fraction, "must be in (0, 1]")
+        reserve_GiB = (1 - memory_fraction) * hw.hbm_bytes / units.GiB
+        fp = memory_footprint(model, hw, par, mode="serve", weight_dtype=deployment.dtype,
+                              kv_dtype=deployment.kv_dtype, reserve_GiB=reserve_GiB)
+        share = f"memory_fraction {memory_fraction}"
+        per_device = fp.kv_tokens_fit
     groups = max(1, deployment.devices // (par.tp * par.pp))
-    tokens = fp.kv_tokens_fit * groups
+    tokens = per_device * groups
     if tokens < 1:
         raise InfeasibleError(
             f"{model.name} on {deployment.devices} x {hw.name} ({_layout(par)}): weights take "
             f"{fp.weight_bytes / units.GiB:.1f} GiB of {fp.capacity_bytes / units.GiB:.1f} GiB per device, "
-            f"no room for a KV cache at memory_fraction {memory_fraction}")
+            f"no room for a KV cache at {share}")
     return int(tokens)
 
 

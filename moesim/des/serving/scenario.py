@@ -10,7 +10,7 @@ Schema (every table rejects unknown keys; units are in the key names)::
     warmup_s = 0.0                   # metrics over [warmup_s, duration_s]
     balancer = "least_loaded"        # round_robin | least_loaded
     dtype = "fp8"                    # GEMM dtype; kv_dtype = "bf16"; overlap = "none" | "two_microbatch"
-    memory_fraction = 0.9            # share of HBM for weights + KV (vLLM gpu_memory_utilization)
+    memory_fraction = 0.9            # share of HBM for weights + KV (vLLM gpu_memory_utilization); unset: the stack's
 
     [arrivals]                       # kind = poisson | gamma (cv = inter-arrival CV) | trace
     kind = "poisson"
@@ -162,7 +162,8 @@ class ServeScenario(Spec):
     dtype: str = "fp8"
     kv_dtype: str = "bf16"
     overlap: Literal["none", "two_microbatch"] = "none"
-    memory_fraction: float = Field(0.9, gt=0, le=1)
+    memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="share of each device's memory for weights + KV cache; None: the replica stack's own (vLLM 0.9, SGLang by engine size, TensorRT-LLM 0.95 of what the weights leave; moesim/data/stacks.toml)")
     arrivals: ArrivalSpec
     prompt: LengthSpec
     output: LengthSpec
