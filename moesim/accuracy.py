@@ -143,3 +143,78 @@ def accuracy_table(cases: Sequence[Case], logo: bool = True) -> AccuracyTable:
                          for cls in CLASSES if cls in errs}
     per_case = {c.id: {cls: errs[cls][c.id] for cls in errs if c.id in errs[cls]} for c in cases}
     return AccuracyTable(summary, per_case)
+
+
+# ``moesim validate --by KEY``: the shipped model's errors per group of cases
+GROUP_KEYS: tuple[str, ...] = ("file", "source", "hardware", "stack", "model")
+WITHIN = 0.15  # the issue-14 goal: |error| at most 15%
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """Errors of one kind, in one sample (in-sample: calibration rows; out-of-sample: every other
+    row, predicted with the shipped profiles and stacks), in one group of ``by``."""
+
+    kind: str
+    sample: str
+    by: str
+    group: str
+    n: int
+    median_abs_rel_error: float
+    signed_median_rel_error: float
+    max_abs_rel_error: float
+    within_15: int  # cases with |error| <= WITHIN
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "sample": self.sample, "by": self.by, "group": self.group, "n": self.n,
+                "median_abs_rel_error": self.median_abs_rel_error,
+                "signed_median_rel_error": self.signed_median_rel_error,
+                "max_abs_rel_error": self.max_abs_rel_error, "within_15": self.within_15}
+
+
+def group_of(case: Case, by: str, file_of: dict[str, str] | None = None) -> str:
+    """The group ``case`` falls in for ``by`` (``GROUP_KEYS``): its case file (``file_of``: case
+    id -> path), source group, hardware profile, software stack (training / serving rows:
+    moesim/case_inputs.py ``case_stack``, the stack the predictor prices; other kinds: ``-``)
+    or model preset (``inline`` for dimensions stated in the case)."""
+    if by == "file":
+        return (file_of or {}).get(case.id, "-")
+    if by == "source":
+        return case.group or "-"
+    if by == "hardware":
+        return case.hardware
+    if by == "model":
+        model = case.inputs.get("model")
+        return model if isinstance(model, str) else ("inline" if model is not None else "-")
+    if by == "stack":
+        if case.kind not in JOINT_KINDS:
+            return "-"
+        from moesim.case_inputs import case_stack
+
+        phase = "train" if case.kind == "training" else str(case.inputs.get("phase") or "decode")
+        return case_stack(dict(case.inputs), case.hardware, "decode" if phase == "end_to_end" else phase)
+    from moesim.errors import SpecError
+
+    raise SpecError("--by", by, f"one of {', '.join(GROUP_KEYS)}")
+
+
+def by_group(cases: Sequence[Case], preds: Sequence[CasePrediction], by: str,
+             file_of: dict[str, str] | None = None) -> tuple[GroupSummary, ...]:
+    """Per (kind, sample, group of ``by``) the errors of the predicted (``ok``) cases of ``preds``,
+    ordered by kind, sample (in-sample first) and group; refused and failed cases are not errors
+    and are not counted (the per-kind summary counts them)."""
+    case_of = {c.id: c for c in cases}
+    buckets: dict[tuple[str, str, str], list[float]] = {}
+    for p in preds:
+        if p.status != "ok" or p.id not in case_of:
+            continue
+        c = case_of[p.id]
+        sample = "in-sample" if c.role == "calibration" else "out-of-sample"
+        buckets.setdefault((c.kind, sample, group_of(c, by, file_of)), []).append(float(p.rel_error))
+    out = []
+    for (kind, sample, group), errs in sorted(buckets.items(), key=lambda kv: (kv[0][0], kv[0][1] != "in-sample",
+                                                                              kv[0][2])):
+        s = ClassSummary.of(errs)
+        out.append(GroupSummary(kind, sample, by, group, s.n, s.median_abs_rel_error, s.signed_median_rel_error,
+                                s.max_abs_rel_error, sum(abs(e) <= WITHIN for e in errs)))
+    return tuple(out)

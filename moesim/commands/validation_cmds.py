@@ -19,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logo", action="store_true",
                    help="also report per kind: in-sample, leave-one-source-out, leave-one-hardware-out and "
                         "out-of-sample errors (refits without each group; give the calibration file too)")
+    from moesim.accuracy import GROUP_KEYS
+
+    p.add_argument("--by", action="append", default=[], choices=GROUP_KEYS, metavar="KEY",
+                   help=f"also report the errors per group of cases, in-sample and out-of-sample apart: "
+                        f"{', '.join(GROUP_KEYS)}; repeatable")
     p.add_argument("--profile", action="append", default=[], metavar="TOML",
                    help="use this profile file (e.g. a calibrated one) for its hardware; repeatable")
     p.add_argument("--write-bands", metavar="FILE.json",
@@ -76,6 +81,8 @@ def validate_cmd(args) -> Result:
     text += "\n\n" + table(srows, ["kind", "n", "median |err| %", "max |err| %", "signed median %", "unsupported",
                                     "errors"])
     data = report.to_dict()
+    if args.by:
+        text += _by_groups(args, files, cases, report, data)
     if args.logo:
         from moesim.accuracy import CLASSES, accuracy_table
 
@@ -94,6 +101,24 @@ def validate_cmd(args) -> Result:
         out_files = (_write_bands(args, casefile, report, profiles),)
         text += f"\n\nwrote error bands ({args.sample}) to {out_files[0]}"
     return Result(data, text, files=out_files, errors=errors, exit_code=exit_code)
+
+
+def _by_groups(args, files, cases, report, data) -> str:
+    """The ``--by`` tables (text) and their rows under ``data["by"]``."""
+    from moesim.accuracy import WITHIN, by_group
+
+    file_of = {c.id: path for path, f in zip(args.cases, files) for c in f.cases}
+    text, data["by"] = "", {}
+    for by in dict.fromkeys(args.by):  # each key once, in the order given
+        groups = by_group(cases, report.cases, by, file_of)
+        data["by"][by] = [g.to_dict() for g in groups]
+        rows = [(g.kind, g.sample, g.group, g.n, _fmt(g.median_abs_rel_error).lstrip("+"),
+                 _fmt(g.signed_median_rel_error), _fmt(g.max_abs_rel_error).lstrip("+"), g.within_15)
+                for g in groups]
+        text += (f"\n\nerrors by {by} (predicted cases; in-sample = calibration rows)\n"
+                 + table(rows, ["kind", "sample", by, "n", "median |err| %", "signed median %", "max |err| %",
+                                f"within {WITHIN:.0%}"]))
+    return text
 
 
 def _write_bands(args, casefile, report, profiles) -> str:
