@@ -156,6 +156,43 @@ def test_grouped_padding_and_empty_groups():
     assert m.bytes == 800 * 7168 + 8 * 4096 * 7168 + 800 * 4096 * 2
 
 
+def test_token_tile_rule():
+    from moesim.compute.grouped import token_tile
+
+    # next power of two of the mean rows, clamped to the fused-MoE kernels' 8-64 token tiles
+    assert [token_tile(x, 128) for x in (0.4, 1, 5, 8, 9, 16, 17, 33, 64, 100)] == [8, 8, 8, 8, 16, 16, 32, 64, 64, 64]
+    # a full tile of rows per group: the contiguous layout's tile_m
+    assert token_tile(128, 128) == 128 and token_tile(500, 128) == 128
+
+
+def test_grouped_token_tiled_pads_short_groups_to_the_token_tile():
+    # 8 groups of 12 rows: tile 16 -> 8 x 16 padded rows (contiguous pads to 8 x 128)
+    t = grouped_gemm_time(H800, [12] * 8, 4096, 7168, "fp8", layout="token_tiled")
+    c = grouped_gemm_time(H800, [12] * 8, 4096, 7168, "fp8")
+    assert t.padded_rows == 8 * 16 and c.padded_rows >= 8 * 64
+    assert t.bytes == 8 * 16 * 7168 + 8 * 4096 * 7168 + 8 * 16 * 4096 * 2
+    assert t.time_s <= c.time_s
+    # never below the roofline of the valid work (weights read once, valid rows only)
+    floor = (8 * 4096 * 7168 + 96 * 7168 + 96 * 4096 * 2) / (H800.memory.hbm_bandwidth_GBps * 1e9)
+    assert t.time_s >= floor
+    # groups of a full tile or more: identical to contiguous
+    a = grouped_gemm_time(H800, [300] * 8, 4096, 7168, "fp8", layout="token_tiled")
+    b = grouped_gemm_time(H800, [300] * 8, 4096, 7168, "fp8")
+    assert a.time_s == b.time_s and a.bytes == b.bytes
+
+
+def test_serving_phases_take_the_token_tiled_layout():
+    from moesim.catalog import load_model
+    from moesim.specs import Deployment
+    from moesim.step.layer import LayerSetup, expert_layout
+
+    model = load_model("qwen3-30b-a3b")
+    dep = Deployment(hardware=load_profile("h200-sxm"), devices=1)
+    assert expert_layout(LayerSetup(model, dep, "decode"), 512) == "token_tiled"
+    assert expert_layout(LayerSetup(model, dep, "prefill"), 8192) == "token_tiled"
+    assert expert_layout(LayerSetup(model, dep, "train"), 8192) == "contiguous"
+
+
 def test_grouped_rejects_bad_input():
     with pytest.raises(SpecError):
         grouped_gemm_time(H800, [1, -1], 64, 64, "fp8")

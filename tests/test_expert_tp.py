@@ -34,7 +34,7 @@ def test_expert_tp_prices_the_sliced_experts_on_the_group_tokens_and_one_all_red
     m = QWEN.moe
     copies = 64 * 8 * m.top_k / m.num_experts
     expected = pricing.expert_ffn_s(H100, QWEN, [copies] * m.num_experts, "bf16", m.expert_ffn // 8,
-                                    layout="contiguous")
+                                    layout="token_tiled")
     assert ops.experts_s * setup.device_fraction == pytest.approx(expected, rel=1e-12)
     plain = make_setup(QWEN, _dep(ep=1, etp=1), "decode", "balanced")
     reduce = pricing.collective_s(setup.etp_topology, "all_reduce", 64 * 8 * QWEN.hidden * 2.0, 8)

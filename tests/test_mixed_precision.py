@@ -94,7 +94,7 @@ def test_step_model_prices_gpt_oss_experts_as_served(hw, math):
     tokens = 512
     ops = layer_ops(setup, 0, tokens, 2048)
     copies = tokens * m.top_k / m.num_experts
-    want = pricing.expert_ffn_s(hw, GPT_OSS, [copies] * m.num_experts, math, m.expert_ffn, layout="contiguous",
+    want = pricing.expert_ffn_s(hw, GPT_OSS, [copies] * m.num_experts, math, m.expert_ffn, layout="token_tiled",
                                 weight_dtype="mxfp4")
     assert ops.experts_s * setup.device_fraction == pytest.approx(want, rel=1e-12)
     att, experts, rest = gemm_input_parts(GPT_OSS, True, 1)

@@ -46,8 +46,8 @@ def test_two_rank_hand_worked(overflow, drop, backup):
     assert (got["drop_fraction"], got["reroute_fraction"], got["backup_fraction"]) == (drop, 0.0, backup)
     assert ref["drop_fraction"] == ref["backup_fraction"] == 0.0
     # rows on the busiest rank: [2, 2] under the limit, [4, 4] dropless (module docstring)
-    assert got["experts_s"] == pricing.expert_ffn_s(H100, TINY, np.array([2.0, 2.0]), "bf16")
-    assert ref["experts_s"] == pricing.expert_ffn_s(H100, TINY, np.array([4.0, 4.0]), "bf16")
+    assert got["experts_s"] == pricing.expert_ffn_s(H100, TINY, np.array([2.0, 2.0]), "bf16", layout="token_tiled")
+    assert ref["experts_s"] == pricing.expert_ffn_s(H100, TINY, np.array([4.0, 4.0]), "bf16", layout="token_tiled")
     # the backup: 4 rows per rank through an FFN of the routed expert's width
     backup_s = pricing.dense_ffn_s(H100, TINY, 4.0, 1024, "bf16") if overflow == "shared" else 0.0
     assert got["shared_experts_s"] == backup_s
@@ -66,7 +66,7 @@ def test_rerouted_rows_are_priced_on_the_rank_that_takes_them():
     # on each; the expert time is the grouped GEMM of those rows, whatever the fractions say
     load = pricing.RankLoad(6.0, 4.0, np.array([3.0, 3.0]), drop_fraction=0.1, reroute_fraction=0.2)
     got = moe_block(_setup(0.5, "reroute"), 8.0, load)
-    assert got["experts_s"] == pricing.expert_ffn_s(H100, TINY, np.array([3.0, 3.0]), "bf16")
+    assert got["experts_s"] == pricing.expert_ffn_s(H100, TINY, np.array([3.0, 3.0]), "bf16", layout="token_tiled")
     assert (got["drop_fraction"], got["reroute_fraction"]) == (0.1, 0.2)
     assert got["expert_imbalance"] == 1.5
 

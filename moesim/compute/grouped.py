@@ -1,7 +1,7 @@
 """Grouped GEMM time: one kernel multiplying G groups (experts) of rows by their own weights.
 
 Group g has ``m_g`` rows (tokens routed to expert g; 0 = empty expert) and its own ``k x n``
-weight. Two layouts (DeepGEMM's names):
+weight. Three layouts (the first two DeepGEMM's names):
 
 - ``contiguous`` (prefill, training): the groups' rows are concatenated, each group padded to
   the tile height ``tile_m`` so no tile mixes experts. Padding rows are real memory: they are
@@ -9,6 +9,17 @@ weight. Two layouts (DeepGEMM's names):
 - ``masked`` (decode, CUDA graphs): every group has a fixed buffer of ``capacity`` rows of which
   the first ``m_g`` are valid; tiles past the valid rows exit at once, only valid rows are
   loaded and written (the tile still multiplies its full height).
+- ``token_tiled`` (serving engines' fused-MoE kernels): as ``contiguous``, but when the groups
+  are short (mean rows per non-empty group m_bar below ``tile_m``) the kernel tiles the
+  tokens at tt = clamp(next power of two of m_bar, 8, 64) rows and pads each group only to
+  tt: the weights take the MMA's wide side and the tokens its narrow one. TensorRT-LLM's
+  trtllm-gen fused MoE (tensorrt_llm/_torch/custom_ops/trtllm_gen_custom_ops.py,
+  ``calculate_tile_tokens_dim``: "Guess tokens per expert assuming perfect expert distribution
+  first ... pad the number to the next power of 2 ... Cap to 8-64 tokens per CTA tile as it's
+  the range supported by the kernel"; the routing pads each expert's rows to that tile, the
+  weights are shuffled "for transposed MMA output" at epilogue_tile_m 128) and vLLM/SGLang's
+  Triton fused_moe (BLOCK_SIZE_M 16 or 64 by batch, moe_align_block_size padding every expert
+  to it) both work so. With m_bar >= ``tile_m`` it is ``contiguous``.
 
 Per tile shape (tm, tn) as in ``gemm`` (same symbols, see moesim/compute/gemm.py):
 
@@ -37,8 +48,19 @@ from moesim.compute.gemm import BOUNDS, gemm_params
 from moesim.errors import SpecError
 from moesim.specs import HardwareProfile, canonical_dtype
 
-Layout = Literal["contiguous", "masked"]
-LAYOUTS: tuple[str, ...] = ("contiguous", "masked")
+Layout = Literal["contiguous", "masked", "token_tiled"]
+LAYOUTS: tuple[str, ...] = ("contiguous", "masked", "token_tiled")
+TOKEN_TILE_MIN, TOKEN_TILE_MAX = 8, 64  # token_tiled: the fused-MoE kernels' token tile range
+
+
+def token_tile(mean_rows: float, tile_m: int) -> int:
+    """Token-tile height of the ``token_tiled`` layout for ``mean_rows`` rows per group: the
+    next power of two, clamped to [TOKEN_TILE_MIN, TOKEN_TILE_MAX]; ``tile_m`` (the contiguous
+    layout) once the groups fill a full tile."""
+    if mean_rows >= tile_m:
+        return int(tile_m)
+    pow2 = 1 << max(0, int(np.ceil(np.log2(max(mean_rows, 1.0)))))
+    return int(min(max(pow2, TOKEN_TILE_MIN), TOKEN_TILE_MAX, tile_m))
 
 
 @dataclass(frozen=True)
@@ -101,8 +123,13 @@ def grouped_gemm_time(hw: HardwareProfile, m_per_group, n: int, k: int, dtype: s
     p = gemm_params(hw, dtype, out_dtype, weight_dtype)
     rows = float(m_G.sum())
     nonempty = int((m_G > 0).sum())
+    tm_list: tuple[int, ...] = (p.tile_m, max(1, p.tile_m // 2))
     align = float(p.tile_m)
-    padded_G = np.ceil(m_G / align) * align if layout == "contiguous" else m_G
+    if layout == "token_tiled":
+        align = float(token_tile(rows / max(nonempty, 1), p.tile_m))
+        if align < p.tile_m:
+            tm_list = (int(align),)
+    padded_G = np.ceil(m_G / align) * align if layout != "masked" else m_G
     stored_rows = float(padded_G.sum())
     hbm = stored_rows * k * p.in_bytes + nonempty * k * n * p.b_bytes + stored_rows * n * p.out_bytes
     t_hbm = hbm / p.bandwidth
@@ -113,7 +140,7 @@ def grouped_gemm_time(hw: HardwareProfile, m_per_group, n: int, k: int, dtype: s
         return _systolic_grouped(hw, m_G, n, k, dtype, out_dtype, layout, p, weight_dtype)
     best, best_math, best_padded = np.inf, False, stored_rows
     steps = -(-k // p.tile_k)
-    for tm in (p.tile_m, max(1, p.tile_m // 2)):
+    for tm in tm_list:
         m_tiles = float(np.ceil(padded_G / tm).sum())
         for tn in (p.tile_n, max(1, p.tile_n // 2), max(1, p.tile_n // 4), max(1, p.tile_n // 8)):
             tiles = m_tiles * -(-n // tn)

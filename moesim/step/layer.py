@@ -266,8 +266,13 @@ def layer_compute_share(setup: LayerSetup, tokens: float) -> float:
 
 
 def expert_layout(setup: LayerSetup, tokens: float) -> str:
-    """Grouped-GEMM layout: masked with low-latency decode kernels, contiguous otherwise."""
-    return "masked" if _mode(setup, tokens) == "low_latency" else "contiguous"
+    """Grouped-GEMM layout (moesim/compute/grouped.py): masked with low-latency decode kernels
+    (DeepEP low-latency + DeepGEMM masked); token_tiled in the other serving phases (the
+    engines' fused-MoE kernels tile a short expert's tokens at 8-64 rows, not at DeepGEMM's
+    128-row alignment); contiguous in training."""
+    if _mode(setup, tokens) == "low_latency":
+        return "masked"
+    return "contiguous" if setup.phase == "train" else "token_tiled"
 
 
 def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) -> tuple[float, float, float]:
