@@ -191,6 +191,11 @@ def test_serving_phases_take_the_token_tiled_layout():
     assert expert_layout(LayerSetup(model, dep, "decode"), 512) == "token_tiled"
     assert expert_layout(LayerSetup(model, dep, "prefill"), 8192) == "token_tiled"
     assert expert_layout(LayerSetup(model, dep, "train"), 8192) == "contiguous"
+    # a small decode batch on one device: no all-to-all, so no DeepEP low-latency / masked kernels
+    assert expert_layout(LayerSetup(model, dep, "decode"), 64) == "token_tiled"
+    ep8 = Deployment(hardware=load_profile("h200-sxm"), devices=8, dp=8, ep=8, attention_layout="dp")
+    assert expert_layout(LayerSetup(model, ep8, "decode"), 64) == "masked"
+    assert expert_layout(LayerSetup(model, ep8, "decode"), 512) == "token_tiled"
 
 
 def test_grouped_rejects_bad_input():

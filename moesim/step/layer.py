@@ -267,12 +267,12 @@ def layer_compute_share(setup: LayerSetup, tokens: float) -> float:
 
 def expert_layout(setup: LayerSetup, tokens: float) -> str:
     """Grouped-GEMM layout (moesim/compute/grouped.py): masked with low-latency decode kernels
-    (DeepEP low-latency + DeepGEMM masked); token_tiled in the other serving phases (the
-    engines' fused-MoE kernels tile a short expert's tokens at 8-64 rows, not at DeepGEMM's
-    128-row alignment); contiguous in training."""
-    if _mode(setup, tokens) == "low_latency":
-        return "masked"
-    return "contiguous" if setup.phase == "train" else "token_tiled"
+    (DeepEP low-latency + DeepGEMM masked: an expert-parallel exchange, so EP > 1); token_tiled
+    in the other serving phases (the engines' fused-MoE kernels tile a short expert's tokens at
+    8-64 rows, not at DeepGEMM's 128-row alignment), EP 1 included; contiguous in training."""
+    if setup.phase == "train":
+        return "contiguous"
+    return "masked" if setup.ep > 1 and _mode(setup, tokens) == "low_latency" else "token_tiled"
 
 
 def attention_ops(setup: LayerSetup, tokens: float, context: float, layer: int) -> tuple[float, float, float]:
