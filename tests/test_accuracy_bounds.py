@@ -33,19 +33,19 @@ BOUNDS = {
     "published-e2e-serving.json": {"serving": (0.111, 0.341, E, 5)},
     # end-to-end through the planner (maximum-load TensorRT-LLM runs, out of sample: the TensorRT-LLM
     # stacks are fitted on the v0.17 and v1.0-era tables of published-e2e-serving-2.json; docs/accuracy.md)
-    "published-e2e-serving-maxload.json": {"serving": (0.177, 0.742, E, 106)},
+    "published-e2e-serving-maxload.json": {"serving": (0.173, 0.831, E, 106)},
     # further evaluation sets (docs/evidence.md): Megatron-Bridge 26.02/25.11/25.09 and MaxText v5p
     # training; older TensorRT-LLM maximum-load tables end to end through the planner (in-sample: its
     # 20 v0.17 rows fit trtllm-engine, its 210 v1.0-era rows fit trtllm)
     "published-e2e-training-2.json": {"training": (0.122, 0.766, E, 41)},
-    "published-e2e-serving-2.json": {"serving": (0.182, 1.042, E, 230)},
+    "published-e2e-serving-2.json": {"serving": (0.186, 1.042, E, 230)},
     # third evaluation set (docs/evidence.md 'Third set'): dstack DeepSeek-R1 offline runs on 8 x MI300X
     # and 8 x H200 (vLLM, SGLang, TP8) and GPUStack vLLM v0.11 runs on H200 / H100, never fitted;
     # every row over-predicted (max: a 22 s run of 1000 128/4-token requests)
-    "published-e2e-serving-3.json": {"serving": (0.299, 3.461, E, 23)},
+    "published-e2e-serving-3.json": {"serving": (0.341, 3.461, E, 23)},
     # fourth evaluation set (docs/evidence.md 'Fourth set'): TensorRT-LLM's DeepSeek-R1 best-performance
     # guide, trtllm-bench runs with their stated engine limits on 8 x B200 and 8 x H200, never fitted
-    "published-e2e-serving-4.json": {"serving": (0.248, 0.546, E, 3)},
+    "published-e2e-serving-4.json": {"serving": (0.250, 0.546, E, 3)},
 }
 
 
