@@ -205,6 +205,8 @@ def test_grouped_rejects_bad_input():
         grouped_gemm_time(H800, [1, 2], 64, 64, "fp8", layout="ragged")
     with pytest.raises(SpecError):
         grouped_gemm_time(H800, [10, 300], 64, 64, "fp8", layout="masked", capacity=256)
+    with pytest.raises(SpecError, match="capacity"):  # a buffer size means nothing to the padded layouts
+        grouped_gemm_time(H800, [5, 7], 64, 64, "fp8", layout="token_tiled", capacity=16)
 
 
 # ---- CLI -----------------------------------------------------------------------------------

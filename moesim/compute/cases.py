@@ -57,8 +57,8 @@ def predict_gemm_case(inputs: dict, hw: HardwareProfile) -> float:
 def predict_grouped_gemm_case(inputs: dict, hw: HardwareProfile) -> float:
     """Predicted kernel time (s) of a ``grouped_gemm`` case.
 
-    inputs: m_per_group (a list, or an int with ``groups``), n, k, dtype, layout (contiguous or
-    masked; default contiguous), capacity (masked only; default the largest group).
+    inputs: m_per_group (a list, or an int with ``groups``), n, k, dtype, layout (contiguous,
+    masked or token_tiled; default contiguous), capacity (masked only; default the largest group).
     """
     _metric(inputs)
     m_per_group = inputs["m_per_group"]

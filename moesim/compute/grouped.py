@@ -3,8 +3,8 @@
 Group g has ``m_g`` rows (tokens routed to expert g; 0 = empty expert) and its own ``k x n``
 weight. Three layouts (the first two DeepGEMM's names):
 
-- ``contiguous`` (prefill, training): the groups' rows are concatenated, each group padded to
-  the tile height ``tile_m`` so no tile mixes experts. Padding rows are real memory: they are
+- ``contiguous`` (training; DeepGEMM's m-grouped kernels): the groups' rows are concatenated,
+  each group padded to the tile height ``tile_m`` so no tile mixes experts. Padding rows are real memory: they are
   loaded, multiplied and written.
 - ``masked`` (decode, CUDA graphs): every group has a fixed buffer of ``capacity`` rows of which
   the first ``m_g`` are valid; tiles past the valid rows exit at once, only valid rows are
@@ -23,7 +23,7 @@ weight. Three layouts (the first two DeepGEMM's names):
 
 Per tile shape (tm, tn) as in ``gemm`` (same symbols, see moesim/compute/gemm.py):
 
-    tiles  = n_tiles x sum_g ceil(rows_g / tm)        rows_g = padded (contiguous) or valid (masked)
+    tiles  = n_tiles x sum_g ceil(rows_g / tm)        rows_g = padded (contiguous, token_tiled) or valid (masked)
     waves  = ceil(tiles / U)
     t_units = waves (steps t_step(r) + t_epi(r)),    r = rows loaded per tile (mean over tiles)
 
@@ -59,7 +59,7 @@ def token_tile(mean_rows: float, tile_m: int) -> int:
     layout) once the groups fill a full tile."""
     if mean_rows >= tile_m:
         return int(tile_m)
-    pow2 = 1 << max(0, int(np.ceil(np.log2(max(mean_rows, 1.0)))))
+    pow2 = 1 << (max(int(np.ceil(mean_rows)), 1) - 1).bit_length()
     return int(min(max(pow2, TOKEN_TILE_MIN), TOKEN_TILE_MAX, tile_m))
 
 
@@ -107,6 +107,8 @@ def _check(m_per_group, n, k, layout, capacity) -> tuple[np.ndarray, int, int]:
             raise SpecError(name, v, "must be a positive integer")
     if layout not in LAYOUTS:
         raise SpecError("layout", layout, f"allowed: {', '.join(LAYOUTS)}")
+    if capacity is not None and layout != "masked":
+        raise SpecError("capacity", capacity, f"applies to layout masked only (layout is {layout})")
     if layout == "masked" and capacity is not None:
         if capacity <= 0 or m_G.max() > capacity:
             raise SpecError("capacity", capacity, f"must be positive and >= the largest group ({int(m_G.max())})")
