@@ -45,7 +45,6 @@ TRAINING_NOT_MODELLED: dict[str, str] = {
     "nvlink_used": "the scale-up link is always used when the domain has more than one device",
 }
 SERVING_NOT_MODELLED: dict[str, str] = {
-    "mtp": "MTP / speculative decoding is not priced",
     "nvlink_used": "the scale-up link is always used when the domain has more than one device",
     "dispatcher": "one all-to-all model for every token dispatcher",
     "capacity_factor": "serving is priced dropless",

@@ -31,6 +31,11 @@ state (documented, the same for every case):
   ``deepep_mode`` low_latency -> low-latency all-to-all; EP sizes that do not divide the
   experts get the fewest redundant slots that make them divide (EPLB); routing ``uniform``
   (EPLB is taken to balance away the data's skew).
+- serving: ``mtp`` true in a decode row prices MTP speculative decoding with the row's
+  ``mtp_acceptance_rate`` (refused when not stated) and ``mtp_draft_tokens`` (default the
+  model's ``mtp_layers``): the verify pass of 1 + d tokens per sequence plus d draft passes per
+  step, (1 - a^(d+1)) / (1 - a) tokens emitted per sequence (``case_speculative``); prefill and
+  end-to-end rows list it as ignored.
 - both: ``num_sms`` (SMs of the normal all-to-all kernels, when a source states it) overrides
   DeepEP's default 20 (moesim/step/sharing.py); only overlapped schedules feel it.
 - both: ``devices_per_node`` (the scale-up domain) defaults to the profile's domain size (8 on
@@ -220,6 +225,7 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
         flag_ignored(inputs, "eplb", "routing is priced uniform (balanced) whether or not EPLB runs")
     inputs.get("pd_disaggregation")  # honoured: each phase is priced alone, as a disaggregated pool runs it
     phase = inputs["phase"]
+    spec = case_speculative(inputs, model, phase)
     if phase == "end_to_end":  # framework / cuda_graphs choose the scenario's stack (case_stack)
         return planned_serving(inputs, model, hw, devices, tp, layout, stacks)
     if phase == "decode":
@@ -244,7 +250,49 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
             "attention_dtype": _get(inputs, "attention_dtype", None)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
+    if spec is not None:  # decode with MTP: verify + draft passes per step, E tokens per sequence
+        from moesim.planner.pool_cost import speculative_step_s
+
+        def step_s(batch, context):
+            return _serving_step(model, dep, "decode", {"batch_per_device": int(round(batch)),
+                                                         "context": int(round(context))}).step_time_s
+        b, ctx = shape["batch_per_device"], shape["context"]
+        return b * spec.tokens_per_step / speculative_step_s(spec, model, step_s, b, ctx)
     return _serving_step(model, dep, phase, shape).tokens_per_s_per_device
+
+
+# ``mtp`` values that mean off, as sources write them (a bool false is off too)
+MTP_OFF_SPELLINGS: tuple[str, ...] = ("none", "off", "no", "false", "disabled", "0")
+
+
+def case_speculative(inputs: dict, model: ModelSpec, phase: str):
+    """MTP speculative decoding of a serving row (moesim/specs/serving_features.py
+    ``SpeculativeDecoding``): ``mtp`` true prices a decode row's step as the verify pass of
+    1 + d tokens per sequence plus d draft passes of the model's MTP layers, emitting
+    (1 - a^(d+1)) / (1 - a) tokens per sequence (moesim/planner/pool_cost.py
+    ``speculative_step_s``), with the acceptance rate a the row states (``mtp_acceptance_rate``:
+    the probability a draft token is accepted given the ones before it; refused when not stated:
+    it decides the answer) and d = ``mtp_draft_tokens`` (default the model's ``mtp_layers``).
+    None when MTP is off (false, or a spelling in ``MTP_OFF_SPELLINGS``) or not stated; prefill
+    and end-to-end rows flag it (the draft layer's
+    share of a prefill is not priced there)."""
+    from moesim.specs.serving_features import SpeculativeDecoding
+
+    raw = inputs.get("mtp")
+    if not raw or (isinstance(raw, str) and raw.strip().lower() in MTP_OFF_SPELLINGS):
+        return None
+    if phase != "decode":
+        flag_ignored(inputs, "mtp", "MTP is priced in decode rows only (its draft layer's share of a prefill is not)")
+        return None
+    if inputs.get("mtp_acceptance_rate") is None:
+        raise UnsupportedCase("input 'mtp_acceptance_rate' (0 to 1) is needed to price MTP and is not stated")
+    depth = inputs.get("mtp_draft_tokens")
+    try:
+        return build(SpeculativeDecoding, {
+            "method": "mtp", "acceptance_rate": float(inputs["mtp_acceptance_rate"]),
+            "draft_tokens": int(depth if depth is not None else max(1, model.mtp_layers))})
+    except MoesimError as err:
+        raise UnsupportedCase(f"cannot price MTP: {err}") from None
 
 
 # Decode batches per device the end-to-end path searches (CUDA-graph batch sizes of the engines'

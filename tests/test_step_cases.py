@@ -42,3 +42,58 @@ def test_published_training_and_serving_cases_predict():
         value = predict(case_inputs(c), load_profile(c.hardware))
         # no accuracy bound asserted here: the errors are reported by `moesim validate`
         assert np.isfinite(value) and value > 0, c.id
+
+
+MTP_DECODE = {"metric": "tokens_per_s_per_device", "model": "deepseek-v3", "phase": "decode", "devices": 16,
+              "devices_per_node": 8, "attention_layout": "dp", "ep": 16, "dtype": "fp8",
+              "batch_per_device": 64, "context_len": 2000}
+
+
+def _plain_step_s(batch, context):
+    """The decode step of MTP_DECODE's deployment at ``batch`` x ``context``, through the plain path."""
+    t = predict_serving_case({**MTP_DECODE, "batch_per_device": batch, "context_len": context}, H800)
+    return batch / t  # tokens/s per device = batch / step time
+
+
+def test_mtp_decode_row_is_the_speculative_closed_form():
+    """A decode row with MTP emits E = (1 - a^(d+1)) / (1 - a) tokens per sequence per step of
+    max(t(b(1+d), 1) + t(b, C) - t(b, 1), t(b, C)) + d (mtp_layers / layers) t(b, C)
+    (moesim/planner/pool_cost.py speculative_step_s), recomputed here from plain decode rows
+    (exact up to float rounding: the same step model on the same deployment)."""
+    b, c, a = 64, 2000, 0.8
+    got = predict_serving_case({**MTP_DECODE, "mtp": True, "mtp_acceptance_rate": a}, H800)
+    plain = _plain_step_s(b, c)
+    verify = _plain_step_s(2 * b, 1) + plain - _plain_step_s(b, 1)
+    step = max(verify, plain) + (DSV3.mtp_layers / DSV3.num_layers) * plain
+    assert got == pytest.approx(b * (1 + a) / step, rel=1e-9)
+    # acceptance 0 never beats no MTP (the draft and the wider verify cost, one token emitted)
+    none = predict_serving_case(MTP_DECODE, H800)
+    zero = predict_serving_case({**MTP_DECODE, "mtp": True, "mtp_acceptance_rate": 0.0}, H800)
+    assert zero < none < got
+
+
+def test_mtp_without_an_acceptance_rate_is_refused_naming_it_and_mtp_off_is_plain():
+    with pytest.raises(UnsupportedCase, match="mtp_acceptance_rate"):
+        predict_serving_case({**MTP_DECODE, "mtp": True}, H800)
+    with pytest.raises(UnsupportedCase, match="acceptance_rate"):
+        predict_serving_case({**MTP_DECODE, "mtp": True, "mtp_acceptance_rate": 1.5}, H800)
+    assert predict_serving_case({**MTP_DECODE, "mtp": False}, H800) == predict_serving_case(MTP_DECODE, H800)
+
+
+def test_mtp_in_a_prefill_row_is_listed_as_ignored():
+    from moesim.cases import parse_cases
+    from moesim.validate import validate
+
+    inputs = {k: v for k, v in MTP_DECODE.items() if k not in ("metric", "batch_per_device", "context_len")}
+    rows = {"schema": "moesim-cases/1", "cases": [
+        {"id": "p", "kind": "serving", "hardware": "h800-sxm",
+         "inputs": {**inputs, "phase": "prefill", "prompt_len": 1000, "tokens_per_device": 8000, "mtp": True,
+                    "mtp_acceptance_rate": 0.85},
+         "measured": {"metric": "tokens_per_s_per_device", "value": 1000.0}},
+        {"id": "d", "kind": "serving", "hardware": "h800-sxm",
+         "inputs": {**inputs, "batch_per_device": 64, "context_len": 2000, "mtp": True, "mtp_acceptance_rate": 0.85},
+         "measured": {"metric": "tokens_per_s_per_device", "value": 1000.0}}]}
+    p, d = validate(parse_cases(rows)).cases
+    assert p.status == d.status == "ok"
+    assert "mtp" in dict(p.ignored_inputs)
+    assert "mtp" not in dict(d.ignored_inputs) and "mtp_acceptance_rate" not in dict(d.ignored_inputs)
