@@ -274,8 +274,9 @@ def case_speculative(inputs: dict, model: ModelSpec, phase: str):
     the probability a draft token is accepted given the ones before it; refused when not stated:
     it decides the answer) and d = ``mtp_draft_tokens`` (default the model's ``mtp_layers``).
     None when MTP is off (false, or a spelling in ``MTP_OFF_SPELLINGS``) or not stated; prefill
-    and end-to-end rows flag it (the draft layer's
-    share of a prefill is not priced there)."""
+    and end-to-end rows flag it (the draft layer's share of a prefill is not priced there). A
+    model without MTP layers, or an acceptance rate that is not a number in [0, 1], is refused
+    naming the field."""
     from moesim.specs.serving_features import SpeculativeDecoding
 
     raw = inputs.get("mtp")
@@ -284,13 +285,15 @@ def case_speculative(inputs: dict, model: ModelSpec, phase: str):
     if phase != "decode":
         flag_ignored(inputs, "mtp", "MTP is priced in decode rows only (its draft layer's share of a prefill is not)")
         return None
-    if inputs.get("mtp_acceptance_rate") is None:
+    if model.mtp_layers < 1:
+        raise UnsupportedCase(f"input 'mtp': model {model.name} has no MTP layers to draft with")
+    rate = inputs.get("mtp_acceptance_rate")
+    if rate is None:
         raise UnsupportedCase("input 'mtp_acceptance_rate' (0 to 1) is needed to price MTP and is not stated")
     depth = inputs.get("mtp_draft_tokens")
     try:
-        return build(SpeculativeDecoding, {
-            "method": "mtp", "acceptance_rate": float(inputs["mtp_acceptance_rate"]),
-            "draft_tokens": int(depth if depth is not None else max(1, model.mtp_layers))})
+        return build(SpeculativeDecoding, {"method": "mtp", "acceptance_rate": rate,
+                                           "draft_tokens": model.mtp_layers if depth is None else depth})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot price MTP: {err}") from None
 

@@ -78,6 +78,9 @@ def test_mtp_without_an_acceptance_rate_is_refused_naming_it_and_mtp_off_is_plai
     with pytest.raises(UnsupportedCase, match="acceptance_rate"):
         predict_serving_case({**MTP_DECODE, "mtp": True, "mtp_acceptance_rate": 1.5}, H800)
     assert predict_serving_case({**MTP_DECODE, "mtp": False}, H800) == predict_serving_case(MTP_DECODE, H800)
+    assert predict_serving_case({**MTP_DECODE, "mtp": "none"}, H800) == predict_serving_case(MTP_DECODE, H800)
+    with pytest.raises(UnsupportedCase, match="no MTP layers"):
+        predict_serving_case({**MTP_DECODE, "model": "qwen3-30b-a3b", "mtp": True, "mtp_acceptance_rate": 0.8}, H800)
 
 
 def test_mtp_in_a_prefill_row_is_listed_as_ignored():
