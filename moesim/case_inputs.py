@@ -51,10 +51,22 @@ SERVING_NOT_MODELLED: dict[str, str] = {
 }
 
 
+# How sources write a feature that is off: what the step model prices, so it is read, not flagged
+OFF_VALUES: tuple[str, ...] = ("none", "off", "no", "false", "disabled", "0")
+
+
+def stated_off(value) -> bool:
+    """Whether a stated feature value means off: False, 0, or a spelling in ``OFF_VALUES``."""
+    if value is False or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
+        return True
+    return isinstance(value, str) and value.strip().lower() in OFF_VALUES
+
+
 def flag_not_modelled(inputs: dict, table: dict[str, str]) -> None:
-    """Flag each stated key of ``table``; a feature stated off (False) is what is priced."""
+    """Flag each stated key of ``table``; a feature stated off (``stated_off``: False, 0, "none",
+    ...) is what is priced."""
     for key, why in table.items():
-        if inputs.get(key) is not False:
+        if not stated_off(inputs.get(key)):
             flag_ignored(inputs, key, why)
 
 

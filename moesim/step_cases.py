@@ -65,7 +65,7 @@ from moesim.errors import MoesimError, SpecError
 from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
-                                domain_layout, flag_not_modelled, recompute_mode, training_capacity_factor,
+                                domain_layout, flag_not_modelled, recompute_mode, stated_off, training_capacity_factor,
                                 training_schedule, training_sharding)
 from moesim.step.stacks import StackTable, stack_table
 from moesim.validate import UnsupportedCase, flag_ignored
@@ -261,10 +261,6 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
     return _serving_step(model, dep, phase, shape).tokens_per_s_per_device
 
 
-# ``mtp`` values that mean off, as sources write them (a bool false is off too)
-MTP_OFF_SPELLINGS: tuple[str, ...] = ("none", "off", "no", "false", "disabled", "0")
-
-
 def case_speculative(inputs: dict, model: ModelSpec, phase: str):
     """MTP speculative decoding of a serving row (moesim/specs/serving_features.py
     ``SpeculativeDecoding``): ``mtp`` true prices a decode row's step as the verify pass of
@@ -273,14 +269,14 @@ def case_speculative(inputs: dict, model: ModelSpec, phase: str):
     ``speculative_step_s``), with the acceptance rate a the row states (``mtp_acceptance_rate``:
     the probability a draft token is accepted given the ones before it; refused when not stated:
     it decides the answer) and d = ``mtp_draft_tokens`` (default the model's ``mtp_layers``).
-    None when MTP is off (false, or a spelling in ``MTP_OFF_SPELLINGS``) or not stated; prefill
+    None when MTP is off (moesim/case_inputs.py ``stated_off``) or not stated; prefill
     and end-to-end rows flag it (the draft layer's share of a prefill is not priced there). A
     model without MTP layers, or an acceptance rate that is not a number in [0, 1], is refused
     naming the field."""
     from moesim.specs.serving_features import SpeculativeDecoding
 
     raw = inputs.get("mtp")
-    if not raw or (isinstance(raw, str) and raw.strip().lower() in MTP_OFF_SPELLINGS):
+    if raw is None or stated_off(raw):
         return None
     if phase != "decode":
         flag_ignored(inputs, "mtp", "MTP is priced in decode rows only (its draft layer's share of a prefill is not)")

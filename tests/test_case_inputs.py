@@ -92,6 +92,11 @@ def test_a_feature_stated_off_is_honoured_and_a_flagged_false_is_listed():
     (c,) = validate(_file({**inputs, "mtp": False, "dropless": False})).cases
     ignored = dict(c.ignored_inputs)
     assert "mtp" not in ignored                      # MTP off: what the step model prices
+    for off in ({"mtp_depth": 0}, {"mtp": "none"}, {"mtp": "off"}):  # off as sources write it
+        (co,) = validate(_file({**inputs, **off})).cases
+        assert not set(off) & set(dict(co.ignored_inputs)), off
+    (c1,) = validate(_file({**inputs, "mtp_depth": 1})).cases
+    assert "mtp_depth" in dict(c1.ignored_inputs)    # one MTP layer: not priced in training, listed
     assert "dropless" not in ignored                 # a token-drop run is priced (capacity factor)
     assert "capacity_factor" in dict(c.assumptions)  # 1.0 padded, the token-drop recipes' default
 
