@@ -254,8 +254,7 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
         from moesim.planner.pool_cost import speculative_step_s
 
         def step_s(batch, context):
-            return _serving_step(model, dep, "decode", {"batch_per_device": int(round(batch)),
-                                                         "context": int(round(context))}).step_time_s
+            return _serving_step(model, dep, "decode", {"batch_per_device": batch, "context": context}).step_time_s
         b, ctx = shape["batch_per_device"], shape["context"]
         return b * spec.tokens_per_step / speculative_step_s(spec, model, step_s, b, ctx)
     return _serving_step(model, dep, phase, shape).tokens_per_s_per_device
@@ -290,8 +289,11 @@ def case_speculative(inputs: dict, model: ModelSpec, phase: str):
     try:
         return build(SpeculativeDecoding, {"method": "mtp", "acceptance_rate": rate,
                                            "draft_tokens": model.mtp_layers if depth is None else depth})
-    except MoesimError as err:
-        raise UnsupportedCase(f"cannot price MTP: {err}") from None
+    except MoesimError as err:  # name the case's inputs, not the spec's fields
+        msg = str(err).replace("SpeculativeDecoding: ", "")
+        for spec_field, case_key in (("acceptance_rate", "mtp_acceptance_rate"), ("draft_tokens", "mtp_draft_tokens")):
+            msg = msg.replace(f"{spec_field} =", f"input '{case_key}' =")
+        raise UnsupportedCase(msg) from None
 
 
 # Decode batches per device the end-to-end path searches (CUDA-graph batch sizes of the engines'

@@ -77,6 +77,8 @@ def test_mtp_without_an_acceptance_rate_is_refused_naming_it_and_mtp_off_is_plai
         predict_serving_case({**MTP_DECODE, "mtp": True}, H800)
     with pytest.raises(UnsupportedCase, match="acceptance_rate"):
         predict_serving_case({**MTP_DECODE, "mtp": True, "mtp_acceptance_rate": 1.5}, H800)
+    with pytest.raises(UnsupportedCase, match="input 'mtp_draft_tokens' = 0"):
+        predict_serving_case({**MTP_DECODE, "mtp": True, "mtp_acceptance_rate": 0.8, "mtp_draft_tokens": 0}, H800)
     assert predict_serving_case({**MTP_DECODE, "mtp": False}, H800) == predict_serving_case(MTP_DECODE, H800)
     assert predict_serving_case({**MTP_DECODE, "mtp": "none"}, H800) == predict_serving_case(MTP_DECODE, H800)
     with pytest.raises(UnsupportedCase, match="no MTP layers"):
