@@ -9,6 +9,7 @@ import re
 
 from moesim.errors import SpecError
 from moesim.specs import HardwareProfile
+from moesim.specs.cluster import partial_domain_note, rack_aligned_domain
 from moesim.validate import flag_ignored
 
 
@@ -85,18 +86,14 @@ def recompute_mode(inputs: dict) -> str:
 
 
 def domain_layout(inputs: dict, hw: HardwareProfile, devices: int, ep: int) -> int:
-    """Devices per scale-up domain of a case (see the module docstring for partial racks)."""
+    """Devices per scale-up domain of a case (partial racks: moesim/specs/cluster.py
+    ``rack_aligned_domain``, recorded under the case's assumptions)."""
     stated = inputs.get("devices_per_node")
     dpd = int(stated) if stated is not None else hw.scale_up.domain_size
-    if devices <= dpd or devices % dpd == 0:
-        return dpd
-    fits = [d for d in range(dpd, 0, -1) if devices % d == 0]
-    aligned = [d for d in fits if d % ep == 0 or ep % d == 0 and d >= min(ep, dpd)]
-    chosen = (aligned or fits)[0]
-    if hasattr(inputs, "assume"):
-        inputs.assume("devices_per_node", f"{devices} devices on {dpd}-device domains: the last domain is partial; "
-                                          f"modelled as {devices // chosen} domains of {chosen}")
-    return chosen
+    note = partial_domain_note(devices, dpd, ep)
+    if note is not None and hasattr(inputs, "assume"):
+        inputs.assume("devices_per_node", note)
+    return rack_aligned_domain(devices, dpd, ep)
 
 
 def training_sharding(inputs: dict, dp: int, cp: int = 1) -> str | None:

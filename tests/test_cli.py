@@ -78,3 +78,20 @@ def test_json_writes_non_finite_numbers_as_null(capsys):
 
     emit(argparse.Namespace(json=True), Result({"ttft_s": math.inf, "ratio": math.nan, "ok": [1.5, -math.inf]}))
     assert json.loads(capsys.readouterr().out) == {"ttft_s": None, "ratio": None, "ok": [1.5, None]}
+
+
+def test_step_on_a_partial_rack_runs_and_names_the_layout(capsys):
+    """256 GPUs on 72-GPU NVL72 racks: priced as 4 domains of 64 (EP 32 inside one), the same
+    answer as stating --devices-per-node 64, and the assumption printed and in the JSON."""
+    args = ("step", "--model", "qwen3-30b-a3b", "--hw", "gb200", "--devices", "256", "--ep", "32",
+            "--phase", "train", "--global-batch", "1024", "--seq-len", "4096", "--micro-batch", "1", "--json")
+    code, out, _ = _run(capsys, *args)
+    assert code == 0
+    partial = json.loads(out)
+    assert partial["partial_domain"].endswith("modelled as 4 domains of 64")
+    code, out, _ = _run(capsys, *args, "--devices-per-node", "64")
+    even = json.loads(out)
+    assert code == 0 and "partial_domain" not in even
+    assert partial["step_time_s"] == pytest.approx(even["step_time_s"], rel=1e-12)  # same layout, same arithmetic
+    code, out, _ = _run(capsys, *args[:-1])
+    assert code == 0 and "scale-up" in out and "4 domains of 64" in out

@@ -19,7 +19,6 @@ def _dep(**kw) -> Deployment:
 
 @pytest.mark.parametrize("kw,field", [
     (dict(dp=8, ep=8), "devices.*must equal tp x cp x dp x pp"),
-    (dict(devices=12, dp=12, ep=12, devices_per_domain=8), "multiple of the domain size"),
     (dict(tp=2, dp=8), "DP attention"),
     (dict(ep=32), "ep x etp"),
     (dict(vpp=2), "vpp > 1 needs pp > 1"),
@@ -34,6 +33,20 @@ def _dep(**kw) -> Deployment:
 def test_bad_deployments_name_the_field(kw, field):
     with pytest.raises(MoesimError, match=field):
         build(Deployment, {**dict(hardware=H200, devices=16, dp=16, ep=16, attention_layout="dp"), **kw})
+
+
+def test_partial_domain_is_modelled_as_equal_domains():
+    """A job that leaves its last scale-up domain partial runs (it is a real deployment), as the
+    equal domains of rack_aligned_domain, and says so; whole domains carry no note."""
+    gb200 = load_profile("gb200")
+    dep = Deployment(hardware=gb200, devices=256, dp=256, ep=32)
+    assert dep.domain_size == 64 and dep.cluster.devices_per_domain == 64   # 4 racks of 64: EP 32 inside one
+    assert dep.partial_domain == ("256 devices on 72-device domains: the last domain is partial; "
+                                  "modelled as 4 domains of 64")
+    odd = _dep(devices=12, dp=12, ep=12, devices_per_domain=8)
+    assert odd.domain_size == 6 and "2 domains of 6" in odd.partial_domain   # no aligned divisor: the largest
+    assert _dep().partial_domain is None and _dep().domain_size == 8
+    assert Deployment(hardware=gb200, devices=144, dp=144, ep=144).partial_domain is None  # two whole racks
 
 
 def test_model_checks_name_the_field():

@@ -177,6 +177,9 @@ def _step(args, outputs: Outputs) -> Result:
              ("exposed comm", f"{b.exposed_comm_s * 1e3:.3f} ms"),
              ("memory", f"{b.memory_GiB:.1f} / {b.memory_capacity_GiB:.1f} GiB")]
     pairs.append(("stack", _stack_line(dep.stack, b.phase, data)))
+    if dep.partial_domain is not None:  # moesim/specs/cluster.py rack_aligned_domain
+        data["partial_domain"] = dep.partial_domain
+        pairs.append(("scale-up", dep.partial_domain))
     if b.phase != "train":
         from moesim.step.stacks import resolve
 

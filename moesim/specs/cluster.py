@@ -38,6 +38,31 @@ class Cluster(Spec):
         return -(-self.devices // self.domain_size(profile))
 
 
+def rack_aligned_domain(devices: int, domain: int, ep: int = 1) -> int:
+    """Devices per scale-up domain that ``devices`` use on ``domain``-device domains.
+
+    ``domain`` itself when the job fills whole domains or fits in one. Otherwise the last domain
+    would be partial (256 GPUs on 72-GPU NVL72 racks), which is a real deployment: it is modelled
+    as ``devices / d`` equal domains of the largest ``d`` <= ``domain`` that divides ``devices``
+    and keeps every EP group inside one domain (``d`` a multiple of ``ep``, or a divisor of it
+    no smaller than ``min(ep, domain)``) when such a ``d`` exists, else the largest divisor
+    (256 on NVL72 at EP 32 -> 4 domains of 64, as a rack-aligned launcher places the job)."""
+    if devices <= domain or devices % domain == 0:
+        return domain
+    fits = [d for d in range(domain, 0, -1) if devices % d == 0]
+    aligned = [d for d in fits if d % ep == 0 or ep % d == 0 and d >= min(ep, domain)]
+    return (aligned or fits)[0]
+
+
+def partial_domain_note(devices: int, domain: int, ep: int = 1) -> str | None:
+    """The assumption ``rack_aligned_domain`` makes, in words; None when the domains are whole."""
+    chosen = rack_aligned_domain(devices, domain, ep)
+    if chosen == domain:
+        return None
+    return (f"{devices} devices on {domain}-device domains: the last domain is partial; "
+            f"modelled as {devices // chosen} domains of {chosen}")
+
+
 def check_cluster(cluster: Cluster, profile: HardwareProfile) -> None:
     """Raise SpecError when ``cluster`` asks for more than ``profile`` supports."""
     if cluster.hardware != profile.name:

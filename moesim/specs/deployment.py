@@ -53,7 +53,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from moesim.errors import SpecError
-from moesim.specs.cluster import Cluster
+from moesim.specs.cluster import Cluster, partial_domain_note, rack_aligned_domain
 from moesim.specs.common import canonical_dtype
 from moesim.specs.hardware import HardwareProfile
 from moesim.specs.model import ModelSpec
@@ -125,8 +125,6 @@ class Deployment(Parallelism):
         if dpd > hw.scale_up.max_domain_size:
             raise SpecError("devices_per_domain", dpd, f"allowed: at most {hw.scale_up.max_domain_size} "
                             f"(the largest scale-up domain of {hw.name})")
-        if self.devices > dpd and self.devices % dpd:
-            raise SpecError("devices", self.devices, f"allowed: a multiple of the domain size {dpd} (or at most one domain)")
         world = self.world
         if world != self.devices:
             raise SpecError("devices", self.devices, f"must equal tp x cp x dp x pp = {self.tp} x {self.cp} x "
@@ -147,12 +145,22 @@ class Deployment(Parallelism):
 
     @cached_property
     def cluster(self) -> Cluster:
-        return Cluster(hardware=self.hardware.name, devices=self.devices, devices_per_domain=self.devices_per_domain)
+        dpd = self.domain_size if self.partial_domain is not None else self.devices_per_domain
+        return Cluster(hardware=self.hardware.name, devices=self.devices, devices_per_domain=dpd)
 
     @property
     def domain_size(self) -> int:
-        """Devices per scale-up domain actually used (never more than ``devices``)."""
-        return min(self.devices_per_domain or self.hardware.scale_up.domain_size, self.devices)
+        """Devices per scale-up domain actually used (never more than ``devices``): the stated (or
+        the profile's) domain, or for a job that leaves its last domain partial the equal domains
+        of ``rack_aligned_domain`` (moesim/specs/cluster.py; ``partial_domain`` says so)."""
+        dpd = self.devices_per_domain or self.hardware.scale_up.domain_size
+        return min(rack_aligned_domain(self.devices, dpd, self.ep), self.devices)
+
+    @property
+    def partial_domain(self) -> str | None:
+        """The partial-domain assumption in words (``partial_domain_note``), None for whole domains."""
+        return partial_domain_note(self.devices, self.devices_per_domain or self.hardware.scale_up.domain_size,
+                                   self.ep)
 
     @property
     def expert_placement(self) -> str:
