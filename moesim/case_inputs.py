@@ -10,6 +10,7 @@ import re
 from moesim.errors import SpecError
 from moesim.specs import HardwareProfile
 from moesim.specs.cluster import partial_domain_note, rack_aligned_domain
+from moesim.specs.deployment import canonical_recompute_modules
 from moesim.validate import flag_ignored
 
 
@@ -18,24 +19,26 @@ def _get(inputs: dict, key: str, default):
     return default if value is None else value
 
 
-# Recompute as sources write it -> the step model's mode (moesim/step/training.py: "selective"
-# recomputes the attention block, "full" the whole forward). Megatron: --recompute-granularity
-# selective (core attention) / full with --recompute-method uniform|block; NeMo recipes write
-# "selective", "full", "block"; MaxText remat policies "full", "minimal", "save_dot_except_mlp";
-# DeepSeek-V3 (arXiv 2412.19437 s3.2.3) recomputes RMSNorm and the MLA up-projections only.
-# Value: (mode, what is not priced, or "" when the mode is what the source ran).
-RECOMPUTE_SPELLINGS: dict[str, tuple[str, str]] = {
-    "none": ("none", ""), "no": ("none", ""), "off": ("none", ""), "disabled": ("none", ""),
-    "selective": ("selective", ""), "attention": ("selective", ""), "attention-only": ("selective", ""),
-    "core_attn": ("selective", ""), "core-attention": ("selective", ""),
-    "full": ("full", ""), "block": ("full", ""), "full-block": ("full", ""), "uniform": ("full", ""),
-    "full-uniform": ("full", ""),
-    "rmsnorm+mla-up-projection": ("none", "norms and MLA up-projections recomputed: not priced (a few % of "
-                                          "the layer's FLOPs)"),
-    "minimal": ("none", "MaxText 'minimal' remat (a few elementwise ops recomputed) not priced"),
-    "mlp": ("full", "only the MLP/MoE block is recomputed; priced as full recompute (an upper bound)"),
-    "moe": ("full", "only the MoE block is recomputed; priced as full recompute (an upper bound)"),
+# Recompute as sources write it -> the step model's mode and, for selective, the Megatron-Core
+# modules recomputed (moesim/step/recompute.py; None: Megatron's default core_attn). Megatron:
+# --recompute-granularity selective (with --recompute-modules, default core attention) / full
+# with --recompute-method uniform|block; NeMo recipes write "selective", "full", "block"; MaxText
+# remat policies "full", "minimal", "save_dot_except_mlp"; DeepSeek-V3 (arXiv 2412.19437
+# s3.2.3) recomputes RMSNorm and the MLA up-projections only.
+# Value: (mode, modules, what is not priced, or "" when the mode is what the source ran).
+RECOMPUTE_SPELLINGS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
+    "none": ("none", None, ""), "no": ("none", None, ""), "off": ("none", None, ""), "disabled": ("none", None, ""),
+    "selective": ("selective", None, ""), "attention": ("selective", None, ""),
+    "attention-only": ("selective", None, ""), "core_attn": ("selective", None, ""),
+    "core-attention": ("selective", None, ""),
+    "full": ("full", None, ""), "block": ("full", None, ""), "full-block": ("full", None, ""),
+    "uniform": ("full", None, ""), "full-uniform": ("full", None, ""),
+    "rmsnorm+mla-up-projection": ("selective", ("layernorm", "mla_up_proj"), ""),
+    "minimal": ("none", None, "MaxText 'minimal' remat (a few elementwise ops recomputed) not priced"),
+    "mlp": ("selective", ("mlp", "moe"), ""),
+    "moe": ("selective", ("moe",), ""),
 }
+
 
 # Stated training inputs the step model does not honour (or honours only at one value).
 TRAINING_NOT_MODELLED: dict[str, str] = {
@@ -71,18 +74,32 @@ def flag_not_modelled(inputs: dict, table: dict[str, str]) -> None:
             flag_ignored(inputs, key, why)
 
 
-def recompute_mode(inputs: dict) -> str:
-    """The step model's recompute mode of a case (RECOMPUTE_SPELLINGS); none when not stated."""
+def recompute_plan(inputs: dict) -> tuple[str, tuple[str, ...] | None]:
+    """The step model's recompute mode of a case and its selective modules (RECOMPUTE_SPELLINGS;
+    a stated ``recompute_modules`` list, as Megatron's --recompute-modules, replaces the
+    spelling's); ("none", None) when not stated. SpecError naming the value for an unknown
+    spelling or module, or for modules stated with a recompute that is not selective."""
     raw = inputs.get("recompute")
-    if raw is None:
-        return "none"
-    key = str(raw).strip().lower().replace(" ", "-").replace("_", "-") if str(raw) != "core_attn" else "core_attn"
+    stated = inputs.get("recompute_modules")
+    if raw is None and stated is None:
+        return "none", None
+    key = "selective" if raw is None else (
+        str(raw).strip().lower().replace(" ", "-").replace("_", "-") if str(raw) != "core_attn" else "core_attn")
     if key not in RECOMPUTE_SPELLINGS:
         raise SpecError("recompute", raw, f"one of {', '.join(RECOMPUTE_SPELLINGS)}")
-    mode, unpriced = RECOMPUTE_SPELLINGS[key]
+    mode, modules, unpriced = RECOMPUTE_SPELLINGS[key]
     if unpriced:
         flag_ignored(inputs, "recompute", f"{raw!r} -> {mode}: {unpriced}")
-    return mode
+    if stated is not None:
+        if mode != "selective":
+            raise SpecError("recompute_modules", stated, f"applies to selective recompute only (recompute is {raw!r})")
+        modules = canonical_recompute_modules(stated)
+    return mode, modules
+
+
+def recompute_mode(inputs: dict) -> str:
+    """The recompute mode of ``recompute_plan``."""
+    return recompute_plan(inputs)[0]
 
 
 def domain_layout(inputs: dict, hw: HardwareProfile, devices: int, ep: int) -> int:

@@ -50,8 +50,9 @@ state (documented, the same for every case):
   capacity and the padded dispatch has no host sync (moesim/step/training.py ``padded_dispatch``).
 - training: ``dualpipe`` true -> DeepSeek-V3's DualPipe schedule (moesim/step/training.py
   ``dualpipe_pair`` / ``dualpipe_bubble``); otherwise (interleaved) 1F1B.
-- recompute as the source writes it (moesim/case_inputs.py ``RECOMPUTE_SPELLINGS``); an
-  unknown spelling is an error naming the case and the value.
+- recompute as the source writes it (moesim/case_inputs.py ``RECOMPUTE_SPELLINGS``), with a
+  stated ``recompute_modules`` list (Megatron's --recompute-modules) as the selective modules
+  (moesim/step/recompute.py); an unknown spelling or module is an error naming the case and the value.
 Every other stated input the step model cannot honour is listed per case in ``ignored_inputs``
 (moesim/case_inputs.py ``TRAINING_NOT_MODELLED``, ``SERVING_NOT_MODELLED``).
 """
@@ -65,7 +66,7 @@ from moesim.errors import MoesimError, SpecError
 from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
-                                domain_layout, flag_not_modelled, recompute_mode, stated_off, training_capacity_factor,
+                                domain_layout, flag_not_modelled, recompute_plan, stated_off, training_capacity_factor,
                                 training_schedule, training_sharding)
 from moesim.step.stacks import StackTable, stack_table
 from moesim.validate import UnsupportedCase, flag_ignored
@@ -149,7 +150,7 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
     dp = devices // (tp * pp * cp)
     flag_not_modelled(inputs, TRAINING_NOT_MODELLED)
     check_training_flags(inputs, dp)
-    recompute = recompute_mode(inputs)
+    recompute, recompute_modules = recompute_plan(inputs)
     dpd = domain_layout(inputs, hw, devices, ep)
     capacity = training_capacity_factor(inputs)
     stack = padded_layer_graphs(case_software_stack(inputs, hw, "train", stacks), inputs, capacity)
@@ -157,6 +158,7 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
             "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
+            "recompute_modules": recompute_modules,
             "comm_sms": _comm_sms(inputs), "stack": stack,
             "sharding": training_sharding(inputs, dp, cp), "capacity_factor": capacity})
     except MoesimError as err:

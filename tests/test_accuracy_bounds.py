@@ -37,7 +37,9 @@ BOUNDS = {
     # further evaluation sets (docs/evidence.md): Megatron-Bridge 26.02/25.11/25.09 and MaxText v5p
     # training; older TensorRT-LLM maximum-load tables end to end through the planner (in-sample: its
     # 20 v0.17 rows fit trtllm-engine, its 210 v1.0-era rows fit trtllm)
-    "published-e2e-training-2.json": {"training": (0.122, 0.766, E, 41)},
+    # max re-recorded 2026-12-06: the Megatron-Core roadmap baseline row with its stated recompute
+    # modules priced (moesim/step/recompute.py) instead of the whole attention block, +76.5% -> +89.4%
+    "published-e2e-training-2.json": {"training": (0.121, 0.894, E, 41)},
     "published-e2e-serving-2.json": {"serving": (0.186, 1.042, E, 230)},
     # third evaluation set (docs/evidence.md 'Third set'): dstack DeepSeek-R1 offline runs on 8 x MI300X
     # and 8 x H200 (vLLM, SGLang, TP8) and GPUStack vLLM v0.11 runs on H200 / H100, never fitted;

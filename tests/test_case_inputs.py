@@ -9,7 +9,7 @@ from moesim.cases import parse_cases
 from moesim.catalog import load_profile
 from moesim.comm.cases import predict_all_to_all_case
 from moesim.errors import SpecError
-from moesim.case_inputs import RECOMPUTE_SPELLINGS, recompute_mode
+from moesim.case_inputs import RECOMPUTE_SPELLINGS, recompute_mode, recompute_plan
 from moesim.step_cases import predict_training_case
 from moesim.validate import CaseInputs, validate
 
@@ -42,8 +42,8 @@ def test_unused_and_unmodelled_inputs_are_listed():
 
 def test_recompute_spellings_map_to_modes():
     # hand check: Megatron's "block" method and NeMo's "full" are the same full recompute
-    for spelling, (mode, _) in RECOMPUTE_SPELLINGS.items():
-        assert recompute_mode(CaseInputs({"recompute": spelling})) == mode
+    for spelling, (mode, modules, _) in RECOMPUTE_SPELLINGS.items():
+        assert recompute_plan(CaseInputs({"recompute": spelling})) == (mode, modules)
     full = predict_training_case({**TRAIN, "recompute": "full"}, B200)
     block = predict_training_case({**TRAIN, "recompute": "Block"}, B200)
     sel = predict_training_case({**TRAIN, "recompute": "attention-only"}, B200)
@@ -158,3 +158,16 @@ def test_end_to_end_rows_go_through_the_planner():
         predict_serving_case(CaseInputs(E2E, "serving"), with_params(B200, {"compute.kernel_overhead_us": 1.0}))
     with pytest.raises(Exception, match="latency limits"):
         predict_serving_case({**E2E, "max_load": None}, B200)
+
+
+def test_stated_recompute_modules_are_priced_not_ignored():
+    """A row's recompute_modules (Megatron --recompute-modules) is read and priced: it changes the
+    prediction against the default selective (core_attn) and is not listed in ignored_inputs;
+    stated with a recompute that is not selective it is refused naming the field."""
+    inputs = {k: v for k, v in TRAIN.items() if k != "metric"}
+    (sel,) = validate(_file({**inputs, "recompute": "selective"})).cases
+    (mods,) = validate(_file({**inputs, "recompute": "selective", "recompute_modules": ["moe_act", "layernorm"]})).cases
+    assert sel.status == mods.status == "ok" and "recompute_modules" not in dict(mods.ignored_inputs)
+    assert mods.predicted != sel.predicted
+    (bad,) = validate(_file({**inputs, "recompute": "full", "recompute_modules": ["mlp"]})).cases
+    assert bad.status == "error" and "recompute_modules" in bad.reason

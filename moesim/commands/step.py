@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=4096, help="train: tokens per sequence")
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
+    p.add_argument("--recompute-modules", metavar="M,M,...",
+                   help="selective: Megatron-Core modules recomputed (core_attn, layernorm, moe_act, mla_up_proj, "
+                        "mlp, moe, shared_experts); default core_attn")
     p.add_argument("--sharding", choices=list(get_args(Sharding)), default=None,
                    help="train: what the data-parallel group shards (ddp, zero1 = distributed optimizer, fsdp = "
                         "weights and gradients too); default: zero1 (Deployment.sharding)")
@@ -87,6 +90,7 @@ def _specs(args, hw):
         redundant_experts=args.redundant_experts, attention_layout=args.attention, overlap=args.overlap,
         a2a_mode=args.a2a_mode, comm_sms=args.comm_sms, dtype=args.dtype, kv_dtype=args.kv_dtype,
         capacity_factor=args.capacity_factor, overflow=args.overflow, recompute=args.recompute,
+        recompute_modules=args.recompute_modules,
         stack=args.stack, sharding=args.sharding, attention_dtype=args.attention_dtype), "deployment")
     skew = build(RoutingSpec, {"skew": args.skew}, "routing").skew
     if args.phase == "train":

@@ -18,8 +18,11 @@ holds the input embedding, the last stage the LM head) and an EP rank with
   score term that flash attention never stores): per token and layer, in elements of 2 bytes,
   attention 2D + 2 q_w + 2 kv_w, norms 2D, FFN D + 3F (SwiGLU: gate and up outputs, activation);
   an MoE FFN stores top_k copies of D + 3F_expert plus the shared experts'. Selective recompute
-  drops norms and the activation output (D + 2F kept); full recompute keeps only each layer's
-  input (D) plus one layer's working set. Sequence parallel divides by tp, context parallel by cp.
+  drops what its modules recompute (moesim/step/recompute.py; Megatron-Core's default core_attn
+  drops nothing here, since flash attention stores no score matrix): layernorm the norms, moe_act
+  the routed activation output (D + 2F kept per copy), mla_up_proj MLA's up-projected q, k, v
+  (the latents kept), mlp a dense FFN and moe an MoE layer but its input D, shared_experts the
+  shared experts; full recompute keeps only each layer's input (D) plus one layer's working set. Sequence parallel divides by tp, context parallel by cp.
   With 1F1B, stage 0 holds pp micro-batches in flight.
 - mixed-precision Adam: gradients (4 B/param fp32 main_grad, not sharded) and 12 B/param of
   fp32 master weights, first and second moments, sharded over the data-parallel replicas of
@@ -41,6 +44,7 @@ from moesim import units
 from moesim.compute.counts import attention_params_per_layer, expert_params, ffn_params, router_params_per_layer, shared_params_per_layer
 from moesim.errors import SpecError
 from moesim.specs import HardwareProfile, ModelSpec, Parallelism, bytes_per_element, check_parallelism, experts_per_rank
+from moesim.specs.deployment import recomputed_modules
 
 Recompute = Literal["none", "selective", "full"]
 Sharding = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
@@ -127,30 +131,40 @@ def kv_bytes_per_token(model: ModelSpec, par: Parallelism, kv_dtype: str, layers
     return len(layers) * per_layer * bytes_per_element(kv_dtype)
 
 
-def activation_elements_per_token_layer(model: ModelSpec, moe: bool, recompute: str) -> float:
-    """Stored activation elements per token in one layer (module docstring)."""
+def activation_elements_per_token_layer(model: ModelSpec, moe: bool, recompute: str,
+                                        modules: tuple[str, ...] | None = None) -> float:
+    """Stored activation elements per token in one layer (module docstring); ``modules``: the
+    selective recompute's modules (``recomputed_modules``: Megatron's core_attn by default)."""
     att, d = model.attention, model.hidden
     q_w = att.num_heads * att.qk_head_dim
     kv_w = (att.num_heads if att.kind == "mla" else att.num_kv_heads) * (att.qk_head_dim + att.v_dim) / 2
     if recompute == "full":
         return float(d)
+    rec = recomputed_modules(recompute, modules)
+    if "mla_up_proj" in rec and att.kind == "mla":  # only the latents stay; q without compression stays
+        q_w = att.q_lora_rank or q_w
+        kv_w = att.kv_lora_rank + att.qk_rope_head_dim
 
-    def ffn(width: float) -> float:
-        return d + (2 * width if recompute == "selective" else 3 * width)
+    def ffn(width: float, act_recomputed: bool) -> float:
+        return d + (2 * width if act_recomputed else 3 * width)
 
     if moe:
         m = model.moe
-        f = m.top_k * ffn(m.expert_ffn) + m.num_shared_experts * ffn(m.shared_expert_ffn) + m.num_experts
+        if "moe" in rec:
+            f = float(d)
+        else:
+            shared = 0.0 if "shared_experts" in rec else m.num_shared_experts * ffn(m.shared_expert_ffn, False)
+            f = m.top_k * ffn(m.expert_ffn, "moe_act" in rec) + shared + m.num_experts
     else:
-        f = ffn(model.dense_ffn)
-    norms = 0.0 if recompute == "selective" else 2.0 * d
+        f = float(d) if "mlp" in rec else ffn(model.dense_ffn, False)
+    norms = 0.0 if "layernorm" in rec else 2.0 * d
     return 2.0 * d + 2.0 * q_w + 2.0 * kv_w + norms + f
 
 
 def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
                      mode: Literal["serve", "train"] = "serve", weight_dtype: str | None = None,
                      kv_dtype: str | None = None, kv_tokens: int = 0, micro_batch: int = 1,
-                     seq_len: int = 4096, recompute: Recompute = "none",
+                     seq_len: int = 4096, recompute: Recompute = "none", recompute_modules: tuple[str, ...] | None = None,
                      distributed_optimizer: bool = True, reserve_GiB: float = 0.0,
                      sharding: Sharding | None = None) -> MemoryFootprint:
     """Bytes per device of ``model`` under ``par`` on ``hw``; never raises for a misfit.
@@ -201,7 +215,8 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
             expert_w = experts / dp_exp * w_bytes
             grads += unit * GRAD_BYTES
         tokens = micro_batch * seq_len * min(par.pp, 1 + par.pp - 1 - s) / (par.tp * par.cp)
-        per_tok = sum(activation_elements_per_token_layer(model, model.layer_is_moe(i), recompute) for i in layers)
+        per_tok = sum(activation_elements_per_token_layer(model, model.layer_is_moe(i), recompute, recompute_modules)
+                      for i in layers)
         if recompute == "full":
             one = activation_elements_per_token_layer(model, model.is_moe, "none")
             acts = (tokens * per_tok + micro_batch * seq_len / (par.tp * par.cp) * one) * ACT_BYTES

@@ -32,7 +32,8 @@ def deployment_of(c, scenario, model: ModelSpec, *, hw=None, capacity: bool = Tr
     if scenario.kind == "serving":
         kw.update(kv_dtype=w.kv_dtype, attention_dtype=getattr(scenario.search, "attention_dtype", None))
     else:
-        kw.update(recompute=w.recompute, distributed_optimizer=w.distributed_optimizer)
+        kw.update(recompute=w.recompute, recompute_modules=w.recompute_modules,
+                  distributed_optimizer=w.distributed_optimizer)
     kw.update(changes)
     return Deployment(**kw)
 
@@ -52,7 +53,8 @@ class PlanCache:
         w = scenario.workload
         key = (id(hw), c.devices, c.tp, c.pp, c.dp, c.ep, c.etp, c.attention_layout, c.redundant_experts,
                c.capacity_factor if capacity else None, model.moe is not None, scenario.kind, w.dtype, getattr(w, "kv_dtype", None),
-               getattr(w, "recompute", None), getattr(w, "distributed_optimizer", None), overlap_mode(scenario, model),
+               getattr(w, "recompute", None), getattr(w, "recompute_modules", None), getattr(w, "distributed_optimizer", None),
+               overlap_mode(scenario, model),
                scenario.routing.overflow, scenario.stack, getattr(scenario.search, "attention_dtype", None),
                tuple(sorted(changes.items())))
         hit = self._deployments.get(key)

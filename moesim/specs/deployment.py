@@ -67,7 +67,38 @@ Stack = StackName  # moesim/specs/software_stack.py STACK_NAMES
 Sharding = Literal["ddp", "zero1", "fsdp"]
 OVERFLOWS: tuple[str, ...] = ("drop", "reroute", "shared")
 # fields that schedule stacks of layers (and training steps) but never enter one layer's operations
-SCHEDULE_FIELDS: tuple[str, ...] = ("overlap", "prefill_overlap", "recompute", "dp_overlap", "distributed_optimizer")
+SCHEDULE_FIELDS: tuple[str, ...] = ("overlap", "prefill_overlap", "recompute", "recompute_modules", "dp_overlap",
+                                    "distributed_optimizer")
+# Selective recompute modules (Megatron-Core transformer_config.py ``recompute_modules``; its
+# default ["core_attn"]) and how sources write them (the Megatron-Core GB200 guide: "up_proj")
+RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "layernorm", "moe_act", "mla_up_proj", "mlp", "moe",
+                                      "shared_experts")
+DEFAULT_SELECTIVE: tuple[str, ...] = ("core_attn",)
+MODULE_SPELLINGS: dict[str, str] = {"up_proj": "mla_up_proj", "mla-up-proj": "mla_up_proj",
+                                    "core_attention": "core_attn", "norm": "layernorm", "rmsnorm": "layernorm"}
+
+
+def canonical_recompute_modules(value) -> tuple[str, ...] | None:
+    """``recompute_modules`` as Megatron names them, in ``RECOMPUTE_MODULES`` order, no repeats;
+    a comma string or a list; None stays None; SpecError naming the field for an unknown one."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = {MODULE_SPELLINGS.get(str(x).strip().lower(), str(x).strip().lower()) for x in items if str(x).strip()}
+    bad = sorted(names - set(RECOMPUTE_MODULES))
+    if bad or not names:
+        raise SpecError("recompute_modules", value, f"allowed: one or more of {', '.join(RECOMPUTE_MODULES)}")
+    return tuple(m for m in RECOMPUTE_MODULES if m in names)
+
+
+def recomputed_modules(recompute: str, modules) -> frozenset[str]:
+    """The modules a training step recomputes: none for ``none`` and ``full`` (full re-runs the
+    whole forward instead), the stated ``modules`` or Megatron's default for ``selective``."""
+    if recompute != "selective":
+        return frozenset()
+    return frozenset(modules) if modules else frozenset(DEFAULT_SELECTIVE)
+
+
 # fields that act only through the routing engine (expert loads, drops, traffic of the MoE block)
 CAPACITY_FIELDS: tuple[str, ...] = ("capacity_factor", "overflow", "placement")
 
@@ -90,6 +121,9 @@ class Deployment(Parallelism):
     capacity_factor: float | None = Field(None, gt=0, description="expert capacity over the mean load; None: dropless")
     overflow: Overflow = "drop"
     recompute: Literal["none", "selective", "full"] = "none"
+    recompute_modules: tuple[str, ...] | None = Field(
+        None, description="selective recompute: the Megatron-Core modules recomputed (core_attn, layernorm, "
+                          "moe_act, mla_up_proj, mlp, moe, shared_experts); None: core_attn")
     dp_overlap: bool = True
     distributed_optimizer: bool = True
     stack: Stack | SoftwareStack = Field("auto", description="software stack: a table name or explicit values")
@@ -97,6 +131,11 @@ class Deployment(Parallelism):
         None, description="training: what the data-parallel group shards; None: zero1 with the distributed "
                           "optimizer, else ddp")
     attention_dtype: str | None = Field(None, description="attention projections and core; None: dtype")
+
+    @field_validator("recompute_modules", mode="before")
+    @classmethod
+    def _recompute_modules(cls, value):
+        return canonical_recompute_modules(value)
 
     @field_validator("dtype", "kv_dtype")
     @classmethod
@@ -129,6 +168,9 @@ class Deployment(Parallelism):
         if world != self.devices:
             raise SpecError("devices", self.devices, f"must equal tp x cp x dp x pp = {self.tp} x {self.cp} x "
                             f"{self.dp} x {self.pp} = {world}")
+        if self.recompute_modules is not None and self.recompute != "selective":
+            raise SpecError("recompute_modules", list(self.recompute_modules),
+                            f"applies to recompute = selective only (recompute is {self.recompute!r})")
         if self.attention_layout == "dp" and self.tp > 1:
             raise SpecError("tp", self.tp, "DP attention (attention_layout dp) needs tp = 1")
         units = hw.compute.compute_units

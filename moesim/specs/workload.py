@@ -76,6 +76,9 @@ class TrainingWorkload(Spec):
     micro_batch: int = Field(1, gt=0, description="sequences per micro-batch")
     dtype: str = Field("bf16", description="compute dtype of the GEMMs (fp8 = FP8 training)")
     recompute: Literal["none", "selective", "full"] = "none"
+    recompute_modules: tuple[str, ...] | None = Field(
+        None, description="selective recompute: the Megatron-Core modules recomputed (core_attn, layernorm, "
+                          "moe_act, mla_up_proj, mlp, moe, shared_experts); None: core_attn")
     optimizer: Literal["adam"] = "adam"
     distributed_optimizer: bool = True
     tokens_to_train: float | None = Field(None, gt=0, description="token budget, for time and cost")
@@ -87,10 +90,20 @@ class TrainingWorkload(Spec):
         canonical_dtype(value, field="dtype")
         return value
 
+    @field_validator("recompute_modules", mode="before")
+    @classmethod
+    def _recompute_modules(cls, value):
+        from moesim.specs.deployment import canonical_recompute_modules
+
+        return canonical_recompute_modules(value)
+
     @model_validator(mode="after")
     def _batch(self):
         if self.global_batch % self.micro_batch:
             raise SpecError("global_batch", self.global_batch, "allowed: a multiple of micro_batch")
+        if self.recompute_modules is not None and self.recompute != "selective":
+            raise SpecError("recompute_modules", list(self.recompute_modules),
+                            f"applies to recompute = selective only (recompute is {self.recompute!r})")
         return self
 
     @property

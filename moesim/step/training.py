@@ -9,7 +9,8 @@ EP over ``ep`` consecutive non-pipeline ranks):
         (dgrad and wgrad GEMMs each cost a forward GEMM; flash-attention backward does 2.5x the
         forward FLOPs: 5 matmuls against 2 (Dao 2023, FlashAttention-2, section 3.1.2); each
         forward collective has one backward collective of the same size)
-    R = recompute: full -> F again; selective -> the attention block again           [s]
+    R = recompute: full -> F again; selective -> the forward of the recomputed modules   [s]
+        (Megatron-Core's recompute_modules, default core attention: moesim/step/recompute.py)
     t = F + B + R (+ LM head fwd + bwd on the last stage); the critical stage is the one
     with the largest t (``critical_training_stage``)
     The host issues every operator (eager Megatron, moesim/step/host.py) and waits for the token
@@ -56,6 +57,7 @@ from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_n
                                   stage_routing, stage_sums)
 from moesim.step.layer import LayerOps, layer_ops
 from moesim.step.sharing import compute_share
+from moesim.step.recompute import RECOMPUTE_COMPONENTS, module_forward_s, recomputed_modules
 from moesim.step.stack import stack_times
 from moesim.step.workload import Training
 
@@ -155,7 +157,8 @@ def _memory(model, dep: Deployment, w: Training, cache: StepCache):
     for mb, s in zip(w.micro_batch.tolist(), w.seq_len.tolist()):
         out.append(cache.get(cache.key(model, dep, "memory", "train", mb, s), lambda mb=mb, s=s: pricing.memory(
             model, dep.hardware, dep.parallelism, mode="train", weight_dtype="bf16", micro_batch=int(mb),
-            seq_len=int(s), recompute=dep.recompute, distributed_optimizer=dep.distributed_optimizer,
+            seq_len=int(s), recompute=dep.recompute, recompute_modules=dep.recompute_modules,
+            distributed_optimizer=dep.distributed_optimizer,
             sharding=dep.data_sharding)))
     return out
 
@@ -230,14 +233,20 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     head_N = 3.0 * np.asarray(pricing.gemm_s(hw, tokens_N * dep.tp, model.vocab_size / dep.tp, model.hidden,
                                              "bf16")) * halves / setup.device_fraction  # LM head fwd + bwd, last stage
     stages, counts_SK = stage_kind_counts(model, dep.pp, kinds, kind_L)
+    modules = recomputed_modules(dep.recompute, dep.recompute_modules)  # selective: moesim/step/recompute.py
+    rec_KN = {}
+    if modules:
+        per = [[module_forward_s(setup, o, model.layer_is_moe(ls[0]), float(t), modules) for o, t in zip(row, tokens_N)]
+               for ls, row in zip(kinds, f_ops)]
+        rec_KN = {c: np.array([[p[c] for p in row] for row in per]) for c in RECOMPUTE_COMPONENTS}
     last = len(stages) - 1
     share = compute_share(hw, "normal", dep.comm_sms) if dual and model.is_moe and dep.ep > 1 else 1.0
     fsdp_on = dep.data_sharding == "fsdp"
     rows = []
     for i, ks in enumerate(stages):
         f, b = stack_times(fk.stage(ks), overlap), stack_times(bk.stage(ks), overlap)
-        attn = halves * (counts_SK[i][:, None] * fk.comp_KN["attention_s"]).sum(0)
-        r = {"none": 0.0 * f.time_s, "full": f.time_s, "selective": attn}[dep.recompute]
+        rec = {c: halves * (counts_SK[i][:, None] * v).sum(0) for c, v in rec_KN.items()}
+        r = f.time_s if dep.recompute == "full" else sum(rec.values(), 0.0 * f.time_s)
         again = 1.0 if dep.recompute == "full" else 0.0  # full recompute re-issues the forward
         hd = head_N if i == last else 0.0 * head_N
         p2p = _p2p_mb(model, dep, tokens_N * halves, f.time_s, b.time_s)
@@ -247,6 +256,7 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
             mb, exposed = dualpipe_pair(f.time_s, b.time_s, f.exposed_comm_s, b.exposed_comm_s, r + hd + fsdp, p2p,
                                         share)
         rows.append(dict(forward=f.time_s, backward=b.time_s, recompute=r, head=hd, p2p=p2p, fsdp=fsdp,
+                         **{f"recompute_{c}": v for c, v in rec.items()},
                          wgrad=f.time_s - f.exposed_comm_s, mb=mb, exposed=exposed,
                          host_exposed=(1.0 + again) * f.exposed_host_s + b.exposed_host_s,
                          host_issue=(1.0 + again) * f.host_s + b.host_s))
@@ -273,7 +283,8 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
         for k, v in stage_sums(fk, counts_SK, crit, scale).items():
             comp[k] = comp[k] + v
     elif dep.recompute == "selective":
-        comp["attention_s"] = comp["attention_s"] + st["recompute"] * m_N
+        for c in rec_KN:
+            comp[c] = comp[c] + st[f"recompute_{c}"] * m_N
     tokens_dev = w.global_batch * w.seq_len / dep.devices
     flops = np.array([3.0 * sequence_forward_flops_per_token(model, int(s)) for s in w.seq_len.tolist()])
     columns = dict(
