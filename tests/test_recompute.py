@@ -119,3 +119,19 @@ def test_spellings_and_cli(capsys):
     assert run(args + ["--recompute-modules", "attn"]) == 2
     err = capsys.readouterr().err
     assert "recompute_modules" in err and "core_attn" in err and len(err.strip().splitlines()) == 1
+
+
+def test_memory_cli_takes_the_modules(capsys):
+    """moesim memory: the modules drop their activations (DeepSeek-V3's recipe modules free most
+    of the MLA up-projected q, k, v); modules without selective are refused with one line."""
+    import json
+
+    base = ["memory", "--model", "deepseek-v3", "--hw", "b200", "--devices", "256", "--pp", "16", "--ep", "8",
+            "--mode", "train", "--recompute", "selective", "--json"]
+    assert run(base) == 0
+    core = json.loads(capsys.readouterr().out)["activation_bytes"]
+    assert run(base + ["--recompute-modules", "layernorm,moe_act,mla_up_proj"]) == 0
+    mods = json.loads(capsys.readouterr().out)["activation_bytes"]
+    assert 0 < mods < 0.6 * core
+    assert run(base[:-3] + ["--recompute", "full", "--recompute-modules", "mlp"]) == 2
+    assert "selective" in capsys.readouterr().err

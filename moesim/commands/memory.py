@@ -9,6 +9,7 @@ from moesim.cli import Result, add_json_flag
 from moesim.compute.memory import RECOMPUTE, memory_footprint
 from moesim.errors import SpecError
 from moesim.specs import Parallelism
+from moesim.specs.deployment import canonical_recompute_modules
 from moesim.textfmt import kv
 
 ORDER = 45
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--recompute", choices=list(RECOMPUTE), default="none")
+    p.add_argument("--recompute-modules", metavar="M,M,...",
+                   help="selective: Megatron-Core modules recomputed (core_attn, layernorm, moe_act, mla_up_proj, "
+                        "mlp, moe, shared_experts); default core_attn")
     p.add_argument("--sharding", choices=["ddp", "zero1", "zero2", "zero3", "fsdp"], default=None,
                    help="train: what is sharded over data parallel (default zero1 = distributed optimizer; "
                         "zero3/fsdp also weights and gradients, as MaxText on TPU)")
@@ -51,12 +55,16 @@ def memory(args) -> Result:
     if args.devices % (args.tp * args.pp):
         raise SpecError("--devices", args.devices, f"must be a multiple of tp x pp = {args.tp * args.pp}")
     dp = args.devices // (args.tp * args.pp)
+    modules = canonical_recompute_modules(args.recompute_modules)
+    if modules is not None and args.recompute != "selective":
+        raise SpecError("--recompute-modules", args.recompute_modules, "applies to --recompute selective only")
     par = build(Parallelism, {"tp": args.tp, "pp": args.pp, "dp": dp, "ep": args.ep, "etp": args.etp,
                               "redundant_experts": args.redundant_experts,
                               "attention_layout": "dp" if args.tp == 1 else "tp"}, "parallelism")
     fp = memory_footprint(model, hw, par, mode=args.mode, weight_dtype=args.dtype, kv_dtype=args.kv_dtype,
                           kv_tokens=args.kv_tokens, micro_batch=args.micro_batch, seq_len=args.seq_len,
-                          recompute=args.recompute, reserve_GiB=args.reserve_gib, sharding=args.sharding)
+                          recompute=args.recompute, recompute_modules=modules, reserve_GiB=args.reserve_gib,
+                          sharding=args.sharding)
     data = {"model": model.name, "hw": hw.name, "devices": args.devices, "parallelism": par.to_dict(),
             **fp.to_dict()}
     gib = units.GiB
