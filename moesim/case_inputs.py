@@ -10,7 +10,7 @@ import re
 from moesim.errors import SpecError
 from moesim.specs import HardwareProfile
 from moesim.specs.cluster import partial_domain_note, rack_aligned_domain
-from moesim.specs.deployment import canonical_recompute_modules
+from moesim.specs.deployment import canonical_recompute_modules, check_modules_need_selective
 from moesim.validate import flag_ignored
 
 
@@ -91,15 +91,9 @@ def recompute_plan(inputs: dict) -> tuple[str, tuple[str, ...] | None]:
     if unpriced:
         flag_ignored(inputs, "recompute", f"{raw!r} -> {mode}: {unpriced}")
     if stated is not None:
-        if mode != "selective":
-            raise SpecError("recompute_modules", stated, f"applies to selective recompute only (recompute is {raw!r})")
+        check_modules_need_selective(mode, stated)
         modules = canonical_recompute_modules(stated)
     return mode, modules
-
-
-def recompute_mode(inputs: dict) -> str:
-    """The recompute mode of ``recompute_plan``."""
-    return recompute_plan(inputs)[0]
 
 
 def domain_layout(inputs: dict, hw: HardwareProfile, devices: int, ep: int) -> int:

@@ -9,7 +9,7 @@ from moesim.cases import parse_cases
 from moesim.catalog import load_profile
 from moesim.comm.cases import predict_all_to_all_case
 from moesim.errors import SpecError
-from moesim.case_inputs import RECOMPUTE_SPELLINGS, recompute_mode, recompute_plan
+from moesim.case_inputs import RECOMPUTE_SPELLINGS, recompute_plan
 from moesim.step_cases import predict_training_case
 from moesim.validate import CaseInputs, validate
 
@@ -50,7 +50,7 @@ def test_recompute_spellings_map_to_modes():
     none = predict_training_case({**TRAIN, "recompute": None}, B200)
     assert full == block and none > sel > full   # recompute costs time, full the most
     with pytest.raises(SpecError, match="recompute"):
-        recompute_mode({"recompute": "sometimes"})
+        recompute_plan({"recompute": "sometimes"})
 
 
 def test_unknown_recompute_is_an_error_naming_the_case():

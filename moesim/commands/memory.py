@@ -9,7 +9,7 @@ from moesim.cli import Result, add_json_flag
 from moesim.compute.memory import RECOMPUTE, memory_footprint
 from moesim.errors import SpecError
 from moesim.specs import Parallelism
-from moesim.specs.deployment import canonical_recompute_modules
+from moesim.specs.deployment import canonical_recompute_modules, check_modules_need_selective
 from moesim.textfmt import kv
 
 ORDER = 45
@@ -56,8 +56,7 @@ def memory(args) -> Result:
         raise SpecError("--devices", args.devices, f"must be a multiple of tp x pp = {args.tp * args.pp}")
     dp = args.devices // (args.tp * args.pp)
     modules = canonical_recompute_modules(args.recompute_modules)
-    if modules is not None and args.recompute != "selective":
-        raise SpecError("--recompute-modules", args.recompute_modules, "applies to --recompute selective only")
+    check_modules_need_selective(args.recompute, modules, "--recompute-modules")
     par = build(Parallelism, {"tp": args.tp, "pp": args.pp, "dp": dp, "ep": args.ep, "etp": args.etp,
                               "redundant_experts": args.redundant_experts,
                               "attention_layout": "dp" if args.tp == 1 else "tp"}, "parallelism")

@@ -91,6 +91,14 @@ def canonical_recompute_modules(value) -> tuple[str, ...] | None:
     return tuple(m for m in RECOMPUTE_MODULES if m in names)
 
 
+def check_modules_need_selective(recompute: str, modules, field: str = "recompute_modules") -> None:
+    """SpecError naming ``field`` when recompute modules are given with a recompute that is not
+    selective (full re-runs the whole forward; none runs nothing again)."""
+    if modules is not None and recompute != "selective":
+        shown = list(modules) if isinstance(modules, tuple) else modules
+        raise SpecError(field, shown, f"applies to recompute = selective only (recompute is {recompute!r})")
+
+
 def recomputed_modules(recompute: str, modules) -> frozenset[str]:
     """The modules a training step recomputes: none for ``none`` and ``full`` (full re-runs the
     whole forward instead), the stated ``modules`` or Megatron's default for ``selective``."""
@@ -168,9 +176,7 @@ class Deployment(Parallelism):
         if world != self.devices:
             raise SpecError("devices", self.devices, f"must equal tp x cp x dp x pp = {self.tp} x {self.cp} x "
                             f"{self.dp} x {self.pp} = {world}")
-        if self.recompute_modules is not None and self.recompute != "selective":
-            raise SpecError("recompute_modules", list(self.recompute_modules),
-                            f"applies to recompute = selective only (recompute is {self.recompute!r})")
+        check_modules_need_selective(self.recompute, self.recompute_modules)
         if self.attention_layout == "dp" and self.tp > 1:
             raise SpecError("tp", self.tp, "DP attention (attention_layout dp) needs tp = 1")
         units = hw.compute.compute_units

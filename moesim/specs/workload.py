@@ -101,9 +101,9 @@ class TrainingWorkload(Spec):
     def _batch(self):
         if self.global_batch % self.micro_batch:
             raise SpecError("global_batch", self.global_batch, "allowed: a multiple of micro_batch")
-        if self.recompute_modules is not None and self.recompute != "selective":
-            raise SpecError("recompute_modules", list(self.recompute_modules),
-                            f"applies to recompute = selective only (recompute is {self.recompute!r})")
+        from moesim.specs.deployment import check_modules_need_selective
+
+        check_modules_need_selective(self.recompute, self.recompute_modules)
         return self
 
     @property

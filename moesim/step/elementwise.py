@@ -44,6 +44,12 @@ def gemm_input_elements(model: ModelSpec, moe: bool, tp: int, etp: int = 1) -> f
     return sum(gemm_input_parts(model, moe, tp, etp))
 
 
+def gate_elements(model: ModelSpec) -> float:
+    """Activation elements the FFN activation moves per FFN row: a gated one (SwiGLU) reads gate
+    and up and writes one (3), a plain one reads and writes one (2)."""
+    return 3.0 if model.ffn_activation != "relu" else 2.0
+
+
 def is_low_precision(dtype: str) -> bool:
     """Whether ``dtype`` is a quantized GEMM format (fp8 / fp4 and their MX / NV aliases)."""
     return canonical_dtype(dtype) in ("fp8", "fp4")
@@ -76,7 +82,7 @@ def elementwise_bytes(model: ModelSpec, moe: bool, tokens: float, tp: int, dtype
     dtype's bytes instead of 2.
     """
     d = model.hidden
-    gate = 3.0 if model.ffn_activation != "relu" else 2.0
+    gate = gate_elements(model)
     el = NORM_RESIDUAL_ELEMENTS_PER_D * d
     attention, experts, rest = gemm_input_parts(model, moe, tp, etp if moe else 1)
     experts_quantized = is_low_precision(expert_dtype or dtype)

@@ -28,18 +28,12 @@ priced for full recompute only (moesim/step/training.py).
 from __future__ import annotations
 
 from moesim.specs import ModelSpec
-from moesim.specs.deployment import recomputed_modules  # noqa: F401 - the module set, with the pricing
+from moesim.step.elementwise import ACT_BYTES, gate_elements, memory_bound_s
 
 # breakdown components a recompute adds to (moesim/step/estimate.py LAYER_COMPONENTS)
 RECOMPUTE_COMPONENTS: tuple[str, ...] = ("attention_s", "elementwise_s", "router_s", "dispatch_s", "experts_s",
                                          "shared_experts_s", "combine_s", "dense_ffn_s")
 NORM_ELEMENTS_PER_D = 4.0  # two RMSNorms, each reads and writes D elements per token
-ACT_BYTES = 2.0
-
-
-def _gate(model: ModelSpec) -> float:
-    """Activation elements moved per FFN row: read gate and up, write one (3), or read and write (2)."""
-    return 2.0 if model.ffn_activation == "relu" else 3.0
 
 
 def up_projection_shapes(model: ModelSpec, tp: int) -> list[tuple[int, int]]:
@@ -59,13 +53,12 @@ def module_forward_s(setup, op, moe: bool, tokens: float, modules: frozenset[str
     (module docstring). ``op``: the layer's forward ``LayerOps`` for ``tokens`` owned tokens per
     device (moesim/step/layer.py ``layer_ops``)."""
     from moesim.step import pricing
-    from moesim.step.elementwise import memory_bound_s
 
     out = dict.fromkeys(RECOMPUTE_COMPONENTS, 0.0)
     if not modules or tokens <= 0:
         return out
     model, hw, f = setup.model, setup.hw, setup.device_fraction
-    d, gate = model.hidden, _gate(model)
+    d, gate = model.hidden, gate_elements(model)
 
     def stream(elements_per_token: float) -> float:
         return memory_bound_s(hw, tokens * elements_per_token * ACT_BYTES) / f

@@ -50,14 +50,14 @@ from moesim.compute.counts import sequence_forward_flops_per_token
 from moesim.compute.memory import stage_params
 from moesim.errors import InfeasibleError, SpecError
 from moesim.specs import ModelSpec
-from moesim.specs.deployment import Deployment
+from moesim.specs.deployment import Deployment, recomputed_modules
 from moesim.step import pricing, train_comm
 from moesim.step.cache import StepCache
 from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_name, pick, stage_kind_counts,
                                   stage_routing, stage_sums)
 from moesim.step.layer import LayerOps, layer_ops
 from moesim.step.sharing import compute_share
-from moesim.step.recompute import RECOMPUTE_COMPONENTS, module_forward_s, recomputed_modules
+from moesim.step.recompute import RECOMPUTE_COMPONENTS, module_forward_s
 from moesim.step.stack import stack_times
 from moesim.step.workload import Training
 
