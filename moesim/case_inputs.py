@@ -11,7 +11,7 @@ from moesim.errors import SpecError
 from moesim.specs import HardwareProfile
 from moesim.specs.cluster import partial_domain_note, rack_aligned_domain
 from moesim.specs.deployment import canonical_recompute_modules, check_modules_need_selective
-from moesim.validate import flag_ignored
+from moesim.validate import UnsupportedCase, flag_ignored
 
 
 def _get(inputs: dict, key: str, default):
@@ -42,8 +42,6 @@ RECOMPUTE_SPELLINGS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
 
 # Stated training inputs the step model does not honour (or honours only at one value).
 TRAINING_NOT_MODELLED: dict[str, str] = {
-    "mtp_depth": "MTP modules are not priced",
-    "mtp": "MTP modules are not priced",
     "dispatcher": "one all-to-all model for every token dispatcher",
     "node_limited_routing_nodes": "node-limited routing is not applied to training traffic",
     "nvlink_used": "the scale-up link is always used when the domain has more than one device",
@@ -172,6 +170,27 @@ def check_training_flags(inputs: dict, dp: int) -> None:
         if int(ga) != implied:
             flag_ignored(inputs, "grad_accum_steps", f"{ga} as stated; the step uses global_batch / (dp x "
                                                      f"micro_batch) = {implied}")
+
+
+def training_mtp(inputs: dict, model) -> int | None:
+    """The MTP modules a training row trains (``Deployment.mtp_layers``): ``mtp_depth`` as
+    stated (DeepSeek's name for it), ``mtp`` false -> 0 and true -> the model's; unstated -> None
+    (the model's own, recorded under ``assumptions`` for a model that has MTP modules)."""
+    depth, flag = inputs.get("mtp_depth"), inputs.get("mtp")
+    if depth is not None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise UnsupportedCase(f"mtp_depth = {depth!r}: allowed: an integer >= 0")
+        return depth
+    if flag is not None:
+        if stated_off(flag):
+            return 0
+        if flag is not True:
+            raise UnsupportedCase(f"mtp = {flag!r}: allowed: true, false (or mtp_depth, an integer >= 0)")
+        return model.mtp_layers
+    if model.mtp_layers and hasattr(inputs, "assume"):
+        inputs.assume("mtp_depth", f"not stated: {model.name}'s {model.mtp_layers} MTP module(s) trained, as "
+                                   "its report and the Megatron-Bridge recipes do")
+    return None
 
 
 # Framework names as sources write them (``framework`` / ``software``, lower-cased substrings,

@@ -31,6 +31,9 @@ state (documented, the same for every case):
   ``deepep_mode`` low_latency -> low-latency all-to-all; EP sizes that do not divide the
   experts get the fewest redundant slots that make them divide (EPLB); routing ``uniform``
   (EPLB is taken to balance away the data's skew).
+- training: ``mtp_depth`` (or ``mtp`` true / false) is the MTP modules trained on the last
+  pipeline stage (``Deployment.mtp_layers``; moesim/step/training.py); unstated, a model with
+  MTP modules trains them (recorded under ``assumptions``: case_inputs.py ``training_mtp``).
 - serving: ``mtp`` true in a decode row prices MTP speculative decoding with the row's
   ``mtp_acceptance_rate`` (refused when not stated) and ``mtp_draft_tokens`` (default the
   model's ``mtp_layers``): the verify pass of 1 + d tokens per sequence plus d draft passes per
@@ -67,7 +70,7 @@ from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
                                 domain_layout, flag_not_modelled, recompute_plan, stated_off, training_capacity_factor,
-                                training_schedule, training_sharding)
+                                training_mtp, training_schedule, training_sharding)
 from moesim.step.stacks import StackTable, stack_table
 from moesim.validate import UnsupportedCase, flag_ignored
 
@@ -158,7 +161,7 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
         dep = build(Deployment, {
             "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
             "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
-            "recompute_modules": recompute_modules,
+            "recompute_modules": recompute_modules, "mtp_layers": training_mtp(inputs, model),
             "comm_sms": _comm_sms(inputs), "stack": stack,
             "sharding": training_sharding(inputs, dp, cp), "capacity_factor": capacity})
     except MoesimError as err:

@@ -29,11 +29,11 @@ def _file(inputs: dict, kind="training", hardware="b200", metric="tokens_per_s_p
 
 def test_unused_and_unmodelled_inputs_are_listed():
     inputs = {k: v for k, v in TRAIN.items() if k != "metric"}
-    rep = validate(_file({**inputs, "colour": "blue", "fsdp": 1, "mtp_depth": 1, "fsdp_note": None}))
+    rep = validate(_file({**inputs, "colour": "blue", "fsdp": 1, "node_limited_routing_nodes": 4, "fsdp_note": None}))
     (c,) = rep.cases
     assert c.status == "ok"
     ignored = dict(c.ignored_inputs)
-    assert set(ignored) == {"colour", "fsdp", "mtp_depth"}  # null and descriptive keys are not listed
+    assert set(ignored) == {"colour", "fsdp", "node_limited_routing_nodes"}  # null, descriptive keys not listed
     assert "not used" in ignored["colour"] and "FSDP" in ignored["fsdp"]
     # DDP (fsdp 0) is what the step model prices: read, honoured, not listed
     (c0,) = validate(_file({**inputs, "fsdp": 0})).cases
@@ -96,7 +96,7 @@ def test_a_feature_stated_off_is_honoured_and_a_flagged_false_is_listed():
         (co,) = validate(_file({**inputs, **off})).cases
         assert not set(off) & set(dict(co.ignored_inputs)), off
     (c1,) = validate(_file({**inputs, "mtp_depth": 1})).cases
-    assert "mtp_depth" in dict(c1.ignored_inputs)    # one MTP layer: not priced in training, listed
+    assert "mtp_depth" not in dict(c1.ignored_inputs)  # one MTP module: priced (tests/test_train_mtp.py)
     assert "dropless" not in ignored                 # a token-drop run is priced (capacity factor)
     assert "capacity_factor" in dict(c.assumptions)  # 1.0 padded, the token-drop recipes' default
 

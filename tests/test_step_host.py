@@ -257,11 +257,14 @@ def test_training_critical_stage_counts_backward():
 
     work = Training(128, 4096, 1, "balanced")
     dep = Deployment(hardware=H100, devices=128, devices_per_domain=8, pp=16, dp=8, ep=8, dtype="fp8",
-                     stack=_eager(0.0))
+                     stack=_eager(0.0), mtp_layers=0)
     st = estimate(DSV3, dep, work, check_memory=False).breakdown()
     assert st.embedding_head_s == 0.0  # a 4-layer stage paces 1F1B, not the 1-layer head stage
+    # with DeepSeek-V3's MTP module trained (the default) the last stage holds 1 layer + the MTP
+    # layer + two head passes and paces instead (tests/test_train_mtp.py)
+    assert estimate(DSV3, dep.with_(mtp_layers=None), work, check_memory=False).breakdown().embedding_head_s > 0.0
     # 61 one-layer stages: the last carries layer 60 and the head, so it is the slowest
-    dep61 = dep.with_(devices=488, pp=61)
+    dep61 = dep.with_(devices=488, pp=61)  # (MTP off, as above)
     last = estimate(DSV3, dep61, work, check_memory=False).breakdown()
     assert last.embedding_head_s > 0.0
 

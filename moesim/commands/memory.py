@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recompute-modules", metavar="M,M,...",
                    help="selective: Megatron-Core modules recomputed (core_attn, layernorm, moe_act, mla_up_proj, "
                         "mlp, moe, shared_experts); default core_attn")
+    p.add_argument("--mtp-layers", type=int, default=None, metavar="N",
+                   help="train: multi-token-prediction modules trained on the last pipeline stage (default: the "
+                        "model's, DeepSeek-V3 1; 0: off)")
     p.add_argument("--sharding", choices=["ddp", "zero1", "zero2", "zero3", "fsdp"], default=None,
                    help="train: what is sharded over data parallel (default zero1 = distributed optimizer; "
                         "zero3/fsdp also weights and gradients, as MaxText on TPU)")
@@ -57,13 +60,16 @@ def memory(args) -> Result:
     dp = args.devices // (args.tp * args.pp)
     modules = canonical_recompute_modules(args.recompute_modules)
     check_modules_need_selective(args.recompute, modules, "--recompute-modules")
+    if args.mtp_layers is not None and (args.mtp_layers < 0 or args.mode != "train"):
+        raise SpecError("--mtp-layers", args.mtp_layers, "an integer >= 0, with --mode train")
+    mtp = model.mtp_layers if args.mtp_layers is None else args.mtp_layers
     par = build(Parallelism, {"tp": args.tp, "pp": args.pp, "dp": dp, "ep": args.ep, "etp": args.etp,
                               "redundant_experts": args.redundant_experts,
                               "attention_layout": "dp" if args.tp == 1 else "tp"}, "parallelism")
     fp = memory_footprint(model, hw, par, mode=args.mode, weight_dtype=args.dtype, kv_dtype=args.kv_dtype,
                           kv_tokens=args.kv_tokens, micro_batch=args.micro_batch, seq_len=args.seq_len,
                           recompute=args.recompute, recompute_modules=modules, reserve_GiB=args.reserve_gib,
-                          sharding=args.sharding)
+                          sharding=args.sharding, mtp_layers=mtp if args.mode == "train" else 0)
     data = {"model": model.name, "hw": hw.name, "devices": args.devices, "parallelism": par.to_dict(),
             **fp.to_dict()}
     gib = units.GiB
@@ -73,6 +79,7 @@ def memory(args) -> Result:
         ("KV cache", f"{fp.kv_bytes_per_token / 1024:.1f} KiB per token; {fp.kv_tokens_fit:,} tokens fit"),
     ]
     if args.mode == "train":
+        pairs += [("MTP modules", f"{mtp} on the last stage")] if mtp else []
         pairs += [("gradients", f"{fp.gradient_bytes / gib:.1f} GiB"), ("optimizer", f"{fp.optimizer_bytes / gib:.1f} GiB"),
                   ("activations", f"{fp.activation_bytes / gib:.1f} GiB")]
     pairs += [("total", f"{fp.total_bytes / gib:.1f} of {fp.capacity_bytes / gib:.1f} GiB"),

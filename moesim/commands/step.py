@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recompute-modules", metavar="M,M,...",
                    help="selective: Megatron-Core modules recomputed (core_attn, layernorm, moe_act, mla_up_proj, "
                         "mlp, moe, shared_experts); default core_attn")
+    p.add_argument("--mtp-layers", type=int, default=None, metavar="N",
+                   help="train: multi-token-prediction modules trained on the last pipeline stage (default: the "
+                        "model's, DeepSeek-V3 1; 0: off)")
     p.add_argument("--sharding", choices=list(get_args(Sharding)), default=None,
                    help="train: what the data-parallel group shards (ddp, zero1 = distributed optimizer, fsdp = "
                         "weights and gradients too); default: zero1 (Deployment.sharding)")
@@ -90,7 +93,7 @@ def _specs(args, hw):
         redundant_experts=args.redundant_experts, attention_layout=args.attention, overlap=args.overlap,
         a2a_mode=args.a2a_mode, comm_sms=args.comm_sms, dtype=args.dtype, kv_dtype=args.kv_dtype,
         capacity_factor=args.capacity_factor, overflow=args.overflow, recompute=args.recompute,
-        recompute_modules=args.recompute_modules,
+        recompute_modules=args.recompute_modules, mtp_layers=args.mtp_layers,
         stack=args.stack, sharding=args.sharding, attention_dtype=args.attention_dtype), "deployment")
     skew = build(RoutingSpec, {"skew": args.skew}, "routing").skew
     if args.phase == "train":
@@ -184,6 +187,10 @@ def _step(args, outputs: Outputs) -> Result:
     if dep.partial_domain is not None:  # moesim/specs/cluster.py rack_aligned_domain
         data["partial_domain"] = dep.partial_domain
         pairs.append(("scale-up", dep.partial_domain))
+    if b.phase == "train" and dep.trained_mtp(model):  # moesim/step/training.py: MTP on the last stage
+        data["mtp_layers"] = dep.trained_mtp(model)
+        pairs.append(("MTP", f"{dep.trained_mtp(model)} module(s) trained on the last pipeline stage "
+                             "(--mtp-layers 0: off)"))
     if b.phase != "train":
         from moesim.step.stacks import resolve
 

@@ -23,7 +23,9 @@ holds the input embedding, the last stage the LM head) and an EP rank with
   the routed activation output (D + 2F kept per copy), mla_up_proj MLA's up-projected q, k, v
   (the latents kept), mlp a dense FFN and moe an MoE layer but its input D, shared_experts the
   shared experts; full recompute keeps only each layer's input (D) plus one layer's working set. Sequence parallel divides by tp, context parallel by cp.
-  With 1F1B, stage 0 holds pp micro-batches in flight.
+  With 1F1B, stage 0 holds pp micro-batches in flight. Trained MTP modules (DeepSeek-V3's
+  multi-token prediction: a transformer layer of the last layer's kind, eh_proj 2h x h and three
+  norms each; the embedding and head shared with the model) sit on the last stage with the head.
 - mixed-precision Adam: gradients (4 B/param fp32 main_grad, not sharded) and 12 B/param of
   fp32 master weights, first and second moments, sharded over the data-parallel replicas of
   that parameter when the distributed optimizer is on (dp x cp for dense, expert-dp for experts).
@@ -92,29 +94,36 @@ def _stage_layers(model: ModelSpec, pp: int) -> list[range]:
     return [range(s * per, min(model.num_layers, (s + 1) * per)) for s in range(pp)]
 
 
-def stage_params(model: ModelSpec, par: Parallelism) -> list[tuple[float, float]]:
-    """(non-expert params, routed-expert params) per device of each pipeline stage."""
+def stage_params(model: ModelSpec, par: Parallelism, mtp_layers: int = 0) -> list[tuple[float, float]]:
+    """(non-expert params, routed-expert params) per device of each pipeline stage; the last
+    stage also holds ``mtp_layers`` MTP modules (training: ``mtp_module_params``)."""
     tp, etp = par.tp, par.etp
     attn = attention_params_per_layer(model) / tp + 2 * model.hidden
     dense = ffn_params(model, model.dense_ffn) / tp if model.dense_ffn else 0.0
     slots = experts_per_rank(model, par)
+
+    def layer(i: int) -> tuple[float, float]:
+        if not model.layer_is_moe(i):
+            return attn + dense, 0.0
+        base = attn + router_params_per_layer(model) + shared_params_per_layer(model) / tp
+        return base + (dense if model.moe.parallel_dense_ffn else 0.0), slots * expert_params(model) / etp
+
     out = []
     stages = _stage_layers(model, par.pp)
     for s, layers in enumerate(stages):
         base, experts = 0.0, 0.0
         for i in layers:
-            base += attn
-            if model.layer_is_moe(i):
-                base += router_params_per_layer(model) + shared_params_per_layer(model) / tp
-                experts += slots * expert_params(model) / etp
-                if model.moe.parallel_dense_ffn:
-                    base += dense
-            else:
-                base += dense
+            b, e = layer(i)
+            base, experts = base + b, experts + e
         if s == 0:
             base += model.vocab_size * model.hidden / tp
-        if s == len(stages) - 1 and not model.tie_embeddings:
-            base += model.vocab_size * model.hidden / tp
+        if s == len(stages) - 1:
+            if not model.tie_embeddings:
+                base += model.vocab_size * model.hidden / tp
+            b, e = layer(model.num_layers - 1)  # an MTP module's transformer layer: the last layer's kind
+            h = model.hidden
+            base += mtp_layers * (b + 2 * h * h / tp + 3 * h)  # + eh_proj (2h -> h) and enorm, hnorm, its final norm
+            experts += mtp_layers * e
         out.append((base, experts))
     return out
 
@@ -166,13 +175,14 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
                      kv_dtype: str | None = None, kv_tokens: int = 0, micro_batch: int = 1,
                      seq_len: int = 4096, recompute: Recompute = "none", recompute_modules: tuple[str, ...] | None = None,
                      distributed_optimizer: bool = True, reserve_GiB: float = 0.0,
-                     sharding: Sharding | None = None) -> MemoryFootprint:
+                     sharding: Sharding | None = None, mtp_layers: int = 0) -> MemoryFootprint:
     """Bytes per device of ``model`` under ``par`` on ``hw``; never raises for a misfit.
 
     serve: weights + ``kv_tokens`` of KV cache (``kv_tokens_fit`` = tokens the rest would hold).
     train: weights + gradients + optimizer states + activations of ``micro_batch`` x ``seq_len``;
     ``sharding`` (train only; default ``zero1``, or ``ddp`` when ``distributed_optimizer`` is
-    False) says what is sharded over the data-parallel group (module docstring).
+    False) says what is sharded over the data-parallel group (module docstring); ``mtp_layers``
+    (train only) MTP modules on the last stage, each one more layer of weights and activations.
     """
     if sharding is None:
         sharding = "zero1" if distributed_optimizer else "ddp"
@@ -182,7 +192,7 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
         raise SpecError("mode", mode, "allowed: serve, train")
     if recompute not in RECOMPUTE:
         raise SpecError("recompute", recompute, f"allowed: {', '.join(RECOMPUTE)}")
-    for name, v in (("kv_tokens", kv_tokens), ("reserve_GiB", reserve_GiB)):
+    for name, v in (("kv_tokens", kv_tokens), ("reserve_GiB", reserve_GiB), ("mtp_layers", mtp_layers)):
         if v < 0:
             raise SpecError(name, v, "must be >= 0")
     for name, v in (("micro_batch", micro_batch), ("seq_len", seq_len)):
@@ -191,7 +201,8 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
     check_parallelism(model, par)
     w_bytes = bytes_per_element(weight_dtype or model.weight_dtype)
     kv_dt = kv_dtype or ("bf16" if (weight_dtype or model.weight_dtype) in ("fp8", "fp4") else (weight_dtype or model.weight_dtype))
-    stages = stage_params(model, par)
+    mtp = mtp_layers if mode == "train" else 0
+    stages = stage_params(model, par, mtp)
     s = max(range(len(stages)), key=lambda i: sum(stages[i]))
     base, experts = stages[s]
     layers = _stage_layers(model, par.pp)[s]
@@ -215,8 +226,9 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
             expert_w = experts / dp_exp * w_bytes
             grads += unit * GRAD_BYTES
         tokens = micro_batch * seq_len * min(par.pp, 1 + par.pp - 1 - s) / (par.tp * par.cp)
+        stored = layers if s < par.pp - 1 else [*layers, *[model.num_layers - 1] * mtp]  # MTP: the last layer's kind
         per_tok = sum(activation_elements_per_token_layer(model, model.layer_is_moe(i), recompute, recompute_modules)
-                      for i in layers)
+                      for i in stored)
         if recompute == "full":
             one = activation_elements_per_token_layer(model, model.is_moe, "none")
             acts = (tokens * per_tok + micro_batch * seq_len / (par.tp * par.cp) * one) * ACT_BYTES

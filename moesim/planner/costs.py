@@ -33,7 +33,7 @@ def deployment_of(c, scenario, model: ModelSpec, *, hw=None, capacity: bool = Tr
         kw.update(kv_dtype=w.kv_dtype, attention_dtype=getattr(scenario.search, "attention_dtype", None))
     else:
         kw.update(recompute=w.recompute, recompute_modules=w.recompute_modules,
-                  distributed_optimizer=w.distributed_optimizer)
+                  distributed_optimizer=w.distributed_optimizer, mtp_layers=w.mtp_layers)
     kw.update(changes)
     return Deployment(**kw)
 
@@ -54,6 +54,7 @@ class PlanCache:
         key = (id(hw), c.devices, c.tp, c.pp, c.dp, c.ep, c.etp, c.attention_layout, c.redundant_experts,
                c.capacity_factor if capacity else None, model.moe is not None, scenario.kind, w.dtype, getattr(w, "kv_dtype", None),
                getattr(w, "recompute", None), getattr(w, "recompute_modules", None), getattr(w, "distributed_optimizer", None),
+               getattr(w, "mtp_layers", None),
                overlap_mode(scenario, model),
                scenario.routing.overflow, scenario.stack, getattr(scenario.search, "attention_dtype", None),
                tuple(sorted(changes.items())))

@@ -16,7 +16,8 @@ need to know about *how* a model is run (the model itself and the workload are s
 - ``dtype`` of weights and GEMMs, ``kv_dtype`` of the KV cache;
 - ``capacity_factor`` (None: dropless) and ``overflow`` (drop / reroute / shared: what happens to
   a token copy whose expert slot is full; moesim/routing);
-- training: ``recompute``, ``dp_overlap``, ``distributed_optimizer``;
+- training: ``recompute``, ``dp_overlap``, ``distributed_optimizer``, ``mtp_layers`` (the
+  multi-token-prediction modules trained after the last layer; None: the model's);
 - ``stack``: the software stack that issues the operators, a property of the run (not of the
   GPU): a name of the table moesim/data/stacks.toml or an explicit ``SoftwareStack``
   (moesim/specs/software_stack.py; priced by moesim/step/host.py). ``megatron`` (eager
@@ -68,7 +69,7 @@ Sharding = Literal["ddp", "zero1", "fsdp"]
 OVERFLOWS: tuple[str, ...] = ("drop", "reroute", "shared")
 # fields that schedule stacks of layers (and training steps) but never enter one layer's operations
 SCHEDULE_FIELDS: tuple[str, ...] = ("overlap", "prefill_overlap", "recompute", "recompute_modules", "dp_overlap",
-                                    "distributed_optimizer")
+                                    "distributed_optimizer", "mtp_layers")
 # Selective recompute modules (Megatron-Core transformer_config.py ``recompute_modules``; its
 # default ["core_attn"]) and how sources write them (the Megatron-Core GB200 guide: "up_proj")
 RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "layernorm", "moe_act", "mla_up_proj", "mlp", "moe",
@@ -134,6 +135,10 @@ class Deployment(Parallelism):
                           "moe_act, mla_up_proj, mlp, moe, shared_experts); None: core_attn")
     dp_overlap: bool = True
     distributed_optimizer: bool = True
+    mtp_layers: int | None = Field(
+        None, ge=0, description="training: multi-token-prediction modules trained on the last pipeline stage "
+                                "(one transformer layer, its eh_proj and one more LM head each); None: the model's "
+                                "mtp_layers, 0: MTP off")
     stack: Stack | SoftwareStack = Field("auto", description="software stack: a table name or explicit values")
     sharding: Sharding | None = Field(
         None, description="training: what the data-parallel group shards; None: zero1 with the distributed "
@@ -247,6 +252,12 @@ class Deployment(Parallelism):
         check_parallelism(model, self.parallelism)
         if model.moe is None and self.capacity_factor is not None:
             raise SpecError("capacity_factor", self.capacity_factor, f"{model.name} is dense: use None")
+
+    def trained_mtp(self, model: ModelSpec) -> int:
+        """The MTP modules a training step of ``model`` runs: ``mtp_layers``, or the model's own
+        (the DeepSeek-V3 report trains its one module, MTP depth 1: arXiv 2412.19437 s2.2, s4.2; the
+        Megatron-Bridge DeepSeek-V3 recipes default mtp_num_layers = 1)."""
+        return model.mtp_layers if self.mtp_layers is None else self.mtp_layers
 
     def with_(self, **changes) -> "Deployment":
         """A validated copy with ``changes`` (``model_copy`` does not re-validate)."""

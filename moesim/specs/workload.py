@@ -81,6 +81,9 @@ class TrainingWorkload(Spec):
                           "moe_act, mla_up_proj, mlp, moe, shared_experts); None: core_attn")
     optimizer: Literal["adam"] = "adam"
     distributed_optimizer: bool = True
+    mtp_layers: int | None = Field(
+        None, ge=0, description="multi-token-prediction modules trained on the last pipeline stage; None: the "
+                                "model's mtp_layers (DeepSeek-V3: 1), 0: MTP off")
     tokens_to_train: float | None = Field(None, gt=0, description="token budget, for time and cost")
     deadline_days: float | None = Field(None, gt=0)
 

@@ -13,6 +13,10 @@ EP over ``ep`` consecutive non-pipeline ranks):
         (Megatron-Core's recompute_modules, default core attention: moesim/step/recompute.py)
     t = F + B + R (+ LM head fwd + bwd on the last stage); the critical stage is the one
     with the largest t (``critical_training_stage``)
+    MTP (``Deployment.trained_mtp``; DeepSeek-V3 report s2.2, Megatron-Core's
+    MultiTokenPredictionBlock on the last stage): each module is one more layer of the last
+    layer's kind on the last stage (its F, B, R like any layer), its eh_proj GEMM (tokens x 2h ->
+    h, fwd + bwd = 3 GEMMs) and one more LM head fwd + bwd over the same tokens
     The host issues every operator (eager Megatron, moesim/step/host.py) and waits for the token
     counts at each forward dispatch (moesim/step/schedule.py).
 Pipeline (1F1B, interleaved with ``vpp`` virtual stages):
@@ -103,16 +107,14 @@ def _dp_comm(model: ModelSpec, dep: Deployment) -> tuple[float, float]:
     """(reduce-scatter, all-gather) seconds of one step's gradients / parameters on this device,
     each over its own data-parallel group (moesim/step/train_comm.py: the expert DP group is
     strided by etp x ep and so crosses domains when EP fills one)."""
-    base, experts = max(stage_params(model, dep.parallelism), key=sum)
-    c = train_comm.dp_collectives(dep, base, experts)
+    c = train_comm.dp_collectives(dep, *_params(model, dep))
     return c.reduce_scatter_s, c.all_gather_s
 
 
 def _fsdp_mb(model: ModelSpec, dep: Deployment, forward, backward, layers: int) -> np.ndarray:
     """Exposed FSDP seconds of one micro-batch: the forward's all-gathers behind the forward,
     the backward's all-gathers and reduce-scatters behind the backward (train_comm.py)."""
-    base, experts = max(stage_params(model, dep.parallelism), key=sum)
-    c = train_comm.dp_collectives(dep, base, experts)
+    c = train_comm.dp_collectives(dep, *_params(model, dep))
     return (train_comm.fsdp_exposed_s(c.all_gather_s, forward, layers)
             + train_comm.fsdp_exposed_s(c.all_gather_s + c.reduce_scatter_s, backward, layers))
 
@@ -131,7 +133,7 @@ def _p2p_mb(model: ModelSpec, dep: Deployment, tokens_N: np.ndarray, forward, ba
 
 def _optimizer_s(model: ModelSpec, dep: Deployment) -> float:
     par, hw = dep.parallelism, dep.hardware
-    base, experts = max(stage_params(model, par), key=sum)
+    base, experts = _params(model, dep)
     sharded = dep.data_sharding != "ddp"
     shard = base / (par.dp * par.cp) + experts / par.expert_dp if sharded else base + experts
     bw = hw.hbm_bandwidth_Bps * hw.efficiency.compute.gemm_memory_fraction
@@ -151,6 +153,20 @@ def microbatches(w: Training, dep: Deployment) -> np.ndarray:
     return w.global_batch // (w.micro_batch * dep.dp)
 
 
+def mtp_stage(stages: list[np.ndarray], counts_SK: np.ndarray, kind: int, mtp: int):
+    """``stages`` and ``counts_SK`` (``stage_kind_counts``) with ``mtp`` layers of ``kind`` added
+    to the last stage: the MTP modules' transformer layers."""
+    counts = counts_SK.copy()
+    counts[-1, kind] += mtp
+    return [*stages[:-1], np.concatenate([stages[-1], np.full(mtp, kind, dtype=stages[-1].dtype)])], counts
+
+
+def _params(model: ModelSpec, dep: Deployment) -> tuple[float, float]:
+    """(non-expert, routed-expert) parameters of the device with the most (``stage_params``, the
+    trained MTP modules on the last stage)."""
+    return max(stage_params(model, dep.parallelism, dep.trained_mtp(model)), key=sum)
+
+
 def _memory(model, dep: Deployment, w: Training, cache: StepCache):
     """Training footprints per point (one per distinct micro-batch and sequence length)."""
     out = []
@@ -159,7 +175,7 @@ def _memory(model, dep: Deployment, w: Training, cache: StepCache):
             model, dep.hardware, dep.parallelism, mode="train", weight_dtype="bf16", micro_batch=int(mb),
             seq_len=int(s), recompute=dep.recompute, recompute_modules=dep.recompute_modules,
             distributed_optimizer=dep.distributed_optimizer,
-            sharding=dep.data_sharding)))
+            sharding=dep.data_sharding, mtp_layers=dep.trained_mtp(model))))
     return out
 
 
@@ -233,6 +249,11 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     head_N = 3.0 * np.asarray(pricing.gemm_s(hw, tokens_N * dep.tp, model.vocab_size / dep.tp, model.hidden,
                                              "bf16")) * halves / setup.device_fraction  # LM head fwd + bwd, last stage
     stages, counts_SK = stage_kind_counts(model, dep.pp, kinds, kind_L)
+    mtp = dep.trained_mtp(model)
+    if mtp:  # MTP modules: layers of the last layer's kind on the last stage (module docstring)
+        stages, counts_SK = mtp_stage(stages, counts_SK, int(kind_L[-1]), mtp)
+        head_N = head_N * (1 + mtp) + mtp * 3.0 * np.asarray(pricing.gemm_s(
+            hw, tokens_N * dep.tp, model.hidden / dep.tp, 2 * model.hidden, "bf16")) * halves / setup.device_fraction
     modules = recomputed_modules(dep.recompute, dep.recompute_modules)  # selective: moesim/step/recompute.py
     rec_KN = {}
     if modules:
