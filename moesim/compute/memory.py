@@ -96,7 +96,7 @@ def _stage_layers(model: ModelSpec, pp: int) -> list[range]:
 
 def stage_params(model: ModelSpec, par: Parallelism, mtp_layers: int = 0) -> list[tuple[float, float]]:
     """(non-expert params, routed-expert params) per device of each pipeline stage; the last
-    stage also holds ``mtp_layers`` MTP modules (training: ``mtp_module_params``)."""
+    stage also holds ``mtp_layers`` MTP modules (training: ``Deployment.trained_mtp``)."""
     tp, etp = par.tp, par.etp
     attn = attention_params_per_layer(model) / tp + 2 * model.hidden
     dense = ffn_params(model, model.dense_ffn) / tp if model.dense_ffn else 0.0
