@@ -34,6 +34,8 @@ state (documented, the same for every case):
 - training: ``mtp_depth`` (or ``mtp`` true / false) is the MTP modules trained on the last
   pipeline stage (``Deployment.mtp_layers``; moesim/step/training.py); unstated, a model with
   MTP modules trains them (recorded under ``assumptions``: case_inputs.py ``training_mtp``).
+  ``pipeline_layout`` (Megatron's --pipeline-model-parallel-layout) places the layers on the
+  pipeline ranks (moesim/specs/pipeline_layout.py); unstated, the ceil split.
 - serving: ``mtp`` true in a decode row prices MTP speculative decoding with the row's
   ``mtp_acceptance_rate`` (refused when not stated) and ``mtp_draft_tokens`` (default the
   model's ``mtp_layers``): the verify pass of 1 + d tokens per sequence plus d draft passes per
@@ -162,6 +164,7 @@ def predict_training_case(inputs: dict, hw: HardwareProfile, stacks: StackTable 
             "hardware": hw, "devices": devices, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "devices_per_domain": dpd,
             "vpp": int(_get(inputs, "vpp", 1)), "dp": dp, "dtype": str(inputs["dtype"]), "recompute": recompute,
             "recompute_modules": recompute_modules, "mtp_layers": training_mtp(inputs, model),
+            "pipeline_layout": inputs.get("pipeline_layout"),
             "comm_sms": _comm_sms(inputs), "stack": stack,
             "sharding": training_sharding(inputs, dp, cp), "capacity_factor": capacity})
     except MoesimError as err:

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mtp-layers", type=int, default=None, metavar="N",
                    help="train: multi-token-prediction modules trained on the last pipeline stage (default: the "
                         "model's, DeepSeek-V3 1; 0: off)")
+    p.add_argument("--pipeline-layout", default=None, metavar="LAYOUT",
+                   help="train: Megatron --pipeline-model-parallel-layout placing layers on the pp x vpp virtual "
+                        "stages (E t m L, '|' between stages, '*n' repeats), e.g. 'Et|(tt|)*30L'; default: ceil split")
     p.add_argument("--sharding", choices=list(get_args(Sharding)), default=None,
                    help="train: what the data-parallel group shards (ddp, zero1 = distributed optimizer, fsdp = "
                         "weights and gradients too); default: zero1 (Deployment.sharding)")
@@ -80,6 +83,9 @@ def _specs(args, hw):
     if args.sharding is not None and args.phase != "train":
         raise SpecError("--sharding", args.sharding, "applies to --phase train only (data-parallel sharding of "
                         f"training state; allowed: {', '.join(get_args(Sharding))})")
+    for flag, value in (("--pipeline-layout", args.pipeline_layout), ("--mtp-layers", args.mtp_layers)):
+        if value is not None and args.phase != "train":
+            raise SpecError(flag, value, "applies to --phase train only")
     if args.attention_dtype is not None:
         from moesim.specs.common import canonical_dtype
 
@@ -93,7 +99,7 @@ def _specs(args, hw):
         redundant_experts=args.redundant_experts, attention_layout=args.attention, overlap=args.overlap,
         a2a_mode=args.a2a_mode, comm_sms=args.comm_sms, dtype=args.dtype, kv_dtype=args.kv_dtype,
         capacity_factor=args.capacity_factor, overflow=args.overflow, recompute=args.recompute,
-        recompute_modules=args.recompute_modules, mtp_layers=args.mtp_layers,
+        recompute_modules=args.recompute_modules, mtp_layers=args.mtp_layers, pipeline_layout=args.pipeline_layout,
         stack=args.stack, sharding=args.sharding, attention_dtype=args.attention_dtype), "deployment")
     skew = build(RoutingSpec, {"skew": args.skew}, "routing").skew
     if args.phase == "train":

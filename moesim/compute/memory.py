@@ -38,7 +38,6 @@ holds the input embedding, the last stage the LM head) and an EP rank with
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -47,6 +46,7 @@ from moesim.compute.counts import attention_params_per_layer, expert_params, ffn
 from moesim.errors import SpecError
 from moesim.specs import HardwareProfile, ModelSpec, Parallelism, bytes_per_element, check_parallelism, experts_per_rank
 from moesim.specs.deployment import recomputed_modules
+from moesim.specs.pipeline_layout import pipeline_stages
 
 Recompute = Literal["none", "selective", "full"]
 Sharding = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
@@ -89,14 +89,11 @@ class MemoryFootprint:
         return d
 
 
-def _stage_layers(model: ModelSpec, pp: int) -> list[range]:
-    per = math.ceil(model.num_layers / pp)
-    return [range(s * per, min(model.num_layers, (s + 1) * per)) for s in range(pp)]
-
-
-def stage_params(model: ModelSpec, par: Parallelism, mtp_layers: int = 0) -> list[tuple[float, float]]:
-    """(non-expert params, routed-expert params) per device of each pipeline stage; the last
-    stage also holds ``mtp_layers`` MTP modules (training: ``Deployment.trained_mtp``)."""
+def stage_params(model: ModelSpec, par: Parallelism, mtp_layers: int = 0,
+                 layout: str | None = None) -> list[tuple[float, float]]:
+    """(non-expert params, routed-expert params) per device of each pipeline rank, as
+    ``pipeline_stages`` places the layers (ceil split, or a Megatron ``layout``) with
+    ``mtp_layers`` MTP modules (training: ``Deployment.trained_mtp``)."""
     tp, etp = par.tp, par.etp
     attn = attention_params_per_layer(model) / tp + 2 * model.hidden
     dense = ffn_params(model, model.dense_ffn) / tp if model.dense_ffn else 0.0
@@ -109,21 +106,19 @@ def stage_params(model: ModelSpec, par: Parallelism, mtp_layers: int = 0) -> lis
         return base + (dense if model.moe.parallel_dense_ffn else 0.0), slots * expert_params(model) / etp
 
     out = []
-    stages = _stage_layers(model, par.pp)
-    for s, layers in enumerate(stages):
+    h = model.hidden
+    for rank in pipeline_stages(model.num_layers, par.pp, par.vpp, mtp_layers, layout):
         base, experts = 0.0, 0.0
-        for i in layers:
+        for i in rank.layers:
             b, e = layer(i)
             base, experts = base + b, experts + e
-        if s == 0:
-            base += model.vocab_size * model.hidden / tp
-        if s == len(stages) - 1:
-            if not model.tie_embeddings:
-                base += model.vocab_size * model.hidden / tp
-            b, e = layer(model.num_layers - 1)  # an MTP module's transformer layer: the last layer's kind
-            h = model.hidden
-            base += mtp_layers * (b + 2 * h * h / tp + 3 * h)  # + eh_proj (2h -> h) and enorm, hnorm, its final norm
-            experts += mtp_layers * e
+        if rank.embedding:
+            base += model.vocab_size * h / tp
+        if rank.head and not model.tie_embeddings:
+            base += model.vocab_size * h / tp
+        b, e = layer(model.num_layers - 1)  # an MTP module's transformer layer: the last layer's kind
+        base += rank.mtp * (b + 2 * h * h / tp + 3 * h)  # + eh_proj (2h -> h) and enorm, hnorm, its final norm
+        experts += rank.mtp * e
         out.append((base, experts))
     return out
 
@@ -175,14 +170,17 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
                      kv_dtype: str | None = None, kv_tokens: int = 0, micro_batch: int = 1,
                      seq_len: int = 4096, recompute: Recompute = "none", recompute_modules: tuple[str, ...] | None = None,
                      distributed_optimizer: bool = True, reserve_GiB: float = 0.0,
-                     sharding: Sharding | None = None, mtp_layers: int = 0) -> MemoryFootprint:
+                     sharding: Sharding | None = None, mtp_layers: int = 0,
+                     pipeline_layout: str | None = None) -> MemoryFootprint:
     """Bytes per device of ``model`` under ``par`` on ``hw``; never raises for a misfit.
 
     serve: weights + ``kv_tokens`` of KV cache (``kv_tokens_fit`` = tokens the rest would hold).
     train: weights + gradients + optimizer states + activations of ``micro_batch`` x ``seq_len``;
     ``sharding`` (train only; default ``zero1``, or ``ddp`` when ``distributed_optimizer`` is
     False) says what is sharded over the data-parallel group (module docstring); ``mtp_layers``
-    (train only) MTP modules on the last stage, each one more layer of weights and activations.
+    (train only) MTP modules on the last stage, each one more layer of weights and activations;
+    ``pipeline_layout`` (train only) a Megatron layout placing the layers (moesim/specs/
+    pipeline_layout.py; None: the ceil split).
     """
     if sharding is None:
         sharding = "zero1" if distributed_optimizer else "ddp"
@@ -202,10 +200,12 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
     w_bytes = bytes_per_element(weight_dtype or model.weight_dtype)
     kv_dt = kv_dtype or ("bf16" if (weight_dtype or model.weight_dtype) in ("fp8", "fp4") else (weight_dtype or model.weight_dtype))
     mtp = mtp_layers if mode == "train" else 0
-    stages = stage_params(model, par, mtp)
+    layout = pipeline_layout if mode == "train" else None
+    ranks = pipeline_stages(model.num_layers, par.pp, par.vpp, mtp, layout)
+    stages = stage_params(model, par, mtp, layout)
     s = max(range(len(stages)), key=lambda i: sum(stages[i]))
     base, experts = stages[s]
-    layers = _stage_layers(model, par.pp)[s]
+    layers = ranks[s].layers
     e_bytes = w_bytes
     if mode == "serve" and model.expert_weight_dtype:  # served as stored (module docstring)
         w_bytes, e_bytes = bytes_per_element(model.weight_dtype), bytes_per_element(model.expert_weight_dtype)
@@ -226,7 +226,7 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
             expert_w = experts / dp_exp * w_bytes
             grads += unit * GRAD_BYTES
         tokens = micro_batch * seq_len * min(par.pp, 1 + par.pp - 1 - s) / (par.tp * par.cp)
-        stored = layers if s < par.pp - 1 else [*layers, *[model.num_layers - 1] * mtp]  # MTP: the last layer's kind
+        stored = [*layers, *[model.num_layers - 1] * ranks[s].mtp]  # MTP: the last layer's kind
         per_tok = sum(activation_elements_per_token_layer(model, model.layer_is_moe(i), recompute, recompute_modules)
                       for i in stored)
         if recompute == "full":

@@ -17,7 +17,9 @@ need to know about *how* a model is run (the model itself and the workload are s
 - ``capacity_factor`` (None: dropless) and ``overflow`` (drop / reroute / shared: what happens to
   a token copy whose expert slot is full; moesim/routing);
 - training: ``recompute``, ``dp_overlap``, ``distributed_optimizer``, ``mtp_layers`` (the
-  multi-token-prediction modules trained after the last layer; None: the model's);
+  multi-token-prediction modules trained after the last layer; None: the model's),
+  ``pipeline_layout`` (Megatron's layout string placing layers on pipeline ranks; None: the
+  ceil split; moesim/specs/pipeline_layout.py);
 - ``stack``: the software stack that issues the operators, a property of the run (not of the
   GPU): a name of the table moesim/data/stacks.toml or an explicit ``SoftwareStack``
   (moesim/specs/software_stack.py; priced by moesim/step/host.py). ``megatron`` (eager
@@ -59,6 +61,7 @@ from moesim.specs.common import canonical_dtype
 from moesim.specs.hardware import HardwareProfile
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallel import Parallelism, check_parallelism
+from moesim.specs.pipeline_layout import pipeline_stages, virtual_stages
 from moesim.specs.software_stack import SoftwareStack, StackName
 
 Overlap = Literal["none", "two_microbatch"]
@@ -69,7 +72,7 @@ Sharding = Literal["ddp", "zero1", "fsdp"]
 OVERFLOWS: tuple[str, ...] = ("drop", "reroute", "shared")
 # fields that schedule stacks of layers (and training steps) but never enter one layer's operations
 SCHEDULE_FIELDS: tuple[str, ...] = ("overlap", "prefill_overlap", "recompute", "recompute_modules", "dp_overlap",
-                                    "distributed_optimizer", "mtp_layers")
+                                    "distributed_optimizer", "mtp_layers", "pipeline_layout")
 # Selective recompute modules (Megatron-Core transformer_config.py ``recompute_modules``; its
 # default ["core_attn"]) and how sources write them (the Megatron-Core GB200 guide: "up_proj")
 RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "layernorm", "moe_act", "mla_up_proj", "mlp", "moe",
@@ -139,6 +142,9 @@ class Deployment(Parallelism):
         None, ge=0, description="training: multi-token-prediction modules trained on the last pipeline stage "
                                 "(one transformer layer, its eh_proj and one more LM head each); None: the model's "
                                 "mtp_layers, 0: MTP off")
+    pipeline_layout: str | None = Field(
+        None, description="training: Megatron --pipeline-model-parallel-layout (E t m L, '|' between the pp x vpp "
+                          "virtual stages, '*n' repeats), e.g. 'Et|(tt|)*30L'; None: layers split by ceiling")
     stack: Stack | SoftwareStack = Field("auto", description="software stack: a table name or explicit values")
     sharding: Sharding | None = Field(
         None, description="training: what the data-parallel group shards; None: zero1 with the distributed "
@@ -149,6 +155,13 @@ class Deployment(Parallelism):
     @classmethod
     def _recompute_modules(cls, value):
         return canonical_recompute_modules(value)
+
+    @field_validator("pipeline_layout")
+    @classmethod
+    def _pipeline_layout(cls, value: str | None) -> str | None:
+        if value is not None:
+            virtual_stages(value)
+        return value
 
     @field_validator("dtype", "kv_dtype")
     @classmethod
@@ -252,6 +265,12 @@ class Deployment(Parallelism):
         check_parallelism(model, self.parallelism)
         if model.moe is None and self.capacity_factor is not None:
             raise SpecError("capacity_factor", self.capacity_factor, f"{model.name} is dense: use None")
+
+    def pipeline_ranks(self, model: ModelSpec):
+        """What each pipeline rank holds in training (moesim/specs/pipeline_layout.py
+        ``pipeline_stages``: ``pipeline_layout`` or the ceil split, the trained MTP modules);
+        SpecError naming ``pipeline_layout`` when the layout does not fit the model or pp x vpp."""
+        return pipeline_stages(model.num_layers, self.pp, self.vpp, self.trained_mtp(model), self.pipeline_layout)
 
     def trained_mtp(self, model: ModelSpec) -> int:
         """The MTP modules a training step of ``model`` runs: ``mtp_layers``, or the model's own

@@ -12,11 +12,14 @@ EP over ``ep`` consecutive non-pipeline ranks):
     R = recompute: full -> F again; selective -> the forward of the recomputed modules   [s]
         (Megatron-Core's recompute_modules, default core attention: moesim/step/recompute.py)
     t = F + B + R (+ LM head fwd + bwd on the last stage); the critical stage is the one
-    with the largest t (``critical_training_stage``)
+    with the largest t (``critical_training_stage``). A stage is what one pipeline rank holds
+    (``Deployment.pipeline_ranks``: Megatron's ``pipeline_layout``, else the ceil split with the
+    embedding first and the head last; moesim/specs/pipeline_layout.py)
     MTP (``Deployment.trained_mtp``; DeepSeek-V3 report s2.2, Megatron-Core's
-    MultiTokenPredictionBlock on the last stage): each module is one more layer of the last
-    layer's kind on the last stage (its F, B, R like any layer), its eh_proj GEMM (tokens x 2h ->
-    h, fwd + bwd = 3 GEMMs) and one more LM head fwd + bwd over the same tokens
+    MultiTokenPredictionBlock on the last stage, or where the layout's ``m`` puts it): each module
+    is one more layer of the last layer's kind on its rank (its F, B, R like any layer) with its
+    eh_proj GEMM (tokens x 2h -> h, fwd + bwd = 3 GEMMs), and one more LM head fwd + bwd over the
+    same tokens on the rank of the loss
     The host issues every operator (eager Megatron, moesim/step/host.py) and waits for the token
     counts at each forward dispatch (moesim/step/schedule.py).
 Pipeline (1F1B, interleaved with ``vpp`` virtual stages):
@@ -57,7 +60,7 @@ from moesim.specs import ModelSpec
 from moesim.specs.deployment import Deployment, recomputed_modules
 from moesim.step import pricing, train_comm
 from moesim.step.cache import StepCache
-from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_name, pick, stage_kind_counts,
+from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_name, pick,
                                   stage_routing, stage_sums)
 from moesim.step.layer import LayerOps, layer_ops
 from moesim.step.sharing import compute_share
@@ -153,18 +156,19 @@ def microbatches(w: Training, dep: Deployment) -> np.ndarray:
     return w.global_batch // (w.micro_batch * dep.dp)
 
 
-def mtp_stage(stages: list[np.ndarray], counts_SK: np.ndarray, kind: int, mtp: int):
-    """``stages`` and ``counts_SK`` (``stage_kind_counts``) with ``mtp`` layers of ``kind`` added
-    to the last stage: the MTP modules' transformer layers."""
-    counts = counts_SK.copy()
-    counts[-1, kind] += mtp
-    return [*stages[:-1], np.concatenate([stages[-1], np.full(mtp, kind, dtype=stages[-1].dtype)])], counts
+def rank_kind_counts(ranks, kinds, kind_L: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Kinds of each rank's layers (its decoder layers, then its MTP modules' layers, of the last
+    layer's kind) and layer counts per (rank, kind) (S, K): ``stage_kind_counts`` for training."""
+    mtp_kind = int(kind_L[-1])
+    stages = [np.concatenate([kind_L[list(r.layers)], np.full(r.mtp, mtp_kind, dtype=kind_L.dtype)]) for r in ranks]
+    counts_SK = np.array([[np.count_nonzero(ks == k) for k in range(len(kinds))] for ks in stages], dtype=float)
+    return stages, counts_SK
 
 
 def _params(model: ModelSpec, dep: Deployment) -> tuple[float, float]:
     """(non-expert, routed-expert) parameters of the device with the most (``stage_params``, the
     trained MTP modules on the last stage)."""
-    return max(stage_params(model, dep.parallelism, dep.trained_mtp(model)), key=sum)
+    return max(stage_params(model, dep.parallelism, dep.trained_mtp(model), dep.pipeline_layout), key=sum)
 
 
 def _memory(model, dep: Deployment, w: Training, cache: StepCache):
@@ -175,7 +179,7 @@ def _memory(model, dep: Deployment, w: Training, cache: StepCache):
             model, dep.hardware, dep.parallelism, mode="train", weight_dtype="bf16", micro_batch=int(mb),
             seq_len=int(s), recompute=dep.recompute, recompute_modules=dep.recompute_modules,
             distributed_optimizer=dep.distributed_optimizer,
-            sharding=dep.data_sharding, mtp_layers=dep.trained_mtp(model))))
+            sharding=dep.data_sharding, mtp_layers=dep.trained_mtp(model), pipeline_layout=dep.pipeline_layout)))
     return out
 
 
@@ -248,19 +252,17 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
     fk, bk = KindOps.of(f_ops), KindOps.of([[backward_ops(o) for o in row] for row in f_ops])
     head_N = 3.0 * np.asarray(pricing.gemm_s(hw, tokens_N * dep.tp, model.vocab_size / dep.tp, model.hidden,
                                              "bf16")) * halves / setup.device_fraction  # LM head fwd + bwd, last stage
-    stages, counts_SK = stage_kind_counts(model, dep.pp, kinds, kind_L)
+    ranks = dep.pipeline_ranks(model)  # layers, MTP modules, head per rank (moesim/specs/pipeline_layout.py)
+    stages, counts_SK = rank_kind_counts(ranks, kinds, kind_L)
     mtp = dep.trained_mtp(model)
-    if mtp:  # MTP modules: layers of the last layer's kind on the last stage (module docstring)
-        stages, counts_SK = mtp_stage(stages, counts_SK, int(kind_L[-1]), mtp)
-        head_N = head_N * (1 + mtp) + mtp * 3.0 * np.asarray(pricing.gemm_s(
-            hw, tokens_N * dep.tp, model.hidden / dep.tp, 2 * model.hidden, "bf16")) * halves / setup.device_fraction
+    eh_N = 3.0 * np.asarray(pricing.gemm_s(hw, tokens_N * dep.tp, model.hidden / dep.tp, 2 * model.hidden, "bf16")) \
+        * halves / setup.device_fraction  # an MTP module's eh_proj fwd + bwd, on its rank
     modules = recomputed_modules(dep.recompute, dep.recompute_modules)  # selective: moesim/step/recompute.py
     rec_KN = {}
     if modules:
         per = [[module_forward_s(setup, o, model.layer_is_moe(ls[0]), float(t), modules) for o, t in zip(row, tokens_N)]
                for ls, row in zip(kinds, f_ops)]
         rec_KN = {c: np.array([[p[c] for p in row] for row in per]) for c in RECOMPUTE_COMPONENTS}
-    last = len(stages) - 1
     share = compute_share(hw, "normal", dep.comm_sms) if dual and model.is_moe and dep.ep > 1 else 1.0
     fsdp_on = dep.data_sharding == "fsdp"
     rows = []
@@ -269,7 +271,7 @@ def training_estimate(model: ModelSpec, dep: Deployment, w: Training, *, check_m
         rec = {c: halves * (counts_SK[i][:, None] * v).sum(0) for c, v in rec_KN.items()}
         r = f.time_s if dep.recompute == "full" else sum(rec.values(), 0.0 * f.time_s)
         again = 1.0 if dep.recompute == "full" else 0.0  # full recompute re-issues the forward
-        hd = head_N if i == last else 0.0 * head_N
+        hd = head_N * (1 + mtp) * ranks[i].head + eh_N * ranks[i].mtp  # the head passes: main + one per MTP module
         p2p = _p2p_mb(model, dep, tokens_N * halves, f.time_s, b.time_s)
         fsdp = _fsdp_mb(model, dep, f.time_s, b.time_s, len(ks)) if fsdp_on else 0.0 * f.time_s
         mb, exposed = f.time_s + b.time_s + r + hd + p2p + fsdp, f.exposed_comm_s + b.exposed_comm_s + p2p + fsdp
