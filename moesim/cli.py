@@ -137,6 +137,17 @@ def _add_log_flags_below(parser: argparse.ArgumentParser) -> None:
                 _add_log_flags_below(sub)
 
 
+def add_training_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """``--recompute-modules`` and ``--mtp-layers``, as ``moesim step`` and ``moesim memory`` take
+    them (Deployment.recompute_modules, Deployment.mtp_layers)."""
+    parser.add_argument("--recompute-modules", metavar="M,M,...",
+                        help="selective: Megatron-Core modules recomputed (core_attn, layernorm, moe_act, "
+                             "mla_up_proj, mlp, moe, shared_experts); default core_attn")
+    parser.add_argument("--mtp-layers", type=int, default=None, metavar="N",
+                        help="train: multi-token-prediction modules trained on the last pipeline stage (default: "
+                             "the model's, DeepSeek-V3 1; 0: off)")
+
+
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 

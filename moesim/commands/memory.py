@@ -5,7 +5,7 @@ import argparse
 
 from moesim import units
 from moesim.catalog import build, load_model, load_profile
-from moesim.cli import Result, add_json_flag
+from moesim.cli import Result, add_json_flag, add_training_recipe_flags
 from moesim.compute.memory import RECOMPUTE, memory_footprint
 from moesim.errors import SpecError
 from moesim.specs import Parallelism
@@ -32,12 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--recompute", choices=list(RECOMPUTE), default="none")
-    p.add_argument("--recompute-modules", metavar="M,M,...",
-                   help="selective: Megatron-Core modules recomputed (core_attn, layernorm, moe_act, mla_up_proj, "
-                        "mlp, moe, shared_experts); default core_attn")
-    p.add_argument("--mtp-layers", type=int, default=None, metavar="N",
-                   help="train: multi-token-prediction modules trained on the last pipeline stage (default: the "
-                        "model's, DeepSeek-V3 1; 0: off)")
+    add_training_recipe_flags(p)
     p.add_argument("--sharding", choices=["ddp", "zero1", "zero2", "zero3", "fsdp"], default=None,
                    help="train: what is sharded over data parallel (default zero1 = distributed optimizer; "
                         "zero3/fsdp also weights and gradients, as MaxText on TPU)")

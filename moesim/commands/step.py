@@ -5,7 +5,7 @@ import argparse
 from typing import get_args
 
 from moesim.catalog import build, load_model, load_profile
-from moesim.cli import Result, add_json_flag, add_limit_flag, check_work
+from moesim.cli import Result, add_json_flag, add_limit_flag, add_training_recipe_flags, check_work
 from moesim.errors import SpecError
 from moesim.safeio import Outputs
 from moesim.specs import Deployment, RoutingSpec
@@ -36,12 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=4096, help="train: tokens per sequence")
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
-    p.add_argument("--recompute-modules", metavar="M,M,...",
-                   help="selective: Megatron-Core modules recomputed (core_attn, layernorm, moe_act, mla_up_proj, "
-                        "mlp, moe, shared_experts); default core_attn")
-    p.add_argument("--mtp-layers", type=int, default=None, metavar="N",
-                   help="train: multi-token-prediction modules trained on the last pipeline stage (default: the "
-                        "model's, DeepSeek-V3 1; 0: off)")
+    add_training_recipe_flags(p)
     p.add_argument("--pipeline-layout", default=None, metavar="LAYOUT",
                    help="train: Megatron --pipeline-model-parallel-layout placing layers on the pp x vpp virtual "
                         "stages (E t m L, '|' between stages, '*n' repeats), e.g. 'Et|(tt|)*30L'; default: ceil split")

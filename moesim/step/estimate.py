@@ -25,7 +25,6 @@ tokens/s per device: decode batch / iteration, prefill prompt tokens / iteration
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -36,6 +35,7 @@ from moesim.compute.counts import forward_flops_per_token, sequence_forward_flop
 from moesim.errors import InfeasibleError, SpecError
 from moesim.specs import ModelSpec
 from moesim.specs.deployment import Deployment
+from moesim.specs.pipeline_layout import pipeline_stages
 from moesim.step import pricing
 from moesim.step.breakdown import StepBreakdown
 from moesim.step.cache import StepCache
@@ -123,9 +123,9 @@ def layer_kinds(model: ModelSpec) -> tuple[list[list[int]], np.ndarray]:
 
 
 def stage_layers(model: ModelSpec, pp: int) -> list[range]:
-    """Contiguous layer ranges of the ``pp`` pipeline stages (ceil split, as compute.memory)."""
-    per = math.ceil(model.num_layers / pp)
-    return [range(s * per, min(model.num_layers, (s + 1) * per)) for s in range(pp)]
+    """Contiguous layer ranges of the ``pp`` pipeline stages (the ceil split of
+    moesim/specs/pipeline_layout.py ``pipeline_stages``, as compute.memory)."""
+    return [range(r.layers[0], r.layers[-1] + 1) if r.layers else range(0) for r in pipeline_stages(model.num_layers, pp)]
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,15 @@ class KindOps:
 
 
 def stage_kind_counts(model: ModelSpec, pp: int, kinds, kind_L) -> tuple[list[np.ndarray], np.ndarray]:
-    """Kinds of each stage's layers, and layer counts per (stage, kind) (S, K)."""
-    stages = [kind_L[list(r)] for r in stage_layers(model, pp)]
+    """Kinds of each stage's layers, and layer counts per (stage, kind) (S, K): the ceil split."""
+    return rank_kind_counts(pipeline_stages(model.num_layers, pp), kinds, kind_L)
+
+
+def rank_kind_counts(ranks, kinds, kind_L: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Kinds of each rank's layers (``pipeline_stages``: its decoder layers, then its MTP modules'
+    layers, of the last layer's kind) and layer counts per (rank, kind) (S, K)."""
+    mtp_kind = int(kind_L[-1])
+    stages = [np.concatenate([kind_L[list(r.layers)], np.full(r.mtp, mtp_kind, dtype=kind_L.dtype)]) for r in ranks]
     counts_SK = np.array([[np.count_nonzero(ks == k) for k in range(len(kinds))] for ks in stages], dtype=float)
     return stages, counts_SK
 

@@ -60,7 +60,7 @@ from moesim.specs import ModelSpec
 from moesim.specs.deployment import Deployment, recomputed_modules
 from moesim.step import pricing, train_comm
 from moesim.step.cache import StepCache
-from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_name, pick,
+from moesim.step.estimate import (KindOps, StepEstimate, layer_kinds, overflow_name, pick, rank_kind_counts,
                                   stage_routing, stage_sums)
 from moesim.step.layer import LayerOps, layer_ops
 from moesim.step.sharing import compute_share
@@ -154,15 +154,6 @@ def microbatches(w: Training, dep: Deployment) -> np.ndarray:
             raise SpecError("global_batch", int(g),
                             f"interleaved pipeline needs micro-batches ({int(m)}) to be a multiple of pp = {dep.pp}")
     return w.global_batch // (w.micro_batch * dep.dp)
-
-
-def rank_kind_counts(ranks, kinds, kind_L: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Kinds of each rank's layers (its decoder layers, then its MTP modules' layers, of the last
-    layer's kind) and layer counts per (rank, kind) (S, K): ``stage_kind_counts`` for training."""
-    mtp_kind = int(kind_L[-1])
-    stages = [np.concatenate([kind_L[list(r.layers)], np.full(r.mtp, mtp_kind, dtype=kind_L.dtype)]) for r in ranks]
-    counts_SK = np.array([[np.count_nonzero(ks == k) for k in range(len(kinds))] for ks in stages], dtype=float)
-    return stages, counts_SK
 
 
 def _params(model: ModelSpec, dep: Deployment) -> tuple[float, float]:
