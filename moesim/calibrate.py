@@ -310,6 +310,10 @@ def _is_e2e(case: Case) -> bool:
     return case.kind == "serving" and case.inputs.get("phase") == "end_to_end"
 
 
+# the fitted stack parameters that are fractions in (0, 1] (moesim/step/stacks.py FRACTION_FIELDS)
+FRACTION_SUFFIXES: tuple[str, ...] = (".device_fraction", ".expert_fraction")
+
+
 def _grid(param: str, lo: float, hi: float, coarse: bool) -> list[float]:
     """Coarse grid of one parameter: host time on a log grid from 0 (the objective is flat where
     the rows are device-bound), a fraction evenly over [lo, hi]."""
@@ -377,10 +381,11 @@ def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: 
             unit = "us/op" if p.endswith(".host_op_us") else "us per sequence per iteration"
             out[p] = StackParamFit(p, prior, ids, False, f"the rows want host time at the range's top ({b:g} {unit}): "
                                                          f"not identified, prior {prior:g} kept")
-        elif p.endswith(".device_fraction") and at_bottom:
-            out[p] = StackParamFit(p, prior, ids, False, f"the rows want a device fraction at the range's bottom "
+        elif p.endswith(FRACTION_SUFFIXES) and at_bottom:
+            what = "an expert fraction" if p.endswith(".expert_fraction") else "a device fraction"
+            out[p] = StackParamFit(p, prior, ids, False, f"the rows want {what} at the range's bottom "
                                                          f"({a:g}): not identified, prior {prior:g} kept")
-        elif p.endswith(".device_fraction") and at_top:
+        elif p.endswith(FRACTION_SUFFIXES) and at_top:
             out[p] = StackParamFit(p, prior, ids, False, f"the rows want the full kernel-model throughput (fraction "
                                                          f"{b:g}, the range's top): prior {prior:g} kept")
         else:

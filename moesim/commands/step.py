@@ -160,13 +160,17 @@ def step_cmd(args) -> Result:
 
 def _stack_line(stack, phase: str, data: dict) -> str:
     """The software stack the step ran and where its device fraction comes from
-    (moesim/step/stacks.py ``fraction_origin``), also set on ``data`` (``stack``,
-    ``device_fraction``, ``device_fraction_origin``)."""
+    (moesim/step/stacks.py ``fraction_origin``) and its routed experts' further fraction when not 1
+    (``expert_fraction``), also set on ``data`` (``stack``, ``device_fraction``,
+    ``device_fraction_origin``, ``expert_fraction``)."""
     from moesim.step.stacks import fraction_origin
 
+    from moesim.step.stacks import expert_fraction
+
     fo = fraction_origin(stack, phase)
-    data.update(stack=fo.stack, device_fraction=fo.fraction, device_fraction_origin=fo.origin)
-    return fo.text()
+    ef = expert_fraction(stack, phase)
+    data.update(stack=fo.stack, device_fraction=fo.fraction, device_fraction_origin=fo.origin, expert_fraction=ef)
+    return fo.text() + (f", expert fraction {ef:.4g}" if ef != 1.0 else "")
 
 
 def _step(args, outputs: Outputs) -> Result:

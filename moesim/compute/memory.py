@@ -196,7 +196,7 @@ def memory_footprint(model: ModelSpec, hw: HardwareProfile, par: Parallelism, *,
     for name, v in (("micro_batch", micro_batch), ("seq_len", seq_len)):
         if v <= 0:
             raise SpecError(name, v, "must be positive")
-    check_parallelism(model, par)
+    check_parallelism(model, par, pipeline_layout=pipeline_layout if mode == "train" else None)
     w_bytes = bytes_per_element(weight_dtype or model.weight_dtype)
     kv_dt = kv_dtype or ("bf16" if (weight_dtype or model.weight_dtype) in ("fp8", "fp4") else (weight_dtype or model.weight_dtype))
     mtp = mtp_layers if mode == "train" else 0

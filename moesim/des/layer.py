@@ -131,7 +131,8 @@ def _draw(setup: LayerSetup, tokens: float, sampler, rng, cache: dict) -> tuple[
         key = np.sort(counts).tobytes()  # NOTE: a grouped GEMM's time does not depend on group order
         if key not in cache:
             cache[key] = pricing.expert_ffn_s(setup.hw, setup.model, counts, setup.expert_dtype, setup.expert_ffn,
-                                              layout=layout, weight_dtype=setup.expert_weight_dtype) / setup.device_fraction
+                                              layout=layout, weight_dtype=setup.expert_weight_dtype) / (
+                setup.device_fraction * setup.expert_fraction)
         x_R[r] = cache[key]
     d, c = sampled_a2a(setup, setup.moe_tokens(tokens), sample.traffic_RR, sample.dedup_RN) if R > 1 else (0.0, 0.0)
     return x_R, d, c

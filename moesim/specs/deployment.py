@@ -262,7 +262,7 @@ class Deployment(Parallelism):
 
     def check(self, model: ModelSpec) -> None:
         """SpecError naming the field when ``model`` cannot run on this deployment."""
-        check_parallelism(model, self.parallelism)
+        check_parallelism(model, self.parallelism, pipeline_layout=self.pipeline_layout)
         if model.moe is None and self.capacity_factor is not None:
             raise SpecError("capacity_factor", self.capacity_factor, f"{model.name} is dense: use None")
 

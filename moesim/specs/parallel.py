@@ -60,8 +60,13 @@ def smallest_redundancy(num_experts: int, ep: int) -> int:
     return (-num_experts) % ep
 
 
-def check_parallelism(model: ModelSpec, par: Parallelism, cluster: Cluster | None = None) -> None:
-    """Raise SpecError naming the field when ``par`` cannot run ``model`` (on ``cluster``)."""
+def check_parallelism(model: ModelSpec, par: Parallelism, cluster: Cluster | None = None,
+                      pipeline_layout: str | None = None) -> None:
+    """Raise SpecError naming the field when ``par`` cannot run ``model`` (on ``cluster``).
+    ``pipeline_layout`` (a stated Megatron layout, moesim/specs/pipeline_layout.py) replaces the
+    even split's rule pp x vpp <= num_layers: a layout may leave virtual stages without decoder
+    layers (the embedding or the loss in one's place: Megatron's account_for_embedding_in_pipeline_split
+    / account_for_loss_in_pipeline_split), and ``pipeline_stages`` checks it against pp x vpp."""
     att = model.attention
     if cluster is not None and par.world != cluster.devices:
         raise SpecError(
@@ -79,7 +84,7 @@ def check_parallelism(model: ModelSpec, par: Parallelism, cluster: Cluster | Non
             )
     if par.pp > model.num_layers:
         raise SpecError("parallel.pp", par.pp, f"at most num_layers = {model.num_layers}")
-    if par.pp * par.vpp > model.num_layers:
+    if pipeline_layout is None and par.pp * par.vpp > model.num_layers:
         raise SpecError(
             "parallel.vpp", par.vpp, f"pp x vpp must be at most num_layers = {model.num_layers}"
         )

@@ -25,6 +25,17 @@ A ``SoftwareStack`` says, for each phase (``train``, ``prefill``, ``decode``), h
   takes that entry's value (the same kernels); ``pool_fraction`` marks a serving engine with no
   calibration source of its own, whose fraction is the median of the other stacks' identified
   serving fits (the full-step loss is common to the engines: each fitted one lands at 0.28-0.69);
+- ``expert_fraction``: the achievable fraction, in (0, 1], of the grouped-GEMM kernel model
+  (moesim/compute/grouped.py, calibrated on DeepGEMM's single grouped kernel) that this stack's
+  routed-expert GEMMs reach, on top of ``device_fraction``: the experts' time is the kernel
+  model's / (device_fraction x expert_fraction). Transformer Engine's grouped linear, which
+  Megatron-Core runs for its experts (``--moe-grouped-gemm``), issues one cuBLAS GEMM per local
+  expert, round-robin over 4 CUDA streams (TransformerEngine transformer_engine/common/gemm/
+  cublaslt_gemm.cu ``multi_stream_cublas_gemm``: "For now, we only have multi-stream cublas
+  backend"; common/util/multi_stream.cpp ``num_compute_streams = 4``), each expert GEMM with its own
+  wave quantization and quantization kernels, not one grouped kernel. Prior 1.0 (a single grouped
+  kernel, as the serving engines' fused MoE and DeepGEMM run); ``fit_expert`` marks a fitted one;
+  ``"<stack>.<phase>"`` takes that entry's value;
 - ``host_seq_us``: host microseconds per running sequence per iteration, outside the model's
   operators: the serving executor's per-request Python work (scheduling, sampling bookkeeping,
   response handling: TensorRT-LLM's PyTorch-backend ``PyExecutor`` loop), and ``loop``: how that
@@ -92,6 +103,12 @@ class PhaseHost(Spec):
                                                    "identified serving-phase fractions of the other stacks "
                                                    "(moesim/calibrate.py pool_fractions), for an engine without "
                                                    "a calibration source of its own")
+    expert_fraction: float | str = Field(1.0, description="achievable fraction (0, 1] of the grouped-GEMM kernel "
+                                                          "model that this stack's routed-expert GEMMs reach, on top "
+                                                          "of device_fraction, or '<stack>.<phase>' to take that "
+                                                          "entry's value")
+    fit_expert: bool = Field(False, description="expert_fraction is fitted on whole sources (prior 1.0, range "
+                                                "[fraction_min, 1])")
     fraction_min: float = Field(FRACTION_MIN, gt=0, le=FRACTION_MIN,
                                 description="a fitted device_fraction's lower bound: FRACTION_MIN unless the entry's "
                                             "source documents a larger kernel loss (it names that source)")
@@ -128,9 +145,14 @@ class PhaseHost(Spec):
         if self.pool_fraction and (self.fit_fraction or not isinstance(f, float)):
             raise SpecError("pool_fraction", True, "a pooled device_fraction needs a numeric device_fraction and "
                                                    "no fit_fraction (it is either fitted or pooled)")
+        e = self.expert_fraction
+        if isinstance(e, float) and not (0.0 < e <= 1.0):
+            raise SpecError("expert_fraction", e, "allowed: above 0, at most 1")
+        if self.fit_expert and not isinstance(e, float):
+            raise SpecError("fit_expert", True, "a fitted expert_fraction needs a numeric expert_fraction")
         if self.fit and (self.prior_us is None or self.fit_max is None or not isinstance(self.host_op_us, float)):
             raise SpecError("fit", True, "a fitted entry needs a numeric host_op_us, prior_us and fit_max")
-        for fld in ("host_op_us", "fit_max", "device_fraction", "host_seq_us"):
+        for fld in ("host_op_us", "fit_max", "device_fraction", "expert_fraction", "host_seq_us"):
             ref = getattr(self, fld)
             if not isinstance(ref, str):
                 continue

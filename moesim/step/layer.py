@@ -430,7 +430,7 @@ def layer_ops(setup: LayerSetup, layer: int, tokens: float, context: float,
         return setup._cache[key]
     block = moe_block(setup, tokens, rank_load) if model.layer_is_moe(layer) else {}
     ops = at_device_fraction(LayerOps(**_routing_free_ops(setup, layer, tokens, context), **block),
-                             setup.device_fraction)
+                             setup.device_fraction, setup.expert_fraction)
     if rank_load is None:
         setup._cache[key] = ops
     return ops
@@ -444,13 +444,16 @@ COMPUTE_OP_FIELDS: tuple[str, ...] = ("attention_s", "attention_core_s", "elemen
                                       "shared_experts_s", "dense_ffn_s", "kernel_floor_s", "kernel_floor_backward_s")
 
 
-def at_device_fraction(ops: LayerOps, fraction: float) -> LayerOps:
+def at_device_fraction(ops: LayerOps, fraction: float, expert: float = 1.0) -> LayerOps:
     """``ops`` with every compute operation's time divided by the stack's achievable device
-    fraction (moesim/specs/software_stack.py ``device_fraction``); communication, host issue and
-    the shares unchanged. Fraction 1 returns ``ops`` itself."""
-    if fraction == 1.0:
+    fraction (moesim/specs/software_stack.py ``device_fraction``) and the routed experts'
+    (``experts_s``) by its ``expert_fraction`` too; communication, host issue and the shares
+    unchanged. Both 1 returns ``ops`` itself."""
+    if fraction == 1.0 and expert == 1.0:
         return ops
-    return replace(ops, **{f: getattr(ops, f) / fraction for f in COMPUTE_OP_FIELDS})
+    scaled = {f: getattr(ops, f) / fraction for f in COMPUTE_OP_FIELDS}
+    scaled["experts_s"] /= expert
+    return replace(ops, **scaled)
 
 
 @dataclass(frozen=True)

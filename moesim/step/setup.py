@@ -12,7 +12,7 @@ from moesim.specs.deployment import Deployment
 from moesim.step import pricing
 from moesim.step.elementwise import is_low_precision
 from moesim.step.sharing import compute_share
-from moesim.step.stacks import device_fraction, resolve
+from moesim.step.stacks import device_fraction, expert_fraction, resolve
 
 PHASES: tuple[str, ...] = ("prefill", "decode", "train")
 
@@ -159,6 +159,12 @@ class LayerSetup:
     def device_fraction(self) -> float:
         """The stack's achievable device fraction in this phase (moesim/step/stacks.py)."""
         return device_fraction(self.deployment.stack, self.phase)
+
+    @property
+    def expert_fraction(self) -> float:
+        """The further fraction of the grouped-GEMM kernel model that the stack's routed experts
+        reach in this phase (moesim/step/stacks.py ``expert_fraction``)."""
+        return expert_fraction(self.deployment.stack, self.phase)
 
     @property
     def core_dtype(self) -> str | None:

@@ -9,11 +9,13 @@ A ``host_op_us`` or ``device_fraction`` given as ``"<stack>.<phase>"`` is that e
 same kernels at its device fraction).
 
 Fit parameters are named ``"<stack>.<phase>.host_op_us"`` (the entries marked ``fit = true``),
-``"<stack>.<phase>.device_fraction"`` (``fit_fraction = true``) and ``"<stack>.<phase>.host_seq_us"``
-(``fit_seq = true``), listed by ``fit_params``;
+``"<stack>.<phase>.device_fraction"`` (``fit_fraction = true``), ``"<stack>.<phase>.expert_fraction"``
+(``fit_expert = true``) and ``"<stack>.<phase>.host_seq_us"`` (``fit_seq = true``), listed by ``fit_params``;
 ``with_values`` returns a table with some of them set, which the fits of moesim/calibrate.py pass
 to the case predictors. ``device_fraction(stack, phase)`` is the fraction the step model divides
-every compute operation's time by (moesim/step/layer.py ``layer_ops``, training.py, estimate.py).
+every compute operation's time by (moesim/step/layer.py ``layer_ops``, training.py, estimate.py);
+``expert_fraction(stack, phase)`` the further fraction of the routed experts' grouped GEMMs
+(moesim/step/layer.py ``at_device_fraction``).
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from moesim.errors import SpecError
 from moesim.specs.software_stack import (MAX_HOST_SEQ_US, STACK_NAMES, STACK_PHASES, TRTLLM_STACKS, PhaseHost,
                                          SoftwareStack)
 
-PARAM_FIELDS: tuple[str, ...] = ("host_op_us", "device_fraction", "host_seq_us")
+PARAM_FIELDS: tuple[str, ...] = ("host_op_us", "device_fraction", "expert_fraction", "host_seq_us")
+# the parameters that are fractions in (0, 1] (fitted within [fraction_min, 1]: moesim/calibrate.py)
+FRACTION_FIELDS: tuple[str, ...] = ("device_fraction", "expert_fraction")
 
 # phase -> the stack ``auto`` resolves to
 AUTO: dict[str, str] = {"train": "megatron", "prefill": "sglang", "decode": "sglang"}
@@ -86,8 +90,8 @@ class StackTable:
         for path, value in values.items():
             name, phase = split_param(path)
             fld = param_field(path)
-            if fld == "device_fraction" and not 0.0 < float(value) <= 1.0:
-                raise SpecError(path, value, "a device fraction in (0, 1]")
+            if fld in FRACTION_FIELDS and not 0.0 < float(value) <= 1.0:
+                raise SpecError(path, value, "a fraction in (0, 1]")
             if fld == "host_seq_us" and not 0.0 <= float(value) <= MAX_HOST_SEQ_US:
                 raise SpecError(path, value, f"host us per sequence per iteration in [0, {MAX_HOST_SEQ_US:g}]")
             s = out[name]
@@ -122,13 +126,14 @@ def split_param(path: str) -> tuple[str, str]:
     parts = path.rsplit(".", 2)
     if (len(parts) != 3 or parts[2] not in PARAM_FIELDS or parts[0] not in STACK_NAMES
             or parts[1] not in STACK_PHASES):
-        raise SpecError("stack parameter", path, "<stack>.<phase>.host_op_us, <stack>.<phase>.device_fraction or "
-                                                 "<stack>.<phase>.host_seq_us with a stack of the table")
+        raise SpecError("stack parameter", path, "<stack>.<phase>.host_op_us, <stack>.<phase>.device_fraction, "
+                                                 "<stack>.<phase>.expert_fraction or <stack>.<phase>.host_seq_us "
+                                                 "with a stack of the table")
     return parts[0], parts[1]
 
 
 def param_field(path: str) -> str:
-    """The field a stack parameter sets (``host_op_us``, ``device_fraction`` or ``host_seq_us``)."""
+    """The field a stack parameter sets (one of ``PARAM_FIELDS``)."""
     split_param(path)
     return path.rsplit(".", 1)[1]
 
@@ -157,8 +162,8 @@ def stack_table() -> StackTable:
 def fit_params(table: StackTable | None = None) -> tuple[str, ...]:
     """The fitted parameters of the table, in table order: every ``fit = true`` phase as
     ``<stack>.<phase>.host_op_us``, every ``fit_fraction = true`` one as
-    ``<stack>.<phase>.device_fraction``, every ``fit_seq = true`` one as
-    ``<stack>.<phase>.host_seq_us``."""
+    ``<stack>.<phase>.device_fraction``, every ``fit_expert = true`` one as
+    ``<stack>.<phase>.expert_fraction``, every ``fit_seq = true`` one as ``<stack>.<phase>.host_seq_us``."""
     table = table or stack_table()
     out = []
     for n, s in table.stacks.items():
@@ -168,6 +173,8 @@ def fit_params(table: StackTable | None = None) -> tuple[str, ...]:
                 out.append(f"{n}.{p}.host_op_us")
             if ph.fit_fraction:
                 out.append(f"{n}.{p}.device_fraction")
+            if ph.fit_expert:
+                out.append(f"{n}.{p}.expert_fraction")
             if ph.fit_seq:
                 out.append(f"{n}.{p}.host_seq_us")
     return tuple(out)
@@ -225,6 +232,12 @@ def device_fraction(stack: str | SoftwareStack, phase: str) -> float:
     """The achievable device fraction of ``stack`` in ``phase`` (moesim/specs/software_stack.py):
     every compute operation of the step takes its kernel-model time / this (communication not)."""
     return float(resolve(stack, phase).device_fraction)
+
+
+def expert_fraction(stack: str | SoftwareStack, phase: str) -> float:
+    """The achievable fraction of the grouped-GEMM kernel model that ``stack``'s routed-expert
+    GEMMs reach in ``phase``, on top of ``device_fraction`` (moesim/specs/software_stack.py)."""
+    return float(resolve(stack, phase).expert_fraction)
 
 
 def serving_stack(stack: str | SoftwareStack) -> SoftwareStack:
