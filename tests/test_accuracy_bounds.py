@@ -44,7 +44,7 @@ BOUNDS = {
     # max re-recorded 2026-12-07 (MTP priced, megatron refitted): the same roadmap row, +89.4% -> +99.6%
     "published-e2e-training-2.json": {"training": (0.152, 0.996, E, 41)},
     # dense Megatron-Bridge Llama 3 rows (docs/evidence.md 'Dense training rows'), never fitted: every
-    # row too slow (the megatron fraction is fitted on MoE rows; docs/accuracy.md session 17-18)
+    # row but three too slow (the megatron fraction is fitted on MoE rows; docs/accuracy.md session 17-18)
     "published-e2e-training-dense.json": {"training": (0.164, 0.302, E, 42)},
     # re-recorded 2026-12-07: the refit moved trtllm-engine's fitted fraction (0.6516 -> 0.6763)
     "published-e2e-serving-2.json": {"serving": (0.192, 1.020, E, 230)},
