@@ -12,7 +12,8 @@ out-of-sample, per case kind (``moesim validate --logo``).
   with them. Kernel kinds refit their profile's parameters from the generic prior
   (``moesim.calibrate.calibrate``; with no case left on that profile the prior values are used:
   what a new user gets); training and serving refit the software-stack parameters
-  (moesim/data/stacks.toml ``fit = true``: host_op_us, ``fit_fraction = true``: device_fraction),
+  (moesim/data/stacks.toml ``fit = true``: host_op_us, ``fit_fraction = true``: device_fraction,
+  ``fit_expert = true``: expert_fraction, ``fit_seq = true``: host_seq_us),
   each stack's jointly, on the remaining calibration rows that run it
   (``moesim.calibrate.fit_stacks``, the same fitter as the shipped table; none left or not
   identified: the entry's prior; identical refits are computed once).

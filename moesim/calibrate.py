@@ -310,10 +310,6 @@ def _is_e2e(case: Case) -> bool:
     return case.kind == "serving" and case.inputs.get("phase") == "end_to_end"
 
 
-# the fitted stack parameters that are fractions in (0, 1] (moesim/step/stacks.py FRACTION_FIELDS)
-FRACTION_SUFFIXES: tuple[str, ...] = (".device_fraction", ".expert_fraction")
-
-
 def _grid(param: str, lo: float, hi: float, coarse: bool) -> list[float]:
     """Coarse grid of one parameter: host time on a log grid from 0 (the objective is flat where
     the rows are device-bound), a fraction evenly over [lo, hi]."""
@@ -333,6 +329,8 @@ def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: 
     With fewer rows than parameters the host times keep their priors and the fractions are fitted
     (one row cannot separate host from device time)."""
     from scipy.optimize import minimize
+
+    from moesim.step.stacks import FRACTION_FIELDS, param_field
 
     params = list(params)
     ids = tuple(c.id for c in rows)
@@ -381,11 +379,11 @@ def fit_stack_group(params: Sequence[str], rows, profiles: dict, table, priors: 
             unit = "us/op" if p.endswith(".host_op_us") else "us per sequence per iteration"
             out[p] = StackParamFit(p, prior, ids, False, f"the rows want host time at the range's top ({b:g} {unit}): "
                                                          f"not identified, prior {prior:g} kept")
-        elif p.endswith(FRACTION_SUFFIXES) and at_bottom:
+        elif param_field(p) in FRACTION_FIELDS and at_bottom:
             what = "an expert fraction" if p.endswith(".expert_fraction") else "a device fraction"
             out[p] = StackParamFit(p, prior, ids, False, f"the rows want {what} at the range's bottom "
                                                          f"({a:g}): not identified, prior {prior:g} kept")
-        elif p.endswith(FRACTION_SUFFIXES) and at_top:
+        elif param_field(p) in FRACTION_FIELDS and at_top:
             out[p] = StackParamFit(p, prior, ids, False, f"the rows want the full kernel-model throughput (fraction "
                                                          f"{b:g}, the range's top): prior {prior:g} kept")
         else:
@@ -419,7 +417,7 @@ def fit_stacks(cases, profiles: dict, table=None, priors: dict[str, float] | Non
     (``fit_stack_group``), on the training / serving rows of ``cases`` that depend on any of them
     (``case_stack_params``), over every hardware: ``host_op_us`` within [0, its ``fit_max``],
     ``host_seq_us`` within [0, its ``seq_fit_max``] (prior ``seq_prior_us``),
-    ``device_fraction`` within [its entry's ``fraction_min``, 1] (FRACTION_MIN unless the entry
+    ``device_fraction`` and ``expert_fraction`` within [the entry's ``fraction_min``, 1] (FRACTION_MIN unless the entry
     states one). A parameter no row runs or identifies keeps its
     prior (``priors``, default the entry's ``prior_us``, 1.0 for a fraction). Stacks are fitted in
     table order (a ``fit_max`` naming an earlier entry sees its fit); identical fits (the same

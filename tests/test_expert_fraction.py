@@ -1,8 +1,7 @@
 """The per-stack expert fraction (moesim/specs/software_stack.py ``expert_fraction``): it divides
 the routed experts' grouped-GEMM time on top of the device fraction, nothing else; a dense model
-never sees it; the megatron stacks share one value, which a fit recovers from dense and MoE rows; bad values are refused naming the field.
-Also the stated Megatron pipeline layout that leaves virtual stages without decoder layers (the
-Llama 3.1 405B recipes' embedding / loss accounting)."""
+never sees it; the megatron stacks share one value, which a fit recovers from dense and MoE rows;
+bad values are refused naming the field."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -124,17 +123,3 @@ def test_bad_expert_fraction_is_refused_naming_the_field(bad):
         stack_table().with_values({"megatron.train.expert_fraction": bad})
     with pytest.raises((SpecError, ValidationError), match="fit_expert"):
         PhaseHost(captured="none", expert_fraction="megatron.train", fit_expert=True, source="test")
-
-
-def test_a_stated_layout_may_leave_stages_without_decoder_layers():
-    # Llama 3.1 405B at PP 16 x VPP 8 = 128 virtual stages over 126 layers: refused on the even
-    # split, run with the recipe's layout (embedding and loss each in one stage's place)
-    work = Training(global_batch=64, seq_len=8192, micro_batch=1)
-    base = dict(hardware=load_profile("gb200"), devices=256, tp=4, pp=16, vpp=8, dp=4, devices_per_domain=64)
-    with pytest.raises(SpecError, match="pp x vpp"):
-        estimate(LLAMA405, Deployment(**base), work, check_memory=False)
-    dep = Deployment(**base, pipeline_layout="E|(t|)*126L")
-    b = estimate(LLAMA405, dep, work, check_memory=False).breakdown(0)
-    assert b.step_time_s > 0
-    with pytest.raises(SpecError, match="pipeline_layout"):  # a layout that does not fill 16 x 8 is still refused
-        estimate(LLAMA405, Deployment(**base, pipeline_layout="E|(t|)*125L"), work, check_memory=False)

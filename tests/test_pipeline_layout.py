@@ -21,6 +21,7 @@ from moesim.step.estimate import stage_layers
 B200 = load_profile("b200")
 DSV3 = load_model("deepseek-v3")      # 61 decoder layers, 1 MTP module
 QWEN = load_model("qwen3-30b-a3b")    # 48 MoE layers, no MTP
+LLAMA405 = load_model("llama3.1-405b")  # 126 dense layers
 
 
 def test_megatron_docs_rank_map():
@@ -124,3 +125,17 @@ def test_cases_and_cli_read_the_layout(capsys):
     assert run(args + ["--pipeline-layout", "Et|(tt|)*30L"]) == 2      # the MTP module has no 'm'
     err = capsys.readouterr().err
     assert "pipeline_layout" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_stated_layout_may_leave_stages_without_decoder_layers():
+    # Llama 3.1 405B at PP 16 x VPP 8 = 128 virtual stages over 126 layers: refused on the even
+    # split, run with the recipe's layout (embedding and loss each in one stage's place)
+    work = Training(global_batch=64, seq_len=8192, micro_batch=1)
+    base = dict(hardware=load_profile("gb200"), devices=256, tp=4, pp=16, vpp=8, dp=4, devices_per_domain=64)
+    with pytest.raises(SpecError, match="pp x vpp"):
+        estimate(LLAMA405, Deployment(**base), work, check_memory=False)
+    dep = Deployment(**base, pipeline_layout="E|(t|)*126L")
+    b = estimate(LLAMA405, dep, work, check_memory=False).breakdown(0)
+    assert b.step_time_s > 0
+    with pytest.raises(SpecError, match="pipeline_layout"):  # a layout that does not fill 16 x 8 is still refused
+        estimate(LLAMA405, Deployment(**base, pipeline_layout="E|(t|)*125L"), work, check_memory=False)
