@@ -86,7 +86,8 @@ def check_parallelism(model: ModelSpec, par: Parallelism, cluster: Cluster | Non
         raise SpecError("parallel.pp", par.pp, f"at most num_layers = {model.num_layers}")
     if pipeline_layout is None and par.pp * par.vpp > model.num_layers:
         raise SpecError(
-            "parallel.vpp", par.vpp, f"pp x vpp must be at most num_layers = {model.num_layers} unless a pipeline_layout places the stages"
+            "parallel.vpp", par.vpp,
+            f"pp x vpp must be at most num_layers = {model.num_layers} unless a pipeline_layout places the stages"
         )
     if model.moe is None:
         if par.ep > 1 or par.redundant_experts:
