@@ -25,7 +25,9 @@ state (documented, the same for every case):
   maximum-load row under TensorRT-LLM that states ``num_requests`` (trtllm-bench's finite
   dataset, queued at once) is the replay of that dataset on the candidate's replica
   (moesim/planner/bench_replay.py), not the steady-state closed form; ``kv_dtype`` when stated
-  (else fp8 for fp8/fp4 rows, the workload dtype otherwise);
+  (else fp8 for fp8/fp4 rows, the workload dtype otherwise); a prefill or decode row's
+  ``kv_dtype`` when stated, else bf16; an unstated one is recorded under ``assumptions``
+  (``case_kv_dtype``);
   prefill tokens per device 16,384 when not stated (the only per-device figure the
   SGLang large-EP blog gives); ``two_batch_overlap`` -> overlap ``two_microbatch``;
   ``deepep_mode`` low_latency -> low-latency all-to-all; EP sizes that do not divide the
@@ -135,6 +137,18 @@ def _comm_sms(inputs: dict) -> int | None:
 def _skew(inputs: dict) -> str:
     text = str(inputs.get("routing") or "").lower()
     return "balanced" if "balanced" in text else "uniform"
+
+
+def case_kv_dtype(inputs: dict, default: str) -> str:
+    """The KV-cache dtype of a serving row: ``kv_dtype`` as stated, else ``default``, recorded
+    under the case's ``assumptions`` (a decode step reads the cache at that width, and the KV
+    capacity of an end-to-end row's engine depends on it, so an unstated one is never silent)."""
+    stated = inputs.get("kv_dtype")
+    if stated is not None:
+        return str(stated)
+    if hasattr(inputs, "assume"):
+        inputs.assume("kv_dtype", f"not stated: {default} KV cache")
+    return default
 
 
 def case_software_stack(inputs: dict, hw: HardwareProfile, phase: str, stacks: StackTable | None):
@@ -254,6 +268,7 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
             "etp": devices if _without_ep(ep, devices, model) else 1,
             "devices_per_domain": dpd, "redundant_experts": redundant, "dtype": str(inputs["dtype"]),
             "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs),
+            "kv_dtype": case_kv_dtype(inputs, "bf16"),
             "stack": case_software_stack(inputs, hw, phase, stacks),
             "attention_dtype": _get(inputs, "attention_dtype", None)})
     except MoesimError as err:
@@ -396,7 +411,7 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         "max_devices": devices,
         "workload": {"prompt_len": int(inputs["prompt_len"]), "output_len": int(inputs["output_len"]),
                      "target_output_tokens_per_s": 1.0, "dtype": dtype,
-                     "kv_dtype": str(inputs.get("kv_dtype") or ("fp8" if dtype in ("fp8", "fp4") else dtype))},
+                     "kv_dtype": case_kv_dtype(inputs, "fp8" if dtype in ("fp8", "fp4") else dtype)},
         "slo": {"percentile": 50, "tpot_s": float(tpot or 1e3), "ttft_s": float(ttft or 1e6)},
         "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
                    "tp": [tp], "pp": [1], "attention_layouts": [layout], "moe_layouts": [moe_layout],

@@ -102,3 +102,23 @@ def test_mtp_in_a_prefill_row_is_listed_as_ignored():
     assert p.status == d.status == "ok"
     assert "mtp" in dict(p.ignored_inputs)
     assert "mtp" not in dict(d.ignored_inputs) and "mtp_acceptance_rate" not in dict(d.ignored_inputs)
+
+
+def test_a_decode_rows_kv_dtype_is_read_and_an_unstated_one_is_an_assumption():
+    """A stated kv_dtype prices the decode step's KV-cache stream at its width (fp8: half the
+    bf16 bytes, so at a long context the step is faster) and is not listed as
+    ignored; an unstated one is the step-level default bf16 (the same answer as stating bf16,
+    exactly) and is recorded under the case's assumptions."""
+    from moesim.validate import CaseInputs
+
+    # a GQA model: its decode attention streams the cache (MLA's absorbed decode is compute-bound)
+    long_ctx = {"metric": "tokens_per_s_per_device", "model": "qwen3-30b-a3b", "phase": "decode", "devices": 1,
+                "ep": 1, "dtype": "fp8", "batch_per_device": 64, "context_len": 8000}
+    unstated = CaseInputs({**long_ctx}, "serving")
+    base = predict_serving_case(unstated, H800)
+    assert "kv_dtype" in unstated.assumed and "bf16" in unstated.assumed["kv_dtype"]
+    bf16 = CaseInputs({**long_ctx, "kv_dtype": "bf16"}, "serving")
+    assert predict_serving_case(bf16, H800) == base
+    fp8 = CaseInputs({**long_ctx, "kv_dtype": "fp8"}, "serving")
+    assert predict_serving_case(fp8, H800) > base
+    assert "kv_dtype" not in fp8.ignored() and "kv_dtype" not in fp8.assumed
