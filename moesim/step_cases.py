@@ -19,7 +19,8 @@ state (documented, the same for every case):
   the data-parallel group (moesim/case_inputs.py ``training_sharding``).
 - serving: ``attention_dtype`` (when stated) prices the attention projections and core at that
   precision (Deployment.attention_dtype); end-to-end rows pass it to the planner
-  (``search.attention_dtype``).
+  (``search.attention_dtype``); unstated on an fp8/fp4 row, the choice is recorded under
+  ``assumptions`` (``case_attention_dtype``).
 - serving: phase end_to_end (whole requests, e.g. a maximum-load benchmark) is predicted through
   the planner (planned_serving: the best candidate of exactly the stated deployment); a
   maximum-load row under TensorRT-LLM that states ``num_requests`` (trtllm-bench's finite
@@ -70,7 +71,7 @@ from dataclasses import replace
 from moesim.catalog import build, load_model
 from moesim.compute.counts import forward_flops_per_token
 from moesim.errors import MoesimError, SpecError
-from moesim.specs import Deployment, HardwareProfile, ModelSpec
+from moesim.specs import Deployment, HardwareProfile, ModelSpec, canonical_dtype
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
                                 domain_layout, flag_not_modelled, recompute_plan, stated_off, training_capacity_factor,
@@ -149,6 +150,23 @@ def case_kv_dtype(inputs: dict, default: str) -> str:
     if hasattr(inputs, "assume"):
         inputs.assume("kv_dtype", f"not stated: {default} KV cache")
     return default
+
+
+def case_attention_dtype(inputs: dict, model: ModelSpec) -> str | None:
+    """A serving row's ``attention_dtype`` as stated, else None (moesim/step/setup.py
+    ``projection_dtype``: the released weight dtype for a checkpoint that ships only its experts
+    quantized, else the row's dtype), the unstated choice recorded under ``assumptions`` for a
+    low-precision row: quantized checkpoints differ here (NVIDIA's NVFP4 DeepSeek-R1-0528 lists
+    every ``self_attn`` module in its ``exclude_modules``), so the answer depends on it."""
+    stated = inputs.get("attention_dtype")
+    if stated is not None:
+        return str(stated)
+    dtype = str(inputs.get("dtype"))
+    if hasattr(inputs, "assume") and canonical_dtype(dtype) in ("fp8", "fp4"):
+        used = model.weight_dtype if model.expert_weight_dtype else dtype
+        why = "only the checkpoint's experts are quantized" if model.expert_weight_dtype else "the row's dtype"
+        inputs.assume("attention_dtype", f"not stated: attention projections at {used} ({why})")
+    return None
 
 
 def case_software_stack(inputs: dict, hw: HardwareProfile, phase: str, stacks: StackTable | None):
@@ -270,7 +288,7 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
             "overlap": overlap, "a2a_mode": a2a, "comm_sms": _comm_sms(inputs),
             "kv_dtype": case_kv_dtype(inputs, "bf16"),
             "stack": case_software_stack(inputs, hw, phase, stacks),
-            "attention_dtype": _get(inputs, "attention_dtype", None)})
+            "attention_dtype": case_attention_dtype(inputs, model)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
     if spec is not None:  # decode with MTP: verify + draft passes per step, E tokens per sequence
@@ -416,7 +434,7 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
                    "tp": [tp], "pp": [1], "attention_layouts": [layout], "moe_layouts": [moe_layout],
                    "overlap": "two_microbatch" if inputs.get("two_batch_overlap") else "none",
-                   "attention_dtype": inputs.get("attention_dtype")},
+                   "attention_dtype": case_attention_dtype(inputs, model)},
         "verify": {"top_n": 0}, "scheduler": case_scheduler(inputs),
         "stack": (case_stack(inputs, hw.name, "decode") if stacks is None
                   else stacks.inline(case_stack(inputs, hw.name, "decode"), "decode")),

@@ -122,3 +122,24 @@ def test_a_decode_rows_kv_dtype_is_read_and_an_unstated_one_is_an_assumption():
     fp8 = CaseInputs({**long_ctx, "kv_dtype": "fp8"}, "serving")
     assert predict_serving_case(fp8, H800) > base
     assert "kv_dtype" not in fp8.ignored() and "kv_dtype" not in fp8.assumed
+
+
+def test_an_fp4_rows_attention_dtype_is_read_and_an_unstated_one_is_an_assumption():
+    """Unstated on a low-precision row, the attention projections run at the row's dtype and the
+    case says so under assumptions; a stated bf16 (an NVFP4 checkpoint that excludes its
+    self_attn modules) streams 2-byte projection weights instead of ~0.56-byte ones, so the
+    decode step at a small batch (weight-bound) is slower, and nothing is assumed."""
+    from moesim.validate import CaseInputs
+
+    row = {"metric": "tokens_per_s_per_device", "model": "qwen3-30b-a3b", "phase": "decode", "devices": 1,
+           "ep": 1, "dtype": "fp4", "kv_dtype": "fp8", "batch_per_device": 8, "context_len": 1000}
+    b200 = load_profile("b200")
+    unstated = CaseInputs({**row}, "serving")
+    fp4 = predict_serving_case(unstated, b200)
+    assert "fp4" in unstated.assumed["attention_dtype"]
+    bf16 = CaseInputs({**row, "attention_dtype": "bf16"}, "serving")
+    assert predict_serving_case(bf16, b200) < fp4
+    assert "attention_dtype" not in bf16.assumed and "attention_dtype" not in bf16.ignored()
+    bf16_row = CaseInputs({**row, "dtype": "bf16"}, "serving")  # nothing to assume at bf16
+    predict_serving_case(bf16_row, b200)
+    assert "attention_dtype" not in bf16_row.assumed
