@@ -25,6 +25,9 @@ BOUNDS = {
                                    "training": (0.082, 0.185, E, 6), "serving": (0.013, 0.031, E, 3)},
     "published-eval.json": {"gemm": (0.220, 0.407, K, 11), "grouped_gemm": (0.118, 0.255, K, 10),
                             "all_to_all": (0.091, 0.550, K, 12)},
+    # XLA's default matmul table, sm_100 rows taken as B200 (docs/evidence.md 'XLA matmul table'): every row
+    # too fast, the b200 GEMM efficiency being the generic prior (docs/accuracy.md session 19)
+    "published-eval-xla-gemm.json": {"gemm": (0.146, 0.216, K, 20)},
     "cpu-host-calib.json": {"gemm": (0.096, 0.247, K, 8), "grouped_gemm": (0.091, 1.515, K, 4),
                             "all_to_all": (0.109, 0.489, K, 6), "moe_layer": (0.439, 0.617, K, 6)},
     "cpu-host-eval.json": {"gemm": (0.045, 0.063, K, 6), "grouped_gemm": (0.643, 0.657, K, 3),
