@@ -429,7 +429,7 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         "max_devices": devices,
         "workload": {"prompt_len": int(inputs["prompt_len"]), "output_len": int(inputs["output_len"]),
                      "target_output_tokens_per_s": 1.0, "dtype": dtype,
-                     "kv_dtype": case_kv_dtype(inputs, "fp8" if dtype in ("fp8", "fp4") else dtype)},
+                     "kv_dtype": case_kv_dtype(inputs, "fp8" if canonical_dtype(dtype) in ("fp8", "fp4") else dtype)},
         "slo": {"percentile": 50, "tpot_s": float(tpot or 1e3), "ttft_s": float(ttft or 1e6)},
         "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
                    "tp": [tp], "pp": [1], "attention_layouts": [layout], "moe_layouts": [moe_layout],
