@@ -71,11 +71,12 @@ from dataclasses import replace
 from moesim.catalog import build, load_model
 from moesim.compute.counts import forward_flops_per_token
 from moesim.errors import MoesimError, SpecError
-from moesim.specs import Deployment, HardwareProfile, ModelSpec, canonical_dtype
+from moesim.specs import Deployment, HardwareProfile, ModelSpec
 from moesim.specs.parallel import smallest_redundancy
 from moesim.case_inputs import (SERVING_NOT_MODELLED, TRAINING_NOT_MODELLED, case_stack, check_training_flags,
                                 domain_layout, flag_not_modelled, recompute_plan, stated_off, training_capacity_factor,
                                 training_mtp, training_schedule, training_sharding)
+from moesim.step.elementwise import is_low_precision
 from moesim.step.stacks import StackTable, stack_table
 from moesim.validate import UnsupportedCase, flag_ignored
 
@@ -158,13 +159,15 @@ def case_attention_dtype(inputs: dict, model: ModelSpec) -> str | None:
     quantized, else the row's dtype), the unstated choice recorded under ``assumptions`` for a
     low-precision row: quantized checkpoints differ here (NVIDIA's NVFP4 DeepSeek-R1-0528 lists
     every ``self_attn`` module in its ``exclude_modules``), so the answer depends on it."""
+    from moesim.step.setup import unstated_projection_dtype
+
     stated = inputs.get("attention_dtype")
     if stated is not None:
         return str(stated)
     dtype = str(inputs.get("dtype"))
-    if hasattr(inputs, "assume") and canonical_dtype(dtype) in ("fp8", "fp4"):
-        used = model.weight_dtype if model.expert_weight_dtype else dtype
-        why = "only the checkpoint's experts are quantized" if model.expert_weight_dtype else "the row's dtype"
+    if hasattr(inputs, "assume") and is_low_precision(dtype):
+        used = unstated_projection_dtype(model, dtype)
+        why = "the row's dtype" if used == dtype else "only the checkpoint's experts are quantized"
         inputs.assume("attention_dtype", f"not stated: attention projections at {used} ({why})")
     return None
 
@@ -429,7 +432,7 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
         "max_devices": devices,
         "workload": {"prompt_len": int(inputs["prompt_len"]), "output_len": int(inputs["output_len"]),
                      "target_output_tokens_per_s": 1.0, "dtype": dtype,
-                     "kv_dtype": case_kv_dtype(inputs, "fp8" if canonical_dtype(dtype) in ("fp8", "fp4") else dtype)},
+                     "kv_dtype": case_kv_dtype(inputs, "fp8" if is_low_precision(dtype) else dtype)},
         "slo": {"percentile": 50, "tpot_s": float(tpot or 1e3), "ttft_s": float(ttft or 1e6)},
         "search": {"devices_per_replica": [devices], "batch_per_device": list(END_TO_END_BATCHES),
                    "tp": [tp], "pp": [1], "attention_layouts": [layout], "moe_layouts": [moe_layout],

@@ -51,11 +51,15 @@ def projection_dtype(model: ModelSpec, deployment: Deployment, phase: str = "dec
     (``ModelSpec.expert_weight_dtype``: GPT-OSS, "MoE weights quantized with mxfp4. All the
     other weights are in bf16", TensorRT-LLM examples/models/core/gpt_oss/README.md) runs them
     at the released ``weight_dtype``, unquantized; else the run's ``dtype``."""
-    if deployment.attention_dtype:
-        return deployment.attention_dtype
+    return deployment.attention_dtype or unstated_projection_dtype(model, deployment.dtype, phase)
+
+
+def unstated_projection_dtype(model: ModelSpec, dtype: str, phase: str = "decode") -> str:
+    """``projection_dtype`` when no ``attention_dtype`` is stated: the released ``weight_dtype``
+    for a served checkpoint that ships only its experts quantized, else the run's ``dtype``."""
     if model.expert_weight_dtype and phase != "train":
         return model.weight_dtype
-    return deployment.dtype
+    return dtype
 
 
 @dataclass(frozen=True)
