@@ -184,13 +184,15 @@ def test_scenario_stack_names_follow_the_deployment_spec():
     from moesim.errors import MoesimError
     from moesim.planner.costs import deployment_of
     from moesim.planner.scenario import deployment_stacks
+    from moesim.specs.software_stack import STACK_VENDORS
     from moesim.case_inputs import case_stack
     from moesim.step_cases import case_scheduler
 
     assert _scenario().stack == "auto"
     for stack in deployment_stacks():
-        sc = _scenario(stack=stack)
-        c = Candidate("h100-sxm", 1, tp=1, dp=1, ep=1, attention_layout="dp", batch=16)
+        hw = "h100-sxm" if "nvidia" in STACK_VENDORS[stack] else "mi300x"  # where the stack runs
+        sc = _scenario(stack=stack, hardware=[hw])
+        c = Candidate(hw, 1, tp=1, dp=1, ep=1, attention_layout="dp", batch=16)
         assert deployment_of(c, sc, load_model("qwen3-30b-a3b")).stack == stack
     with pytest.raises(MoesimError, match="stack = 'tensorflow': allowed: auto, eager"):
         _scenario(stack="tensorflow")

@@ -126,7 +126,8 @@ def test_step_says_where_the_fraction_comes_from(capsys, stack, line, origin):
 
     from moesim.cli import run as main
 
-    args = ["step", "--model", "qwen3-30b-a3b", "--hw", "h100-sxm", "--devices", "1", "--phase", "decode",
+    hw = "mi300x" if stack == "sglang-rocm" else "h100-sxm"  # a ROCm stack runs on AMD hardware only
+    args = ["step", "--model", "qwen3-30b-a3b", "--hw", hw, "--devices", "1", "--phase", "decode",
             "--batch-per-device", "8", "--context", "512", "--dtype", "fp8", "--stack", stack]
     assert main(args) == 0
     assert line.format(f=f"{stack_table().value(f'{stack}.decode.device_fraction'):.4g}") in capsys.readouterr().out

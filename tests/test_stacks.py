@@ -13,7 +13,7 @@ from moesim.case_inputs import case_stack
 from moesim.cases import load_cases
 from moesim.catalog import build, load_model, load_profile
 from moesim.specs import Deployment, HardwareProfile
-from moesim.specs.software_stack import STACK_NAMES
+from moesim.specs.software_stack import STACK_NAMES, STACK_VENDORS
 from moesim.step.host import OP_COUNTS, PRE_SYNC_OP_COUNTS, host_parts_s, layer_host_s
 from moesim.step.layer import LayerOps, stack_time
 from moesim.step.schedule import serial_time, two_microbatch_time
@@ -62,6 +62,47 @@ def test_deployment_takes_a_stack_name_or_explicit_values():
     assert again.stack == explicit and again.content_key == d.with_(stack=explicit).content_key
     with pytest.raises(ValueError, match="stack"):
         Deployment(hardware=H100, devices=8, dp=8, ep=8, stack="jax")
+
+
+def test_every_named_stack_states_the_vendors_it_runs_on():
+    assert set(STACK_VENDORS) == set(STACK_NAMES)
+    vendors = {"nvidia", "amd", "google", "cpu"}  # HardwareProfile.vendor
+    assert all(vs and set(vs) <= vendors for vs in STACK_VENDORS.values())
+    assert set(STACK_VENDORS["auto"]) == vendors  # the production default runs anywhere
+
+
+@pytest.mark.parametrize("stack, hw, ok", [
+    ("trtllm", "tpu-v6e", False), ("trtllm-engine", "mi300x", False), ("vllm-rocm", "b200", False),
+    ("sglang-rocm", "h100-sxm", False), ("megatron", "tpu-v5p", False), ("cuda_graphs", "cpu-host", False),
+    ("vllm-v0", "mi300x", False),
+    ("trtllm", "b200", True), ("vllm-rocm", "mi300x", True), ("maxtext", "tpu-v6e", True), ("xla", "tpu-v5p", True),
+    ("auto", "tpu-v6e", True), ("eager", "cpu-host", True), ("sglang", "mi300x", True),
+])
+def test_a_stack_runs_only_on_its_vendors_hardware(stack, hw, ok):
+    prof = load_profile(hw)
+    n = min(8, prof.scale_up.max_domain_size)
+    make = lambda: Deployment(hardware=prof, devices=n, dp=n, ep=1, stack=stack)  # noqa: E731
+    if ok:
+        assert make().stack == stack
+        return
+    with pytest.raises(ValueError) as err:
+        make()
+    msg = str(err.value)  # names the field, the stack, the hardware and what does run there
+    assert "stack" in msg and repr(stack) in msg and hw in msg and prof.vendor in msg and "auto" in msg
+    # an explicit SoftwareStack (a user's own numbers) is not checked
+    explicit = stack_table().inline("megatron", "train")
+    assert Deployment(hardware=prof, devices=n, dp=n, ep=1, stack=explicit).stack == explicit
+
+
+def test_scenario_refuses_a_stack_one_of_its_hardware_cannot_run():
+    from moesim.planner.scenario import scenario_from_dict
+
+    text = (ROOT / "examples" / "plan_deepseek_v3_gpu_tpu.toml").read_text()
+    assert 'hardware = ["h100-sxm", "h200-sxm", "b200", "tpu-v5p"]' in text
+    with pytest.raises(ValueError, match=r"stack = 'trtllm': does not run on tpu-v5p \(google\)"):
+        scenario_from_dict(tomllib.loads(text.replace("max_devices = 512", 'max_devices = 512\nstack = "trtllm"')))
+    gpus = text.replace(', "tpu-v5p"]', "]").replace("max_devices = 512", 'max_devices = 512\nstack = "trtllm"')
+    assert scenario_from_dict(tomllib.loads(gpus)).stack == "trtllm"
 
 
 def test_graph_captured_phases_pay_only_per_graph_launch():

@@ -18,12 +18,13 @@ from typing import Literal, Union, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from moesim.catalog import build, read_toml, resolve_file_names
+from moesim.catalog import build, load_profile, read_toml, resolve_file_names
 from moesim.errors import MoesimError, SpecError
 from moesim.prices import PricesSpec
 from moesim.planner.disagg_search import DisaggSearch
 from moesim.specs import SLO, Deployment, RoutingSpec, ServingWorkload, TrainingWorkload
 from moesim.specs.common import Spec
+from moesim.specs.software_stack import check_stack_vendor
 from moesim.specs.serving_features import ServingFeatures
 
 DEFAULT_SCENARIO_PATH = Path(__file__).with_name("default_scenario.toml")
@@ -179,6 +180,19 @@ class _ScenarioBase(Spec):
     limits: QualityLimits = Field(default_factory=QualityLimits)
     stack: DeploymentStack = Field("auto", description="software stack of every candidate (Deployment.stack: "
                                    "which phases pay per-operator host time; auto: each phase's production default)")
+
+    @model_validator(mode="after")
+    def _stack_runs_on_hardware(self):
+        """A named stack must run on every candidate hardware (its vendor: software_stack.STACK_VENDORS);
+        an unknown hardware name is left to the planner's own report."""
+        if isinstance(self.stack, str):
+            for name in self.hardware:
+                try:
+                    hw = load_profile(name)
+                except MoesimError:
+                    continue
+                check_stack_vendor(self.stack, hw.vendor, hw.name)
+        return self
 
     @model_validator(mode="after")
     def _quality_policy(self):

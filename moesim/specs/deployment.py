@@ -62,7 +62,7 @@ from moesim.specs.hardware import HardwareProfile
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallel import Parallelism, check_parallelism
 from moesim.specs.pipeline_layout import pipeline_stages, virtual_stages
-from moesim.specs.software_stack import SoftwareStack, StackName
+from moesim.specs.software_stack import SoftwareStack, StackName, check_stack_vendor
 
 Overlap = Literal["none", "two_microbatch"]
 A2AMode = Literal["auto", "normal", "low_latency"]
@@ -197,6 +197,8 @@ class Deployment(Parallelism):
         check_modules_need_selective(self.recompute, self.recompute_modules)
         if self.attention_layout == "dp" and self.tp > 1:
             raise SpecError("tp", self.tp, "DP attention (attention_layout dp) needs tp = 1")
+        if isinstance(self.stack, str):
+            check_stack_vendor(self.stack, hw.vendor, hw.name)
         units = hw.compute.compute_units
         if self.comm_sms is not None and units is not None and self.comm_sms >= units:
             raise SpecError("comm_sms", self.comm_sms, f"allowed: below the {units} SMs of {hw.name}")

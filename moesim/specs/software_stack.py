@@ -72,6 +72,48 @@ STACK_NAMES: tuple[str, ...] = ("auto", "eager", "cuda_graphs", "xla", "megatron
                                 "sglang-rocm", "vllm", "vllm-rocm", "vllm-v0", "trtllm", "trtllm-engine", "maxtext")
 # the stacks that run TensorRT-LLM (its scheduler and trtllm-bench limits: moesim/planner/serving_policy.py)
 TRTLLM_STACKS: tuple[str, ...] = ("trtllm", "trtllm-engine")
+# The hardware vendors (HardwareProfile.vendor) each named stack runs on; a Deployment that puts a
+# stack on other hardware is refused naming the stack (moesim/specs/deployment.py). ``auto`` is the
+# production default of each phase and runs anywhere (moesim/step/stacks.py AUTO). Sources:
+# - eager, cuda_graphs: PyTorch's CUDA and ROCm builds (ROCm runs torch.cuda graphs as HIP graphs:
+#   pytorch.org docs "HIP (ROCm) semantics"); eager also on the CPU build (moesim's own CPU validation);
+# - xla: XLA's backends, GPU (CUDA, ROCm), TPU and CPU (openxla.org/xla, "XLA architecture");
+# - maxtext: MaxText "runs on TPUs and GPUs" (AI-Hypercomputer/maxtext README);
+# - megatron, megatron-cudagraph: Megatron-Core with Transformer Engine on NVIDIA GPUs, and AMD's ROCm
+#   port (github.com/ROCm/Megatron-LM, Transformer Engine's ROCm build);
+# - sglang, vllm: the CUDA and ROCm builds of each engine (docs.sglang.io "AMD GPUs"; docs.vllm.ai
+#   GPU installation, "ROCm"); their fitted numbers are CUDA measurements, their host structure is
+#   the engine's on both;
+# - sglang-rocm, vllm-rocm: the early-2025 ROCm builds, AMD Instinct only (their stacks.toml entries);
+# - vllm-v0: the V0 engine as the CUDA releases before 0.8 ran it (its stacks.toml entry: NVIDIA);
+# - trtllm, trtllm-engine: TensorRT-LLM runs on NVIDIA GPUs only (nvidia.github.io/TensorRT-LLM,
+#   "Supported Hardware").
+STACK_VENDORS: dict[str, tuple[str, ...]] = {
+    "auto": ("nvidia", "amd", "google", "cpu"),
+    "eager": ("nvidia", "amd", "cpu"),
+    "cuda_graphs": ("nvidia", "amd"),
+    "xla": ("nvidia", "amd", "google", "cpu"),
+    "maxtext": ("nvidia", "google"),
+    "megatron": ("nvidia", "amd"),
+    "megatron-cudagraph": ("nvidia", "amd"),
+    "sglang": ("nvidia", "amd"),
+    "sglang-rocm": ("amd",),
+    "vllm": ("nvidia", "amd"),
+    "vllm-rocm": ("amd",),
+    "vllm-v0": ("nvidia",),
+    "trtllm": ("nvidia",),
+    "trtllm-engine": ("nvidia",),
+}
+
+
+def check_stack_vendor(stack: str, vendor: str, hardware: str) -> None:
+    """Refuse a named stack on hardware of a vendor it does not run on (``STACK_VENDORS``), naming
+    the stacks that do run there. An explicit ``SoftwareStack`` (a user's own numbers) is not checked."""
+    allowed = STACK_VENDORS.get(stack)
+    if allowed is None or vendor in allowed:
+        return
+    fits = [n for n, vs in STACK_VENDORS.items() if vendor in vs]
+    raise SpecError("stack", stack, f"does not run on {hardware} ({vendor}); stacks that do: {', '.join(fits)}")
 STACK_PHASES: tuple[str, ...] = ("train", "prefill", "decode")
 # the lower end of a fitted device_fraction's range (moesim/calibrate.py fit_stacks): below it the
 # rows would be asking for something other than a sustained-throughput loss
