@@ -35,10 +35,12 @@ BOUNDS = {
     # re-recorded 2026-12-07: DeepSeek-V3's MTP module priced on the last stage (moesim/step/training.py)
     # and the megatron stack refitted (device fraction 0.5627 -> 0.5987): max the Qwen3-30B H100 row
     "published-e2e-training.json": {"training": (0.190, 0.906, E, 19)},
-    "published-e2e-serving.json": {"serving": (0.084, 0.341, E, 6)},
+    "published-e2e-serving.json": {"serving": (0.084, 0.338, E, 6)},
     # end-to-end through the planner (maximum-load TensorRT-LLM runs, out of sample: the TensorRT-LLM
     # stacks are fitted on the v0.17 and v1.0-era tables of published-e2e-serving-2.json; docs/accuracy.md)
-    "published-e2e-serving-maxload.json": {"serving": (0.173, 0.831, E, 106)},
+    # re-recorded 2026-12-07 (session 20): TensorRT-LLM's FP8 context attention (fp8_kv_context) and
+    # trtllm refitted (host 20.43 -> 19.81 us/op, fraction 0.5333 -> 0.5382, 13.61 -> 19.68 us/seq)
+    "published-e2e-serving-maxload.json": {"serving": (0.176, 0.843, E, 106)},
     # further evaluation sets (docs/evidence.md): Megatron-Bridge 26.02/25.11/25.09 and MaxText v5p
     # training; older TensorRT-LLM maximum-load tables end to end through the planner (in-sample: its
     # 20 v0.17 rows fit trtllm-engine, its 210 v1.0-era rows fit trtllm)
@@ -50,14 +52,16 @@ BOUNDS = {
     # row but three too slow (the megatron fraction is fitted on MoE rows; docs/accuracy.md session 17-18)
     "published-e2e-training-dense.json": {"training": (0.164, 0.302, E, 42)},
     # re-recorded 2026-12-07: the refit moved trtllm-engine's fitted fraction (0.6516 -> 0.6763)
-    "published-e2e-serving-2.json": {"serving": (0.192, 1.020, E, 230)},
+    # and again 2026-12-07 (session 20): FP8 context attention, trtllm refitted (see maxload)
+    "published-e2e-serving-2.json": {"serving": (0.186, 0.978, E, 230)},
     # third evaluation set (docs/evidence.md 'Third set'): dstack DeepSeek-R1 offline runs on 8 x MI300X
     # and 8 x H200 (vLLM, SGLang, TP8) and GPUStack vLLM v0.11 runs on H200 / H100, never fitted;
     # every row over-predicted (max: a 22 s run of 1000 128/4-token requests)
-    "published-e2e-serving-3.json": {"serving": (0.341, 3.461, E, 23)},
+    "published-e2e-serving-3.json": {"serving": (0.341, 3.474, E, 23)},
     # fourth evaluation set (docs/evidence.md 'Fourth set'): TensorRT-LLM's DeepSeek-R1 best-performance
     # guide, trtllm-bench runs with their stated engine limits on 8 x B200 and 8 x H200, never fitted
-    "published-e2e-serving-4.json": {"serving": (0.245, 0.535, E, 3)},
+    # re-recorded 2026-12-07 (session 20): FP8 context attention, trtllm refitted (see maxload)
+    "published-e2e-serving-4.json": {"serving": (0.266, 0.567, E, 3)},
 }
 
 

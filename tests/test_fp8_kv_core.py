@@ -1,6 +1,8 @@
-"""FP8 core attention under an FP8 KV cache (moesim/specs/software_stack.py ``fp8_kv_core``,
-moesim/step/setup.py ``LayerSetup.core_dtype``): TensorRT-LLM's generation MLA kernels quantize
-the query to FP8 and run FP8 MQA on Blackwell; elsewhere the core keeps its precision rule.
+"""FP8 core attention under an FP8 KV cache (moesim/specs/software_stack.py ``fp8_kv_core`` and
+``fp8_kv_context``, moesim/step/setup.py ``LayerSetup.core_dtype``): TensorRT-LLM's generation MLA
+kernels quantize the query to FP8 and run FP8 MQA on Blackwell; its context attention runs as FP8
+FMHA (MLA always, other kinds with quantized projections) on FP8 tensor-core GPUs; elsewhere the
+core keeps its precision rule.
 
 Tolerances: the wiring tests compare the same closed form evaluated twice (rel 1e-12); the
 step-level test only asserts a direction and an upper bound that follows from the formula."""
@@ -36,11 +38,10 @@ def _without_fp8_core():
 def test_the_shipped_trtllm_decode_runs_mla_in_fp8_on_blackwell_only():
     assert stack_table().get("trtllm").decode.fp8_kv_core == "mla"
     assert make_setup(DSV3, _dep(), "decode").core_dtype == "fp8"
-    # not on Hopper (no source for its kernels), not with a BF16 cache, not in prefill, not for
-    # GQA, not for engines that dequantize the cache (vLLM), not when the run states its own
+    # not on Hopper (no source for its kernels), not with a BF16 cache, not for GQA, not for
+    # engines that dequantize the cache (vLLM), not when the run states its own
     assert make_setup(DSV3, _dep(hw=H200), "decode").core_dtype is None
     assert make_setup(DSV3, _dep(kv="bf16"), "decode").core_dtype is None
-    assert make_setup(DSV3, _dep(), "prefill").core_dtype is None
     assert make_setup(QWEN, _dep(), "decode").core_dtype is None
     assert make_setup(DSV3, _dep(stack="vllm"), "decode").core_dtype is None
     assert make_setup(DSV3, _dep(attention_dtype="bf16"), "decode").core_dtype == "bf16"
@@ -69,6 +70,52 @@ def test_a_decode_step_gets_faster_by_at_most_half_its_core_attention():
     assert on.attention_s < off.attention_s
     # only the core's compute branch changes, and it at most halves: the projections, the experts
     # and every other term are the same
+    assert off.attention_s - on.attention_s <= 0.5 * off.attention_s
+    assert on.experts_s == pytest.approx(off.experts_s, rel=1e-12)
+    assert on.step_time_s < off.step_time_s
+
+
+def _without_fp8_context():
+    """The trtllm stack with fp8_kv_context switched off in prefill (everything else as shipped)."""
+    s = stack_table().get("trtllm")
+    return s.model_copy(update={"prefill": s.prefill.model_copy(update={"fp8_kv_context": False})})
+
+
+def test_the_shipped_trtllm_context_attention_runs_in_fp8_under_an_fp8_cache():
+    assert stack_table().get("trtllm").prefill.fp8_kv_context is True
+    # MLA: on Blackwell and Hopper alike (mFP8ContextMLA: sm 90 / 100 / 103 / 120)
+    assert make_setup(DSV3, _dep(), "prefill").core_dtype == "fp8"
+    assert make_setup(DSV3, _dep(hw=H200), "prefill").core_dtype == "fp8"
+    # GQA with quantized projections (the FP8 / NVFP4 attention output): fp8
+    assert make_setup(QWEN, _dep(), "prefill").core_dtype == "fp8"
+    assert make_setup(QWEN, _dep(hw=H200), "prefill").core_dtype == "fp8"
+    # GQA whose projections stay bf16 (gpt-oss ships only its experts quantized; a stated bf16
+    # attention): no FP8 output is asked for, so the core keeps its rule
+    gpt_oss = load_model("gpt-oss-120b")
+    assert make_setup(gpt_oss, _dep(), "prefill").projection_dtype == "bf16"
+    assert make_setup(gpt_oss, _dep(), "prefill").core_dtype is None
+    # not with a BF16 cache, not on a GPU without FP8 tensor cores, not for other stacks, not when
+    # switched off, and a stated attention_dtype wins
+    assert make_setup(DSV3, _dep(kv="bf16"), "prefill").core_dtype is None
+    a100 = load_profile("a100-sxm-80gb")
+    assert "fp8" not in a100.compute.peak_dense_tflops
+    assert make_setup(DSV3, Deployment(hardware=a100, devices=4, dp=4, ep=4, attention_layout="dp", dtype="bf16",
+                                       kv_dtype="fp8", stack="trtllm"), "prefill").core_dtype is None
+    assert make_setup(DSV3, _dep(stack="vllm"), "prefill").core_dtype is None
+    assert make_setup(DSV3, _dep(stack="sglang"), "prefill").core_dtype is None
+    assert make_setup(DSV3, _dep(stack=_without_fp8_context()), "prefill").core_dtype is None
+    assert make_setup(DSV3, _dep(attention_dtype="bf16"), "prefill").core_dtype == "bf16"
+
+
+@pytest.mark.parametrize("model", [DSV3, QWEN])
+def test_a_prefill_gets_faster_by_at_most_half_its_core_attention(model):
+    from moesim.step import Prefill
+
+    work = Prefill(32768, 1)  # a long prompt: the causal core is a large share of the step
+    on = estimate(model, _dep(), work, check_memory=False).breakdown()
+    off = estimate(model, _dep(stack=_without_fp8_context()), work, check_memory=False).breakdown()
+    # the core's compute halves at most (B200 fp8 peak = 2 x bf16); projections and experts unchanged
+    assert on.attention_s < off.attention_s
     assert off.attention_s - on.attention_s <= 0.5 * off.attention_s
     assert on.experts_s == pytest.approx(off.experts_s, rel=1e-12)
     assert on.step_time_s < off.step_time_s

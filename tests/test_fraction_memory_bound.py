@@ -78,12 +78,12 @@ def test_long_context_decode_step_attention_is_not_slowed_by_the_stack():
     assert math.isclose(attention(17000) - attention(1000), closed, rel_tol=1e-9)
 
 
-def _step(stack, workload):
+def _step(stack, workload, kv_dtype="fp8"):
     from moesim.specs.deployment import Deployment
     from moesim.step import estimate
 
     hw, model = load_profile("b200"), load_model("qwen3-30b-a3b")
-    dep = Deployment(hardware=hw, devices=1, tp=1, ep=1, dp=1, dtype="fp8", kv_dtype="fp8", stack=stack)
+    dep = Deployment(hardware=hw, devices=1, tp=1, ep=1, dp=1, dtype="fp8", kv_dtype=kv_dtype, stack=stack)
     return estimate(model, dep, workload, check_memory=False).breakdown(0)
 
 
@@ -113,12 +113,14 @@ def test_decode_step_splits_at_the_rule_kv_stream_not_divided_the_rest_divided()
 
 def test_prefill_step_gemms_and_attention_are_divided_by_the_fraction():
     """A compute-bound prefill step (8,192 tokens): attention and the experts' GEMMs are both
-    divided by the fraction (rel 1e-9)."""
+    divided by the fraction (rel 1e-9). A BF16 KV cache: under an FP8 one trtllm's context
+    attention also changes precision (fp8_kv_context, tests/test_fp8_kv_core.py)."""
     from moesim.step import Prefill
     from moesim.step.stacks import device_fraction
 
     f = device_fraction("trtllm", "prefill")
     assert device_fraction("cuda_graphs", "prefill") == 1.0
-    one, slow = (_step(s, Prefill(prompt_len=8192, prompts_per_device=1)) for s in ("cuda_graphs", "trtllm"))
+    one, slow = (_step(s, Prefill(prompt_len=8192, prompts_per_device=1), kv_dtype="bf16")
+                 for s in ("cuda_graphs", "trtllm"))
     assert math.isclose(slow.experts_s, one.experts_s / f, rel_tol=1e-9)
     assert math.isclose(slow.attention_s, one.attention_s / f, rel_tol=1e-9)

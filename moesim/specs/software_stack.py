@@ -48,7 +48,16 @@ A ``SoftwareStack`` says, for each phase (``train``, ``prefill``, ``decode``), h
   path (Blackwell; moesim/step/setup.py ``LayerSetup.core_dtype``): ``"mla"`` for TensorRT-LLM's
   generation kernels (its DeepSeek-R1 throughput blog: "In the generation phase, both Q and KV
   are quantized to FP8, and FP8 Multi-Query Attention (MQA) is used"); ``"none"`` (the default)
-  keeps the core at the projections' precision, as FlashAttention/FlashMLA run an FP8 cache.
+  keeps the core at the projections' precision, as FlashAttention/FlashMLA run an FP8 cache;
+- ``fp8_kv_context``: this phase's context (prompt) attention runs as FP8 FMHA under an FP8 KV
+  cache on hardware with FP8 tensor cores, for MLA always and for other attention kinds when the
+  attention projections are quantized (their output is written in FP8 / FP4). TensorRT-LLM's
+  attention op (cpp/tensorrt_llm/thop/attentionOp.cpp): ``mFP8ContextMLA = (sm == 90 || sm == 100
+  || sm == 103 || sm == 120) && hasFp8KvCache()`` and ``mFP8ContextFMHA = is_fp8_out || is_fp4_out
+  || (hasFp8KvCache() && use_paged_context_fmha)``; its PyTorch backend asks for an FP8 / NVFP4
+  attention output whenever the checkpoint is quantized and the cache is FP8
+  (tensorrt_llm/_torch/attention_backend/trtllm.py ``TrtllmAttention.forward``). False (the
+  default): the context core at the projections' precision rule (bf16 on GPUs).
 
 The named stacks and their numbers live in one table, moesim/data/stacks.toml (loaded by
 moesim/step/stacks.py); a ``SoftwareStack`` object on a ``Deployment`` carries explicit values
@@ -166,6 +175,9 @@ class PhaseHost(Spec):
     fp8_kv_core: Literal["none", "mla"] = Field("none", description="attention kinds whose core attention runs in FP8 "
                                                                 "under an FP8 KV cache on hardware with native FP4 "
                                                                 "tensor cores (module docstring)")
+    fp8_kv_context: bool = Field(False, description="context attention runs as FP8 FMHA under an FP8 KV cache on "
+                                                    "FP8 tensor-core hardware (MLA; other kinds with quantized "
+                                                    "projections; module docstring)")
     source: str = Field(description="where the capture mode and numbers come from")
 
     @model_validator(mode="after")

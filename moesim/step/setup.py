@@ -176,14 +176,20 @@ class LayerSetup:
         ``core_s_per_token_key``): the deployment's ``attention_dtype`` when stated; FP8 where the
         stack's phase lists the model's attention kind in ``fp8_kv_core`` and the KV cache is FP8
         on hardware with native FP4 tensor cores (TensorRT-LLM's generation MLA kernels quantize
-        the query to FP8 and run FP8 MQA: moesim/specs/software_stack.py); else None (the
-        projections' precision rule of ``_core_dtype``)."""
+        the query to FP8 and run FP8 MQA: moesim/specs/software_stack.py); FP8 where the phase
+        runs ``fp8_kv_context`` (TensorRT-LLM's FP8 context FMHA / MLA) under an FP8 KV cache on
+        hardware with FP8 tensor cores, for MLA or quantized attention projections; else None
+        (the projections' precision rule of ``_core_dtype``)."""
         dep = self.deployment
         if dep.attention_dtype:
             return dep.attention_dtype
-        kind = self.model.attention.kind
-        if (resolve(dep.stack, self.phase).fp8_kv_core == kind and canonical_dtype(dep.kv_dtype) == "fp8"
-                and native_fp4(dep.hardware)):
+        if canonical_dtype(dep.kv_dtype) != "fp8":
+            return None
+        host, kind = resolve(dep.stack, self.phase), self.model.attention.kind
+        if host.fp8_kv_core == kind and native_fp4(dep.hardware):
+            return "fp8"
+        if (host.fp8_kv_context and "fp8" in dep.hardware.compute.peak_dense_tflops
+                and (kind == "mla" or is_low_precision(self.projection_dtype))):
             return "fp8"
         return None
 
