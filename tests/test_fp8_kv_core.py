@@ -63,16 +63,20 @@ def test_the_core_attention_of_a_layer_is_priced_at_the_fp8_peak():
     assert bf16 / 2 <= slope < bf16
 
 
-def test_a_decode_step_gets_faster_by_at_most_half_its_core_attention():
-    work = Decode(384, 1500)
-    on = estimate(DSV3, _dep(), work, check_memory=False).breakdown()
-    off = estimate(DSV3, _dep(stack=_without_fp8_core()), work, check_memory=False).breakdown()
+def _faster_by_at_most_half_the_attention(model, work, without):
+    """FP8 core on (shipped) against ``without`` (the rule switched off): only the core's compute
+    branch changes, and it at most halves (B200 fp8 peak = 2 x bf16); the projections, the experts
+    and every other term are the same."""
+    on = estimate(model, _dep(), work, check_memory=False).breakdown()
+    off = estimate(model, _dep(stack=without), work, check_memory=False).breakdown()
     assert on.attention_s < off.attention_s
-    # only the core's compute branch changes, and it at most halves: the projections, the experts
-    # and every other term are the same
     assert off.attention_s - on.attention_s <= 0.5 * off.attention_s
     assert on.experts_s == pytest.approx(off.experts_s, rel=1e-12)
     assert on.step_time_s < off.step_time_s
+
+
+def test_a_decode_step_gets_faster_by_at_most_half_its_core_attention():
+    _faster_by_at_most_half_the_attention(DSV3, Decode(384, 1500), _without_fp8_core())
 
 
 def _without_fp8_context():
@@ -111,11 +115,5 @@ def test_the_shipped_trtllm_context_attention_runs_in_fp8_under_an_fp8_cache():
 def test_a_prefill_gets_faster_by_at_most_half_its_core_attention(model):
     from moesim.step import Prefill
 
-    work = Prefill(32768, 1)  # a long prompt: the causal core is a large share of the step
-    on = estimate(model, _dep(), work, check_memory=False).breakdown()
-    off = estimate(model, _dep(stack=_without_fp8_context()), work, check_memory=False).breakdown()
-    # the core's compute halves at most (B200 fp8 peak = 2 x bf16); projections and experts unchanged
-    assert on.attention_s < off.attention_s
-    assert off.attention_s - on.attention_s <= 0.5 * off.attention_s
-    assert on.experts_s == pytest.approx(off.experts_s, rel=1e-12)
-    assert on.step_time_s < off.step_time_s
+    # a long prompt: the causal core is a large share of the step
+    _faster_by_at_most_half_the_attention(model, Prefill(32768, 1), _without_fp8_context())
