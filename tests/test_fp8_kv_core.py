@@ -109,6 +109,13 @@ def test_the_shipped_trtllm_context_attention_runs_in_fp8_under_an_fp8_cache():
     assert make_setup(DSV3, _dep(stack="sglang"), "prefill").core_dtype is None
     assert make_setup(DSV3, _dep(stack=_without_fp8_context()), "prefill").core_dtype is None
     assert make_setup(DSV3, _dep(attention_dtype="bf16"), "prefill").core_dtype == "bf16"
+    # the TensorRT engines trtllm-bench builds for an FP8 checkpoint (FP8 cache, FP8 context FMHA)
+    assert stack_table().get("trtllm-engine").prefill.fp8_kv_context is True
+    mixtral = load_model("mixtral-8x7b")
+    h100 = load_profile("h100-sxm")
+    engine = Deployment(hardware=h100, devices=2, tp=2, ep=1, dtype="fp8", kv_dtype="fp8", stack="trtllm-engine")
+    assert make_setup(mixtral, engine, "prefill").core_dtype == "fp8"
+    assert make_setup(mixtral, engine, "decode").core_dtype is None
 
 
 @pytest.mark.parametrize("model", [DSV3, QWEN])
