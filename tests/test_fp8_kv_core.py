@@ -124,3 +124,20 @@ def test_a_prefill_gets_faster_by_at_most_half_its_core_attention(model):
 
     # a long prompt: the causal core is a large share of the step
     _faster_by_at_most_half_the_attention(model, Prefill(32768, 1), _without_fp8_context())
+
+
+def test_moesim_step_says_when_the_core_attention_runs_in_fp8(capsys):
+    import json
+
+    from moesim.cli import run
+
+    args = ["step", "--model", "qwen3-30b-a3b", "--hw", "b200", "--devices", "1", "--phase", "prefill",
+            "--prompt-len", "4096", "--prompts-per-device", "1", "--dtype", "fp4", "--kv-dtype", "fp8"]
+    assert run([*args, "--stack", "trtllm"]) == 0
+    assert "attention core       fp8: the stack's context attention kernels under the fp8 KV cache" in capsys.readouterr().out
+    assert run([*args, "--stack", "trtllm", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["attention_core_dtype"] == "fp8"
+    # an engine that keeps the core in bf16, and a stated attention dtype: no such line
+    for extra in (["--stack", "sglang"], ["--stack", "trtllm", "--attention-dtype", "bf16"]):
+        assert run([*args, *extra]) == 0
+        assert "attention core" not in capsys.readouterr().out

@@ -196,6 +196,15 @@ def _step(args, outputs: Outputs) -> Result:
         data["mtp_layers"] = dep.trained_mtp(model)
         pairs.append(("MTP", f"{dep.trained_mtp(model)} module(s) trained on the last pipeline stage "
                              "(--mtp-layers 0: off)"))
+    if b.phase != "train" and not dep.attention_dtype:  # moesim/step/setup.py LayerSetup.core_dtype
+        from moesim.step.layer import make_setup
+
+        core = make_setup(model, dep, b.phase).core_dtype
+        if core is not None:
+            kernels = "context" if b.phase == "prefill" else "generation"
+            data["attention_core_dtype"] = core
+            pairs.append(("attention core", f"{core}: the stack's {kernels} attention kernels under the "
+                                            f"{dep.kv_dtype} KV cache (--attention-dtype to state it)"))
     if b.phase != "train":
         from moesim.step.stacks import resolve
 
