@@ -123,6 +123,8 @@ def check_stack_vendor(stack: str, vendor: str, hardware: str) -> None:
         return
     fits = [n for n, vs in STACK_VENDORS.items() if vendor in vs]
     raise SpecError("stack", stack, f"does not run on {hardware} ({vendor}); stacks that do: {', '.join(fits)}")
+
+
 STACK_PHASES: tuple[str, ...] = ("train", "prefill", "decode")
 # the lower end of a fitted device_fraction's range (moesim/calibrate.py fit_stacks): below it the
 # rows would be asking for something other than a sustained-throughput loss

@@ -22,6 +22,11 @@ def native_fp4(hw: HardwareProfile) -> bool:
     return "fp4" in hw.compute.peak_dense_tflops
 
 
+def native_fp8(hw: HardwareProfile) -> bool:
+    """Whether ``hw`` has FP8 tensor cores (an fp8 peak in the profile: Hopper, Blackwell, MI300)."""
+    return "fp8" in hw.compute.peak_dense_tflops
+
+
 def expert_gemm_dtypes(model: ModelSpec, hw: HardwareProfile, dtype: str,
                        phase: str = "decode") -> tuple[str, str | None]:
     """(math dtype, stored weight dtype or None) of the routed experts' grouped GEMMs in a run at
@@ -188,9 +193,8 @@ class LayerSetup:
         host, kind = resolve(dep.stack, self.phase), self.model.attention.kind
         if host.fp8_kv_core == kind and native_fp4(dep.hardware):
             return "fp8"
-        if (host.fp8_kv_context and "fp8" in dep.hardware.compute.peak_dense_tflops
-                and (kind == "mla" or is_low_precision(self.projection_dtype))):
-            return "fp8"
+        if host.fp8_kv_context and native_fp8(dep.hardware):  # MLA always, other kinds with quantized projections
+            return "fp8" if kind == "mla" or is_low_precision(self.projection_dtype) else None
         return None
 
 
