@@ -1,0 +1,76 @@
+"""The fifth published end-to-end serving set (validation/data/published-e2e-serving-5.json,
+docs/evidence.md 'Fifth set'): GPUStack's GPT-OSS pages on H100, well formed, evaluation only,
+every row pinned to its page, and every measured value follows from the numbers printed in the
+same block."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moesim.cases import parse_cases
+
+DATA = Path(__file__).resolve().parents[1] / "validation" / "data"
+NAME = "published-e2e-serving-5.json"
+PAGES = {"gpt-oss-120b": "https://github.com/gpustack/gpustack/blob/72aee9dd195ff5c9bf3a4886add80038ce79aef8/"
+                         "docs/performance-lab/gpt-oss-120b/h100.md",
+         "gpt-oss-20b": "https://github.com/gpustack/gpustack/blob/7b50d5067ddbdeba0739e7f72d6f40e53d3b9a04/"
+                        "docs/performance-lab/gpt-oss-20b/h100.md"}
+
+
+def _raw():
+    return json.loads((DATA / NAME).read_text())
+
+
+def test_loads_as_an_evaluation_file_with_a_pinned_page_per_row():
+    raw = _raw()
+    cf = parse_cases(raw, NAME)
+    assert cf.problems == () and cf.role == "evaluation" and len(cf.cases) == len(raw["cases"]) == 16
+    assert "evaluation only" in raw["description"].lower()
+    assert {c.group for c in cf.cases} == {"gpustack/gpustack"}  # one source with the serving-3 GPUStack rows
+    for c in raw["cases"]:
+        assert "role" not in c, c["id"]  # no row may opt into a fit
+        i = c["inputs"]
+        assert c["source"].startswith(PAGES[i["model"]] + " "), c["id"]
+        assert c["hardware"] == "h100-sxm" and i["phase"] == "end_to_end" and i["max_load"] is True, c["id"]
+        assert i["dtype"] == "bf16" and i["ep"] == 1 and i["tp"] == i["devices"], c["id"]
+        for key in i.get("not_stated", ()):
+            assert i[key] is None, (c["id"], key)
+        for key in i.get("assumed", ()):
+            assert key in i and key in c["notes"], (c["id"], key)
+
+
+def test_two_commands_per_page_four_lengths_each():
+    rows = sorted((c["inputs"]["model"], c["inputs"]["tp"], "--async-scheduling" in c["inputs"]["framework"],
+                   c["inputs"]["prompt_len"]) for c in _raw()["cases"])
+    lengths = [128, 2000, 4000, 32000]
+    assert rows == sorted([("gpt-oss-120b", 1, False, n) for n in lengths] + [("gpt-oss-120b", 2, True, n) for n in lengths]
+                          + [("gpt-oss-20b", 1, False, n) for n in lengths] + [("gpt-oss-20b", 1, True, n) for n in lengths])
+
+
+def test_measured_follows_from_the_printed_block():
+    # vllm bench serve prints totals, the duration (2 decimals) and the throughputs: total token
+    # throughput = (input + generated) / duration and output throughput = generated / duration
+    # within the duration's rounding (>= 4.04 s printed to 0.01 s: rtol 2e-3); measured = the
+    # printed output throughput / the instance's GPUs; output_len = the printed mean, rounded.
+    for c in _raw()["cases"]:
+        also = {p["metric"]: p["value"] for p in c["also_published"]}
+        dur, inp, out, n = (also["benchmark_duration"], also["total_input_tokens"], also["total_generated_tokens"],
+                            also["successful_requests"])
+        i = c["inputs"]
+        assert also["total_token_throughput"] == pytest.approx((inp + out) / dur, rel=2e-3), c["id"]
+        assert c["published"]["value"] == pytest.approx(out / dur, rel=2e-3), c["id"]
+        assert c["measured"]["value"] == pytest.approx(c["published"]["value"] / i["devices"], rel=1e-6), c["id"]
+        assert i["output_len"] == round(out / n), c["id"]
+        assert abs(inp / n - i["prompt_len"]) <= 0.01 * i["prompt_len"] + 2, c["id"]  # re-tokenisation drift
+
+
+def test_disjoint_from_every_other_case_file():
+    ids = {c["id"] for c in _raw()["cases"]}
+    for other in DATA.glob("*.json"):
+        if other.name == NAME:
+            continue
+        raw = json.loads(other.read_text())
+        if isinstance(raw, dict) and "cases" in raw:
+            assert not ids & {c["id"] for c in raw["cases"]}, other.name
