@@ -63,9 +63,9 @@ BOUNDS = {
     # re-recorded 2026-12-07 (session 20): FP8 context attention, trtllm refitted (see maxload)
     "published-e2e-serving-4.json": {"serving": (0.266, 0.567, E, 3)},
     # fifth evaluation set (docs/evidence.md 'Fifth set', 2026-12-07 session 21): GPUStack's GPT-OSS pages,
-    # vLLM v0.10.2 / v0.11.0 on H100, never fitted; every row over-predicted (the released MXFP4-expert
-    # checkpoint's prefill on Hopper: docs/accuracy.md session 21); max the gpt-oss-120b 128/4 TP1 row
-    "published-e2e-serving-5.json": {"serving": (0.811, 1.359, E, 16)},
+    # vLLM v0.10.2 / v0.11.0 on H100, and its Qwen3-235B BF16 TP8 page on A100, never fitted; every row
+    # over-predicted (docs/accuracy.md session 21); max the gpt-oss-120b 128/4 TP1 row
+    "published-e2e-serving-5.json": {"serving": (0.801, 1.359, E, 20)},
 }
 
 
