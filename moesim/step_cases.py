@@ -272,7 +272,9 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
     if phase == "end_to_end":  # framework / cuda_graphs choose the scenario's stack (case_stack)
         return planned_serving(inputs, model, hw, devices, tp, layout, stacks)
     if phase == "decode":
-        shape = {"batch_per_device": int(inputs["batch_per_device"]), "context": int(inputs["context_len"])}
+        fills_memory = inputs.get("max_load") is True and inputs.get("batch_per_device") is None
+        shape = {"batch_per_device": None if fills_memory else int(inputs["batch_per_device"]),
+                 "context": int(inputs["context_len"])}
     elif phase == "prefill":
         prompt = int(inputs["prompt_len"])
         tokens = _get(inputs, "tokens_per_device", None)
@@ -294,6 +296,8 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
             "attention_dtype": case_attention_dtype(inputs, model)})
     except MoesimError as err:
         raise UnsupportedCase(f"cannot lay out this case: {err}") from None
+    if phase == "decode" and shape["batch_per_device"] is None:
+        shape["batch_per_device"] = memory_filled_batch(inputs, model, dep, shape["context"])
     if spec is not None:  # decode with MTP: verify + draft passes per step, E tokens per sequence
         from moesim.planner.pool_cost import speculative_step_s
 
@@ -302,6 +306,38 @@ def predict_serving_case(inputs: dict, hw: HardwareProfile, stacks: StackTable |
         b, ctx = shape["batch_per_device"], shape["context"]
         return b * spec.tokens_per_step / speculative_step_s(spec, model, step_s, b, ctx)
     return _serving_step(model, dep, phase, shape).tokens_per_s_per_device
+
+
+def memory_filled_batch(inputs: dict, model: ModelSpec, dep: Deployment, context: int) -> int:
+    """Sequences per device of a decode row run under maximum load (``max_load`` with no stated
+    ``batch_per_device``: the source says the decode batch fills the memory): the sequences of
+    ``context`` tokens the KV cache of the deployment's engine holds (moesim/des/serving/deployment.py
+    ``kv_capacity_tokens``: vLLM's gpu_memory_utilization, SGLang's mem_fraction_static, TensorRT-LLM's
+    kv_cache_free_gpu_mem_fraction, per the stack), capped by its scheduler's running-sequence limit
+    per attention rank (a stated ``max_num_seqs``, else the stack's default; a rank spans tp
+    devices). Recorded under the case's ``assumptions``; a deployment whose weights leave no room
+    is refused with the memory model's reason."""
+    from moesim.des.serving.deployment import kv_capacity_tokens
+    from moesim.errors import InfeasibleError
+    from moesim.step.stacks import serving_stack
+
+    try:
+        tokens = kv_capacity_tokens(model, dep)
+    except InfeasibleError as err:
+        raise UnsupportedCase(f"no decode batch fits: {err}") from None
+    fill = tokens // (context * dep.devices)
+    stated = inputs.get("max_num_seqs")
+    cap = int(stated) if stated is not None else serving_stack(dep.stack).max_running_seqs
+    batch = fill if cap is None else min(fill, max(1, int(cap) // dep.parallelism.tp))
+    if batch < 1:
+        raise UnsupportedCase(f"no decode sequence of {context} tokens fits the KV cache ({tokens} tokens over "
+                              f"{dep.devices} devices)")
+    bound = "the KV cache" if cap is None or fill <= int(cap) // dep.parallelism.tp else \
+        f"the scheduler's {int(cap)} running sequences per attention rank ({'stated' if stated is not None else 'the stack default'})"
+    if hasattr(inputs, "assume"):
+        inputs.assume("batch_per_device", f"not stated, the batch fills the memory (max_load): {batch} sequences "
+                                          f"per device of {context} tokens, bound by {bound}")
+    return batch
 
 
 def case_speculative(inputs: dict, model: ModelSpec, phase: str):

@@ -35,7 +35,9 @@ BOUNDS = {
     # re-recorded 2026-12-07: DeepSeek-V3's MTP module priced on the last stage (moesim/step/training.py)
     # and the megatron stack refitted (device fraction 0.5627 -> 0.5987): max the Qwen3-30B H100 row
     "published-e2e-training.json": {"training": (0.190, 0.906, E, 19)},
-    "published-e2e-serving.json": {"serving": (0.084, 0.338, E, 6)},
+    # re-recorded 2026-12-07 (session 21): the vLLM GB200 rows read at the post's precision (NVFP4 experts,
+    # FP8 attention GEMMs) and its decode row priced at the batch the memory holds (max_load): 7 rows
+    "published-e2e-serving.json": {"serving": (0.057, 0.160, E, 7)},
     # end-to-end through the planner (maximum-load TensorRT-LLM runs, out of sample: the TensorRT-LLM
     # stacks are fitted on the v0.17 and v1.0-era tables of published-e2e-serving-2.json; docs/accuracy.md)
     # re-recorded 2026-12-07 (session 20): TensorRT-LLM's FP8 context attention (fp8_kv_context) and

@@ -143,3 +143,54 @@ def test_an_fp4_rows_attention_dtype_is_read_and_an_unstated_one_is_an_assumptio
     bf16_row = CaseInputs({**row, "dtype": "bf16"}, "serving")  # nothing to assume at bf16
     predict_serving_case(bf16_row, b200)
     assert "attention_dtype" not in bf16_row.assumed
+
+
+GB200 = load_profile("gb200")
+FILL_DECODE = {"metric": "tokens_per_s_per_device", "model": "deepseek-v3", "phase": "decode", "devices": 8,
+               "devices_per_node": 72, "attention_layout": "dp", "ep": 8, "dtype": "fp4", "framework": "vLLM",
+               "batch_per_device": None, "context_len": 3072, "max_load": True}
+
+
+def _fill_deployment(row):
+    """The Deployment predict_serving_case builds for ``row`` (its own builder, called the same way)."""
+    from moesim.catalog import build
+    from moesim.specs import Deployment
+    from moesim.step_cases import case_software_stack, domain_layout
+
+    return build(Deployment, {"hardware": GB200, "devices": 8, "tp": 1, "dp": 8, "ep": 8, "attention_layout": "dp",
+                              "devices_per_domain": domain_layout(row, GB200, 8, 8), "dtype": "fp4",
+                              "kv_dtype": "bf16", "stack": case_software_stack(row, GB200, "decode", None)})
+
+
+def test_a_max_load_decode_row_runs_at_the_batch_its_memory_holds():
+    """A decode row that states max_load and no batch (the source says the batch fills the memory)
+    is priced at floor(KV tokens of the engine's memory share / (context x devices)) sequences per
+    device, capped by the scheduler's running sequences per attention rank: the same number as the
+    row stating that batch, exactly; the batch is recorded under the case's assumptions."""
+    from moesim.des.serving.deployment import kv_capacity_tokens
+    from moesim.validate import CaseInputs
+
+    fill = kv_capacity_tokens(DSV3, _fill_deployment(FILL_DECODE)) // (3072 * 8)
+    assert 100 < fill < 1024  # the vllm stack's default cap (1024 per rank) does not bind here
+    row = CaseInputs(dict(FILL_DECODE), "serving")
+    got = predict_serving_case(row, GB200)
+    stated = predict_serving_case({**FILL_DECODE, "batch_per_device": fill, "max_load": None}, GB200)
+    assert got == stated
+    assert f"{fill} sequences per device of 3072 tokens, bound by the KV cache" in row.assumed["batch_per_device"]
+    # a stated running-sequence cap binds: the batch is the cap per attention rank (tp = 1 here)
+    capped = CaseInputs({**FILL_DECODE, "max_num_seqs": 64}, "serving")
+    assert predict_serving_case(capped, GB200) == predict_serving_case(
+        {**FILL_DECODE, "batch_per_device": 64, "max_load": None}, GB200)
+    assert "the scheduler's 64 running sequences per attention rank (stated)" in capped.assumed["batch_per_device"]
+    # a longer context holds fewer sequences: the throughput falls with it
+    assert predict_serving_case({**FILL_DECODE, "context_len": 12288}, GB200) < got
+
+
+def test_a_decode_row_without_batch_or_max_load_is_still_refused():
+    from moesim.validate import CaseInputs
+
+    with pytest.raises(UnsupportedCase, match="batch_per_device"):
+        predict_serving_case(CaseInputs({**FILL_DECODE, "max_load": None}, "serving"), GB200)
+    # no room for any KV (DeepSeek-V3's FP8 weights over 2 GB200s): refused with the reason, not a crash
+    with pytest.raises(UnsupportedCase, match="fits"):
+        predict_serving_case(CaseInputs({**FILL_DECODE, "devices": 2, "ep": 2, "dtype": "fp8"}, "serving"), GB200)
