@@ -327,6 +327,9 @@ def memory_filled_batch(inputs: dict, model: ModelSpec, dep: Deployment, context
         raise UnsupportedCase(f"no decode batch fits: {err}") from None
     fill = tokens // (context * dep.devices)
     stated = inputs.get("max_num_seqs")
+    if stated is not None and (isinstance(stated, bool) or not isinstance(stated, (int, float)) or stated != int(stated)
+                               or stated < 1):
+        raise SpecError("max_num_seqs", stated, "an integer >= 1 (running sequences per attention rank)")
     cap = int(stated) if stated is not None else serving_stack(dep.stack).max_running_seqs
     batch = fill if cap is None else min(fill, max(1, int(cap) // dep.parallelism.tp))
     if batch < 1:

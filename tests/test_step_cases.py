@@ -194,3 +194,12 @@ def test_a_decode_row_without_batch_or_max_load_is_still_refused():
     # no room for any KV (DeepSeek-V3's FP8 weights over 2 GB200s): refused with the reason, not a crash
     with pytest.raises(UnsupportedCase, match="fits"):
         predict_serving_case(CaseInputs({**FILL_DECODE, "devices": 2, "ep": 2, "dtype": "fp8"}, "serving"), GB200)
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, "many", True])
+def test_a_bad_running_sequence_cap_is_refused_naming_the_field(bad):
+    from moesim.errors import SpecError
+    from moesim.validate import CaseInputs
+
+    with pytest.raises(SpecError, match="max_num_seqs"):
+        predict_serving_case(CaseInputs({**FILL_DECODE, "max_num_seqs": bad}, "serving"), GB200)
