@@ -203,3 +203,29 @@ def test_a_bad_running_sequence_cap_is_refused_naming_the_field(bad):
 
     with pytest.raises(SpecError, match="max_num_seqs"):
         predict_serving_case(CaseInputs({**FILL_DECODE, "max_num_seqs": bad}, "serving"), GB200)
+
+
+def test_the_memory_filled_batch_is_the_planners_maximum_load_batch():
+    """Two paths to one number: the decode row's batch (the DES replica's KV capacity,
+    kv_capacity_tokens) equals the planner's maximum-load batch of the same deployment and mean
+    context (serving_policy.max_load_batch: the engine's memory share, ServingMemory), here a
+    2048 / 2048 workload whose mean in-flight context is 3072."""
+    from moesim.planner import serving_policy
+    from moesim.planner.costs import PlanCache
+    from moesim.planner.scenario import scenario_from_dict
+    from moesim.planner.space import serving_space
+    from moesim.validate import CaseInputs
+
+    sc = scenario_from_dict({
+        "kind": "serving", "name": "fill", "model": "deepseek-v3", "hardware": ["gb200"], "max_devices": 8,
+        "workload": {"prompt_len": 2048, "output_len": 2048, "target_output_tokens_per_s": 1.0, "dtype": "fp4",
+                     "kv_dtype": "bf16"},
+        "slo": {"percentile": 50, "tpot_s": 1e3, "ttft_s": 1e6},
+        "search": {"devices_per_replica": [8], "batch_per_device": [64], "tp": [1], "pp": [1],
+                   "attention_layouts": ["dp"], "moe_layouts": ["ep"], "overlap": "none"},
+        "verify": {"top_n": 0}, "stack": "vllm"}, source="test")
+    (c,) = serving_space(sc, DSV3).candidates
+    planner = serving_policy.max_load_batch(c, sc, DSV3, PlanCache())
+    row = CaseInputs(dict(FILL_DECODE), "serving")
+    predict_serving_case(row, GB200)
+    assert f"{planner} sequences per device of 3072 tokens" in row.assumed["batch_per_device"]
