@@ -330,7 +330,7 @@ def memory_filled_batch(inputs: dict, model: ModelSpec, dep: Deployment, context
     if stated is not None and (isinstance(stated, bool) or not isinstance(stated, (int, float)) or stated != int(stated)
                                or stated < 1):
         raise SpecError("max_num_seqs", stated, "an integer >= 1 (running sequences per attention rank)")
-    cap = int(stated) if stated is not None else serving_stack(dep.stack).max_running_seqs
+    cap = int(stated) if stated is not None else serving_stack(dep.stack).running_seqs_default(dep.hardware)
     batch = fill if cap is None else min(fill, max(1, int(cap) // dep.parallelism.tp))
     if batch < 1:
         raise UnsupportedCase(f"no decode sequence of {context} tokens fits the KV cache ({tokens} tokens over "

@@ -21,6 +21,7 @@ from moesim.planner.costs import PlanCache
 from moesim.planner.evaluation import Candidate
 from moesim.planner.launch import Role, memory_fraction, sglang, vllm
 from moesim.planner.scenario import scenario_from_dict
+from moesim.planner.space import serving_space
 from moesim.specs.serving_features import inflight_context_tokens
 from moesim.specs.software_stack import SoftwareStack
 from moesim.step.stacks import serving_memory_fraction, stack_table
@@ -204,3 +205,54 @@ def test_launch_lines_carry_the_share_the_plan_assumed(stack, devices, want):
     assert f"{memory_fraction(role, sc):g}" == want
     assert f"--mem-fraction-static {want}" in sglang(role, sc)
     assert f"--gpu-memory-utilization {want}" in vllm(role, sc)
+
+
+@pytest.mark.parametrize("hw, want", [
+    ("h100-sxm", 1024), ("h200-sxm", 1024), ("b200", 1024), ("mi300x", 1024),  # >= 70 GiB, not an A100
+    ("a100-sxm-80gb", 256),  # named A100: vLLM's small branch whatever its 80 GB
+    (None, 1024),  # no GPU given: the large-GPU default
+])
+def test_vllm_running_sequence_default_follows_the_gpu(hw, want):
+    """vLLM V1's EngineArgs.get_batch_defaults: max_num_seqs 1024 on a GPU of at least 70 GiB whose
+    name does not contain 'a100', 256 otherwise (moesim/data/stacks.toml [vllm])."""
+    from moesim.catalog import load_profile
+
+    stack = stack_table().explicit("vllm", "decode")
+    assert stack.running_seqs_default(load_profile(hw) if hw else None) == want
+    # engines without a GPU branch keep one default everywhere
+    assert stack_table().explicit("vllm-v0", "decode").running_seqs_default(load_profile("a100-sxm-80gb")) == 256
+
+
+def test_a_small_gpu_takes_the_small_default_by_memory():
+    from moesim.catalog import load_profile
+
+    h100 = load_profile("h100-sxm")
+    small = h100.model_copy(update={"memory": h100.memory.model_copy(update={"hbm_GB": 48.0, "runtime_MiB": None})})
+    assert small.hbm_bytes / 2**30 < 70
+    assert stack_table().explicit("vllm", "decode").running_seqs_default(small) == 256
+
+
+def test_the_planner_caps_vllm_on_a100_at_its_default():
+    """Under maximum load the planner's vLLM batch on A100 is capped at 256 running sequences per
+    attention rank (a model whose KV cache would hold more), on H100 at 1024."""
+    from moesim.catalog import load_model
+
+    model = load_model("olmoe-1b-7b")
+    for hw, cap in (("a100-sxm-80gb", 256), ("h100-sxm", 1024)):
+        sc = scenario_from_dict({
+            "kind": "serving", "name": "cap", "model": "olmoe-1b-7b", "hardware": [hw], "max_devices": 1,
+            "workload": {"prompt_len": 128, "output_len": 128, "target_output_tokens_per_s": 1.0, "dtype": "bf16"},
+            "slo": {"tpot_s": 1.0},
+            "search": {"devices_per_replica": [1], "batch_per_device": [8], "tp": [1], "pp": [1]},
+            "verify": {"top_n": 0}, "stack": "vllm"}, source="test")
+        (c,) = serving_space(sc, model).candidates
+        assert serving_policy.serving_memory(c, sc, model, PlanCache()).max_batch() > cap
+        assert serving_policy.max_load_batch(c, sc, model, PlanCache()) == cap
+
+
+@pytest.mark.parametrize("update", [{"max_running_seqs_small": 256, "large_gpu_min_GiB": None},
+                                    {"max_running_seqs_small": 0}, {"large_gpu_min_GiB": -1.0}])
+def test_bad_gpu_branch_values_name_the_field(update):
+    base = stack_table().explicit("vllm", "decode").model_dump()
+    with pytest.raises(Exception, match="max_running_seqs_small|large_gpu_min_GiB"):
+        SoftwareStack.model_validate({**base, **update})

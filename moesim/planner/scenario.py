@@ -234,7 +234,8 @@ class EngineSettings(Spec):
     otherwise), per attention-DP rank as TensorRT-LLM reads them ("--max_batch_size: Max batch
     size in each rank"), except ``concurrency``, the requests the benchmark client keeps in flight
     over the whole replica. Under ``batched_prefill`` (vLLM, SGLang): ``max_num_seqs``, the
-    sequences one rank's scheduler runs (the stack's ``max_running_seqs`` when not stated)."""
+    sequences one rank's scheduler runs (the stack's default for the GPU, ``SoftwareStack.running_seqs_default``,
+    when not stated)."""
 
     max_batch_size: int | None = Field(None, ge=1, description="sequences one rank's scheduler holds")
     max_num_tokens: int | None = Field(None, ge=1, description="tokens one rank's iteration carries (a whole "

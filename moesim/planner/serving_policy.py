@@ -237,14 +237,17 @@ def unused_engine_reason(key: str) -> str:
     return "a vLLM/SGLang limit, read by the batched_prefill scheduler only"
 
 
-def running_seqs_cap(scenario) -> int | None:
+def running_seqs_cap(scenario, hw=None) -> int | None:
     """Sequences one attention rank's scheduler runs under ``batched_prefill``: the stated
-    ``engine.max_num_seqs``, else the stack's default ``max_running_seqs`` (vLLM's max_num_seqs;
-    None: only the KV cache bounds it)."""
+    ``engine.max_num_seqs``, else the stack's default on ``hw`` (``SoftwareStack.running_seqs_default``:
+    vLLM's max_num_seqs, 1024 on large GPUs, 256 on A100 and below 70 GiB; ``hw`` None: the
+    large-GPU default; None: only the KV cache bounds it)."""
     from moesim.step.stacks import serving_stack
 
     stated = scenario.engine.max_num_seqs
-    return int(stated) if stated is not None else serving_stack(getattr(scenario, "stack", "auto")).max_running_seqs
+    if stated is not None:
+        return int(stated)
+    return serving_stack(getattr(scenario, "stack", "auto")).running_seqs_default(hw)
 
 
 def kv_free_fraction(scenario) -> float | None:
@@ -269,7 +272,7 @@ def max_load_batch(c, scenario, model, cache: PlanCache) -> int:
     scheduler's cap allows (``running_seqs_cap`` per attention rank, which spans tp devices of
     one batch). 0 when nothing fits."""
     fill = serving_memory(c, scenario, model, cache).max_batch()
-    cap = running_seqs_cap(scenario)
+    cap = running_seqs_cap(scenario, cache.deployment(c, scenario, model).hardware)
     return fill if cap is None else min(fill, cap // c.tp)
 
 
@@ -285,7 +288,7 @@ def engine_summary(c, scenario, model, cache: PlanCache) -> str | None:
             f"{'it' if len(unused) == 1 else 'them'}: {'; '.join(f'{k} is {unused_engine_reason(k)}' for k in unused)})"
             if unused else "")
     if engine(scenario) != "trtllm":
-        cap = running_seqs_cap(scenario)
+        cap = running_seqs_cap(scenario, cache.deployment(c, scenario, model).hardware)
         if "max_num_seqs" in stated:
             return f"engine ({engine(scenario)} scheduler, per attention rank): max_num_seqs {cap} (stated){note}"
         return f"engine settings{note[1:]}" if unused else None

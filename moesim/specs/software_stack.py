@@ -238,6 +238,16 @@ class SoftwareStack(Spec):
         None, gt=0, description="serving engines: the most sequences one scheduler runs at once by default (vLLM "
                                 "max_num_seqs), one scheduler per attention data-parallel rank; None: bounded by "
                                 "the KV cache only")
+    max_running_seqs_small: int | None = Field(
+        None, gt=0, description="serving engines whose default depends on the GPU: the default on a GPU outside "
+                                "the large-GPU branch (below large_gpu_min_GiB of memory, or named in "
+                                "small_gpu_names; vLLM V1: 256); None: max_running_seqs on every GPU")
+    large_gpu_min_GiB: float | None = Field(
+        None, gt=0, description="with max_running_seqs_small: the device memory (GiB, the profile's usable "
+                                "memory) from which max_running_seqs applies (vLLM V1: 70)")
+    small_gpu_names: tuple[str, ...] = Field(
+        (), description="with max_running_seqs_small: GPUs that take it whatever their memory, matched "
+                        "case-insensitively in the profile's name or display name (vLLM V1: 'a100')")
     kv_free_fraction: float | None = Field(
         None, gt=0, le=1, description="serving engines that size the KV cache from the memory the loaded weights "
                                       "leave (TensorRT-LLM kv_cache_free_gpu_mem_fraction): that share of it; None: "
@@ -251,6 +261,9 @@ class SoftwareStack(Spec):
             if n < 1 or not 0 < share <= 1:
                 raise SpecError(f"{self.name}.memory_fraction_tiers", [n, share],
                                 "pairs of (devices >= 1, share in (0, 1])")
+        if self.max_running_seqs_small is not None and (self.max_running_seqs is None or self.large_gpu_min_GiB is None):
+            raise SpecError(f"{self.name}.max_running_seqs_small", self.max_running_seqs_small,
+                            "needs max_running_seqs (the large-GPU default) and large_gpu_min_GiB (where it begins)")
         if self.kv_free_fraction is not None and (self.memory_fraction is not None or self.memory_fraction_tiers):
             raise SpecError(f"{self.name}.kv_free_fraction", self.kv_free_fraction,
                             "either a share of the memory the weights leave (kv_free_fraction) or a share of the "
@@ -264,6 +277,17 @@ class SoftwareStack(Spec):
         if tiers:
             return float(tiers[-1])
         return self.memory_fraction
+
+    def running_seqs_default(self, hw=None) -> int | None:
+        """The most sequences one scheduler of this engine runs by default on ``hw`` (a
+        HardwareProfile; None: the large-GPU default): ``max_running_seqs``, or
+        ``max_running_seqs_small`` on a GPU below ``large_gpu_min_GiB`` or named in
+        ``small_gpu_names`` (vLLM V1's EngineArgs.get_batch_defaults)."""
+        if hw is None or self.max_running_seqs_small is None:
+            return self.max_running_seqs
+        names = f"{hw.name} {hw.display_name}".lower()
+        small = hw.hbm_bytes / 2**30 < self.large_gpu_min_GiB or any(n.lower() in names for n in self.small_gpu_names)
+        return self.max_running_seqs_small if small else self.max_running_seqs
 
     def phase(self, phase: str) -> PhaseHost:
         """The ``PhaseHost`` of ``phase`` (train / prefill / decode)."""
