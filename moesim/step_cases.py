@@ -331,12 +331,16 @@ def memory_filled_batch(inputs: dict, model: ModelSpec, dep: Deployment, context
                                or stated < 1):
         raise SpecError("max_num_seqs", stated, "an integer >= 1 (running sequences per attention rank)")
     cap = int(stated) if stated is not None else serving_stack(dep.stack).running_seqs_default(dep.hardware)
-    batch = fill if cap is None else min(fill, max(1, int(cap) // dep.parallelism.tp))
-    if batch < 1:
+    per_device_cap = None if cap is None else max(1, int(cap) // dep.parallelism.tp)
+    if fill < 1:
         raise UnsupportedCase(f"no decode sequence of {context} tokens fits the KV cache ({tokens} tokens over "
                               f"{dep.devices} devices)")
-    bound = "the KV cache" if cap is None or fill <= int(cap) // dep.parallelism.tp else \
-        f"the scheduler's {int(cap)} running sequences per attention rank ({'stated' if stated is not None else 'the stack default'})"
+    if per_device_cap is None or fill <= per_device_cap:
+        batch, bound = fill, "the KV cache"
+    else:
+        batch = per_device_cap
+        bound = (f"the scheduler's {int(cap)} running sequences per attention rank "
+                 f"({'stated' if stated is not None else 'the stack default'})")
     if hasattr(inputs, "assume"):
         inputs.assume("batch_per_device", f"not stated, the batch fills the memory (max_load): {batch} sequences "
                                           f"per device of {context} tokens, bound by {bound}")
