@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from moesim.cases import parse_cases
+from published_checks import check_vllm_bench_block
 
 DATA = Path(__file__).resolve().parents[1] / "validation" / "data"
 NAME = "published-e2e-serving-3.json"
@@ -61,22 +62,10 @@ def test_dstack_measured_follows_from_the_printed_row():
 
 
 def test_gpustack_measured_follows_from_the_printed_block():
-    # vllm bench serve prints totals, the duration (2 decimals) and the throughputs: total token
-    # throughput = (input + generated) / duration within the duration's rounding (>= 6.11 s printed
-    # to 0.01 s: rtol 2e-3); output throughput = generated / duration likewise; measured = the
-    # printed output throughput / the instance's GPUs; output_len = the printed mean, rounded.
+    # each GPUStack row is one printed vllm bench serve block (published_checks.check_vllm_bench_block)
     for c in _raw()["cases"]:
-        if not c["id"].startswith("gpustack-"):
-            continue
-        also = {p["metric"]: p["value"] for p in c["also_published"]}
-        dur, inp, out, n = (also["benchmark_duration"], also["total_input_tokens"], also["total_generated_tokens"],
-                            also["successful_requests"])
-        i = c["inputs"]
-        assert also["total_token_throughput"] == pytest.approx((inp + out) / dur, rel=2e-3), c["id"]
-        assert c["published"]["value"] == pytest.approx(out / dur, rel=2e-3), c["id"]
-        assert c["measured"]["value"] == pytest.approx(c["published"]["value"] / i["devices"], rel=1e-6), c["id"]
-        assert i["output_len"] == round(out / n), c["id"]
-        assert abs(inp / n - i["prompt_len"]) <= 0.01 * i["prompt_len"] + 2, c["id"]  # re-tokenisation drift
+        if c["id"].startswith("gpustack-"):
+            check_vllm_bench_block(c)
 
 
 def test_disjoint_from_calibration():
