@@ -426,10 +426,11 @@ def _max_load_batches(scenario, model) -> tuple[int, ...]:
 
 
 # engine options a run states that replace the engine's own choice (moesim/planner/scenario.py
-# EngineSettings): trtllm-bench's, honoured under the trtllm scheduler, and vLLM's --max-num-seqs,
-# honoured under batched_prefill (serving_policy.unused_engine_keys says which scheduler reads which)
+# EngineSettings): trtllm-bench's, honoured under the trtllm scheduler, and vLLM's --max-num-seqs
+# and --max-num-batched-tokens, honoured under batched_prefill (serving_policy.unused_engine_keys
+# says which scheduler reads which)
 ENGINE_INPUTS: tuple[str, ...] = ("max_batch_size", "max_num_tokens", "kv_cache_free_gpu_mem_fraction", "concurrency",
-                                  "cuda_graph_batch_sizes", "max_num_seqs")
+                                  "cuda_graph_batch_sizes", "max_num_seqs", "max_num_batched_tokens")
 
 
 def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices: int, tp: int,

@@ -235,7 +235,8 @@ class EngineSettings(Spec):
     size in each rank"), except ``concurrency``, the requests the benchmark client keeps in flight
     over the whole replica. Under ``batched_prefill`` (vLLM, SGLang): ``max_num_seqs``, the
     sequences one rank's scheduler runs (the stack's default for the GPU, ``SoftwareStack.running_seqs_default``,
-    when not stated)."""
+    when not stated), and ``max_num_batched_tokens``, the tokens one rank's iteration carries (the
+    stack's default for the GPU, ``SoftwareStack.batched_tokens_default``, else 8192)."""
 
     max_batch_size: int | None = Field(None, ge=1, description="sequences one rank's scheduler holds")
     max_num_tokens: int | None = Field(None, ge=1, description="tokens one rank's iteration carries (a whole "
@@ -249,6 +250,10 @@ class EngineSettings(Spec):
     max_num_seqs: int | None = Field(
         None, ge=1, description="vLLM --max-num-seqs / SGLang --max-running-requests: sequences one rank's scheduler "
                                 "runs (honoured under the batched_prefill scheduler); None: the stack's default")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="vLLM --max-num-batched-tokens / SGLang --chunked-prefill-size per rank: tokens one "
+                                "rank's iteration carries, prompt chunks plus one per decoding sequence (honoured "
+                                "under the batched_prefill scheduler); None: the stack's default for the GPU")
 
     @field_validator("cuda_graph_batch_sizes")
     @classmethod

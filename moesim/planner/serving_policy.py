@@ -9,10 +9,12 @@ configure the SAME scheduler
 
 Choices, as a production deployment makes them (units: tokens, seconds):
 
-- token budget per iteration = ``PER_RANK_TOKEN_BUDGET`` x attention data-parallel ranks
-  (``devices / (tp x pp)``). 8192 is SGLang's default ``--chunked-prefill-size`` for 80-160 GB
-  GPUs (H100/H200; 16384 above 160 GB) and vLLM V1's default ``max_num_batched_tokens`` for
-  online serving, both per engine. SGLang with ``--enable-dp-attention`` divides the flag by
+- token budget per iteration = the per-rank budget x attention data-parallel ranks
+  (``devices / (tp x pp)``): the scenario's ``engine.max_num_batched_tokens``, else its stack's
+  default for the GPU (vLLM V1's ``max_num_batched_tokens`` for online serving: 8192 on large
+  GPUs, 2048 on A100 and below 70 GiB), else ``PER_RANK_TOKEN_BUDGET`` = 8192, SGLang's default
+  ``--chunked-prefill-size`` for 35-160 GB GPUs (H100/H200; 16384 above 160 GB, not modelled),
+  both per engine (``token_budget_per_rank``). SGLang with ``--enable-dp-attention`` divides the flag by
   ``dp_size`` (server_args ``_handle_data_parallelism``: "The chunked prefill size is adjusted
   ... to avoid MoE kernel issues"), so DP-attention deployments pass 8192 x dp to keep 8192 per
   rank; the old replica-wide 8192 meant 128 tokens per rank at DP 64.
@@ -55,6 +57,13 @@ mixed iteration ``cost.mixed_time_s(n P, n, S, C)``)::
                                          m periods more when they overflow one iteration's
                                          budget (``estimate``)
     out tokens/s = S / TPOT
+
+When the prompts cannot keep up (S P > L (B - S): not even a prompt in every iteration
+replaces the finishing sequences within the budget B), the replica is prefill-bound: every
+iteration is filled to B with d = min(S, B L / (P + L)) decodes and B - d prompt-chunk tokens,
+TPOT = T_mix(B - d, d, C) and out tokens/s = d / TPOT (``prefill_bound``; continuous with the
+form above at the boundary). A prefill of fewer tokens than one prompt is a chunk of it, whose
+queries attend the whole prompt's causal mean (``_Nodes``).
 """
 from __future__ import annotations
 
@@ -85,10 +94,13 @@ def planned_seqs(c) -> int:
     return max(1, c.batch * c.devices // c.pp)
 
 
-def scheduler(c, steps: int = 1, limits: EngineLimits | None = None):
+def scheduler(c, steps: int = 1, limits: EngineLimits | None = None, scenario=None):
     """The replica scheduler both stages assume (module docstring); with TensorRT-LLM's
     ``limits`` (``trtllm_limits``) its per-rank token budget and sequence limit times the
-    attention ranks, a prompt admitted in every iteration that has room (K = 1)."""
+    attention ranks, a prompt admitted in every iteration that has room (K = 1). Otherwise the
+    per-rank budget is ``scenario``'s (``token_budget_per_rank`` on the candidate's hardware;
+    None: ``PER_RANK_TOKEN_BUDGET``)."""
+    from moesim.catalog import load_profile
     from moesim.des.serving.replica import SchedulerConfig
 
     if limits is not None:
@@ -96,7 +108,8 @@ def scheduler(c, steps: int = 1, limits: EngineLimits | None = None):
         return SchedulerConfig(token_budget=limits.max_num_tokens * ranks, max_seqs=limits.max_seqs * ranks,
                                decode_steps_per_prefill=1)
     seqs = SEQ_HEADROOM * planned_seqs(c)
-    return SchedulerConfig(token_budget=max(PER_RANK_TOKEN_BUDGET * attention_ranks(c), seqs),
+    per_rank = PER_RANK_TOKEN_BUDGET if scenario is None else token_budget_per_rank(scenario, load_profile(c.hardware))
+    return SchedulerConfig(token_budget=max(per_rank * attention_ranks(c), seqs),
                            max_seqs=seqs, decode_steps_per_prefill=max(1, int(steps)))
 
 
@@ -110,7 +123,7 @@ def des_scheduler(c, scenario, model, cache: PlanCache, steps: int = 1):
     """The ``SchedulerConfig`` a serving-DES check of ``c`` runs: ``scheduler`` at the analytic's
     K with the engine limits the analytic priced (``engine_limits``), so the DES admits no more
     sequences per rank than the engine does."""
-    return scheduler(c, steps, engine_limits(c, scenario, model, cache))
+    return scheduler(c, steps, engine_limits(c, scenario, model, cache), scenario)
 
 
 def prefill_overlap(c, scenario, model, cache: PlanCache) -> str:
@@ -220,7 +233,7 @@ def engine(scenario) -> str:
 # the engine-table keys each co-located scheduler reads (moesim/planner/scenario.py EngineSettings)
 TRTLLM_ENGINE_KEYS: tuple[str, ...] = ("max_batch_size", "max_num_tokens", "kv_cache_free_gpu_mem_fraction",
                                        "concurrency", "cuda_graph_batch_sizes")
-BATCHED_ENGINE_KEYS: tuple[str, ...] = ("max_num_seqs",)
+BATCHED_ENGINE_KEYS: tuple[str, ...] = ("max_num_seqs", "max_num_batched_tokens")
 
 
 def unused_engine_keys(scenario) -> tuple[str, ...]:
@@ -248,6 +261,21 @@ def running_seqs_cap(scenario, hw=None) -> int | None:
     if stated is not None:
         return int(stated)
     return serving_stack(getattr(scenario, "stack", "auto")).running_seqs_default(hw)
+
+
+def token_budget_per_rank(scenario, hw=None) -> int:
+    """Tokens one attention rank's iteration carries under ``batched_prefill`` (prompt chunks plus
+    one per decoding sequence): the stated ``engine.max_num_batched_tokens``, else the stack's
+    default on ``hw`` (``SoftwareStack.batched_tokens_default``: vLLM's max_num_batched_tokens,
+    8192 on large GPUs, 2048 on A100 and below 70 GiB; ``hw`` None: the large-GPU default), else
+    ``PER_RANK_TOKEN_BUDGET``."""
+    from moesim.step.stacks import serving_stack
+
+    stated = getattr(getattr(scenario, "engine", None), "max_num_batched_tokens", None)
+    if stated is not None:
+        return int(stated)
+    own = serving_stack(getattr(scenario, "stack", "auto")).batched_tokens_default(hw)
+    return PER_RANK_TOKEN_BUDGET if own is None else int(own)
 
 
 def kv_free_fraction(scenario) -> float | None:
@@ -327,8 +355,10 @@ def engine_rejection(c, scenario, model, cache: PlanCache) -> str | None:
 class _Nodes:
     """``from_deployment``'s ``decode_fn`` / ``prefill_fn`` (same definitions: decode at ``batch /
     devices`` per device and ``ceil(context)``; prefill of ``min(tokens, prompt_len)``-token
-    prompts, ``tokens / s / devices`` per device), memoized and computed many nodes at a time
-    by one step-model call per context (decode) or per batch of nodes (prefill)."""
+    prompts, ``tokens / s / devices`` per device, whose queries attend the prompt's causal mean
+    (P + 1) / 2: below one prompt, a node is a chunk of a longer prompt, as chunked prefill cuts
+    them), memoized and computed many nodes at a time by one step-model call per context
+    (decode) or per batch of nodes (prefill)."""
 
     def __init__(self, model, deployment, devices: int, prompt_len: int, cache: StepCache):
         self.model, self.dep, self.n, self.P, self.cache = model, deployment, devices, prompt_len, cache
@@ -351,7 +381,9 @@ class _Nodes:
         todo = sorted({t for t in prefill_nodes if t not in self.prefill_memo})
         if todo:
             s = [min(t, self.P) for t in todo]
-            w = Prefill(s, [t / si / self.n for t, si in zip(todo, s)])
+            # below one prompt a node is a chunk of a P-token prompt: its queries attend the whole
+            # prompt's causal mean (chunked prefill; Prefill ``context``)
+            w = Prefill(s, [t / si / self.n for t, si in zip(todo, s)], context=(self.P + 1) / 2)
             for t, v in zip(todo, estimate(self.model, self.dep, w, check_memory=False, cache=self.cache).step_time_s):
                 self.prefill_memo[t] = float(v)
 
@@ -573,6 +605,9 @@ def estimate(cost, c, scenario, decode_s: float, steps: int, limits: EngineLimit
     are the wait of the prompts beyond it."""
     w = scenario.workload
     s = planned_seqs(c)
+    budget = scheduler(c, limits=limits, scenario=scenario).token_budget
+    if limits is None and s * w.prompt_len > w.output_len * max(1, budget - s):
+        return prefill_bound(cost, scenario, s, budget)
     n = s * steps / w.output_len
     ctx = w.prompt_len + w.output_len / 2
     mixed = max(cost.mixed_time_s(max(1, round(n * w.prompt_len)), max(1, round(n)), s, ctx), decode_s)
@@ -581,7 +616,7 @@ def estimate(cost, c, scenario, decode_s: float, steps: int, limits: EngineLimit
     tpot = period / steps
     q = scenario.slo.percentile / 100.0
     tokens_q = prompt_tokens_quantile(n, w.prompt_len, q, length_cv2(w))
-    room = max(1, scheduler(c, limits=limits).token_budget - s)  # prompt tokens one mixed iteration takes
+    room = max(1, budget - s)  # prompt tokens one mixed iteration takes
     first = min(tokens_q, room)
     if round(first) > max(1, round(n * w.prompt_len)):
         mixed_q = max(cost.mixed_time_s(round(first), max(1, round(first / w.prompt_len)), s, ctx), decode_s)
@@ -593,10 +628,35 @@ def estimate(cost, c, scenario, decode_s: float, steps: int, limits: EngineLimit
     return ColocatedEstimate(steps, mixed, period, tpot, ttft, s / tpot)
 
 
+def prefill_bound(cost, scenario, seqs: int, budget: int) -> ColocatedEstimate:
+    """The steady state of a replica whose prompts do not fit its token budget: S P > L (B - S),
+    so even a prompt admitted in every iteration (K = 1) cannot replace the S sequences as
+    fast as they finish. A chunked-prefill scheduler (vLLM V1, SGLang) then fills every
+    iteration to its budget B with the running decodes first and prompt chunks after, and the
+    sequences that decode settle where the prompt tokens admitted per iteration replace those
+    that finish: B - d = P d / L, so
+
+        d    = min(S, B L / (P + L))          sequences decoding
+        T    = T_mix(B - d prompt tokens, d, C)  every iteration (chunks of P-token prompts)
+        TPOT = T,   out tokens/s = d / T,   TTFT_q = (q + max(1, P / (B - d))) T
+
+    (a prompt waits for the running iteration, then runs its own chunks). Continuous with the
+    closed form where S P = L (B - S) (d = S). The rest of the S sequences the KV cache could
+    hold stay queued: under this budget more memory does not raise the rate."""
+    w = scenario.workload
+    P, L = w.prompt_len, w.output_len
+    d = max(1.0, min(float(seqs), budget * L / (P + L)))
+    chunk = max(1.0, budget - d)
+    ctx = P + L / 2
+    t = max(cost.mixed_time_s(chunk, max(1, round(chunk / P)), d, ctx), cost.decode_time_s(d, ctx))
+    q = scenario.slo.percentile / 100.0
+    return ColocatedEstimate(1, t, t, t, (q + max(1.0, P / chunk)) * t, d / t)
+
+
 def max_steps(c, scenario) -> int:
     """Largest K whose period's prompts fit one iteration's token budget: n P + S <= budget."""
     w, s = scenario.workload, planned_seqs(c)
-    room = scheduler(c).token_budget - s
+    room = scheduler(c, scenario=scenario).token_budget - s
     return int(max(1, min(MAX_DECODE_STEPS_PER_PREFILL, room * w.output_len // max(1, s * w.prompt_len))))
 
 

@@ -248,12 +248,21 @@ class SoftwareStack(Spec):
     small_gpu_names: tuple[str, ...] = Field(
         (), description="with max_running_seqs_small: GPUs that take it whatever their memory, matched "
                         "case-insensitively in the profile's name or display name (vLLM V1: 'a100')")
+    max_batched_tokens: int | None = Field(
+        None, gt=0, description="serving engines: the tokens one scheduler's iteration carries by default (vLLM "
+                                "max_num_batched_tokens for the API server: prompt chunks plus one per decoding "
+                                "sequence), one scheduler per attention data-parallel rank; None: the planner's "
+                                "8192 (moesim/planner/serving_policy.py PER_RANK_TOKEN_BUDGET)")
+    max_batched_tokens_small: int | None = Field(
+        None, gt=0, description="with max_batched_tokens: the default on a GPU outside the large-GPU branch (the "
+                                "same rule as max_running_seqs_small: large_gpu_min_GiB, small_gpu_names; vLLM V1: "
+                                "2048); None: max_batched_tokens on every GPU")
     kv_free_fraction: float | None = Field(
         None, gt=0, le=1, description="serving engines that size the KV cache from the memory the loaded weights "
                                       "leave (TensorRT-LLM kv_cache_free_gpu_mem_fraction): that share of it; None: "
                                       "not stated (the engine takes a share of the whole device, memory_fraction)")
     engine_source: str = Field("", description="where memory_fraction / memory_fraction_tiers / kv_free_fraction / "
-                                               "max_running_seqs come from")
+                                               "max_running_seqs / max_batched_tokens come from")
 
     @model_validator(mode="after")
     def _check_tiers(self):
@@ -264,6 +273,10 @@ class SoftwareStack(Spec):
         if self.max_running_seqs_small is not None and (self.max_running_seqs is None or self.large_gpu_min_GiB is None):
             raise SpecError(f"{self.name}.max_running_seqs_small", self.max_running_seqs_small,
                             "needs max_running_seqs (the large-GPU default) and large_gpu_min_GiB (where it begins)")
+        if self.max_batched_tokens_small is not None and (self.max_batched_tokens is None
+                                                          or self.large_gpu_min_GiB is None):
+            raise SpecError(f"{self.name}.max_batched_tokens_small", self.max_batched_tokens_small,
+                            "needs max_batched_tokens (the large-GPU default) and large_gpu_min_GiB (where it begins)")
         if self.kv_free_fraction is not None and (self.memory_fraction is not None or self.memory_fraction_tiers):
             raise SpecError(f"{self.name}.kv_free_fraction", self.kv_free_fraction,
                             "either a share of the memory the weights leave (kv_free_fraction) or a share of the "
@@ -285,9 +298,25 @@ class SoftwareStack(Spec):
         ``small_gpu_names`` (vLLM V1's EngineArgs.get_batch_defaults)."""
         if hw is None or self.max_running_seqs_small is None:
             return self.max_running_seqs
+        return self.max_running_seqs_small if self.small_gpu(hw) else self.max_running_seqs
+
+    def batched_tokens_default(self, hw=None) -> int | None:
+        """The tokens one scheduler's iteration of this engine carries by default on ``hw`` (None:
+        the large-GPU default): ``max_batched_tokens``, or ``max_batched_tokens_small`` on a small
+        GPU (``small_gpu``; vLLM V1's EngineArgs.get_batch_defaults, the same branch as its
+        max_num_seqs); None when the stack states none."""
+        if hw is None or self.max_batched_tokens_small is None:
+            return self.max_batched_tokens
+        return self.max_batched_tokens_small if self.small_gpu(hw) else self.max_batched_tokens
+
+    def small_gpu(self, hw) -> bool:
+        """Whether ``hw`` (a HardwareProfile) is outside this engine's large-GPU branch: below
+        ``large_gpu_min_GiB`` of memory or named in ``small_gpu_names`` (case-insensitive, in the
+        profile's name or display name). False when the stack states no such branch."""
+        if self.large_gpu_min_GiB is None:
+            return False
         names = f"{hw.name} {hw.display_name}".lower()
-        small = hw.hbm_bytes / 2**30 < self.large_gpu_min_GiB or any(n.lower() in names for n in self.small_gpu_names)
-        return self.max_running_seqs_small if small else self.max_running_seqs
+        return hw.hbm_bytes / 2**30 < self.large_gpu_min_GiB or any(n.lower() in names for n in self.small_gpu_names)
 
     def phase(self, phase: str) -> PhaseHost:
         """The ``PhaseHost`` of ``phase`` (train / prefill / decode)."""

@@ -199,7 +199,7 @@ def _inference(model, dep: Deployment, w: Decode | Prefill, check_memory: bool, 
         kv_N = tokens_N * dep.tp * dep.pp * context_N
     else:
         tokens_N = w.prompt_len * w.prompts_per_device
-        context_N = layer_ctx_N = (w.prompt_len + 1) / 2
+        context_N = layer_ctx_N = (w.prompt_len + 1) / 2 if w.context is None else w.context
         kv_N = np.ceil(tokens_N * dep.tp * dep.pp)
     mb_N = tokens_N / halves
     kinds, kind_L = layer_kinds(model)

@@ -67,15 +67,28 @@ class Decode:
 
 @dataclass(frozen=True)
 class Prefill:
-    """Prefill iterations: arrays (N,) of ``prompt_len`` and ``prompts_per_device``."""
+    """Prefill iterations: arrays (N,) of ``prompt_len`` and ``prompts_per_device``.
+
+    ``context``: keys one new token's query attends, on average (None: the causal mean of a
+    whole prompt, (prompt_len + 1) / 2). A chunk of c tokens cut from a longer prompt of P tokens
+    (chunked prefill) is ``Prefill(c, ..., context=(P + 1) / 2)``: its queries attend the prefix
+    already prefilled as well as themselves, and over the prompt's chunks their mean is the whole
+    prompt's causal mean; at least (prompt_len + 1) / 2, the chunk's own causal mean."""
 
     prompt_len: np.ndarray
     prompts_per_device: np.ndarray
     skew: str = "uniform"
+    context: np.ndarray | None = None
 
     def __post_init__(self):
         s, n = _broadcast(prompt_len=_positive("prompt_len", self.prompt_len, integer=True),
                           prompts_per_device=_positive("prompts_per_device", self.prompts_per_device))
+        if self.context is not None:
+            s, n, c = _broadcast(prompt_len=s, prompts_per_device=n, context=_positive("context", self.context))
+            if (c < (s + 1) / 2 - 1e-9).any():
+                raise SpecError("context", self.context, "allowed: at least (prompt_len + 1) / 2, the chunk's own "
+                                                         "causal mean")
+            object.__setattr__(self, "context", c)
         object.__setattr__(self, "prompt_len", s)
         object.__setattr__(self, "prompts_per_device", n)
         _skew(self.skew)

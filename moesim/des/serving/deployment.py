@@ -7,7 +7,9 @@ the KV cache with the memory model (``moesim.compute.memory``):
   replica batch of b sequences is the step model's decode at ``batch_per_device = b / devices``
   and ``ceil(context)``; a prefill iteration of T tokens is its prefill of ``prompt_len =
   min(T, prompt_len_hint)`` at ``prompts_per_device = T / prompt_len / devices`` (under the
-  deployment's prefill overlap);
+  deployment's prefill overlap), its queries attending the hinted prompt's causal mean
+  (prompt_len_hint + 1) / 2 keys: below one prompt, T tokens are a chunk of a longer prompt
+  (chunked prefill), which attends the prefix already prefilled as well as itself;
 - KV capacity (tokens) = ``kv_tokens_fit`` of one device (HBM x ``memory_fraction`` minus the
   weights of the most loaded stage, over KV bytes per token) x the attention groups holding
   distinct sequences (devices / (tp x pp)); ``memory_fraction`` is the engine's share (the
@@ -122,7 +124,7 @@ def from_deployment(model: ModelSpec, deployment: Deployment, *, skew: str = "un
 
     def prefill_fn(tokens: int) -> float:
         s = min(tokens, prompt_len_hint)
-        w = Prefill(s, tokens / s / n, skew)
+        w = Prefill(s, tokens / s / n, skew, context=(prompt_len_hint + 1) / 2)  # a chunk attends its prompt's mean
         return float(estimate(model, deployment, w, check_memory=False, cache=cache).step_time_s[0])
 
     return GridCost(
