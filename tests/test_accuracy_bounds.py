@@ -59,7 +59,9 @@ BOUNDS = {
     # third evaluation set (docs/evidence.md 'Third set'): dstack DeepSeek-R1 offline runs on 8 x MI300X
     # and 8 x H200 (vLLM, SGLang, TP8) and GPUStack vLLM v0.11 runs on H200 / H100, never fitted;
     # every row over-predicted (max: a 22 s run of 1000 128/4-token requests)
-    "published-e2e-serving-3.json": {"serving": (0.341, 3.474, E, 23)},
+    # re-recorded 2026-12-07 (session 22): prompt chunks attend their prompt's mean context and a
+    # prefill-bound replica fills its token budget (moesim/planner/serving_policy.py prefill_bound)
+    "published-e2e-serving-3.json": {"serving": (0.328, 3.296, E, 23)},
     # fourth evaluation set (docs/evidence.md 'Fourth set'): TensorRT-LLM's DeepSeek-R1 best-performance
     # guide, trtllm-bench runs with their stated engine limits on 8 x B200 and 8 x H200, never fitted
     # re-recorded 2026-12-07 (session 20): FP8 context attention, trtllm refitted (see maxload)
@@ -67,7 +69,9 @@ BOUNDS = {
     # fifth evaluation set (docs/evidence.md 'Fifth set', 2026-12-07 session 21): GPUStack's GPT-OSS pages,
     # vLLM v0.10.2 / v0.11.0 on H100, and its Qwen3-235B BF16 TP8 page on A100, never fitted; every row
     # over-predicted (docs/accuracy.md session 21); max the gpt-oss-120b 128/4 TP1 row
-    "published-e2e-serving-5.json": {"serving": (0.801, 1.359, E, 20)},
+    # re-recorded 2026-12-07 (session 22): chunked prefill (see the third set) and vLLM's A100 token
+    # budget of 2048
+    "published-e2e-serving-5.json": {"serving": (0.635, 1.329, E, 20)},
 }
 
 
