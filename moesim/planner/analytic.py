@@ -41,7 +41,11 @@ Bottleneck (planner vocabulary): the step model's largest component, mapped to c
 (compute when model FLOPs at peak fill at least half the step, else HBM), scale-up / scale-out
 (all-to-all, TP and DP collectives: scale-out when that group -- EP, TP or all devices -- spans
 more than one domain), imbalance
-(expert time with rank imbalance >= 1.3), memory capacity (less than 10% of HBM left).
+(expert time with rank imbalance >= 1.3), memory capacity (less than 10% of HBM left); a
+co-located serving candidate whose prompts cannot keep up within its scheduler's token budget is
+``token budget`` (moesim/planner/serving_policy.py ``prefill_bound``: every iteration is full, fewer
+sequences decode than it holds; a larger --max-num-batched-tokens / --chunked-prefill-size, or
+disaggregated prefill, is what raises its rate).
 """
 from __future__ import annotations
 
@@ -165,7 +169,8 @@ class AnalyticEvaluator:
             results.append(Evaluation(
                 candidate=c, tokens_per_s=est.output_tokens_per_s,
                 tpot_s=est.tpot_s, ttft_s=est.ttft_s, memory_headroom_GiB=headroom,
-                bottleneck=bottleneck_name(bd, hw, c, headroom * units.GiB / mem.capacity_bytes),
+                bottleneck=("token budget" if est.prefill_bound
+                            else bottleneck_name(bd, hw, c, headroom * units.GiB / mem.capacity_bytes)),
                 **routed, decode_steps_per_prefill=est.steps,
                 detail=serving_policy.overlap_detail(mode, serving_policy.prefill_overlap(c, scenario, model, cache)),
             ))

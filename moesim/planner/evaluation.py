@@ -32,7 +32,7 @@ REASONS: dict[str, str] = {
     "screened_out": "set aside by the screening stage (plan(screen=True): clearly misses the SLO or costs more "
                     "than the ranked ones by its lower bound; not evaluated exactly)",
 }
-BOTTLENECKS = ("compute", "HBM", "scale-up", "scale-out", "memory capacity", "imbalance", "latency")
+BOTTLENECKS = ("compute", "HBM", "scale-up", "scale-out", "memory capacity", "imbalance", "latency", "token budget")
 
 
 def etp_suffix(etp: int, key: bool = False) -> str:

@@ -534,6 +534,7 @@ class ColocatedEstimate:
     tpot_s: float
     ttft_s: float
     output_tokens_per_s: float
+    prefill_bound: bool = False  # every iteration filled to the token budget (``prefill_bound``)
 
 
 def length_cv2(workload) -> float:
@@ -650,7 +651,7 @@ def prefill_bound(cost, scenario, seqs: int, budget: int) -> ColocatedEstimate:
     ctx = P + L / 2
     t = max(cost.mixed_time_s(chunk, max(1, round(chunk / P)), d, ctx), cost.decode_time_s(d, ctx))
     q = scenario.slo.percentile / 100.0
-    return ColocatedEstimate(1, t, t, t, (q + max(1.0, P / chunk)) * t, d / t)
+    return ColocatedEstimate(1, t, t, t, (q + max(1.0, P / chunk)) * t, d / t, prefill_bound=True)
 
 
 def max_steps(c, scenario) -> int:
