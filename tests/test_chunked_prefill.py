@@ -169,3 +169,17 @@ def test_bad_stack_budget_values_name_the_field(update):
     base = stack_table().explicit("vllm", "decode").model_dump()
     with pytest.raises(Exception, match="max_batched_tokens"):
         SoftwareStack.model_validate({**base, **update})
+
+
+def test_a_stated_budget_is_reported_under_the_answer_and_flagged_under_trtllm():
+    from moesim.catalog import load_model
+    from moesim.planner.costs import PlanCache
+
+    model = load_model("qwen3-30b-a3b")
+    c = Candidate("h100-sxm", 1, tp=1, dp=1, ep=1, batch=8)
+    line = sp.engine_summary(c, _scenario(engine={"max_num_batched_tokens": 4096, "max_num_seqs": 64}), model,
+                             PlanCache())
+    assert "max_num_seqs 64 (stated), max_num_batched_tokens 4096 (stated)" in line
+    tr = _scenario(stack="trtllm", engine={"max_num_batched_tokens": 4096})
+    assert sp.unused_engine_keys(tr) == ("max_num_batched_tokens",)
+    assert "vLLM/SGLang limit" in sp.engine_summary(c, tr, model, PlanCache())

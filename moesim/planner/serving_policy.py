@@ -316,9 +316,14 @@ def engine_summary(c, scenario, model, cache: PlanCache) -> str | None:
             f"{'it' if len(unused) == 1 else 'them'}: {'; '.join(f'{k} is {unused_engine_reason(k)}' for k in unused)})"
             if unused else "")
     if engine(scenario) != "trtllm":
-        cap = running_seqs_cap(scenario, cache.deployment(c, scenario, model).hardware)
+        hw = cache.deployment(c, scenario, model).hardware
+        parts = []
         if "max_num_seqs" in stated:
-            return f"engine ({engine(scenario)} scheduler, per attention rank): max_num_seqs {cap} (stated){note}"
+            parts.append(f"max_num_seqs {running_seqs_cap(scenario, hw)} (stated)")
+        if "max_num_batched_tokens" in stated:
+            parts.append(f"max_num_batched_tokens {token_budget_per_rank(scenario, hw)} (stated)")
+        if parts:
+            return f"engine ({engine(scenario)} scheduler, per attention rank): {', '.join(parts)}{note}"
         return f"engine settings{note[1:]}" if unused else None
     lim = trtllm_limits(c, scenario, model, cache)
 
