@@ -271,7 +271,7 @@ def token_budget_per_rank(scenario, hw=None) -> int:
     ``PER_RANK_TOKEN_BUDGET``."""
     from moesim.step.stacks import serving_stack
 
-    stated = getattr(getattr(scenario, "engine", None), "max_num_batched_tokens", None)
+    stated = scenario.engine.max_num_batched_tokens
     if stated is not None:
         return int(stated)
     own = serving_stack(getattr(scenario, "stack", "auto")).batched_tokens_default(hw)
