@@ -156,7 +156,9 @@ class VerifySpec(Spec):
 
     top_n: int = Field(2, ge=0, description="hardware types verified by the serving DES: the cheapest "
                        "candidate of each of the top_n cheapest hardware types (0 = none)")
-    duration_s: float = Field(60.0, gt=0, description="simulated seconds per load probe")
+    duration_s: float = Field(60.0, gt=0, description="simulated seconds of arrivals per load probe; longer "
+                              "where the SLO needs it: at least 10 TTFT limits and 2,000 arrivals (at most 10 x "
+                              "this); a probe whose backlog grows is missed (moesim/planner/verify.py)")
     seeds: int = Field(2, gt=0, description="most seeds per load probe (more are run only while the "
                        "95% interval of the SLO percentile straddles the limit)")
     seed: int = Field(0, ge=0)

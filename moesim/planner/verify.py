@@ -7,9 +7,19 @@ bisecting a continuous sustainable rate (which costs ~7 simulations per seed):
 - probes: one co-located replica (``moesim.des.serving``) configured as the analytic stage
   assumed (:mod:`moesim.planner.serving_policy`: the same ``GridCost`` iteration costs, token
   budget per attention DP rank, sequence limit, prefill batching K; Poisson arrivals, the
-  scenario's length distribution) simulated for
-  ``verify.duration_s`` at lambda(R), metrics over [0.1 d, d], simulated until every request
-  that could still be on time has finished (``simulated_time_s``);
+  scenario's length distribution) arriving over d = ``probe_duration_s`` (``verify.duration_s``
+  stretched to ten TTFT limits and 2,000 arrivals, at most ten-fold) at lambda(R), metrics over
+  [0.1 d, d], simulated until every request that could still be on time has finished
+  (``simulated_time_s``);
+- overload: a probe whose backlog of requests waiting for their first token grows over the window
+  (``moesim.des.serving.metrics.backlog``) is *missed* whatever its percentiles say. A finite
+  window cannot see that a queue growing without bound breaks a TTFT limit that is long against
+  the window (one A100 serving 8,000-token prompts met p50 TTFT <= 60 s in a 54-s window at 2.3
+  times the load it sustains). Growth counts as overload above ``OVERLOAD_SHARE`` of the
+  arrivals between the two quarters it compares and above 3 sd of their Poisson count: a replica
+  that keeps up has a stationary backlog (growth within that noise), an overloaded one keeps
+  1 - mu / lambda of its arrivals (so overloads past ~11% are caught; milder ones move the count
+  by at most one replica at the loads probed);
 - walk: start at the analytic count R0; while met, try R - 1 (down to 1); while missed, try
   R + 1 (at most ``MAX_PROBES`` probes, never past ``max_devices``). The search stops as soon as
   the count is decided: met at R*, missed at R* - 1 (or R* = 1). R* is the point answer.
@@ -38,6 +48,11 @@ from moesim.planner import serving_policy
 from moesim.planner.evaluation import Evaluation, Verification
 
 MAX_PROBES = 6
+TTFT_WINDOWS = 10.0  # a probe's window spans at least this many TTFT limits (module docstring)
+OVERLOAD_SHARE = 0.1  # backlog growth above this share of the arrivals is overload (module docstring)
+MIN_ARRIVALS = 2000  # a probe's arrivals, so that 3 sd of the half window's
+# arrivals (3 sqrt(900) = 90) is no more than OVERLOAD_SHARE of them (90)
+MAX_SPAN = 10.0  # a probe spans at most this many verify.duration_s
 _LIMITS = ("ttft_s", "tpot_s", "e2e_s")
 
 
@@ -73,9 +88,20 @@ class Probe:
     half_width: dict
     ttft_p99: tuple[float, float] | None
     tpot_p99: tuple[float, float] | None
+    backlog: tuple[float, float] | None = None  # (growth, arrivals between), means over seeds
+
+    @property
+    def overloaded(self) -> bool:
+        """The backlog grew past ``OVERLOAD_SHARE`` of the arrivals and their 3-sd Poisson noise."""
+        if self.backlog is None:
+            return False
+        growth, arrivals = self.backlog
+        return growth > max(3.0 * math.sqrt(arrivals), OVERLOAD_SHARE * arrivals)
 
     def status(self, slo) -> str:
         """``met``, ``missed`` or ``unsure`` (module docstring)."""
+        if self.overloaded:
+            return "missed"
         met = True
         for name, v in self.estimate.items():
             limit, h = getattr(slo, name), self.half_width[name]
@@ -85,11 +111,15 @@ class Probe:
         return "met" if met else "unsure"
 
     def point_met(self, slo) -> bool:
-        return all(v <= getattr(slo, name) for name, v in self.estimate.items())
+        return not self.overloaded and all(v <= getattr(slo, name) for name, v in self.estimate.items())
 
     def to_dict(self) -> dict:
-        return {"replicas": self.replicas, "rate_per_s": self.rate_per_s, "seeds": self.seeds,
-                "estimate_s": self.estimate, "half_width_s": self.half_width}
+        d = {"replicas": self.replicas, "rate_per_s": self.rate_per_s, "seeds": self.seeds,
+             "estimate_s": self.estimate, "half_width_s": self.half_width}
+        if self.backlog is not None:
+            d["backlog"] = {"growth": self.backlog[0], "arrivals_between": self.backlog[1],
+                            "overloaded": self.overloaded}
+        return d
 
 
 def _half(stats, q: float) -> float:
@@ -106,10 +136,22 @@ def _run(system, scenario, rate: float, seed: int, lengths):
     from moesim.des.serving.arrivals import synthetic
     from moesim.des.serving.system import simulate
 
-    d = scenario.verify.duration_s
+    d = probe_duration_s(scenario, rate)
     reqs = synthetic("poisson", rate, d, *lengths, seed)
     return simulate(system, reqs, slo=scenario.slo, warmup_s=0.1 * d, window_end_s=d,
                     max_time_s=simulated_time_s(d, scenario.slo, reqs), samples=10)
+
+
+def probe_duration_s(scenario, rate: float) -> float:
+    """Arrival span of a probe at ``rate`` requests/s: ``verify.duration_s``, longer where the SLO
+    needs it, at most ``MAX_SPAN`` times that: ``TTFT_WINDOWS`` times the limit that bounds the
+    first token (``slo.ttft_s``, else ``slo.e2e_s``), so that a TTFT limit long against the window
+    cannot be met by a queue that has not had time to grow, and long enough for ``MIN_ARRIVALS``
+    arrivals, so that the backlog test sees an overload of ~11% (module docstring)."""
+    d, slo = scenario.verify.duration_s, scenario.slo
+    bound = slo.ttft_s if slo.ttft_s is not None else slo.e2e_s
+    need = max(TTFT_WINDOWS * bound if bound is not None else 0.0, MIN_ARRIVALS / rate if rate > 0 else 0.0)
+    return max(d, min(need, MAX_SPAN * d))
 
 
 def simulated_time_s(duration_s: float, slo, reqs) -> float:
@@ -139,9 +181,12 @@ def probe(system, scenario, replicas: int, rate: float, lengths) -> Probe:
     vals: dict[str, list[float]] = {n: [] for n in names}
     halves: dict[str, list[float]] = {n: [] for n in names}
     first = None
+    growth, between = [], []
     for j in range(v.seeds):
         res = _run(system, scenario, rate, v.seed + j, lengths)
         first = first or res
+        growth.append(res.backlog["growth"])
+        between.append(res.backlog["arrivals_between"])
         g = res.goodput
         for n in names:
             vals[n].append(float(g.percentile_values.get(n, math.inf)) if g.percentile_values else math.inf)
@@ -149,7 +194,7 @@ def probe(system, scenario, replicas: int, rate: float, lengths) -> Probe:
         m = j + 1
         p = Probe(replicas, rate, m, {n: sum(vals[n]) / m for n in names},
                   {n: math.sqrt(sum(h * h for h in halves[n])) / m for n in names},
-                  _p99(first.ttft_s), _p99(first.tpot_s))
+                  _p99(first.ttft_s), _p99(first.tpot_s), (sum(growth) / m, sum(between) / m))
         if p.status(slo) != "unsure":
             break
     return p

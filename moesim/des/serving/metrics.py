@@ -11,6 +11,14 @@ per batch, and the 95% half-width is t(0.975, k-1) x sd(batch statistics) / sqrt
 requests are correlated (they share queues); batches of thousands of requests are nearly
 independent, which is what the t-interval assumes. Fewer than 2k samples: no interval (None).
 
+Backlog (``backlog``): the mean number of requests waiting for their first token (arrived, not
+rejected, no token yet), time-averaged over the window's second quarter and over its last
+quarter, and their difference ``growth``. A system that keeps up with its arrivals has a
+stationary backlog (growth near 0, within the arrivals' Poisson noise); an overloaded one gains
+(1 - mu / lambda) of every arrival, so growth ~ (1 - mu / lambda) x ``arrivals_between`` (the
+window's arrivals over the half window separating the two quarters' midpoints). A finite window
+can meet a loose TTFT limit while its queue grows without bound; the growth says so.
+
 Goodput: requests per second (over the window) that finished and met every limit of the SLO;
 ``attainment`` is their fraction of the window's arrivals (unfinished and rejected requests miss).
 ``slo_met``: for each limit given, that metric's SLO percentile over the window's arrivals
@@ -91,6 +99,26 @@ class Goodput:
         return _clean(asdict(self))
 
 
+def waiting_mean(arrival_Q: np.ndarray, first_Q: np.ndarray, t0: float, t1: float) -> float:
+    """Time-average over [t0, t1] of the requests waiting for their first token: request q waits
+    from its arrival to its first token (for ever when it has none: NaN or inf)."""
+    start = np.maximum(arrival_Q, t0)
+    end = np.minimum(np.where(np.isfinite(first_Q), first_Q, np.inf), t1)
+    return float(np.clip(end - start, 0.0, None).sum()) / (t1 - t0)
+
+
+def backlog(arrival_Q: np.ndarray, first_Q: np.ndarray, rejected_Q: np.ndarray, w0: float, w1: float) -> dict:
+    """The window's backlog (module docstring): ``early`` / ``late`` mean waiting requests over the
+    second and last quarter of [w0, w1], ``growth`` = late - early, ``arrivals_between`` = the
+    window's arrival rate x (w1 - w0) / 2 (the quarters' midpoints lie half a window apart)."""
+    keep = ~rejected_Q
+    a, f = arrival_Q[keep], first_Q[keep]
+    q = (w1 - w0) / 4.0
+    early, late = waiting_mean(a, f, w0 + q, w0 + 2 * q), waiting_mean(a, f, w1 - q, w1)
+    arrived = float(((arrival_Q >= w0) & (arrival_Q <= w1)).sum())
+    return {"early": early, "late": late, "growth": late - early, "arrivals_between": arrived / 2.0}
+
+
 def _goodput(slo: SLO, lat: dict[str, np.ndarray], done: np.ndarray, window_s: float) -> Goodput:
     ok = done.copy()
     met, values = True, {}
@@ -135,6 +163,7 @@ class ServingResult:
     littles_law: dict
     kv_utilization: dict
     queue_length: dict
+    backlog: dict
     timeseries: tuple[tuple[float, str, float, int], ...]
     per_request: dict
     spans: tuple = ()
@@ -144,7 +173,7 @@ class ServingResult:
             "mode", "devices", "window_s", "requests", "completed", "rejected", "unfinished",
             "preemptions", "iterations", "request_throughput_per_s", "input_tokens_per_s", "output_tokens_per_s",
             "input_tokens_per_s_per_device", "output_tokens_per_s_per_device", "littles_law",
-            "kv_utilization", "queue_length")}
+            "kv_utilization", "queue_length", "backlog")}
         for k in ("ttft_s", "tpot_s", "e2e_s"):
             d[k] = getattr(self, k).to_dict()
         d["goodput"] = self.goodput.to_dict() if self.goodput else None
@@ -199,7 +228,7 @@ def summarize(system, requests, obs, req, *, slo: SLO | None, ci_batches: int = 
         goodput=_goodput(slo, lat, done[win], span) if slo is not None else None,
         littles_law={"mean_in_system": obs.mean_in_system, "arrival_rate_per_s": lam,
                      "mean_e2e_s": float(np.nanmean(lat["e2e_s"])) if done[win].any() else math.nan},
-        kv_utilization=kv, queue_length=ql,
+        kv_utilization=kv, queue_length=ql, backlog=backlog(arr, first, rejected, w0, w1),
         timeseries=tuple(obs.samples),
         per_request={"arrival_s": arr.tolist(), "prompt_tokens": requests.prompt_Q.tolist(),
                      "output_tokens": out.tolist(), "ttft_s": ttft.tolist(), "tpot_s": tpot.tolist(),
