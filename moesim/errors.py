@@ -24,7 +24,14 @@ class SpecError(MoesimError):
         self.value = value
         self.allowed = allowed
         # value None: the field is missing or the rule is about a combination (nothing to quote)
-        super().__init__(f"{field}: {allowed}" if value is None else f"{field}: {_shown(value)} is invalid; {allowed}")
+        self._message = f"{field}: {allowed}" if value is None else f"{field}: {_shown(value)} is invalid; {allowed}"
+        super().__init__(self._message)
+        # NOTE: args are the constructor's, so type(e)(*e.args) rebuilds the error: simpy re-raises
+        # an exception from a process that way (simpy/core.py Environment.step), pickle (dask) too
+        self.args = (field, value, allowed)
+
+    def __str__(self) -> str:
+        return self._message
 
 
 class UnknownNameError(MoesimError):
@@ -37,7 +44,12 @@ class UnknownNameError(MoesimError):
         self.name = name
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(known))}"
-        super().__init__(f"unknown {kind} {_shown(name)}; {hint}")
+        self._message = f"unknown {kind} {_shown(name)}; {hint}"
+        super().__init__(self._message)
+        self.args = (kind, name, known)  # rebuildable as SpecError's (simpy, pickle)
+
+    def __str__(self) -> str:
+        return self._message
 
 
 class InfeasibleError(MoesimError):

@@ -44,6 +44,9 @@ def test_schema_prints_json(capsys):
         (["hw", "show", "h100"], "unknown hardware profile 'h100'"),
         (["hw", "show", "/nonexistent/x.toml"], "no such file"),
         (["models", "show", "deepseek-v3", "--context", "-1"], "--context"),
+        # raised inside a simpy process: simpy rebuilds it as type(e)(*e.args) (it was an internal error)
+        (["serve", "--model", "qwen3-30b-a3b", "--hw", "a100-sxm-80gb", "--devices", "1", "--rate", "1",
+          "--duration", "5", "--prompt-len", "100", "--output-len", "10"], "dtype: 'fp8' is invalid; profile a100-sxm-80gb has peaks for"),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, argv, needle):
@@ -95,3 +98,15 @@ def test_step_on_a_partial_rack_runs_and_names_the_layout(capsys):
     assert partial["step_time_s"] == pytest.approx(even["step_time_s"], rel=1e-12)  # same layout, same arithmetic
     code, out, _ = _run(capsys, *args[:-1])
     assert code == 0 and "scale-up" in out and "4 domains of 64" in out
+
+
+def test_errors_rebuild_from_their_args_as_simpy_and_pickle_do():
+    import pickle
+
+    from moesim.errors import SpecError, UnknownNameError
+
+    for e in (SpecError("slo.ttft_s", -1, "must be > 0"), SpecError("devices", None, "must divide experts"),
+              UnknownNameError("hardware profile", "h10", ["h100-sxm", "h200-sxm"])):
+        for again in (type(e)(*e.args), pickle.loads(pickle.dumps(e))):
+            assert type(again) is type(e) and str(again) == str(e)
+    assert SpecError("a", 3, "must be >= 4").field == "a" and str(SpecError("a", 3, "b")) == "a: 3 is invalid; b"

@@ -160,6 +160,8 @@ def _ms(x: float) -> str:
 
 
 def _text(res, out: dict) -> str:
+    from moesim.des.serving.metrics import backlog_grows
+
     rows = []
     for name in ("ttft_s", "tpot_s", "e2e_s"):
         s = getattr(res, name)
@@ -176,6 +178,11 @@ def _text(res, out: dict) -> str:
         pairs.append(("overloaded", f"{res.unfinished} of {res.requests} requests had not finished when the "
                                     "simulation ended (the load is more than the deployment serves); '-' = no "
                                     "finished request to measure"))
+    b = res.backlog
+    grows = backlog_grows(b["growth"], b["arrivals_between"])
+    pairs.append(("waiting for a first token", f"mean {b['early']:.3g} -> {b['late']:.3g} requests (second -> last "
+                  "quarter of the window)" + ("; growing: the deployment does not keep up with the load" if grows
+                                              else "")))
     if res.goodput is not None:
         g = res.goodput
         pairs.append(("goodput", f"{g.goodput_requests_per_s:.3g} req/s meeting the SLO "

@@ -15,7 +15,7 @@ bisecting a continuous sustainable rate (which costs ~7 simulations per seed):
   (``moesim.des.serving.metrics.backlog``) is *missed* whatever its percentiles say. A finite
   window cannot see that a queue growing without bound breaks a TTFT limit that is long against
   the window (one A100 serving 8,000-token prompts met p50 TTFT <= 60 s in a 54-s window at 2.3
-  times the load it sustains). Growth counts as overload above ``OVERLOAD_SHARE`` of the
+  times the load it sustains). Growth counts as overload above a tenth of the
   arrivals between the two quarters it compares and above 3 sd of their Poisson count: a replica
   that keeps up has a stationary backlog (growth within that noise), an overloaded one keeps
   1 - mu / lambda of its arrivals (so overloads past ~11% are caught; milder ones move the count
@@ -49,9 +49,8 @@ from moesim.planner.evaluation import Evaluation, Verification
 
 MAX_PROBES = 6
 TTFT_WINDOWS = 10.0  # a probe's window spans at least this many TTFT limits (module docstring)
-OVERLOAD_SHARE = 0.1  # backlog growth above this share of the arrivals is overload (module docstring)
 MIN_ARRIVALS = 2000  # a probe's arrivals, so that 3 sd of the half window's
-# arrivals (3 sqrt(900) = 90) is no more than OVERLOAD_SHARE of them (90)
+# arrivals (3 sqrt(900) = 90) is no more than a tenth of them (metrics.backlog_grows)
 MAX_SPAN = 10.0  # a probe spans at most this many verify.duration_s
 _LIMITS = ("ttft_s", "tpot_s", "e2e_s")
 
@@ -92,11 +91,13 @@ class Probe:
 
     @property
     def overloaded(self) -> bool:
-        """The backlog grew past ``OVERLOAD_SHARE`` of the arrivals and their 3-sd Poisson noise."""
+        """The backlog grew past a tenth of the arrivals and their 3-sd Poisson noise
+        (``moesim.des.serving.metrics.backlog_grows``)."""
         if self.backlog is None:
             return False
-        growth, arrivals = self.backlog
-        return growth > max(3.0 * math.sqrt(arrivals), OVERLOAD_SHARE * arrivals)
+        from moesim.des.serving.metrics import backlog_grows
+
+        return backlog_grows(*self.backlog)
 
     def status(self, slo) -> str:
         """``met``, ``missed`` or ``unsure`` (module docstring)."""

@@ -119,6 +119,18 @@ def backlog(arrival_Q: np.ndarray, first_Q: np.ndarray, rejected_Q: np.ndarray, 
     return {"early": early, "late": late, "growth": late - early, "arrivals_between": arrived / 2.0}
 
 
+OVERLOAD_SHARE = 0.1  # backlog growth above this share of the arrivals (and 3 sd) is overload
+
+
+def backlog_grows(growth: float, arrivals_between: float) -> bool:
+    """Whether a backlog ``growth`` over a half window of ``arrivals_between`` arrivals says the
+    system does not keep up: above ``OVERLOAD_SHARE`` of the arrivals and above 3 sd of their
+    Poisson count (a system that keeps up has a stationary backlog, its growth within that noise;
+    an overloaded one keeps 1 - mu / lambda of its arrivals, so overloads past ~11% are caught
+    once there are ~900 arrivals, grosser ones with fewer)."""
+    return growth > max(3.0 * math.sqrt(max(arrivals_between, 0.0)), OVERLOAD_SHARE * arrivals_between)
+
+
 def _goodput(slo: SLO, lat: dict[str, np.ndarray], done: np.ndarray, window_s: float) -> Goodput:
     ok = done.copy()
     met, values = True, {}
