@@ -172,3 +172,31 @@ def test_a_loose_ttft_limit_does_not_pass_an_overloaded_replica():
     # the walk's probes below the answer were missed because their backlog grew
     below = [p for p in v.probes if p["replicas"] < v.replicas]
     assert below and all(p["backlog"]["overloaded"] for p in below)
+
+
+def test_an_overloaded_decode_pool_grows_the_backlog_its_prefill_pool_does_not_see():
+    """Disaggregated: prefill keeps up (first tokens come at once) while the decode pool, 20
+    sequences of 100 tokens at 10 ms per step, sustains 20 requests/s. At 30 requests/s the
+    requests queue for a decode slot after their first token: the backlog (waiting to decode)
+    keeps 1 - 20 / 30 of the arrivals, the first-token wait alone stays flat."""
+    from moesim.des.serving.arrivals import LengthDist, synthetic
+    from moesim.des.serving.cost import LinearCost
+    from moesim.des.serving.metrics import backlog
+    from moesim.des.serving.replica import SchedulerConfig
+    from moesim.des.serving.system import KVTransfer, Pool, ServingSystem, simulate
+
+    system = ServingSystem(prefill=Pool(LinearCost(0.001, 1e-7), 1, SchedulerConfig(8192, 256)),
+                           decode=Pool(LinearCost(0.01, 0.0), 1, SchedulerConfig(8192, 20)),
+                           transfer=KVTransfer(1e12, 0.0))
+    for rate, overloaded in ((14.0, False), (30.0, True)):
+        reqs = synthetic("poisson", rate, 200, LengthDist.fixed(100), LengthDist.fixed(100), 2)
+        r = simulate(system, reqs, warmup_s=20.0, window_end_s=200.0, max_time_s=1000.0)
+        bk = r.backlog
+        pr = r.per_request
+        arr = np.asarray(pr["arrival_s"])
+        first_only = backlog(arr, arr + np.asarray(pr["ttft_s"]), np.zeros(len(arr), bool), 20.0, 200.0)
+        assert abs(first_only["growth"]) < 3.0 * math.sqrt(first_only["arrivals_between"])
+        probe = V.Probe(1, rate, 1, {}, {}, None, None, (bk["growth"], bk["arrivals_between"]))
+        assert probe.overloaded == overloaded
+        if overloaded:  # 1 - mu / lambda of the arrivals (tolerance: the module docstring's 10%)
+            assert_allclose(bk["growth"], (1.0 - 20.0 / rate) * bk["arrivals_between"], rtol=0.10)

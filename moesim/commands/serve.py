@@ -180,7 +180,7 @@ def _text(res, out: dict) -> str:
                                     "finished request to measure"))
     b = res.backlog
     grows = backlog_grows(b["growth"], b["arrivals_between"])
-    pairs.append(("waiting for a first token", f"mean {b['early']:.3g} -> {b['late']:.3g} requests (second -> last "
+    pairs.append(("waiting to decode", f"mean {b['early']:.3g} -> {b['late']:.3g} requests (second -> last "
                   "quarter of the window)" + ("; growing: the deployment does not keep up with the load" if grows
                                               else "")))
     if res.goodput is not None:

@@ -11,10 +11,11 @@ bisecting a continuous sustainable rate (which costs ~7 simulations per seed):
   stretched to ten TTFT limits and 2,000 arrivals, at most ten-fold) at lambda(R), metrics over
   [0.1 d, d], simulated until every request that could still be on time has finished
   (``simulated_time_s``);
-- overload: a probe whose backlog of requests waiting for their first token grows over the window
+- overload: a probe whose backlog of requests waiting to decode (for their first token; when
+  disaggregated, also for a decode slot after it) grows over the window
   (``moesim.des.serving.metrics.backlog``) is *missed* whatever its percentiles say. A finite
-  window cannot see that a queue growing without bound breaks a TTFT limit that is long against
-  the window (one A100 serving 8,000-token prompts met p50 TTFT <= 60 s in a 54-s window at 2.3
+  window cannot see that a queue growing without bound breaks a TTFT (or TPOT) limit that is long
+  against the window (one A100 serving 8,000-token prompts met p50 TTFT <= 60 s in a 54-s window at 2.3
   times the load it sustains). Growth counts as overload above a tenth of the
   arrivals between the two quarters it compares and above 3 sd of their Poisson count: a replica
   that keeps up has a stationary backlog (growth within that noise), an overloaded one keeps

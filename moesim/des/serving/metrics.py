@@ -11,8 +11,9 @@ per batch, and the 95% half-width is t(0.975, k-1) x sd(batch statistics) / sqrt
 requests are correlated (they share queues); batches of thousands of requests are nearly
 independent, which is what the t-interval assumes. Fewer than 2k samples: no interval (None).
 
-Backlog (``backlog``): the mean number of requests waiting for their first token (arrived, not
-rejected, no token yet), time-averaged over the window's second quarter and over its last
+Backlog (``backlog``): the mean number of requests waiting to decode (arrived, not rejected, not
+yet decoding: co-located, waiting for their first token; disaggregated, also for a decode
+replica to admit them after their prefill and KV transfer), time-averaged over the window's second quarter and over its last
 quarter, and their difference ``growth``. A system that keeps up with its arrivals has a
 stationary backlog (growth near 0, within the arrivals' Poisson noise); an overloaded one gains
 (1 - mu / lambda) of every arrival, so growth ~ (1 - mu / lambda) x ``arrivals_between`` (the
@@ -100,15 +101,16 @@ class Goodput:
 
 
 def waiting_mean(arrival_Q: np.ndarray, first_Q: np.ndarray, t0: float, t1: float) -> float:
-    """Time-average over [t0, t1] of the requests waiting for their first token: request q waits
-    from its arrival to its first token (for ever when it has none: NaN or inf)."""
+    """Time-average over [t0, t1] of the requests waiting: request q waits from its arrival to
+    ``first_Q`` (for ever when that is NaN or inf)."""
     start = np.maximum(arrival_Q, t0)
     end = np.minimum(np.where(np.isfinite(first_Q), first_Q, np.inf), t1)
     return float(np.clip(end - start, 0.0, None).sum()) / (t1 - t0)
 
 
 def backlog(arrival_Q: np.ndarray, first_Q: np.ndarray, rejected_Q: np.ndarray, w0: float, w1: float) -> dict:
-    """The window's backlog (module docstring): ``early`` / ``late`` mean waiting requests over the
+    """The window's backlog (module docstring), ``first_Q`` the end of each request's wait (its
+    decode start): ``early`` / ``late`` mean waiting requests over the
     second and last quarter of [w0, w1], ``growth`` = late - early, ``arrivals_between`` = the
     window's arrival rate x (w1 - w0) / 2 (the quarters' midpoints lie half a window apart)."""
     keep = ~rejected_Q
@@ -240,7 +242,7 @@ def summarize(system, requests, obs, req, *, slo: SLO | None, ci_batches: int = 
         goodput=_goodput(slo, lat, done[win], span) if slo is not None else None,
         littles_law={"mean_in_system": obs.mean_in_system, "arrival_rate_per_s": lam,
                      "mean_e2e_s": float(np.nanmean(lat["e2e_s"])) if done[win].any() else math.nan},
-        kv_utilization=kv, queue_length=ql, backlog=backlog(arr, first, rejected, w0, w1),
+        kv_utilization=kv, queue_length=ql, backlog=backlog(arr, np.asarray(obs.decode_start_s), rejected, w0, w1),
         timeseries=tuple(obs.samples),
         per_request={"arrival_s": arr.tolist(), "prompt_tokens": requests.prompt_Q.tolist(),
                      "output_tokens": out.tolist(), "ttft_s": ttft.tolist(), "tpot_s": tpot.tolist(),

@@ -1,6 +1,8 @@
 """The observer: what the simulation records while it runs (the replicas call it; it never steers).
 
-Per request: first-token and finish times (plain lists indexed by request id). Over the
+Per request: first-token, decode-start and finish times (plain lists indexed by request id;
+decoding starts with the first token on a co-located replica, when a decode replica admits the
+request after its KV transfer when disaggregated). Over the
 measurement window [w0, w1]: output and prompt tokens processed (counted per iteration at its
 end, so exact), the time integral of requests in the system (for Little's law), busy time.
 Over time: KV utilization and queue length sampled every ``sample_interval_s`` by a SimPy
@@ -25,6 +27,7 @@ class Observer:
         self.w0, self.w1 = window_s
         self.first_s = [math.nan] * num_requests
         self.finish_s = [math.nan] * num_requests
+        self.decode_start_s = [math.nan] * num_requests
         self.rejected: list[int] = []
         self.preemptions = 0
         self.iterations = 0
@@ -70,8 +73,15 @@ class Observer:
     def on_first_token(self, replica, rid: int) -> None:
         if self.first_s[rid] != self.first_s[rid]:  # NaN: the first time only (not a recompute)
             self.first_s[rid] = self.env.now
+        if replica.role != "prefill":
+            self.on_decode_start(replica, rid)
+
+    def on_decode_start(self, replica, rid: int) -> None:
+        if self.decode_start_s[rid] != self.decode_start_s[rid]:  # the first time only
+            self.decode_start_s[rid] = self.env.now
 
     def on_finish(self, replica, rid: int) -> None:
+        self.on_decode_start(replica, rid)  # a one-token answer finishes at its prefill
         self.finish_s[rid] = self.env.now
         self._advance()
         self.in_system -= 1

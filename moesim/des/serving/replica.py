@@ -203,6 +203,7 @@ class Replica:
             self.kv_used += req.ctx[rid]
             if need == 0:
                 self._join(rid)
+                self.obs.on_decode_start(self, rid)  # a disaggregated request's KV is here: it decodes
                 budget -= 1
                 continue
             entry = [rid, need]
