@@ -172,6 +172,7 @@ def test_a_loose_ttft_limit_does_not_pass_an_overloaded_replica():
     # the walk's probes below the answer were missed because their backlog grew
     below = [p for p in v.probes if p["replicas"] < v.replicas]
     assert below and all(p["backlog"]["overloaded"] for p in below)
+    assert any(f"{v.replicas - 1} replicas do not keep up" in n for n in v.notes)
 
 
 def test_an_overloaded_decode_pool_grows_the_backlog_its_prefill_pool_does_not_see():

@@ -98,6 +98,8 @@ def _answer_text(result: PlanResult) -> str:
         head += (f"\n  verified by the serving DES: {rate} -> devices {a.devices_ci[0]}-{a.devices_ci[1]}, "
                  f"${a.usd_per_hour_ci[0]:,.2f}-{a.usd_per_hour_ci[1]:,.2f}/h; p99 TTFT {_ms(v.ttft_p99_s)} ms, "
                  f"p99 TPOT {_ms(v.tpot_p99_s)} ms")
+        for note in v.notes:
+            head += f"\n  serving DES: {note}"
     else:
         head += "\n  (analytic estimate; not verified by the serving DES)"
     return head

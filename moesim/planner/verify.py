@@ -251,6 +251,9 @@ def verify_with_des(ev: Evaluation, scenario, model, cache=None) -> Verification
     lo = best - 1 if below is not None and below.status(slo) != "missed" else best
     notes = () if best == 1 or below is not None else (
         f"{best - 1} replicas not probed (probe limit {MAX_PROBES}): {best} is an upper bound",)
+    if below is not None and below.overloaded:
+        notes += (f"{best - 1} replicas do not keep up: at {target / (best - 1):.3g} req/s per replica the queue "
+                  "waiting to decode grows over the window",)
     hi = best + 1 if p.status(slo) != "met" else best
     rate = target / best
     ttft, tpot = p.ttft_p99, p.tpot_p99
