@@ -14,13 +14,13 @@ bisecting a continuous sustainable rate (which costs ~7 simulations per seed):
 - overload: a probe whose backlog of requests waiting to decode (for their first token; when
   disaggregated, also for a decode slot after it) grows over the window
   (``moesim.des.serving.metrics.backlog``) is *missed* whatever its percentiles say. A finite
-  window cannot see that a queue growing without bound breaks a TTFT (or TPOT) limit that is long
-  against the window (one A100 serving 8,000-token prompts met p50 TTFT <= 60 s in a 54-s window at 2.3
-  times the load it sustains). Growth counts as overload above a tenth of the
+  window cannot see that a queue growing without bound breaks a TTFT (or TPOT) limit that is
+  long against the window (one A100 serving 8,000-token prompts met p50 TTFT <= 60 s in a 54-s
+  window at 2.3 times the load it sustains). Growth counts as overload above a tenth of the
   arrivals between the two quarters it compares and above 3 sd of their Poisson count: a replica
   that keeps up has a stationary backlog (growth within that noise), an overloaded one keeps
-  1 - mu / lambda of its arrivals (so overloads past ~11% are caught; milder ones move the count
-  by at most one replica at the loads probed);
+  1 - mu / lambda of its arrivals, so overloads past ~11% are caught (a milder one that meets
+  the percentiles in the window can under-count the replicas by up to that share of the load);
 - walk: start at the analytic count R0; while met, try R - 1 (down to 1); while missed, try
   R + 1 (at most ``MAX_PROBES`` probes, never past ``max_devices``). The search stops as soon as
   the count is decided: met at R*, missed at R* - 1 (or R* = 1). R* is the point answer.

@@ -13,12 +13,13 @@ independent, which is what the t-interval assumes. Fewer than 2k samples: no int
 
 Backlog (``backlog``): the mean number of requests waiting to decode (arrived, not rejected, not
 yet decoding: co-located, waiting for their first token; disaggregated, also for a decode
-replica to admit them after their prefill and KV transfer), time-averaged over the window's second quarter and over its last
-quarter, and their difference ``growth``. A system that keeps up with its arrivals has a
-stationary backlog (growth near 0, within the arrivals' Poisson noise); an overloaded one gains
-(1 - mu / lambda) of every arrival, so growth ~ (1 - mu / lambda) x ``arrivals_between`` (the
-window's arrivals over the half window separating the two quarters' midpoints). A finite window
-can meet a loose TTFT limit while its queue grows without bound; the growth says so.
+replica to admit them after their prefill and KV transfer), time-averaged over the window's
+second quarter and over its last quarter, and their difference ``growth``. A system that keeps
+up with its arrivals has a stationary backlog (growth near 0, within the arrivals' Poisson
+noise); an overloaded one gains (1 - mu / lambda) of every arrival, so growth ~ (1 - mu /
+lambda) x ``arrivals_between`` (the window's arrivals over the half window separating the two
+quarters' midpoints). A finite window can meet a loose TTFT limit while its queue grows without
+bound; the growth says so.
 
 Goodput: requests per second (over the window) that finished and met every limit of the SLO;
 ``attainment`` is their fraction of the window's arrivals (unfinished and rejected requests miss).
@@ -100,21 +101,21 @@ class Goodput:
         return _clean(asdict(self))
 
 
-def waiting_mean(arrival_Q: np.ndarray, first_Q: np.ndarray, t0: float, t1: float) -> float:
+def waiting_mean(arrival_Q: np.ndarray, until_Q: np.ndarray, t0: float, t1: float) -> float:
     """Time-average over [t0, t1] of the requests waiting: request q waits from its arrival to
-    ``first_Q`` (for ever when that is NaN or inf)."""
+    ``until_Q`` (for ever when that is NaN or inf)."""
     start = np.maximum(arrival_Q, t0)
-    end = np.minimum(np.where(np.isfinite(first_Q), first_Q, np.inf), t1)
+    end = np.minimum(np.where(np.isfinite(until_Q), until_Q, np.inf), t1)
     return float(np.clip(end - start, 0.0, None).sum()) / (t1 - t0)
 
 
-def backlog(arrival_Q: np.ndarray, first_Q: np.ndarray, rejected_Q: np.ndarray, w0: float, w1: float) -> dict:
-    """The window's backlog (module docstring), ``first_Q`` the end of each request's wait (its
-    decode start): ``early`` / ``late`` mean waiting requests over the
-    second and last quarter of [w0, w1], ``growth`` = late - early, ``arrivals_between`` = the
-    window's arrival rate x (w1 - w0) / 2 (the quarters' midpoints lie half a window apart)."""
+def backlog(arrival_Q: np.ndarray, until_Q: np.ndarray, rejected_Q: np.ndarray, w0: float, w1: float) -> dict:
+    """The window's backlog (module docstring), ``until_Q`` the end of each request's wait (its
+    decode start): ``early`` / ``late`` mean waiting requests over the second and last quarter
+    of [w0, w1], ``growth`` = late - early, ``arrivals_between`` = the window's arrival rate x
+    (w1 - w0) / 2 (the quarters' midpoints lie half a window apart)."""
     keep = ~rejected_Q
-    a, f = arrival_Q[keep], first_Q[keep]
+    a, f = arrival_Q[keep], until_Q[keep]
     q = (w1 - w0) / 4.0
     early, late = waiting_mean(a, f, w0 + q, w0 + 2 * q), waiting_mean(a, f, w1 - q, w1)
     arrived = float(((arrival_Q >= w0) & (arrival_Q <= w1)).sum())
