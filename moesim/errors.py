@@ -13,7 +13,14 @@ def _shown(value: object, limit: int = 120) -> str:
 
 
 class MoesimError(ValueError):
-    """Base class for errors caused by the user's input."""
+    """Base class for errors caused by the user's input.
+
+    A subclass with a constructor of its own sets ``_message`` and keeps its constructor's
+    arguments in ``args``, so that ``type(e)(*e.args)`` rebuilds the error: SimPy re-raises an
+    exception from a process that way (simpy/core.py Environment.step), and pickle (dask) too."""
+
+    def __str__(self) -> str:
+        return getattr(self, "_message", None) or super().__str__()
 
 
 class SpecError(MoesimError):
@@ -26,12 +33,7 @@ class SpecError(MoesimError):
         # value None: the field is missing or the rule is about a combination (nothing to quote)
         self._message = f"{field}: {allowed}" if value is None else f"{field}: {_shown(value)} is invalid; {allowed}"
         super().__init__(self._message)
-        # NOTE: args are the constructor's, so type(e)(*e.args) rebuilds the error: simpy re-raises
-        # an exception from a process that way (simpy/core.py Environment.step), pickle (dask) too
-        self.args = (field, value, allowed)
-
-    def __str__(self) -> str:
-        return self._message
+        self.args = (field, value, allowed)  # rebuildable (MoesimError)
 
 
 class UnknownNameError(MoesimError):
@@ -46,10 +48,7 @@ class UnknownNameError(MoesimError):
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(known))}"
         self._message = f"unknown {kind} {_shown(name)}; {hint}"
         super().__init__(self._message)
-        self.args = (kind, name, known)  # rebuildable as SpecError's (simpy, pickle)
-
-    def __str__(self) -> str:
-        return self._message
+        self.args = (kind, name, known)  # rebuildable (MoesimError)
 
 
 class InfeasibleError(MoesimError):

@@ -44,6 +44,8 @@ def test_schema_prints_json(capsys):
         (["hw", "show", "h100"], "unknown hardware profile 'h100'"),
         (["hw", "show", "/nonexistent/x.toml"], "no such file"),
         (["models", "show", "deepseek-v3", "--context", "-1"], "--context"),
+        # a typo in the probe span is refused before the search (it would simulate ~1e15 requests)
+        (["plan", "--set", "verify.duration_s=1e12"], "serving DES verification (verify.duration_s)"),
         # raised inside a simpy process: simpy rebuilds it as type(e)(*e.args) (it was an internal error)
         (["serve", "--model", "qwen3-30b-a3b", "--hw", "a100-sxm-80gb", "--devices", "1", "--rate", "1",
           "--duration", "5", "--prompt-len", "100", "--output-len", "10"], "dtype: 'fp8' is invalid; profile a100-sxm-80gb has peaks for"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from moesim.cli import Result, add_json_flag
+from moesim.cli import Result, add_json_flag, add_limit_flag, check_work
 from moesim.errors import SpecError
 from moesim.safeio import Outputs
 
@@ -30,6 +30,7 @@ def add_scenario_args(p: argparse.ArgumentParser, optional: bool = True) -> None
     p.add_argument("--report", metavar="FILE.html",
                    help="write a self-contained HTML report (answer, provenance, cost-latency chart, "
                         "step breakdowns, rejections)")
+    add_limit_flag(p)
     add_json_flag(p)
 
 
@@ -52,7 +53,23 @@ def load(args):
                                 "DES verifies serving plans); omit it or give 0")
         else:
             changes["verify.top_n"] = args.verify_top
-    return apply_changes(scenario, changes) if changes else scenario
+    scenario = apply_changes(scenario, changes) if changes else scenario
+    _check_verify_size(args, scenario)
+    return scenario
+
+
+def _check_verify_size(args, scenario) -> None:
+    """Refuse a serving-DES verification whose probes would simulate an absurd number of requests
+    (a typo such as verify.duration_s = 1e12; ``--allow-long`` overrides): the arrivals of the
+    largest probe, the whole target on one replica over its span (``verify.probe_duration_s``)."""
+    if scenario.kind != "serving" or scenario.verify.top_n == 0:
+        return
+    from moesim.commands.serve import MAX_REQUESTS
+    from moesim.planner.verify import probe_duration_s
+
+    rate = scenario.target_output_tokens_per_s / scenario.workload.output_len
+    check_work(args, "serving DES verification (verify.duration_s)", rate * probe_duration_s(scenario, rate),
+               MAX_REQUESTS, "simulated requests per probe")
 
 
 def small_search(scenario) -> dict:

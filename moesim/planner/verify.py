@@ -49,10 +49,13 @@ from moesim.planner import serving_policy
 from moesim.planner.evaluation import Evaluation, Verification
 
 MAX_PROBES = 6
-TTFT_WINDOWS = 10.0  # a probe's window spans at least this many TTFT limits (module docstring)
+TTFT_WINDOWS = 10.0  # a probe's window spans at least this many TTFT limits: at d = 10 T an overload
+# rho leaves the median request waiting ~(rho - 1) x 0.55 d, past T from rho ~1.18, so the SLO
+# percentile itself sees what the backlog test (~1.11) might not (module docstring)
 MIN_ARRIVALS = 2000  # a probe's arrivals, so that 3 sd of the half window's
 # arrivals (3 sqrt(900) = 90) is no more than a tenth of them (metrics.backlog_grows)
-MAX_SPAN = 10.0  # a probe spans at most this many verify.duration_s
+MAX_SPAN = 10.0  # a probe spans at most this many verify.duration_s: bounds the DES work of a stretched
+# probe at ten times what the scenario asked for (the default plan's verification: 0.1 s either way)
 _LIMITS = ("ttft_s", "tpot_s", "e2e_s")
 
 
