@@ -115,8 +115,9 @@ def _robust(r: np.ndarray, loss: str, scale: float) -> np.ndarray:
     raise MoesimError(f"loss {loss!r} unknown; use linear or soft_l1")
 
 
-def _residuals(cases, profile, loss: str = "linear", scale: float = 0.1) -> tuple[np.ndarray, list[str]]:
-    """Loss-shaped log(pred/measured) per usable case, weighted 1/sqrt(n_kind); ids skipped."""
+def _residuals(cases, profiles: dict, loss: str = "linear", scale: float = 0.1) -> tuple[np.ndarray, list[str]]:
+    """Loss-shaped log(pred/measured) per usable case (each on ``profiles[case.hardware]``),
+    weighted 1/sqrt(n_kind); ids skipped."""
     counts: dict[str, int] = {}
     for c in cases:
         counts[c.kind] = counts.get(c.kind, 0) + 1
@@ -124,7 +125,7 @@ def _residuals(cases, profile, loss: str = "linear", scale: float = 0.1) -> tupl
     for c in cases:
         predict, _ = predictor_for(c.kind)
         try:
-            value = float(predict(case_inputs(c), profile))
+            value = float(predict(case_inputs(c), profiles[c.hardware]))
         except UnsupportedCase:
             skipped.append(c.id)
             continue
@@ -133,12 +134,12 @@ def _residuals(cases, profile, loss: str = "linear", scale: float = 0.1) -> tupl
     return _robust(np.asarray(logs), loss, scale) * np.asarray(weights), skipped
 
 
-def _errors(cases, profile) -> list[float]:
+def _errors(cases, profiles: dict) -> list[float]:
     out = []
     for c in cases:
         predict, _ = predictor_for(c.kind)
         try:
-            out.append(abs(float(predict(case_inputs(c), profile)) - c.measured) / c.measured)
+            out.append(abs(float(predict(case_inputs(c), profiles[c.hardware])) - c.measured) / c.measured)
         except UnsupportedCase:
             pass
     return out
@@ -156,18 +157,37 @@ def default_params(cases: list[Case], profile: HardwareProfile) -> tuple[str, ..
     return tuple(names)
 
 
+def _with_fraction_dtypes(profile: HardwareProfile, cases, params) -> HardwareProfile:
+    """``profile`` whose GEMM compute fraction holds for the math dtypes of the GEMM ``cases``
+    fitting it (``gemm_fraction_dtypes``), so the fitted value is not applied to kernels it never
+    saw; unchanged when ``params`` does not fit the fraction or no case names a dtype."""
+    if "compute.gemm_compute_fraction" not in params:
+        return profile
+    dtypes = {case_inputs(c).get("dtype") for c in cases if c.kind in ("gemm", "grouped_gemm")} - {None}
+    if not dtypes:
+        return profile
+    compute = ComputeEfficiency.model_validate(
+        {**profile.efficiency.compute.model_dump(), "gemm_fraction_dtypes": sorted(dtypes)})
+    return profile.with_efficiency(profile.efficiency.model_copy(update={"compute": compute}))
+
+
 def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
               params: tuple[str, ...] | None = None, source: str = "",
               loss: str = "soft_l1", loss_scale: float = 0.1, starts: int = 6,
-              progress: bool = False) -> CalibrationResult:
+              progress: bool = False, siblings: tuple[HardwareProfile, ...] = ()) -> CalibrationResult:
     """Fit ``params`` (default: ``default_params``) of ``profile`` to the ``cases`` on it
     (``progress``: a bar over the starting points on stderr).
+
+    ``siblings``: profiles of the same silicon (the same SMs, kernels and dense peaks, another
+    fabric or memory: H100 beside H800) whose ``cases`` join the fit, each predicted on its own
+    profile with the parameters being fitted; the result is ``profile``'s.
 
     ``loss`` is scipy's least_squares loss (``linear`` = plain squared log error);
     ``loss_scale`` the log error at which a robust loss starts to flatten; ``starts`` the
     number of extra (seeded, reproducible) starting points.
     """
-    cases = [c for c in cases if c.hardware == profile.name]
+    on = {profile.name: profile, **{s.name: s for s in siblings}}
+    cases = [c for c in cases if c.hardware in on]
     if params is None:
         # NOTE: only kinds that declare parameters take part; training or serving rows are
         # predicted from what gemm and all_to_all fitted, never fitted on themselves.
@@ -178,13 +198,19 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
     kinds = tuple(sorted({c.kind for c in cases}))
     if not params:
         raise MoesimError(f"the case kinds {', '.join(kinds)} declare no parameters to fit")
+    profile = _with_fraction_dtypes(profile, cases, params)
+
+    def fitted_on(values: dict) -> dict:
+        return {name: with_params(profile if name == profile.name else sib.with_efficiency(profile.efficiency), values)
+                for name, sib in on.items()}
+
     bounds = [param_bounds(p) for p in params]
     x0 = np.array([min(max(get_param(profile, p), lo), hi) for p, (lo, hi) in zip(params, bounds)])
-    before = _errors(cases, profile)
-    _, skipped = _residuals(cases, profile)
+    before = _errors(cases, fitted_on({}))
+    _, skipped = _residuals(cases, fitted_on({}))
 
     def fun(x):
-        return _residuals(cases, with_params(profile, dict(zip(params, x))), loss, loss_scale)[0]
+        return _residuals(cases, fitted_on(dict(zip(params, x))), loss, loss_scale)[0]
 
     lo = np.array([b[0] for b in bounds])
     hi = np.array([b[1] for b in bounds])
@@ -203,7 +229,7 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
             best = fit
     values = {p: float(v) for p, v in zip(params, best.x)}
     fitted = with_params(profile, values)
-    after = _errors(cases, fitted)
+    after = _errors(cases, fitted_on(values))
     date = _dt.date.today().isoformat()
     origin = (
         f"calibrated {date} on {len(after)} cases ({', '.join(kinds)}) of {source or 'a case set'}: "

@@ -19,6 +19,9 @@ from moesim import units
 from moesim.errors import SpecError
 from moesim.specs.common import DTYPES, Dtype, Spec, canonical_dtype
 
+# dtypes whose tensor-core math runs at one rate on every profile (equal dense peaks, one kernel
+# family): a GEMM fraction measured on one holds for the other (ComputeEfficiency.gemm_fraction)
+_SAME_RATE: dict[str, set[str]] = {"bf16": {"bf16", "fp16"}, "fp16": {"bf16", "fp16"}}
 
 
 class Sourced(Spec):
@@ -183,6 +186,12 @@ class ComputeEfficiency(Spec):
     gemm_compute_fraction: float = Field(
         0.80, gt=0, le=1, description="fraction of the dense peak a large GEMM sustains"
     )
+    gemm_fraction_dtypes: tuple[str, ...] = Field(
+        (), description="the math dtypes gemm_compute_fraction was measured on (its calibration "
+        "rows); a GEMM in another dtype runs at the generic prior fraction, since a fraction fitted "
+        "on one kernel family (FP8 DeepGEMM, BF16 cuBLAS) says nothing of another's sustained rate. "
+        "fp16 and bf16 share one tensor-core rate, so either covers both. Empty: every dtype"
+    )
     gemm_memory_fraction: float = Field(
         0.85, gt=0, le=1, description="fraction of HBM bandwidth a memory-bound GEMM sustains"
     )
@@ -208,6 +217,23 @@ class ComputeEfficiency(Spec):
     attention_memory_fraction: float = Field(
         0.80, gt=0, le=1, description="fraction of HBM bandwidth decode attention sustains"
     )
+
+    @field_validator("gemm_fraction_dtypes", mode="before")
+    @classmethod
+    def _canonical_dtypes(cls, v):
+        return tuple(sorted({canonical_dtype(d, field="gemm_fraction_dtypes") for d in v}))
+
+    def gemm_fraction(self, dtype: str) -> float:
+        """The compute fraction a GEMM whose math runs in ``dtype`` sustains: the fitted
+        ``gemm_compute_fraction`` where its calibration measured ``dtype`` (or any dtype, when
+        ``gemm_fraction_dtypes`` is empty), the generic prior elsewhere."""
+        if not self.gemm_fraction_dtypes:
+            return self.gemm_compute_fraction
+        key = canonical_dtype(dtype)
+        family = _SAME_RATE.get(key, {key})
+        if family & set(self.gemm_fraction_dtypes):
+            return self.gemm_compute_fraction
+        return type(self).model_fields["gemm_compute_fraction"].default
 
     @model_validator(mode="before")
     @classmethod
