@@ -12,7 +12,7 @@ import pytest
 from moesim.cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--small", "--verify-top", "0", "--set", "hardware=h200-sxm,b200"]
+SMALL = ["--small", "--verify-top", "0", "--set", "hardware=h200-sxm,b300"]
 PROVENANCE = ("efficiency_origin", "prior_only", "price_provider", "price_quality", "price_as_of", "price_basis",
               "error_band_kind", "error_band_typical_pct", "error_band_worst_pct", "error_band_sample",
               "error_band_widened_by")
@@ -52,11 +52,11 @@ def test_whatif_json_and_csv_carry_the_same_provenance(tmp_path, capsys):
         assert first["rank_key"] == cands[0]["rank_key"]
         for k in PROVENANCE:
             assert str(cands[0][k]) == first[k], (side, k)
-    # the band is the plan's forecast kind's, widened on a prior-only profile (b200 ships prior-only)
+    # the band is the plan's forecast kind's, widened on a prior-only profile (b300 ships prior-only)
     by_hw = {r["hardware"]: r for r in rows}
-    assert by_hw["b200"]["prior_only"] == "True" and float(by_hw["b200"]["error_band_widened_by"]) > 1.0
+    assert by_hw["b300"]["prior_only"] == "True" and float(by_hw["b300"]["error_band_widened_by"]) > 1.0
     assert by_hw["h200-sxm"]["prior_only"] == "False" and float(by_hw["h200-sxm"]["error_band_widened_by"]) == 1.0
-    assert float(by_hw["b200"]["error_band_typical_pct"]) > float(by_hw["h200-sxm"]["error_band_typical_pct"])
+    assert float(by_hw["b300"]["error_band_typical_pct"]) > float(by_hw["h200-sxm"]["error_band_typical_pct"])
 
 
 def test_plan_csv_has_the_shared_provenance_columns(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """Calibrate the built-in profiles on the published calibration set and write their [efficiency].
 
 ``python -m validation.calibrate_published [CASES.json]`` starts every profile that has
-calibratable cases in the file (gemm, grouped_gemm, all_to_all) from the generic prior, fits
+calibratable cases (gemm, grouped_gemm, all_to_all) in the file or in ``PROFILE_FIT_FILES``
+(XLA's B200 matmul table) from the generic prior, fits
 the parameters those cases can identify with ``moesim.calibrate`` and rewrites the profile's
 ``[efficiency]`` tables in hwprofiles/ (keeping every other line). The errors it prints are
 in-sample; ``moesim validate validation/data/published-eval.json`` is the out-of-sample check.
@@ -49,6 +50,18 @@ DEFAULT_CASES = Path(__file__).parent / "data" / "published-calibration.json"
 STACK_FIT_FILES: tuple[Path, ...] = (Path(__file__).parent / "data" / "published-e2e-serving-2.json",
                                      # AMD's ROCm vLLM 0.7.3 table: the vllm-rocm stack (docs/evidence.md)
                                      Path(__file__).parent / "data" / "published-calibration-serving.json")
+
+# further whole sources the per-profile fits read (every row, whatever its file's role): XLA's
+# sm_100 matmul table is the only B200 GEMM measurement, so b200's GEMM compute fraction (bf16 /
+# fp8, the dtypes it measured) cannot be identified without it (docs/accuracy.md session 24)
+PROFILE_FIT_FILES: tuple[Path, ...] = (Path(__file__).parent / "data" / "published-calibration-xla-gemm.json",)
+
+# profile -> profiles of the same silicon whose GEMM rows join its compute fit (each row predicted on
+# its own profile with the parameters being fitted): XLA's sm_90 BF16 matmuls ran on an H100 (the
+# table's H100 80GB HBM3 label), the H800's DeepGEMM rows are FP8; one GH100 fit over both dtypes
+# (hardware-specs.md s1-s2: same SMs, kernels and dense peaks), which TRANSFER then gives to H100 / H200
+SAME_SILICON: dict[str, tuple[str, ...]] = {"h800-sxm": ("h100-sxm",)}
+COMPUTE_KINDS = ("gemm", "grouped_gemm")
 
 # target profile -> {efficiency section: profile whose fitted section it takes}
 TRANSFER: dict[str, dict[str, str]] = {
@@ -144,10 +157,25 @@ def main(argv: list[str] | None = None) -> int:
     casefile = load_cases(path)
     from moesim.step_cases import JOINT_KINDS
 
-    usable = [c for c in casefile.cases if predictor_for(c.kind)[1] and c.kind not in JOINT_KINDS]
-    for name in sorted({c.hardware for c in usable}):
+    by_file = {path: casefile.cases, **{f: load_cases(f).cases for f in PROFILE_FIT_FILES}}
+    usable = {f: [c for c in cases if predictor_for(c.kind)[1] and c.kind not in JOINT_KINDS]
+              for f, cases in by_file.items()}
+    pooled = {s: d for d, sibs in SAME_SILICON.items() for s in sibs}  # sibling -> the profile it joins
+    for name in sorted({c.hardware for cases in usable.values() for c in cases}):
         prior = load_profile(name).with_efficiency(Efficiency())
-        result = calibrate(usable, prior, source=f"validation/data/{path.name}")
+        sibs = tuple(load_profile(s).with_efficiency(Efficiency()) for s in SAME_SILICON.get(name, ()))
+
+        def mine(c):  # this profile's rows, its siblings' GEMM rows, not its GEMM rows another fit takes
+            if c.hardware == name:
+                return not (name in pooled and c.kind in COMPUTE_KINDS)
+            return c.hardware in SAME_SILICON.get(name, ()) and c.kind in COMPUTE_KINDS
+
+        files = [f for f, cases in usable.items() if any(mine(c) for c in cases)]
+        rows = [c for f in files for c in usable[f] if mine(c)]
+        if not rows:
+            continue
+        result = calibrate(rows, prior, source=", ".join(f"validation/data/{f.name}" for f in files),
+                           siblings=sibs)
         replace_efficiency(_profiles_dir() / f"{name}.toml", result.profile.efficiency)
         print(f"{name}: {result.n_cases} cases ({', '.join(result.kinds)}); "
               f"median |err| {result.median_abs_rel_error_before:.3f} -> {result.median_abs_rel_error_after:.3f}, "
