@@ -180,7 +180,9 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
 
     ``siblings``: profiles of the same silicon (the same SMs, kernels and dense peaks, another
     fabric or memory: H100 beside H800) whose ``cases`` join the fit, each predicted on its own
-    profile with the parameters being fitted; the result is ``profile``'s.
+    profile with the compute section being fitted (a sibling keeps its own communication and
+    memory-capacity terms, so only kinds whose parameters are all ``compute.*`` may come from a
+    sibling: another kind there is refused, naming the case); the result is ``profile``'s.
 
     ``loss`` is scipy's least_squares loss (``linear`` = plain squared log error);
     ``loss_scale`` the log error at which a robust loss starts to flatten; ``starts`` the
@@ -198,11 +200,17 @@ def calibrate(cases: tuple[Case, ...] | list[Case], profile: HardwareProfile,
     kinds = tuple(sorted({c.kind for c in cases}))
     if not params:
         raise MoesimError(f"the case kinds {', '.join(kinds)} declare no parameters to fit")
+    for c in cases:
+        if c.hardware != profile.name and any(_split(p)[0] != "compute" for p in default_params([c], on[c.hardware])):
+            raise MoesimError(f"case {c.id!r} ({c.kind}) is on sibling {c.hardware!r}, which shares only the compute "
+                              f"section with {profile.name!r}: fit it on its own profile")
     profile = _with_fraction_dtypes(profile, cases, params)
 
     def fitted_on(values: dict) -> dict:
-        return {name: with_params(profile if name == profile.name else sib.with_efficiency(profile.efficiency), values)
-                for name, sib in on.items()}
+        fitted = with_params(profile, values)
+        compute = {"compute": fitted.efficiency.compute}
+        return {name: fitted if name == profile.name else
+                sib.with_efficiency(sib.efficiency.model_copy(update=compute)) for name, sib in on.items()}
 
     bounds = [param_bounds(p) for p in params]
     x0 = np.array([min(max(get_param(profile, p), lo), hi) for p, (lo, hi) in zip(params, bounds)])

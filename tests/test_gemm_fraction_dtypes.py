@@ -2,14 +2,19 @@
 (ComputeEfficiency.gemm_fraction_dtypes); other dtypes run at the generic prior."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from moesim.calibrate import calibrate
-from moesim.cases import parse_cases
+from moesim.cases import load_cases, parse_cases
 from moesim.catalog import _profiles_dir, load_profile, replace_efficiency
 from moesim.compute.gemm import gemm_time
+from moesim.errors import MoesimError
 from moesim.specs.hardware import ComputeEfficiency, Efficiency
+
+_CAL = Path(__file__).resolve().parents[1] / "validation" / "data" / "published-calibration.json"
 
 PRIOR = ComputeEfficiency().gemm_compute_fraction
 
@@ -105,3 +110,22 @@ def test_same_silicon_rows_join_the_fit_on_their_own_profile():
     assert joint.profile.efficiency.compute.gemm_fraction_dtypes == ("bf16", "fp8")
     alone = calibrate(rows, h800, param, starts=0)
     assert alone.n_cases == 4 and alone.profile.efficiency.compute.gemm_fraction_dtypes == ("fp8",)
+
+
+def test_a_sibling_shares_only_the_compute_section():
+    """A sibling's all-to-all row would fit the main profile's comm terms on another fabric
+    (H100's NVLink beside H800's): refused, naming the case. The sibling's GEMM rows, priced
+    with its own shipped comm section and the fitted compute section, still fit 0.6."""
+    h800 = load_profile("h800-sxm").with_efficiency(Efficiency())
+    h100 = load_profile("h100-sxm")
+    a2a = next(c for c in load_cases(_CAL).of_kind("all_to_all"))
+    moved = parse_cases({"schema": "moesim-cases/1", "cases": [
+        {"id": "a2a-on-h100", "kind": "all_to_all", "hardware": "h100-sxm", "inputs": dict(a2a.inputs),
+         "measured": {"metric": a2a.metric, "value": a2a.measured}, "source": "planted"}]}, "planted").cases
+    rows = _gemm_rows("fp8", 0.6, h800)
+    with pytest.raises(MoesimError, match="a2a-on-h100.*sibling 'h100-sxm'.*compute"):
+        calibrate(rows + moved, h800, siblings=(h100,))
+    truth = h100.with_efficiency(Efficiency())
+    joint = calibrate(rows + _gemm_rows("bf16", 0.6, truth), h800, ("compute.gemm_compute_fraction",), starts=0,
+                      siblings=(h100,))
+    assert joint.params["compute.gemm_compute_fraction"] == pytest.approx(0.6, rel=1e-3)
