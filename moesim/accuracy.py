@@ -22,7 +22,7 @@ out-of-sample, per case kind (``moesim validate --logo``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import median
 from typing import Iterable, Sequence
 
@@ -43,18 +43,29 @@ class ClassSummary:
     median_abs_rel_error: float | None
     max_abs_rel_error: float | None
     signed_median_rel_error: float | None
+    unpriced: int = 0  # cases of the kind this class could not price (``GroupFolds.unpriced``)
 
     @staticmethod
-    def of(errors: Sequence[float]) -> "ClassSummary":
+    def of(errors: Sequence[float], unpriced: int = 0) -> "ClassSummary":
         if not errors:
-            return ClassSummary(0, None, None, None)
+            return ClassSummary(0, None, None, None, unpriced)
         return ClassSummary(len(errors), median(abs(e) for e in errors), max(abs(e) for e in errors),
-                            median(errors))
+                            median(errors), unpriced)
 
     def to_dict(self) -> dict:
         return {"n": self.n, "median_abs_rel_error": self.median_abs_rel_error,
                 "max_abs_rel_error": self.max_abs_rel_error,
-                "signed_median_rel_error": self.signed_median_rel_error}
+                "signed_median_rel_error": self.signed_median_rel_error, "unpriced": self.unpriced}
+
+
+@dataclass(frozen=True)
+class GroupFolds:
+    """Leave-one-group-out over every group: each priced case's rel error, and each case that
+    was not priced with why (its fold's refit refused, or its prediction was not ok), so a
+    count that falls says which cases left it."""
+
+    errors: dict[str, float]
+    unpriced: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -63,10 +74,11 @@ class AccuracyTable:
 
     summary: dict[str, dict[str, ClassSummary]]
     case_errors: dict[str, dict[str, float]]
+    unpriced: dict[str, dict[str, str]] = field(default_factory=dict)  # class -> case id -> why not priced
 
     def to_dict(self) -> dict:
         return {"summary": {k: {c: s.to_dict() for c, s in v.items()} for k, v in self.summary.items()},
-                "cases": self.case_errors}
+                "cases": self.case_errors, "unpriced": self.unpriced}
 
 
 def _prior_values(params: Iterable[str]) -> dict[str, float]:
@@ -104,6 +116,10 @@ def _errors(preds: Iterable[CasePrediction]) -> dict[str, float]:
     return {p.id: p.rel_error for p in preds if p.status == "ok"}
 
 
+def _unpriced(preds: Iterable[CasePrediction]) -> dict[str, str]:
+    return {p.id: f"{p.status}: {p.reason}" for p in preds if p.status != "ok"}
+
+
 def _predict(cases: Sequence[Case], profiles: dict, stacks=None) -> list[CasePrediction]:
     out = []
     for c in cases:
@@ -112,19 +128,29 @@ def _predict(cases: Sequence[Case], profiles: dict, stacks=None) -> list[CasePre
     return out
 
 
-def leave_one_group_out(calibration: Sequence[Case], cases: Sequence[Case], by: str) -> dict[str, float]:
-    """case id -> rel error when its group (``by`` = "source" or "hardware") is left out of every fit."""
+def group_folds(calibration: Sequence[Case], cases: Sequence[Case], by: str) -> GroupFolds:
+    """Each case's rel error when its group (``by`` = "source" or "hardware") is left out of
+    every fit; a fold whose refit is refused leaves each of its cases unpriced with the reason."""
     key = (lambda c: c.group) if by == "source" else (lambda c: c.hardware)
-    out: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    unpriced: dict[str, str] = {}
     for group in sorted({key(c) for c in cases}):
         held = [c for c in cases if key(c) == group]
         fit_set = [c for c in calibration if key(c) != group]
         try:
             profiles, stacks = _refit_profiles(fit_set, held)
-        except (UnsupportedCase, PredictorError):
+        except (UnsupportedCase, PredictorError) as exc:
+            unpriced.update({c.id: f"the refit without {by} {group!r} was refused: {exc}" for c in held})
             continue
-        out.update(_errors(_predict(held, profiles, stacks)))
-    return out
+        preds = _predict(held, profiles, stacks)
+        errors.update(_errors(preds))
+        unpriced.update(_unpriced(preds))
+    return GroupFolds(errors, unpriced)
+
+
+def leave_one_group_out(calibration: Sequence[Case], cases: Sequence[Case], by: str) -> dict[str, float]:
+    """case id -> rel error when its group is left out of every fit (``group_folds``' errors)."""
+    return group_folds(calibration, cases, by).errors
 
 
 def accuracy_table(cases: Sequence[Case], logo: bool = True) -> AccuracyTable:
@@ -132,18 +158,21 @@ def accuracy_table(cases: Sequence[Case], logo: bool = True) -> AccuracyTable:
     calibration = [c for c in cases if c.role == "calibration"]
     evaluation = [c for c in cases if c.role != "calibration"]
     shipped = {h: load_profile(h) for h in {c.hardware for c in cases}}
-    errs = {"in_sample": _errors(_predict(calibration, shipped)),
-            "out_of_sample": _errors(_predict(evaluation, shipped))}
+    folds = {}
+    for cls, sample in (("in_sample", calibration), ("out_of_sample", evaluation)):
+        preds = _predict(sample, shipped)
+        folds[cls] = GroupFolds(_errors(preds), _unpriced(preds))
     if logo:
-        errs["leave_one_source_out"] = leave_one_group_out(calibration, cases, "source")
-        errs["leave_one_hardware_out"] = leave_one_group_out(calibration, cases, "hardware")
+        folds["leave_one_source_out"] = group_folds(calibration, cases, "source")
+        folds["leave_one_hardware_out"] = group_folds(calibration, cases, "hardware")
     kind_of = {c.id: c.kind for c in cases}
     summary = {}
     for kind in sorted({c.kind for c in cases}):
-        summary[kind] = {cls: ClassSummary.of([e for i, e in errs[cls].items() if kind_of[i] == kind])
-                         for cls in CLASSES if cls in errs}
-    per_case = {c.id: {cls: errs[cls][c.id] for cls in errs if c.id in errs[cls]} for c in cases}
-    return AccuracyTable(summary, per_case)
+        summary[kind] = {cls: ClassSummary.of([e for i, e in folds[cls].errors.items() if kind_of[i] == kind],
+                                              sum(kind_of[i] == kind for i in folds[cls].unpriced))
+                         for cls in CLASSES if cls in folds}
+    per_case = {c.id: {cls: folds[cls].errors[c.id] for cls in folds if c.id in folds[cls].errors} for c in cases}
+    return AccuracyTable(summary, per_case, {cls: f.unpriced for cls, f in folds.items()})
 
 
 # ``moesim validate --by KEY``: the shipped model's errors per group of cases

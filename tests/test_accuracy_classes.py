@@ -74,3 +74,30 @@ def test_cli_logo_table_and_exit_code(tmp_path, capsys):
                    '"measured": {"metric": "tokens_per_s_per_device", "value": 1000}}]}')
     assert run(["validate", str(bad)]) == 1
     assert "x1" in capsys.readouterr().err
+
+
+def test_a_refused_fold_leaves_its_cases_unpriced_with_the_reason(monkeypatch):
+    """A fold whose refit is refused drops no case silently: each of its cases is listed as not
+    priced with the reason, the other fold is priced as before, and the class summary counts them."""
+    import moesim.accuracy as acc
+    from moesim.validate import UnsupportedCase
+
+    a = [dataclasses.replace(c, group="A") for c in GEMM_CAL[:9]]
+    b = [dataclasses.replace(c, group="B") for c in GEMM_CAL[9:]]
+    real = acc._refit_profiles
+
+    def refit(fit_set, held):
+        if held[0].group == "A":
+            raise UnsupportedCase("planted refusal")
+        return real(fit_set, held)
+
+    monkeypatch.setattr(acc, "_refit_profiles", refit)
+    folds = acc.group_folds(a + b, a + b, "source")
+    assert set(folds.unpriced) == {c.id for c in a} and set(folds.errors) == {c.id for c in b}
+    assert all("without source 'A'" in r and "planted refusal" in r for r in folds.unpriced.values())
+    assert folds.errors == leave_one_group_out(a + b, b, "source")
+    tab = acc.accuracy_table(a + b)  # one hardware fold, holding all 18 rows: A's first, so refused
+    gemm = tab.summary["gemm"]
+    assert (gemm["leave_one_source_out"].n, gemm["leave_one_source_out"].unpriced) == (len(b), len(a))
+    assert (gemm["leave_one_hardware_out"].n, gemm["leave_one_hardware_out"].unpriced) == (0, len(a + b))
+    assert gemm["in_sample"].unpriced == 0 and set(tab.to_dict()["unpriced"]["leave_one_source_out"]) == set(folds.unpriced)

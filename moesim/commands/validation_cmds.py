@@ -49,9 +49,10 @@ def _fmt(x: float | None) -> str:
 
 
 def _cls(s) -> str:
+    unpriced = f", {s.unpriced} not priced" if s is not None and s.unpriced else ""
     if s is None or not s.n:
-        return "-"
-    return f"{s.median_abs_rel_error * 100:.1f} / {s.max_abs_rel_error * 100:.1f} ({s.n})"
+        return f"- (0{unpriced})" if unpriced else "-"
+    return f"{s.median_abs_rel_error * 100:.1f} / {s.max_abs_rel_error * 100:.1f} ({s.n}{unpriced})"
 
 
 def validate_cmd(args) -> Result:
