@@ -110,28 +110,41 @@ def prior_profile(profile):
     return profile.with_efficiency(Efficiency())
 
 
-def _errors(report, kind: str) -> list[float]:
-    return [abs(c.rel_error) for c in report.cases if c.kind == kind and c.status == "ok"]
+def _errors(report, kind: str, ids: set | None = None) -> list[float]:
+    return [abs(c.rel_error) for c in report.cases
+            if c.kind == kind and c.status == "ok" and (ids is None or c.id in ids)]
+
+
+def _priced(report) -> set:
+    return {c.id for c in report.cases if c.status == "ok"}
 
 
 def bands_from_reports(shipped, prior, sample: str, date: str) -> dict:
     """Band entries from two validation reports of the same case file: ``shipped`` (profiles as
-    shipped) and ``prior`` (efficiencies reset to the generic prior). Pure; the command writes it."""
+    shipped) and ``prior`` (efficiencies reset to the generic prior). Pure; the command writes it.
+
+    The prior figures are over the cases both reports priced (``prior_n``; end-to-end serving
+    rows, which the planner prices only with catalog profiles, are not priced with a prior one),
+    beside the shipped figures over the same cases (``paired_*``): the ratio of the two is like
+    for like, where the kind's whole-sample median would compare different rows."""
     if sample not in ("out-of-sample", "in-sample"):
         raise MoesimError(f"--sample {sample!r}: allowed: out-of-sample, in-sample")
+    both = _priced(shipped) & _priced(prior)
     entries = []
     for kind in sorted({c.kind for c in shipped.cases}):
-        a, b = _errors(shipped, kind), _errors(prior, kind)
+        a, b, paired = _errors(shipped, kind), _errors(prior, kind, both), _errors(shipped, kind, both)
         if not a:
             continue
         entries.append({
             "kind": kind, "sample": sample, "source": shipped.source, "date": date, "n": len(a),
-            "median_abs_rel_error": median(a), "max_abs_rel_error": max(a),
+            "median_abs_rel_error": median(a), "max_abs_rel_error": max(a), "prior_n": len(b),
             "prior_median_abs_rel_error": median(b) if b else None,
             "prior_max_abs_rel_error": max(b) if b else None,
+            "paired_median_abs_rel_error": median(paired) if paired else None,
+            "paired_max_abs_rel_error": max(paired) if paired else None,
         })
-    pooled_a = [e for k in COMPONENT_KINDS for e in _errors(shipped, k)]
-    pooled_b = [e for k in COMPONENT_KINDS for e in _errors(prior, k)]
+    pooled_a = [e for k in COMPONENT_KINDS for e in _errors(shipped, k, both)]
+    pooled_b = [e for k in COMPONENT_KINDS for e in _errors(prior, k, both)]
     widening = None
     if sample == "out-of-sample" and pooled_a and pooled_b:
         widening = {"source": shipped.source, "date": date, "n": len(pooled_a),
@@ -168,8 +181,9 @@ class Bands:
         """How much wider a prior-only profile's band is: the measured prior/shipped error ratio."""
         ratios = [1.0]
         e = self.entry(kind)
-        if e and e.get("prior_median_abs_rel_error") and e["median_abs_rel_error"] > 0:
-            ratios.append(e["prior_median_abs_rel_error"] / e["median_abs_rel_error"])
+        shipped = (e or {}).get("paired_median_abs_rel_error", (e or {}).get("median_abs_rel_error"))
+        if e and e.get("prior_median_abs_rel_error") and shipped:  # like for like: the same cases
+            ratios.append(e["prior_median_abs_rel_error"] / shipped)
         w = self.data.get("prior_widening")
         if w and w["median_abs_rel_error"] > 0:
             ratios.append(w["prior_median_abs_rel_error"] / w["median_abs_rel_error"])

@@ -113,6 +113,27 @@ def test_prior_only_band_is_wider_by_the_measured_ratio():
     assert pri.widened_by >= w["prior_median_abs_rel_error"] / w["median_abs_rel_error"] - 1e-12
 
 
+def test_prior_band_compares_the_same_cases():
+    """Prior profiles cannot price end-to-end serving rows (the planner loads catalog profiles):
+    the prior figures are over the cases both runs priced, beside the shipped ones over the same
+    cases, and the widening is their ratio (3x here), not prior-subset / whole-sample (0.3 / 0.2)."""
+    from types import SimpleNamespace as NS
+
+    from moesim.provenance import bands_from_reports
+
+    def report(rows):
+        return NS(source="planted.json", cases=[NS(id=i, kind="serving", status=st, rel_error=e) for i, st, e in rows])
+
+    shipped = report([("a", "ok", 0.1), ("b", "ok", 0.2), ("c", "ok", -0.9)])
+    prior = report([("a", "ok", -0.3), ("b", "unsupported", None), ("c", "unsupported", None)])
+    e = bands_from_reports(shipped, prior, "out-of-sample", "2026-12-07")["entries"][0]
+    assert (e["n"], e["median_abs_rel_error"], e["max_abs_rel_error"]) == (3, 0.2, 0.9)
+    assert (e["prior_n"], e["prior_median_abs_rel_error"], e["paired_median_abs_rel_error"]) == (1, 0.3, 0.1)
+    bands = Bands({"entries": [e]})
+    assert_allclose(bands.prior_factor("serving"), 3.0, rtol=1e-12)
+    assert_allclose(bands.band("serving", prior_only=True).median_abs_rel_error, 0.6, rtol=1e-12)
+
+
 def test_write_bands_regenerates_the_entries(tmp_path, capsys):
     out = tmp_path / "bands.json"
     assert run(["validate", str(ROOT / "validation/data/published-eval.json"), "--write-bands", str(out)]) == 0
@@ -184,9 +205,12 @@ def test_docs_error_table_is_the_bands_file():
     """docs/validation.md's table rows are the shipped bands (regenerate both together)."""
     doc = (ROOT / "docs/validation.md").read_text()
     for e in read_error_bands()["entries"]:
+        def pct(x):
+            return "-" if x is None else f"{x:.1%}"
+
         row = (f"| {e['kind']} | {e['sample']} | {e['n']} | {e['median_abs_rel_error']:.1%} | "
-               f"{e['max_abs_rel_error']:.1%} | {e['prior_median_abs_rel_error']:.1%} | "
-               f"{e['prior_max_abs_rel_error']:.1%} | `{e['source']}` |")
+               f"{e['max_abs_rel_error']:.1%} | {e['prior_n']} | {pct(e['paired_median_abs_rel_error'])} | "
+               f"{pct(e['prior_median_abs_rel_error'])} | {pct(e['prior_max_abs_rel_error'])} | `{e['source']}` |")
         assert row in doc, row
 
 
