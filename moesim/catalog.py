@@ -8,13 +8,15 @@ any file, e.g. one holding credentials). Loaded specs are cached by file content
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 try:  # Python 3.11+; the tomli backport (a dependency on 3.10) is the same parser
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, Mapping, TypeVar
 
 import tomli_w
 from pydantic import BaseModel, ValidationError
@@ -239,9 +241,30 @@ def list_profiles() -> list[str]:
     return _names(_profiles_dir())
 
 
+# profiles that replace catalog ones of the same name within a `profile_overrides` block
+_OVERRIDES: ContextVar[Mapping[str, HardwareProfile]] = ContextVar("profile_overrides", default={})
+
+
+@contextmanager
+def profile_overrides(profiles: Mapping[str, HardwareProfile]) -> Iterator[None]:
+    """Within the block (this thread or task only), ``load_profile(name)`` returns
+    ``profiles[name]`` for those names: code that loads profiles by name, the planner's
+    in-process (``executor="inline"``) search, priced on a calibrated or modified profile.
+    A process pool started inside the block does not see it."""
+    token = _OVERRIDES.set({**_OVERRIDES.get(), **profiles})
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
 def load_profile(name: str) -> HardwareProfile:
     """A built-in profile by exact name, or a user's profile TOML by path (relative to the
-    working directory: resolve names written in files with :func:`moesim.safeio.resolve_named`)."""
+    working directory: resolve names written in files with :func:`moesim.safeio.resolve_named`);
+    inside ``profile_overrides``, the profile given for that name."""
+    override = _OVERRIDES.get().get(name)
+    if override is not None:
+        return override
     return _CACHE.load(HardwareProfile, _spec_path("hardware profile", name, _profiles_dir(), list_profiles),
                        "hardware profile")
 

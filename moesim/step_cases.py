@@ -451,18 +451,23 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     vLLM's --max-num-seqs) become the scenario's ``engine`` settings, each honoured by the
     scheduler that reads it and flagged as ignored under the other. ``stacks``: the
     table to price the stack with (a fit's trial values, passed to the planner as the explicit
-    ``SoftwareStack``); None: the shipped table, by name."""
+    ``SoftwareStack``); None: the shipped table, by name. ``hw`` may be a calibrated or modified
+    profile: the in-process planner search loads it by its name (``catalog.profile_overrides``)."""
     from moesim.planner import serving_policy
     from moesim.planner.plan import plan
     from moesim.planner.scenario import scenario_from_dict
 
-    from moesim.catalog import load_profile
+    from moesim.catalog import load_profile, profile_overrides
 
     if model.name != str(inputs["model"]):
         raise UnsupportedCase("an end-to-end row needs a model preset (the planner loads it by name)")
-    if hw != load_profile(hw.name):
-        raise UnsupportedCase("end-to-end rows are priced with the catalog profile of that name (the planner "
-                              "loads profiles by name); a modified or calibrated profile cannot be passed yet")
+    try:
+        catalog = hw == load_profile(hw.name)
+    except MoesimError:  # a user's profile of a name the catalog lacks
+        catalog = False
+    if not catalog:  # a calibrated or modified profile: the planner, which loads by name, gets it
+        with profile_overrides({hw.name: hw}):
+            return planned_serving(inputs, model, hw, devices, tp, layout, stacks)
     dtype = str(inputs["dtype"])
     tpot = inputs.get("tpot_limit_s")
     ttft = inputs.get("ttft_limit_s")
