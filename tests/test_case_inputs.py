@@ -152,10 +152,16 @@ def test_end_to_end_rows_go_through_the_planner():
     best = max(r.evaluation.tokens_per_s / r.evaluation.candidate.devices for r in plan(sc, executor="inline").ranked)
     assert value == best
     assert "ep" not in inputs.ignored()  # honoured: the MoE layout follows it (one device: ep = 1)
-    # a profile changed in-process cannot reach the planner (it loads by name): refused, not wrong
+    # a profile changed in-process reaches the planner (which loads by name) through
+    # catalog.profile_overrides: the same planner answer on the changed profile, not the catalog's
     from moesim.calibrate import with_params
-    with pytest.raises(Exception, match="catalog profile"):
-        predict_serving_case(CaseInputs(E2E, "serving"), with_params(B200, {"compute.kernel_overhead_us": 1.0}))
+    from moesim.catalog import profile_overrides
+    changed = with_params(B200, {"compute.kernel_overhead_us": 20.0})
+    value2 = predict_serving_case(CaseInputs(E2E, "serving"), changed)
+    with profile_overrides({"b200": changed}):
+        best2 = max(r.evaluation.tokens_per_s / r.evaluation.candidate.devices
+                    for r in plan(sc, executor="inline").ranked)
+    assert value2 == best2 and value2 < value
     with pytest.raises(Exception, match="latency limits"):
         predict_serving_case({**E2E, "max_load": None}, B200)
 
