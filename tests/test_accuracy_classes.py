@@ -101,3 +101,12 @@ def test_a_refused_fold_leaves_its_cases_unpriced_with_the_reason(monkeypatch):
     assert (gemm["leave_one_source_out"].n, gemm["leave_one_source_out"].unpriced) == (len(b), len(a))
     assert (gemm["leave_one_hardware_out"].n, gemm["leave_one_hardware_out"].unpriced) == (0, len(a + b))
     assert gemm["in_sample"].unpriced == 0 and set(tab.to_dict()["unpriced"]["leave_one_source_out"]) == set(folds.unpriced)
+
+
+def test_logo_cell_shows_the_cases_not_priced():
+    from moesim.accuracy import ClassSummary
+    from moesim.commands.validation_cmds import _cls
+
+    assert _cls(ClassSummary.of([0.1, -0.3])) == "20.0 / 30.0 (2)"
+    assert _cls(ClassSummary.of([0.1, -0.3], unpriced=3)) == "20.0 / 30.0 (2, 3 not priced)"
+    assert _cls(ClassSummary.of([], unpriced=4)) == "- (0, 4 not priced)" and _cls(None) == "-"
