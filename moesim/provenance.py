@@ -123,8 +123,8 @@ def bands_from_reports(shipped, prior, sample: str, date: str) -> dict:
     """Band entries from two validation reports of the same case file: ``shipped`` (profiles as
     shipped) and ``prior`` (efficiencies reset to the generic prior). Pure; the command writes it.
 
-    The prior figures are over the cases both reports priced (``prior_n``; end-to-end serving
-    rows, which the planner prices only with catalog profiles, are not priced with a prior one),
+    The prior figures are over the cases both reports priced (``prior_n``: a case the prior
+    profile cannot price, e.g. one that no longer fits in memory, is left out of both sides),
     beside the shipped figures over the same cases (``paired_*``): the ratio of the two is like
     for like, where the kind's whole-sample median would compare different rows."""
     if sample not in ("out-of-sample", "in-sample"):

@@ -453,21 +453,21 @@ def planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices
     table to price the stack with (a fit's trial values, passed to the planner as the explicit
     ``SoftwareStack``); None: the shipped table, by name. ``hw`` may be a calibrated or modified
     profile: the in-process planner search loads it by its name (``catalog.profile_overrides``)."""
+    from moesim.catalog import profile_overrides
+
+    if model.name != str(inputs["model"]):
+        raise UnsupportedCase("an end-to-end row needs a model preset (the planner loads it by name)")
+    with profile_overrides({hw.name: hw}):  # the planner loads by name: it gets ``hw`` as given
+        return _planned_serving(inputs, model, hw, devices, tp, layout, stacks)
+
+
+def _planned_serving(inputs: dict, model: ModelSpec, hw: HardwareProfile, devices: int, tp: int,
+                     layout: str, stacks: StackTable | None) -> float:
+    """``planned_serving``'s search, inside its profile override."""
     from moesim.planner import serving_policy
     from moesim.planner.plan import plan
     from moesim.planner.scenario import scenario_from_dict
 
-    from moesim.catalog import load_profile, profile_overrides
-
-    if model.name != str(inputs["model"]):
-        raise UnsupportedCase("an end-to-end row needs a model preset (the planner loads it by name)")
-    try:
-        catalog = hw == load_profile(hw.name)
-    except MoesimError:  # a user's profile of a name the catalog lacks
-        catalog = False
-    if not catalog:  # a calibrated or modified profile: the planner, which loads by name, gets it
-        with profile_overrides({hw.name: hw}):
-            return planned_serving(inputs, model, hw, devices, tp, layout, stacks)
     dtype = str(inputs["dtype"])
     tpot = inputs.get("tpot_limit_s")
     ttft = inputs.get("ttft_limit_s")
