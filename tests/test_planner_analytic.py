@@ -119,3 +119,28 @@ def test_grouped_memoized_evaluation_equals_scalar_step_model():
         assert_allclose([ev.step_time_s, ev.tpot_s, ev.ttft_s, ev.tokens_per_s],
                         [dec.step_time_s, est.tpot_s, est.ttft_s, est.output_tokens_per_s], rtol=1e-9)
         assert ev.imbalance == dec.expert_imbalance and ev == ev2
+
+
+def test_replica_cost_routes_under_the_scenario_skew():
+    """The replica's GridCost (the closed form's mixed iterations, the benchmark replay, the DES
+    verify) prices its nodes under the scenario's routing.skew, as decode_steps prices the decode
+    step: before, its nodes routed uniformly whatever the scenario said. Second path: the step
+    model asked directly, per device, under the same skew (the same call: rtol 1e-12)."""
+    m = load_model("deepseek-v3")
+    c = Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=16)
+    skewed = scenario_from_dict({**SC.model_dump(mode="json"), "routing": {"skew": "zipf:1.0"}})
+    cache = PlanCache()
+    grid_u, grid_z = sp.replica_cost(c, SC, m, cache), sp.replica_cost(c, skewed, m, cache)
+    dep = sp.PlanCache().deployment(c, skewed, m)
+    full = dep.with_(overlap=sp.decode_overlap(c, skewed, m, cache),
+                     prefill_overlap=sp.prefill_overlap(c, skewed, m, cache))
+    ctx = 1200
+    direct = estimate(m, full, Decode(128 / 8, ctx, "zipf:1.0"), check_memory=False).step_time_s[0]
+    assert_allclose(grid_z.decode_time_s(128, ctx), direct, rtol=1e-12)
+    # 4096 prompt tokens: a node of the cost's grid (2^12), so no interpolation between nodes
+    pf = estimate(m, full, Prefill(1000, 4096 / 1000 / 8, "zipf:1.0", context=(1000 + 1) / 2),
+                  check_memory=False).step_time_s[0]
+    assert_allclose(grid_z.prefill_time_s(4096), pf, rtol=1e-12)
+    # a Zipf(1) popularity loads the first EP rank far above its share: both passes are slower
+    assert grid_z.prefill_time_s(4096) > 1.2 * grid_u.prefill_time_s(4096)
+    assert grid_z.decode_time_s(128, ctx) > grid_u.decode_time_s(128, ctx)

@@ -140,10 +140,10 @@ def prefill_overlap(c, scenario, model, cache: PlanCache) -> str:
 
     def faster():
         return faster_overlap(scenario, model, lambda m: float(estimate(
-            model, dep.with_(prefill_overlap=m), Prefill(w.prompt_len, 1.0), check_memory=False,
+            model, dep.with_(prefill_overlap=m), Prefill(w.prompt_len, 1.0, scenario.routing.skew), check_memory=False,
             cache=cache.step).step_time_s[0]))
 
-    return cache.get(cache.key(model, dep, "prefill_overlap", w.prompt_len), faster)
+    return cache.get(cache.key(model, dep, "prefill_overlap", w.prompt_len, scenario.routing.skew), faster)
 
 
 def faster_overlap(scenario, model, step_s) -> str:
@@ -363,10 +363,12 @@ class _Nodes:
     prompts, ``tokens / s / devices`` per device, whose queries attend the prompt's causal mean
     (P + 1) / 2: below one prompt, a node is a chunk of a longer prompt, as chunked prefill cuts
     them), memoized and computed many nodes at a time by one step-model call per context
-    (decode) or per batch of nodes (prefill)."""
+    (decode) or per batch of nodes (prefill). Every node routes its tokens under ``skew`` (the
+    scenario's ``routing.skew``, as ``decode_steps`` prices the closed form's decode steps)."""
 
-    def __init__(self, model, deployment, devices: int, prompt_len: int, cache: StepCache):
+    def __init__(self, model, deployment, devices: int, prompt_len: int, cache: StepCache, skew: str = "uniform"):
         self.model, self.dep, self.n, self.P, self.cache = model, deployment, devices, prompt_len, cache
+        self.skew = skew
         self.decode_memo: dict = {}
         self.prefill_memo: dict = {}
 
@@ -379,7 +381,7 @@ class _Nodes:
                 by_ctx.setdefault(math.ceil(ctx), []).append(b)
         for ctx, bs in by_ctx.items():
             bs = sorted(set(bs))
-            t = estimate(self.model, self.dep, Decode([b / self.n for b in bs], ctx), check_memory=False,
+            t = estimate(self.model, self.dep, Decode([b / self.n for b in bs], ctx, self.skew), check_memory=False,
                          cache=self.cache).step_time_s
             for b, v in zip(bs, t):
                 self.decode_memo[(b, ctx)] = float(v)
@@ -388,7 +390,7 @@ class _Nodes:
             s = [min(t, self.P) for t in todo]
             # below one prompt a node is a chunk of a P-token prompt: its queries attend the whole
             # prompt's causal mean (chunked prefill; Prefill ``context``)
-            w = Prefill(s, [t / si / self.n for t, si in zip(todo, s)], context=(self.P + 1) / 2)
+            w = Prefill(s, [t / si / self.n for t, si in zip(todo, s)], self.skew, context=(self.P + 1) / 2)
             for t, v in zip(todo, estimate(self.model, self.dep, w, check_memory=False, cache=self.cache).step_time_s):
                 self.prefill_memo[t] = float(v)
 
@@ -487,7 +489,7 @@ def _replica(c, scenario, model, cache: PlanCache):
 
         cap = kv_capacity_tokens(model, dep, kv_free_fraction=kv_free_fraction(scenario))  # as serving_memory
         full = dep.with_(overlap=decode, prefill_overlap=prefill_overlap(c, scenario, model, cache))
-        nodes = _Nodes(model, full, c.devices, w.prompt_len, cache.step)
+        nodes = _Nodes(model, full, c.devices, w.prompt_len, cache.step, scenario.routing.skew)
         prefill_fn, decode_fn = featured(nodes.prefill_fn, nodes.decode_fn, scenario, model)
         cost = GridCost(prefill_fn=prefill_fn, decode_fn=decode_fn, kv_capacity_tokens=cap,
                         kv_bytes_per_token=kv_bytes_per_token(model, Parallelism(), w.kv_dtype),
@@ -496,7 +498,7 @@ def _replica(c, scenario, model, cache: PlanCache):
 
     features = scenario.features.model_dump_json() if hasattr(scenario, "features") else ""
     return cache.get(cache.key(model, dep, "replica", getattr(scenario.search, "overlap", "none"), decode,
-                               w.prompt_len, features), make)
+                               w.prompt_len, features, scenario.routing.skew), make)
 
 
 def replica_cost(c, scenario, model, cache: PlanCache):
