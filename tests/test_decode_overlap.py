@@ -96,3 +96,18 @@ def test_fixed_overlap_is_kept_and_dense_models_never_split():
     assert sp.overlap_choices(_scenario("auto"), m) == ("two_microbatch", "none")
     dense = load_model("llama3.1-8b")
     assert sp.overlap_choices(_scenario("auto", model="llama3.1-8b"), dense) == ("none",)
+
+
+def test_disaggregated_prefill_pool_routes_under_the_scenario_skew():
+    """A prefill pool's iterations route under the scenario's routing.skew, as its decode pools
+    do (PoolCosts.skew): before, prefill_s priced them uniform. Second path: prefill_stage_s
+    asked directly under the skew (same call, exact)."""
+    from moesim.planner.pool_cost import prefill_stage_s
+
+    m = load_model("deepseek-v3")
+    lay = PoolLayout("b200", 8, 1, 8, "dp", 0)
+    uni, skewed = PoolCosts(_scenario("none"), m), PoolCosts(_scenario("none", routing={"skew": "zipf:1.0"}), m)
+    t_u, t_z = uni.prefill_s(lay, 8192, 4096), skewed.prefill_s(lay, 8192, 4096)
+    dep = skewed.deployment(lay).with_(prefill_overlap="none")
+    assert t_z == prefill_stage_s(m, dep, 8192, 4096, None, "zipf:1.0")
+    assert t_z > 1.2 * t_u  # Zipf(1) loads the first EP rank far above its share

@@ -175,7 +175,8 @@ class PoolCosts:
             c = layout.candidate()
             overlap = serving_policy.prefill_overlap(c, self.scenario, self.model, self.cache)
             dep = self.deployment(layout).with_(prefill_overlap=overlap)
-            self._prefill[key] = prefill_stage_s(self.model, dep, new_tokens_per_device, context, self.cache.step)
+            self._prefill[key] = prefill_stage_s(self.model, dep, new_tokens_per_device, context, self.cache.step,
+                                                 self.skew)
         return self._prefill[key]
 
     def kv_capacity(self, layout: PoolLayout) -> int:
