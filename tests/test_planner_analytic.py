@@ -144,3 +144,27 @@ def test_replica_cost_routes_under_the_scenario_skew():
     # a Zipf(1) popularity loads the first EP rank far above its share: both passes are slower
     assert grid_z.prefill_time_s(4096) > 1.2 * grid_u.prefill_time_s(4096)
     assert grid_z.decode_time_s(128, ctx) > grid_u.decode_time_s(128, ctx)
+
+
+def test_scenario_routing_placement_reaches_the_deployment_and_drift_is_refused():
+    """routing.placement was accepted and never read by the planner (every candidate ran the
+    Deployment's auto rule): it is now the candidate deployment's placement, auto by default (the
+    rule as before: load_aware with redundant slots, else contiguous). routing.drift, which the
+    planner's step model cannot price, is refused naming the field instead of priced static."""
+    from moesim.errors import MoesimError
+
+    m = load_model("deepseek-v3")
+    c = Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=16, redundant_experts=8)
+    assert deployment_of(c, SC, m).expert_placement == "load_aware"  # the default keeps the auto rule
+    base = SC.model_dump(mode="json")
+    rr = scenario_from_dict({**base, "routing": {"skew": "zipf:1.0", "placement": "round_robin"}})
+    la = scenario_from_dict({**base, "routing": {"skew": "zipf:1.0", "placement": "load_aware"}})
+    assert deployment_of(c, rr, m).expert_placement == "round_robin"
+    ctx = 1200
+    t = {name: sp.replica_cost(c, s, m, PlanCache()).decode_time_s(128, ctx) for name, s in (("rr", rr), ("la", la))}
+    direct = estimate(m, deployment_of(c, rr, m).with_(overlap=sp.decode_overlap(c, rr, m, PlanCache())),
+                      Decode(16, ctx, "zipf:1.0"), check_memory=False).step_time_s[0]
+    assert_allclose(t["rr"], direct, rtol=1e-12)
+    assert t["rr"] != t["la"]  # under a skew, where the replicas sit changes the busiest rank
+    with pytest.raises(MoesimError, match=r"routing\.drift = 0\.3: 0 in a plan scenario"):
+        scenario_from_dict({**base, "routing": {"drift": 0.3}})

@@ -28,7 +28,7 @@ def deployment_of(c, scenario, model: ModelSpec, *, hw=None, capacity: bool = Tr
               attention_layout=c.attention_layout, redundant_experts=c.redundant_experts,
               overlap=overlap_mode(scenario, model), dtype=w.dtype,
               capacity_factor=c.capacity_factor if capacity and model.moe is not None else None,
-              overflow=scenario.routing.overflow, stack=scenario.stack)
+              overflow=scenario.routing.overflow, placement=scenario.routing.placement, stack=scenario.stack)
     if scenario.kind == "serving":
         kw.update(kv_dtype=w.kv_dtype, attention_dtype=getattr(scenario.search, "attention_dtype", None))
     else:
@@ -56,7 +56,8 @@ class PlanCache:
                getattr(w, "recompute", None), getattr(w, "recompute_modules", None), getattr(w, "distributed_optimizer", None),
                getattr(w, "mtp_layers", None),
                overlap_mode(scenario, model),
-               scenario.routing.overflow, scenario.stack, getattr(scenario.search, "attention_dtype", None),
+               scenario.routing.overflow, scenario.routing.placement, scenario.stack,
+               getattr(scenario.search, "attention_dtype", None),
                tuple(sorted(changes.items())))
         hit = self._deployments.get(key)
         if hit is None or hit.hardware is not hw:  # NOTE: by identity only while the entry holds the objects

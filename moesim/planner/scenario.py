@@ -197,6 +197,16 @@ class _ScenarioBase(Spec):
         return self
 
     @model_validator(mode="after")
+    def _static_routing(self):
+        """The planner's step model routes one static popularity per step (moesim/step/pricing.py
+        ``rank_load``): a drifting popularity is priced by ``moesim route --drift``, not here, so a
+        plan scenario that states one is refused rather than silently priced static."""
+        if self.routing.drift != 0:
+            raise SpecError("routing.drift", self.routing.drift, "0 in a plan scenario (the planner prices a static "
+                                                                 "popularity; moesim route --drift prices drift)")
+        return self
+
+    @model_validator(mode="after")
     def _quality_policy(self):
         """A loss limit needs a quality model measured for the overflow policy (moesim/quality)."""
         if self.limits.max_loss_increase is not None:

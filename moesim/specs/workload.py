@@ -49,7 +49,9 @@ class RoutingSpec(Spec):
     skew: str = Field("uniform", description="uniform | balanced | zipf:S | dirichlet:A | trace:FILE | explicit:p,...")
     capacity_factor: float | None = Field(None, gt=0, description="None = dropless")
     overflow: Literal["drop", "reroute", "shared"] = "drop"
-    placement: Literal["contiguous", "round_robin", "load_aware"] = "contiguous"
+    placement: Literal["auto", "contiguous", "round_robin", "load_aware"] = Field(
+        "auto", description="expert slots on the EP ranks; auto = load_aware with redundant expert slots (EPLB), "
+                            "else contiguous (Deployment.placement)")
     drift: float = Field(0.0, ge=0, description="per-step popularity resampling strength (0 = static)")
 
     @field_validator("skew")
