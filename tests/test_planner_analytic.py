@@ -168,3 +168,27 @@ def test_scenario_routing_placement_reaches_the_deployment_and_drift_is_refused(
     assert t["rr"] != t["la"]  # under a skew, where the replicas sit changes the busiest rank
     with pytest.raises(MoesimError, match=r"routing\.drift = 0\.3: 0 in a plan scenario"):
         scenario_from_dict({**base, "routing": {"drift": 0.3}})
+
+
+def test_end_to_end_limit_is_judged_by_the_closed_form():
+    """slo.e2e_s was read only by the DES verify (top_n candidates): the analytic ranking kept
+    candidates whose closed-form end-to-end latency (TTFT + (L - 1) TPOT, rank.end_to_end_s)
+    missed it. The same candidate's own figures set the limit on both sides of the line."""
+    from moesim.errors import MoesimError
+    from moesim.planner.evaluation import HardwareFacts
+    from moesim.planner.rank import Rejection, end_to_end_s, judge_serving
+
+    c = Candidate("h200-sxm", 8, tp=1, dp=8, ep=8, attention_layout="dp", batch=16)
+    ev = AnalyticEvaluator().evaluate([c], SC)[0]
+    e2e = end_to_end_s(ev, 400)
+    assert_allclose(e2e, ev.ttft_s + 399 * ev.tpot_s, rtol=1e-15)
+    facts = HardwareFacts("h200-sxm", 4.0, 8, 140.0)
+    base = SC.model_dump(mode="json")
+    tight = scenario_from_dict({**base, "slo": {**base["slo"], "e2e_s": 0.99 * e2e}})
+    loose = scenario_from_dict({**base, "slo": {**base["slo"], "e2e_s": 1.01 * e2e}})
+    out_tight, out_loose = judge_serving(ev, tight, facts), judge_serving(ev, loose, facts)
+    assert isinstance(out_tight, Rejection) and out_tight.evaluation.reason == "misses_slo_e2e"
+    assert_allclose(out_tight.miss_ratio, 1 / 0.99, rtol=1e-9)
+    assert not isinstance(out_loose, Rejection)
+    with pytest.raises(MoesimError, match=r"slo\.e2e_s .*co-located plans only"):
+        scenario_from_dict({**base, "slo": {**base["slo"], "e2e_s": 30.0}, "modes": ["colocated", "disaggregated"]})

@@ -24,6 +24,7 @@ REASONS: dict[str, str] = {
                              "token and whole-request KV limits: moesim/planner/serving_policy.py)",
     "misses_slo_tpot": "misses the TPOT SLO",
     "misses_slo_ttft": "misses the TTFT SLO",
+    "misses_slo_e2e": "misses the end-to-end latency SLO (TTFT plus output_len - 1 TPOTs)",
     "drops_too_many": "drops more tokens than limits.max_drop_fraction",
     "loses_too_much_quality": "predicted loss increase above limits.max_loss_increase (or not predicted)",
     "over_max_devices": "needs more devices than max_devices to meet the target",

@@ -79,6 +79,15 @@ def _nodes(devices: int, facts: HardwareFacts) -> int:
     return -(-devices // max(1, min(facts.domain_size, devices)))
 
 
+def end_to_end_s(ev: Evaluation, output_len: int) -> float | None:
+    """A request's end-to-end latency at the SLO percentile as the closed form prices it: its TTFT
+    at that percentile plus ``output_len - 1`` TPOTs (the closed form's later tokens come at one
+    steady period each, the same for every request); None when either is not priced."""
+    if ev.ttft_s is None or ev.tpot_s is None:
+        return None
+    return ev.ttft_s + max(0, output_len - 1) * ev.tpot_s
+
+
 def judge_serving(ev: Evaluation, scenario, facts: HardwareFacts) -> Ranked | Rejection:
     """Apply the SLO, drop limit and device limit to one serving evaluation; cost it if it passes."""
     if ev.reason in ("drops_too_many", "loses_too_much_quality"):  # set aside before its latencies were priced
@@ -93,6 +102,12 @@ def judge_serving(ev: Evaluation, scenario, facts: HardwareFacts) -> Ranked | Re
     if slo.ttft_s is not None and (ev.ttft_s is None or ev.ttft_s > slo.ttft_s):
         return Rejection(ev.rejected("misses_slo_ttft", f"TTFT {ev.ttft_s * 1e3:.0f} ms > {slo.ttft_s * 1e3:g} ms"),
                          ev.ttft_s / slo.ttft_s)
+    if slo.e2e_s is not None:
+        e2e = end_to_end_s(ev, scenario.workload.output_len)
+        if e2e is None or e2e > slo.e2e_s:
+            shown = "not priced" if e2e is None else f"{e2e:.2f} s"
+            return Rejection(ev.rejected("misses_slo_e2e", f"end-to-end {shown} > {slo.e2e_s:g} s"),
+                             math.inf if e2e is None else e2e / slo.e2e_s)
     bad = quality_rejection(ev, scenario)
     if bad is not None:
         return bad

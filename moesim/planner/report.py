@@ -113,7 +113,8 @@ def _target_text(s) -> str:
     w, slo = s.workload, s.slo
     lim = ", ".join(x for x in (
         f"p{slo.percentile:g} TPOT <= {slo.tpot_s * 1e3:g} ms" if slo.tpot_s else "",
-        f"p{slo.percentile:g} TTFT <= {slo.ttft_s * 1e3:g} ms" if slo.ttft_s else "") if x)
+        f"p{slo.percentile:g} TTFT <= {slo.ttft_s * 1e3:g} ms" if slo.ttft_s else "",
+        f"p{slo.percentile:g} end-to-end <= {slo.e2e_s:g} s" if slo.e2e_s else "") if x)
     return (f"serve {s.model} at {s.target_output_tokens_per_s:,.0f} output tok/s ({w.prompt_len} in / "
             f"{w.output_len} out, {w.dtype}), {lim}")
 

@@ -300,6 +300,10 @@ class ServingScenario(_ScenarioBase):
     def _targets(self):
         if self.slo.ttft_s is None and self.slo.tpot_s is None:
             raise SpecError("slo", None, "needs ttft_s or tpot_s (a serving plan without a latency limit is unbounded)")
+        if self.slo.e2e_s is not None and "disaggregated" in self.modes:
+            raise SpecError("slo.e2e_s", self.slo.e2e_s, "co-located plans only (modes = [\"colocated\"]): the "
+                                                         "disaggregated search sizes the prefill pool to ttft_s and "
+                                                         "the decode pools to tpot_s apart")
         return self
 
     @property
