@@ -67,7 +67,9 @@ class SLO(Spec):
     percentile: float = Field(99.0, gt=0, lt=100)
     ttft_s: float | None = Field(None, gt=0, description="time to first token")
     tpot_s: float | None = Field(None, gt=0, description="time per output token after the first")
-    e2e_s: float | None = Field(None, gt=0, description="end-to-end request latency")
+    e2e_s: float | None = Field(None, gt=0, description="end-to-end request latency (moesim plan: TTFT + "
+                                "(output_len - 1) TPOT in the closed form, co-located plans only; the serving "
+                                "DES: each request's)")
 
 
 class TrainingWorkload(Spec):
