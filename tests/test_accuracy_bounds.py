@@ -43,7 +43,9 @@ BOUNDS = {
     # stacks are fitted on the v0.17 and v1.0-era tables of published-e2e-serving-2.json; docs/accuracy.md)
     # re-recorded 2026-12-07 (session 20): TensorRT-LLM's FP8 context attention (fp8_kv_context) and
     # trtllm refitted (host 20.43 -> 19.81 us/op, fraction 0.5333 -> 0.5382, 13.61 -> 19.68 us/seq)
-    "published-e2e-serving-maxload.json": {"serving": (0.176, 0.843, E, 106)},
+    # re-recorded 2026-12-08 (session 26): the page's 17 dense Llama 3.3 70B rows added (123 rows;
+    # the 106 MoE rows unchanged, 17.5%)
+    "published-e2e-serving-maxload.json": {"serving": (0.173, 0.843, E, 123)},
     # further evaluation sets (docs/evidence.md): Megatron-Bridge 26.02/25.11/25.09 and MaxText v5p
     # training; older TensorRT-LLM maximum-load tables end to end through the planner (in-sample: its
     # 20 v0.17 rows fit trtllm-engine, its 210 v1.0-era rows fit trtllm)

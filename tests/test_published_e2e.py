@@ -36,7 +36,7 @@ def test_well_formed_with_sources_and_published_values(name):
 
 def test_counts():
     kinds = [c["kind"] for n in FILES for c in _raw(n)["cases"]]
-    assert kinds.count("training") == 19 and kinds.count("serving") == 9 + 106
+    assert kinds.count("training") == 19 and kinds.count("serving") == 9 + 123  # maxload: 106 MoE + 17 dense
 
 
 def test_megatron_bridge_rows_are_copied_as_printed():

@@ -137,7 +137,7 @@ def test_cli_step_shows_the_loop_term():
 # ---- the split ---------------------------------------------------------------------------------
 def test_every_published_trtllm_row_maps_to_its_stack():
     rows = load_cases(SERVING_2).cases + load_cases(MAXLOAD).cases
-    assert len(rows) == 230 + 106  # v0.17 20 + v1.0-era 210; maxload 106
+    assert len(rows) == 230 + 123  # v0.17 20 + v1.0-era 210; maxload 106 MoE + 17 dense (session 26)
     for c in rows:
         want = "trtllm-engine" if c.id.startswith("trtllm-v017-") else "trtllm"
         assert case_stack(dict(c.inputs), c.hardware, "decode") == want, c.id
