@@ -208,6 +208,46 @@ def test_padded_batch_is_the_smallest_listed_graph_that_holds_the_batch():
     assert padded_batch(1100, ()) == 1100  # no graphs listed: no padding
 
 
+def test_the_executor_keeps_graphs_up_to_its_largest_decode_batch():
+    # TensorRT-LLM model_engine.py _filter_cuda_graph_batch_sizes: sizes <= min(max_batch_size,
+    # max_num_tokens) are kept and, with padding on, the first larger size becomes that bound
+    from moesim.planner.bench_replay import executor_graph_batches, padded_batch
+    from moesim.planner.trtllm_engine import TRTLLM_GRAPH_BATCHES as full
+
+    kept = executor_graph_batches(full, 640, 2048)
+    assert kept == (1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 640)
+    assert padded_batch(515, kept) == 640 and padded_batch(515, full) == 1024
+    assert executor_graph_batches(full, 512, 8192)[-1] == 512 and 1024 not in executor_graph_batches(full, 512, 8192)
+    assert executor_graph_batches(full, 4096, 1500)[-2:] == (1024, 1500)  # the token budget bounds it
+    assert executor_graph_batches((1, 2, 4), 640, 2048) == (1, 2, 4)  # nothing listed above: nothing added
+    assert executor_graph_batches((1024,), 640, 2048) == (640,)  # every size above: padded to the bound
+    assert executor_graph_batches((), 640, 2048) == ()
+
+
+def test_the_candidate_replay_pads_to_the_executor_graphs(monkeypatch):
+    # replay_candidate hands replay the filtered list, bounded by the engine's own max_batch_size
+    from moesim.catalog import load_model
+    from moesim.planner import bench_replay, serving_policy
+    from moesim.planner.costs import PlanCache
+    from moesim.planner.evaluation import Candidate
+    from moesim.planner.scenario import scenario_from_dict
+
+    seen = {}
+    monkeypatch.setattr(bench_replay, "replay", lambda cost, **kw: seen.update(kw) or kw)
+    sc = scenario_from_dict({
+        "kind": "serving", "name": "graphs", "model": "qwen3-30b-a3b", "hardware": ["b200"], "max_devices": 1,
+        "workload": {"prompt_len": 1024, "output_len": 1024, "target_output_tokens_per_s": 1.0, "dtype": "fp4"},
+        "slo": {"percentile": 50, "tpot_s": 1e3, "ttft_s": 1e6}, "engine": {"max_batch_size": 600},
+        "search": {"devices_per_replica": [1], "batch_per_device": [64], "tp": [1], "pp": [1]},
+        "verify": {"top_n": 0}, "stack": "trtllm"})
+    c = Candidate("b200", 1, tp=1, dp=1, ep=1, batch=64)
+    model = load_model("qwen3-30b-a3b")
+    bench_replay.replay_candidate(c, sc, model, PlanCache(), 3000)
+    lim = serving_policy.trtllm_limits(c, sc, model, PlanCache())
+    assert lim.max_batch_size == 600
+    assert seen["graph_batches"][-2:] == (512, 600)
+
+
 def padded_brute_force(cost: LinearCost, n, P, L, max_bs, budget, ranks, graphs):
     """Per-request loop (every rank holds n / ranks requests, KV ample) whose generation-only
     iterations run every rank at the graph size G of the largest rank batch: the GEMM term sees

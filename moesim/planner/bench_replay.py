@@ -32,7 +32,9 @@ CUDA-graph padding (``graph_batches``, the PyTorch backend only): a generation-o
 replays the captured graph of the smallest listed batch that holds its requests
 (``cuda_graph_config: enable_padding: true, batch_sizes: [1, 2, 4, ..., 256, 384, 512, 1024, 2048,
 4096, 8192]`` in the perf-overview's llm_options; tensorrt_llm/_torch/pyexecutor/
-cuda_graph_runner.py pads the batch with dummy generation requests up to that size). The padded
+cuda_graph_runner.py pads the batch with dummy generation requests up to that size), of the sizes
+the executor keeps (``executor_graph_batches``: none above min(max_batch_size, max_num_tokens), the
+first larger one replaced by that bound). The padded
 rows run every GEMM, the MoE and the LM head; a dummy request holds one token of KV, so the
 attention reads stay those of the real requests: a rank of g real requests at mean context c
 prices as ``cost.decode_time_s(R G, 1 + (c - 1) g / G)`` with G the padded size (the GridCost
@@ -100,6 +102,21 @@ def padded_batch(batch: int, graph_batches: tuple[int, ...] = ()) -> int:
     list is empty (no padding)."""
     fits = [g for g in graph_batches if g >= batch]
     return min(fits) if fits else batch
+
+
+def executor_graph_batches(graph_batches: tuple[int, ...], max_batch_size: int,
+                           max_num_tokens: int) -> tuple[int, ...]:
+    """The CUDA-graph batches the executor actually captures from a configured list: TensorRT-LLM
+    tensorrt_llm/_torch/pyexecutor/model_engine.py ``_filter_cuda_graph_batch_sizes`` keeps the
+    sizes up to the largest pure-decode batch, min(max_batch_size, max_num_tokens) (one token per
+    request without draft tokens), and, with padding enabled (the perf-overview's llm_options),
+    replaces the first larger size by that bound: a rank of 515 requests under max_batch_size 640
+    pads to 640, not to the list's 1024."""
+    bound = min(max_batch_size, max_num_tokens)
+    kept = tuple(g for g in sorted(graph_batches) if g <= bound)
+    if bound >= 1 and any(g > bound for g in graph_batches) and (not kept or kept[-1] != bound):
+        kept += (bound,)
+    return kept
 
 
 def _decode_s(cost, ranks: int, gen: int, ctx: float, graph_batches: tuple[int, ...]) -> float:
@@ -203,7 +220,8 @@ def replay_candidate(c, scenario, model, cache, num_requests: int) -> ReplayResu
     """``replay`` of candidate ``c``'s replica under TensorRT-LLM's limits for ``scenario``'s
     workload (moesim/planner/trtllm_engine.py ``trtllm_limits``: max_batch_size, max_num_tokens,
     whole-request KV per rank) priced with the planner's GridCost (serving_policy.replica_cost),
-    generation iterations padded to ``trtllm_graph_batches``."""
+    generation iterations padded to ``trtllm_graph_batches`` as the executor filters them
+    (``executor_graph_batches``)."""
     from moesim.planner import serving_policy
 
     lim = serving_policy.trtllm_limits(c, scenario, model, cache)
@@ -215,4 +233,5 @@ def replay_candidate(c, scenario, model, cache, num_requests: int) -> ReplayResu
                   prompt_len=w.prompt_len, output_len=w.output_len, max_batch_size=lim.admitted_seqs,
                   max_num_tokens=lim.max_num_tokens, kv_seqs=lim.kv_seqs,
                   ranks=serving_policy.attention_ranks(c), devices=c.devices,
-                  graph_batches=trtllm_graph_batches(scenario))
+                  graph_batches=executor_graph_batches(trtllm_graph_batches(scenario),
+                                                       lim.max_batch_size, lim.max_num_tokens))
