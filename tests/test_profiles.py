@@ -278,7 +278,14 @@ def test_measure_host_script_runs_small():
 
 # ---- usable memory: the driver's total, where a source gives it ------------------------------
 DRIVER_MIB = {"h100-sxm": 81559, "h800-sxm": 81559, "a100-sxm-80gb": 81920, "h200-sxm": 143771,
-              "b200": 183359, "mi300x": 196592, "mi325x": 262144}
+              "b200": 183359, "mi300x": 196592, "mi325x": 262144,
+              "gb200": 189471}  # C: B200's driver-to-printed ratio on GB200's 186 GB (same GPU)
+
+
+def test_gb200_usable_memory_is_b200s_ratio_on_its_printed_capacity():
+    # the transfer, to the MiB: 186 GB x 183,359 MiB / 180 GB = 189,471.0 MiB, more than B200's
+    assert profile("gb200").memory.runtime_MiB == round(186 * 183359 / 180)
+    assert profile("gb200").hbm_bytes > profile("b200").hbm_bytes
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PROFILES))

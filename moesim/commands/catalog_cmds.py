@@ -115,7 +115,7 @@ def hw_show(args) -> Result:
         ("dense peak TFLOP/s", peaks),
         ("compute units", f"{p.compute.compute_units} {p.compute.compute_unit_kind}" if p.compute.compute_units else "unconfirmed"),
         ("HBM", f"{p.memory.hbm_GB:g} GB at {p.memory.hbm_bandwidth_GBps:g} GB/s"),
-        ("usable memory", f"{p.memory.runtime_MiB:g} MiB reported by the driver ({p.hbm_bytes / units.GiB:.1f} GiB)"
+        ("usable memory", f"{p.memory.runtime_MiB:g} MiB, the driver total ({p.hbm_bytes / units.GiB:.1f} GiB; its source says whether measured or transferred)"
                           if p.memory.runtime_MiB else f"{p.hbm_bytes / units.GiB:.1f} GiB (the printed capacity; no driver-reported total sourced)"),
         ("scale-up", f"{p.scale_up.fabric} {p.scale_up.topology}, {p.scale_up.bandwidth_per_direction_GBps:g} GB/s per direction, domain {p.scale_up.domain_size} (max {p.scale_up.max_domain_size})"),
         ("scale-out", f"{p.scale_out.nic_Gbps_per_device:g} Gb/s per device" if p.scale_out else "not stated"),
